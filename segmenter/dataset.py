@@ -1,0 +1,282 @@
+"""The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json.
+
+Reading validates everything a user can get wrong (missing folders, unpaired files, corrupt
+images, masks of the wrong size or values) and reports it in one line naming the file and the fix.
+Writing goes through `DatasetWriter`, which builds the folder under a temporary name.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segmenter.errors import CysegError, DatasetError
+
+FORMAT = "cyseg-dataset/1"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+@dataclass
+class Item:
+    """One crop of a dataset: its image, its mask (None when absent) and its manifest entry."""
+
+    stem: str
+    image: Path
+    mask: Path | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str | None:
+        """`pattern`, `cell` or `roi` when the manifest says so."""
+        return self.meta.get("kind")
+
+    @property
+    def slide(self) -> str | None:
+        """The slide the crop comes from (Cytomine image id or file name) when recorded."""
+        slide = self.meta.get("slide", self.meta.get("image_id"))
+        return None if slide is None else str(slide)
+
+
+@dataclass
+class Dataset:
+    """A validated dataset folder."""
+
+    root: Path
+    items: list[Item]
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _index(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
+            if path.stem in files:
+                raise DatasetError(f"{folder} holds two files for '{path.stem}' ({files[path.stem].name}, {path.name}); keep one")
+            files[path.stem] = path
+    return files
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The folder's dataset.json, or an empty manifest when there is none."""
+    path = Path(root) / "dataset.json"
+    if not path.exists():
+        return {"format": FORMAT, "items": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} must hold a JSON object; fix or delete it")
+    manifest.setdefault("items", {})
+    return manifest
+
+
+def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset:
+    """List and pair the images and masks of a dataset folder; fail on anything unpaired."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist; give a folder holding images/ and masks/")
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise DatasetError(
+            f"{root} has no images/ folder; a dataset holds images/<name>.png and masks/<name>.png "
+            "(use 'cydata convert' for the thesis N_x.jpg/N_y.jpg layout)"
+        )
+    images = _index(images_dir, IMAGE_SUFFIXES)
+    if not images:
+        raise DatasetError(f"{images_dir} holds no images (.png, .jpg, .tif); add crops or choose another folder")
+    masks: dict[str, Path] = {}
+    masks_dir = root / "masks"
+    if require_masks:
+        if not masks_dir.is_dir():
+            raise DatasetError(f"{root} has no masks/ folder; add masks/<name>.png for every image")
+        masks = _index(masks_dir, MASK_SUFFIXES)
+        missing = sorted(set(images) - set(masks))
+        if missing:
+            raise DatasetError(
+                f"image {images[missing[0]]} has no mask (expected {masks_dir / (missing[0] + '.png')})"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                + "; add the masks or remove those images"
+            )
+        jpeg = [m for m in masks.values() if m.suffix.lower() in (".jpg", ".jpeg")]
+        if jpeg:
+            raise DatasetError(f"mask {jpeg[0]} is JPEG (lossy); store masks as PNG")
+    elif masks_dir.is_dir():
+        masks = _index(masks_dir, MASK_SUFFIXES)
+    manifest = read_manifest(root)
+    entries = manifest.get("items", {})
+    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {}))) for stem, path in images.items()]
+    return Dataset(root, items, manifest)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB uint8 (H, W, 3); grey images are replicated, alpha dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image {path} does not exist; check the path")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise DatasetError(f"image {path} cannot be decoded (corrupt or not an image); re-export or remove it")
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image / 257).round().astype(np.uint8)
+        else:
+            raise DatasetError(f"image {path} has pixel type {image.dtype}; convert it to 8-bit RGB")
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_classes: int = 1) -> np.ndarray:
+    """Read a mask as uint8 (H, W): 0/1 for binary (stored 0/255), class indices otherwise.
+
+    `shape` is the (height, width) of the paired image; a mismatch is an error, never a silent resize.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"mask {path} does not exist; check the path")
+    data = np.fromfile(path, dtype=np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise DatasetError(f"mask {path} cannot be decoded (corrupt or not an image); re-export it as PNG")
+    if mask.ndim == 3:
+        channels = mask[:, :, :3]
+        if not (np.array_equal(channels[:, :, 0], channels[:, :, 1]) and np.array_equal(channels[:, :, 0], channels[:, :, 2])):
+            raise DatasetError(f"mask {path} is in colour; store a single-channel mask (0 background, 255 foreground)")
+        mask = channels[:, :, 0]
+    if mask.dtype != np.uint8:
+        raise DatasetError(f"mask {path} has pixel type {mask.dtype}; store it as 8-bit PNG")
+    if shape is not None and mask.shape != tuple(shape):
+        raise DatasetError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}; "
+            "export the mask at the image's size"
+        )
+    values = np.unique(mask)
+    if n_classes == 1:
+        if not set(values.tolist()) <= {0, 255}:
+            bad = [v for v in values.tolist() if v not in (0, 255)][:3]
+            raise DatasetError(
+                f"mask {path} is not binary (values {bad} besides 0/255); store 0 for background and 255 for foreground"
+            )
+        return (mask == 255).astype(np.uint8)
+    if values.max() >= n_classes:
+        raise DatasetError(f"mask {path} holds class {int(values.max())} but the model has {n_classes} classes; fix the mask or --classes")
+    return mask
+
+
+def read_pair(item: Item, n_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Read an item's image and mask, checked against each other."""
+    image = read_image(item.image)
+    if item.mask is None:
+        raise DatasetError(f"image {item.image} has no mask; add masks/{item.stem}.png")
+    return image, read_mask(item.mask, image.shape[:2], n_classes)
+
+
+def check_dataset(dataset: Dataset, n_classes: int = 1) -> None:
+    """Read every pair once so that a bad file fails before hours of training, not during."""
+    for item in dataset.items:
+        read_pair(item, n_classes)
+
+
+def manifest_hash(dataset: Dataset) -> str:
+    """SHA-256 over the manifest and the bytes of every image and mask: identifies the training data."""
+    digest = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode())
+    for item in dataset.items:
+        for path in (item.image, item.mask):
+            if path is not None:
+                digest.update(path.name.encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an RGB (H, W, 3) or single-channel uint8 array as PNG."""
+    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
+    ok, buffer = cv2.imencode(".png", image)
+    if not ok:
+        raise CysegError(f"cannot encode {path} as PNG")
+    Path(path).write_bytes(buffer.tobytes())
+
+
+class DatasetWriter:
+    """Build a dataset folder under a temporary name; `close()` writes dataset.json and renames it into place.
+
+    Use as a context manager: on an exception the temporary folder is removed and nothing appears at `root`.
+    """
+
+    def __init__(self, root: str | os.PathLike, source: dict[str, Any] | None = None, parent: str | None = None,
+                 iteration: int | None = None, overwrite: bool = False, extra: dict[str, Any] | None = None):
+        self.root = Path(root)
+        if self.root.exists() and not overwrite:
+            raise CysegError(f"output folder {self.root} already exists; choose a new --out or remove it")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".part", dir=self.root.parent))
+        (self.tmp / "images").mkdir()
+        (self.tmp / "masks").mkdir()
+        self.manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source or {},
+            "parent": parent,
+            "iteration": iteration,
+            **(extra or {}),
+            "items": {},
+        }
+
+    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, binary: bool = True, **meta: Any) -> None:
+        """Add one crop; a binary mask of 0/1 or 0/255 is stored as 0/255."""
+        if mask is not None and mask.shape[:2] != image.shape[:2]:
+            raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is {image.shape[1]}x{image.shape[0]}")
+        write_png(self.tmp / "images" / f"{stem}.png", image)
+        if mask is not None:
+            out = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
+            write_png(self.tmp / "masks" / f"{stem}.png", out)
+        self.manifest["items"][stem] = {k: v for k, v in meta.items() if v is not None}
+
+    def copy(self, item: Item, stem: str | None = None, **meta: Any) -> None:
+        """Copy an existing item's files unchanged (no re-encoding)."""
+        stem = stem or item.stem
+        shutil.copyfile(item.image, self.tmp / "images" / f"{stem}{item.image.suffix.lower()}")
+        if item.mask is not None:
+            shutil.copyfile(item.mask, self.tmp / "masks" / f"{stem}{item.mask.suffix.lower()}")
+        self.manifest["items"][stem] = {**item.meta, **{k: v for k, v in meta.items() if v is not None}}
+
+    def close(self) -> Path:
+        """Write the manifest and move the folder into place."""
+        if not self.manifest["items"]:
+            self.abort()
+            raise DatasetError(f"no items were written to {self.root}; nothing to save")
+        (self.tmp / "dataset.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=False))
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        os.replace(self.tmp, self.root)
+        return self.root
+
+    def abort(self) -> None:
+        """Remove the temporary folder."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
