@@ -1,0 +1,156 @@
+"""The `cyseg` command line (DESIGN §7): train, evaluate, segment, demo.
+
+A thin layer over `cyseg.*_cmd` modules. Errors caused by the user's input are printed as one
+line, `cyseg: error: <message>`, with exit status 2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE
+from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
+
+
+def _load(model: str, device: str):
+    import unet  # noqa: F401  (registers the U-Net architecture)
+    from segmenter.base import Segmenter
+    from cyseg.models import resolve_model
+
+    return Segmenter.load(resolve_model(model), device=device)
+
+
+def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value} is outside [0, 1]; choose e.g. 0.5")
+    return value
+
+
+@click.group(cls=ErrorReportingGroup, context_settings=CONTEXT)
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+def cli(verbose: bool, quiet: bool) -> None:
+    """Cell segmentation in cytology images: train a U-Net on annotated crops, evaluate it, and
+    segment crops (masks + GeoJSON polygons)."""
+    setup_logging("cyseg", verbosity(verbose, quiet))
+
+
+@cli.command("train")
+@click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Model file to write (.pt); metrics go beside it (<out>.history.csv/.json, <out>.curves.png).")
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="Validation dataset folder: IoU measured every epoch, the best epoch's model is kept. "
+                   "[default: none, the last epoch is kept]")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs.")
+@click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
+@click.option("--crop", type=int, default=256, show_default=True,
+              help="Side of the random training crops (lowered to fit the smallest image).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
+@click.option("--n", type=int, default=16, show_default=True, help="U-Net filters at the first level.")
+@click.option("--depth", type=int, default=5, show_default=True, help="U-Net levels (depth-1 down-samplings).")
+@click.option("--upsampling", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True,
+              help="Decoder up-sampling: transposed convolution or bilinear + 1x1 convolution.")
+@click.option("--classes", type=int, default=1, show_default=True,
+              help="1: binary masks (0/255); N>1: masks hold class indices 0..N-1.")
+@click.option("--class-weights", default=None, help="Comma-separated loss weight per class. [default: equal]")
+@click.option("--colour/--no-colour", default=False, show_default=True,
+              help="Add stain/colour jitter to the method's flips, rotations and translations.")
+@click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, callback=_threshold,
+              help="Probability threshold stored in the model.")
+@click.option("--erode-k", type=int, default=3, show_default=True, help="Post-processing erode-dilate kernel side.")
+@click.option("--erode-iterations", type=int, default=1, show_default=True, help="Erode-dilate iterations (0: off).")
+@click.option("--smoothing-k", type=int, default=3, show_default=True, help="Post-processing mean-filter side (1: off).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, crops and augmentation.")
+@click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--resume", is_flag=True, help="Continue from <out>.ckpt, the checkpoint written after every epoch.")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwargs) -> None:
+    """Train a U-Net on the dataset folder DIR (images/, masks/)."""
+    from cyseg.train_cmd import run_train
+
+    run_train(data, out, val, amp=not no_amp, progress=True, **kwargs)
+    click.echo(str(out))
+
+
+@cli.command("evaluate")
+@click.argument("model")
+@click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (per_image.csv, summary.json, sweep.csv, sweep.png, overlays/). "
+                   "[default: eval-<DIR name> in the current folder]")
+@click.option("--threshold", type=float, default=None, callback=_threshold,
+              help="Threshold to report. [default: the model's]")
+@click.option("--sweep/--no-sweep", default=True, show_default=True, help="Also score thresholds 0.1 to 0.9.")
+@click.option("--overlays", is_flag=True,
+              help="Write one figure per crop: crop | crop+truth | crop+prediction | truth | errors "
+                   "(false positives red, false negatives blue).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
+                     overlays: bool, device: str) -> None:
+    """Score MODEL on the annotated dataset folder DIR: per-image IoU and Dice, mean and std."""
+    from cyseg.evaluate_cmd import run_evaluate
+
+    seg = _load(model, device)
+    out = out or Path(f"eval-{data.resolve().name}")
+    report = run_evaluate(seg, data, out, threshold, sweep, overlays)
+    click.echo(f"IoU {report['iou_mean']:.4f} ± {report['iou_std']:.4f}  Dice {report['dice_mean']:.4f} ± "
+               f"{report['dice_std']:.4f}  ({report['n_images']} images, threshold {report['model_threshold']})")
+    click.echo(str(out))
+
+
+@cli.command("segment")
+@click.argument("model")
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output folder: masks/<name>.png, geojson/<name>.geojson (and overlays/).")
+@click.option("--threshold", type=float, default=None, callback=_threshold, help="[default: the model's]")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
+              help="Images larger than this run tile by tile.")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+              help="Minimum overlap between tiles (blended).")
+@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--simplify", type=float, default=0.5, show_default=True,
+              help="Polygon simplification tolerance in pixels (0: exact pixel outlines).")
+@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller than this (px²).")
+@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Also write the masks drawn over the images.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+def segment_command(model: str, source: Path, out: Path, threshold: float | None, tile: int, overlap: int,
+                    batch: int, simplify: float, min_area: float, overlays: bool, device: str) -> None:
+    """Segment INPUT (an image, a folder of images, or a dataset folder) with MODEL
+    ('default' for the model shipped with cyseg)."""
+    from cyseg.segment_cmd import run_segment_crops
+
+    seg = _load(model, device)
+    run_segment_crops(seg, source, out, threshold, simplify, min_area, overlays,
+                      {"tile": tile, "overlap": overlap, "batch": batch})
+    click.echo(str(out))
+
+
+@cli.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True,
+              help="Folder for the demo's masks, GeoJSON and overlay figure.")
+@click.option("--model", default="default", show_default=True, help="Model file, or 'default' for the shipped one.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+def demo_command(out: Path, model: str, device: str) -> None:
+    """Segment real microscopy images shipped with scikit-image using the shipped model, end to end."""
+    from cyseg.demo import run_demo
+
+    for line in run_demo(_load(model, device), out):
+        click.echo(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    run_main(cli, "cyseg", argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""`cyseg segment` on crops: a mask (PNG) and polygons (GeoJSON) for every image of a folder."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from segmenter.atomic import atomic_dir
+from segmenter.base import Segmenter
+from segmenter.dataset import IMAGE_SUFFIXES, read_image, write_png
+from segmenter.errors import CysegError
+from segmenter.overlays import overlay
+from segmenter.polygons import feature_collection, mask_to_polygons
+
+log = logging.getLogger(__name__)
+
+
+def list_images(source: Path) -> list[Path]:
+    """The images to segment: a file, a dataset folder's images/, or the image files of a folder."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise CysegError(f"input {source} does not exist; give an image file or a folder of images")
+    folder = source / "images" if (source / "images").is_dir() else source
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise CysegError(f"{folder} holds no images (.png, .jpg, .tif); give a folder of crops")
+    return files
+
+
+def run_segment_crops(seg: Segmenter, source: Path, out: Path, threshold: float | None, simplify: float,
+                      min_area: float, overlays: bool, tiling: dict[str, int], progress: bool = True) -> dict[str, Any]:
+    """Segment every image; write masks/, geojson/ (and overlays/) under `out`, atomically."""
+    files = list_images(source)
+    stats = {"images": 0, "polygons": 0, "pixels": 0}
+    start = time.perf_counter()
+    with atomic_dir(out, overwrite=True) as tmp:
+        for sub in ("masks", "geojson") + (("overlays",) if overlays else ()):
+            (tmp / sub).mkdir()
+        for path in tqdm(files, desc="segmenting", unit="image", disable=not progress):
+            image = read_image(path)
+            probs = seg.predict(image, **tiling)
+            with torch.inference_mode():
+                mask = seg.masks_from_probabilities(probs, threshold).cpu().numpy()
+                fg = probs[0 if seg.n_classes == 1 else 1:].max(dim=0).values.cpu().numpy()
+            write_png(tmp / "masks" / f"{path.stem}.png", mask * 255 if seg.n_classes == 1 else mask)
+            polygons = mask_to_polygons(mask, fg, simplify=simplify, min_area=min_area)
+            collection = feature_collection(polygons, extra={"image": path.name, "width": image.shape[1],
+                                                              "height": image.shape[0]})
+            (tmp / "geojson" / f"{path.stem}.geojson").write_text(json.dumps(collection))
+            if overlays:
+                write_png(tmp / "overlays" / f"{path.stem}.png", overlay(image, mask))
+            stats["images"] += 1
+            stats["polygons"] += len(polygons)
+            stats["pixels"] += image.shape[0] * image.shape[1]
+    stats["seconds"] = time.perf_counter() - start
+    log.info("%d images, %d polygons, %.1f s; masks in %s, GeoJSON in %s", stats["images"], stats["polygons"],
+             stats["seconds"], out / "masks", out / "geojson")
+    return stats

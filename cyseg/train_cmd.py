@@ -1,0 +1,41 @@
+"""`cyseg train`: build a U-Net segmenter from the options and train it on a dataset folder."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from segmenter.errors import CysegError
+from segmenter.history import history_paths
+from transforms.chain import default_chain
+from unet import UNetSegmenter
+
+log = logging.getLogger(__name__)
+
+
+def parse_weights(text: str | None, n_classes: int) -> list[float] | None:
+    """'1,2' -> [1.0, 2.0], checked against the number of classes."""
+    if not text:
+        return None
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise CysegError(f"--class-weights '{text}' must be comma-separated numbers, e.g. 1,1") from exc
+    if len(weights) != n_classes or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise CysegError(f"--class-weights '{text}' must give {n_classes} non-negative weight(s), not all zero")
+    return weights
+
+
+def run_train(data: Path, out: Path, val: Path | None, *, n: int, depth: int, upsampling: str, classes: int,
+              class_weights: str | None, threshold: float, erode_k: int, erode_iterations: int, smoothing_k: int,
+              device: str, **options) -> UNetSegmenter:
+    """Train and save; returns the trained segmenter."""
+    if out.exists() and not options.get("resume") and out.is_dir():
+        raise CysegError(f"--out {out} is a folder; give a model file path such as model.pt")
+    seg = UNetSegmenter({"n_classes": classes, "depth": depth, "n": n, "upsampling": upsampling}, device=device,
+                        class_weights=parse_weights(class_weights, classes), threshold=threshold,
+                        postprocess=default_chain(threshold, erode_k, erode_iterations, smoothing_k))
+    log.info("training a U-Net (n=%d, depth=%d, %s) on %s, device %s", n, depth, upsampling, data, seg.device)
+    seg.fit(data, val, out=str(out), **options)
+    paths = history_paths(out)
+    log.info("model written to %s; metrics in %s, %s and %s", out, paths["csv"], paths["json"], paths["png"])
+    return seg

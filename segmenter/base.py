@@ -1,0 +1,219 @@
+"""The generic `Segmenter`: a per-pixel classifier with its device, class weights, loss, pre- and
+post-processing, tiled prediction, evaluation and model file. Subclasses supply the network,
+the loss and the optimiser (see `unet.UNetSegmenter`)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from segmenter.device import out_of_memory_message, resolve_device
+from segmenter.errors import CysegError, ModelFileError
+from segmenter.modelfile import load_model_file, save_model_file
+from segmenter.tiling import predict_tiled
+from transforms.chain import build_torch, default_chain, validate_chain, with_threshold
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 32
+REGISTRY: dict[str, type["Segmenter"]] = {}
+
+
+@contextlib.contextmanager
+def oom_guard(device: torch.device, what: str) -> Iterator[None]:
+    """Turn a device out-of-memory error into a one-line CysegError with the fix."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise CysegError(out_of_memory_message(device, what)) from exc
+
+
+class Segmenter:
+    """Base class: holds an `nn.Module` producing per-class logits (N, C, H, W) and everything
+    needed to turn RGB crops into probabilities and masks."""
+
+    arch: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.arch:
+            REGISTRY[cls.arch] = cls
+
+    def __init__(self, config: dict[str, Any], device: str | torch.device | None = None,
+                 class_weights: Sequence[float] | None = None, preprocess: dict[str, Any] | None = None,
+                 postprocess: list[dict[str, Any]] | None = None, threshold: float = 0.5,
+                 inference: dict[str, int] | None = None):
+        self.config = dict(config)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model: nn.Module = self.build_model(self.config).to(self.device)
+        n_classes = self.config.get("n_classes", 1)
+        self.class_weights = list(class_weights) if class_weights is not None else [1.0] * n_classes
+        if len(self.class_weights) != n_classes:
+            raise CysegError(f"{len(self.class_weights)} class weights given for {n_classes} classes; give one per class")
+        in_ch = self.config.get("in_channels", 3)
+        self.preprocess = preprocess or {"scale": 255.0, "mean": [0.5] * in_ch, "std": [0.25] * in_ch}
+        if not 0.0 <= threshold <= 1.0:
+            raise CysegError(f"threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
+        self.threshold = float(threshold)
+        self.postprocess = validate_chain(with_threshold(postprocess or default_chain(threshold), threshold))
+        self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": 4, **(inference or {})}
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.training_info: dict[str, Any] = {}
+
+    # ---- what a subclass provides -------------------------------------------------------------
+    @classmethod
+    def build_model(cls, config: dict[str, Any]) -> nn.Module:
+        """The network for `config`."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss of logits (N, C, H, W) against targets (N, C, H, W) in {0, 1}."""
+        raise NotImplementedError
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """The optimiser over the model's parameters."""
+        raise NotImplementedError
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return int(self.config.get("n_classes", 1))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config.get("in_channels", 3))
+
+    @property
+    def multiple(self) -> int:
+        """Tile sides that are a multiple of this need no padding inside the network."""
+        return int(getattr(self.model, "multiple", 1))
+
+    # ---- inference ----------------------------------------------------------------------------
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) on any device -> normalised float on the model's device."""
+        x = images.to(self.device, non_blocking=True).float()
+        mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.preprocess["std"], device=self.device).view(1, -1, 1, 1)
+        x = (x / float(self.preprocess["scale"]) - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input batch -> per-class probabilities (sigmoid of the logits)."""
+        logits = self.model(x)
+        return torch.sigmoid(logits.float())
+
+    def _image_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = image[:, :, None]
+            if image.shape[2] != self.in_channels:
+                raise CysegError(f"image has {image.shape[2]} channels but the model expects {self.in_channels}")
+            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return image
+
+    def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
+                batch: int | None = None) -> torch.Tensor:
+        """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
+        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended."""
+        tile = tile or self.inference["tile"]
+        overlap = self.inference["overlap"] if overlap is None else overlap
+        batch = batch or self.inference["batch"]
+        x = self._image_tensor(image).to(self.device)
+        self.model.eval()
+        with torch.inference_mode(), oom_guard(self.device, f"predicting a {x.shape[2]}x{x.shape[1]} image"):
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
+            with autocast:
+                return predict_tiled(lambda t: self.probabilities(self.to_input(t)), x, self.n_classes,
+                                     tile, overlap, batch, self.multiple).float()
+
+    def postprocess_chain(self, threshold: float | None = None):
+        """The post-processing chain on the model's device, with an optional threshold override."""
+        spec = self.postprocess if threshold is None else with_threshold(self.postprocess, threshold)
+        return build_torch(spec)
+
+    def masks_from_probabilities(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """(C, H, W) probabilities -> (H, W) uint8 mask: post-processed foreground for one class,
+        arg-max class index otherwise."""
+        if self.n_classes == 1:
+            return self.postprocess_chain(threshold)(probs[None])[0, 0].to(torch.uint8)
+        return probs.argmax(dim=0).to(torch.uint8)
+
+    def segment(self, image: np.ndarray | torch.Tensor, threshold: float | None = None, **tiling: int) -> np.ndarray:
+        """Post-processed mask (H, W) uint8 (0/1 or class index) for one RGB image."""
+        probs = self.predict(image, **tiling)
+        with torch.inference_mode():
+            return self.masks_from_probabilities(probs, threshold).cpu().numpy()
+
+    # ---- training and evaluation --------------------------------------------------------------
+    def fit(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None, **options: Any) -> list[dict[str, Any]]:
+        """Train on a dataset folder (see `segmenter.training.TrainOptions` for the options)."""
+        from segmenter.training import TrainOptions, train
+
+        return train(self, train_dir, val_dir, TrainOptions(**options))
+
+    def evaluate(self, dataset_dir: str | os.PathLike, threshold: float | None = None) -> list[dict[str, Any]]:
+        """Per-image Dice and IoU of the post-processed masks on a dataset folder."""
+        from segmenter.evaluation import evaluate_dataset
+
+        return evaluate_dataset(self, dataset_dir, thresholds=[threshold if threshold is not None else self.threshold])
+
+    # ---- model file ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a model file holds, with tensors on the CPU."""
+        state_dict = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return {
+            "arch": self.arch,
+            "config": self.config,
+            "state_dict": state_dict,
+            "preprocess": self.preprocess,
+            "threshold": self.threshold,
+            "postprocess": self.postprocess,
+            "class_weights": self.class_weights,
+            "inference": self.inference,
+            "training": self.training_info,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model file atomically."""
+        return save_model_file(path, self.state())
+
+    @classmethod
+    def from_state(cls, content: dict[str, Any], device: str | torch.device | None = None,
+                   source: str = "model") -> "Segmenter":
+        """Build a segmenter of the right architecture from a model file's content."""
+        arch = content.get("arch")
+        klass = REGISTRY.get(arch) if cls.arch == "" else cls
+        if klass is None or (cls.arch and arch != cls.arch):
+            raise ModelFileError(f"{source} holds architecture {arch!r}; this cyseg knows {', '.join(sorted(REGISTRY))}")
+        try:
+            seg = klass(content["config"], device=device, class_weights=content.get("class_weights"),
+                        preprocess=content["preprocess"], postprocess=content["postprocess"],
+                        threshold=content["threshold"], inference=content.get("inference"))
+            seg.model.load_state_dict(content["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{source} does not match its own configuration ({str(exc).splitlines()[0]}); retrain it") from exc
+        seg.training_info = dict(content.get("training") or {})
+        return seg
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Segmenter":
+        """Load a model file written by `save` (any registered architecture when called on the base;
+        importing `unet` registers the U-Net)."""
+        return cls.from_state(load_model_file(path), device, source=f"model file {path}")
+
+    def copy_state_dict(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the current weights (used to keep the best epoch)."""
+        return copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})

@@ -1,0 +1,64 @@
+"""The model file (DESIGN §4): one `*.pt` that `torch.load(weights_only=True)` opens, holding only
+plain types and tensors. Anything else is refused with a message that says what the file is."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segmenter.atomic import atomic_path
+from segmenter.errors import ModelFileError
+
+FORMAT = "cyseg-model/1"
+REQUIRED = ("format", "arch", "config", "state_dict", "preprocess", "threshold", "postprocess")
+
+
+def plain(value: Any) -> Any:
+    """Reduce a value to the plain types `weights_only` loading accepts (tensors kept as they are)."""
+    if isinstance(value, torch.Tensor) or value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return str(value)
+
+
+def save_model_file(path: str | os.PathLike, content: dict[str, Any]) -> Path:
+    """Write a model file atomically (temporary name, then rename)."""
+    missing = [k for k in REQUIRED if k not in content and k != "format"]
+    if missing:
+        raise ModelFileError(f"model content lacks {', '.join(missing)}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(plain({**content, "format": FORMAT}), tmp)
+    return path
+
+
+def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a model file; raise ModelFileError naming the file and the fix otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; give a .pt file written by 'cyseg train'")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        kind = "is not a PyTorch file (corrupt or truncated?)"
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            kind = "holds Python objects, not a cyseg model (a bare pickled model or a foreign checkpoint?)"
+        raise ModelFileError(f"model file {path} {kind}; give a .pt file written by 'cyseg train'") from exc
+    if not isinstance(content, dict) or "format" not in content:
+        what = "a bare state_dict" if isinstance(content, dict) else type(content).__name__
+        raise ModelFileError(f"model file {path} is {what}, not a cyseg model (no 'format' key); retrain it with 'cyseg train'")
+    if content["format"] != FORMAT:
+        raise ModelFileError(f"model file {path} has format {content['format']!r}; this cyseg reads {FORMAT!r}")
+    missing = [k for k in REQUIRED if k not in content]
+    if missing:
+        raise ModelFileError(f"model file {path} lacks {', '.join(missing)}; retrain it with 'cyseg train'")
+    return content

@@ -1,0 +1,86 @@
+"""Binary mask -> polygons (rasterio shapes, shapely validity fix, optional simplification) and
+polygons -> GeoJSON FeatureCollection that QuPath imports (pixel coordinates, top-left origin)."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import rasterio.features
+from affine import Affine
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.validation import make_valid
+
+from segmenter.atomic import atomic_path
+
+
+def _polygons_of(geometry) -> list[Polygon]:
+    if isinstance(geometry, Polygon):
+        return [geometry] if not geometry.is_empty else []
+    if isinstance(geometry, MultiPolygon):
+        return [g for g in geometry.geoms if not g.is_empty]
+    return [g for part in getattr(geometry, "geoms", []) for g in _polygons_of(part)]
+
+
+def clean(geometry, simplify: float = 0.0) -> list[Polygon]:
+    """Valid, non-empty polygons from any geometry, simplified (topology preserved) when asked."""
+    if simplify > 0:
+        geometry = geometry.simplify(simplify, preserve_topology=True)
+    if not geometry.is_valid:
+        geometry = make_valid(geometry)
+    return [p for p in _polygons_of(geometry) if p.area > 0]
+
+
+def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: tuple[float, float] = (0, 0),
+                     simplify: float = 0.0, min_area: float = 0.0) -> list[tuple[Polygon, dict[str, Any]]]:
+    """One polygon per connected foreground component (8-connectivity), with its area and, when
+    `probs` is given, its mean foreground probability. Coordinates: pixel edges, shifted by `offset`."""
+    binary = (mask > 0).astype(np.uint8)
+    n, labels = cv2.connectedComponents(binary, connectivity=8)
+    if n <= 1:
+        return []
+    mean_prob = None
+    if probs is not None:
+        counts = np.bincount(labels.ravel(), minlength=n)
+        sums = np.bincount(labels.ravel(), weights=probs.astype(np.float64).ravel(), minlength=n)
+        mean_prob = sums / np.maximum(counts, 1)
+    transform = Affine(1, 0, offset[0], 0, 1, offset[1])
+    out = []
+    for geom, value in rasterio.features.shapes(labels.astype(np.int32), mask=binary.astype(bool),
+                                                connectivity=8, transform=transform):
+        for polygon in clean(shape(geom), simplify):
+            if polygon.area < min_area:
+                continue
+            props: dict[str, Any] = {"area": float(polygon.area)}
+            if mean_prob is not None:
+                props["mean_probability"] = round(float(mean_prob[int(value)]), 4)
+            out.append((polygon, props))
+    return out
+
+
+def feature_collection(polygons: Iterable[tuple[Polygon, dict[str, Any]]], label: str = "cell",
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """GeoJSON FeatureCollection in the shape QuPath imports (objectType, classification)."""
+    features = []
+    for polygon, props in polygons:
+        features.append({
+            "type": "Feature",
+            "geometry": mapping(polygon),
+            "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}, **props},
+        })
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if extra:
+        collection["properties"] = extra
+    return collection
+
+
+def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
+    """Write GeoJSON atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection))
+    return path

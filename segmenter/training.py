@@ -1,0 +1,263 @@
+"""Training loop: random crops with online augmentation, Adam with cosine decay, validation IoU
+per epoch (best model kept), resumable checkpoints, per-epoch metrics (CSV, JSON, PNG), AMP on CUDA."""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segmenter.atomic import atomic_path
+from segmenter.augment import method_augmenter
+from segmenter.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
+from segmenter.device import out_of_memory_message
+from segmenter.errors import CysegError, ModelFileError
+from segmenter.history import write_history
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a training run; recorded in the model file."""
+
+    epochs: int = 30
+    steps_per_epoch: int = 20
+    batch: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    seed: int = 0
+    workers: int = 1
+    colour: bool = False
+    translate: float = 0.15
+    out: str | None = None
+    resume: bool = False
+    amp: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        """Reject values that cannot train."""
+        for name in ("epochs", "steps_per_epoch", "batch", "crop"):
+            if getattr(self, name) < 1:
+                raise CysegError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise CysegError(f"--lr must be > 0 (got {self.lr})")
+        if self.workers < 0:
+            raise CysegError(f"--workers must be >= 0 (got {self.workers})")
+        if not 0 <= self.translate < 0.5:
+            raise CysegError(f"translation {self.translate} must be in [0, 0.5)")
+
+
+class CropSampler(torch.utils.data.Dataset):
+    """Random augmented crops from in-memory images; sample i of epoch e is a pure function of
+    (seed, e, i), so runs are reproducible with any number of workers and after a resume."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
+                 seed: int, colour: bool, translate: float, n_classes: int):
+        self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
+        self.n_classes = n_classes
+        self.epoch = 0
+        areas = np.array([m.size for m in masks], dtype=np.float64)
+        self.p = areas / areas.sum()
+        self.pad = A.PadIfNeeded(min_height=crop, min_width=crop, border_mode=4, p=1.0)
+        self.aug = method_augmenter(colour=colour, translate=translate)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = int(rng.choice(len(self.images), p=self.p))
+        image, mask = self.images[k], self.masks[k]
+        h, w = mask.shape
+        if h < self.crop or w < self.crop:
+            padded = self.pad(image=image, mask=mask)
+            image, mask = padded["image"], padded["mask"]
+            h, w = mask.shape
+        y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+        image, mask = image[y:y + self.crop, x:x + self.crop], mask[y:y + self.crop, x:x + self.crop]
+        self.aug.set_random_seed(int(rng.integers(2**31)))
+        out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
+        x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
+        m = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
+        if self.n_classes == 1:
+            target = m[None].float()
+        else:
+            target = torch.nn.functional.one_hot(m, self.n_classes).permute(2, 0, 1).float()
+        return x_t, target
+
+
+def _load_arrays(dataset: Dataset, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images, masks = [], []
+    for item in dataset.items:
+        image, mask = read_pair(item, n_classes)
+        images.append(image)
+        masks.append(mask)
+    return images, masks
+
+
+def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1]) over all pixels of the training images."""
+    total = sum(im.shape[0] * im.shape[1] for im in images)
+    s = sum(im.reshape(-1, im.shape[2]).astype(np.float64).sum(0) for im in images)
+    s2 = sum((im.reshape(-1, im.shape[2]).astype(np.float64) ** 2).sum(0) for im in images)
+    mean = s / total / 255.0
+    std = np.sqrt(np.maximum(s2 / total / 255.0**2 - mean**2, 1e-8))
+    return [float(v) for v in mean], [float(max(v, 1e-3)) for v in std]
+
+
+def _checkpoint_path(out: str) -> Path:
+    return Path(out).with_suffix(".ckpt")
+
+
+def _versions() -> dict[str, str]:
+    import albumentations
+    import cv2
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "albumentations": albumentations.__version__,
+            "opencv": cv2.__version__, "python": platform.python_version()}
+
+
+def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
+          opts: TrainOptions) -> list[dict[str, Any]]:
+    """Train `seg` in place; returns the per-epoch history. With `opts.out`, writes the best model,
+    a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
+    opts.check()
+    dataset = open_dataset(train_dir)
+    check_dataset(dataset, seg.n_classes)
+    val = open_dataset(val_dir) if val_dir is not None else None
+    if val is not None:
+        check_dataset(val, seg.n_classes)
+    images, masks = _load_arrays(dataset, seg.n_classes)
+    crop = min(opts.crop, min(min(m.shape) for m in masks) // seg.multiple * seg.multiple or opts.crop)
+    if crop != opts.crop:
+        log.info("crop lowered to %d px to fit the smallest image", crop)
+    torch.manual_seed(opts.seed)
+    resumed = None
+    ckpt_path = _checkpoint_path(opts.out) if opts.out else None
+    if opts.resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise CysegError(f"--resume given but no checkpoint {ckpt_path} exists; run without --resume")
+        try:
+            resumed = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: say so, never train from a wrong state
+            raise ModelFileError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it and train without --resume") from exc
+        if resumed.get("options", {}).get("seed") != opts.seed or resumed.get("dataset") != manifest_hash(dataset):
+            raise CysegError(f"checkpoint {ckpt_path} was made with another dataset or seed; delete it or use the same options")
+        seg.model.load_state_dict(resumed["state_dict"])
+        seg.preprocess = resumed["preprocess"]
+    else:
+        mean, std = channel_stats(images)
+        seg.preprocess = {"scale": 255.0, "mean": mean, "std": std}
+
+    sampler = CropSampler(images, masks, crop, opts.steps_per_epoch * opts.batch, opts.seed, opts.colour,
+                          opts.translate, seg.n_classes)
+    loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
+                        drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
+    optimizer = seg.optimizer(opts.lr)
+    total_steps = opts.epochs * opts.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    use_amp = opts.amp and seg.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: list[dict[str, Any]] = []
+    best = {"val_iou": -1.0, "epoch": 0, "state": None}
+    start_epoch = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        history = resumed["history"]
+        start_epoch = resumed["epoch"]
+        best = {"val_iou": resumed["best_val_iou"], "epoch": resumed["best_epoch"], "state": resumed["best_state"]}
+        log.info("resuming from epoch %d of %d", start_epoch, opts.epochs)
+
+    seg.training_info = {
+        "dataset": str(Path(train_dir).resolve()), "dataset_hash": manifest_hash(dataset), "n_images": len(dataset),
+        "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
+        "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    from segmenter.evaluation import mean_scores
+
+    cpu_start = time.process_time()
+    for epoch in range(start_epoch, opts.epochs):
+        sampler.epoch = epoch
+        seg.model.train()
+        t0 = time.perf_counter()
+        losses, ious = [], []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="step", leave=False,
+                   disable=not opts.progress, dynamic_ncols=True)
+        try:
+            for x, target in bar:
+                x, target = seg.to_input(x), target.to(seg.device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+                with autocast:
+                    logits = seg.model(x)
+                loss = seg.loss(logits, target)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if not torch.isfinite(loss):
+                    raise CysegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
+                with torch.no_grad():
+                    pred = logits.detach() > 0
+                    inter = (pred & (target > 0.5)).sum().item()
+                    union = (pred | (target > 0.5)).sum().item()
+                losses.append(loss.item())
+                ious.append(1.0 if union == 0 else inter / union)
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        except torch.OutOfMemoryError as exc:
+            raise CysegError(out_of_memory_message(seg.device, "training")) from exc
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_iou": float(np.mean(ious)),
+                               "lr": optimizer.param_groups[0]["lr"]}
+        if val is not None:
+            scores = mean_scores(seg, val)
+            row.update(val_iou=scores["iou"], val_dice=scores["dice"])
+            if scores["iou"] > best["val_iou"]:
+                best = {"val_iou": scores["iou"], "epoch": epoch + 1, "state": seg.copy_state_dict()}
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        log.info("epoch %d/%d  " + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)),
+                 epoch + 1, opts.epochs)
+        if ckpt_path is not None:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"state_dict": seg.copy_state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
+                            "history": history, "best_val_iou": best["val_iou"], "best_epoch": best["epoch"],
+                            "best_state": best["state"], "preprocess": seg.preprocess,
+                            "options": asdict(opts), "dataset": seg.training_info["dataset_hash"]}, tmp)
+            write_history(history, Path(opts.out))
+
+    if best["state"] is not None:
+        seg.model.load_state_dict(best["state"])
+    seg.training_info.update(
+        epochs_run=len(history), best_epoch=best["epoch"] if val is not None else len(history),
+        best_val_iou=best["val_iou"] if val is not None else None,
+        final=history[-1] if history else None, cpu_seconds=time.process_time() - cpu_start,
+        finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    if opts.out:
+        seg.save(opts.out)
+        write_history(history, Path(opts.out))
+        if ckpt_path is not None:
+            ckpt_path.unlink(missing_ok=True)
+    return history

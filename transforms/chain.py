@@ -1,0 +1,82 @@
+"""Post-processing chains described as JSON-able lists of {"op": ..., params} dicts, as stored in the
+model file, with builders for the numpy/OpenCV and the torch implementations."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from segmenter.errors import CysegError
+from transforms.cpu import Compose, ErodeDilate, Normalize, Smoothing, Threshold, check_threshold
+from transforms.torch_ops import TorchCompose, TorchErodeDilate, TorchNormalize, TorchSmoothing, TorchThreshold
+
+ChainSpec = list[dict[str, Any]]
+
+_CPU_OPS = {"normalize": Normalize, "smoothing": Smoothing, "erode_dilate": ErodeDilate, "threshold": Threshold}
+_TORCH_OPS = {"normalize": TorchNormalize, "smoothing": TorchSmoothing, "erode_dilate": TorchErodeDilate,
+              "threshold": TorchThreshold}
+_PARAMS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _CPU_OPS.items()}
+
+
+def _check_step(index: int, step: Any) -> dict[str, Any]:
+    """One validated step as a new dict with canonical parameter values."""
+    if not isinstance(step, dict) or "op" not in step:
+        raise CysegError(f"post-processing step {index} ({step!r}) is not a dict with an 'op' key; "
+                         'write e.g. {"op": "smoothing", "k": 3}')
+    op = step["op"]
+    if op not in _CPU_OPS:
+        raise CysegError(f"unknown post-processing op {op!r}; use one of {', '.join(_CPU_OPS)}")
+    given = sorted(key for key in step if key != "op")
+    if given != sorted(_PARAMS[op]):
+        raise CysegError(f"post-processing op {op!r} takes parameters {list(_PARAMS[op])}, got {given}; "
+                         "give exactly those")
+    built = _CPU_OPS[op](**{key: step[key] for key in given})
+    return {"op": op, **dataclasses.asdict(built)}
+
+
+def validate_chain(spec: Sequence[dict[str, Any]]) -> ChainSpec:
+    """Return a checked copy of `spec`; an unknown op, a missing, extra or bad parameter, or a
+    threshold anywhere but last raises CysegError naming the op."""
+    if not isinstance(spec, (list, tuple)):
+        raise CysegError(f"post-processing chain {spec!r} is not a list of steps; "
+                         'write e.g. [{"op": "smoothing", "k": 3}, {"op": "threshold", "t": 0.5}]')
+    checked = [_check_step(i, step) for i, step in enumerate(spec)]
+    if any(step["op"] == "threshold" for step in checked[:-1]):
+        raise CysegError("post-processing op 'threshold' must be the last step of the chain; move it to the end")
+    return checked
+
+
+def default_chain(threshold: float = 0.5, erode_k: int = 3, erode_iterations: int = 1,
+                  smoothing_k: int = 3) -> ChainSpec:
+    """The method's post-processing: erode-dilate (opening), then smoothing, then threshold."""
+    return validate_chain([
+        {"op": "erode_dilate", "k": erode_k, "iterations": erode_iterations},
+        {"op": "smoothing", "k": smoothing_k},
+        {"op": "threshold", "t": threshold},
+    ])
+
+
+def idi_chain(threshold: float = 0.5, erode_k: int = 3, erode_iterations: int = 1,
+              smoothing_k: int = 3) -> ChainSpec:
+    """The method's IDI variant: per-map z-score normalisation, then the default chain."""
+    return [{"op": "normalize"}, *default_chain(threshold, erode_k, erode_iterations, smoothing_k)]
+
+
+def build_cpu(spec: Sequence[dict[str, Any]]) -> Compose:
+    """The numpy/OpenCV implementation of the chain `spec`."""
+    return Compose([_CPU_OPS[step.pop("op")](**step) for step in validate_chain(spec)])
+
+
+def build_torch(spec: Sequence[dict[str, Any]]) -> TorchCompose:
+    """The torch implementation of the chain `spec`, identical in results to `build_cpu`."""
+    return TorchCompose([_TORCH_OPS[step.pop("op")](**step) for step in validate_chain(spec)])
+
+
+def without_threshold(spec: Sequence[dict[str, Any]]) -> ChainSpec:
+    """The chain up to its threshold, so that a sweep can smooth once and threshold many times."""
+    return [step for step in validate_chain(spec) if step["op"] != "threshold"]
+
+
+def with_threshold(spec: Sequence[dict[str, Any]], t: float) -> ChainSpec:
+    """The chain with its threshold set to `t` (appended if it has none), e.g. for `--threshold`."""
+    return [*without_threshold(spec), {"op": "threshold", "t": check_threshold(t)}]
