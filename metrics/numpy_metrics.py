@@ -17,8 +17,8 @@ def _counts(preds: ArrayLike, targets: ArrayLike, ndim: int) -> tuple[np.ndarray
         raise CysegError(f"prediction {pred.shape} and target {target.shape} must both be {layout} masks "
                          "of the same shape; compare masks of equal size")
     axes = (-2, -1)
-    inter = np.count_nonzero(pred & target, axis=axes)
-    return np.asarray(inter), np.asarray(np.count_nonzero(pred, axis=axes)), np.asarray(np.count_nonzero(target, axis=axes))
+    inter, p_sum, t_sum = (np.asarray(np.count_nonzero(m, axis=axes)) for m in (pred & target, pred, target))
+    return inter, p_sum, t_sum
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -123,8 +123,11 @@ def test_threshold_is_strictly_greater() -> None:
             assert out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("cpu_op, torch_op", [(Smoothing(1), TorchSmoothing(1)), (ErodeDilate(1, 3), TorchErodeDilate(1, 3)),
-                                              (ErodeDilate(5, 0), TorchErodeDilate(5, 0))])
+@pytest.mark.parametrize("cpu_op, torch_op", [
+    (Smoothing(1), TorchSmoothing(1)),
+    (ErodeDilate(1, 3), TorchErodeDilate(1, 3)),
+    (ErodeDilate(5, 0), TorchErodeDilate(5, 0)),
+])
 def test_unit_kernel_and_zero_iterations_are_the_identity(cpu_op: object, torch_op: object) -> None:
     x = np.random.default_rng(0).random((2, 6, 5), dtype=np.float32)
     for out in both(cpu_op, torch_op, x):
@@ -220,7 +223,9 @@ def test_with_and_without_threshold() -> None:
 
 
 @pytest.mark.parametrize("spec, message", [
-    ([{"op": "blur", "k": 3}], r"unknown post-processing op 'blur'; use one of normalize, smoothing, erode_dilate, threshold"),
+    ([{"op": "blur", "k": 3}],
+     r"unknown post-processing op 'blur'; use one of normalize, smoothing, erode_dilate, threshold"),
+    ([{"op": ["smoothing"]}], r"unknown post-processing op \['smoothing'\]"),
     ([{"op": "smoothing"}], r"post-processing op 'smoothing' takes parameters \['k'\], got \[\]; give exactly those"),
     ([{"op": "normalize", "k": 3}], r"op 'normalize' takes parameters \[\], got \['k'\]"),
     ([{"op": "smoothing", "k": 0}], r"smoothing: kernel size k=0 is not an integer >= 1; use e.g. k=3"),

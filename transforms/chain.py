@@ -18,19 +18,24 @@ _TORCH_OPS = {"normalize": TorchNormalize, "smoothing": TorchSmoothing, "erode_d
 _PARAMS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _CPU_OPS.items()}
 
 
+def _params(step: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a validated step, without its op name."""
+    return {key: value for key, value in step.items() if key != "op"}
+
+
 def _check_step(index: int, step: Any) -> dict[str, Any]:
     """One validated step as a new dict with canonical parameter values."""
     if not isinstance(step, dict) or "op" not in step:
         raise CysegError(f"post-processing step {index} ({step!r}) is not a dict with an 'op' key; "
                          'write e.g. {"op": "smoothing", "k": 3}')
     op = step["op"]
-    if op not in _CPU_OPS:
+    if not isinstance(op, str) or op not in _CPU_OPS:
         raise CysegError(f"unknown post-processing op {op!r}; use one of {', '.join(_CPU_OPS)}")
     given = sorted(key for key in step if key != "op")
     if given != sorted(_PARAMS[op]):
         raise CysegError(f"post-processing op {op!r} takes parameters {list(_PARAMS[op])}, got {given}; "
                          "give exactly those")
-    built = _CPU_OPS[op](**{key: step[key] for key in given})
+    built = _CPU_OPS[op](**_params(step))
     return {"op": op, **dataclasses.asdict(built)}
 
 
@@ -64,12 +69,12 @@ def idi_chain(threshold: float = 0.5, erode_k: int = 3, erode_iterations: int = 
 
 def build_cpu(spec: Sequence[dict[str, Any]]) -> Compose:
     """The numpy/OpenCV implementation of the chain `spec`."""
-    return Compose([_CPU_OPS[step.pop("op")](**step) for step in validate_chain(spec)])
+    return Compose([_CPU_OPS[step["op"]](**_params(step)) for step in validate_chain(spec)])
 
 
 def build_torch(spec: Sequence[dict[str, Any]]) -> TorchCompose:
     """The torch implementation of the chain `spec`, identical in results to `build_cpu`."""
-    return TorchCompose([_TORCH_OPS[step.pop("op")](**step) for step in validate_chain(spec)])
+    return TorchCompose([_TORCH_OPS[step["op"]](**_params(step)) for step in validate_chain(spec)])
 
 
 def without_threshold(spec: Sequence[dict[str, Any]]) -> ChainSpec:
