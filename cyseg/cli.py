@@ -5,12 +5,14 @@ line, `cyseg: error: <message>`, with exit status 2.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
+from segmenter.errors import CysegError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
@@ -25,9 +27,15 @@ def _load(model: str, device: str):
 
 
 def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # a CysegError, not click.BadParameter: reported as one line like every other input error
     if value is not None and not 0.0 <= value <= 1.0:
-        raise click.BadParameter(f"{value} is outside [0, 1]; choose e.g. 0.5")
+        raise CysegError(f"--threshold {value} is outside [0, 1]; choose e.g. 0.5")
     return value
+
+
+def _progress() -> bool:
+    """Progress bars are shown unless -q asked for warnings and errors only."""
+    return logging.getLogger().getEffectiveLevel() <= logging.INFO
 
 
 @click.group(cls=ErrorReportingGroup, context_settings=CONTEXT)
@@ -76,7 +84,7 @@ def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwarg
     """Train a U-Net on the dataset folder DIR (images/, masks/)."""
     from cyseg.train_cmd import run_train
 
-    run_train(data, out, val, amp=not no_amp, progress=True, **kwargs)
+    run_train(data, out, val, amp=not no_amp, progress=_progress(), **kwargs)
     click.echo(str(out))
 
 
@@ -92,15 +100,21 @@ def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwarg
 @click.option("--overlays", is_flag=True,
               help="Write one figure per crop: crop | crop+truth | crop+prediction | truth | errors "
                    "(false positives red, false negatives blue).")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
+              help="Images larger than this run tile by tile.")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+              help="Minimum overlap between tiles (blended).")
+@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
-                     overlays: bool, device: str) -> None:
+                     overlays: bool, tile: int, overlap: int, batch: int, device: str) -> None:
     """Score MODEL on the annotated dataset folder DIR: per-image IoU and Dice, mean and std."""
     from cyseg.evaluate_cmd import run_evaluate
 
     seg = _load(model, device)
+    seg.inference.update(tile=tile, overlap=overlap, batch=batch)
     out = out or Path(f"eval-{data.resolve().name}")
-    report = run_evaluate(seg, data, out, threshold, sweep, overlays)
+    report = run_evaluate(seg, data, out, threshold, sweep, overlays, progress=_progress())
     click.echo(f"IoU {report['iou_mean']:.4f} ± {report['iou_std']:.4f}  Dice {report['dice_mean']:.4f} ± "
                f"{report['dice_std']:.4f}  ({report['n_images']} images, threshold {report['model_threshold']})")
     click.echo(str(out))
@@ -130,7 +144,7 @@ def segment_command(model: str, source: Path, out: Path, threshold: float | None
 
     seg = _load(model, device)
     run_segment_crops(seg, source, out, threshold, simplify, min_area, overlays,
-                      {"tile": tile, "overlap": overlap, "batch": batch})
+                      {"tile": tile, "overlap": overlap, "batch": batch}, progress=_progress())
     click.echo(str(out))
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+
+import torch
 
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
@@ -25,12 +28,23 @@ def parse_weights(text: str | None, n_classes: int) -> list[float] | None:
     return weights
 
 
+def check_out(out: Path) -> None:
+    """Fail before training, not after it, when the model file cannot be written at `out`."""
+    if out.is_dir():
+        raise CysegError(f"--out {out} is a folder; give a model file path such as model.pt")
+    existing = next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise CysegError(f"cannot write --out {out}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CysegError(f"cannot write --out {out}: {existing} is not writable; choose another path")
+
+
 def run_train(data: Path, out: Path, val: Path | None, *, n: int, depth: int, upsampling: str, classes: int,
               class_weights: str | None, threshold: float, erode_k: int, erode_iterations: int, smoothing_k: int,
               device: str, **options) -> UNetSegmenter:
     """Train and save; returns the trained segmenter."""
-    if out.exists() and not options.get("resume") and out.is_dir():
-        raise CysegError(f"--out {out} is a folder; give a model file path such as model.pt")
+    check_out(out)
+    torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
     seg = UNetSegmenter({"n_classes": classes, "depth": depth, "n": n, "upsampling": upsampling}, device=device,
                         class_weights=parse_weights(class_weights, classes), threshold=threshold,
                         postprocess=default_chain(threshold, erode_k, erode_iterations, smoothing_k))

@@ -12,12 +12,21 @@ from pathlib import Path
 from segmenter.errors import CysegError
 
 
+def _cannot_write(target: Path, exc: OSError) -> str:
+    """The one-line message for an output that cannot be written."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""
+    return f"cannot write {target}: {exc.strerror or exc}{where}; free disk space or choose another path"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `target`; rename it onto `target` if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise CysegError(_cannot_write(target, exc)) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -25,7 +34,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise CysegError(f"cannot write {target}: {exc.strerror or exc}; free disk space or choose another path") from exc
+        raise CysegError(_cannot_write(target, exc)) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -37,8 +46,11 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     target = Path(target)
     if target.exists() and not overwrite:
         raise CysegError(f"output folder {target} already exists; choose a new --out or remove it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    except OSError as exc:
+        raise CysegError(_cannot_write(target, exc)) from exc
     try:
         yield tmp
         if target.exists():
@@ -46,7 +58,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         os.replace(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CysegError(f"cannot write {target}: {exc.strerror or exc}; free disk space or choose another path") from exc
+        raise CysegError(_cannot_write(target, exc)) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

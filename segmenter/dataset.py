@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,7 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     if require_masks:
         if not masks_dir.is_dir():
             raise DatasetError(f"{root} has no masks/ folder; add masks/<name>.png for every image")
-        masks = _index(masks_dir, MASK_SUFFIXES)
+        masks = _index(masks_dir, MASK_SUFFIXES + (".jpg", ".jpeg"))  # JPEG listed only to be refused below
         missing = sorted(set(images) - set(masks))
         if missing:
             raise DatasetError(
@@ -122,13 +124,48 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     return Dataset(root, items, manifest)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_is_complete(data: bytes) -> bool:
+    """True when `data` is a structurally whole PNG: signature, chunks with valid CRCs, up to IEND.
+
+    Checked before decoding so that a truncated or damaged PNG is reported in our one line, not
+    by libpng and OpenCV writing their own warnings to the process' stderr."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return False
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            return False
+        if kind == b"IEND":
+            return True
+        pos = end
+    return False
+
+
+def _decode(path: Path) -> np.ndarray | None:
+    """The image in `path` as OpenCV decodes it (any depth and channels), or None if it cannot be."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if not data.size:
+        return None
+    if path.suffix.lower() == ".png" or data[:8].tobytes() == PNG_SIGNATURE:
+        if not png_is_complete(data.tobytes()):
+            return None
+    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3); grey images are replicated, alpha dropped."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image {path} does not exist; check the path")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = _decode(path)
     if image is None:
         raise DatasetError(f"image {path} cannot be decoded (corrupt or not an image); re-export or remove it")
     if image.dtype != np.uint8:
@@ -151,8 +188,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask {path} does not exist; check the path")
-    data = np.fromfile(path, dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    mask = _decode(path)
     if mask is None:
         raise DatasetError(f"mask {path} cannot be decoded (corrupt or not an image); re-export it as PNG")
     if mask.ndim == 3:

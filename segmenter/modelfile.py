@@ -41,6 +41,24 @@ def save_model_file(path: str | os.PathLike, content: dict[str, Any]) -> Path:
     return path
 
 
+def _is_torch_archive(path: Path) -> bool:
+    """A whole file in one of torch.save's formats: a zip archive, or the legacy pickle stream."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(16).startswith(pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2))
+
+
+def _describe(content: Any) -> str:
+    """What a loaded file that is not a cyseg model holds, for the error message."""
+    if isinstance(content, dict):
+        if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+            return "a bare state_dict"
+        keys = ", ".join(map(str, list(content)[:5])) + (", ..." if len(content) > 5 else "")
+        return f"a dict ({keys or 'empty'})"
+    return f"a {type(content).__name__}"
+
+
 def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a model file; raise ModelFileError naming the file and the fix otherwise."""
     path = Path(path)
@@ -48,16 +66,19 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"model file {path} does not exist; give a .pt file written by 'cyseg train'")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except PermissionError as exc:
+        raise ModelFileError(f"model file {path} cannot be read ({exc.strerror}); fix its permissions") from exc
+    except Exception as exc:  # whatever a damaged or foreign file makes the unpickler raise
         kind = "is not a PyTorch file (corrupt or truncated?)"
-        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        if "weights only" in str(exc).lower() and _is_torch_archive(path):
             kind = "holds Python objects, not a cyseg model (a bare pickled model or a foreign checkpoint?)"
         raise ModelFileError(f"model file {path} {kind}; give a .pt file written by 'cyseg train'") from exc
     if not isinstance(content, dict) or "format" not in content:
-        what = "a bare state_dict" if isinstance(content, dict) else type(content).__name__
-        raise ModelFileError(f"model file {path} is {what}, not a cyseg model (no 'format' key); retrain it with 'cyseg train'")
+        raise ModelFileError(f"model file {path} is {_describe(content)}, not a cyseg model (no 'format' key); "
+                             "retrain it with 'cyseg train'")
     if content["format"] != FORMAT:
-        raise ModelFileError(f"model file {path} has format {content['format']!r}; this cyseg reads {FORMAT!r}")
+        raise ModelFileError(f"model file {path} has format {content['format']!r}, not {FORMAT!r}; "
+                             "give a .pt file written by 'cyseg train'")
     missing = [k for k in REQUIRED if k not in content]
     if missing:
         raise ModelFileError(f"model file {path} lacks {', '.join(missing)}; retrain it with 'cyseg train'")

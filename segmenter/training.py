@@ -22,7 +22,6 @@ from tqdm import tqdm
 from segmenter.atomic import atomic_path
 from segmenter.augment import method_augmenter
 from segmenter.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
-from segmenter.device import out_of_memory_message
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.history import write_history
 
@@ -226,7 +225,10 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
                 ious.append(1.0 if union == 0 else inter / union)
                 bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         except torch.OutOfMemoryError as exc:
-            raise CysegError(out_of_memory_message(seg.device, "training")) from exc
+            if seg.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise CysegError(f"out of memory on {seg.device} while training; lower --batch or --crop "
+                             "(or use --device cpu)") from exc
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_iou": float(np.mean(ious)),
                                "lr": optimizer.param_groups[0]["lr"]}
         if val is not None:

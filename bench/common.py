@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmarks: where the real data lives, a real-microscopy test image,
+and writing results as JSON."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmenter.atomic import atomic_path
+from segmenter.dataset import read_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def bench_image(size: int) -> np.ndarray:
+    """A size x size mosaic of real microscopy: the miccai15 tiles when ../shared/data is present,
+    else scikit-image's bundled IHC image."""
+    folder = SHARED_DATA / "miccai15" / "images"
+    if folder.is_dir():
+        tiles = [read_image(p) for p in sorted(folder.glob("*.png"))]
+    else:
+        from skimage import data
+
+        tiles = [np.ascontiguousarray(data.immunohistochemistry())]
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    y = 0
+    i = 0
+    while y < size:
+        x, row_h = 0, 0
+        while x < size:
+            t = tiles[i % len(tiles)]
+            i += 1
+            h, w = min(t.shape[0], size - y), min(t.shape[1], size - x)
+            out[y:y + h, x:x + w] = t[:h, :w]
+            x += w
+            row_h = max(row_h, h)
+        y += row_h
+    return out
+
+
+def write_results(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,150 @@
+"""Throughput benchmark: cyseg's whole predict path (read, normalise, tile, infer, blend,
+post-process) and training loop, each beside the bare model (`model(x)` in a loop) measured in
+the same run, interleaved, so the ratio is fair on a noisy machine.
+
+    python bench/throughput.py [--quick] [--device cpu|cuda] [--out bench/results/throughput_<device>.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import bench_image, write_results  # noqa: E402
+from segmenter.dataset import read_image, write_png  # noqa: E402
+from unet import UNetSegmenter  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float) -> float:
+    """MP/s of `model(x)` on random normalised batches of `tile`² tiles (the ceiling)."""
+    x = torch.randn(batch, 3, tile, tile, device=seg.device)
+    if seg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    seg.model.eval()
+    with torch.inference_mode():
+        autocast = torch.autocast("cuda", dtype=torch.float16) if seg.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        with autocast:
+            seg.model(x)
+            _sync(seg.device)
+            n, start = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - start < min_seconds:
+                seg.model(x)
+                n += 1
+            _sync(seg.device)
+    return n * batch * tile * tile / 1e6 / (time.perf_counter() - start)
+
+
+def predict_path(seg: UNetSegmenter, path: Path, tile: int, overlap: int, batch: int, min_seconds: float) -> float:
+    """MP/s of image area for read -> predict (tiled, blended) -> post-processed mask."""
+    n, start, pixels = 0, time.perf_counter(), 0
+    while n == 0 or time.perf_counter() - start < min_seconds:
+        image = read_image(path)
+        probs = seg.predict(image, tile=tile, overlap=overlap, batch=batch)
+        with torch.inference_mode():
+            mask = seg.masks_from_probabilities(probs)
+        mask.cpu()
+        pixels += image.shape[0] * image.shape[1]
+        n += 1
+    return pixels / 1e6 / (time.perf_counter() - start)
+
+
+def bare_training(seg: UNetSegmenter, crop: int, batch: int, steps: int) -> float:
+    """Images/s of forward + loss + backward + Adam step on random tensors."""
+    opt = seg.optimizer(1e-3)
+    seg.model.train()
+    x = torch.randn(batch, 3, crop, crop, device=seg.device)
+    y = (torch.rand(batch, 1, crop, crop, device=seg.device) > 0.5).float()
+    start = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            _sync(seg.device)
+            start = time.perf_counter()
+        opt.zero_grad()
+        seg.loss(seg.model(x), y).backward()
+        opt.step()
+    _sync(seg.device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def training_loop(seg: UNetSegmenter, data: Path, crop: int, batch: int, steps: int) -> float:
+    """Images/s of cyseg's training loop (crop sampling, augmentation, loader, loss, step)."""
+    start = time.perf_counter()
+    seg.fit(data, None, epochs=1, steps_per_epoch=steps, batch=batch, crop=crop, workers=1, progress=False)
+    _sync(seg.device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="n=16 and tile 512 only, short timings")
+    parser.add_argument("--size", type=int, default=2048, help="side of the benchmark image")
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    ns, tiles = ([16], [512]) if args.quick else ([8, 16, 32], [256, 512, 1024])
+    seconds = 2.0 if args.quick else 4.0
+    work = Path(tempfile.mkdtemp(prefix="cyseg-bench-"))
+    image_path = work / "bench.png"
+    write_png(image_path, bench_image(args.size))
+    train_dir = work / "train"
+    (train_dir / "images").mkdir(parents=True)
+    (train_dir / "masks").mkdir()
+    image = read_image(image_path)
+    write_png(train_dir / "images" / "a.png", image[:1024, :1024])
+    write_png(train_dir / "masks" / "a.png", ((image[:1024, :1024].mean(axis=2) < 150) * 255).astype(np.uint8))
+
+    rows = []
+    for n in ns:
+        seg = UNetSegmenter({"n": n}, device=args.device)
+        for tile in tiles:
+            batch = 4 if tile <= 512 else 1
+            bare, full = [], []
+            for _ in range(2):  # interleaved rounds: the best of each resists machine noise
+                bare.append(bare_forward(seg, tile, batch, seconds))
+                full.append(predict_path(seg, image_path, tile, args.overlap, batch, seconds))
+            row = {"n": n, "tile": tile, "batch": batch, "bare_forward_mp_s": max(bare),
+                   "predict_path_mp_s": max(full), "ratio": max(full) / max(bare)}
+            rows.append(row)
+            print(f"n={n:2d} tile={tile:4d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  "
+                  f"predict {row['predict_path_mp_s']:7.3f} MP/s  ratio {row['ratio']:.1%}", flush=True)
+    train_rows = []
+    for n in ns:
+        seg = UNetSegmenter({"n": n}, device=args.device)
+        steps = 5 if args.quick else 10
+        bare_t = bare_training(seg, 256, 8, steps)
+        loop_t = training_loop(seg, train_dir, 256, 8, steps)
+        train_rows.append({"n": n, "crop": 256, "batch": 8, "bare_train_img_s": bare_t, "train_loop_img_s": loop_t,
+                           "ratio": loop_t / bare_t})
+        print(f"n={n:2d} training  bare {bare_t:6.2f} img/s  loop {loop_t:6.2f} img/s  ratio {loop_t / bare_t:.1%}", flush=True)
+    device = str(UNetSegmenter({"n": 8}, device=args.device).device)
+    result = {
+        "benchmark": "throughput", "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        "cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
+        "image": f"{args.size}x{args.size} mosaic of real microscopy (bench.common.bench_image)",
+        "overlap": args.overlap, "inference": rows, "training": train_rows,
+        "target": "predict path >= 85% of bare forward at tile 512",
+    }
+    out = args.out or ROOT / "bench" / "results" / f"throughput_{device.split(':')[0]}.json"
+    write_results(out, result)
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()
