@@ -97,6 +97,13 @@ def break_mask_values(root: Path) -> tuple[Path, list[str]]:
     return root, [str(root / "masks" / "tr02.png"), "not binary", "[1]", "255 for foreground"]
 
 
+def break_jpeg_mask(root: Path) -> tuple[Path, list[str]]:
+    mask = cv2.imread(str(root / "masks" / "tr00.png"), cv2.IMREAD_UNCHANGED)
+    (root / "masks" / "tr00.png").unlink()
+    assert cv2.imwrite(str(root / "masks" / "tr00.jpg"), mask)
+    return root, [str(root / "masks" / "tr00.jpg"), "JPEG", "store masks as PNG"]
+
+
 def break_image_png(root: Path) -> tuple[Path, list[str]]:
     truncate(root / "images" / "tr01.png")
     return root, [str(root / "images" / "tr01.png"), "cannot be decoded", "re-export"]
@@ -114,6 +121,7 @@ DATASET_CASES = {
     "image without mask": break_no_mask,
     "mask size mismatch": break_mask_size,
     "non-binary mask": break_mask_values,
+    "JPEG mask": break_jpeg_mask,
     "corrupt image PNG": break_image_png,
     "corrupt mask PNG": break_mask_png,
 }
@@ -246,8 +254,14 @@ def truncated_model(path: Path, model: Path) -> list[str]:
     return ["is not a PyTorch file", "cyseg train"]
 
 
+def text_file(path: Path) -> list[str]:
+    path.write_text("hello")
+    return ["is not a PyTorch file", "cyseg train"]
+
+
 MODEL_CASES = {
     "missing model file": lambda path, model: ["does not exist", "cyseg train"],
+    "text file": lambda path, model: text_file(path),
     "random bytes": lambda path, model: random_bytes(path),
     "truncated model file": truncated_model,
     "bare state_dict": lambda path, model: foreign_state_dict(path),
@@ -313,6 +327,29 @@ def test_failing_segment_keeps_an_earlier_output(tiny_model, dataset, tmp_path):
     assert_one_line_error(result, "tr02.png", "cannot be decoded")
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not list(tmp_path.glob(".*.part"))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "segment"])
+def test_out_under_a_file_is_refused(command, tiny_model, ihc_dataset, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    out = blocker / "report"
+    result = invoke(["-q", command, tiny_model, ihc_dataset.val, "--out", out, "--device", "cpu"])
+    assert_one_line_error(result, f"cannot write {out}", "choose another path")
+    assert blocker.read_text() == "not a folder"
+    assert_nothing_written(tmp_path)
+
+
+def test_without_quiet_the_error_is_still_one_line_and_last(tiny_model, dataset, tmp_path):
+    """Progress bars and log lines may come first; the error is a single final line."""
+    truncate(dataset / "images" / "tr02.png")
+    out = tmp_path / "out"
+    result = invoke(["segment", tiny_model, dataset, "--out", out, "--device", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if "error" in line] == [lines[-1]]
+    assert lines[-1].startswith(PREFIX) and "tr02.png" in lines[-1]
+    assert_nothing_written(tmp_path, out)
 
 
 # ---------------------------------------------------------------- out of memory

@@ -1,0 +1,141 @@
+"""Accuracy benchmark on the real data in ../shared/data: trains with `cyseg train` (the real CLI,
+its own defaults unless --train-args says otherwise) and scores the test images at full resolution
+with `cyseg evaluate`, over several seeds or folds.
+
+    python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
+                             [--train-args "--colour --epochs 60"]
+
+Results are merged into bench/results/accuracy.json under dataset -> label.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import SHARED_DATA, write_results  # noqa: E402
+
+MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")
+RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+
+
+def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
+    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            target = out / sub / f"{stem}.png"
+            if not target.exists():
+                target.symlink_to(source / sub / f"{stem}.png")
+    return out
+
+
+def stems_of(folder: Path) -> list[str]:
+    return sorted(p.stem for p in (folder / "images").glob("*.png"))
+
+
+def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, int]]:
+    """(run name, train dir, test dir, seed) for every run of a dataset."""
+    if dataset == "miccai15":
+        src = SHARED_DATA / "miccai15"
+        all_stems = stems_of(src)
+        train = link_dataset(work / "miccai15" / "train", src, [s for s in all_stems if s not in MICCAI_TEST])
+        test = link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST))
+        return [(f"seed{s}", train, test, s) for s in range(seeds)]
+    if dataset == "glas":
+        train = link_dataset(work / "glas" / "train", SHARED_DATA / "glas" / "train", stems_of(SHARED_DATA / "glas" / "train"))
+        test = link_dataset(work / "glas" / "test", SHARED_DATA / "glas" / "test", stems_of(SHARED_DATA / "glas" / "test"))
+        return [(f"seed{s}", train, test, s) for s in range(seeds)]
+    if dataset == "wbc":
+        src = SHARED_DATA / "wbc" / "dataset1"
+        all_stems = stems_of(src)
+        random.Random(0).shuffle(all_stems)
+        folds = [all_stems[i::5] for i in range(5)]
+        runs = []
+        for k in range(5):
+            train = link_dataset(work / "wbc" / f"fold{k}" / "train", src, [s for j, f in enumerate(folds) if j != k for s in f])
+            test = link_dataset(work / "wbc" / f"fold{k}" / "test", src, folds[k])
+            runs.append((f"fold{k}", train, test, 0))
+        return runs
+    raise SystemExit(f"unknown dataset {dataset}; use miccai15, glas or wbc")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str]) -> dict[str, Any]:
+    """Train and evaluate once through the real CLI; returns scores and costs."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / "model.pt"
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    if not model.exists():
+        subprocess.run(["cyseg", "-q", "train", str(train), "--out", str(model), "--seed", str(seed), *train_args],
+                       check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
+    cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
+    report = out / "eval"
+    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summary = json.loads((report / "summary.json").read_text())
+    return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
+            "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],
+            "best_sweep_threshold": summary.get("best_threshold"),
+            "train_cpu_s": cpu_train, "train_wall_s": wall_train}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    iou = np.array([r["iou"] for r in runs])
+    dice = np.array([r["dice"] for r in runs])
+    return {"iou_mean": float(iou.mean()), "iou_std": float(iou.std()), "dice_mean": float(dice.mean()),
+            "dice_std": float(dice.std()), "n_runs": len(runs),
+            "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in runs])),
+            "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in runs]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="miccai15,glas,wbc")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--label", default="defaults", help="name of this configuration in the results")
+    parser.add_argument("--train-args", default="", help="extra `cyseg train` options (default: none, the CLI defaults)")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
+    args = parser.parse_args()
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"{SHARED_DATA} not found: the accuracy benchmark needs the real data sets")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    import torch
+
+    for dataset in args.datasets.split(","):
+        runs = []
+        for name, train, test, seed in splits(dataset, args.work / "data", args.seeds):
+            run = run_one(name, train, test, seed, args.work / "runs" / dataset / args.label / name,
+                          shlex.split(args.train_args))
+            runs.append(run)
+            print(f"{dataset:9s} {args.label:10s} {name:6s} IoU {run['iou']:.4f} Dice {run['dice']:.4f} "
+                  f"train {run['train_cpu_s'] / 60:.1f} CPU-min ({run['train_wall_s'] / 60:.1f} min wall)", flush=True)
+        entry = {"train_args": args.train_args or "(cyseg train defaults)", **aggregate(runs), "runs": runs,
+                 "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        results.setdefault(dataset, {})[args.label] = entry
+        write_results(RESULTS, results)
+        print(f"{dataset:9s} {args.label:10s} IoU {entry['iou_mean']:.4f} ± {entry['iou_std']:.4f}  "
+              f"Dice {entry['dice_mean']:.4f} ± {entry['dice_std']:.4f}  ({entry['n_runs']} runs, "
+              f"{entry['train_cpu_s_mean'] / 60:.1f} CPU-min per training)", flush=True)
+    print(f"results in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
