@@ -157,7 +157,7 @@ def demo_command(out: Path, model: str, device: str) -> None:
     """Segment real microscopy images shipped with scikit-image using the shipped model, end to end."""
     from cyseg.demo import run_demo
 
-    for line in run_demo(_load(model, device), out):
+    for line in run_demo(_load(model, device), out, progress=_progress()):
         click.echo(line)
 
 

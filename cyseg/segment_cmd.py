@@ -31,6 +31,12 @@ def list_images(source: Path) -> list[Path]:
                    and not p.name.startswith("."))
     if not files:
         raise CysegError(f"{folder} holds no images (.png, .jpg, .tif); give a folder of crops")
+    seen: dict[str, Path] = {}
+    for path in files:  # outputs are named by stem: a.png and a.jpg would overwrite each other's mask
+        if path.stem in seen:
+            raise CysegError(f"{folder} holds two images named '{path.stem}' ({seen[path.stem].name}, {path.name}); "
+                             "rename or remove one")
+        seen[path.stem] = path
     return files
 
 

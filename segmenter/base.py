@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -127,9 +127,10 @@ class Segmenter:
         return image
 
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
-                batch: int | None = None) -> torch.Tensor:
+                batch: int | None = None, keep: Callable[[int, int, int, int], bool] | None = None) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
-        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended."""
+        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended.
+        `keep(y, x, h, w)` may skip tiles (their pixels get probability 0)."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -139,7 +140,7 @@ class Segmenter:
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
             with autocast:
                 return predict_tiled(lambda t: self.probabilities(self.to_input(t)), x, self.n_classes,
-                                     tile, overlap, batch, self.multiple).float()
+                                     tile, overlap, batch, self.multiple, keep).float()
 
     def postprocess_chain(self, threshold: float | None = None):
         """The post-processing chain on the model's device, with an optional threshold override."""
@@ -205,6 +206,8 @@ class Segmenter:
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
                         threshold=content["threshold"], inference=content.get("inference"))
             seg.model.load_state_dict(content["state_dict"])
+        except CysegError as exc:
+            raise ModelFileError(f"{source} holds an unusable configuration ({exc}); retrain it with 'cyseg train'") from exc
         except (RuntimeError, KeyError, TypeError) as exc:
             raise ModelFileError(f"{source} does not match its own configuration ({str(exc).splitlines()[0]}); retrain it") from exc
         seg.training_info = dict(content.get("training") or {})

@@ -54,6 +54,10 @@ class ErrorReportingGroup(click.Group):
         except CysegError as exc:
             fail(ctx.find_root().info_name or "cyseg", one_line(exc))
             ctx.exit(2)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            fail(ctx.find_root().info_name or "cyseg", one_line(click.ClickException(exc.format_message())) + hint)
+            ctx.exit(2)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             fail(ctx.find_root().info_name or "cyseg", f"{where}{exc.strerror or one_line(exc)}")

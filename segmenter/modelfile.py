@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from segmenter.atomic import atomic_path
-from segmenter.errors import ModelFileError
+from segmenter.errors import CysegError, ModelFileError
 
 FORMAT = "cyseg-model/1"
 REQUIRED = ("format", "arch", "config", "state_dict", "preprocess", "threshold", "postprocess")
@@ -82,4 +82,24 @@ def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in content]
     if missing:
         raise ModelFileError(f"model file {path} lacks {', '.join(missing)}; retrain it with 'cyseg train'")
+    check_content(content, path)
     return content
+
+
+def check_content(content: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a model file whose pre- or post-processing cannot work (an edited or damaged file)
+    now, naming the file, rather than later with a less helpful error."""
+    from transforms.chain import validate_chain
+    from transforms.cpu import check_threshold
+
+    pre = content["preprocess"]
+    if not (isinstance(pre, dict) and {"scale", "mean", "std"} <= set(pre) and isinstance(pre["mean"], list)
+            and isinstance(pre["std"], list) and len(pre["mean"]) == len(pre["std"])):
+        raise ModelFileError(f"model file {path} has no usable preprocess (scale, mean, std per channel); "
+                             "retrain it with 'cyseg train'")
+    try:
+        check_threshold(content["threshold"])
+        validate_chain(content["postprocess"])
+    except CysegError as exc:
+        reason = str(exc).split(";")[0]
+        raise ModelFileError(f"model file {path} is damaged ({reason}); retrain it with 'cyseg train'") from exc

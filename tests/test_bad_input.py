@@ -20,10 +20,11 @@ PREFIX = "cyseg: error: "
 
 
 def assert_one_line_error(result, *needles: str) -> str:
-    """Exit 2 and a single `cyseg: error:` line on stderr holding every needle; returns the line."""
-    output = result.stderr if hasattr(result, "stderr") else ""
+    """Exit 2 and a single `cyseg: error:` line on stderr holding every needle; returns the line.
+    `result` is click's Result, or a CompletedProcess given an `exit_code`."""
+    output = result.stderr
     assert result.exit_code == 2, output
-    assert "Traceback" not in output and "Traceback" not in getattr(result, "stdout", "")
+    assert "Traceback" not in output and "Traceback" not in result.stdout
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line on stderr, got {lines}"
     line = lines[0]
@@ -190,6 +191,23 @@ def test_train_refuses_an_out_under_a_file_before_training(ihc_dataset, tmp_path
     assert_nothing_written(tmp_path)
 
 
+def test_train_refuses_a_non_writable_out_folder_before_training(ihc_dataset, tmp_path, monkeypatch):
+    import cyseg.train_cmd
+    import segmenter.training as training
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # tests may run as root, for whom chmod does not lock a folder: make it read-only in os.access' eyes
+    monkeypatch.setattr(cyseg.train_cmd.os, "access",
+                        lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("trained although --out cannot be written"))
+    out = locked / "sub" / "model.pt"
+    result = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY])
+    assert_one_line_error(result, f"cannot write --out {out}", f"{locked} is not writable", "choose another path")
+    assert list(locked.iterdir()) == []
+
+
 def test_train_creates_missing_parent_folders(ihc_dataset, tmp_path):
     out = tmp_path / "new" / "deeper" / "model.pt"
     result = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, "--epochs", "1", "--steps-per-epoch", "1"])
@@ -306,6 +324,16 @@ def test_segment_empty_folder(tiny_model, tmp_path):
     (empty / "notes.txt").write_text("no images")
     result = invoke(["-q", "segment", tiny_model, empty, "--out", out, "--device", "cpu"])
     assert_one_line_error(result, str(empty), "holds no images")
+    assert_nothing_written(tmp_path, out)
+
+
+def test_segment_refuses_two_images_with_one_name(tiny_model, ihc_dataset, tmp_path):
+    folder, out = tmp_path / "crops", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(ihc_dataset.val / "images" / "va00.png", folder / "a.png")
+    assert cv2.imwrite(str(folder / "a.jpg"), cv2.imread(str(ihc_dataset.val / "images" / "va01.png")))
+    result = invoke(["-q", "segment", tiny_model, folder, "--out", out, "--device", "cpu"])
+    assert_one_line_error(result, str(folder), "two images named 'a'", "a.jpg, a.png", "rename")
     assert_nothing_written(tmp_path, out)
 
 

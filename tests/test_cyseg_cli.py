@@ -17,7 +17,7 @@ import torch
 from affine import Affine
 from shapely.geometry import shape
 
-from conftest import REPO, TINY, invoke
+from conftest import TINY, invoke
 from metrics.numpy_metrics import dice, jaccard, mean_std
 from segmenter.dataset import manifest_hash, open_dataset, read_image, read_mask
 from segmenter.evaluation import SWEEP
@@ -323,6 +323,37 @@ def test_segment_a_single_image_file_in_a_real_process(tiny_model, ihc_dataset, 
     assert [p.name for p in (out / "geojson").iterdir()] == ["tr03.geojson"]
     mask = read_mask(out / "masks" / "tr03.png", shape=read_image(image).shape[:2])
     assert mask.any()
+
+
+def test_demo_with_a_given_model(tiny_model, tmp_path):
+    out = tmp_path / "demo"
+    result = invoke(["-q", "demo", "--model", tiny_model, "--out", out, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "segmented 2 images" in result.stdout and result.stderr == ""  # -q: no progress bars either
+    mosaic = cv2.imread(str(out / "segmentation" / "masks" / "mosaic.png"), cv2.IMREAD_UNCHANGED)
+    assert mosaic.shape == (1024, 1536)
+    figure = cv2.imread(str(out / "overlay.png"))
+    assert figure.shape == (512, 2 * 512 + 10, 3)
+    assert json.loads((out / "segmentation" / "geojson" / "ihc.geojson").read_text())["features"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_train_evaluate_segment_on_cuda(ihc_dataset, tmp_path):
+    model = tmp_path / "gpu.pt"
+    gpu = [a if a != "cpu" else "cuda" for a in TINY]
+    result = invoke(["-q", "train", ihc_dataset.train, "--val", ihc_dataset.val, "--out", model, *gpu])
+    assert result.exit_code == 0, result.output
+    content = load(model)
+    assert content["training"]["device"].startswith("cuda")
+    assert all(t.device.type == "cpu" for t in content["state_dict"].values())
+    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "r", "--device", "cuda"]).exit_code == 0
+    assert invoke(["-q", "segment", model, ihc_dataset.val, "--out", tmp_path / "s", "--device", "cuda"]).exit_code == 0
+    assert (tmp_path / "s" / "masks" / "va00.png").is_file()
+    # the same model on the CPU scores within a whisker of the GPU (fp16 autocast there)
+    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "rc", "--device", "cpu"]).exit_code == 0
+    gpu_iou = json.loads((tmp_path / "r" / "summary.json").read_text())["iou_mean"]
+    cpu_iou = json.loads((tmp_path / "rc" / "summary.json").read_text())["iou_mean"]
+    assert gpu_iou == pytest.approx(cpu_iou, abs=0.02)
 
 
 # ---------------------------------------------------------------- help

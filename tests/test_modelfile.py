@@ -188,3 +188,24 @@ def test_weights_that_do_not_match_the_configuration_are_refused(segmenter, tmp_
     with pytest.raises(ModelFileError) as excinfo:
         Segmenter.load(tmp_path / "other.pt", device="cpu")
     assert "does not match its own configuration" in message(excinfo) and "retrain" in message(excinfo)
+
+
+@pytest.mark.parametrize("damage", [
+    "threshold 1.5", "unknown post-processing op", "preprocess without mean",
+    "depth 99",
+])
+def test_inconsistent_model_content_is_refused_naming_the_file(damage, segmenter, tmp_path):
+    content = torch.load(segmenter.save(tmp_path / "m.pt"), weights_only=True)
+    if damage == "threshold 1.5":
+        content["threshold"] = 1.5
+    elif damage == "unknown post-processing op":
+        content["postprocess"] = [{"op": "blur"}]
+    elif damage == "depth 99":
+        content["config"]["depth"] = 99
+    else:
+        content["preprocess"] = {"scale": 255.0}
+    path = tmp_path / "edited.pt"
+    torch.save(content, path)
+    with pytest.raises(CysegError) as excinfo:
+        Segmenter.load(path, device="cpu")
+    assert f"model file {path}" in message(excinfo) and "cyseg train" in message(excinfo)

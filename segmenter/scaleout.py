@@ -1,0 +1,122 @@
+"""Running windows: in this process (default), on a Dask LocalCluster (`--workers N`), or on an
+existing Dask cluster (`--scheduler tcp://host:port`). Each Dask worker loads the model and opens
+the slide once, and an error in any window stops the run (never a silently empty window)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from segmenter.errors import CysegError
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
+    from segmenter.slides import SlideReader
+    from segmenter.wsi import Region, WindowResult, WindowTask, WsiOptions
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def worker_segmenter(model_path: str, model_digest: str, device: str | None, threads: int) -> "Segmenter":
+    """The model, loaded once per worker process (the digest makes a changed file reload)."""
+    import torch
+
+    import unet  # noqa: F401  (registers the U-Net architecture)
+    from segmenter.base import Segmenter
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return Segmenter.load(model_path, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def worker_slide(path: str) -> "SlideReader":
+    """The slide, opened once per worker process."""
+    from segmenter.slides import open_slide
+
+    return open_slide(path)
+
+
+def remote_window(task: "WindowTask", model_path: str, model_digest: str, device: str | None, threads: int,
+                  slide_path: str, region: "Region", opts: "WsiOptions") -> "WindowResult":
+    """What a Dask worker runs for one window."""
+    from segmenter.wsi import process_window
+
+    return process_window(worker_segmenter(model_path, model_digest, device, threads), worker_slide(slide_path),
+                          region, task, opts)
+
+
+class InProcess:
+    """Windows one after the other, in this process, with the already loaded model."""
+
+    def __init__(self, seg: "Segmenter"):
+        self.seg = seg
+
+    def run(self, tasks: list["WindowTask"], reader: "SlideReader", region: "Region", opts: "WsiOptions",
+            model_path: str, model_digest: str) -> Iterator["WindowResult"]:
+        from segmenter.wsi import process_window
+
+        for task in tasks:
+            yield process_window(self.seg, reader, region, task, opts)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DaskRunner:
+    """Windows spread over a Dask cluster: a LocalCluster of `workers` processes, or the cluster
+    whose scheduler is at `scheduler`."""
+
+    def __init__(self, workers: int = 0, scheduler: str | None = None, device: str | None = None,
+                 threads_per_worker: int | None = None):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise CysegError("Dask is not installed; pip install 'dask[distributed]' or run without --workers/--scheduler") from exc
+        self.device = device
+        self.cluster = None
+        if scheduler:
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise CysegError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address") from exc
+            self.threads = threads_per_worker or 0
+        else:
+            if workers < 1:
+                raise CysegError(f"--workers {workers} must be >= 1")
+            self.threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=None, silence_logs=logging.WARNING)
+            self.client = Client(self.cluster)
+        log.info("Dask cluster: %s", self.client.dashboard_link if self.cluster is None else f"{workers} local workers")
+
+    def run(self, tasks: list["WindowTask"], reader: "SlideReader", region: "Region", opts: "WsiOptions",
+            model_path: str, model_digest: str) -> Iterator["WindowResult"]:
+        from dask.distributed import as_completed
+
+        slide_path = str(reader.path)
+        futures = [self.client.submit(remote_window, task, model_path, model_digest, self.device, self.threads,
+                                      slide_path, region, opts, pure=False) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        """Shut down the client (and the LocalCluster we started)."""
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_runner(seg: "Segmenter", workers: int, scheduler: str | None, device: str | None) -> InProcess | DaskRunner:
+    """The runner the options ask for."""
+    if scheduler or workers > 0:
+        return DaskRunner(workers=workers, scheduler=scheduler, device=device)
+    return InProcess(seg)
+

@@ -1,0 +1,130 @@
+"""One whole-slide run, end to end: open the slide, find the tissue, plan windows, run the
+pending ones (cached as they finish), merge, convert to slide coordinates and write GeoJSON
+(and optionally a low-resolution mask). Prints a progress bar and returns a summary."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm import tqdm
+
+from segmenter.atomic import atomic_path
+from segmenter.dataset import write_png
+from segmenter.errors import CysegError
+from segmenter.polygons import feature_collection, write_geojson
+from segmenter.wsi import (
+    Region,
+    WindowCache,
+    WsiOptions,
+    cache_key,
+    merge_windows,
+    parse_region,
+    plan_windows,
+    to_slide_coordinates,
+    window_topology,
+)
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
+    from segmenter.scaleout import DaskRunner, InProcess
+    from segmenter.slides import SlideReader
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (identifies the model in caches and outputs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def slide_identity(reader: "SlideReader") -> str:
+    """Path, size and modification time: enough to tell whether cached windows still apply."""
+    path = Path(reader.path)
+    stat = path.stat() if path.exists() else None
+    return f"{path.resolve() if stat else path}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+
+
+def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarray:
+    """The polygons rasterised at 1/`downsample` of level 0 over the region (uint8 0/255)."""
+    import rasterio.features
+    from affine import Affine
+
+    height, width = max(1, math.ceil(region.h / downsample)), max(1, math.ceil(region.w / downsample))
+    if not polygons:
+        return np.zeros((height, width), np.uint8)
+    transform = Affine(downsample, 0, region.x, 0, downsample, region.y)
+    return rasterio.features.rasterize(((p, 255) for p in polygons), out_shape=(height, width),
+                                       transform=transform, fill=0, dtype=np.uint8)
+
+
+def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out: Path, opts: WsiOptions,
+                  runner: "InProcess | DaskRunner", region_text: str | None = None, cache_root: Path | None = None,
+                  mask_out: Path | None = None, mask_downsample: float = 16.0, label: str = "cell",
+                  progress: bool = True) -> dict[str, Any]:
+    """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates)."""
+    from segmenter.tissue import slide_tissue_mask
+
+    opts.check()
+    if seg.in_channels != 3:
+        raise CysegError(f"model {model_path} expects {seg.in_channels} input channels but slides are read as RGB; "
+                         "use a model trained on RGB images")
+    start = time.perf_counter()
+    region = parse_region(region_text, reader.width, reader.height)
+    tissue = slide_tissue_mask(reader) if opts.skip_background else None
+    topology = window_topology(math.ceil(region.w / opts.downsample), math.ceil(region.h / opts.downsample), opts)
+    tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
+    digest = file_digest(model_path)
+    cache = WindowCache(None if cache_root is None else cache_root / cache_key(slide_identity(reader), digest, region, opts))
+    results, pending = [], []
+    for task in tasks:
+        cached = cache.load(task.index)
+        (results if cached is not None else pending).append(cached if cached is not None else task)
+    bar = tqdm(total=sum(t.tiles for t in tasks), unit="tile", desc=Path(reader.path).name,
+               disable=not progress, dynamic_ncols=True)
+    bar.update(sum(r.tiles for r in results))
+    if cache.hits:
+        log.info("%d of %d windows already done (cache %s)", cache.hits, len(tasks), cache.folder)
+    skipped = sum(r.skipped for r in results)
+    for result in runner.run(pending, reader, region, opts, str(model_path), digest):
+        cache.store(result)
+        results.append(result)
+        skipped += result.skipped
+        bar.update(result.tiles)
+        bar.set_postfix(skipped=skipped)
+    bar.close()
+    merged = merge_windows(results, topology, opts)
+    polygons = []
+    for polygon, mean_probability in merged:
+        polygon = to_slide_coordinates(polygon, region, opts.downsample)
+        if polygon.area < opts.min_area:
+            continue
+        props: dict[str, Any] = {"area": float(polygon.area)}
+        if mean_probability is not None:
+            props["mean_probability"] = mean_probability
+        polygons.append((polygon, props))
+    seconds = time.perf_counter() - start
+    tiles = sum(r.tiles for r in results)
+    summary = {
+        "slide": str(reader.path), "region": asdict(region), "windows": len(tasks), "windows_cached": cache.hits,
+        "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons), "seconds": round(seconds, 3),
+        "megapixels": region.w * region.h / 1e6, "mp_per_s": round(region.w * region.h / 1e6 / seconds, 3),
+    }
+    extra = {"slide": reader.describe(), "model": {"path": str(model_path), "sha256": digest},
+             "options": asdict(opts), "summary": summary, "coordinates": "level-0 pixels, top-left origin"}
+    write_geojson(out, feature_collection(polygons, label=label, extra=extra))
+    if mask_out is not None:
+        with atomic_path(mask_out) as tmp:
+            write_png(tmp, low_resolution_mask([p for p, _ in polygons], region, mask_downsample))
+    log.info("%s: %d tiles (%d skipped as background), %d polygons, %.1f s, %.2f MP/s -> %s",
+             Path(reader.path).name, tiles, skipped, len(polygons), seconds, summary["mp_per_s"], out)
+    return summary

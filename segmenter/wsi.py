@@ -1,0 +1,301 @@
+"""Whole-slide segmentation engine (DESIGN §6).
+
+A slide region is cut into overlapping windows with SLDC's `TileTopology`; windows are the unit
+of work (cached, resumable, spread over Dask). Inside a window, inference runs on overlapping
+tiles, batched and blended (`segmenter.tiling`), with background tiles skipped; post-processing
+runs on the model's device. Each window keeps the pixels it owns (up to the middle of its
+overlaps), turns them into polygons, and SLDC's `SemanticMerger` joins the polygons that meet
+across window borders. Polygons are simplified only after merging.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import sldc
+import torch
+from shapely import affinity, wkb
+from shapely.geometry import Polygon
+from shapely.strtree import STRtree
+
+from segmenter.atomic import atomic_path
+from segmenter.errors import CysegError
+from segmenter.polygons import clean, mask_to_polygons
+from segmenter.tiling import tile_spans
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
+    from segmenter.slides import SlideReader
+    from segmenter.tissue import TissueMask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WsiOptions:
+    """Everything that changes the polygons of a whole-slide run (hashed into the cache key)."""
+
+    tile: int = 512
+    overlap: int = 32
+    batch: int = 4
+    window_size: int = 2048
+    window_overlap: int = 64
+    downsample: float = 1.0
+    skip_background: bool = True
+    tissue_margin: int = 32
+    threshold: float | None = None
+    simplify: float = 1.0
+    min_area: float = 0.0
+    merge_tolerance: float = 1.0
+
+    def check(self) -> None:
+        """Reject combinations that cannot work."""
+        if self.window_size < self.tile:
+            raise CysegError(f"--window-size {self.window_size} must be >= --tile {self.tile}")
+        if self.window_overlap < 2 * self.merge_tolerance or self.window_overlap >= self.window_size // 2:
+            raise CysegError(f"--window-overlap {self.window_overlap} must be in [2, window size / 2)")
+        if self.downsample < 1:
+            raise CysegError(f"processing downsample {self.downsample} is finer than level 0; choose >= 1")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of the slide in level-0 pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def parse_region(text: str | None, width: int, height: int) -> Region:
+    """'x,y,w,h' (level-0 pixels, top-left origin) -> Region checked against the slide; None -> all."""
+    if not text:
+        return Region(0, 0, width, height)
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise CysegError(f"--window '{text}' must be four integers x,y,w,h (level-0 pixels)") from exc
+    if w <= 0 or h <= 0:
+        raise CysegError(f"--window '{text}' has zero or negative size; give a positive width and height")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise CysegError(f"--window '{text}' lies outside the slide ({width}x{height}); give a box inside it")
+    return Region(x, y, w, h)
+
+
+@dataclass
+class WindowTask:
+    """One window: where it lies (processing pixels, relative to the region), which part it owns,
+    and which of its tiles hold tissue."""
+
+    index: int
+    x: int
+    y: int
+    w: int
+    h: int
+    own: tuple[int, int, int, int]
+    tiles: int
+    keep: list[list[bool]] | None
+
+
+@dataclass
+class WindowResult:
+    """Polygons of the pixels a window owns, in processing pixels relative to the region."""
+
+    index: int
+    polygons: list[Polygon]
+    props: list[dict[str, Any]]
+    tiles: int
+    skipped: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "polygons": [wkb.dumps(p, hex=True) for p in self.polygons],
+                "props": self.props, "tiles": self.tiles, "skipped": self.skipped, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WindowResult":
+        return cls(data["index"], [wkb.loads(p, hex=True) for p in data["polygons"]], data["props"],
+                   data["tiles"], data["skipped"], data["seconds"])
+
+
+class _Extent(sldc.Image):
+    """An SLDC image that is only a size: SLDC supplies the window topology, not the pixels."""
+
+    def __init__(self, width: int, height: int):
+        self._w, self._h = width, height
+
+    @property
+    def width(self) -> int:
+        return self._w
+
+    @property
+    def height(self) -> int:
+        return self._h
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def np_image(self):
+        raise CysegError("a whole slide is never loaded at once")
+
+
+def window_topology(width: int, height: int, opts: WsiOptions) -> sldc.TileTopology:
+    """SLDC's topology of windows over a region of `width` x `height` processing pixels."""
+    return sldc.TileTopology(_Extent(width, height), sldc.DefaultTileBuilder(), max_width=opts.window_size,
+                             max_height=opts.window_size, overlap=opts.window_overlap)
+
+
+def _owned(offset: int, size: int, before: int | None, after: int | None) -> tuple[int, int]:
+    """The part [start, end) of a window (relative) it owns: up to the middle of each overlap."""
+    start = (before - offset) // 2 if before is not None else 0
+    end = size - (offset + size - after) // 2 if after is not None else size
+    return start, end
+
+
+def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
+                 tissue: "TissueMask | None", multiple: int) -> list[WindowTask]:
+    """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
+    `process_window` lays them, for a network whose sides must be multiples of `multiple`)."""
+    tasks = []
+    ds = opts.downsample
+    for wid in range(1, topology.tile_count + 1):
+        tile = topology.tile(wid)
+        x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
+        top, bottom, left, right = topology.tile_neighbours(wid)
+        x0, x1 = _owned(x, w, topology.tile(left).offset_x + topology.tile(left).width if left else None,
+                        topology.tile(right).offset_x if right else None)
+        y0, y1 = _owned(y, h, topology.tile(top).offset_y + topology.tile(top).height if top else None,
+                        topology.tile(bottom).offset_y if bottom else None)
+        ys = tile_spans(h, opts.tile, opts.overlap, multiple)
+        xs = tile_spans(w, opts.tile, opts.overlap, multiple)
+        keep = None
+        if tissue is not None:
+            margin = int(opts.tissue_margin * ds)
+            keep = [[tissue.any_in(region.x + (x + tx) * ds, region.y + (y + ty) * ds, tw * ds, th * ds, margin=margin)
+                     for tx, tw in xs] for ty, th in ys]
+        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), keep))
+    return tasks
+
+
+def read_window(reader: "SlideReader", region: Region, task: WindowTask, downsample: float) -> np.ndarray:
+    """The window's pixels at the processing resolution, read from the best pyramid level."""
+    level = reader.level_for_downsample(downsample)
+    level_ds = reader.level_downsamples[level]
+    x0 = region.x + round(task.x * downsample)
+    y0 = region.y + round(task.y * downsample)
+    lw = max(1, math.ceil(task.w * downsample / level_ds))
+    lh = max(1, math.ceil(task.h * downsample / level_ds))
+    pixels = reader.read(x0, y0, lw, lh, level)
+    if (lw, lh) != (task.w, task.h):
+        pixels = cv2.resize(pixels, (task.w, task.h), interpolation=cv2.INTER_AREA)
+    return pixels
+
+
+def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask,
+                   opts: WsiOptions) -> WindowResult:
+    """Segment one window: read, infer the tissue tiles (batched, blended), post-process on the
+    device, keep the owned part, and trace its polygons."""
+    start = time.perf_counter()
+    ys = tile_spans(task.h, opts.tile, opts.overlap, seg.multiple)
+    xs = tile_spans(task.w, opts.tile, opts.overlap, seg.multiple)
+    n_tiles = task.tiles
+    if task.keep is not None and not any(any(row) for row in task.keep):
+        return WindowResult(task.index, [], [], n_tiles, n_tiles, time.perf_counter() - start)
+    pixels = read_window(reader, region, task, opts.downsample)
+    keep_fn = None
+    kept = n_tiles
+    if task.keep is not None:
+        flags = {(y, x): task.keep[i][j] for i, (y, _) in enumerate(ys) for j, (x, _) in enumerate(xs)}
+
+        def keep_fn(y: int, x: int, h: int, w: int) -> bool:
+            return flags[(y, x)]
+
+        kept = sum(sum(row) for row in task.keep)
+    probs = seg.predict(pixels, tile=opts.tile, overlap=opts.overlap, batch=opts.batch, keep=keep_fn)
+    with torch.inference_mode():
+        mask = seg.masks_from_probabilities(probs, opts.threshold)
+        fg = probs[0] if seg.n_classes == 1 else probs[1:].max(dim=0).values
+        ox, oy, ow, oh = task.own
+        mask_np = mask[oy:oy + oh, ox:ox + ow].cpu().numpy()
+        fg_np = fg[oy:oy + oh, ox:ox + ow].cpu().numpy()
+    located = mask_to_polygons(mask_np, fg_np, offset=(task.x + ox, task.y + oy))
+    return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], n_tiles,
+                        n_tiles - kept, time.perf_counter() - start)
+
+
+def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
+                  opts: WsiOptions) -> list[tuple[Polygon, float | None]]:
+    """Join polygons that meet across window borders (SLDC), then simplify them.
+
+    Each merged polygon comes with the area-weighted mean of its parts' mean probabilities
+    (parts found with a spatial index, so this stays linear in the number of polygons)."""
+    results = sorted(results, key=lambda r: r.index)
+    merged = sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge(
+        [r.index for r in results], [r.polygons for r in results], topology)
+    parts = [p for r in results for p in r.polygons]
+    part_probs = [props.get("mean_probability") for r in results for props in r.props]
+    index = STRtree(parts) if parts else None
+    out = []
+    for geometry in merged:
+        total, weighted = 0.0, 0.0
+        for i in (index.query(geometry, predicate="intersects") if index is not None else []):
+            if part_probs[i] is not None:
+                area = parts[i].intersection(geometry).area
+                total, weighted = total + area, weighted + area * part_probs[i]
+        mean = round(weighted / total, 4) if total > 0 else None
+        out.extend((polygon, mean) for polygon in clean(geometry, opts.simplify))
+    return out
+
+
+def to_slide_coordinates(polygon: Polygon, region: Region, downsample: float) -> Polygon:
+    """Processing pixels relative to the region -> level-0 slide pixels (top-left origin)."""
+    scaled = affinity.scale(polygon, xfact=downsample, yfact=downsample, origin=(0, 0)) if downsample != 1 else polygon
+    return affinity.translate(scaled, xoff=region.x, yoff=region.y)
+
+
+def cache_key(slide_id: str, model_digest: str, region: Region, opts: WsiOptions) -> str:
+    """Identifies a run: same slide, model, region and options -> same cached windows."""
+    text = json.dumps({"slide": slide_id, "model": model_digest, "region": asdict(region), "opts": asdict(opts)},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class WindowCache:
+    """Finished windows' results as JSON files, written atomically, so a rerun skips them."""
+
+    folder: Path | None
+    hits: int = field(default=0)
+
+    def path(self, index: int) -> Path | None:
+        return None if self.folder is None else self.folder / f"window-{index:06d}.json"
+
+    def load(self, index: int) -> WindowResult | None:
+        path = self.path(index)
+        if path is None or not path.exists():
+            return None
+        try:
+            result = WindowResult.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError):
+            log.warning("ignoring unreadable cache file %s", path)
+            return None
+        self.hits += 1
+        return result
+
+    def store(self, result: WindowResult) -> None:
+        path = self.path(result.index)
+        if path is None:
+            return
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(result.to_json()))
