@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE
+from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
 from segmenter.errors import CysegError
 
@@ -78,6 +78,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, crops and augmentation.")
 @click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--name", default=None, help="A name and description stored in the model file. [default: the file stem]")
 @click.option("--resume", is_flag=True, help="Continue from <out>.ckpt, the checkpoint written after every epoch.")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
 def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwargs) -> None:
@@ -104,7 +105,7 @@ def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwarg
               help="Images larger than this run tile by tile.")
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
               help="Minimum overlap between tiles (blended).")
-@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
                      overlays: bool, tile: int, overlap: int, batch: int, device: str) -> None:
@@ -122,28 +123,83 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 
 @cli.command("segment")
 @click.argument("model")
-@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Output folder: masks/<name>.png, geojson/<name>.geojson (and overlays/).")
+@click.argument("sources", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Crops: output folder (masks/, geojson/, overlays/), required. Slides: the GeoJSON file for "
+                   "one slide, or a folder for several. [default for slides: <slide name>.geojson]")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="[default: the model's]")
 @click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
-              help="Images larger than this run tile by tile.")
+              help="Inference tile side; larger inputs run tile by tile.")
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
-              help="Minimum overlap between tiles (blended).")
-@click.option("--batch", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+              help="Minimum overlap between tiles (blended, so no seams).")
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
 @click.option("--simplify", type=float, default=0.5, show_default=True,
-              help="Polygon simplification tolerance in pixels (0: exact pixel outlines).")
+              help="Polygon simplification tolerance in pixels, applied after merging (0: exact pixel outlines).")
 @click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller than this (px²).")
-@click.option("--overlays/--no-overlays", default=True, show_default=True, help="Also write the masks drawn over the images.")
+@click.option("--overlays/--no-overlays", default=True, show_default=True,
+              help="Crops: also write the masks drawn over the images.")
+@click.option("--as-slide", is_flag=True,
+              help="Treat plain PNG/JPEG/TIFF inputs as slides (whole-slide engine, one GeoJSON each).")
+@click.option("--window", default=None, metavar="X,Y,W,H",
+              help="Slides: segment only this box (level-0 pixels, top-left origin). [default: whole slide]")
+@click.option("--window-size", type=int, default=4096, show_default=True,
+              help="Slides: side of the windows, the unit of work cached and sent to Dask workers.")
+@click.option("--window-overlap", type=int, default=256, show_default=True,
+              help="Slides: overlap between windows; polygons meeting across windows are merged (SLDC).")
+@click.option("--mpp", type=float, default=None,
+              help="Slides: process at this resolution (microns per pixel), read from the nearest pyramid level. "
+                   "[default: level 0]")
+@click.option("--magnification", type=float, default=None, help="Slides: process at this objective power, e.g. 20.")
+@click.option("--skip-background/--no-skip-background", default=True, show_default=True,
+              help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
+                   "and optical density).")
+@click.option("--tissue-margin", type=int, default=32, show_default=True,
+              help="Slides: tiles within this many pixels of detected tissue are segmented too.")
+@click.option("--mask-out", type=click.Path(path_type=Path), default=None,
+              help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Slides: start a Dask LocalCluster with this many worker processes (0: in-process).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Slides: send windows to the Dask cluster at this address (e.g. tcp://host:8786); workers need "
+                   "cyseg and the same model and slide paths.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Slides: folder of finished windows; a rerun skips them. [default: .cyseg-cache beside --out]")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-def segment_command(model: str, source: Path, out: Path, threshold: float | None, tile: int, overlap: int,
-                    batch: int, simplify: float, min_area: float, overlays: bool, device: str) -> None:
-    """Segment INPUT (an image, a folder of images, or a dataset folder) with MODEL
-    ('default' for the model shipped with cyseg)."""
-    from cyseg.segment_cmd import run_segment_crops
+def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
+                    overlap: int, batch: int, simplify: float, min_area: float, overlays: bool, as_slide: bool,
+                    window: str | None, window_size: int, window_overlap: int, mpp: float | None,
+                    magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
+                    workers: int, scheduler: str | None, cache: Path | None, device: str) -> None:
+    """Segment INPUT with MODEL ('default' for the model shipped with cyseg).
 
+    INPUT is a folder of crops (or a dataset folder), a single crop (PNG/JPEG), or one or more
+    whole-slide files (SVS, NDPI, MRXS, SCN, DICOM, tiled TIFF; plain images with --as-slide).
+    Crops give masks and GeoJSON per image; slides give one GeoJSON per slide in level-0 pixel
+    coordinates (QuPath opens it), with polygons merged across tiles and windows.
+    """
+    from cyseg.models import resolve_model
+    from cyseg.segment_cmd import is_slide, run_segment_crops
+
+    slides = [p for p in sources if is_slide(p, as_slide or window is not None)]
+    if slides and len(slides) != len(sources):
+        raise CysegError("mix of crop and slide inputs; segment folders of crops and slides in separate calls")
     seg = _load(model, device)
-    run_segment_crops(seg, source, out, threshold, simplify, min_area, overlays,
+    if slides:
+        from cyseg.slide_cmd import run_segment_slides
+
+        opts = {"tile": tile, "overlap": overlap, "batch": batch, "window_size": window_size,
+                "window_overlap": window_overlap, "skip_background": skip_background,
+                "tissue_margin": tissue_margin, "threshold": threshold, "simplify": simplify, "min_area": min_area}
+        for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, opts, mpp, magnification,
+                                          workers, scheduler, device, cache, mask_out, progress=_progress()):
+            click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
+                       f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
+        return
+    if len(sources) != 1:
+        raise CysegError("give one folder or crop at a time (several inputs are for slides)")
+    if out is None:
+        raise CysegError("--out is required for crops: give the output folder")
+    run_segment_crops(seg, sources[0], out, threshold, simplify, min_area, overlays,
                       {"tile": tile, "overlap": overlap, "batch": batch}, progress=_progress())
     click.echo(str(out))
 

@@ -41,7 +41,7 @@ def run_demo(seg: Segmenter, out: Path, progress: bool = True) -> list[str]:
         write_png(inputs / f"{name}.png", image)
     result = out / "segmentation"
     stats = run_segment_crops(seg, inputs, result, None, simplify=0.5, min_area=4.0, overlays=True,
-                              tiling={"tile": 512, "overlap": 32, "batch": 4}, progress=progress)
+                              tiling={}, progress=progress)
     figure = out / "overlay.png"
     ihc = read_image(inputs / "ihc.png")
     mask = read_image(result / "masks" / "ihc.png")[:, :, 0]

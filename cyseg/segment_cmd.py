@@ -20,6 +20,17 @@ from segmenter.polygons import feature_collection, mask_to_polygons
 log = logging.getLogger(__name__)
 
 
+CROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def is_slide(path: Path, plain_images_too: bool = False) -> bool:
+    """Whether an input goes to the whole-slide engine: any file but a plain crop image (unless
+    asked), i.e. SVS, NDPI, MRXS, SCN, DICOM, TIFF..."""
+    if path.is_dir() or not path.exists():
+        return False
+    return plain_images_too or path.suffix.lower() not in CROP_SUFFIXES
+
+
 def list_images(source: Path) -> list[Path]:
     """The images to segment: a file, a dataset folder's images/, or the image files of a folder."""
     if source.is_file():

@@ -46,6 +46,7 @@ class TrainOptions:
     colour: bool = False
     translate: float = 0.15
     out: str | None = None
+    name: str | None = None
     resume: bool = False
     amp: bool = True
     progress: bool = True
@@ -144,9 +145,12 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     if val is not None:
         check_dataset(val, seg.n_classes)
     images, masks = _load_arrays(dataset, seg.n_classes)
-    crop = min(opts.crop, min(min(m.shape) for m in masks) // seg.multiple * seg.multiple or opts.crop)
+    largest = max(min(m.shape) for m in masks) // seg.multiple * seg.multiple
+    crop = min(opts.crop, largest or opts.crop)
     if crop != opts.crop:
-        log.info("crop lowered to %d px to fit the smallest image", crop)
+        log.info("crop lowered to %d px: no image is larger", crop)
+    if any(min(m.shape) < crop for m in masks):
+        log.info("images smaller than the %d-px crop are mirror-padded", crop)
     torch.manual_seed(opts.seed)
     resumed = None
     ckpt_path = _checkpoint_path(opts.out) if opts.out else None
@@ -188,6 +192,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         log.info("resuming from epoch %d of %d", start_epoch, opts.epochs)
 
     seg.training_info = {
+        "name": opts.name or Path(opts.out or "model").stem,
         "dataset": str(Path(train_dir).resolve()), "dataset_hash": manifest_hash(dataset), "n_images": len(dataset),
         "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
         "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),

@@ -27,6 +27,7 @@ from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
 from segmenter.atomic import atomic_path
+from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
 from segmenter.polygons import clean, mask_to_polygons
 from segmenter.tiling import tile_spans
@@ -43,11 +44,11 @@ log = logging.getLogger(__name__)
 class WsiOptions:
     """Everything that changes the polygons of a whole-slide run (hashed into the cache key)."""
 
-    tile: int = 512
-    overlap: int = 32
-    batch: int = 4
-    window_size: int = 2048
-    window_overlap: int = 64
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    batch: int = DEFAULT_BATCH
+    window_size: int = 4096
+    window_overlap: int = 256
     downsample: float = 1.0
     skip_background: bool = True
     tissue_margin: int = 32

@@ -1,0 +1,190 @@
+"""Whole-slide benchmark, one model, one run:
+
+1. the bare model forward (MP/s) on 512-px tiles: the ceiling;
+2. cyseg's whole-slide engine on a tissue-dense region with background skipping off (MP/s of
+   slide area) and MONAI's `sliding_window_inference` on the same model and region;
+3. the whole mostly-empty slide with and without background skipping, with peak RSS of each
+   run (a separate `cyseg segment` process) and the ground-truth foreground lost in skipped tiles.
+
+The slide is BUILT from real annotated tiles (bench/mosaic.py) as a pyramidal tiled TIFF.
+
+    python bench/wsi.py [--size 16384] [--fill 0.08] [--model default] [--out bench/results/wsi_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import unet  # noqa: E402,F401  (registers the U-Net)
+from bench.common import write_results  # noqa: E402
+from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
+from bench.throughput import bare_forward  # noqa: E402
+from cyseg.models import resolve_model  # noqa: E402
+from segmenter.base import Segmenter  # noqa: E402
+from segmenter.pyramid import write_pyramid_streaming  # noqa: E402
+from segmenter.slides import open_slide  # noqa: E402
+from segmenter.tissue import slide_tissue_mask  # noqa: E402
+from segmenter.wsi import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
+
+
+def build_slide(path: Path, size: int, fill: float):
+    """Write the mosaic slide; return its placements (for ground truth)."""
+    placements = layout(size, size, fill)
+    write_pyramid_streaming(path, size, size, lambda x, y, w, h: render(placements, x, y, w, h),
+                            description=describe(size, size, placements), mpp=0.5)
+    return placements
+
+
+def densest_region(placements, size: int, side: int) -> Region:
+    """A side x side box holding the most tissue (for the skipping-off comparisons)."""
+    best, best_box = -1, Region(0, 0, side, side)
+    step = side // 4
+    for y in range(0, size - side + 1, step):
+        for x in range(0, size - side + 1, step):
+            covered = sum(max(0, min(x + side, p.x + p.mask.shape[1]) - max(x, p.x)) *
+                          max(0, min(y + side, p.y + p.mask.shape[0]) - max(y, p.y)) for p in placements)
+            if covered > best:
+                best, best_box = covered, Region(x, y, side, side)
+    return best_box
+
+
+def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptions) -> dict:
+    """Ground-truth foreground pixels that fall in tiles background skipping leaves out."""
+    reader = open_slide(slide_path)
+    tissue = slide_tissue_mask(reader)
+    region = Region(0, 0, reader.width, reader.height)
+    topology = window_topology(reader.width, reader.height, opts)
+    tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
+    from segmenter.tiling import tile_spans
+
+    kept = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
+    n_tiles = n_skipped = 0
+    for task in tasks:
+        ys = tile_spans(task.h, opts.tile, opts.overlap, seg.multiple)
+        xs = tile_spans(task.w, opts.tile, opts.overlap, seg.multiple)
+        for i, (ty, th) in enumerate(ys):
+            for j, (tx, tw) in enumerate(xs):
+                n_tiles += 1
+                if task.keep[i][j]:
+                    x0, y0 = task.x + tx, task.y + ty
+                    kept[y0 // 8:(y0 + th) // 8 + 1, x0 // 8:(x0 + tw) // 8 + 1] = True
+                else:
+                    n_skipped += 1
+    lost = 0
+    for p in placements:
+        ys, xs = np.nonzero(p.mask)
+        lost += int((~kept[(p.y + ys) // 8, (p.x + xs) // 8]).sum())
+    total = foreground_total(placements)
+    return {"tiles": n_tiles, "tiles_skipped": n_skipped, "gt_foreground_px": total, "gt_foreground_lost_px": lost,
+            "gt_foreground_lost_fraction": lost / max(total, 1)}
+
+
+def cyseg_region_throughput(seg: Segmenter, model_path: Path, slide_path: Path, region: Region, skip: bool) -> float:
+    """MP/s of the in-process engine on a region (no cache)."""
+    from segmenter.scaleout import InProcess
+    from segmenter.slide_job import segment_slide
+
+    reader = open_slide(slide_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        segment_slide(seg, model_path, reader, Path(tmp) / "r.geojson", WsiOptions(skip_background=skip),
+                      InProcess(seg), f"{region.x},{region.y},{region.w},{region.h}", None, progress=False)
+        return region.w * region.h / 1e6 / (time.perf_counter() - start)
+
+
+def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float | None:
+    """MP/s of MONAI's sliding_window_inference (read + normalise + infer + threshold) on the region."""
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        return None
+    reader = open_slide(slide_path)
+    seg.model.eval()
+    start = time.perf_counter()
+    pixels = reader.read(region.x, region.y, region.w, region.h)
+    x = seg.to_input(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    with torch.inference_mode():
+        probs = sliding_window_inference(x, roi_size=(512, 512), sw_batch_size=4,
+                                         predictor=lambda t: torch.sigmoid(seg.model(t.contiguous(memory_format=torch.channels_last))),
+                                         overlap=32 / 512, mode="gaussian")
+        (probs > seg.threshold).cpu()
+    return region.w * region.h / 1e6 / (time.perf_counter() - start)
+
+
+def cli_run(model: str, slide: Path, out: Path, skip: bool) -> dict:
+    """A real `cyseg segment` process on the whole slide: seconds and peak RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cyseg.cli", "-q", "segment", model, str(slide), "--out", str(out),
+                    "--cache", str(out.parent / f"cache-{skip}"),
+                    "--skip-background" if skip else "--no-skip-background"], check=True)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads(out.read_text())["properties"]["summary"]
+    return {"seconds": seconds, "peak_rss_mb": round(max(peak_kb, before) / 1024, 1), "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=16384)
+    parser.add_argument("--fill", type=float, default=0.08)
+    parser.add_argument("--region", type=int, default=4096)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    model_path = resolve_model(args.model)
+    seg = Segmenter.load(model_path)
+    device = str(seg.device)
+    work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
+    slide = work / "mosaic.tif"
+    t0 = time.perf_counter()
+    placements = build_slide(slide, args.size, args.fill)
+    print(f"built {slide} ({args.size}x{args.size}, {len(placements)} real tiles) in {time.perf_counter() - t0:.0f} s", flush=True)
+    region = densest_region(placements, args.size, args.region)
+    bare = max(bare_forward(seg, 512, 4, 5.0) for _ in range(2))
+    engine = cyseg_region_throughput(seg, model_path, slide, region, skip=False)
+    monai = monai_throughput(seg, slide, region)
+    print(f"bare forward {bare:.3f} MP/s | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "
+          f"MONAI {monai if monai is None else f'{monai:.3f}'} MP/s", flush=True)
+    loss = lost_foreground(slide, placements, seg, WsiOptions())
+    print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, ground-truth foreground lost "
+          f"{loss['gt_foreground_lost_fraction']:.4%}", flush=True)
+    with_skip = cli_run(args.model, slide, work / "skip.geojson", skip=True)
+    print(f"whole slide with skipping: {with_skip['seconds']:.0f} s, peak RSS {with_skip['peak_rss_mb']} MB", flush=True)
+    without = cli_run(args.model, slide, work / "noskip.geojson", skip=False)
+    print(f"whole slide without skipping: {without['seconds']:.0f} s, peak RSS {without['peak_rss_mb']} MB", flush=True)
+    megapixels = args.size * args.size / 1e6
+    result = {
+        "benchmark": "wsi", "device": device, "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
+                  "description": describe(args.size, args.size, placements)},
+        "model": str(model_path), "region": region.__dict__,
+        "bare_forward_mp_s": bare, "cyseg_no_skip_region_mp_s": engine, "cyseg_vs_bare": engine / bare,
+        "monai_region_mp_s": monai, "cyseg_vs_monai": None if monai is None else engine / monai,
+        "skipping": loss,
+        "whole_slide_skip": {**with_skip, "mp_per_s": megapixels / with_skip["seconds"]},
+        "whole_slide_no_skip": {**without, "mp_per_s": megapixels / without["seconds"]},
+        "skip_speedup": without["seconds"] / with_skip["seconds"],
+        "targets": {"cyseg_vs_bare": ">= 0.80", "cyseg_vs_monai": ">= 1.0", "skip_speedup": ">= 3",
+                    "peak_rss_mb": "< 2048", "gt_foreground_lost_fraction": "< 0.01"},
+    }
+    out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
+    write_results(out, result)
+    print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")
+
+
+if __name__ == "__main__":
+    main()

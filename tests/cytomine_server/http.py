@@ -1,0 +1,162 @@
+"""HTTP plumbing shared by the routes: parsed requests, responses, errors, the route table."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+JSON_TYPE = "application/json;charset=UTF-8"
+
+
+class HttpError(Exception):
+    """An error response with a Cytomine-shaped JSON body."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.body = body if body is not None else {"success": False, "errors": message}
+
+
+def not_found(domain: str, ident: Any) -> HttpError:
+    """404 as Cytomine-core-spring's ``responseNotFound`` / ``ObjectNotFoundException`` sends it."""
+    msg = f"{domain} not found with filters : {{id={ident}}}"
+    return HttpError(404, msg, {"errors": {"message": msg, "values": {"id": str(ident), "domain": domain}}})
+
+
+def bad_request(message: str) -> HttpError:
+    return HttpError(400, message)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(obj).encode("utf-8"))
+
+
+@dataclass
+class Request:
+    method: str
+    target: str              # raw request target: path plus "?query"
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    user: dict | None = None
+    auth: str | None = None
+
+    @staticmethod
+    def parse_query(raw: str) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+    def json(self) -> Any:
+        """The JSON body; a form-encoded body (what the client sends for a ``dict`` passed to
+        ``Cytomine.post``) is accepted too, as Spring's lenient parsing does not apply there."""
+        text = self.body.decode("utf-8", "replace").strip()
+        if not text:
+            return {}
+        try:
+            return json.loads(text)
+        except ValueError:
+            if "=" in text and not text.startswith(("{", "[")):
+                return {k: (v if len(v) > 1 else v[0]) for k, v in parse_qs(text, keep_blank_values=True).items()}
+            raise bad_request("Json not valid")
+
+    def param(self, name: str, default: Any = None) -> Any:
+        value = self.query.get(name)
+        return default if value is None or value == "" else value
+
+    def bool_param(self, name: str, default: bool = False) -> bool:
+        value = self.param(name)
+        return default if value is None else str(value).strip().lower() == "true"
+
+    def int_param(self, name: str, default: int | None = None) -> int | None:
+        value = self.param(name)
+        if value is None or str(value).lower() == "null":
+            return default
+        try:
+            return int(float(value))
+        except ValueError:
+            raise bad_request(f"Parameter {name} must be a number, got {value!r}")
+
+    def float_param(self, name: str, default: float | None = None) -> float | None:
+        value = self.param(name)
+        if value is None:
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise bad_request(f"Parameter {name} must be a number, got {value!r}")
+
+    def list_param(self, name: str) -> list[int] | None:
+        """Comma (or underscore) separated ids, as ``StringUtils.extractListFromParameter``."""
+        value = self.param(name)
+        if value is None:
+            return None
+        items = [s for s in re.split(r"[,_]", str(value)) if s.strip()]
+        try:
+            return [int(s) for s in items]
+        except ValueError:
+            raise bad_request(f"Parameter {name} must be a list of ids, got {value!r}")
+
+
+Handler = Callable[..., Response]
+
+
+class Router:
+    """Ordered (method, regex, handler) table; path parameters become keyword arguments."""
+
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, re.Pattern, Callable]] = []
+
+    def add(self, method: str, pattern: str, handler: Callable) -> None:
+        self.routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def match(self, method: str, path: str) -> tuple[Callable | None, dict[str, str], bool]:
+        """(handler function, path params, path matched with another method)."""
+        other = False
+        for m, rx, name in self.routes:
+            found = rx.match(path)
+            if found:
+                if m == method or (method == "HEAD" and m == "GET"):
+                    return name, found.groupdict(), False
+                other = True
+        return None, {}, other
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    """Mark a method of the API class as the handler of ``method pattern``."""
+    def deco(fn: Handler) -> Handler:
+        fn.__dict__.setdefault("_routes", []).append((method, pattern))
+        return fn
+    return deco
+
+
+def parse_multipart(body: bytes, content_type: str) -> list[dict]:
+    """Parts of a multipart/form-data body: dicts with name, filename (or None) and data."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    if not m:
+        raise bad_request("multipart body without boundary")
+    boundary = b"--" + m.group(1).encode("latin-1")
+    parts = []
+    for chunk in body.split(boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        headers = head.decode("utf-8", "replace")
+        name = re.search(r'(?:^|[;\s])name="([^"]*)"', headers)
+        filename = re.search(r'filename="([^"]*)"', headers)
+        parts.append({"name": name.group(1) if name else None,
+                      "filename": filename.group(1) if filename else None, "data": data})
+    return parts
