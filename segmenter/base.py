@@ -208,7 +208,7 @@ class Segmenter:
         try:
             seg = klass(content["config"], device=device, class_weights=content.get("class_weights"),
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
-                        threshold=content["threshold"], inference=content.get("inference"))
+                        threshold=content["threshold"])
             seg.model.load_state_dict(content["state_dict"])
         except CysegError as exc:
             raise ModelFileError(f"{source} holds an unusable configuration ({exc}); retrain it with 'cyseg train'") from exc
