@@ -1,0 +1,218 @@
+"""The whole-slide engine through the real CLI: windows merged with SLDC, background skipping,
+resume from the window cache, Dask scale-out, several slides, and its bad-input paths."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio.features
+from click.testing import CliRunner
+from shapely.geometry import Polygon, box, shape
+from shapely.ops import unary_union
+
+import unet  # noqa: F401
+from cyseg.cli import cli
+from segmenter.base import Segmenter
+from segmenter.pyramid import write_pyramid
+from segmenter.wsi import WindowResult, WsiOptions, merge_windows, window_topology
+
+GLASS = (236, 232, 238)
+# small windows and tiles so that a 1.5-MP test slide has many of both
+SMALL = ["--tile", "256", "--overlap", "32", "--window-size", "512", "--window-overlap", "96", "--simplify", "0",
+         "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def mosaic(ihc_image) -> np.ndarray:
+    """1536x1024 slide: four quarters of the IHC image on glass, plus one whole IHC image."""
+    out = np.empty((1024, 1536, 3), np.uint8)
+    out[:] = GLASS
+    out[0:512, 0:512] = ihc_image
+    out[600:856, 700:956] = ihc_image[:256, :256]
+    out[100:356, 1200:1456] = ihc_image[256:, 256:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory, mosaic) -> Path:
+    path = tmp_path_factory.mktemp("slides") / "mosaic.tif"
+    write_pyramid(path, mosaic, compression="zlib", description="BUILT for tests from skimage's IHC image")
+    return path
+
+
+def run(args: list[str]):
+    return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False, prog_name="cyseg")
+
+
+def polygons_of(path: Path) -> list[Polygon]:
+    return [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+
+
+def rasterise(polygons: list[Polygon], shape_hw: tuple[int, int]) -> np.ndarray:
+    if not polygons:
+        return np.zeros(shape_hw, np.uint8)
+    return rasterio.features.rasterize([(p, 1) for p in polygons], out_shape=shape_hw, dtype=np.uint8)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def test_slide_polygons_match_the_crop_prediction(tiny_model, slide, mosaic, tmp_path):
+    out = tmp_path / "s.geojson"
+    result = run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background", *SMALL])
+    assert result.exit_code == 0, result.output
+    collection = json.loads(out.read_text())
+    assert collection["type"] == "FeatureCollection"
+    summary = collection["properties"]["summary"]
+    assert summary["windows"] == window_topology(1536, 1024, WsiOptions(window_size=512, window_overlap=96)).tile_count == 12
+    assert summary["tiles_skipped"] == 0
+    polygons = polygons_of(out)
+    assert polygons and all(p.is_valid for p in polygons)
+    for feature in collection["features"]:
+        assert feature["properties"]["area"] > 0 and 0 <= feature["properties"]["mean_probability"] <= 1
+    # the same model on the whole image at once: windows, ownership cuts and merging change nothing
+    reference = Segmenter.load(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32)
+    assert iou(rasterise(polygons, mosaic.shape[:2]), reference) > 0.98
+
+
+def test_objects_cut_by_window_borders_come_out_whole(tiny_model, slide, tmp_path):
+    out = tmp_path / "s.geojson"
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background", *SMALL]).exit_code == 0
+    polygons = polygons_of(out)
+    # no polygon edge runs along an ownership cut (the middle of the window overlaps)
+    topology = window_topology(1536, 1024, WsiOptions(window_size=512, window_overlap=96))
+    cuts = sorted({topology.tile(i).offset_x + 48 for i in range(1, topology.tile_count + 1) if topology.tile(i).offset_x})
+    for x in cuts:
+        line = box(x - 0.01, 0, x + 0.01, 1024)
+        straddling = [p for p in polygons if p.intersects(line) and p.bounds[0] < x - 1 and p.bounds[2] > x + 1]
+        touching = [p for p in polygons if p.intersects(line) and (abs(p.bounds[0] - x) < 0.5 or abs(p.bounds[2] - x) < 0.5)]
+        assert straddling or not touching  # cells crossing a cut are whole, none ends exactly on it in pairs
+        for a in touching:
+            assert not any(b is not a and b.distance(a) < 0.5 for b in touching)
+
+
+def test_merge_joins_polygons_that_meet_at_a_cut():
+    """Two halves of one object owned by neighbouring windows come back as one polygon."""
+    opts = WsiOptions(window_size=512, window_overlap=96, simplify=0)
+    topology = window_topology(1000, 400, opts)
+    cut = topology.tile(2).offset_x + 48
+    left = WindowResult(1, [box(cut - 40, 100, cut, 160)], [{"mean_probability": 0.8}], 1, 0, 0.0)
+    right = WindowResult(2, [box(cut, 110, cut + 30, 150)], [{"mean_probability": 0.6}], 1, 0, 0.0)
+    others = [WindowResult(i, [], [], 1, 0, 0.0) for i in range(3, topology.tile_count + 1)]
+    merged = merge_windows([left, right, *others], topology, opts)
+    assert len(merged) == 1
+    polygon, mean_probability = merged[0]
+    assert polygon.area == pytest.approx(40 * 60 + 30 * 40)
+    assert mean_probability == pytest.approx((0.8 * 2400 + 0.6 * 1200) / 3600, abs=1e-3)
+
+
+def test_background_skipping_skips_glass_and_keeps_cells(tiny_model, slide, mosaic, tmp_path):
+    full, skipped = tmp_path / "full.geojson", tmp_path / "skip.geojson"
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(full), "--no-skip-background", *SMALL]).exit_code == 0
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(skipped), "--skip-background", *SMALL]).exit_code == 0
+    summary = json.loads(skipped.read_text())["properties"]["summary"]
+    assert summary["tiles_skipped"] > 0
+    a, b = rasterise(polygons_of(full), mosaic.shape[:2]), rasterise(polygons_of(skipped), mosaic.shape[:2])
+    assert (a & ~b.astype(bool)).sum() <= 0.01 * a.sum()  # < 1 % of the foreground lost
+
+
+def test_resume_after_interruption_gives_the_identical_result(tiny_model, slide, tmp_path, monkeypatch):
+    import segmenter.wsi as wsi
+
+    reference = tmp_path / "ref.geojson"
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(reference), "--cache", str(tmp_path / "c0"),
+                *SMALL]).exit_code == 0
+    real = wsi.process_window
+    calls = {"n": 0}
+
+    def dies_after_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out, cache = tmp_path / "resumed.geojson", tmp_path / "cache"
+    monkeypatch.setattr(wsi, "process_window", dies_after_three)
+    interrupted = run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(cache), *SMALL])
+    assert interrupted.exit_code != 0 and "Aborted" in interrupted.output  # Ctrl-C
+    assert not out.exists()
+    assert len(list(cache.rglob("window-*.json"))) == 3
+    monkeypatch.setattr(wsi, "process_window", real)
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(cache), *SMALL]).exit_code == 0
+    resumed = json.loads(out.read_text())
+    assert resumed["properties"]["summary"]["windows_cached"] == 3
+    assert resumed["features"] == json.loads(reference.read_text())["features"]
+
+
+def test_dask_local_cluster_gives_the_same_polygons(tiny_model, slide, tmp_path):
+    single, dask = tmp_path / "single.geojson", tmp_path / "dask.geojson"
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(single), "--cache", str(tmp_path / "c1"),
+                *SMALL]).exit_code == 0
+    result = run(["segment", str(tiny_model), str(slide), "--out", str(dask), "--cache", str(tmp_path / "c2"),
+                  "--workers", "2", *SMALL])
+    assert result.exit_code == 0, result.output
+    a, b = polygons_of(single), polygons_of(dask)
+    assert len(a) == len(b)
+    assert unary_union(a).symmetric_difference(unary_union(b)).area == pytest.approx(0, abs=1e-6)
+
+
+def test_several_slides_and_a_window_and_a_mask(tiny_model, slide, tmp_path):
+    second = tmp_path / "second.tif"
+    second.write_bytes(slide.read_bytes())
+    out = tmp_path / "out"
+    assert run(["segment", str(tiny_model), str(slide), str(second), "--out", str(out), *SMALL]).exit_code == 0
+    assert sorted(p.name for p in out.glob("*.geojson")) == ["mosaic.geojson", "second.geojson"]
+    win, mask = tmp_path / "w.geojson", tmp_path / "w.png"
+    assert run(["segment", str(tiny_model), str(slide), "--window", "100,50,700,600", "--out", str(win),
+                "--mask-out", str(mask), *SMALL]).exit_code == 0
+    for p in polygons_of(win):
+        minx, miny, maxx, maxy = p.bounds
+        assert minx >= 100 and miny >= 50 and maxx <= 800 and maxy <= 650
+    import cv2
+
+    assert cv2.imread(str(mask), cv2.IMREAD_UNCHANGED).shape == (38, 44)  # ceil(600/16), ceil(700/16)
+
+
+def one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cyseg: error:"), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_slide_inputs(tiny_model, slide, tmp_path):
+    garbage = tmp_path / "broken.svs"
+    garbage.write_bytes(b"not a slide at all" * 100)
+    one_line_error(run(["segment", str(tiny_model), str(garbage), "--out", str(tmp_path / "x.geojson")]), "broken.svs")
+    odd = tmp_path / "slide.xyz"
+    odd.write_bytes(b"\x00" * 64)
+    one_line_error(run(["segment", str(tiny_model), str(odd), "--out", str(tmp_path / "y.geojson")]), "slide.xyz", "unsupported")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "1500,0,100,100", *SMALL]), "outside the slide")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "0,0,0,100", *SMALL]), "zero or negative size")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "a,b,c,d", *SMALL]), "four integers")
+    assert not list(tmp_path.glob("*.geojson"))
+
+
+def test_model_with_other_input_channels_is_refused(slide, tmp_path):
+    grey = unet.UNetSegmenter({"in_channels": 1, "n": 2, "depth": 2}, device="cpu")
+    grey.save(tmp_path / "grey.pt")
+    one_line_error(run(["segment", str(tmp_path / "grey.pt"), str(slide), "--out", str(tmp_path / "g.geojson"), *SMALL]),
+                   "1 input channels")
+    assert not (tmp_path / "g.geojson").exists()
+
+
+def test_disk_full_while_writing_leaves_no_output(tiny_model, slide, tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "full.geojson"
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(tmp_path / "c"), *SMALL]),
+                   "No space left", "free disk space")
+    assert not out.exists() and not list(tmp_path.glob(".full.geojson*"))
