@@ -126,7 +126,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.argument("sources", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Crops: output folder (masks/, geojson/, overlays/), required. Slides: the GeoJSON file for "
-                   "one slide, or a folder for several. [default for slides: <slide name>.geojson]")
+                   "one slide, or a folder for several. [default: <slide name>.geojson for slides]")
 @click.option("--threshold", type=float, default=None, callback=_threshold, help="[default: the model's]")
 @click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
               help="Inference tile side; larger inputs run tile by tile.")
@@ -149,19 +149,19 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--mpp", type=float, default=None,
               help="Slides: process at this resolution (microns per pixel), read from the nearest pyramid level. "
                    "[default: level 0]")
-@click.option("--magnification", type=float, default=None, help="Slides: process at this objective power, e.g. 20.")
+@click.option("--magnification", type=float, default=None, help="Slides: process at this objective power, e.g. 20. [default: level 0]")
 @click.option("--skip-background/--no-skip-background", default=True, show_default=True,
               help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
                    "and optical density).")
 @click.option("--tissue-margin", type=int, default=32, show_default=True,
               help="Slides: tiles within this many pixels of detected tissue are segmented too.")
 @click.option("--mask-out", type=click.Path(path_type=Path), default=None,
-              help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides.")
+              help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides. [default: none]")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Slides: start a Dask LocalCluster with this many worker processes (0: in-process).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Slides: send windows to the Dask cluster at this address (e.g. tcp://host:8786); workers need "
-                   "cyseg and the same model and slide paths.")
+                   "cyseg and the same model and slide paths. [default: none]")
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Slides: folder of finished windows; a rerun skips them. [default: .cyseg-cache beside --out]")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
