@@ -71,9 +71,8 @@ def augment_dataset(src: str | os.PathLike, steps: int, seed: int = 0, colour: b
             for k in range(1, steps + 1):
                 result = augmenter(image=image, mask=mask)
                 stem = f"{item.stem}_aug{k}"
-                writer.add(stem, result["image"], result["mask"])
                 # item meta (slide, kind, ...) is kept so that `split --by-slide` works on the result
-                meta = {**item.meta, "source": item.stem, "augmentation": k}
-                writer.manifest["items"][stem] = {key: value for key, value in meta.items() if value is not None}
+                writer.add(stem, result["image"], result["mask"],
+                           meta={**item.meta, "source": item.stem, "augmentation": k})
     log.info("wrote %s (%d items)", out, len(dataset) * (steps + 1))
     return out

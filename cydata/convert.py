@@ -84,6 +84,6 @@ def convert_thesis(thesis_dir: str | os.PathLike, out: str | os.PathLike, progre
                     f"mask {ys[ident]} is {mask_rgb.shape[1]}x{mask_rgb.shape[0]} but its crop {xs[ident]} is"
                     f" {image.shape[1]}x{image.shape[0]}; the pair must have the same size"
                 )
-            writer.add(ident, image, decode_thesis_mask(mask_rgb), x=xs[ident].name, y=ys[ident].name)
+            writer.add(ident, image, decode_thesis_mask(mask_rgb), meta={"x": xs[ident].name, "y": ys[ident].name})
     log.info("wrote %s (%d items)", out, len(ids))
     return out

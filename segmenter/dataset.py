@@ -275,23 +275,24 @@ class DatasetWriter:
             "items": {},
         }
 
-    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, binary: bool = True, **meta: Any) -> None:
-        """Add one crop; a binary mask of 0/1 or 0/255 is stored as 0/255."""
+    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, binary: bool = True,
+            meta: dict[str, Any] | None = None) -> None:
+        """Add one crop with its manifest entry; a binary mask of 0/1 or 0/255 is stored as 0/255."""
         if mask is not None and mask.shape[:2] != image.shape[:2]:
             raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is {image.shape[1]}x{image.shape[0]}")
         write_png(self.tmp / "images" / f"{stem}.png", image)
         if mask is not None:
             out = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
             write_png(self.tmp / "masks" / f"{stem}.png", out)
-        self.manifest["items"][stem] = {k: v for k, v in meta.items() if v is not None}
+        self.manifest["items"][stem] = {k: v for k, v in (meta or {}).items() if v is not None}
 
-    def copy(self, item: Item, stem: str | None = None, **meta: Any) -> None:
-        """Copy an existing item's files unchanged (no re-encoding)."""
+    def copy(self, item: Item, stem: str | None = None, meta: dict[str, Any] | None = None) -> None:
+        """Copy an existing item's files unchanged (no re-encoding); `meta` adds to its manifest entry."""
         stem = stem or item.stem
         shutil.copyfile(item.image, self.tmp / "images" / f"{stem}{item.image.suffix.lower()}")
         if item.mask is not None:
             shutil.copyfile(item.mask, self.tmp / "masks" / f"{stem}{item.mask.suffix.lower()}")
-        self.manifest["items"][stem] = {**item.meta, **{k: v for k, v in meta.items() if v is not None}}
+        self.manifest["items"][stem] = {**item.meta, **{k: v for k, v in (meta or {}).items() if v is not None}}
 
     def close(self) -> Path:
         """Write the manifest and move the folder into place."""

@@ -64,7 +64,7 @@ def make_dataset(root: Path, ihc: np.ndarray, threshold: float, slides: list[int
         for s, count in enumerate(slides):
             for j in range(count):
                 meta = {"slide": f"slide{s}", "kind": "pattern"} if with_slide else {"kind": "pattern"}
-                writer.add(f"s{s}_{j}", images[k], nuclei(images[k], threshold), **meta)
+                writer.add(f"s{s}_{j}", images[k], nuclei(images[k], threshold), meta=meta)
                 k += 1
     return root
 

@@ -255,7 +255,7 @@ def test_dataset_writer_round_trip(tmp_path, ihc_dataset):
     root = tmp_path / "out"
     with DatasetWriter(root, source={"file": "ihc"}, parent="p", iteration=2) as writer:
         for stem in ("tr00", "tr01"):
-            writer.add(stem, ihc_dataset.images[stem], ihc_dataset.masks[stem], kind="pattern", slide="s1", empty=None)
+            writer.add(stem, ihc_dataset.images[stem], ihc_dataset.masks[stem], meta={"kind": "pattern", "slide": "s1", "empty": None})
     dataset = open_dataset(root)
     assert [i.stem for i in dataset.items] == ["tr00", "tr01"]
     assert dataset.manifest["parent"] == "p" and dataset.manifest["iteration"] == 2
@@ -270,7 +270,7 @@ def test_dataset_writer_round_trip(tmp_path, ihc_dataset):
 def test_dataset_writer_copy_keeps_bytes(tmp_path, ihc_dataset):
     source = open_dataset(ihc_dataset.train)
     with DatasetWriter(tmp_path / "out") as writer:
-        writer.copy(source.items[0], stem="renamed", split="train")
+        writer.copy(source.items[0], stem="renamed", meta={"split": "train"})
     item = open_dataset(tmp_path / "out").items[0]
     assert item.stem == "renamed" and item.meta["split"] == "train" and item.meta["slide"] == source.items[0].meta["slide"]
     assert item.image.read_bytes() == source.items[0].image.read_bytes()
