@@ -7,7 +7,6 @@ the same run, interleaved, so the ratio is fair on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile

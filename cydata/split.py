@@ -100,7 +100,7 @@ def split_dataset(src: str | os.PathLike, train: float = 0.8, seed: int = 0, by_
             writers.append(DatasetWriter(out, source=source, parent=str(src.resolve()), iteration=iteration,
                                          extra={"split": info}))
         with tqdm(total=len(items), desc="split", unit="item", disable=None if progress is None else not progress) as bar:
-            for writer, (side, out, side_items) in zip(writers, sides):
+            for writer, (_, _, side_items) in zip(writers, sides):
                 for item in sorted(side_items, key=lambda i: i.stem):
                     writer.copy(item)
                     bar.update()
