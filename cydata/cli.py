@@ -86,6 +86,145 @@ def convert_command(thesis_dir: str, out: str) -> None:
     click.echo(convert_thesis(thesis_dir, out))
 
 
+def cytomine_options(command):
+    """The connection options shared by the commands that talk to Cytomine. The keys come only from
+    the environment or the config file, never from the command line (where `ps` would show them)."""
+    options = [
+        click.option("--cytomine-config", type=click.Path(dir_okay=False, path_type=str), default=None,
+                     show_default="CYTOMINE_HOST, CYTOMINE_PUBLIC_KEY, CYTOMINE_PRIVATE_KEY from the environment",
+                     help="JSON file with host, public_key and private_key (values missing from it are taken "
+                          "from the environment variables). The keys are never printed or logged."),
+        click.option("--insecure", is_flag=True, default=False, show_default=True,
+                     help="Do not verify the server's HTTPS certificate (self-signed test servers only)."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+                     help="Seconds to wait for each answer of the server before the request counts as failed "
+                          "(and is retried)."),
+        click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Retries of a failed request (server error, timeout, dropped connection), with "
+                          "exponential back-off; new annotations are never re-sent."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@cli.command("download")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Cytomine annotation report (CSV export, ';'-separated, header row): one crop centred on each "
+                   "row's X, Y (Cytomine frame). Columns are found by name: Id, X, Y, Image Id.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help='Descriptor {"images": [ids], "user": id, "project": id, "roi": term, '
+                   '"foreground": term or [terms]}: crops cover every annotation of the roi term '
+                   "(tiled when larger than --size); without images: every image of the project, without user: "
+                   "anyone's ROIs.")
+@click.option("--project", type=int, default=None,
+              help="Project whose annotations (narrowed by --image, --term, --user) each give one crop "
+                   "centred on them.")
+@click.option("--term", "terms", type=int, multiple=True,
+              help="With --project: only annotations with this term (repeatable: any of them).")
+@click.option("--user", type=int, default=None, help="With --project: only annotations made by this user.")
+@click.option("--image", "images", type=int, multiple=True,
+              help="With --project: only this image (repeatable); default: every image of the project.")
+@click.option("--out", type=click.Path(path_type=str), required=True,
+              help="Dataset folder to create; must not exist. Built in <out>.partial/ first (kept if anything "
+                   "fails: rerun the same command to resume).")
+@click.option("--size", type=int, default=512, show_default=True,
+              help="Side of the crops in output pixels (a crop covers size*2**zoom slide pixels).")
+@click.option("--zoom", type=int, default=0, show_default=True,
+              help="Resolution: 0 = full resolution, each step halves it (downsample 2**zoom).")
+@click.option("--foreground-term", "foreground", type=int, multiple=True,
+              show_default="the annotation's own term(s) / --term / the descriptor's foreground",
+              help="Term whose polygons are drawn (255) in the masks (repeatable).")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Crops downloaded in parallel (threads).")
+@cytomine_options
+def download_command(csv_file: str | None, json_file: str | None, project: int | None, terms: tuple[int, ...],
+                     user: int | None, images: tuple[int, ...], out: str, size: int, zoom: int,
+                     foreground: tuple[int, ...], workers: int, cytomine_config: str | None, insecure: bool,
+                     timeout: float, retries: int) -> None:
+    """Download a dataset of crops and masks from annotations on a Cytomine server.
+
+    Choose the crops with exactly one of --csv, --json or --project. Images come from the image
+    window endpoint; masks are drawn here from the foreground polygons that intersect each crop and
+    stored as PNG 0/255. dataset.json records, per item, the host, project, image, annotation(s),
+    term(s), zoom and crop box (slide pixels, top-left origin), and lists the skipped annotations
+    with their reasons. Exit status 2 if any crop still fails after the retries (then <out> is not
+    created and <out>.partial/ keeps what was done).
+    """
+    from cydata.download import Spec, download
+
+    chosen = [name for name, value in (("--csv", csv_file), ("--json", json_file), ("--project", project))
+              if value is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --csv, --json or --project"
+                               + (f" (got {', '.join(chosen)})" if chosen else ""))
+    if project is None:
+        extra = [name for name, value in (("--term", terms), ("--user", user), ("--image", images)) if value]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)} only apply with --project")
+    spec = Spec(csv=csv_file, descriptor=json_file, project=project, terms=terms, user=user, images=images,
+                size=size, zoom=zoom, foreground=foreground)
+    click.echo(download(spec, out, workers=workers, retries=retries, config=cytomine_config, insecure=insecure,
+                        timeout=timeout))
+
+
+@cli.command("roi")
+@click.option("--project", type=int, required=True, help="Project of the image.")
+@click.option("--image", type=int, required=True, help="Image instance to add the ROI(s) to.")
+@click.option("--size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Side of the square ROI(s) in slide pixels (full resolution).")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of ROIs, placed at random inside the image without overlapping each other or the "
+                   "image's ROIs of the same term.")
+@click.option("--at", "at", default=None, metavar="X,Y",
+              help="Top-left corner of one ROI in slide pixels (origin top-left, y down) instead of a random place.")
+@click.option("--term", type=int, default=None, show_default="the project's term named 'roi', if any",
+              help="Term given to the ROI(s); 'cydata download --json' selects ROIs by this term.")
+@click.option("--seed", type=int, default=None, show_default="random (logged)",
+              help="Seed of the random positions; the same seed, image and existing ROIs give the same places.")
+@cytomine_options
+def roi_command(project: int, image: int, size: int, count: int, at: str | None, term: int | None,
+                seed: int | None, cytomine_config: str | None, insecure: bool, timeout: float, retries: int) -> None:
+    """Add square ROI annotations to a Cytomine image (to build validation/test sets); prints their ids."""
+    from cydata.roi import add_rois, parse_at
+
+    ids = add_rois(project, image, size=size, count=count, at=parse_at(at), term=term, seed=seed,
+                   config=cytomine_config, insecure=insecure, timeout=timeout, retries=retries)
+    click.echo("\n".join(str(i) for i in ids))
+
+
+@cli.command("select")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=str))
+@click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Model file (.pt written by 'cyseg train') that predicts the foreground.")
+@click.option("--min-completeness", type=float, default=0.5, show_default=True,
+              help="Keep crops whose annotation covers at least this fraction of the predicted foreground "
+                   "(|prediction AND annotation| / |prediction|; 1.0 when nothing is predicted).")
+@click.option("--per-slide", type=int, default=None,
+              help="Keep at most this many crops per slide, best first. [default: no cap]")
+@click.option("--threshold", type=float, default=None, help="Prediction threshold. [default: the model's]")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Also write the scores of all crops here (written even when none is kept). "
+                   "[default: only <OUT>/scores.csv]")
+@click.option("--device", default="auto", show_default=True,
+              help="Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(path_type=str), required=True, help="Dataset folder to create; must not exist.")
+def select_command(directory: str, model: str, min_completeness: float, per_slide: int | None,
+                   threshold: float | None, csv_path: str | None, device: str, out: str) -> None:
+    """Score how completely each crop of DIR is annotated, with a model, and write a new dataset of
+    the crops scoring at least --min-completeness (copies; scores in dataset.json and scores.csv)."""
+    import logging
+
+    from cydata.select import select_dataset
+
+    progress = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    folder, rows = select_dataset(directory, model, out, min_completeness=min_completeness, per_slide=per_slide,
+                                  threshold=threshold, device=device, csv_path=csv_path, progress=progress)
+    kept = sum(r["selected"] for r in rows)
+    click.echo(f"kept {kept} of {len(rows)} crops; scores in {folder}/scores.csv")
+    click.echo(str(folder))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     run_main(cli, "cydata", argv)

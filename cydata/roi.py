@@ -1,0 +1,116 @@
+"""`cydata roi`: add square regions of interest to a Cytomine image, as the method did to build its
+validation and test sets (an expert then annotates every cell inside each ROI, and
+`cydata download --json` turns the ROIs into crops).
+
+Positions are slide pixels with the origin at the top-left (y down), like every other position the
+tools take; the squares are converted once to Cytomine's frame (y up) when saved. A ROI always lies
+inside the image (the thesis' `addroi` drew (10,10)-(hw,hw) in Cytomine's frame: the bottom-left
+corner of the slide, without a term). Random ROIs do not overlap each other nor the image's
+existing ROIs of the same term.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+from shapely.geometry import box as shapely_box
+
+from cydata.cytomine_source import CytomineSource, NotFound
+from segmenter.cytomine_connect import credentials
+from segmenter.errors import CysegError
+
+log = logging.getLogger(__name__)
+ATTEMPTS = 2000  # random draws per ROI before giving up on a free spot
+
+
+def parse_at(text: str | None) -> tuple[int, int] | None:
+    """'x,y' -> (x, y) integers, or None."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        raise CysegError(f"--at '{text}' is not two integers 'x,y' (top-left corner in slide pixels, y down)")
+    return int(parts[0]), int(parts[1])
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def add_rois(project: int, image: int, *, size: int = 2048, count: int = 1, at: tuple[int, int] | None = None,
+             term: int | None = None, seed: int | None = None, config: str | os.PathLike | None = None,
+             insecure: bool = False, timeout: float = 60.0, retries: int = 4) -> list[int]:
+    """Create `count` square ROIs of `size` pixels on `image` (at `at`, or at seeded random places);
+    returns the new annotation ids."""
+    if size < 1:
+        raise CysegError(f"--size {size} must be at least 1 pixel")
+    if count < 1:
+        raise CysegError(f"--count {count} must be at least 1")
+    if at is not None and count != 1:
+        raise CysegError(f"--at places one ROI but --count is {count}; drop --at for random places or use --count 1")
+    creds = credentials(config=config)
+    with CytomineSource(creds, timeout=timeout, verify=not insecure, retries=retries) as source:
+        try:
+            source.project(project)
+        except NotFound:
+            raise CysegError(f"--project {project}: no such project on {source.host}; check the project id") from None
+        try:
+            info = source.image(image)
+        except NotFound:
+            raise CysegError(f"--image {image}: no such image on {source.host}; check the image id") from None
+        if info.project is not None and info.project != project:
+            raise CysegError(f"--image {image} belongs to project {info.project}, not to project {project}; "
+                             "check the ids")
+        terms = source.project_terms(project)
+        if term is None:
+            named = [t for t, name in terms.items() if name.strip().lower() == "roi"]
+            if len(named) == 1:
+                term = named[0]
+                log.info("using the project's term 'roi' (%d)", term)
+            else:
+                log.warning("the ROI(s) get no term (give --term): 'cydata download --json' finds ROIs by term")
+        elif term not in terms:
+            shown = ", ".join(f"{t} ({n})" for t, n in sorted(terms.items())) or "none"
+            raise CysegError(f"--term {term} is not a term of project {project} (its terms: {shown})")
+        if size > info.width or size > info.height:
+            raise CysegError(f"--size {size} does not fit in image {image} ({info.width}x{info.height}); "
+                             "give a smaller --size")
+        if at is not None:
+            x, y = at
+            if x < 0 or y < 0 or x + size > info.width or y + size > info.height:
+                raise CysegError(f"--at {x},{y} with --size {size} leaves image {image} ({info.width}x{info.height}); "
+                                 f"x must be in 0..{info.width - size} and y in 0..{info.height - size} "
+                                 "(top-left corner, y down)")
+            boxes = [(x, y, x + size, y + size)]
+        else:
+            taken = []
+            if term is not None:
+                taken = [a.geometry.bounds for a in source.annotations(info, project=project, terms=[term])
+                         if a.geometry is not None and not a.geometry.is_empty]
+            if seed is None:
+                seed = random.SystemRandom().randrange(2 ** 31)
+            log.info("random ROI positions with --seed %d", seed)
+            rng = random.Random(seed)
+            boxes = []
+            for _ in range(count):
+                for _attempt in range(ATTEMPTS):
+                    x = rng.randint(0, info.width - size)
+                    y = rng.randint(0, info.height - size)
+                    candidate = (x, y, x + size, y + size)
+                    if not any(_overlaps(candidate, other) for other in taken + boxes):
+                        boxes.append(candidate)
+                        break
+                else:
+                    raise CysegError(f"no room for {count} non-overlapping ROI(s) of {size} px in image {image} "
+                                     f"({info.width}x{info.height}, {len(taken)} ROI(s) already there); lower "
+                                     "--count or --size")
+        created: list[int] = []
+        for x0, y0, x1, y1 in boxes:
+            try:
+                created.append(source.add_annotation(info, shapely_box(x0, y0, x1, y1), [term] if term else []))
+            except CysegError as exc:
+                done = f" (created so far: {', '.join(map(str, created))})" if created else ""
+                raise CysegError(f"cannot create the ROI at {x0},{y0}: {exc}{done}") from None
+            log.info("ROI %d: %d,%d %dx%d (slide pixels, top-left origin)", created[-1], x0, y0, size, size)
+        return created
