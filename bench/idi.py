@@ -1,0 +1,332 @@
+"""Iterative data improvement (IDI) benchmark: does `cyseg improve` recover what incomplete
+annotation costs?
+
+For each data set (miccai15: train on the ten tiles that are not image02/06/10/13/15, test on
+those five; glas: the official train/test split) and each seed s:
+
+  (a) full        `cyseg train` on the complete masks;
+  (b) incomplete  a fraction p of the annotated objects (8-connected components of each mask) is
+                  removed at random (`remove_objects`, seeded by (s, p)), and a model is trained on
+                  those masks: this is iteration 1 of (c), whose model is trained exactly like
+                  `cyseg train` (fresh weights drawn with seed s, same options);
+  (c) IDI K       `cyseg improve` on the incomplete masks with K+1 iterations; "IDI K" is the model
+                  of iteration K+1, trained on the dataset version improved K times.
+
+All models are scored on the test split with `cyseg evaluate` (IoU and Dice at the model's
+threshold, full resolution). By default every IDI iteration trains from fresh weights
+(`--from-scratch`), so (a), (b) and every IDI K get the same training budget and only the data
+differ; `--warm-start` uses the method's continued training instead. The summary gives mean ± std
+over seeds and, at p = 0.5, the fraction of the IoU lost between (a) and (b) that IDI recovers,
+(IoU_IDI - IoU_b) / (IoU_a - IoU_b), and whether it reaches one half. CPU time (this process and
+its children) is recorded per stage. Finished stages are skipped on a rerun (models, evaluations,
+improve runs resume), so a long CPU run can be continued in a later session.
+
+    python bench/idi.py [--datasets miccai15,glas] [--p 0.25,0.5,0.75] [--seeds 3] [--iterations 3]
+                        [--epochs 30] [--steps-per-epoch 20] [--batch 8] [--crop 256] [--n 16] [--depth 5]
+                        [--warm-start] [--device auto] [--work bench/work/idi] [--out bench/results/idi.json]
+    python bench/idi.py --quick [--out /tmp/idi_quick.json]   # the whole pipeline on a tiny budget
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")
+RESULTS = ROOT / "bench" / "results" / "idi.json"
+QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
+         "batch": 2, "crop": 64, "n": 4, "depth": 3, "workers": 0, "device": "cpu"}
+
+
+# ---------------------------------------------------------------- the tested part
+
+def remove_objects(mask: np.ndarray, p: float, rng: np.random.Generator, connectivity: int = 8) -> np.ndarray:
+    """A copy of `mask` with round(p * n) of its n connected foreground components (halves rounded
+    up) set to background, chosen uniformly at random with `rng`. Never adds a pixel; the remaining
+    components are unchanged."""
+    import cv2
+
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p} is outside [0, 1]")
+    fg = (np.asarray(mask) > 0).astype(np.uint8)
+    n_labels, labels = cv2.connectedComponents(fg, connectivity=connectivity)
+    n = n_labels - 1
+    k = int(np.floor(p * n + 0.5))
+    out = np.array(mask, copy=True)
+    if k:
+        chosen = rng.choice(np.arange(1, n_labels), size=k, replace=False)
+        out[np.isin(labels, chosen)] = 0
+    return out
+
+
+def count_objects(mask: np.ndarray, connectivity: int = 8) -> int:
+    import cv2
+
+    return cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8), connectivity=connectivity)[0] - 1
+
+
+# ---------------------------------------------------------------- data
+
+def _stems(folder: Path) -> list[str]:
+    return sorted(p.stem for p in (folder / "images").glob("*.png"))
+
+
+def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
+    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            target = out / sub / f"{stem}.png"
+            if not target.exists():
+                target.symlink_to((source / sub / f"{stem}.png").resolve())
+    return out
+
+
+def splits(dataset: str, work: Path) -> tuple[Path, Path]:
+    """(train, test) dataset folders of a data set."""
+    from bench.common import SHARED_DATA
+
+    if dataset == "miccai15":
+        src = SHARED_DATA / "miccai15"
+        stems = _stems(src)
+        return (link_dataset(work / "miccai15" / "train", src, [s for s in stems if s not in MICCAI_TEST]),
+                link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST)))
+    if dataset == "glas":
+        return tuple(link_dataset(work / "glas" / side, SHARED_DATA / "glas" / side, _stems(SHARED_DATA / "glas" / side))
+                     for side in ("train", "test"))  # type: ignore[return-value]
+    raise SystemExit(f"unknown dataset {dataset}; use miccai15 or glas")
+
+
+def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str, Any]:
+    """Write `out`: the images of `train` (links) and masks with a fraction p of the objects removed.
+    Returns the removal statistics (also in its dataset.json)."""
+    from segmenter.dataset import read_mask, write_png
+
+    if (out / "dataset.json").is_file():
+        return json.loads((out / "dataset.json").read_text())["removal"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    (tmp / "images").mkdir()
+    (tmp / "masks").mkdir()
+    rng = np.random.default_rng([seed, round(p * 1000)])
+    objects = removed = px = px_removed = 0
+    for stem in _stems(train):
+        (tmp / "images" / f"{stem}.png").symlink_to((train / "images" / f"{stem}.png").resolve())
+        mask = read_mask(train / "masks" / f"{stem}.png")
+        cut = remove_objects(mask, p, rng)
+        n, m = count_objects(mask), count_objects(cut)
+        objects, removed = objects + n, removed + n - m
+        px, px_removed = px + int(mask.sum()), px_removed + int(mask.sum() - cut.sum())
+        write_png(tmp / "masks" / f"{stem}.png", cut * 255)
+    removal = {"p": p, "seed": seed, "objects": objects, "objects_removed": removed,
+               "fraction_objects_removed": removed / max(objects, 1), "fg_pixels": px,
+               "fraction_pixels_removed": px_removed / max(px, 1)}
+    (tmp / "dataset.json").write_text(json.dumps({"format": "cyseg-dataset/1", "parent": str(train.resolve()),
+                                                  "iteration": None, "removal": removal, "items": {}}, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return removal
+
+
+# ---------------------------------------------------------------- the real command lines
+
+def _cli(name: str) -> list[str]:
+    exe = Path(sys.executable).with_name(name)
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"{name}.cli"]
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command (output appended to `log`); returns its CPU seconds."""
+    cpu0 = children_cpu()
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n")
+        fh.flush()
+        result = subprocess.run(cmd, check=False, stdout=fh, stderr=fh)
+    if result.returncode != 0:
+        raise SystemExit(f"command failed (exit {result.returncode}), see {log}: {' '.join(cmd)}")
+    return children_cpu() - cpu0
+
+
+def train_args(args: argparse.Namespace, seed: int) -> list[str]:
+    return ["--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch), "--batch", str(args.batch),
+            "--crop", str(args.crop), "--n", str(args.n), "--depth", str(args.depth), "--seed", str(seed),
+            "--workers", str(args.workers), "--device", args.device]
+
+
+def evaluate(model: Path, test: Path, out: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    summary = out / "summary.json"
+    cpu = 0.0
+    if not summary.is_file():
+        cpu = run([*_cli("cyseg"), "-q", "evaluate", str(model), str(test), "--out", str(out), "--no-sweep",
+                   "--device", args.device], log)
+    s = json.loads(summary.read_text())
+    return {"iou": s["iou_mean"], "dice": s["dice_mean"], "n_test": s["n_images"], "eval_cpu_s": cpu}
+
+
+def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Namespace, work: Path,
+             log: Path) -> dict[str, Any]:
+    """All runs of one data set and seed: full, and per p incomplete + IDI 1..K."""
+    runs = work / "runs" / dataset / f"seed{seed}"
+    runs.mkdir(parents=True, exist_ok=True)
+    full_model = runs / "full" / "model.pt"
+    cpu = 0.0
+    if not full_model.is_file():
+        full_model.parent.mkdir(parents=True, exist_ok=True)
+        cpu = run([*_cli("cyseg"), "-q", "train", str(train), "--out", str(full_model), *train_args(args, seed)], log)
+    out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, runs / "full" / "eval", args, log),
+                                                   "train_cpu_s": cpu}, "p": {}}
+    for p in args.p:
+        tag = f"p{p:g}"
+        incomplete = work / "data" / dataset / "incomplete" / tag / f"seed{seed}"
+        data = incomplete_dataset(train, incomplete, p, seed)
+        idi_out = runs / tag / "idi"
+        cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete), "--iterations", str(args.iterations + 1),
+               "--out", str(idi_out), *train_args(args, seed),
+               "--warm-start" if args.warm_start else "--from-scratch", *args.idi_args]
+        cpu = run(cmd, log)
+        report = json.loads((idi_out / "report.json").read_text())["iterations"]
+        entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report}
+        entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / tag / "eval_iter1", args, log)
+        for k in range(1, args.iterations + 1):
+            entry[f"idi_K{k}"] = evaluate(idi_out / "models" / f"iter{k + 1}.pt", test, runs / tag / f"eval_iter{k + 1}",
+                                          args, log)
+        out["p"][tag] = entry
+        print(f"{dataset:9s} seed {seed} {tag:6s} full IoU {out['full']['iou']:.4f}  incomplete "
+              f"{entry['incomplete']['iou']:.4f}  " + "  ".join(
+                  f"IDI{k} {entry[f'idi_K{k}']['iou']:.4f}" for k in range(1, args.iterations + 1)), flush=True)
+    return out
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    a = np.array(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": len(values)}
+
+
+def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    full = {m: _ms([r["full"][m] for r in per_seed]) for m in ("iou", "dice")}
+    result: dict[str, Any] = {"full": full, "p": {}}
+    for p in args.p:
+        tag = f"p{p:g}"
+        entry: dict[str, Any] = {
+            "fraction_objects_removed": _ms([r["p"][tag]["removal"]["fraction_objects_removed"] for r in per_seed]),
+            "fraction_pixels_removed": _ms([r["p"][tag]["removal"]["fraction_pixels_removed"] for r in per_seed]),
+            "incomplete": {m: _ms([r["p"][tag]["incomplete"][m] for r in per_seed]) for m in ("iou", "dice")},
+            "recovery": {}}
+        lost = full["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
+        entry["iou_lost"] = lost
+        for k in range(1, args.iterations + 1):
+            key = f"idi_K{k}"
+            entry[key] = {m: _ms([r["p"][tag][key][m] for r in per_seed]) for m in ("iou", "dice")}
+            gained = entry[key]["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
+            entry["recovery"][key] = gained / lost if lost > 0 else None
+        valid = {k: v for k, v in entry["recovery"].items() if v is not None}
+        entry["best_K"] = max(valid, key=valid.get) if valid else None
+        entry["recovers_half"] = (valid[entry["best_K"]] >= 0.5) if valid else None
+        if lost <= 0:
+            entry["note"] = "no IoU lost between full and incomplete masks: recovery undefined"
+        result["p"][tag] = entry
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="miccai15,glas")
+    parser.add_argument("--p", default="0.25,0.5,0.75", help="fractions of objects removed, comma-separated")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=3, help="IDI K evaluated for K = 1..this")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="IDI iterations continue the previous model (the method) instead of fresh weights")
+    parser.add_argument("--idi-args", default="", help="extra `cyseg improve` options, e.g. '--no-normalize'")
+    parser.add_argument("--work", type=Path, default=None, help="[default: bench/work/idi; --quick: a temporary folder]")
+    parser.add_argument("--out", type=Path, default=None, help="[default: bench/results/idi.json; --quick: in --work]")
+    parser.add_argument("--quick", action="store_true", help="tiny budget on miccai15, p=0.5, one seed, K=1")
+    args = parser.parse_args()
+    if args.quick:
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for key, value in QUICK.items():
+            if key not in given:
+                setattr(args, key, value)
+    import shlex
+
+    args.idi_args = shlex.split(args.idi_args)
+    args.p = [float(v) for v in str(args.p).split(",")]
+    if any(not 0 < p < 1 for p in args.p):
+        raise SystemExit("--p values must be in (0, 1)")
+    if args.seeds < 1 or args.iterations < 1:
+        raise SystemExit("--seeds and --iterations must be >= 1")
+    from bench.common import SHARED_DATA, write_results
+
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"{SHARED_DATA} not found: the IDI benchmark needs the real data sets")
+    work = args.work or (Path(tempfile.mkdtemp(prefix="idi_quick_")) if args.quick else ROOT / "bench" / "work" / "idi")
+    out_path = args.out or (work / "idi.json" if args.quick else RESULTS)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    cpu0, wall0 = time.process_time() + children_cpu(), time.perf_counter()
+    results: dict[str, Any] = {
+        "benchmark": "idi", "quick": args.quick,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")}, "work": str(work),
+        "protocol": "(a) full masks, (b) p of the objects removed (= IDI iteration 1), (c) IDI K = model of "
+                    "iteration K+1; test IoU at the model threshold via cyseg evaluate",
+        "datasets": {}}
+    for dataset in args.datasets.split(","):
+        train, test = splits(dataset, work / "data")
+        t0, c0 = time.perf_counter(), children_cpu()
+        per_seed = [one_seed(dataset, train, test, s, args, work, log) for s in range(args.seeds)]
+        results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed,
+                                        "cpu_s": children_cpu() - c0, "wall_s": time.perf_counter() - t0}
+        write_results(out_path, results)
+    results["cpu_s"] = time.process_time() + children_cpu() - cpu0
+    results["wall_s"] = time.perf_counter() - wall0
+    import torch
+
+    results["cpu_threads"], results["cpu_count"] = torch.get_num_threads(), os.cpu_count()
+    write_results(out_path, results)
+
+    print(f"\nIDI benchmark{' (QUICK: tiny budget, numbers meaningless)' if args.quick else ''}: test IoU, "
+          f"mean ± std over {args.seeds} seed(s)")
+    for dataset, r in results["datasets"].items():
+        print(f"{dataset}: full masks {r['full']['iou']['mean']:.4f} ± {r['full']['iou']['std']:.4f}")
+        for tag, e in r["p"].items():
+            idi = "  ".join(f"IDI{k[5:]} {e[k]['iou']['mean']:.4f} ± {e[k]['iou']['std']:.4f}"
+                            for k in e if k.startswith("idi_K"))
+            rec = "  ".join(f"{k[4:]}: {v:.2f}" if v is not None else f"{k[4:]}: n/a" for k, v in e["recovery"].items())
+            print(f"  {tag:6s} ({e['fraction_objects_removed']['mean']:.2f} of objects removed) incomplete "
+                  f"{e['incomplete']['iou']['mean']:.4f} ± {e['incomplete']['iou']['std']:.4f}  {idi}")
+            print(f"         recovery of the lost IoU {rec}; >= half: {e['recovers_half']}"
+                  + (f" ({e['note']})" if "note" in e else ""))
+    print(f"CPU {results['cpu_s'] / 60:.1f} min, wall {results['wall_s'] / 60:.1f} min; results in {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,438 @@
+"""`cyseg improve`: iterative data improvement (IDI) of incompletely annotated masks (thesis §10).
+
+Iteration k = 1..K:
+
+1. **train** a U-Net on the current dataset version (version 0 is the input DIR, version k is
+   OUT/iter<k>). Iteration 1 starts from `--model START` (fine-tuned) or, without it, from fresh
+   weights drawn with `--seed`. Later iterations start from the previous iteration's model (as the
+   method: the model keeps its weights between iterations), or with `--from-scratch` from the
+   same starting point as iteration 1, so every iteration gets the same training budget. The crops
+   of iteration k are drawn with seed `--seed + k - 1`. The model is kept as OUT/models/iter<k>.pt
+   (with its metrics, OUT/models/iter<k>.history.csv/.json/.curves.png).
+2. **predict** every selected training item (all items, or those whose dataset.json kind is one of
+   `--only-kind`) and post-process the probabilities with the IDI chain (below).
+3. **grow the labels**: new mask = ORIGINAL ground truth OR prediction, as the method. Annotated
+   pixels are never removed; relative to the previous version, pixels a former iteration added
+   may be withdrawn when the newer model no longer predicts them (the method ORs with the original
+   masks, not with the previous version). Unselected items are copied byte for byte.
+4. **write** the new version OUT/iter<k>/ (images copied unchanged, masks as PNG: never JPEG,
+   fixing B16) through `DatasetWriter`, so it appears only when complete. Its dataset.json records
+   the parent (previous version), the iteration, the model file, the post-processing and threshold,
+   and this iteration's statistics; OUT/iter<k>/added/ shows, for every item whose mask differs
+   from the ground truth, the crop beside the crop with the ground truth in green and the added
+   pixels in magenta.
+
+Post-processing and the fix of B4. The method z-scores each probability map and then thresholds
+it at `t` as if it were still a probability: the cut becomes mean + t*std of that map (undefined
+on a constant map). Here `--normalize` (the default, as the method) rescales each map min-max to
+[0, 1], p' = (p - lo) / (hi - lo), before the model's erode-dilate and smoothing, and thresholds p'
+at t, so t keeps its meaning of a fraction of the probability scale. Both operations commute with
+an increasing affine map, so this is exactly thresholding the post-processed probabilities at the
+per-map level tau = lo + t * (hi - lo): a crop on which the model is confident (hi near 1, lo near
+0) is cut at ~t, and a crop of under-confident predictions (the cells the incomplete labels taught
+the model to doubt) at a proportionally lower level. Two guards: a constant map (hi - lo < 1e-6)
+has no structure and adds nothing, and tau never goes below `--min-probability` (default t/2), so
+that stretching the noise of a crop without cells cannot paint it. tau is recorded per item.
+`--no-normalize` uses the model's default chain (erode-dilate, smoothing, threshold t).
+
+Resume: rerunning the same command skips the finished iterations (OUT/iter<k>/dataset.json and
+OUT/models/iter<k>.pt both present), keeps a finished model whose dataset was not yet written,
+continues an interrupted training from its checkpoint (OUT/models/iter<k>.ckpt), and redoes
+everything after the first unfinished iteration. A larger K continues a finished run. The options
+that change the results are stored in OUT/improve.json; a rerun with other options is refused.
+
+OUT/report.json and OUT/report.csv hold one row per iteration (see `ITERATION_FIELDS`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segmenter.atomic import atomic_path
+from segmenter.base import Segmenter
+from segmenter.dataset import (Dataset, DatasetWriter, check_dataset, manifest_hash, open_dataset, read_image,
+                               read_mask, write_png)
+from segmenter.errors import CysegError, ModelFileError
+from segmenter.overlays import overlay
+from segmenter.training import TrainOptions, train
+from transforms.chain import build_torch, default_chain, with_threshold, without_threshold
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pattern", "cell", "roi")
+MAGENTA = np.array([255, 0, 255], dtype=np.float32)
+GREEN = np.array([0, 200, 0], dtype=np.float32)
+CONSTANT_RANGE = 1e-6
+ITERATION_FIELDS = (
+    "iteration", "trained_on", "model", "start", "items", "items_selected",
+    "fg_before", "fg_after", "pixels_added", "pixels_added_vs_previous", "pixels_removed_vs_previous",
+    "masks_changed", "masks_differing_from_gt", "val_iou", "val_dice", "train_seconds", "train_cpu_seconds",
+)
+DEFAULT_N, DEFAULT_DEPTH = 16, 5
+
+
+@dataclass
+class ImproveOptions:
+    """Everything that defines an IDI run (see the module docstring)."""
+
+    iterations: int
+    epochs: int = 30
+    model: str | None = None
+    val: str | None = None
+    only_kind: tuple[str, ...] = ()
+    threshold: float = 0.5
+    normalize: bool = True
+    min_probability: float | None = None
+    warm_start: bool = True
+    steps_per_epoch: int = 20
+    batch: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    n: int | None = None
+    depth: int | None = None
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    colour: bool = False
+    amp: bool = True
+    progress: bool = True
+
+    @property
+    def floor(self) -> float:
+        """The lowest probability a normalised threshold may reach."""
+        return self.threshold / 2 if self.min_probability is None else self.min_probability
+
+    def check(self) -> None:
+        if self.iterations < 1:
+            raise CysegError(f"--iterations must be >= 1 (got {self.iterations})")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise CysegError(f"--threshold {self.threshold} is outside [0, 1]; choose e.g. 0.5")
+        if not 0.0 <= self.floor <= 1.0:
+            raise CysegError(f"--min-probability {self.min_probability} is outside [0, 1]; choose e.g. 0.25")
+        for kind in self.only_kind:
+            if kind not in KINDS:
+                raise CysegError(f"--only-kind {kind!r} is not a kind; use one of {', '.join(KINDS)}")
+        for name in ("n", "depth"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise CysegError(f"--{name} must be >= 1 (got {value})")
+        self.train_options(1, None).check()
+
+    def train_options(self, iteration: int, out: Path | None, resume: bool = False) -> TrainOptions:
+        return TrainOptions(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=self.batch, crop=self.crop,
+                            lr=self.lr, seed=self.seed + iteration - 1, workers=self.workers, colour=self.colour,
+                            out=None if out is None else str(out), name=f"IDI iteration {iteration}", resume=resume,
+                            amp=self.amp, progress=self.progress)
+
+    def fingerprint(self, data: Path, data_hash: str, start_hash: str | None) -> dict[str, Any]:
+        """What must be equal for a rerun to continue the same run (not iterations, workers, device)."""
+        keep = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("iterations", "workers", "device", "progress", "amp", "model", "val")}
+        keep["only_kind"] = sorted(self.only_kind)
+        keep["min_probability"] = self.floor
+        start = None if self.model is None else str(Path(self.model).resolve())
+        return {"data": str(data.resolve()), "data_hash": data_hash, "start_model": start,
+                "start_model_sha256": start_hash, "val": None if self.val is None else str(Path(self.val).resolve()),
+                **keep}
+
+
+# ---------------------------------------------------------------- post-processing (B4 fixed)
+
+def idi_postprocess(seg: Segmenter, probs: torch.Tensor, threshold: float, normalize: bool,
+                    floor: float) -> tuple[torch.Tensor, float | None]:
+    """(1, H, W) probabilities -> ((H, W) bool mask, the probability level it was cut at).
+
+    Without `normalize`: the model's chain (erode-dilate, smoothing) and threshold `threshold`.
+    With it: min-max rescaling of the map to [0, 1] before that chain and the same threshold, i.e.
+    the chain's output cut at tau = max(floor, lo + threshold * (hi - lo)); a constant map gives an
+    empty mask (tau None)."""
+    smoothed = build_torch(without_threshold(seg.postprocess))(probs[None].float())[0, 0]
+    if not normalize:
+        tau = float(threshold)
+    else:
+        lo, hi = float(probs.min()), float(probs.max())
+        if hi - lo < CONSTANT_RANGE:
+            return torch.zeros_like(smoothed, dtype=torch.bool), None
+        tau = max(float(floor), lo + threshold * (hi - lo))
+    return smoothed > tau, tau
+
+
+def chain_description(seg: Segmenter, opts: ImproveOptions) -> dict[str, Any]:
+    """The post-processing as recorded in each version's dataset.json."""
+    chain = without_threshold(seg.postprocess) + [{"op": "threshold", "t": opts.threshold}]
+    if opts.normalize:
+        chain = [{"op": "normalize_minmax", "min_probability": opts.floor}] + chain
+        meaning = ("per map p' = (p - min p) / (max p - min p), then erode-dilate and smoothing, then p' > t; "
+                   "equal to cutting the post-processed probabilities at tau = max(min_probability, "
+                   "min p + t (max p - min p)); a constant map adds nothing")
+    else:
+        meaning = "the model's chain: erode-dilate, smoothing, probability > t"
+    return {"chain": chain, "threshold": opts.threshold, "normalize": opts.normalize, "meaning": meaning}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_path(out: Path, k: int) -> Path:
+    return out / "models" / f"iter{k}.pt"
+
+
+def _version(out: Path, k: int) -> Path:
+    return out / f"iter{k}"
+
+
+def _complete(out: Path, k: int) -> bool:
+    return (_version(out, k) / "dataset.json").is_file() and _model_path(out, k).is_file()
+
+
+def _remove_model(out: Path, k: int) -> None:
+    base = out / "models" / f"iter{k}"
+    for suffix in (".pt", ".ckpt", ".history.csv", ".history.json", ".curves.png"):
+        Path(f"{base}{suffix}").unlink(missing_ok=True)
+
+
+def _check_out(data: Path, out: Path) -> None:
+    d, o = data.resolve(), out.resolve()
+    if o == d or d in o.parents:
+        raise CysegError(f"--out {out} is inside the input dataset {data}; choose a folder outside it "
+                         "(the input is never modified)")
+    if o in d.parents:
+        raise CysegError(f"--out {out} contains the input dataset {data}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise CysegError(f"--out {out} is a file; give a folder for the dataset versions")
+
+
+def _check_start(seg: Segmenter, opts: ImproveOptions, source: str) -> None:
+    if seg.n_classes != 1:
+        raise ModelFileError(f"{source} has {seg.n_classes} classes; IDI grows binary masks, give a binary model")
+    if seg.in_channels != 3:
+        raise ModelFileError(f"{source} expects {seg.in_channels} input channels; the crops are RGB")
+    for name in ("n", "depth"):
+        wanted = getattr(opts, name)
+        if wanted is not None and seg.config.get(name) != wanted:
+            raise ModelFileError(f"{source} has {name}={seg.config.get(name)} but --{name} {wanted} was given; "
+                                 f"drop --{name} (the architecture comes from --model) or give another model")
+
+
+def _fresh(opts: ImproveOptions) -> Segmenter:
+    from unet import UNetSegmenter
+
+    torch.manual_seed(opts.seed)  # the initial weights, as `cyseg train`
+    return UNetSegmenter({"n_classes": 1, "depth": opts.depth or DEFAULT_DEPTH, "n": opts.n or DEFAULT_N},
+                         device=opts.device, threshold=opts.threshold, postprocess=default_chain(opts.threshold))
+
+
+def _starting_point(out: Path, k: int, opts: ImproveOptions) -> tuple[Segmenter, str]:
+    """The segmenter iteration k trains from, and a description of it."""
+    if k > 1 and opts.warm_start:
+        path = _model_path(out, k - 1)
+        return Segmenter.load(path, device=opts.device), str(path)
+    if opts.model is not None:
+        seg = Segmenter.load(opts.model, device=opts.device)
+        seg.threshold = float(opts.threshold)
+        seg.postprocess = with_threshold(seg.postprocess, opts.threshold)
+        return seg, str(opts.model)
+    return _fresh(opts), f"fresh weights (seed {opts.seed})"
+
+
+def _idi_overlay(image: np.ndarray, gt: np.ndarray, added: np.ndarray, gap: int = 6) -> np.ndarray:
+    """The crop beside the crop with the ground truth in green and the added pixels in magenta."""
+    shown = overlay(overlay(image, gt, GREEN), added, MAGENTA)
+    sep = np.full((image.shape[0], gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([image, sep, shown], axis=1)
+
+
+def _write_report(out: Path, data: Path, rows: list[dict[str, Any]], opts: ImproveOptions) -> None:
+    report = {"input": str(data.resolve()), "out": str(out.resolve()), "iterations": rows,
+              "options": {**dataclasses.asdict(opts), "only_kind": list(opts.only_kind), "min_probability": opts.floor},
+              "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    with atomic_path(out / "report.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ITERATION_FIELDS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------- the run
+
+def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, Any]]:
+    """Run (or continue) K iterations; returns the report rows of iterations 1..K."""
+    import unet  # noqa: F401  (registers the U-Net for Segmenter.load)
+
+    data, out = Path(data), Path(out)
+    opts.check()
+    dataset = open_dataset(data)
+    check_dataset(dataset, 1)
+    if opts.val is not None:
+        check_dataset(open_dataset(opts.val), 1)
+    _check_out(data, out)
+    selected = [item.stem for item in dataset.items if not opts.only_kind or item.kind in opts.only_kind]
+    if not selected:
+        kinds = sorted({str(item.kind) for item in dataset.items})
+        raise CysegError(f"no item of {data} has kind {' or '.join(opts.only_kind)} in its dataset.json "
+                         f"(kinds present: {', '.join(kinds)}); drop --only-kind or give another kind")
+    start_hash = None
+    if opts.model is not None:
+        start = Segmenter.load(opts.model, device="cpu")
+        _check_start(start, opts, f"model file {opts.model}")
+        start_hash = _sha256(Path(opts.model))
+
+    fingerprint = opts.fingerprint(data, manifest_hash(dataset), start_hash)
+    config = out / "improve.json"
+    if config.is_file():
+        try:
+            previous = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CysegError(f"{config} is damaged ({exc}); remove {out} or choose a new --out") from exc
+        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        started = any((p / "dataset.json").is_file() for p in out.glob("iter*")) or any((out / "models").glob("*.pt"))
+        if changed and not started:  # nothing finished yet: start afresh with the new options
+            log.info("%s: discarding an unfinished run made with other options (%s)", out, ", ".join(changed))
+            shutil.rmtree(out / "models", ignore_errors=True)
+            with atomic_path(config) as tmp:
+                tmp.write_text(json.dumps(fingerprint, indent=2))
+        elif changed:
+            raise CysegError(f"{out} holds an IDI run made with other inputs or options ({', '.join(changed)} "
+                             "differ); rerun with the same ones to continue, or choose a new --out")
+    elif out.exists() and any(out.iterdir()):
+        raise CysegError(f"--out {out} exists and is not an IDI run (no improve.json); choose a new folder")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(config) as tmp:
+            tmp.write_text(json.dumps(fingerprint, indent=2))
+
+    for part in out.glob(".iter*.part"):  # a version whose writing was interrupted
+        shutil.rmtree(part, ignore_errors=True)
+    first = next(k for k in range(1, opts.iterations + 2) if k > opts.iterations or not _complete(out, k))
+    if first <= opts.iterations:
+        stale = sorted(int(p.name[4:]) for p in out.glob("iter*") if p.name[4:].isdigit())
+        stale += sorted(int(p.name[4:-3]) for p in (out / "models").glob("iter*.pt") if p.name[4:-3].isdigit())
+        for k in sorted(set(stale)):
+            if k >= first:
+                shutil.rmtree(_version(out, k), ignore_errors=True)
+            if k > first:  # trained on a version that is now redone
+                _remove_model(out, k)
+        if first > 1:
+            log.info("%s: iterations 1..%d already finished; continuing with %d..%d", out, first - 1, first,
+                     opts.iterations)
+
+    originals = {item.stem: item for item in dataset.items}
+    truth = {item.stem: read_mask(item.mask).astype(bool) for item in dataset.items}
+    for k in range(first, opts.iterations + 1):
+        _iterate(k, data, out, dataset, originals, truth, selected, opts)
+        _write_report(out, data, _rows(out, opts.iterations), opts)
+    rows = _rows(out, opts.iterations)
+    _write_report(out, data, rows, opts)
+    return rows
+
+
+def _rows(out: Path, iterations: int) -> list[dict[str, Any]]:
+    rows = []
+    for k in range(1, iterations + 1):
+        if _complete(out, k):
+            rows.append(json.loads((_version(out, k) / "dataset.json").read_text())["idi"]["stats"])
+    return rows
+
+
+def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, truth: dict[str, np.ndarray],
+             selected: list[str], opts: ImproveOptions) -> None:
+    from segmenter.evaluation import mean_scores
+
+    prev = data if k == 1 else _version(out, k - 1)
+    model_path = _model_path(out, k)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    if model_path.is_file():
+        log.info("iteration %d: model %s already trained", k, model_path)
+        seg = Segmenter.load(model_path, device=opts.device)
+        start = seg.training_info.get("idi_start", "(earlier run)")
+    else:
+        seg, start = _starting_point(out, k, opts)
+        ckpt = model_path.with_suffix(".ckpt")
+        resume = ckpt.is_file()
+        log.info("iteration %d: training on %s from %s%s", k, prev, start, " (resuming)" if resume else "")
+        train(seg, prev, opts.val, opts.train_options(k, model_path, resume))
+        seg.training_info["idi_start"] = start
+        seg.save(model_path)
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+
+    scores = mean_scores(seg, open_dataset(opts.val)) if opts.val is not None else None
+    previous = {item.stem: item for item in open_dataset(prev).items}
+    stats = {"pixels": 0, "before": 0, "after": 0, "added": 0, "added_prev": 0, "removed_prev": 0,
+             "changed": 0, "differ_gt": 0}
+    writer = DatasetWriter(
+        _version(out, k), source=dataset.manifest.get("source"), parent=str(prev.resolve()), iteration=k,
+        extra={"original": str(data.resolve()), "model": str(model_path.resolve()),
+               "postprocess": chain_description(seg, opts), "threshold": opts.threshold,
+               "rule": "mask = original ground truth OR post-processed prediction (selected items only)",
+               "only_kind": list(opts.only_kind) or None})
+    with writer:
+        (writer.tmp / "added").mkdir()
+        chosen = set(selected)
+        for item in tqdm(dataset.items, desc=f"IDI {k}: predicting", unit="image", disable=not opts.progress,
+                         leave=False):
+            gt = truth[item.stem]
+            prev_item = previous[item.stem]
+            prev_mask = gt if k == 1 else read_mask(prev_item.mask, gt.shape).astype(bool)
+            if item.stem not in chosen:
+                writer.copy(item)
+                new, meta = gt, None
+            else:
+                image = read_image(item.image)
+                probs = seg.predict(image)
+                with torch.inference_mode():
+                    pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
+                pred = pred.cpu().numpy()
+                new = gt | pred
+                added = new & ~gt
+                meta = {"idi": {"iteration": k, "threshold_used": tau, "predicted_px": int(pred.sum()),
+                                "added_px": int(added.sum())}}
+                writer.copy(item, meta=meta)
+                if added.any():
+                    written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"
+                    written.unlink()
+                    write_png(writer.tmp / "masks" / f"{item.stem}.png", new.astype(np.uint8) * 255)
+                    write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(image, gt, added))
+                    stats["differ_gt"] += 1
+            stats["pixels"] += gt.size
+            stats["before"] += int(prev_mask.sum())
+            stats["after"] += int(new.sum())
+            stats["added"] += int((new & ~gt).sum())
+            stats["added_prev"] += int((new & ~prev_mask).sum())
+            stats["removed_prev"] += int((prev_mask & ~new).sum())
+            stats["changed"] += int(not np.array_equal(new, prev_mask))
+        row = {
+            "iteration": k, "trained_on": str(prev.resolve()), "model": str(model_path.resolve()), "start": start,
+            "items": len(dataset.items), "items_selected": len(selected),
+            "fg_before": stats["before"] / stats["pixels"], "fg_after": stats["after"] / stats["pixels"],
+            "pixels_added": stats["added"], "pixels_added_vs_previous": stats["added_prev"],
+            "pixels_removed_vs_previous": stats["removed_prev"], "masks_changed": stats["changed"],
+            "masks_differing_from_gt": stats["differ_gt"],
+            "val_iou": None if scores is None else scores["iou"], "val_dice": None if scores is None else scores["dice"],
+            "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+        }
+        writer.manifest["idi"] = {"stats": row}
+    log.info("iteration %d: foreground %.4f -> %.4f, %d pixels added to the ground truth, %d masks changed%s; "
+             "written to %s", k, row["fg_before"], row["fg_after"], row["pixels_added"], row["masks_changed"],
+             "" if scores is None else f", validation IoU {scores['iou']:.4f} Dice {scores['dice']:.4f}",
+             _version(out, k))
