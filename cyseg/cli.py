@@ -123,7 +123,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 
 @cli.command("segment")
 @click.argument("model")
-@click.argument("sources", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", metavar="INPUT...", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Crops: output folder (masks/, geojson/, overlays/), required. Slides: the GeoJSON file for "
                    "one slide, or a folder for several. [default: <slide name>.geojson for slides]")
@@ -165,21 +165,53 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Slides: folder of finished windows; a rerun skips them. [default: .cyseg-cache beside --out]")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--cytomine-image", type=int, default=None, metavar="ID",
+              help="Segment this Cytomine image instance (read over HTTP) instead of INPUT; credentials from "
+                   "--cytomine-config or CYTOMINE_HOST / CYTOMINE_PUBLIC_KEY / CYTOMINE_PRIVATE_KEY. "
+                   "[default: none, INPUT is read]")
+@click.option("--upload", is_flag=True,
+              help="Cytomine: upload the polygons as annotations of the image (batches of --upload-batch; an "
+                   "interrupted upload resumes without duplicates when rerun).")
+@click.option("--term", type=int, default=None, metavar="ID",
+              help="Cytomine: term given to uploaded annotations. [default: no term]")
+@click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Cytomine: JSON file with host, public_key, private_key. [default: the environment variables]")
+@click.option("--insecure", is_flag=True, help="Cytomine: do not verify the server's HTTPS certificate (unsafe).")
+@click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
+              help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
+@click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
                     overlap: int, batch: int, simplify: float, min_area: float, overlays: bool, as_slide: bool,
                     window: str | None, window_size: int, window_overlap: int, mpp: float | None,
                     magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
-                    workers: int, scheduler: str | None, cache: Path | None, device: str) -> None:
+                    workers: int, scheduler: str | None, cache: Path | None, device: str,
+                    cytomine_image: int | None = None, upload: bool = False, term: int | None = None,
+                    cytomine_config: Path | None = None, insecure: bool = False, cytomine_timeout: float = 60.0,
+                    upload_batch: int = 100) -> None:
     """Segment INPUT with MODEL ('default' for the model shipped with cyseg).
 
     INPUT is a folder of crops (or a dataset folder), a single crop (PNG/JPEG), or one or more
     whole-slide files (SVS, NDPI, MRXS, SCN, DICOM, tiled TIFF; plain images with --as-slide).
     Crops give masks and GeoJSON per image; slides give one GeoJSON per slide in level-0 pixel
-    coordinates (QuPath opens it), with polygons merged across tiles and windows.
+    coordinates (QuPath opens it), with polygons merged across tiles and windows. With
+    --cytomine-image ID (and no INPUT) the slide is a Cytomine image read over HTTP, and --upload
+    sends the polygons back as annotations of it.
     """
     from cyseg.models import resolve_model
     from cyseg.segment_cmd import is_slide, run_segment_crops
 
+    if cytomine_image is not None:
+        _segment_cytomine(model, sources, out, window, mpp, magnification, workers, scheduler, device, cache, mask_out,
+                          cytomine_image, upload, term, cytomine_config, insecure, cytomine_timeout, upload_batch,
+                          {"tile": tile, "overlap": overlap, "batch": batch, "window_size": window_size,
+                           "window_overlap": window_overlap, "skip_background": skip_background,
+                           "tissue_margin": tissue_margin, "threshold": threshold, "simplify": simplify,
+                           "min_area": min_area})
+        return
+    if upload or term is not None:
+        raise CysegError("--upload and --term need --cytomine-image ID (uploads go to a Cytomine image)")
+    if not sources:
+        raise CysegError("give INPUT (crops, a folder or slide files) or --cytomine-image ID")
     slides = [p for p in sources if is_slide(p, as_slide or window is not None)]
     if slides and len(slides) != len(sources):
         raise CysegError("mix of crop and slide inputs; segment folders of crops and slides in separate calls")
@@ -204,6 +236,123 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     click.echo(str(out))
 
 
+def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, window: str | None,
+                      mpp: float | None, magnification: float | None, workers: int, scheduler: str | None, device: str,
+                      cache: Path | None, mask_out: Path | None, image: int, upload: bool, term: int | None,
+                      config: Path | None, insecure: bool, timeout: float, upload_batch: int, opts: dict) -> None:
+    """`segment --cytomine-image ID`: the whole-slide engine over HTTP, then the optional upload."""
+    from cyseg.job import run_segment_cytomine
+    from cyseg.models import resolve_model
+
+    if sources:
+        raise CysegError("give either INPUT files or --cytomine-image ID, not both")
+    if term is not None and not upload:
+        raise CysegError("--term applies to uploaded annotations; add --upload")
+    seg = _load(model, device)
+    summary, result = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
+                                           workers, scheduler, device, cache, mask_out, upload, term, config,
+                                           insecure, timeout, upload_batch, progress=_progress())
+    click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
+               f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
+    if result is not None:
+        if not result.complete:
+            raise CysegError(f"{result.summary()}; rerun the same command to resume")
+        click.echo(result.summary())
+
+
+def _number(kind: type):
+    """A click callback for descriptor values: '' (an input left empty) -> None; '512.0' -> 512."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None or str(value).strip() == "":
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise CysegError(f"--{param.name} {value!r} must be a number") from None
+        if kind is int:
+            if number != int(number):
+                raise CysegError(f"--{param.name} {value!r} must be a whole number")
+            return int(number)
+        return number
+
+    return convert
+
+
+@cli.command("job", context_settings={"ignore_unknown_options": False})
+@click.argument("words", nargs=-1, metavar="[ENTRY WORDS]")
+@click.option("--cytomine_host", metavar="URL", default=None,
+              help="Cytomine URL (set by the server). [default: CYTOMINE_HOST]")
+@click.option("--cytomine_public_key", metavar="KEY", default=None,
+              help="Job user's public key (set by the server). [default: CYTOMINE_PUBLIC_KEY]")
+@click.option("--cytomine_private_key", metavar="KEY", default=None,
+              help="Job user's private key (set by the server). [default: CYTOMINE_PRIVATE_KEY]")
+@click.option("--cytomine_id_project", metavar="ID", required=True, callback=_number(int),
+              help="Project id (set by the server).")
+@click.option("--cytomine_id_software", metavar="ID", default=None, callback=_number(int),
+              help="Software id (set by the server; needed to create a job when run by a human user). [default: none]")
+@click.option("--cytomine_id_images", metavar="IDS", default=None,
+              help="Comma-separated image instance ids. [default: all images of the project]")
+@click.option("--cytomine_id_roi_term", metavar="ID", default=None, callback=_number(int),
+              help="Segment only the bounding boxes of the ROI annotations with this term. [default: whole images]")
+@click.option("--cytomine_id_predicted_term", metavar="ID", default=None, callback=_number(int),
+              help="Term given to the uploaded cell annotations. [default: no term]")
+@click.option("--threshold", default=None, callback=_number(float), metavar="T",
+              help="Probability threshold in [0, 1]. [default: the model's]")
+@click.option("--tile_size", metavar="N", default=str(DEFAULT_TILE), show_default=True, callback=_number(int),
+              help="Inference tile side.")
+@click.option("--tile_overlap", metavar="N", default=str(DEFAULT_OVERLAP), show_default=True, callback=_number(int),
+              help="Overlap between tiles (blended).")
+@click.option("--batch_size", metavar="N", default=str(DEFAULT_BATCH), show_default=True, callback=_number(int),
+              help="Tiles per forward pass.")
+@click.option("--min_area", metavar="AREA", default="0", show_default=True, callback=_number(float),
+              help="Drop polygons smaller than this (level-0 px²).")
+@click.option("--window_size", metavar="N", default="4096", show_default=True, callback=_number(int),
+              help="Side of the windows read from the server and cached (level-0 px).")
+@click.option("--model_path", "--model", "model_path", default="default", metavar="FILE", show_default=True,
+              help="Model file; 'default': $CYSEG_MODEL if set, else the model shipped with cyseg.")
+@click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="JSON file with host, public_key, private_key (instead of the flags). [default: the environment]")
+@click.option("--insecure", is_flag=True, help="Do not verify the server's HTTPS certificate (unsafe).")
+@click.option("--work_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for GeoJSON outputs, window cache and upload journals; rerunning with the same folder "
+                   "resumes. [default: $CYSEG_WORK_DIR, else ~/cyseg-job-<job id>]")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--timeout", "cytomine_timeout", default=60.0, type=float, show_default=True,
+              help="Seconds to wait for each Cytomine answer.")
+def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_public_key: str | None,
+                cytomine_private_key: str | None, cytomine_id_project: int | None, cytomine_id_software: int | None,
+                cytomine_id_images: str | None, cytomine_id_roi_term: int | None,
+                cytomine_id_predicted_term: int | None, threshold: float | None, tile_size: int, tile_overlap: int,
+                batch_size: int, min_area: float, window_size: int, model_path: str, cytomine_config: Path | None,
+                insecure: bool, work_dir: Path | None, device: str, cytomine_timeout: float) -> None:
+    """Entry point of the Cytomine software (descriptor.json): segment the project's images (or
+    the given ones, or their ROIs) and upload the cells as annotations, reporting the job's
+    status and progress to Cytomine. Leading words of the descriptor's command line (`cyseg
+    job`) and placeholders of inputs left empty are ignored."""
+    from cyseg.job import JobSettings, ignored_positionals, parse_ids, run_job
+
+    ignored_positionals(words)
+    if cytomine_id_project is None:
+        raise CysegError("--cytomine_id_project is required")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
+    for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap), ("batch_size", batch_size),
+                        ("window_size", window_size)):
+        if value is None or value < (0 if name == "tile_overlap" else 1):
+            raise CysegError(f"--{name} {value} is not valid; give a positive whole number")
+    raw = {"cytomine_id_images": cytomine_id_images, "cytomine_id_roi_term": cytomine_id_roi_term,
+           "cytomine_id_predicted_term": cytomine_id_predicted_term, "threshold": threshold,
+           "tile_size": tile_size, "tile_overlap": tile_overlap, "batch_size": batch_size, "min_area": min_area,
+           "window_size": window_size, "model_path": model_path}
+    settings = JobSettings(cytomine_host, cytomine_public_key, cytomine_private_key, cytomine_id_project,
+                           cytomine_id_software, parse_ids(cytomine_id_images, "--cytomine_id_images"),
+                           cytomine_id_roi_term, cytomine_id_predicted_term, model_path, threshold, tile_size,
+                           tile_overlap, batch_size, min_area or 0.0, window_size, cytomine_config, insecure, work_dir,
+                           device, cytomine_timeout, raw=raw)
+    click.echo(run_job(settings, progress_bar=_progress()))
+
+
 @cli.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True,
               help="Folder for the demo's masks, GeoJSON and overlay figure.")
@@ -215,6 +364,58 @@ def demo_command(out: Path, model: str, device: str) -> None:
 
     for line in run_demo(_load(model, device), out, progress=_progress()):
         click.echo(line)
+
+
+@cli.command("improve")
+@click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--iterations", type=int, required=True, help="IDI iterations K (train, predict, grow the masks).")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs per iteration.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Run folder: iter<k>/ dataset versions (with added/ overlays), models/iter<k>.pt, "
+                   "report.json, report.csv. Rerunning the same command continues it.")
+@click.option("--model", "start", default=None,
+              help="Model to start iteration 1 from ('default' for the shipped one). [default: fresh weights]")
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="Validation dataset: best epoch kept, IoU/Dice per iteration reported. [default: none]")
+@click.option("--only-kind", type=click.Choice(["pattern", "cell", "roi"]), multiple=True,
+              help="Grow only the masks of items of this dataset.json kind (repeatable); others are copied "
+                   "unchanged. [default: all items]")
+@click.option("--threshold", type=float, default=0.5, show_default=True, callback=_threshold,
+              help="Threshold of the IDI post-processing (and of the models' own).")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Rescale each probability map min-max to [0, 1] before the chain and threshold, as the method "
+                   "(fixed: a cut at min + t*(max - min), never below --min-probability).")
+@click.option("--min-probability", type=float, default=None,
+              help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
+@click.option("--warm-start/--from-scratch", default=True, show_default=True,
+              help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh weights.")
+@click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
+@click.option("--crop", type=int, default=256, show_default=True, help="Side of the random training crops.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
+@click.option("--n", type=int, default=None, help="U-Net filters at the first level. [default: 16, or --model's]")
+@click.option("--depth", type=int, default=None, help="U-Net levels. [default: 5, or --model's]")
+@click.option("--colour/--no-colour", default=False, show_default=True, help="Add stain/colour jitter to the augmentation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and crops (iteration k: seed+k-1).")
+@click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+def improve_command(data: Path, out: Path, start: str | None, val: Path | None, only_kind: tuple[str, ...],
+                    no_amp: bool, **kwargs) -> None:
+    """Iterative data improvement of the incompletely annotated dataset DIR: each iteration trains a
+    U-Net on the current version, predicts every crop and writes a new version whose masks are the
+    original annotation OR the post-processed prediction (annotated pixels are never removed)."""
+    from cyseg.improve import ImproveOptions, run_improve
+    from cyseg.models import resolve_model
+
+    opts = ImproveOptions(model=None if start is None else str(resolve_model(start)),
+                          val=None if val is None else str(val), only_kind=only_kind, amp=not no_amp,
+                          progress=_progress(), **kwargs)
+    for row in run_improve(data, out, opts):
+        scores = "" if row["val_iou"] is None else f"  val IoU {row['val_iou']:.4f} Dice {row['val_dice']:.4f}"
+        click.echo(f"iteration {row['iteration']}: foreground {row['fg_before']:.4f} -> {row['fg_after']:.4f}, "
+                   f"{row['pixels_added']} px added to the annotation, {row['masks_changed']} masks changed{scores}")
+    click.echo(str(out / f"iter{opts.iterations}"))
 
 
 def main(argv: list[str] | None = None) -> None:

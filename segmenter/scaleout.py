@@ -34,9 +34,13 @@ def worker_segmenter(model_path: str, model_digest: str, device: str | None, thr
 
 @functools.lru_cache(maxsize=4)
 def worker_slide(path: str) -> "SlideReader":
-    """The slide, opened once per worker process."""
+    """The slide, opened once per worker process: a file path, or a reader's `worker_spec`
+    string (a Cytomine image: host, image id and credentials source, no keys)."""
+    from segmenter.cytomine_slide import is_worker_spec, reader_from_spec
     from segmenter.slides import open_slide
 
+    if is_worker_spec(path):
+        return reader_from_spec(path)
     return open_slide(path)
 
 
@@ -97,7 +101,7 @@ class DaskRunner:
             model_path: str, model_digest: str) -> Iterator["WindowResult"]:
         from dask.distributed import as_completed
 
-        slide_path = str(reader.path)
+        slide_path = getattr(reader, "worker_spec", None) or str(reader.path)  # how a worker reopens it
         futures = [self.client.submit(remote_window, task, model_path, model_digest, self.device, self.threads,
                                       slide_path, region, opts, pure=False) for task in tasks]
         try:

@@ -48,7 +48,11 @@ def file_digest(path: Path) -> str:
 
 
 def slide_identity(reader: "SlideReader") -> str:
-    """Path, size and modification time: enough to tell whether cached windows still apply."""
+    """Path, size and modification time: enough to tell whether cached windows still apply
+    (readers of remote images, e.g. Cytomine, give their own `identity()`)."""
+    identity = getattr(reader, "identity", None)
+    if callable(identity):
+        return str(identity())
     path = Path(reader.path)
     stat = path.stat() if path.exists() else None
     return f"{path.resolve() if stat else path}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"

@@ -1,0 +1,180 @@
+"""descriptor.json, the Dockerfile and `cyseg job` agree (Docker cannot build here): the
+descriptor is valid against the schema of what Cytomine's software router reads, every
+placeholder of its command line belongs to an input, the command the router builds from it is
+accepted by `cyseg job` with values of the right types, and the image's entry point plus the
+command line's leading words reach `cyseg job`."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+from cyseg.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+DESCRIPTOR = json.loads((REPO / "descriptor.json").read_text())
+SCHEMA = json.loads((REPO / "docs" / "cytomine-descriptor.schema.json").read_text())
+CONNECTION = ["cytomine_host", "cytomine_public_key", "cytomine_private_key", "cytomine_id_project",
+              "cytomine_id_software"]
+
+
+def expanded(value: str, ident: str) -> str:
+    """The router's substitution of @ID / @id in an input's fields (Interpreter.parseParameter)."""
+    return value.replace("@ID", ident.upper()).replace("@id", ident)
+
+
+def value_key(item: dict) -> str:
+    return expanded(item.get("value-key") or "[@ID]", item["id"])
+
+
+def flag(item: dict) -> str:
+    return expanded(item.get("command-line-flag") or "", item["id"])
+
+
+def router_command(descriptor: dict, values: dict) -> list[str]:
+    """The argument words Cytomine builds for a job (JobRuntimeService.getCommandJobWithArgs):
+    each input with a non-empty value (given, else the default) replaces its value-key by
+    '<flag> <value>'; inputs without a value leave their placeholder; split on spaces."""
+    command = descriptor["command-line"]
+    for item in descriptor["inputs"]:
+        value = values.get(item["id"], item.get("default-value"))
+        if value is None or str(value) == "":
+            continue
+        replacement = f"{flag(item)} {value}" if flag(item) else str(value)
+        command = re.sub(re.escape(value_key(item)), lambda m: replacement, command)
+    return command.split(" ")
+
+
+def dockerfile_entrypoint() -> list[str]:
+    text = (REPO / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("ENTRYPOINT")]
+    assert len(lines) == 1
+    return json.loads(lines[0][len("ENTRYPOINT"):].strip())
+
+
+def parse_job(argv: list[str]) -> dict:
+    """Parse `cyseg <argv>` the way the console script would, without running the job."""
+    assert argv[0] == "job"
+    with cli.commands["job"].make_context("job", list(argv[1:])) as ctx:
+        return ctx.params
+
+
+def test_descriptor_is_valid_against_the_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.validate(DESCRIPTOR, SCHEMA, cls=jsonschema.Draft202012Validator)
+    # the schema catches the usual mistakes
+    for broken in ({**DESCRIPTOR, "schema-version": "0.2"},
+                   {**DESCRIPTOR, "container-image": {"image": "cyseg/x"}},
+                   {**DESCRIPTOR, "inputs": [{**DESCRIPTOR["inputs"][0], "default_value": 1}, *DESCRIPTOR["inputs"][1:]]},
+                   {**DESCRIPTOR, "inputs": [i for i in DESCRIPTOR["inputs"] if i["id"] != "cytomine_id_software"]},
+                   {k: v for k, v in DESCRIPTOR.items() if k != "command-line"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_inputs_and_placeholders_match():
+    inputs = DESCRIPTOR["inputs"]
+    ids = [i["id"] for i in inputs]
+    assert ids[:5] == CONNECTION and len(set(ids)) == len(ids)
+    for item in inputs[:5]:
+        assert item["set-by-server"] is True and item["optional"] is False
+    required = {"cytomine_id_images": ("ListDomain", True), "cytomine_id_roi_term": ("Domain", True),
+                "cytomine_id_predicted_term": ("Domain", False), "threshold": ("Number", True),
+                "tile_size": ("Number", True), "tile_overlap": ("Number", True), "batch_size": ("Number", True),
+                "min_area": ("Number", True), "model_path": ("String", True)}
+    by_id = {i["id"]: i for i in inputs}
+    for ident, (kind, optional) in required.items():
+        assert by_id[ident]["type"] == kind and by_id[ident].get("optional", False) is optional, ident
+    assert by_id["threshold"]["default-value"] == 0.5
+    assert by_id["cytomine_id_images"]["uri"] == "/api/project/$currentProject$/imageinstance.json"
+    words = DESCRIPTOR["command-line"].split(" ")
+    keys = [value_key(i) for i in inputs]
+    placeholders = [w for w in words if re.fullmatch(r"\[?[A-Z][A-Z0-9_]*\]?", w)]
+    assert sorted(placeholders) == sorted(keys)  # every placeholder has an input, every input a placeholder
+    for a in keys:  # the router substitutes with replaceAll: no key may occur inside another word
+        assert sum(w.count(a) for w in words) == 1, a
+    assert all(flag(i) == f"--{i['id']}" for i in inputs)
+
+
+def test_entrypoint_and_command_line_prefix_agree():
+    entrypoint = dockerfile_entrypoint()
+    assert entrypoint == ["cyseg", "job"]
+    prefix = DESCRIPTOR["command-line"].split(" ")[:2]
+    assert prefix == entrypoint  # "singularity run IMAGE cyseg job ..." -> cyseg job cyseg job --flags
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["cyseg"] == "cyseg.cli:main"
+    assert "job" in cli.commands
+
+
+def test_router_command_parses_with_the_right_types():
+    values = {"cytomine_host": "https://cytomine.example.org", "cytomine_public_key": "pub-key",
+              "cytomine_private_key": "priv-key", "cytomine_id_project": 77, "cytomine_id_software": 88,
+              "cytomine_id_images": "12,34", "cytomine_id_roi_term": 5, "cytomine_id_predicted_term": 6}
+    argv = router_command(DESCRIPTOR, values)
+    # what the container runs: the entry point, then the router's words
+    full = dockerfile_entrypoint() + argv
+    assert full[0] == "cyseg"
+    params = parse_job(full[1:])
+    assert params["words"] == ("cyseg", "job")
+    assert params["cytomine_host"] == "https://cytomine.example.org"
+    assert (params["cytomine_id_project"], params["cytomine_id_software"]) == (77, 88)
+    assert (params["cytomine_id_roi_term"], params["cytomine_id_predicted_term"]) == (5, 6)
+    assert params["cytomine_id_images"] == "12,34"
+    defaults = {i["id"]: i.get("default-value") for i in DESCRIPTOR["inputs"]}
+    assert params["threshold"] == defaults["threshold"] and isinstance(params["threshold"], float)
+    for ident in ("tile_size", "tile_overlap", "batch_size", "window_size"):
+        assert params[ident] == defaults[ident] and isinstance(params[ident], int), ident
+    assert params["min_area"] == defaults["min_area"] and params["model_path"] == defaults["model_path"]
+    # every flag of the descriptor is an option of `cyseg job`
+    options = {opt for p in cli.commands["job"].params if isinstance(p, click.Option) for opt in p.opts}
+    assert {flag(i) for i in DESCRIPTOR["inputs"]} <= options
+    help_text = cli.commands["job"].get_help(click.Context(cli.commands["job"], info_name="job"))
+    for item in DESCRIPTOR["inputs"]:
+        assert flag(item) in help_text
+
+
+def test_optional_inputs_left_empty_leave_placeholders_that_are_ignored():
+    values = {"cytomine_host": "http://h", "cytomine_public_key": "a", "cytomine_private_key": "b",
+              "cytomine_id_project": 1, "cytomine_id_software": 2, "cytomine_id_predicted_term": 3}
+    argv = router_command(DESCRIPTOR, values)
+    assert "CYTOMINE_ID_IMAGES" in argv and "CYTOMINE_ID_ROI_TERM" in argv
+    params = parse_job(["job", *argv[2:]])
+    assert params["cytomine_id_images"] is None and params["cytomine_id_roi_term"] is None
+    from cyseg.job import ignored_positionals
+
+    assert ignored_positionals(params["words"]) == ["CYTOMINE_ID_IMAGES", "CYTOMINE_ID_ROI_TERM"]
+    # an empty value that an older core would still substitute ("--flag " + "") parses as None too
+    older = shlex.split("job --cytomine_id_project 1 --cytomine_id_roi_term '' --threshold 0.5")
+    assert parse_job(older)["cytomine_id_roi_term"] is None
+
+
+def test_dockerfile_is_slim_cpu_by_default_and_installs_the_package():
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert re.search(r"^ARG TORCH_SPEC=torch==2\.13\.0$", text, re.M)
+    assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cpu$", text, re.M)
+    torch_at = text.index('pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"')
+    package_at = text.index("pip install /app/src")
+    assert torch_at < package_at  # torch pinned before the package pulls anything
+    assert "COPY descriptor.json /app/descriptor.json" in text
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    # every package of pyproject.toml is copied into the build context of `pip install`
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for top in {p.split(".")[0] for p in packages}:
+        assert re.search(rf"^COPY {top} /app/src/{top}$", text, re.M), top
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    assert ".venv" in ignored and "tests" in ignored and ".git" in ignored
+    assert not any(line in ignored for line in ("cyseg", "segmenter", "descriptor.json", "pyproject.toml"))
