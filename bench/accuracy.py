@@ -24,25 +24,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, write_results  # noqa: E402
+from bench.common import MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
 
-MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
-
-
-def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
-    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for stem in stems:
-            target = out / sub / f"{stem}.png"
-            if not target.exists():
-                target.symlink_to(source / sub / f"{stem}.png")
-    return out
-
-
-def stems_of(folder: Path) -> list[str]:
-    return sorted(p.stem for p in (folder / "images").glob("*.png"))
 
 
 def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, int]]:

@@ -13,6 +13,7 @@ from segmenter.dataset import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")  # the test tiles of the issue's split
 
 
 def bench_image(size: int) -> np.ndarray:
@@ -39,6 +40,22 @@ def bench_image(size: int) -> np.ndarray:
             row_h = max(row_h, h)
         y += row_h
     return out
+
+
+def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
+    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            target = out / sub / f"{stem}.png"
+            if not target.exists():
+                target.symlink_to((source / sub / f"{stem}.png").resolve())
+    return out
+
+
+def stems_of(folder: Path) -> list[str]:
+    """The item names of a dataset folder."""
+    return sorted(p.stem for p in (folder / "images").glob("*.png"))
 
 
 def write_results(path: Path, result: dict[str, Any]) -> None:

@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")
+from bench.common import MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "idi.json"
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
          "batch": 2, "crop": 64, "n": 4, "depth": 3, "workers": 0, "device": "cpu"}
@@ -82,32 +83,15 @@ def count_objects(mask: np.ndarray, connectivity: int = 8) -> int:
 
 # ---------------------------------------------------------------- data
 
-def _stems(folder: Path) -> list[str]:
-    return sorted(p.stem for p in (folder / "images").glob("*.png"))
-
-
-def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
-    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for stem in stems:
-            target = out / sub / f"{stem}.png"
-            if not target.exists():
-                target.symlink_to((source / sub / f"{stem}.png").resolve())
-    return out
-
-
 def splits(dataset: str, work: Path) -> tuple[Path, Path]:
     """(train, test) dataset folders of a data set."""
-    from bench.common import SHARED_DATA
-
     if dataset == "miccai15":
         src = SHARED_DATA / "miccai15"
-        stems = _stems(src)
+        stems = stems_of(src)
         return (link_dataset(work / "miccai15" / "train", src, [s for s in stems if s not in MICCAI_TEST]),
                 link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST)))
     if dataset == "glas":
-        return tuple(link_dataset(work / "glas" / side, SHARED_DATA / "glas" / side, _stems(SHARED_DATA / "glas" / side))
+        return tuple(link_dataset(work / "glas" / side, SHARED_DATA / "glas" / side, stems_of(SHARED_DATA / "glas" / side))
                      for side in ("train", "test"))  # type: ignore[return-value]
     raise SystemExit(f"unknown dataset {dataset}; use miccai15 or glas")
 
@@ -125,7 +109,7 @@ def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str,
     (tmp / "masks").mkdir()
     rng = np.random.default_rng([seed, round(p * 1000)])
     objects = removed = px = px_removed = 0
-    for stem in _stems(train):
+    for stem in stems_of(train):
         (tmp / "images" / f"{stem}.png").symlink_to((train / "images" / f"{stem}.png").resolve())
         mask = read_mask(train / "masks" / f"{stem}.png")
         cut = remove_objects(mask, p, rng)
@@ -283,7 +267,6 @@ def main() -> None:
         raise SystemExit("--p values must be in (0, 1)")
     if args.seeds < 1 or args.iterations < 1:
         raise SystemExit("--seeds and --iterations must be >= 1")
-    from bench.common import SHARED_DATA, write_results
 
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the IDI benchmark needs the real data sets")

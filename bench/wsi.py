@@ -1,6 +1,6 @@
 """Whole-slide benchmark, one model, one run:
 
-1. the bare model forward (MP/s) on 512-px tiles: the ceiling;
+1. the bare model forward (MP/s) on the default tiles (1024 px, batch 2): the ceiling;
 2. cyseg's whole-slide engine on a tissue-dense region with background skipping off (MP/s of
    slide area) and MONAI's `sliding_window_inference` on the same model and region;
 3. the whole mostly-empty slide with and without background skipping, with peak RSS of each
@@ -33,7 +33,7 @@ from bench.common import write_results  # noqa: E402
 from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
-from segmenter.base import Segmenter  # noqa: E402
+from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.slides import open_slide  # noqa: E402
 from segmenter.tissue import slide_tissue_mask  # noqa: E402
@@ -117,9 +117,9 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
     pixels = reader.read(region.x, region.y, region.w, region.h)
     x = seg.to_input(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     with torch.inference_mode():
-        probs = sliding_window_inference(x, roi_size=(512, 512), sw_batch_size=4,
+        probs = sliding_window_inference(x, roi_size=(DEFAULT_TILE, DEFAULT_TILE), sw_batch_size=DEFAULT_BATCH,
                                          predictor=lambda t: torch.sigmoid(seg.model(t.contiguous(memory_format=torch.channels_last))),
-                                         overlap=32 / 512, mode="gaussian")
+                                         overlap=DEFAULT_OVERLAP / DEFAULT_TILE, mode="gaussian")
         (probs > seg.threshold).cpu()
     return region.w * region.h / 1e6 / (time.perf_counter() - start)
 
@@ -154,7 +154,7 @@ def main() -> None:
     placements = build_slide(slide, args.size, args.fill)
     print(f"built {slide} ({args.size}x{args.size}, {len(placements)} real tiles) in {time.perf_counter() - t0:.0f} s", flush=True)
     region = densest_region(placements, args.size, args.region)
-    bare = max(bare_forward(seg, 512, 4, 5.0) for _ in range(2))
+    bare = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0) for _ in range(2))
     engine = cyseg_region_throughput(seg, model_path, slide, region, skip=False)
     monai = monai_throughput(seg, slide, region)
     print(f"bare forward {bare:.3f} MP/s | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "

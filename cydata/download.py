@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
@@ -45,6 +44,7 @@ from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from cydata.cytomine_source import CytomineSource, ImageInfo, NotFound, ServerFailure
+from segmenter.digest import file_digest
 from segmenter.atomic import atomic_path
 from segmenter.cytomine_connect import credentials
 from segmenter.dataset import FORMAT, write_png
@@ -511,21 +511,14 @@ def partial_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _sha256(path: str | os.PathLike) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise CysegError(f"cannot read {path}: {exc.strerror or exc}; check the path") from None
-
-
 def _parameters(request: Spec, host: str) -> dict[str, Any]:
     """What identifies a download: the same parameters continue the same .partial folder."""
     params: dict[str, Any] = {"version": PLAN_VERSION, "host": host, "mode": request.mode, "size": request.size,
                               "zoom": request.zoom, "foreground_terms": sorted(request.foreground)}
     if request.csv:
-        params.update(input=Path(request.csv).name, input_sha256=_sha256(request.csv))
+        params.update(input=Path(request.csv).name, input_sha256=file_digest(request.csv))
     elif request.descriptor:
-        params.update(input=Path(request.descriptor).name, input_sha256=_sha256(request.descriptor))
+        params.update(input=Path(request.descriptor).name, input_sha256=file_digest(request.descriptor))
     else:
         params.update(project=request.project, terms=sorted(request.terms), user=request.user,
                       images=sorted(request.images))

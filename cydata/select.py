@@ -16,7 +16,6 @@ whether it was kept (and why not).
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from segmenter.digest import file_digest
 from segmenter.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
 
@@ -113,7 +113,7 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
                          f"{best['score']:.3f}); lower --min-completeness")
     model_path = Path(model)
     rule = {"score": "|prediction AND annotation| / |prediction|; 1.0 when the model predicts nothing",
-            "model": str(model_path.resolve()), "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+            "model": str(model_path.resolve()), "model_sha256": file_digest(model_path),
             "model_name": seg.training_info.get("name"), "threshold": chosen_t,
             "min_completeness": min_completeness, "per_slide": per_slide,
             "scored": len(rows), "selected": len(kept)}

@@ -48,7 +48,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import shutil
@@ -61,6 +60,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from segmenter.digest import file_digest
 from segmenter.atomic import atomic_path
 from segmenter.base import Segmenter
 from segmenter.dataset import (Dataset, DatasetWriter, check_dataset, manifest_hash, open_dataset, read_image,
@@ -185,14 +185,6 @@ def chain_description(seg: Segmenter, opts: ImproveOptions) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- helpers
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _model_path(out: Path, k: int) -> Path:
     return out / "models" / f"iter{k}.pt"
 
@@ -296,7 +288,7 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
     if opts.model is not None:
         start = Segmenter.load(opts.model, device="cpu")
         _check_start(start, opts, f"model file {opts.model}")
-        start_hash = _sha256(Path(opts.model))
+        start_hash = file_digest(opts.model)
 
     fingerprint = opts.fingerprint(data, manifest_hash(dataset), start_hash)
     config = out / "improve.json"

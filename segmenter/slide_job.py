@@ -3,7 +3,6 @@ pending ones (cached as they finish), merge, convert to slide coordinates and wr
 (and optionally a low-resolution mask). Prints a progress bar and returns a summary."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from segmenter.atomic import atomic_path
 from segmenter.dataset import write_png
+from segmenter.digest import file_digest
 from segmenter.errors import CysegError
 from segmenter.polygons import feature_collection, write_geojson
 from segmenter.wsi import (
@@ -36,15 +36,6 @@ if TYPE_CHECKING:
     from segmenter.slides import SlideReader
 
 log = logging.getLogger(__name__)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (identifies the model in caches and outputs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def slide_identity(reader: "SlideReader") -> str:
