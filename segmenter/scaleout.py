@@ -101,7 +101,7 @@ class DaskRunner:
             model_path: str, model_digest: str) -> Iterator["WindowResult"]:
         from dask.distributed import as_completed
 
-        slide_path = getattr(reader, "worker_spec", None) or str(reader.path)  # how a worker reopens it
+        slide_path = reader.worker_spec
         futures = [self.client.submit(remote_window, task, model_path, model_digest, self.device, self.threads,
                                       slide_path, region, opts, pure=False) for task in tasks]
         try:

@@ -38,17 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def slide_identity(reader: "SlideReader") -> str:
-    """Path, size and modification time: enough to tell whether cached windows still apply
-    (readers of remote images, e.g. Cytomine, give their own `identity()`)."""
-    identity = getattr(reader, "identity", None)
-    if callable(identity):
-        return str(identity())
-    path = Path(reader.path)
-    stat = path.stat() if path.exists() else None
-    return f"{path.resolve() if stat else path}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-
-
 def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarray:
     """The polygons rasterised at 1/`downsample` of level 0 over the region (uint8 0/255)."""
     import rasterio.features
@@ -79,7 +68,7 @@ def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out
     topology = window_topology(math.ceil(region.w / opts.downsample), math.ceil(region.h / opts.downsample), opts)
     tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
     digest = file_digest(model_path)
-    cache = WindowCache(None if cache_root is None else cache_root / cache_key(slide_identity(reader), digest, region, opts))
+    cache = WindowCache(None if cache_root is None else cache_root / cache_key(reader.identity(), digest, region, opts))
     results, pending = [], []
     for task in tasks:
         cached = cache.load(task.index)

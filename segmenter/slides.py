@@ -152,6 +152,17 @@ class SlideReader(abc.ABC):
                              f"ask for {native} or coarser")
         return max(1.0, downsample)
 
+    @property
+    def worker_spec(self) -> str:
+        """What a Dask worker needs to reopen this slide (`segmenter.scaleout.worker_slide`): its path."""
+        return str(self.path)
+
+    def identity(self) -> str:
+        """What the window cache keys on: path, size and modification time of the file."""
+        path = Path(self.path)
+        stat = path.stat() if path.exists() else None
+        return f"{path.resolve() if stat else path}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (format, size, levels, resolution, vendor) for logs and outputs."""
         return {
