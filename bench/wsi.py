@@ -125,16 +125,18 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
 
 
 def cli_run(model: str, slide: Path, out: Path, skip: bool) -> dict:
-    """A real `cyseg segment` process on the whole slide: seconds and peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """A real `cyseg segment` process on the whole slide: seconds and its own peak RSS (measured by a
+    wrapper process, so earlier runs do not count)."""
+    command = [sys.executable, "-m", "cyseg.cli", "-q", "segment", model, str(slide), "--out", str(out),
+               "--cache", str(out.parent / f"cache-{skip}"), "--skip-background" if skip else "--no-skip-background"]
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cyseg.cli", "-q", "segment", model, str(slide), "--out", str(out),
-                    "--cache", str(out.parent / f"cache-{skip}"),
-                    "--skip-background" if skip else "--no-skip-background"], check=True)
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kb = int(done.stdout.strip().splitlines()[-1])
     summary = json.loads(out.read_text())["properties"]["summary"]
-    return {"seconds": seconds, "peak_rss_mb": round(max(peak_kb, before) / 1024, 1), "summary": summary}
+    return {"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1), "summary": summary}
 
 
 def main() -> None:
