@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_image, write_results  # noqa: E402
-from segmenter.base import DEFAULT_OVERLAP  # noqa: E402
+from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
 from segmenter.dataset import read_image, write_png  # noqa: E402
 from segmenter.tiling import tile_spans  # noqa: E402
 from unet import UNetSegmenter  # noqa: E402
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="n=16 and tile 512 only, short timings")
     parser.add_argument("--size", type=int, default=2048, help="side of the benchmark image")
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
+    parser.add_argument("--overlap-fraction", type=float, default=DEFAULT_OVERLAP / DEFAULT_TILE,
+                        help="tile overlap as a fraction of the tile side (default: the seam-safe default, 192/1024)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     ns, tiles = ([16], [512]) if args.quick else ([8, 16, 32], [256, 512, 1024])
@@ -117,22 +118,24 @@ def main() -> None:
     write_png(train_dir / "masks" / "a.png", ((image[:1024, :1024].mean(axis=2) < 150) * 255).astype(np.uint8))
 
     rows = []
-    for n in ns:
-        seg = UNetSegmenter({"n": n}, device=args.device)
-        for tile in tiles:
-            batch = 4 if tile <= 512 else 1
-            bare, full = [], []
-            for _ in range(2):  # interleaved rounds: the best of each resists machine noise
-                bare.append(bare_forward(seg, tile, batch, seconds))
-                full.append(predict_path(seg, image_path, tile, args.overlap, batch, seconds))
-            redundancy = computed_megapixels(args.size, args.size, tile, args.overlap, seg.multiple) / (args.size ** 2 / 1e6)
-            row = {"n": n, "tile": tile, "batch": batch, "overlap": args.overlap, "bare_forward_mp_s": max(bare),
-                   "predict_path_mp_s": max(full), "ratio_image_area": max(full) / max(bare),
-                   "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare)}
-            rows.append(row)
-            print(f"n={n:2d} tile={tile:4d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  predict {row['predict_path_mp_s']:7.3f} "
-                  f"MP/s of image  ratio {row['ratio_image_area']:.1%} (pipeline on the same tiles "
-                  f"{row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f})", flush=True)
+    configs = [(n, tile, round(tile * args.overlap_fraction / 16) * 16) for n in ns for tile in tiles]
+    configs += [(16, 512, 32)]  # the thinnest overlap, for comparison (seams: see README)
+    segs = {n: UNetSegmenter({"n": n}, device=args.device) for n in ns + [16]}
+    for n, tile, overlap in configs:
+        seg = segs[n]
+        batch = 4 if tile <= 512 else 2
+        bare, full = [], []
+        for _ in range(2):  # interleaved rounds: the best of each resists machine noise
+            bare.append(bare_forward(seg, tile, batch, seconds))
+            full.append(predict_path(seg, image_path, tile, overlap, batch, seconds))
+        redundancy = computed_megapixels(args.size, args.size, tile, overlap, seg.multiple) / (args.size ** 2 / 1e6)
+        row = {"n": n, "tile": tile, "batch": batch, "overlap": overlap, "bare_forward_mp_s": max(bare),
+               "predict_path_mp_s": max(full), "ratio_image_area": max(full) / max(bare),
+               "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare)}
+        rows.append(row)
+        print(f"n={n:2d} tile={tile:4d} overlap={overlap:3d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  predict "
+              f"{row['predict_path_mp_s']:7.3f} MP/s of image  ratio {row['ratio_image_area']:.1%} (pipeline on the "
+              f"same tiles {row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f})", flush=True)
     train_rows = []
     for n in ns:
         seg = UNetSegmenter({"n": n}, device=args.device)
@@ -148,7 +151,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
         "image": f"{args.size}x{args.size} mosaic of real microscopy (bench.common.bench_image)",
-        "overlap": args.overlap, "inference": rows, "training": train_rows,
+        "overlap_fraction": args.overlap_fraction, "inference": rows, "training": train_rows,
         "target": "predict path >= 85% of bare forward at tile 512",
         "ratios": ("ratio_image_area: image MP/s over bare-forward MP/s, overlap cost included; "
                    "ratio_same_work: the same for the pixels the network actually computes (pipeline overhead only)"),
