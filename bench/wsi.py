@@ -61,34 +61,25 @@ def densest_region(placements, size: int, side: int) -> Region:
 
 
 def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptions) -> dict:
-    """Ground-truth foreground pixels that fall in tiles background skipping leaves out."""
+    """Ground-truth foreground pixels that fall outside the tissue boxes inference covers."""
     reader = open_slide(slide_path)
     tissue = slide_tissue_mask(reader)
     region = Region(0, 0, reader.width, reader.height)
     topology = window_topology(reader.width, reader.height, opts)
     tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
-    from segmenter.tiling import tile_spans
-
     kept = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
-    n_tiles = n_skipped = 0
     for task in tasks:
-        ys = tile_spans(task.h, opts.tile, opts.overlap, seg.multiple)
-        xs = tile_spans(task.w, opts.tile, opts.overlap, seg.multiple)
-        for i, (ty, th) in enumerate(ys):
-            for j, (tx, tw) in enumerate(xs):
-                n_tiles += 1
-                if task.keep[i][j]:
-                    x0, y0 = task.x + tx, task.y + ty
-                    kept[y0 // 8:(y0 + th) // 8 + 1, x0 // 8:(x0 + tw) // 8 + 1] = True
-                else:
-                    n_skipped += 1
+        for bx, by, bw, bh in task.boxes:  # what inference covers
+            x0, y0 = task.x + bx, task.y + by
+            kept[y0 // 8:(y0 + bh) // 8 + 1, x0 // 8:(x0 + bw) // 8 + 1] = True
+    n_tiles, n_skipped = sum(t.tiles for t in tasks), sum(t.skipped for t in tasks)
     lost = 0
     for p in placements:
         ys, xs = np.nonzero(p.mask)
         lost += int((~kept[(p.y + ys) // 8, (p.x + xs) // 8]).sum())
     total = foreground_total(placements)
-    return {"tiles": n_tiles, "tiles_skipped": n_skipped, "gt_foreground_px": total, "gt_foreground_lost_px": lost,
-            "gt_foreground_lost_fraction": lost / max(total, 1)}
+    return {"tiles": n_tiles, "tiles_skipped": n_skipped, "area_inferred_fraction": float(kept.mean()),
+            "gt_foreground_px": total, "gt_foreground_lost_px": lost, "gt_foreground_lost_fraction": lost / max(total, 1)}
 
 
 def cyseg_region_throughput(seg: Segmenter, model_path: Path, slide_path: Path, region: Region, skip: bool) -> float:
@@ -161,7 +152,8 @@ def main() -> None:
     print(f"bare forward {bare:.3f} MP/s | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "
           f"MONAI {monai if monai is None else f'{monai:.3f}'} MP/s", flush=True)
     loss = lost_foreground(slide, placements, seg, WsiOptions())
-    print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, ground-truth foreground lost "
+    print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, {loss['area_inferred_fraction']:.1%} of the "
+          f"slide inferred, ground-truth foreground lost "
           f"{loss['gt_foreground_lost_fraction']:.4%}", flush=True)
     with_skip = cli_run(args.model, slide, work / "skip.geojson", skip=True)
     print(f"whole slide with skipping: {with_skip['seconds']:.0f} s, peak RSS {with_skip['peak_rss_mb']} MB", flush=True)

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # overlap 128 gave 0.047 % (max 0.54) and 512/32 tiles 0.27 %, with visible seams
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 192
-DEFAULT_BATCH = 2
+DEFAULT_BATCH = 1
 REGISTRY: dict[str, type["Segmenter"]] = {}
 
 
@@ -131,10 +131,9 @@ class Segmenter:
         return image
 
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
-                batch: int | None = None, keep: Callable[[int, int, int, int], bool] | None = None) -> torch.Tensor:
+                batch: int | None = None) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
-        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended.
-        `keep(y, x, h, w)` may skip tiles (their pixels get probability 0)."""
+        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -144,7 +143,7 @@ class Segmenter:
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
             with autocast:
                 return predict_tiled(lambda t: self.probabilities(self.to_input(t)), x, self.n_classes,
-                                     tile, overlap, batch, self.multiple, keep).float()
+                                     tile, overlap, batch, self.multiple).float()
 
     def postprocess_chain(self, threshold: float | None = None):
         """The post-processing chain on the model's device, with an optional threshold override."""

@@ -72,26 +72,23 @@ def predict_tiled(
     overlap: int,
     batch: int,
     multiple: int = 1,
-    keep: Callable[[int, int, int, int], bool] | None = None,
 ) -> torch.Tensor:
     """Run `forward` (N,C,h,w -> N,n_out,h,w probabilities) over a (C, H, W) image; return (n_out, H, W).
 
     Each pixel's value is the weighted mean of the tiles covering it; weights ramp (cubically) to
     near zero at tile borders that face another tile, where predictions lack context.
-    `keep(y, x, h, w)` may veto tiles (background skipping): pixels no kept tile covers get 0.
     """
     _, height, width = image.shape
     ys = tile_spans(height, tile, overlap, multiple)
     xs = tile_spans(width, tile, overlap, multiple)
-    if len(ys) == 1 and len(xs) == 1 and keep is None:
+    if len(ys) == 1 and len(xs) == 1:
         return forward(image[None])[0]
     device = image.device
     wy, wx = _weights(ys, device), _weights(xs, device)
     groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    for i, (y, h) in enumerate(ys):
-        for j, (x, w) in enumerate(xs):
-            if keep is None or keep(y, x, h, w):
-                groups[(h, w)].append((i, j))
+    for i, (_, h) in enumerate(ys):
+        for j, (_, w) in enumerate(xs):
+            groups[(h, w)].append((i, j))
     acc = torch.zeros((n_out, height, width), device=device)
     norm = torch.zeros((height, width), device=device)
     for (h, w), members in groups.items():
@@ -103,4 +100,4 @@ def predict_tiled(
                 weight = wy[i][:, None] * wx[j][None, :]
                 acc[:, y:y + h, x:x + w] += p * weight
                 norm[y:y + h, x:x + w] += weight
-    return acc / norm.clamp_min(1e-12)
+    return acc / norm

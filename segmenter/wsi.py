@@ -104,7 +104,8 @@ class WindowTask:
     h: int
     own: tuple[int, int, int, int]
     tiles: int
-    keep: list[list[bool]] | None
+    boxes: list[tuple[int, int, int, int]] | None
+    skipped: int = 0
 
 
 @dataclass
@@ -169,7 +170,6 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
     `process_window` lays them, for a network whose sides must be multiples of `multiple`)."""
     tasks = []
-    ds = opts.downsample
     for wid in range(1, topology.tile_count + 1):
         tile = topology.tile(wid)
         x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
@@ -180,50 +180,86 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
                         topology.tile(bottom).offset_y if bottom else None)
         ys = tile_spans(h, opts.tile, opts.overlap, multiple)
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
-        keep = None
+        boxes, skipped = None, 0
         if tissue is not None:
-            margin = int(opts.tissue_margin * ds)
-            keep = [[tissue.any_in(region.x + (x + tx) * ds, region.y + (y + ty) * ds, tw * ds, th * ds, margin=margin)
-                     for tx, tw in xs] for ty, th in ys]
-        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), keep))
+            boxes = tissue_boxes(tissue, region, (x, y, w, h), opts)
+            skipped = sum(not any(_intersects((tx, ty, tw, th), b) for b in boxes) for ty, th in ys for tx, tw in xs)
+        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped))
     return tasks
 
 
-def read_window(reader: "SlideReader", region: Region, task: WindowTask, downsample: float) -> np.ndarray:
-    """The window's pixels at the processing resolution, read from the best pyramid level."""
+def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
+                 cell: int = 64) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
+
+    Tissue is located on a grid of `cell`-px cells, each group of touching cells becomes its
+    bounding box grown by the tile overlap (so cells at a box edge still see their context) and
+    by the tissue margin, and overlapping boxes are merged. Inference then covers the boxes only:
+    on a mostly empty slide far less than whole tiles would."""
+    x, y, w, h = window
+    ds = opts.downsample
+    ny, nx = math.ceil(h / cell), math.ceil(w / cell)
+    margin = int(opts.tissue_margin * ds)
+    occupied = np.array([[tissue.any_in(region.x + (x + i * cell) * ds, region.y + (y + j * cell) * ds,
+                                        cell * ds, cell * ds, margin=margin) for i in range(nx)] for j in range(ny)],
+                        dtype=np.uint8)
+    if not occupied.any():
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
+    grow = opts.overlap + opts.tissue_margin
+    boxes = []
+    for cx, cy, cw, ch, _ in stats[1:n]:
+        x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
+        x1, y1 = min(w, (cx + cw) * cell + grow), min(h, (cy + ch) * cell + grow)
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if _intersects(boxes[i], boxes[j]):
+                    a, b = boxes[i], boxes.pop(j)
+                    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+                    boxes[i] = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(boxes)
+
+
+def read_box(reader: "SlideReader", region: Region, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
+    """Pixels of a box (processing pixels, relative to the region) at the processing resolution,
+    read from the best pyramid level."""
     level = reader.level_for_downsample(downsample)
     level_ds = reader.level_downsamples[level]
-    x0 = region.x + round(task.x * downsample)
-    y0 = region.y + round(task.y * downsample)
-    lw = max(1, math.ceil(task.w * downsample / level_ds))
-    lh = max(1, math.ceil(task.h * downsample / level_ds))
-    pixels = reader.read(x0, y0, lw, lh, level)
-    if (lw, lh) != (task.w, task.h):
-        pixels = cv2.resize(pixels, (task.w, task.h), interpolation=cv2.INTER_AREA)
+    lw = max(1, math.ceil(w * downsample / level_ds))
+    lh = max(1, math.ceil(h * downsample / level_ds))
+    pixels = reader.read(region.x + round(x * downsample), region.y + round(y * downsample), lw, lh, level)
+    if (lw, lh) != (w, h):
+        pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
     return pixels
 
 
 def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask,
                    opts: WsiOptions) -> WindowResult:
-    """Segment one window: read, infer the tissue tiles (batched, blended), post-process on the
-    device, keep the owned part, and trace its polygons."""
+    """Segment one window: read and infer the whole window, or only its tissue boxes (tiled,
+    batched, blended), post-process on the device, keep the owned part, trace its polygons."""
     start = time.perf_counter()
-    ys = tile_spans(task.h, opts.tile, opts.overlap, seg.multiple)
-    xs = tile_spans(task.w, opts.tile, opts.overlap, seg.multiple)
-    n_tiles = task.tiles
-    if task.keep is not None and not any(any(row) for row in task.keep):
-        return WindowResult(task.index, [], [], n_tiles, n_tiles, time.perf_counter() - start)
-    pixels = read_window(reader, region, task, opts.downsample)
-    keep_fn = None
-    kept = n_tiles
-    if task.keep is not None:
-        flags = {(y, x): task.keep[i][j] for i, (y, _) in enumerate(ys) for j, (x, _) in enumerate(xs)}
-
-        def keep_fn(y: int, x: int, h: int, w: int) -> bool:
-            return flags[(y, x)]
-
-        kept = sum(sum(row) for row in task.keep)
-    probs = seg.predict(pixels, tile=opts.tile, overlap=opts.overlap, batch=opts.batch, keep=keep_fn)
+    if task.boxes is not None and not task.boxes:
+        return WindowResult(task.index, [], [], task.tiles, task.tiles, time.perf_counter() - start)
+    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch}
+    if task.boxes is None:
+        probs = seg.predict(read_box(reader, region, task.x, task.y, task.w, task.h, opts.downsample), **tiling)
+    else:
+        probs = torch.zeros((seg.n_classes, task.h, task.w), device=seg.device)
+        for bx, by, bw, bh in task.boxes:
+            pixels = read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
+            probs[:, by:by + bh, bx:bx + bw] = seg.predict(pixels, **tiling)
     with torch.inference_mode():
         mask = seg.masks_from_probabilities(probs, opts.threshold)
         fg = probs[0] if seg.n_classes == 1 else probs[1:].max(dim=0).values
@@ -231,8 +267,8 @@ def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task
         mask_np = mask[oy:oy + oh, ox:ox + ow].cpu().numpy()
         fg_np = fg[oy:oy + oh, ox:ox + ow].cpu().numpy()
     located = mask_to_polygons(mask_np, fg_np, offset=(task.x + ox, task.y + oy))
-    return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], n_tiles,
-                        n_tiles - kept, time.perf_counter() - start)
+    return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], task.tiles,
+                        task.skipped, time.perf_counter() - start)
 
 
 def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
