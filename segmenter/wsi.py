@@ -197,8 +197,8 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
     Tissue is located on a grid of `cell`-px cells, each group of touching cells becomes its
-    bounding box grown by the tile overlap (so cells at a box edge still see their context) and
-    by the tissue margin, and overlapping boxes are merged. Inference then covers the boxes only:
+    bounding box grown by the tissue margin and half the tile overlap (so objects at a box edge
+    keep as much context as at a window cut), and overlapping boxes are merged. Inference then covers the boxes only:
     on a mostly empty slide far less than whole tiles would."""
     x, y, w, h = window
     ds = opts.downsample
@@ -210,7 +210,7 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     if not occupied.any():
         return []
     n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
-    grow = opts.overlap + opts.tissue_margin
+    grow = opts.overlap // 2 + opts.tissue_margin
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
         x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
