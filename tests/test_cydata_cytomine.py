@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import openslide
 import pytest
 from click.testing import CliRunner
 from shapely import wkt as shapely_wkt
@@ -26,7 +25,7 @@ pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not inst
 from cydata.cli import cli  # noqa: E402
 from segmenter.dataset import check_dataset, open_dataset  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server)
+    Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, slide_region)
 
 ROOT = Path(__file__).resolve().parents[1]
 H = 700  # height of the sample slide (1000 x 700): Cytomine y = H - slide y
@@ -50,14 +49,6 @@ def box_mask(shape: tuple[int, int], crop: list[int], *boxes: tuple[int, int, in
         if r1 > r0 and c1 > c0:
             mask[r0:r1, c0:c1] = 255
     return mask
-
-
-def slide_region(path, x, y, w, h, level=0) -> np.ndarray:
-    slide = openslide.open_slide(str(path))
-    try:
-        return np.asarray(slide.read_region((x, y), level, (w, h)))[:, :, :3]
-    finally:
-        slide.close()
 
 
 def read_rgb(path) -> np.ndarray:

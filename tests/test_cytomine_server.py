@@ -33,7 +33,7 @@ from shapely import wkt as shapely_wkt  # noqa: E402
 from cytomine_server import CytomineTestServer  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
     Seed, cmu_small_region, connect, cytomine_client, cytomine_sample_png, cytomine_sample_slide, cytomine_seed,
-    cytomine_server, disconnect, seed, set_timeout)
+    cytomine_server, disconnect, seed, set_timeout, slide_region)
 
 RECT = "POLYGON ((100 100, 100 200, 250 200, 250 100, 100 100))"        # Cytomine frame (y up)
 TRIANGLE = "POLYGON ((100 100, 250 100, 100 200, 100 100))"             # right angle at bottom-left (y up)
@@ -72,14 +72,6 @@ def read_rgb(path) -> np.ndarray:
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return img
-
-
-def slide_region(path, x, y, w, h, level=0) -> np.ndarray:
-    slide = openslide.open_slide(str(path))
-    try:
-        return np.asarray(slide.read_region((x, y), level, (w, h)))[:, :, :3]
-    finally:
-        slide.close()
 
 
 def last(server: CytomineTestServer, path_part: str):

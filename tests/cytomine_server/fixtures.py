@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+import openslide
 import pytest
 
 from .sample import write_png, write_pyramidal_tiff
@@ -49,6 +51,16 @@ class Seed:
     png: int             # PNG (600 x 400, no resolution)
     png_path: Path
     extra: dict = field(default_factory=dict)
+
+
+def slide_region(path: Path, x: int, y: int, w: int, h: int, level: int = 0) -> np.ndarray:
+    """RGB pixels of a slide region read directly with OpenSlide: the reference a served window is
+    compared with."""
+    slide = openslide.open_slide(str(path))
+    try:
+        return np.asarray(slide.read_region((x, y), level, (w, h)))[:, :, :3]
+    finally:
+        slide.close()
 
 
 def seed(server: CytomineTestServer, slide_path: Path, png_path: Path) -> Seed:
