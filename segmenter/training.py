@@ -140,11 +140,11 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
     opts.check()
     dataset = open_dataset(train_dir)
-    check_dataset(dataset, seg.n_classes)
+    images, masks = _load_arrays(dataset, seg.n_classes)  # reads and checks every pair before any training
     val = open_dataset(val_dir) if val_dir is not None else None
     if val is not None:
         check_dataset(val, seg.n_classes)
-    images, masks = _load_arrays(dataset, seg.n_classes)
+    dataset_hash = manifest_hash(dataset)
     largest = max(min(m.shape) for m in masks) // seg.multiple * seg.multiple
     crop = min(opts.crop, largest or opts.crop)
     if crop != opts.crop:
@@ -161,7 +161,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
             resumed = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file: say so, never train from a wrong state
             raise ModelFileError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it and train without --resume") from exc
-        if resumed.get("options", {}).get("seed") != opts.seed or resumed.get("dataset") != manifest_hash(dataset):
+        if resumed.get("options", {}).get("seed") != opts.seed or resumed.get("dataset") != dataset_hash:
             raise CysegError(f"checkpoint {ckpt_path} was made with another dataset or seed; delete it or use the same options")
         seg.model.load_state_dict(resumed["state_dict"])
         seg.preprocess = resumed["preprocess"]
@@ -193,7 +193,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
 
     seg.training_info = {
         "name": opts.name or Path(opts.out or "model").stem,
-        "dataset": str(Path(train_dir).resolve()), "dataset_hash": manifest_hash(dataset), "n_images": len(dataset),
+        "dataset": str(Path(train_dir).resolve()), "dataset_hash": dataset_hash, "n_images": len(dataset),
         "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
         "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
