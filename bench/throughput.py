@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_image, write_results  # noqa: E402
+from segmenter.allocator import keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
 from segmenter.dataset import read_image, write_png  # noqa: E402
 from segmenter.tiling import tile_spans  # noqa: E402
@@ -31,20 +32,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float) -> float:
-    """MP/s of `model(x)` on random normalised batches of `tile`² tiles (the ceiling)."""
+def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float, plain: bool = False) -> float:
+    """MP/s of `model(x)` on random normalised batches of `tile`² tiles (the ceiling): the network
+    as inference runs it (batch norms folded), or with `plain` the trained module as it is."""
     x = torch.randn(batch, 3, tile, tile, device=seg.device)
     if seg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     seg.model.eval()
+    model = seg.model if plain else seg.inference_model()
     with torch.inference_mode():
         autocast = torch.autocast("cuda", dtype=torch.float16) if seg.device.type == "cuda" else torch.autocast("cpu", enabled=False)
         with autocast:
-            seg.model(x)
+            model(x)
             _sync(seg.device)
             n, start = 0, time.perf_counter()
             while n == 0 or time.perf_counter() - start < min_seconds:
-                seg.model(x)
+                model(x)
                 n += 1
             _sync(seg.device)
     return n * batch * tile * tile / 1e6 / (time.perf_counter() - start)
@@ -105,6 +108,7 @@ def main() -> None:
                         help="tile overlap as a fraction of the tile side (default: the seam-safe default, 192/1024)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    keep_freed_memory()  # the heap policy every cyseg command runs with
     ns, tiles = ([16], [512]) if args.quick else ([8, 16, 32], [256, 512, 1024])
     seconds = 2.0 if args.quick else 4.0
     work = Path(tempfile.mkdtemp(prefix="cyseg-bench-"))

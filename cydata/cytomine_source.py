@@ -40,7 +40,7 @@ from shapely import wkt as shapely_wkt
 from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
-from segmenter.cytomine_connect import Credentials, connect
+from segmenter.cytomine_connect import TRANSPORT_RETRIED, Credentials, connect, transport_retried
 from segmenter.cytomine_geometry import flip_y
 from segmenter.dataset import png_is_complete
 from segmenter.errors import CysegError
@@ -51,8 +51,6 @@ T = TypeVar("T")
 #: First back-off delay of our own retries (seconds); doubled at each retry, capped at BACKOFF_MAX.
 BACKOFF = 0.5
 BACKOFF_MAX = 16.0
-#: Statuses the transport adapter already retried (segmenter.cytomine_connect._retrying_adapter).
-TRANSPORT_RETRIED = frozenset({429, 502, 503, 504})
 
 
 class NotFound(CysegError):
@@ -170,7 +168,7 @@ class CytomineSource:
                 reason = "no answer"
             permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
             # the transport already retried these `retries` times with back-off
-            exhausted = status in TRANSPORT_RETRIED or _transport_retried(error)
+            exhausted = status in TRANSPORT_RETRIED or transport_retried(error)
             if not retry or permanent or exhausted or attempt >= self.retries:
                 tries = "" if permanent or not retry else (
                     f" after {self.retries} retries" if self.retries else " (no retries)")
@@ -353,15 +351,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, _BadImage):
         return str(exc)
     return type(exc).__name__
-
-
-def _transport_retried(exc: BaseException | None) -> bool:
-    """True for the exceptions `requests` raises once urllib3's Retry is exhausted (MaxRetryError)."""
-    if exc is None:
-        return False
-    if isinstance(exc, urllib3.exceptions.MaxRetryError):
-        return True
-    return any(isinstance(arg, urllib3.exceptions.MaxRetryError) for arg in getattr(exc, "args", ()))
 
 
 def _int(value: Any) -> int | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from segmenter.allocator import keep_freed_memory
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
 from segmenter.errors import CysegError
@@ -45,6 +46,7 @@ def cli(verbose: bool, quiet: bool) -> None:
     """Cell segmentation in cytology images: train a U-Net on annotated crops, evaluate it, and
     segment crops (masks + GeoJSON polygons)."""
     setup_logging("cyseg", verbosity(verbose, quiet))
+    keep_freed_memory()
 
 
 @cli.command("train")

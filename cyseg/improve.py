@@ -68,7 +68,7 @@ from segmenter.dataset import (Dataset, DatasetWriter, check_dataset, manifest_h
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.overlays import overlay
 from segmenter.training import TrainOptions, train
-from transforms.chain import build_torch, default_chain, with_threshold, without_threshold
+from transforms.chain import build_on, default_chain, with_threshold, without_threshold
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def idi_postprocess(seg: Segmenter, probs: torch.Tensor, threshold: float, norma
     With it: min-max rescaling of the map to [0, 1] before that chain and the same threshold, i.e.
     the chain's output cut at tau = max(floor, lo + threshold * (hi - lo)); a constant map gives an
     empty mask (tau None)."""
-    smoothed = build_torch(without_threshold(seg.postprocess))(probs[None].float())[0, 0]
+    smoothed = build_on(probs.device, without_threshold(seg.postprocess))(probs[None].float())[0, 0]
     if not normalize:
         tau = float(threshold)
     else:

@@ -17,9 +17,10 @@ from torch import nn
 
 from segmenter.device import out_of_memory_message, resolve_device
 from segmenter.errors import CysegError, ModelFileError
+from segmenter.fusion import fold_batch_norms, weights_version
 from segmenter.modelfile import load_model_file, save_model_file
 from segmenter.tiling import predict_tiled
-from transforms.chain import build_torch, default_chain, validate_chain, with_threshold
+from transforms.chain import build_on, default_chain, validate_chain, with_threshold
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Segmenter:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.training_info: dict[str, Any] = {}
+        self._inference: tuple[tuple[int, ...], nn.Module] | None = None
 
     # ---- what a subclass provides -------------------------------------------------------------
     @classmethod
@@ -116,9 +118,19 @@ class Segmenter:
         x = (x / float(self.preprocess["scale"]) - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised input batch -> per-class probabilities (sigmoid of the logits)."""
-        logits = self.model(x)
+    def inference_model(self) -> nn.Module:
+        """The network as inference runs it: batch norms folded into the convolutions, rebuilt
+        whenever the weights change (training, loading)."""
+        version = weights_version(self.model)
+        if self._inference is None or self._inference[0] != version:
+            net = fold_batch_norms(self.model)
+            self._inference = (version, net.to(memory_format=torch.channels_last) if self.channels_last else net)
+        return self._inference[1]
+
+    def probabilities(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+        """Normalised input batch -> per-class probabilities (sigmoid of the logits of `net`,
+        default the inference model)."""
+        logits = (net or self.inference_model())(x)
         return torch.sigmoid(logits.float())
 
     def _image_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -139,22 +151,24 @@ class Segmenter:
         batch = batch or self.inference["batch"]
         x = self._image_tensor(image).to(self.device)
         self.model.eval()
+        net = self.inference_model()
         with torch.inference_mode(), oom_guard(self.device, f"predicting a {x.shape[2]}x{x.shape[1]} image"):
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
             with autocast:
-                return predict_tiled(lambda t: self.probabilities(self.to_input(t)), x, self.n_classes,
+                return predict_tiled(lambda t: self.probabilities(self.to_input(t), net), x, self.n_classes,
                                      tile, overlap, batch, self.multiple).float()
 
-    def postprocess_chain(self, threshold: float | None = None):
-        """The post-processing chain on the model's device, with an optional threshold override."""
+    def postprocess_chain(self, threshold: float | None = None, device: torch.device | None = None):
+        """The post-processing chain for tensors on `device` (default the model's), with an optional
+        threshold override."""
         spec = self.postprocess if threshold is None else with_threshold(self.postprocess, threshold)
-        return build_torch(spec)
+        return build_on(device or self.device, spec)
 
     def masks_from_probabilities(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
         """(C, H, W) probabilities -> (H, W) uint8 mask: post-processed foreground for one class,
         arg-max class index otherwise."""
         if self.n_classes == 1:
-            return self.postprocess_chain(threshold)(probs[None])[0, 0].to(torch.uint8)
+            return self.postprocess_chain(threshold, probs.device)(probs[None])[0, 0].to(torch.uint8)
         return probs.argmax(dim=0).to(torch.uint8)
 
     def segment(self, image: np.ndarray | torch.Tensor, threshold: float | None = None, **tiling: int) -> np.ndarray:

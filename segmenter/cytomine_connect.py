@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -69,11 +70,25 @@ class _SafeSession(requests.Session):
         return super().request(method, url, **kwargs)
 
 
+#: Statuses the transport adapter retries itself (see `_retrying_adapter`): a caller that gets one
+#: back has already seen the retries run out and must not retry again.
+TRANSPORT_RETRIED = frozenset({429, 502, 503, 504})
+
+
+def transport_retried(exc: BaseException | None) -> bool:
+    """True for the exceptions `requests` raises once the adapter's retries ran out (MaxRetryError)."""
+    if exc is None:
+        return False
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.MaxRetryError) for arg in getattr(exc, "args", ()))
+
+
 def _retrying_adapter(retries: int) -> HTTPAdapter:
     """GETs retried on connection errors and 429/502/503/504 with exponential back-off; writes are not
     retried here (a retried POST could duplicate annotations; uploads resume instead)."""
     return HTTPAdapter(max_retries=Retry(total=retries, connect=retries, read=retries, status=retries,
-                                         backoff_factor=0.5, status_forcelist=(429, 502, 503, 504),
+                                         backoff_factor=0.5, status_forcelist=sorted(TRANSPORT_RETRIED),
                                          allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False))
 
 

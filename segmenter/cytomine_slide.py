@@ -29,6 +29,7 @@ import numpy as np
 import requests
 import urllib3
 
+from segmenter.cytomine_connect import TRANSPORT_RETRIED, transport_retried
 from segmenter.errors import CysegError
 from segmenter.slides import SlideReader, _ArrayReader, composite_on_white
 
@@ -81,8 +82,9 @@ def server_message(response: requests.Response) -> str:
 
 def get(client: Any, uri: str, params: dict[str, Any] | None, what: str, attempts: int = 4,
         backoff: float = 0.5) -> requests.Response:
-    """GET `uri` (relative to /api/) with retries on 5xx/429, timeouts, dropped and truncated
-    answers; HttpStatusError for other refusals, CysegError naming `what` when retries run out."""
+    """GET `uri` (relative to /api/) with retries on 5xx, timeouts, dropped and truncated answers;
+    HttpStatusError for other refusals, CysegError naming `what` when retries run out. What the
+    session's adapter already retries (429/502/503/504, connection errors) is not retried again."""
     last = ""
     for attempt in range(attempts):
         if attempt:
@@ -94,12 +96,18 @@ def get(client: Any, uri: str, params: dict[str, Any] | None, what: str, attempt
                 response = client._session.get(requests.compat.urljoin(response.url, response.headers["Location"]))
             response.content  # noqa: B018  (read the body now: a truncated body raises here)
         except RETRIABLE as exc:
+            if transport_retried(exc):
+                raise CysegError(f"{what}: Cytomine unreachable ({type(exc).__name__}) after the connection's "
+                                 "retries; check the server and rerun (finished windows are cached)") from None
             last = type(exc).__name__
             log.debug("%s: %s, retrying", what, last)
             continue
         if response.status_code == 200:
             return response
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code in TRANSPORT_RETRIED:
+            raise CysegError(f"{what}: Cytomine answered HTTP {response.status_code} after the connection's "
+                             "retries; check the server and rerun (finished windows are cached)")
+        if response.status_code >= 500:
             last = f"HTTP {response.status_code}"
             log.debug("%s: %s, retrying", what, last)
             continue
@@ -201,7 +209,7 @@ class CytomineSlideReader(_ArrayReader):
         """The connected client; after unpickling, a new connection (keys from config/env)."""
         with self._lock:
             if self._client is None:
-                from segmenter.cytomine_connect import connect, credentials
+                from segmenter.cytomine_connect import TRANSPORT_RETRIED, transport_retried, connect, credentials
 
                 creds = credentials(host=self.source.host, config=self.source.config)
                 self._client = connect(creds, timeout=self.source.timeout, verify=self.source.verify)

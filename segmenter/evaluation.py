@@ -13,7 +13,7 @@ from tqdm import tqdm
 from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.dataset import Dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
-from transforms.chain import build_torch, without_threshold
+from transforms.chain import build_on, without_threshold
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -37,7 +37,7 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
     """
     check_thresholds(thresholds)
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
-    smooth = build_torch(without_threshold(seg.postprocess))
+    smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
     for item in tqdm(dataset.items, desc="evaluating", unit="image", disable=not progress, leave=False):
         image, truth = read_pair(item, seg.n_classes)

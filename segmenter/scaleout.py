@@ -25,7 +25,10 @@ def worker_segmenter(model_path: str, model_digest: str, device: str | None, thr
     import torch
 
     import unet  # noqa: F401  (registers the U-Net architecture)
+    from segmenter.allocator import keep_freed_memory
     from segmenter.base import Segmenter
+
+    keep_freed_memory()
 
     if threads > 0:
         torch.set_num_threads(threads)

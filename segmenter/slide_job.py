@@ -3,7 +3,6 @@ pending ones (cached as they finish), merge, convert to slide coordinates and wr
 (and optionally a low-resolution mask). Prints a progress bar and returns a summary."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import time
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from segmenter.allocator import release_freed_memory
 from segmenter.atomic import atomic_path
 from segmenter.dataset import write_png
 from segmenter.digest import file_digest
@@ -37,15 +37,6 @@ if TYPE_CHECKING:
     from segmenter.slides import SlideReader
 
 log = logging.getLogger(__name__)
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS after a window (glibc keeps it otherwise: windows whose
-    tissue boxes differ in size fragment the heap and, measured, raised peak RSS from 1.5 to 2.2 GB)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarray:

@@ -285,14 +285,21 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
     index = STRtree(parts) if parts else None
     out = []
     for geometry in merged:
-        total, weighted = 0.0, 0.0
-        for i in (index.query(geometry, predicate="intersects") if index is not None else []):
-            if part_probs[i] is not None:
-                area = parts[i].intersection(geometry).area
-                total, weighted = total + area, weighted + area * part_probs[i]
-        mean = round(weighted / total, 4) if total > 0 else None
+        found = index.query(geometry, predicate="intersects") if index is not None else []
+        # an unmerged polygon is its only part: no intersection to compute
+        mean = part_probs[found[0]] if len(found) == 1 else _area_weighted_mean(geometry, found, parts, part_probs)
         out.extend((polygon, mean) for polygon in clean(geometry, opts.simplify))
     return out
+
+
+def _area_weighted_mean(geometry: Polygon, found, parts: list[Polygon], probs: list[float | None]) -> float | None:
+    """Mean probability of a merged polygon: its parts' means weighted by the area they share with it."""
+    total, weighted = 0.0, 0.0
+    for i in found:
+        if probs[i] is not None:
+            area = parts[i].intersection(geometry).area
+            total, weighted = total + area, weighted + area * probs[i]
+    return round(weighted / total, 4) if total > 0 else None
 
 
 def to_slide_coordinates(polygon: Polygon, region: Region, downsample: float) -> Polygon:

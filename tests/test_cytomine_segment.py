@@ -214,6 +214,18 @@ def test_window_that_keeps_failing_is_named(tiny_model, env, tmp_path):
     assert not (tmp_path / "x.geojson").exists()
 
 
+def test_overloaded_server_is_retried_by_the_connection_only(tiny_model, env, tmp_path):
+    """A window answered 503 on every try: the session's adapter retries it (4 times, with
+    back-off) and the reader gives up then, instead of retrying the adapter's retries again."""
+    env.server.inject(r"/window-", 503, times=1000)
+    before = len(env.server.requests)
+    result = run(["segment", tiny_model, "--cytomine-image", env.image, "--out", tmp_path / "x.geojson", *SMALL,
+                  "--no-skip-background"])
+    one_line_error(result, f"Cytomine image {env.image}: window x=0, y=0", "HTTP 503 after the connection's retries")
+    assert sum("/window-" in r.path for r in env.server.requests[before:]) == 5
+    assert not (tmp_path / "x.geojson").exists()
+
+
 def test_wrong_keys_unknown_image_and_unknown_term(tiny_model, env, tmp_path, monkeypatch):
     out = tmp_path / "x.geojson"
     one_line_error(run(["segment", tiny_model, "--cytomine-image", 999999, "--out", out]),

@@ -24,6 +24,7 @@ from transforms import (
     TorchSmoothing,
     TorchThreshold,
     build_cpu,
+    build_on,
     build_torch,
     default_chain,
     idi_chain,
@@ -149,6 +150,19 @@ def test_cpu_and_torch_chains_give_identical_masks(x: np.ndarray, normalize: boo
     torch_masks = build_torch(spec)(torch.from_numpy(x))
     assert torch_masks.dtype == torch.uint8 and cpu_masks.dtype == np.uint8
     np.testing.assert_array_equal(torch_masks.numpy(), cpu_masks)
+
+
+@FAST
+@given(grid_maps(), st.booleans(), kernel_sizes, st.integers(0, 3), thresholds)
+def test_cpu_device_chain_runs_opencv_with_the_torch_results(x: np.ndarray, normalize: bool, k: int, iterations: int,
+                                                             t: float) -> None:
+    spec = (idi_chain if normalize else default_chain)(threshold=t, erode_k=k, erode_iterations=iterations)
+    batch = torch.from_numpy(x)
+    for chain in (spec, without_threshold(spec)):
+        on_cpu, reference = build_on(torch.device("cpu"), chain)(batch), build_torch(chain)(batch)
+        assert on_cpu.shape == reference.shape and on_cpu.dtype == reference.dtype
+        np.testing.assert_allclose(on_cpu.numpy(), reference.numpy(), atol=1e-5, rtol=0)
+    assert build_on(torch.device("meta"), spec).__class__ is TorchCompose
 
 
 @FAST

@@ -3,6 +3,7 @@ and in torch with identical results, and the JSON-able chains that combine them.
 from transforms.chain import (
     ChainSpec,
     build_cpu,
+    build_on,
     build_torch,
     default_chain,
     idi_chain,
@@ -26,6 +27,7 @@ __all__ = [
     "TorchSmoothing",
     "TorchThreshold",
     "build_cpu",
+    "build_on",
     "build_torch",
     "default_chain",
     "idi_chain",
