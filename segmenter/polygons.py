@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import rasterio.features
+import shapely
 from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.validation import make_valid
@@ -28,34 +29,52 @@ def _polygons_of(geometry) -> list[Polygon]:
 
 def clean(geometry, simplify: float = 0.0) -> list[Polygon]:
     """Valid, non-empty polygons from any geometry, simplified (topology preserved) when asked."""
+    return clean_many([geometry], simplify)[0]
+
+
+def clean_many(geometries: Sequence[Any], simplify: float = 0.0) -> list[list[Polygon]]:
+    """`clean` for many geometries at once: simplification and validity checks run vectorised in
+    GEOS (shapely 2), only invalid geometries are repaired one by one."""
+    array = np.asarray(geometries, dtype=object)
+    if not len(array):
+        return []
     if simplify > 0:
-        geometry = geometry.simplify(simplify, preserve_topology=True)
-    if not geometry.is_valid:
-        geometry = make_valid(geometry)
-    return [p for p in _polygons_of(geometry) if p.area > 0]
+        array = shapely.simplify(array, simplify, preserve_topology=True)
+    invalid = np.flatnonzero(~shapely.is_valid(array))
+    if len(invalid):
+        array[invalid] = shapely.make_valid(array[invalid])
+    simple = shapely.get_type_id(array) == shapely.GeometryType.POLYGON
+    keep = simple & (shapely.area(array) > 0)
+    return [[g] if k else ([] if s else [p for p in _polygons_of(g) if p.area > 0])
+            for g, s, k in zip(array, simple, keep)]
 
 
 def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: tuple[float, float] = (0, 0),
                      simplify: float = 0.0, min_area: float = 0.0) -> list[tuple[Polygon, dict[str, Any]]]:
-    """One polygon per connected foreground component (8-connectivity), with its area and, when
-    `probs` is given, its mean foreground probability. Coordinates: pixel edges, shifted by `offset`."""
+    """One polygon per connected foreground component (8-connectivity; a part joined only at a
+    pixel corner comes out as its own valid polygon), with its area and, when `probs` is given, the
+    component's mean foreground probability. Coordinates: pixel edges, shifted by `offset`."""
     binary = (mask > 0).astype(np.uint8)
-    n, labels = cv2.connectedComponents(binary, connectivity=8)
+    n, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
     if n <= 1:
         return []
     mean_prob = None
-    if probs is not None:
-        counts = np.bincount(labels.ravel(), minlength=n)
-        sums = np.bincount(labels.ravel(), weights=probs.astype(np.float64).ravel(), minlength=n)
+    if probs is not None:  # over the foreground pixels only: a window is mostly background
+        fg = np.flatnonzero(binary)
+        fg_labels = labels.ravel()[fg]
+        counts = np.bincount(fg_labels, minlength=n)
+        sums = np.bincount(fg_labels, weights=probs.ravel()[fg].astype(np.float64), minlength=n)
         mean_prob = sums / np.maximum(counts, 1)
     transform = Affine(1, 0, offset[0], 0, 1, offset[1])
+    traced = list(rasterio.features.shapes(labels, mask=binary.view(bool), connectivity=8, transform=transform))
     out = []
-    for geom, value in rasterio.features.shapes(labels.astype(np.int32), mask=binary.astype(bool),
-                                                connectivity=8, transform=transform):
-        for polygon in clean(shape(geom), simplify):
-            if polygon.area < min_area:
+    cleaned = clean_many([shape(geom) for geom, _ in traced], simplify)
+    for (_, value), polygons in zip(traced, cleaned):
+        for polygon in polygons:
+            area = float(polygon.area)
+            if area < min_area:
                 continue
-            props: dict[str, Any] = {"area": float(polygon.area)}
+            props: dict[str, Any] = {"area": area}
             if mean_prob is not None:
                 props["mean_probability"] = round(float(mean_prob[int(value)]), 4)
             out.append((polygon, props))

@@ -29,7 +29,7 @@ from shapely.strtree import STRtree
 from segmenter.atomic import atomic_path
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
-from segmenter.polygons import clean, mask_to_polygons
+from segmenter.polygons import clean_many, mask_to_polygons
 from segmenter.tiling import tile_spans
 
 if TYPE_CHECKING:
@@ -282,17 +282,21 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
         [r.index for r in results], [r.polygons for r in results], topology)
     parts = [p for r in results for p in r.polygons]
     part_probs = [props.get("mean_probability") for r in results for props in r.props]
-    index = STRtree(parts) if parts else None
+    geometries = list(merged)
+    # parts of each merged polygon, all found in one vectorised spatial query
+    found: list[list[int]] = [[] for _ in geometries]
+    if parts and geometries:
+        for g, p in STRtree(parts).query(geometries, predicate="intersects").T:
+            found[g].append(int(p))
     out = []
-    for geometry in merged:
-        found = index.query(geometry, predicate="intersects") if index is not None else []
+    for geometry, polygons, mine in zip(geometries, clean_many(geometries, opts.simplify), found):
         # an unmerged polygon is its only part: no intersection to compute
-        mean = part_probs[found[0]] if len(found) == 1 else _area_weighted_mean(geometry, found, parts, part_probs)
-        out.extend((polygon, mean) for polygon in clean(geometry, opts.simplify))
+        mean = part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
+        out.extend((polygon, mean) for polygon in polygons)
     return out
 
 
-def _area_weighted_mean(geometry: Polygon, found, parts: list[Polygon], probs: list[float | None]) -> float | None:
+def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon], probs: list[float | None]) -> float | None:
     """Mean probability of a merged polygon: its parts' means weighted by the area they share with it."""
     total, weighted = 0.0, 0.0
     for i in found:
