@@ -233,6 +233,25 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     return result
 
 
+#: Settings that change what a trained model is: results of runs that agree on them can be combined.
+TRAINING_SETTINGS = ("epochs", "steps_per_epoch", "batch", "crop", "n", "depth", "warm_start", "idi_args")
+
+
+def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Data sets of an earlier results file made with the same training settings: kept until this run
+    has redone them, so that a benchmark run in parts (or stopped part-way) ends up in one file."""
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    same = all(earlier.get("settings", {}).get(k) == settings.get(k) for k in TRAINING_SETTINGS)
+    if not same or earlier.get("quick"):
+        return {}
+    return dict(earlier.get("datasets", {}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="miccai15,glas")
@@ -282,11 +301,13 @@ def main() -> None:
         "protocol": "(a) full masks, (b) p of the objects removed (= IDI iteration 1), (c) IDI K = model of "
                     "iteration K+1; test IoU at the model threshold via cyseg evaluate",
         "datasets": {}}
+    results["datasets"].update(earlier_datasets(out_path, results["settings"]))
     for dataset in args.datasets.split(","):
         train, test = splits(dataset, work / "data")
         t0, c0 = time.perf_counter(), children_cpu()
         per_seed = [one_seed(dataset, train, test, s, args, work, log) for s in range(args.seeds)]
-        results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed,
+        results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed, "seeds": args.seeds,
+                                        "p_values": args.p, "iterations": args.iterations,
                                         "cpu_s": children_cpu() - c0, "wall_s": time.perf_counter() - t0}
         write_results(out_path, results)
     results["cpu_s"] = time.process_time() + children_cpu() - cpu0
