@@ -31,6 +31,7 @@ from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
 from segmenter.polygons import clean_many, mask_to_polygons
 from segmenter.tiling import tile_spans
+from transforms.chain import chain_radius
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -216,6 +217,12 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
         x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
         x1, y1 = min(w, (cx + cw) * cell + grow), min(h, (cy + ch) * cell + grow)
         boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return sorted(merge_overlapping(boxes))
+
+
+def merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) with every overlapping pair replaced by its bounding box, until none overlap."""
+    boxes = list(boxes)
     merged = True
     while merged:
         merged = False
@@ -229,7 +236,22 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
                     break
             if merged:
                 break
-    return sorted(boxes)
+    return boxes
+
+
+def box_groups(boxes: list[tuple[int, int, int, int]], pad: int, width: int,
+               height: int) -> list[tuple[tuple[int, int, int, int], list[tuple[int, int, int, int]]]]:
+    """Disjoint areas (x, y, w, h) that hold the boxes with `pad` pixels of background around each
+    (clipped to the window), each with the boxes it holds: post-processing and tracing one area
+    sees exactly what it would see in the whole window when `pad` exceeds the chain's radius."""
+    grown = [(max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad)) for x, y, w, h in boxes]
+    areas = merge_overlapping([(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in grown])
+    members: list[list[tuple[int, int, int, int]]] = [[] for _ in areas]
+    for box, (x0, y0, x1, y1) in zip(boxes, grown):
+        k = next(i for i, (ax, ay, aw, ah) in enumerate(areas)
+                 if ax <= x0 and ay <= y0 and x1 <= ax + aw and y1 <= ay + ah)
+        members[k].append(box)
+    return sorted(zip(areas, members))
 
 
 def read_box(reader: "SlideReader", region: Region, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
@@ -248,27 +270,57 @@ def read_box(reader: "SlideReader", region: Region, x: int, y: int, w: int, h: i
 def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask,
                    opts: WsiOptions) -> WindowResult:
     """Segment one window: read and infer the whole window, or only its tissue boxes (tiled,
-    batched, blended), post-process on the device, keep the owned part, trace its polygons."""
+    batched, blended), post-process on the device, keep the owned part, trace its polygons.
+
+    With tissue boxes and a local post-processing chain, each group of boxes is post-processed and
+    traced on its own area (the boxes plus background beyond the chain's reach): the same polygons
+    as for the whole window, for work proportional to the tissue rather than to the window."""
     start = time.perf_counter()
     if task.boxes is not None and not task.boxes:
         return WindowResult(task.index, [], [], task.tiles, task.tiles, time.perf_counter() - start)
-    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch}
-    if task.boxes is None:
-        probs = seg.predict(read_box(reader, region, task.x, task.y, task.w, task.h, opts.downsample), **tiling)
+    radius = chain_radius(seg.postprocess) if seg.n_classes == 1 else 0
+    if task.boxes is None or radius is None:
+        areas = [((0, 0, task.w, task.h), task.boxes)]
     else:
-        probs = torch.zeros((seg.n_classes, task.h, task.w), device=seg.device)
-        for bx, by, bw, bh in task.boxes:
-            pixels = read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
-            probs[:, by:by + bh, bx:bx + bw] = seg.predict(pixels, **tiling)
+        areas = box_groups(task.boxes, radius + 2, task.w, task.h)
+    located: list[tuple[Polygon, dict[str, Any]]] = []
+    for area, boxes in areas:
+        located += _owned_polygons(seg, _area_probabilities(seg, reader, region, task, opts, area, boxes),
+                                   task, area, opts)
+    return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], task.tiles,
+                        task.skipped, time.perf_counter() - start)
+
+
+def _area_probabilities(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask, opts: WsiOptions,
+                        area: tuple[int, int, int, int], boxes: list[tuple[int, int, int, int]] | None) -> torch.Tensor:
+    """Probabilities (C, h, w) over an area of the window: inferred on the whole area, or on its
+    boxes only (zero elsewhere)."""
+    ax, ay, aw, ah = area
+    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch}
+    if boxes is None:
+        return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample), **tiling)
+    probs = torch.zeros((seg.n_classes, ah, aw), device=seg.device)
+    for bx, by, bw, bh in boxes:
+        pixels = read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
+        probs[:, by - ay:by - ay + bh, bx - ax:bx - ax + bw] = seg.predict(pixels, **tiling)
+    return probs
+
+
+def _owned_polygons(seg: "Segmenter", probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
+                    opts: WsiOptions) -> list[tuple[Polygon, dict[str, Any]]]:
+    """Post-process an area's probabilities on the device and trace the polygons of the part of it
+    the window owns (processing pixels relative to the region)."""
+    ax, ay, aw, ah = area
+    ox, oy, ow, oh = task.own
+    x0, y0, x1, y1 = max(ax, ox), max(ay, oy), min(ax + aw, ox + ow), min(ay + ah, oy + oh)
+    if x1 <= x0 or y1 <= y0:
+        return []
     with torch.inference_mode():
         mask = seg.masks_from_probabilities(probs, opts.threshold)
         fg = probs[0] if seg.n_classes == 1 else probs[1:].max(dim=0).values
-        ox, oy, ow, oh = task.own
-        mask_np = mask[oy:oy + oh, ox:ox + ow].cpu().numpy()
-        fg_np = fg[oy:oy + oh, ox:ox + ow].cpu().numpy()
-    located = mask_to_polygons(mask_np, fg_np, offset=(task.x + ox, task.y + oy))
-    return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], task.tiles,
-                        task.skipped, time.perf_counter() - start)
+        rows, cols = slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax)
+        mask_np, fg_np = mask[rows, cols].cpu().numpy(), fg[rows, cols].cpu().numpy()
+    return mask_to_polygons(mask_np, fg_np, offset=(task.x + x0, task.y + y0))
 
 
 def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,

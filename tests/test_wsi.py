@@ -216,3 +216,41 @@ def test_disk_full_while_writing_leaves_no_output(tiny_model, slide, tmp_path, m
     one_line_error(run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(tmp_path / "c"), *SMALL]),
                    "No space left", "free disk space")
     assert not out.exists() and not list(tmp_path.glob(".full.geojson*"))
+
+
+def test_box_areas_give_the_polygons_of_whole_windows(tiny_model, slide, tmp_path, monkeypatch):
+    """Post-processing and tracing each group of tissue boxes on its own area (the default with
+    skipping) gives exactly the polygons of post-processing the whole window."""
+    import segmenter.wsi as wsi
+
+    groups: list[int] = []
+    real_box_groups = wsi.box_groups
+    monkeypatch.setattr(wsi, "box_groups", lambda *a: groups.append(len(out := real_box_groups(*a))) or out)
+    per_area = tmp_path / "areas.geojson"
+    wide = [*SMALL, "--window-size", "1024", "--skip-background"]  # windows holding separate pieces of tissue
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(per_area), *wide]).exit_code == 0
+    monkeypatch.setattr(wsi, "chain_radius", lambda spec: None)  # as for a chain that looks at the whole map
+    whole = tmp_path / "whole.geojson"
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(whole), *wide,
+                "--cache", str(tmp_path / "c2")]).exit_code == 0
+    key = lambda p: p.wkb  # noqa: E731
+    assert sorted(map(key, polygons_of(per_area))) == sorted(map(key, polygons_of(whole)))
+    assert len(polygons_of(whole)) > 5 and max(groups) >= 2, groups
+
+
+def test_box_groups_pad_merge_and_keep_their_boxes():
+    from segmenter.wsi import box_groups
+
+    boxes = [(10, 10, 20, 20), (34, 10, 5, 5), (100, 100, 10, 10), (0, 150, 10, 10)]
+    groups = box_groups(boxes, 3, 160, 160)
+    assert groups == [((0, 147, 13, 13), [(0, 150, 10, 10)]),
+                      ((7, 7, 35, 26), [(10, 10, 20, 20), (34, 10, 5, 5)]),
+                      ((97, 97, 16, 16), [(100, 100, 10, 10)])]
+
+
+def test_chain_radius():
+    from transforms.chain import chain_radius, default_chain, idi_chain
+
+    assert chain_radius(default_chain(erode_k=3, erode_iterations=2, smoothing_k=5)) == 2 * 2 * 1 + 2
+    assert chain_radius([{"op": "threshold", "t": 0.5}]) == 0
+    assert chain_radius(idi_chain()) is None

@@ -93,6 +93,20 @@ def build_on(device: torch.device, spec: Sequence[dict[str, Any]]) -> Callable[[
     return run
 
 
+def chain_radius(spec: Sequence[dict[str, Any]]) -> int | None:
+    """How far (pixels) the chain looks around a pixel: its output at a pixel depends only on the
+    input within this distance; None when an op uses the whole map (normalize)."""
+    radius = 0
+    for step in validate_chain(spec):
+        if step["op"] == "normalize":
+            return None
+        if step["op"] == "smoothing":
+            radius += step["k"] // 2
+        elif step["op"] == "erode_dilate":
+            radius += 2 * step["iterations"] * (step["k"] // 2)
+    return radius
+
+
 def without_threshold(spec: Sequence[dict[str, Any]]) -> ChainSpec:
     """The chain up to its threshold, so that a sweep can smooth once and threshold many times."""
     return [step for step in validate_chain(spec) if step["op"] != "threshold"]
