@@ -156,7 +156,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
                    "and optical density).")
 @click.option("--tissue-margin", type=int, default=32, show_default=True,
-              help="Slides: tiles within this many pixels of detected tissue are segmented too.")
+              help="Slides: background within this many pixels of detected tissue is segmented too (plus half the tile overlap of context).")
 @click.option("--mask-out", type=click.Path(path_type=Path), default=None,
               help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides. [default: none]")
 @click.option("--workers", type=int, default=0, show_default=True,

@@ -197,10 +197,11 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
                  cell: int = 64) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
-    Tissue is located on a grid of `cell`-px cells, each group of touching cells becomes its
-    bounding box grown by the tissue margin and half the tile overlap (so objects at a box edge
-    keep as much context as at a window cut), and overlapping boxes are merged. Inference then covers the boxes only:
-    on a mostly empty slide far less than whole tiles would."""
+    Tissue is located on a grid of `cell`-px cells (a cell within the tissue margin of tissue counts
+    as tissue), each group of touching cells becomes its bounding box grown by half the tile overlap
+    (so objects at a box edge keep the context they have at the middle of a tile overlap), and
+    overlapping boxes are merged. Inference then covers the boxes only: on a mostly empty slide far
+    less than whole tiles would."""
     x, y, w, h = window
     ds = opts.downsample
     ny, nx = math.ceil(h / cell), math.ceil(w / cell)
@@ -211,7 +212,7 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     if not occupied.any():
         return []
     n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
-    grow = opts.overlap // 2 + opts.tissue_margin
+    grow = opts.overlap // 2
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
         x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
