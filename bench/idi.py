@@ -128,6 +128,22 @@ def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str,
     return removal
 
 
+def mask_quality(candidate: Path, truth: Path) -> dict[str, float]:
+    """Pixel agreement of a dataset version's masks with the complete annotation (all images pooled):
+    IoU, precision (how much of the mask is real foreground) and recall (how much of the real
+    foreground the mask holds). Shows what each IDI iteration did to the training data."""
+    from segmenter.dataset import read_mask
+
+    inter = cand = true = 0
+    for stem in stems_of(truth):
+        gt = read_mask(truth / "masks" / f"{stem}.png") > 0
+        mask = read_mask(candidate / "masks" / f"{stem}.png") > 0
+        inter, cand, true = inter + int((gt & mask).sum()), cand + int(mask.sum()), true + int(gt.sum())
+    union = cand + true - inter
+    return {"iou": inter / union if union else 1.0, "precision": inter / cand if cand else 1.0,
+            "recall": inter / true if true else 1.0}
+
+
 # ---------------------------------------------------------------- the real command lines
 
 def _cli(name: str) -> list[str]:
@@ -190,7 +206,9 @@ def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Na
                "--warm-start" if args.warm_start else "--from-scratch", *args.idi_args]
         cpu = run(cmd, log)
         report = json.loads((idi_out / "report.json").read_text())["iterations"]
-        entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report}
+        entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report,
+                                 "training_masks_vs_complete": [mask_quality(incomplete, train)] + [
+                                     mask_quality(idi_out / f"iter{k}", train) for k in range(1, args.iterations + 1)]}
         entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / tag / "eval_iter1", args, log)
         for k in range(1, args.iterations + 1):
             entry[f"idi_K{k}"] = evaluate(idi_out / "models" / f"iter{k + 1}.pt", test, runs / tag / f"eval_iter{k + 1}",
