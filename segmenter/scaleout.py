@@ -50,10 +50,21 @@ def worker_slide(path: str) -> "SlideReader":
 def remote_window(task: "WindowTask", model_path: str, model_digest: str, device: str | None, threads: int,
                   slide_path: str, region: "Region", opts: "WsiOptions") -> "WindowResult":
     """What a Dask worker runs for one window."""
+    return run_window(worker_segmenter(model_path, model_digest, device, threads), worker_slide(slide_path),
+                      region, task, opts)
+
+
+def run_window(seg: "Segmenter", reader: "SlideReader", region: "Region", task: "WindowTask",
+               opts: "WsiOptions") -> "WindowResult":
+    """One window, then the heap's free pages back to the OS, so the process that ran it (this one
+    or a Dask worker) stays bounded by one window's working set."""
+    from segmenter.allocator import release_freed_memory
     from segmenter.wsi import process_window
 
-    return process_window(worker_segmenter(model_path, model_digest, device, threads), worker_slide(slide_path),
-                          region, task, opts)
+    try:
+        return process_window(seg, reader, region, task, opts)
+    finally:
+        release_freed_memory()
 
 
 class InProcess:
@@ -64,10 +75,8 @@ class InProcess:
 
     def run(self, tasks: list["WindowTask"], reader: "SlideReader", region: "Region", opts: "WsiOptions",
             model_path: str, model_digest: str) -> Iterator["WindowResult"]:
-        from segmenter.wsi import process_window
-
         for task in tasks:
-            yield process_window(self.seg, reader, region, task, opts)
+            yield run_window(self.seg, reader, region, task, opts)
 
     def close(self) -> None:
         """Nothing to release."""

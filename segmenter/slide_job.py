@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.allocator import release_freed_memory
 from segmenter.atomic import atomic_path
 from segmenter.dataset import write_png
 from segmenter.digest import file_digest
@@ -81,7 +80,6 @@ def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out
         log.info("%d of %d windows already done (cache %s)", cache.hits, len(tasks), cache.folder)
     skipped = sum(r.skipped for r in results)
     for result in runner.run(pending, reader, region, opts, str(model_path), digest):
-        release_freed_memory()
         cache.store(result)
         results.append(result)
         skipped += result.skipped
