@@ -130,7 +130,7 @@ class Segmenter:
     def probabilities(self, x: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         """Normalised input batch -> per-class probabilities (sigmoid of the logits of `net`,
         default the inference model)."""
-        logits = (net or self.inference_model())(x)
+        logits = (net if net is not None else self.inference_model())(x)
         return torch.sigmoid(logits.float())
 
     def _image_tensor(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

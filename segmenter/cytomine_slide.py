@@ -29,7 +29,7 @@ import numpy as np
 import requests
 import urllib3
 
-from segmenter.cytomine_connect import TRANSPORT_RETRIED, transport_retried
+from segmenter.cytomine_connect import TRANSPORT_RETRIED, connect, credentials, transport_retried
 from segmenter.errors import CysegError
 from segmenter.slides import SlideReader, _ArrayReader, composite_on_white
 
@@ -209,8 +209,6 @@ class CytomineSlideReader(_ArrayReader):
         """The connected client; after unpickling, a new connection (keys from config/env)."""
         with self._lock:
             if self._client is None:
-                from segmenter.cytomine_connect import TRANSPORT_RETRIED, transport_retried, connect, credentials
-
                 creds = credentials(host=self.source.host, config=self.source.config)
                 self._client = connect(creds, timeout=self.source.timeout, verify=self.source.verify)
             return self._client
@@ -338,8 +336,6 @@ def open_cytomine_image(image_id: int, *, host: str | None = None, public_key: s
 
     Keys come from the arguments, the config file or the environment (`credentials`); only the
     host and the config path are kept for reconnecting elsewhere."""
-    from segmenter.cytomine_connect import connect, credentials
-
     creds = credentials(host=host, public_key=public_key, private_key=private_key, config=config)
     if client is None:
         client = connect(creds, timeout=timeout, verify=verify)
