@@ -52,7 +52,7 @@ def list_images(source: Path) -> list[Path]:
 
 
 def run_segment_crops(seg: Segmenter, source: Path, out: Path, threshold: float | None, simplify: float,
-                      min_area: float, overlays: bool, tiling: dict[str, int], progress: bool = True) -> dict[str, Any]:
+                      min_area: float, overlays: bool, tiling: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Segment every image; write masks/, geojson/ (and overlays/) under `out`, atomically."""
     files = list_images(source)
     stats = {"images": 0, "polygons": 0, "pixels": 0}

@@ -161,6 +161,17 @@ def test_dask_local_cluster_gives_the_same_polygons(tiny_model, slide, tmp_path)
     assert unary_union(a).symmetric_difference(unary_union(b)).area == pytest.approx(0, abs=1e-6)
 
 
+def test_slide_with_tta_matches_the_crop_prediction_with_tta(tiny_model, slide, mosaic, tmp_path):
+    plain, tta = tmp_path / "plain.geojson", tmp_path / "tta.geojson"
+    for out, extra in ((plain, []), (tta, ["--tta"])):
+        assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background", *SMALL,
+                    *extra]).exit_code == 0
+    mask = rasterise(polygons_of(tta), mosaic.shape[:2])
+    reference = Segmenter.load(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32, tta=True)
+    assert iou(mask, reference) > 0.98
+    assert (mask != rasterise(polygons_of(plain), mosaic.shape[:2])).sum() > 0, "--tta must reach the slide engine"
+
+
 def test_several_slides_and_a_window_and_a_mask(tiny_model, slide, tmp_path):
     second = tmp_path / "second.tif"
     second.write_bytes(slide.read_bytes())
