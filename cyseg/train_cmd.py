@@ -40,16 +40,19 @@ def check_out(out: Path) -> None:
 
 
 def run_train(data: Path, out: Path, val: Path | None, *, n: int, depth: int, upsampling: str, classes: int,
-              class_weights: str | None, threshold: float, erode_k: int, erode_iterations: int, smoothing_k: int,
+              class_weights: str | None, threshold: float | None, erode_k: int, erode_iterations: int, smoothing_k: int,
               device: str, **options) -> UNetSegmenter:
-    """Train and save; returns the trained segmenter."""
+    """Train and save; returns the trained segmenter. A `threshold` of None is chosen after training
+    by a sweep on `val` (on the training images without it)."""
     check_out(out)
+    calibrate = threshold is None
+    threshold = 0.5 if threshold is None else threshold
     torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
     seg = UNetSegmenter({"n_classes": classes, "depth": depth, "n": n, "upsampling": upsampling}, device=device,
                         class_weights=parse_weights(class_weights, classes), threshold=threshold,
                         postprocess=default_chain(threshold, erode_k, erode_iterations, smoothing_k))
     log.info("training a U-Net (n=%d, depth=%d, %s) on %s, device %s", n, depth, upsampling, data, seg.device)
-    seg.fit(data, val, out=str(out), **options)
+    seg.fit(data, val, out=str(out), calibrate_threshold=calibrate, **options)
     paths = history_paths(out)
     log.info("model written to %s; metrics in %s, %s and %s", out, paths["csv"], paths["json"], paths["png"])
     return seg

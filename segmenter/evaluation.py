@@ -68,6 +68,17 @@ def mean_scores(seg: "Segmenter", dataset: Dataset, threshold: float | None = No
     return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows]))}
 
 
+def calibrate_threshold(seg: "Segmenter", dataset: Dataset, chosen_on: str) -> dict[str, Any]:
+    """Set the model's threshold to the sweep value with the best mean IoU of the post-processed
+    masks on `dataset` (validation or training images, never test images: that would flatter the
+    test score); ties go to the value nearest 0.5."""
+    summary = summarise(evaluate_dataset(seg, dataset, SWEEP))
+    best = max(summary, key=lambda r: (r["iou_mean"], -abs(r["threshold"] - 0.5)))
+    seg.set_threshold(best["threshold"])
+    return {"threshold": best["threshold"], "chosen_on": chosen_on, "n_images": len(dataset),
+            "sweep": [{k: r[k] for k in ("threshold", "iou_mean", "dice_mean")} for r in summary]}
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per threshold: mean and std of IoU and Dice over images, and the pooled pixel counts."""
     out = []

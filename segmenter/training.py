@@ -3,6 +3,7 @@ per epoch (best model kept), resumable checkpoints, per-epoch metrics (CSV, JSON
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from segmenter.base import Segmenter
 
 log = logging.getLogger(__name__)
+# the threshold is calibrated on at most this many training images when no validation set is given
+CALIBRATION_IMAGES = 64
 
 
 @dataclass
@@ -45,6 +48,7 @@ class TrainOptions:
     workers: int = 1
     colour: bool = False
     translate: float = 0.15
+    calibrate_threshold: bool = False
     out: str | None = None
     name: str | None = None
     resume: bool = False
@@ -120,6 +124,14 @@ def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
     mean = s / total / 255.0
     std = np.sqrt(np.maximum(s2 / total / 255.0**2 - mean**2, 1e-8))
     return [float(v) for v in mean], [float(max(v, 1e-3)) for v in std]
+
+
+def _sample(dataset: Dataset, n: int, seed: int) -> Dataset:
+    """At most `n` items of `dataset`, drawn with `seed`."""
+    if len(dataset) <= n:
+        return dataset
+    picked = np.random.default_rng(seed).choice(len(dataset), n, replace=False)
+    return dataclasses.replace(dataset, items=[dataset.items[i] for i in sorted(picked)])
 
 
 def _checkpoint_path(out: str) -> Path:
@@ -198,7 +210,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    from segmenter.evaluation import mean_scores
+    from segmenter.evaluation import calibrate_threshold, mean_scores
 
     cpu_start = time.process_time()
     for epoch in range(start_epoch, opts.epochs):
@@ -256,6 +268,10 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
 
     if best["state"] is not None:
         seg.model.load_state_dict(best["state"])
+    if opts.calibrate_threshold:
+        where = "validation images" if val is not None else "training images (no --val)"
+        seg.training_info["threshold"] = calibrate_threshold(seg, val if val is not None else _sample(dataset, CALIBRATION_IMAGES, opts.seed), where)
+        log.info("threshold %.1f chosen on the %s: best mean IoU of the sweep 0.1..0.9", seg.threshold, where)
     seg.training_info.update(
         epochs_run=len(history), best_epoch=best["epoch"] if val is not None else len(history),
         best_val_iou=best["val_iou"] if val is not None else None,

@@ -220,6 +220,7 @@ def test_train_creates_missing_parent_folders(ihc_dataset, tmp_path):
     ("--lr", "0", "--lr must be > 0"),
     ("--class-weights", "1,x", "--class-weights '1,x'"),
     ("--threshold", "1.5", "--threshold"),
+    ("--threshold", "half", "--threshold 'half' must be a number in [0, 1] or auto"),
 ])
 def test_train_refuses_bad_options(option, value, needle, ihc_dataset, tmp_path):
     model = tmp_path / "model.pt"

@@ -68,9 +68,14 @@ def test_train_writes_model_history_and_curves(tiny_model, ihc_dataset):
     pre = content["preprocess"]
     assert pre["scale"] == 255.0 and len(pre["mean"]) == len(pre["std"]) == 3
     assert all(0 < m < 1 for m in pre["mean"]) and all(s > 0 for s in pre["std"])
-    assert content["threshold"] == 0.5
     assert [s["op"] for s in content["postprocess"]] == ["erode_dilate", "smoothing", "threshold"]
-    assert content["postprocess"][-1]["t"] == 0.5
+    # --threshold auto with --val: the sweep value with the best validation IoU is stored
+    calibration = content["training"]["threshold"]
+    assert [r["threshold"] for r in calibration["sweep"]] == list(SWEEP)
+    assert (calibration["chosen_on"], calibration["n_images"]) == ("validation images", 2)
+    assert content["threshold"] == calibration["threshold"] == content["postprocess"][-1]["t"]
+    assert max(r["iou_mean"] for r in calibration["sweep"]) == \
+        next(r["iou_mean"] for r in calibration["sweep"] if r["threshold"] == content["threshold"])
     assert set(content["state_dict"]) and all(isinstance(v, torch.Tensor) for v in content["state_dict"].values())
 
     info = content["training"]
@@ -107,9 +112,13 @@ def test_best_epoch_is_argmax_of_val_iou_and_its_weights_are_kept(tiny_model, ih
     val_iou = [r["val_iou"] for r in history]
     assert info["best_epoch"] == int(np.argmax(val_iou)) + 1
     assert info["best_val_iou"] == pytest.approx(max(val_iou))
-    # the file holds the best epoch's weights: re-scoring it on the validation set gives that IoU
+    # the file holds the best epoch's weights: re-scoring it on the validation set at the threshold
+    # epochs are compared at (0.5; the stored one is calibrated afterwards) gives that IoU
     seg = Segmenter.load(tiny_model, device="cpu")
-    assert mean_scores(seg, open_dataset(ihc_dataset.val))["iou"] == pytest.approx(info["best_val_iou"], abs=1e-6)
+    val = open_dataset(ihc_dataset.val)
+    assert mean_scores(seg, val, threshold=0.5)["iou"] == pytest.approx(info["best_val_iou"], abs=1e-6)
+    calibrated = next(r for r in info["threshold"]["sweep"] if r["threshold"] == seg.threshold)
+    assert mean_scores(seg, val)["iou"] == pytest.approx(calibrated["iou_mean"], abs=1e-6)
     # and it learnt something: the nuclei of unseen crops are found far better than chance
     assert info["best_val_iou"] > 0.4
 
@@ -119,9 +128,19 @@ def test_same_seed_gives_identical_weights(tmp_path, ihc_dataset):
     train(ihc_dataset.train, tmp_path / "b.pt", "--seed", "7")
     train(ihc_dataset.train, tmp_path / "c.pt", "--seed", "8")
     a, b, c = (load(tmp_path / f"{n}.pt") for n in "abc")
+    calibration = a["training"]["threshold"]  # --threshold auto without --val: chosen on the training images
+    assert (calibration["chosen_on"], calibration["n_images"]) == ("training images (no --val)", 6)
+    assert a["threshold"] == calibration["threshold"] == b["threshold"]
     assert same_weights(a["state_dict"], b["state_dict"])
     assert a["preprocess"] == b["preprocess"]
     assert not same_weights(a["state_dict"], c["state_dict"])
+
+
+def test_a_given_threshold_is_stored_as_it_is(tmp_path, ihc_dataset):
+    train(ihc_dataset.train, tmp_path / "m.pt", "--val", ihc_dataset.val, "--threshold", "0.3")
+    content = load(tmp_path / "m.pt")
+    assert content["threshold"] == content["postprocess"][-1]["t"] == 0.3
+    assert "threshold" not in content["training"]
 
 
 def test_resume_after_interrupt_gives_the_uninterrupted_weights(tmp_path, ihc_dataset, monkeypatch):
@@ -206,16 +225,17 @@ def test_evaluate_writes_reports_sweep_and_overlays(tiny_model, ihc_dataset, tmp
     assert not list(tmp_path.glob(".*.part"))
 
 
-def test_evaluate_and_segment_agree_at_the_same_threshold(tiny_model, ihc_dataset, tmp_path):
+@pytest.mark.parametrize("tta", [[], ["--tta"]], ids=["plain", "tta"])
+def test_evaluate_and_segment_agree_at_the_same_threshold(tta, tiny_model, ihc_dataset, tmp_path):
     threshold = "0.45"
     report, seg_out = tmp_path / "report", tmp_path / "seg"
     result = invoke(["-q", "evaluate", tiny_model, ihc_dataset.val, "--threshold", threshold, "--no-sweep",
-                     "--out", report, "--device", "cpu"])
+                     "--out", report, "--device", "cpu", *tta])
     assert result.exit_code == 0, result.output
     assert not (report / "sweep.csv").exists() and not (report / "sweep.png").exists()
     assert not (report / "overlays").exists()
     result = invoke(["-q", "segment", tiny_model, ihc_dataset.val, "--threshold", threshold, "--simplify", "0",
-                     "--out", seg_out, "--device", "cpu"])
+                     "--out", seg_out, "--device", "cpu", *tta])
     assert result.exit_code == 0, result.output
 
     rows = {r["image"]: r for r in read_csv(report / "per_image.csv")}
