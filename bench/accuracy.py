@@ -3,7 +3,7 @@ its own defaults unless --train-args says otherwise) and scores the test images 
 with `cyseg evaluate`, over several seeds or folds.
 
     python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
-                             [--train-args "--colour --epochs 60"]
+                             [--train-args "--colour --epochs 60"] [--eval-args "--tta"]
 
 Results are merged into bench/results/accuracy.json under dataset -> label.
 """
@@ -60,7 +60,8 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str]) -> dict[str, Any]:
+def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str],
+            eval_args: list[str]) -> dict[str, Any]:
     """Train and evaluate once through the real CLI; returns scores and costs."""
     out.mkdir(parents=True, exist_ok=True)
     model = out / "model.pt"
@@ -70,12 +71,12 @@ def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args
                        check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
     cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
     report = out / "eval"
-    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report)], check=True,
+    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report), *eval_args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = json.loads((report / "summary.json").read_text())
     return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],
-            "best_sweep_threshold": summary.get("best_threshold"),
+            "threshold": summary["model_threshold"], "best_sweep_threshold": summary.get("best_threshold"),
             "train_cpu_s": cpu_train, "train_wall_s": wall_train}
 
 
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--label", default="defaults", help="name of this configuration in the results")
     parser.add_argument("--train-args", default="", help="extra `cyseg train` options (default: none, the CLI defaults)")
+    parser.add_argument("--eval-args", default="", help="extra `cyseg evaluate` options, e.g. --tta (default: none)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
@@ -107,11 +109,12 @@ def main() -> None:
         runs = []
         for name, train, test, seed in splits(dataset, args.work / "data", args.seeds):
             run = run_one(name, train, test, seed, args.work / "runs" / dataset / args.label / name,
-                          shlex.split(args.train_args))
+                          shlex.split(args.train_args), shlex.split(args.eval_args))
             runs.append(run)
             print(f"{dataset:9s} {args.label:10s} {name:6s} IoU {run['iou']:.4f} Dice {run['dice']:.4f} "
                   f"train {run['train_cpu_s'] / 60:.1f} CPU-min ({run['train_wall_s'] / 60:.1f} min wall)", flush=True)
-        entry = {"train_args": args.train_args or "(cyseg train defaults)", **aggregate(runs), "runs": runs,
+        entry = {"train_args": args.train_args or "(cyseg train defaults)",
+                 "eval_args": args.eval_args or "(cyseg evaluate defaults)", **aggregate(runs), "runs": runs,
                  "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
         results.setdefault(dataset, {})[args.label] = entry
         write_results(RESULTS, results)
