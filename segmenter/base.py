@@ -19,6 +19,7 @@ from segmenter.device import out_of_memory_message, resolve_device
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.fusion import fold_batch_norms, weights_version
 from segmenter.modelfile import load_model_file, save_model_file
+from segmenter.resolution import to_image, to_network
 from segmenter.tiling import predict_tiled
 from segmenter.tta import with_tta
 from transforms.chain import build_on, default_chain, validate_chain, with_threshold
@@ -107,6 +108,11 @@ class Segmenter:
         return int(self.config.get("in_channels", 3))
 
     @property
+    def resolution(self) -> float:
+        """The network's working resolution as a fraction of the images' (1: full resolution)."""
+        return float(self.preprocess.get("resolution", 1.0))
+
+    @property
     def multiple(self) -> int:
         """Tile sides that are a multiple of this need no padding inside the network."""
         return int(getattr(self.model, "multiple", 1))
@@ -147,8 +153,9 @@ class Segmenter:
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
                 batch: int | None = None, tta: bool | None = None) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
-        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended. With
-        `tta` every tile is the mean over its 8 rotations/reflections (8x the compute)."""
+        or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended, at the
+        model's working resolution (tile sizes count network pixels). With `tta` every tile is the
+        mean over its 8 rotations/reflections (8x the compute)."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -160,7 +167,9 @@ class Segmenter:
             autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else contextlib.nullcontext()
             with autocast:
                 forward = with_tta(lambda t: self.probabilities(self.to_input(t), net), tta)
-                return predict_tiled(forward, x, self.n_classes, tile, overlap, batch, self.multiple).float()
+                probs = predict_tiled(forward, to_network(x, self.resolution), self.n_classes, tile, overlap, batch,
+                                      self.multiple).float()
+            return to_image(probs, (x.shape[1], x.shape[2]))
 
     def set_threshold(self, threshold: float) -> None:
         """The probability threshold used by `segment` (and stored in the model file)."""

@@ -97,6 +97,10 @@ def check_content(content: dict[str, Any], path: str | os.PathLike) -> None:
             and isinstance(pre["std"], list) and len(pre["mean"]) == len(pre["std"])):
         raise ModelFileError(f"model file {path} has no usable preprocess (scale, mean, std per channel); "
                              "retrain it with 'cyseg train'")
+    resolution = pre.get("resolution", 1.0)
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 0 < resolution <= 4:
+        raise ModelFileError(f"model file {path} has an unusable working resolution {resolution!r} (a number in (0, 4]); "
+                             "retrain it with 'cyseg train'")
     try:
         check_threshold(content["threshold"])
         validate_chain(content["postprocess"])

@@ -25,6 +25,7 @@ from segmenter.augment import method_augmenter
 from segmenter.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.history import write_history
+from segmenter.resolution import check_resolution, resample_pair
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -48,6 +49,7 @@ class TrainOptions:
     workers: int = 1
     colour: bool = False
     translate: float = 0.15
+    resolution: float = 1.0
     calibrate_threshold: bool = False
     out: str | None = None
     name: str | None = None
@@ -66,6 +68,7 @@ class TrainOptions:
             raise CysegError(f"--workers must be >= 0 (got {self.workers})")
         if not 0 <= self.translate < 0.5:
             raise CysegError(f"translation {self.translate} must be in [0, 0.5)")
+        check_resolution(self.resolution)
 
 
 class CropSampler(torch.utils.data.Dataset):
@@ -107,10 +110,11 @@ class CropSampler(torch.utils.data.Dataset):
         return x_t, target
 
 
-def _load_arrays(dataset: Dataset, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _load_arrays(dataset: Dataset, n_classes: int, resolution: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every image and mask of the dataset, at the network's working resolution."""
     images, masks = [], []
     for item in dataset.items:
-        image, mask = read_pair(item, n_classes)
+        image, mask = resample_pair(*read_pair(item, n_classes), resolution)
         images.append(image)
         masks.append(mask)
     return images, masks
@@ -152,7 +156,9 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
     opts.check()
     dataset = open_dataset(train_dir)
-    images, masks = _load_arrays(dataset, seg.n_classes)  # reads and checks every pair before any training
+    images, masks = _load_arrays(dataset, seg.n_classes, opts.resolution)  # reads and checks every pair first
+    if opts.resolution != 1:
+        log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
     val = open_dataset(val_dir) if val_dir is not None else None
     if val is not None:
         check_dataset(val, seg.n_classes)
@@ -173,13 +179,15 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
             resumed = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file: say so, never train from a wrong state
             raise ModelFileError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it and train without --resume") from exc
-        if resumed.get("options", {}).get("seed") != opts.seed or resumed.get("dataset") != dataset_hash:
-            raise CysegError(f"checkpoint {ckpt_path} was made with another dataset or seed; delete it or use the same options")
+        made = resumed.get("options", {})
+        if (made.get("seed"), made.get("resolution", 1.0), resumed.get("dataset")) != (opts.seed, opts.resolution, dataset_hash):
+            raise CysegError(f"checkpoint {ckpt_path} was made with another dataset, seed or resolution; delete it or "
+                             "use the same options")
         seg.model.load_state_dict(resumed["state_dict"])
         seg.preprocess = resumed["preprocess"]
     else:
         mean, std = channel_stats(images)
-        seg.preprocess = {"scale": 255.0, "mean": mean, "std": std}
+        seg.preprocess = {"scale": 255.0, "mean": mean, "std": std, "resolution": opts.resolution}
 
     sampler = CropSampler(images, masks, crop, opts.steps_per_epoch * opts.batch, opts.seed, opts.colour,
                           opts.translate, seg.n_classes)

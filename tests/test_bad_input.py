@@ -221,6 +221,7 @@ def test_train_creates_missing_parent_folders(ihc_dataset, tmp_path):
     ("--class-weights", "1,x", "--class-weights '1,x'"),
     ("--threshold", "1.5", "--threshold"),
     ("--threshold", "half", "--threshold 'half' must be a number in [0, 1] or auto"),
+    ("--resolution", "0", "--resolution 0.0 must be in (0, 4]"),
 ])
 def test_train_refuses_bad_options(option, value, needle, ihc_dataset, tmp_path):
     model = tmp_path / "model.pt"
@@ -273,6 +274,13 @@ def truncated_model(path: Path, model: Path) -> list[str]:
     return ["is not a PyTorch file", "cyseg train"]
 
 
+def bad_resolution(path: Path, model: Path) -> list[str]:
+    content = torch.load(model, weights_only=True)
+    content["preprocess"]["resolution"] = 0
+    torch.save(content, path)
+    return ["unusable working resolution 0", "cyseg train"]
+
+
 def text_file(path: Path) -> list[str]:
     path.write_text("hello")
     return ["is not a PyTorch file", "cyseg train"]
@@ -287,6 +295,7 @@ MODEL_CASES = {
     "dict without format": lambda path, model: foreign_dict(path),
     "format other/1": lambda path, model: foreign_format(path),
     "pickled nn.Module": lambda path, model: pickled_module(path),
+    "resolution 0": bad_resolution,
 }
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import rasterio.features
 from click.testing import CliRunner
@@ -170,6 +171,20 @@ def test_slide_with_tta_matches_the_crop_prediction_with_tta(tiny_model, slide, 
     reference = Segmenter.load(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32, tta=True)
     assert iou(mask, reference) > 0.98
     assert (mask != rasterise(polygons_of(plain), mosaic.shape[:2])).sum() > 0, "--tta must reach the slide engine"
+
+
+@pytest.mark.parametrize("skip", ["--skip-background", "--no-skip-background"])
+def test_slide_with_a_half_resolution_model_matches_the_crop_prediction(skip, tiny_model, slide, mosaic, tmp_path):
+    content = torch.load(tiny_model, weights_only=True)
+    content["preprocess"]["resolution"] = 0.5
+    half = tmp_path / "half.pt"
+    torch.save(content, half)
+    out = tmp_path / "s.geojson"
+    assert run(["segment", str(half), str(slide), "--out", str(out), skip, *SMALL]).exit_code == 0
+    mask = rasterise(polygons_of(out), mosaic.shape[:2])
+    assert mask.shape == mosaic.shape[:2], "polygons are in level-0 pixels, not network pixels"
+    reference = Segmenter.load(half, device="cpu").segment(mosaic, tile=256, overlap=32)
+    assert iou(mask, reference) > 0.97
 
 
 def test_several_slides_and_a_window_and_a_mask(tiny_model, slide, tmp_path):
