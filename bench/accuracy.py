@@ -4,6 +4,7 @@ with `cyseg evaluate`, over several seeds or folds.
 
     python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
                              [--train-args "--colour --epochs 60"] [--eval-args "--tta"]
+                             [--models-from LABEL]   # evaluate LABEL's trained models (e.g. with --tta)
 
 Results are merged into bench/results/accuracy.json under dataset -> label.
 """
@@ -61,15 +62,20 @@ def children_cpu() -> float:
 
 
 def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str],
-            eval_args: list[str]) -> dict[str, Any]:
-    """Train and evaluate once through the real CLI; returns scores and costs."""
+            eval_args: list[str], trained: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train and evaluate once through the real CLI; returns scores and costs. With `trained`
+    (a model file and its run's record), that model is evaluated instead and its costs reported."""
     out.mkdir(parents=True, exist_ok=True)
-    model = out / "model.pt"
-    cpu0, t0 = children_cpu(), time.perf_counter()
-    if not model.exists():
-        subprocess.run(["cyseg", "-q", "train", str(train), "--out", str(model), "--seed", str(seed), *train_args],
-                       check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
-    cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
+    if trained is not None:
+        model, record = trained
+        cpu_train, wall_train = record["train_cpu_s"], record["train_wall_s"]
+    else:
+        model = out / "model.pt"
+        cpu0, t0 = children_cpu(), time.perf_counter()
+        if not model.exists():
+            subprocess.run(["cyseg", "-q", "train", str(train), "--out", str(model), "--seed", str(seed), *train_args],
+                           check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
+        cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
     report = out / "eval"
     subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report), *eval_args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,6 +97,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in runs]))}
 
 
+def _results() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="miccai15,glas,wbc")
@@ -98,24 +108,36 @@ def main() -> None:
     parser.add_argument("--label", default="defaults", help="name of this configuration in the results")
     parser.add_argument("--train-args", default="", help="extra `cyseg train` options (default: none, the CLI defaults)")
     parser.add_argument("--eval-args", default="", help="extra `cyseg evaluate` options, e.g. --tta (default: none)")
+    parser.add_argument("--models-from", default=None, metavar="LABEL",
+                        help="evaluate the models trained for LABEL (with --eval-args) instead of training")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the accuracy benchmark needs the real data sets")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     import torch
 
     for dataset in args.datasets.split(","):
         runs = []
+        source = None
+        if args.models_from:
+            source = _results().get(dataset, {}).get(args.models_from)
+            if source is None:
+                raise SystemExit(f"no results labelled {args.models_from!r} for {dataset} in {RESULTS}")
         for name, train, test, seed in splits(dataset, args.work / "data", args.seeds):
+            trained = None
+            if source is not None:
+                record = next(r for r in source["runs"] if r["run"] == name)
+                trained = (args.work / "runs" / dataset / args.models_from / name / "model.pt", record)
             run = run_one(name, train, test, seed, args.work / "runs" / dataset / args.label / name,
-                          shlex.split(args.train_args), shlex.split(args.eval_args))
+                          shlex.split(args.train_args), shlex.split(args.eval_args), trained)
             runs.append(run)
             print(f"{dataset:9s} {args.label:10s} {name:6s} IoU {run['iou']:.4f} Dice {run['dice']:.4f} "
                   f"train {run['train_cpu_s'] / 60:.1f} CPU-min ({run['train_wall_s'] / 60:.1f} min wall)", flush=True)
-        entry = {"train_args": args.train_args or "(cyseg train defaults)",
-                 "eval_args": args.eval_args or "(cyseg evaluate defaults)", **aggregate(runs), "runs": runs,
+        train_args = source["train_args"] if source is not None else args.train_args or "(cyseg train defaults)"
+        entry = {"train_args": train_args, "eval_args": args.eval_args or "(cyseg evaluate defaults)",
+                 **({"models_from": args.models_from} if source is not None else {}), **aggregate(runs), "runs": runs,
                  "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        results = _results()  # re-read: another run may have written its data sets meanwhile
         results.setdefault(dataset, {})[args.label] = entry
         write_results(RESULTS, results)
         print(f"{dataset:9s} {args.label:10s} IoU {entry['iou_mean']:.4f} ± {entry['iou_std']:.4f}  "
