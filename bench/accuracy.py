@@ -3,7 +3,7 @@ its own defaults unless --train-args says otherwise) and scores the test images 
 with `cyseg evaluate`, over several seeds or folds.
 
     python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
-                             [--train-args "--colour --epochs 60"] [--eval-args "--tta"]
+                             [--train-args "--colour --epochs 60"] [--eval-args=--tta]
                              [--models-from LABEL]   # evaluate LABEL's trained models (e.g. with --tta)
 
 Results are merged into bench/results/accuracy.json under dataset -> label.
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--label", default="defaults", help="name of this configuration in the results")
     parser.add_argument("--train-args", default="", help="extra `cyseg train` options (default: none, the CLI defaults)")
-    parser.add_argument("--eval-args", default="", help="extra `cyseg evaluate` options, e.g. --tta (default: none)")
+    parser.add_argument("--eval-args", default="", help="extra `cyseg evaluate` options, e.g. --eval-args=--tta (default: none)")
     parser.add_argument("--models-from", default=None, metavar="LABEL",
                         help="evaluate the models trained for LABEL (with --eval-args) instead of training")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
