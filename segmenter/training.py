@@ -278,7 +278,8 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         seg.model.load_state_dict(best["state"])
     if opts.calibrate_threshold:
         where = "validation images" if val is not None else "training images (no --val)"
-        seg.training_info["threshold"] = calibrate_threshold(seg, val if val is not None else _sample(dataset, CALIBRATION_IMAGES, opts.seed), where)
+        images_for_threshold = val if val is not None else _sample(dataset, CALIBRATION_IMAGES, opts.seed)
+        seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where)
         log.info("threshold %.1f chosen on the %s: best mean IoU of the sweep 0.1..0.9", seg.threshold, where)
     seg.training_info.update(
         epochs_run=len(history), best_epoch=best["epoch"] if val is not None else len(history),
