@@ -442,9 +442,11 @@ class TiffReader(_ArrayReader):
         """Yield (decoded segment or None, origin) for each wanted tile/strip; origin is the
         segment's (separate sample, depth, y, x, sample) position. Recent segments are cached."""
         key = page.keyframe
-        kwargs = {}
-        if key.compression in (6, 7, 34892, 33007):  # JPEG needs the shared tables
-            kwargs = {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
+        with self._lock:  # tifffile builds these lazily, seeking the shared file handle (JPEG: is_jfif)
+            decode = key.decode
+            kwargs = {}
+            if key.compression in (6, 7, 34892, 33007):  # JPEG needs the shared tables
+                kwargs = {"jpegtables": page.jpegtables, "jpegheader": key.jpegheader}
         missing = []
         for index in wanted:
             with self._lock:
@@ -460,7 +462,7 @@ class TiffReader(_ArrayReader):
         offsets = [page.dataoffsets[i] for i in missing]
         counts = [page.databytecounts[i] for i in missing]
         for data, index in self._tif.filehandle.read_segments(offsets, counts, indices=missing, lock=self._lock):
-            segment, origin, _ = key.decode(data, index, **kwargs)
+            segment, origin, _ = decode(data, index, **kwargs)
             if segment is not None:
                 self._remember((level, plane, index), (segment, origin))
             yield segment, origin
