@@ -17,6 +17,7 @@ from segmenter.errors import CysegError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
+TTA_HELP = "Test-time augmentation: average each tile over its 8 rotations/reflections (8x the compute)."
 
 
 def _load(model: str, device: str):
@@ -124,8 +125,7 @@ def train_command(data: Path, out: Path, val: Path | None, no_amp: bool, **kwarg
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
               help="Minimum overlap between tiles (blended).")
 @click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
-@click.option("--tta", is_flag=True,
-              help="Test-time augmentation: average each tile over its 8 rotations/reflections (8x the compute).")
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
                      overlays: bool, tile: int, overlap: int, batch: int, tta: bool, device: str) -> None:
@@ -153,8 +153,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
               help="Minimum overlap between tiles (blended, so no seams).")
 @click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
-@click.option("--tta", is_flag=True,
-              help="Test-time augmentation: average each tile over its 8 rotations/reflections (8x the compute).")
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 @click.option("--simplify", type=float, default=0.5, show_default=True,
               help="Polygon simplification tolerance in pixels, applied after merging (0: exact pixel outlines).")
 @click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller than this (px²).")
@@ -222,13 +221,14 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     from cyseg.models import resolve_model
     from cyseg.segment_cmd import is_slide, run_segment_crops
 
+    tiling = {"tile": tile, "overlap": overlap, "batch": batch, "tta": tta}
+    slide_opts = {**tiling, "window_size": window_size, "window_overlap": window_overlap,
+                  "skip_background": skip_background, "tissue_margin": tissue_margin, "threshold": threshold,
+                  "simplify": simplify, "min_area": min_area}
     if cytomine_image is not None:
         _segment_cytomine(model, sources, out, window, mpp, magnification, workers, scheduler, device, cache, mask_out,
                           cytomine_image, upload, term, cytomine_config, insecure, cytomine_timeout, upload_batch,
-                          {"tile": tile, "overlap": overlap, "batch": batch, "tta": tta, "window_size": window_size,
-                           "window_overlap": window_overlap, "skip_background": skip_background,
-                           "tissue_margin": tissue_margin, "threshold": threshold, "simplify": simplify,
-                           "min_area": min_area})
+                          slide_opts)
         return
     if upload or term is not None:
         raise CysegError("--upload and --term need --cytomine-image ID (uploads go to a Cytomine image)")
@@ -241,10 +241,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     if slides:
         from cyseg.slide_cmd import run_segment_slides
 
-        opts = {"tile": tile, "overlap": overlap, "batch": batch, "tta": tta, "window_size": window_size,
-                "window_overlap": window_overlap, "skip_background": skip_background,
-                "tissue_margin": tissue_margin, "threshold": threshold, "simplify": simplify, "min_area": min_area}
-        for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, opts, mpp, magnification,
+        for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, slide_opts, mpp, magnification,
                                           workers, scheduler, device, cache, mask_out, progress=_progress()):
             click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
                        f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
@@ -253,8 +250,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
         raise CysegError("give one folder or crop at a time (several inputs are for slides)")
     if out is None:
         raise CysegError("--out is required for crops: give the output folder")
-    run_segment_crops(seg, sources[0], out, threshold, simplify, min_area, overlays,
-                      {"tile": tile, "overlap": overlap, "batch": batch, "tta": tta}, progress=_progress())
+    run_segment_crops(seg, sources[0], out, threshold, simplify, min_area, overlays, tiling, progress=_progress())
     click.echo(str(out))
 
 

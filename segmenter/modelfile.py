@@ -12,6 +12,7 @@ import torch
 
 from segmenter.atomic import atomic_path
 from segmenter.errors import CysegError, ModelFileError
+from segmenter.resolution import MAX_RESOLUTION
 
 FORMAT = "cyseg-model/1"
 REQUIRED = ("format", "arch", "config", "state_dict", "preprocess", "threshold", "postprocess")
@@ -98,9 +99,9 @@ def check_content(content: dict[str, Any], path: str | os.PathLike) -> None:
         raise ModelFileError(f"model file {path} has no usable preprocess (scale, mean, std per channel); "
                              "retrain it with 'cyseg train'")
     resolution = pre.get("resolution", 1.0)
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 0 < resolution <= 4:
-        raise ModelFileError(f"model file {path} has an unusable working resolution {resolution!r} (a number in (0, 4]); "
-                             "retrain it with 'cyseg train'")
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 0 < resolution <= MAX_RESOLUTION:
+        raise ModelFileError(f"model file {path} has an unusable working resolution {resolution!r} (a number in "
+                             f"(0, {MAX_RESOLUTION:g}]); retrain it with 'cyseg train'")
     try:
         check_threshold(content["threshold"])
         validate_chain(content["postprocess"])
