@@ -80,10 +80,13 @@ def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args
     subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report), *eval_args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = json.loads((report / "summary.json").read_text())
+    import torch
+
+    precision = torch.load(model, map_location="cpu", weights_only=True)["training"].get("precision", "float32")
     return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],
             "threshold": summary["model_threshold"], "best_sweep_threshold": summary.get("best_threshold"),
-            "train_cpu_s": cpu_train, "train_wall_s": wall_train}
+            "train_precision": precision, "train_cpu_s": cpu_train, "train_wall_s": wall_train}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:

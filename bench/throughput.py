@@ -23,6 +23,7 @@ from bench.common import bench_image, write_results  # noqa: E402
 from segmenter.allocator import keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
 from segmenter.dataset import read_image, write_png  # noqa: E402
+from segmenter.precision import autocast, precision_name  # noqa: E402
 from segmenter.tiling import tile_spans  # noqa: E402
 from unet import UNetSegmenter  # noqa: E402
 
@@ -32,17 +33,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float, plain: bool = False) -> float:
+def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float, plain: bool = False,
+                 amp: bool = True) -> float:
     """MP/s of `model(x)` on random normalised batches of `tile`² tiles (the ceiling): the network
-    as inference runs it (batch norms folded), or with `plain` the trained module as it is."""
+    as inference runs it (batch norms folded, in the precision `amp` selects), or with `plain` the
+    trained module as it is."""
     x = torch.randn(batch, 3, tile, tile, device=seg.device)
     if seg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     seg.model.eval()
     model = seg.model if plain else seg.inference_model()
     with torch.inference_mode():
-        autocast = torch.autocast("cuda", dtype=torch.float16) if seg.device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        with autocast:
+        with autocast(seg.device, amp):
             model(x)
             _sync(seg.device)
             n, start = 0, time.perf_counter()
@@ -74,7 +76,8 @@ def predict_path(seg: UNetSegmenter, path: Path, tile: int, overlap: int, batch:
 
 
 def bare_training(seg: UNetSegmenter, crop: int, batch: int, steps: int) -> float:
-    """Images/s of forward + loss + backward + Adam step on random tensors."""
+    """Images/s of forward + loss + backward + Adam step on random tensors (in the precision the
+    training loop uses)."""
     opt = seg.optimizer(1e-3)
     seg.model.train()
     x = torch.randn(batch, 3, crop, crop, device=seg.device)
@@ -85,7 +88,9 @@ def bare_training(seg: UNetSegmenter, crop: int, batch: int, steps: int) -> floa
             _sync(seg.device)
             start = time.perf_counter()
         opt.zero_grad()
-        seg.loss(seg.model(x), y).backward()
+        with autocast(seg.device):
+            logits = seg.model(x)
+        seg.loss(logits, y).backward()
         opt.step()
     _sync(seg.device)
     return steps * batch / (time.perf_counter() - start)
@@ -132,14 +137,17 @@ def main() -> None:
         for _ in range(2):  # interleaved rounds: the best of each resists machine noise
             bare.append(bare_forward(seg, tile, batch, seconds))
             full.append(predict_path(seg, image_path, tile, overlap, batch, seconds))
+        float32 = bare_forward(seg, tile, batch, seconds, amp=False)
         redundancy = computed_megapixels(args.size, args.size, tile, overlap, seg.multiple) / (args.size ** 2 / 1e6)
         row = {"n": n, "tile": tile, "batch": batch, "overlap": overlap, "bare_forward_mp_s": max(bare),
                "predict_path_mp_s": max(full), "ratio_image_area": max(full) / max(bare),
-               "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare)}
+               "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare),
+               "bare_forward_float32_mp_s": float32, "predict_path_vs_float32_bare": max(full) / float32}
         rows.append(row)
         print(f"n={n:2d} tile={tile:4d} overlap={overlap:3d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  predict "
               f"{row['predict_path_mp_s']:7.3f} MP/s of image  ratio {row['ratio_image_area']:.1%} (pipeline on the "
-              f"same tiles {row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f})", flush=True)
+              f"same tiles {row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f}; float32 bare {float32:7.3f} "
+              f"MP/s)", flush=True)
     train_rows = []
     for n in ns:
         seg = UNetSegmenter({"n": n}, device=args.device)
@@ -154,11 +162,13 @@ def main() -> None:
         "benchmark": "throughput", "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
+        "precision": precision_name(torch.device(device)),
         "image": f"{args.size}x{args.size} mosaic of real microscopy (bench.common.bench_image)",
         "overlap_fraction": args.overlap_fraction, "inference": rows, "training": train_rows,
         "target": "predict path >= 85% of bare forward at tile 512",
         "ratios": ("ratio_image_area: image MP/s over bare-forward MP/s, overlap cost included; "
-                   "ratio_same_work: the same for the pixels the network actually computes (pipeline overhead only)"),
+                   "ratio_same_work: the same for the pixels the network actually computes (pipeline overhead only); "
+                   "bare and predict both in `precision` (the default), bare_forward_float32_mp_s with --no-amp"),
     }
     out = args.out or ROOT / "bench" / "results" / f"throughput_{device.split(':')[0]}.json"
     write_results(out, result)

@@ -33,6 +33,7 @@ import unet  # noqa: E402,F401  (registers the U-Net)
 from bench.common import write_results  # noqa: E402
 from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
+from segmenter.precision import autocast, precision_name  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
@@ -110,9 +111,9 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
     start = time.perf_counter()
     pixels = reader.read(region.x, region.y, region.w, region.h)
     x = seg.to_input(torch.from_numpy(pixels).permute(2, 0, 1)[None])
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(seg.device):  # the precision cyseg runs in
         probs = sliding_window_inference(x, roi_size=(DEFAULT_TILE, DEFAULT_TILE), sw_batch_size=DEFAULT_BATCH,
-                                         predictor=lambda t: torch.sigmoid(net(t.contiguous(memory_format=torch.channels_last))),
+                                         predictor=lambda t: torch.sigmoid(net(t.contiguous(memory_format=torch.channels_last)).float()),
                                          overlap=DEFAULT_OVERLAP / DEFAULT_TILE, mode="gaussian")
         (probs > seg.threshold).cpu()
     return region.w * region.h / 1e6 / (time.perf_counter() - start)
@@ -153,6 +154,7 @@ def main() -> None:
     region = densest_region(placements, args.size, args.region)
     bare = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0) for _ in range(2))
     bare_plain = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, plain=True) for _ in range(2))
+    bare_float32 = bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, amp=False)
     # interleaved, best of two each: this machine's speed drifts by ~10 % between minutes
     engine_runs, monai_runs = [], []
     for _ in range(2):
@@ -160,7 +162,8 @@ def main() -> None:
         monai_runs.append(monai_throughput(seg, slide, region))
     engine = max(engine_runs)
     monai = None if None in monai_runs else max(monai_runs)
-    print(f"bare forward {bare:.3f} MP/s (unfolded module {bare_plain:.3f}) | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "
+    print(f"bare forward {bare:.3f} MP/s in {precision_name(seg.device)} (unfolded module {bare_plain:.3f}, "
+          f"float32 {bare_float32:.3f}) | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "
           f"MONAI {monai if monai is None else f'{monai:.3f}'} MP/s", flush=True)
     loss = lost_foreground(slide, placements, seg, WsiOptions())
     print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, {loss['area_inferred_fraction']:.1%} of the "
@@ -176,6 +179,7 @@ def main() -> None:
         "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
                   "description": describe(args.size, args.size, placements)},
         "model": str(model_path), "region": region.__dict__,
+        "precision": precision_name(seg.device), "bare_forward_float32_mp_s": bare_float32,
         "bare_forward_mp_s": bare, "bare_forward_unfolded_mp_s": bare_plain, "cyseg_no_skip_region_mp_s": engine,
         "cyseg_region_runs_mp_s": engine_runs, "monai_region_runs_mp_s": monai_runs, "cyseg_vs_bare": engine / bare,
         "monai_region_mp_s": monai, "cyseg_vs_monai": None if monai is None else engine / monai,

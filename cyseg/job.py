@@ -359,7 +359,8 @@ def save_job_parameters(client: Any, job: dict[str, Any], software: int, values:
         name = parameter.get("name")
         if parameter.get("setByServer") or name not in values or values[name] in (None, ""):
             continue
-        payload = {"job": job["id"], "softwareParameter": parameter["id"], "value": str(values[name])}
+        value = str(values[name]).lower() if isinstance(values[name], bool) else str(values[name])
+        payload = {"job": job["id"], "softwareParameter": parameter["id"], "value": value}
         try:
             response = client._post("jobparameter.json", json.dumps(payload))
             if response.status_code != 200:
@@ -417,6 +418,7 @@ class JobSettings:
     device: str = "auto"
     timeout: float = 60.0
     upload_batch: int = 100
+    tta: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -451,13 +453,22 @@ def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
         raise CysegError(message) from None
 
 
+def job_wsi_options(s: JobSettings) -> "WsiOptions":
+    """The slide engine's options for a job: its tiling, threshold and TTA, windows overlapping by
+    a quarter (at most 256 px), polygons simplified by half a pixel."""
+    from segmenter.wsi import WsiOptions
+
+    return WsiOptions(tile=s.tile, overlap=s.overlap, batch=s.batch, tta=s.tta, window_size=s.window_size,
+                      window_overlap=min(256, s.window_size // 4), threshold=s.threshold, simplify=0.5,
+                      min_area=s.min_area)
+
+
 def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
     import unet  # noqa: F401  (registers the U-Net architecture)
     from cyseg.upload import check_term
     from segmenter.base import Segmenter
     from segmenter.cytomine_slide import CytomineSource
     from segmenter.scaleout import InProcess
-    from segmenter.wsi import WsiOptions
 
     images = project_images(client, s.project, s.images)
     if s.predicted_term is not None:
@@ -468,9 +479,7 @@ def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress
     seg = Segmenter.load(model_path, device=None if s.device == "auto" else s.device)
     work = s.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
     work.mkdir(parents=True, exist_ok=True)
-    opts = WsiOptions(tile=s.tile, overlap=s.overlap, batch=s.batch, window_size=s.window_size,
-                      window_overlap=min(256, s.window_size // 4), threshold=s.threshold, simplify=0.5,
-                      min_area=s.min_area)
+    opts = job_wsi_options(s)
     source = CytomineSource(host, None if s.config is None else str(Path(s.config).resolve()), not s.insecure,
                             s.timeout)
     if not images:

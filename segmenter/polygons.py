@@ -14,7 +14,6 @@ import rasterio.features
 import shapely
 from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
-from shapely.validation import make_valid
 
 from segmenter.atomic import atomic_path
 

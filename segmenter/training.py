@@ -2,7 +2,6 @@
 per epoch (best model kept), resumable checkpoints, per-epoch metrics (CSV, JSON, PNG), AMP on CUDA."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -25,6 +24,7 @@ from segmenter.augment import method_augmenter
 from segmenter.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.history import write_history
+from segmenter.precision import autocast, precision_name
 from segmenter.resolution import check_resolution, resample_pair
 
 if TYPE_CHECKING:
@@ -197,8 +197,8 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     total_steps = opts.epochs * opts.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    use_amp = opts.amp and seg.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=opts.amp and seg.device.type == "cuda")  # float16 needs it, bfloat16 not
+    log.info("training computes in %s on %s", precision_name(seg.device, opts.amp), seg.device)
     history: list[dict[str, Any]] = []
     best = {"val_iou": -1.0, "epoch": 0, "state": None}
     start_epoch = 0
@@ -216,6 +216,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         "dataset": str(Path(train_dir).resolve()), "dataset_hash": dataset_hash, "n_images": len(dataset),
         "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
         "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),
+        "precision": precision_name(seg.device, opts.amp),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     from segmenter.evaluation import calibrate_threshold, mean_scores
@@ -232,8 +233,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
             for x, target in bar:
                 x, target = seg.to_input(x), target.to(seg.device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-                with autocast:
+                with autocast(seg.device, opts.amp):
                     logits = seg.model(x)
                 loss = seg.loss(logits, target)
                 scaler.scale(loss).backward()

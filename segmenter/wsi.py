@@ -49,6 +49,7 @@ class WsiOptions:
     overlap: int = DEFAULT_OVERLAP
     batch: int = DEFAULT_BATCH
     tta: bool = False
+    amp: bool = True
     window_size: int = 4096
     window_overlap: int = 256
     downsample: float = 1.0
@@ -298,7 +299,7 @@ def _area_probabilities(seg: "Segmenter", reader: "SlideReader", region: Region,
     """Probabilities (C, h, w) over an area of the window: inferred on the whole area, or on its
     boxes only (zero elsewhere)."""
     ax, ay, aw, ah = area
-    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch, "tta": opts.tta}
+    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch, "tta": opts.tta, "amp": opts.amp}
     if boxes is None:
         return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample), **tiling)
     probs = torch.zeros((seg.n_classes, ah, aw), device=seg.device)

@@ -21,6 +21,7 @@ from conftest import TINY, invoke
 from metrics.numpy_metrics import dice, jaccard, mean_std
 from segmenter.dataset import manifest_hash, open_dataset, read_image, read_mask
 from segmenter.evaluation import SWEEP
+from segmenter.precision import precision_name
 
 FORMAT = "cyseg-model/1"
 
@@ -89,6 +90,7 @@ def test_train_writes_model_history_and_curves(tiny_model, ihc_dataset):
     assert {"torch", "numpy", "opencv", "albumentations", "python"} <= set(info["versions"])
     assert info["versions"]["torch"] == torch.__version__
     assert info["epochs_run"] == 3
+    assert opts["amp"] is True and info["precision"] == precision_name(torch.device("cpu"))
 
     stem = tiny_model.with_suffix("")
     rows = read_csv(Path(f"{stem}.history.csv"))
@@ -203,7 +205,7 @@ def test_evaluate_writes_reports_sweep_and_overlays(tiny_model, ihc_dataset, tmp
     assert ((0 <= iou) & (iou <= dsc) & (dsc <= 1)).all()
 
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["n_images"] == len(stems) and summary["model_threshold"] == 0.5
+    assert summary["n_images"] == len(stems) and summary["model_threshold"] == load(tiny_model)["threshold"]
     assert summary["iou_mean"] == pytest.approx(iou.mean()) and summary["iou_std"] == pytest.approx(iou.std())
     assert summary["dice_mean"] == pytest.approx(dsc.mean()) and summary["dice_std"] == pytest.approx(dsc.std())
     assert summary["training"]["best_epoch"] == load(tiny_model)["training"]["best_epoch"]
@@ -211,8 +213,8 @@ def test_evaluate_writes_reports_sweep_and_overlays(tiny_model, ihc_dataset, tmp
     sweep = read_csv(report / "sweep.csv")
     assert [float(r["threshold"]) for r in sweep] == pytest.approx(list(SWEEP))
     assert all(int(r["n_images"]) == len(stems) for r in sweep)
-    at_half = next(r for r in sweep if float(r["threshold"]) == 0.5)
-    assert float(at_half["iou_mean"]) == pytest.approx(summary["iou_mean"])
+    at_model = next(r for r in sweep if float(r["threshold"]) == pytest.approx(summary["model_threshold"]))
+    assert float(at_model["iou_mean"]) == pytest.approx(summary["iou_mean"])
     best = max(sweep, key=lambda r: float(r["iou_mean"]))
     assert summary["best_threshold"] == pytest.approx(float(best["threshold"]))
     assert cv2.imread(str(report / "sweep.png")) is not None

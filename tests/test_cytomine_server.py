@@ -295,7 +295,7 @@ def test_real_svs_slide(cytomine_server, cytomine_client, cmu_small_region, tmp_
     x, y, w, h = 1000, 1500, 512, 384
     assert image.window(x, y, w, h, dest_pattern=str(tmp_path / "w.png"))
     assert np.array_equal(read_rgb(tmp_path / "w.png"), slide_region(cmu_small_region, x, y, w, h))
-    annotation = server.add_annotation(image_id, f"POLYGON ((1000 1000, 1000 1100, 1200 1100, 1200 1000, 1000 1000))")
+    annotation = server.add_annotation(image_id, "POLYGON ((1000 1000, 1000 1100, 1200 1100, 1200 1000, 1000 1000))")
     server.crop_default_max_size = None
     crop = Annotation().fetch(annotation)
     assert crop.dump(str(tmp_path / "{id}.png"))

@@ -132,7 +132,7 @@ def test_router_command_parses_with_the_right_types():
     assert (params["cytomine_id_roi_term"], params["cytomine_id_predicted_term"]) == (5, 6)
     assert params["cytomine_id_images"] == "12,34"
     defaults = {i["id"]: i.get("default-value") for i in DESCRIPTOR["inputs"]}
-    assert params["threshold"] is None
+    assert params["threshold"] is None and params["tta"] is False
     for ident in ("tile_size", "tile_overlap", "batch_size", "window_size"):
         assert params[ident] == defaults[ident] and isinstance(params[ident], int), ident
     # a job started from Cytomine tiles as `cyseg segment` does by default
@@ -145,6 +145,20 @@ def test_router_command_parses_with_the_right_types():
     help_text = cli.commands["job"].get_help(click.Context(cli.commands["job"], info_name="job"))
     for item in DESCRIPTOR["inputs"]:
         assert flag(item) in help_text
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("True", True), ("yes", True), ("1", True),
+                                             ("false", False), ("FALSE", False), ("no", False), ("0", False)])
+def test_boolean_input_takes_cytomine_spellings(value, expected):
+    argv = router_command(DESCRIPTOR, {"cytomine_id_project": 1, "tta": value})
+    assert parse_job(["job", *argv[2:]])["tta"] is expected
+
+
+def test_boolean_input_refuses_other_words():
+    from segmenter.errors import CysegError
+
+    with pytest.raises(CysegError, match=r"--tta 'maybe' must be true or false"):
+        parse_job(["job", "--cytomine_id_project", "1", "--tta", "maybe"])
 
 
 def test_optional_inputs_left_empty_leave_placeholders_that_are_ignored():

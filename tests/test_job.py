@@ -124,23 +124,30 @@ def test_cli_run_as_human_creates_the_job_and_uploads_in_its_layer(tiny_model, c
     # the job's parameters are saved (CLI run), keys never in the messages or outputs
     saved = {p["name"]: p["value"] for p in server.job_parameters(job["id"])}
     assert saved["cytomine_id_predicted_term"] == str(seed.terms["nucleus"]) and saved["tile_size"] == "256"
+    assert saved["tta"] == "false"  # a Boolean saved as Cytomine writes it
     assert server.private_key not in done.stdout + done.stderr
     for path in work.rglob("*"):
         if path.is_file():
             assert server.private_key.encode() not in path.read_bytes()
 
 
-def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_seed, software, tmp_path):
+def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_seed, software, tmp_path, monkeypatch):
     seed, server = cytomine_seed, cytomine_seed.server
     job, user, public, private = server.add_job(seed.project, software)
+    import cyseg.job as job_module
+
+    used = []  # the engine options the job really ran with
+    monkeypatch.setattr(job_module, "job_wsi_options",
+                        lambda s, made=job_module.job_wsi_options: used.append(made(s)) or used[-1])
     roi_term = seed.terms["roi"]
     # two ROIs on the PNG (600 x 400) drawn in Cytomine's frame; one overlapping the image border
     server.add_annotation(seed.png, "POLYGON ((20 380, 220 380, 220 230, 20 230, 20 380))", term=roi_term)
     server.add_annotation(seed.png, "POLYGON ((500 150, 700 150, 700 -50, 500 -50, 500 150))", term=roi_term)
     argv = job_argv(seed, software, public, private, model_path=tiny_model, cytomine_id_images=str(seed.png),
-                    cytomine_id_roi_term=roi_term)
+                    cytomine_id_roi_term=roi_term, tta="true")
     result = run_job(argv + ["--work_dir", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
+    assert [(o.tta, o.tile, o.overlap) for o in used] == [(True, 256, 32)]  # the TTA input reached the engine
     assert [j["id"] for j in server.jobs()] == [job]  # no new job
     history = server.job_history(job)
     check_history(history, SUCCESS)
