@@ -13,7 +13,7 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
-from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon
 
 from segmenter.atomic import atomic_path
 
@@ -48,6 +48,31 @@ def clean_many(geometries: Sequence[Any], simplify: float = 0.0) -> list[list[Po
             for g, s, k in zip(array, simple, keep)]
 
 
+def _polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> list[Polygon]:
+    """Shapely polygons from GeoJSON-style ring lists, built in one vectorised call (3-4x faster
+    than one `shape()` per polygon)."""
+    if not polygons:
+        return []
+    rings = [ring for rings in polygons for ring in rings]
+    ring_ends = np.cumsum([len(ring) for ring in rings])
+    polygon_ends = np.cumsum([len(rings) for rings in polygons])
+    coords = np.concatenate([np.asarray(ring, dtype=np.float64) for ring in rings])
+    offsets = (np.concatenate([[0], ring_ends]), np.concatenate([[0], polygon_ends]))
+    return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets))
+
+
+def _geojson_geometries(polygons: Sequence[Polygon]) -> list[dict[str, Any]]:
+    """GeoJSON geometry dicts of polygons, from one vectorised coordinate export (10x faster than
+    `mapping()` per polygon on slides with tens of thousands of cells)."""
+    if not len(polygons):
+        return []
+    _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(np.asarray(polygons, dtype=object))
+    points = coords.tolist()
+    rings = [points[start:end] for start, end in zip(ring_offsets[:-1], ring_offsets[1:])]
+    return [{"type": "Polygon", "coordinates": rings[start:end]}
+            for start, end in zip(polygon_offsets[:-1], polygon_offsets[1:])]
+
+
 def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: tuple[float, float] = (0, 0),
                      simplify: float = 0.0, min_area: float = 0.0) -> list[tuple[Polygon, dict[str, Any]]]:
     """One polygon per connected foreground component (8-connectivity; a part joined only at a
@@ -67,7 +92,7 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
     transform = Affine(1, 0, offset[0], 0, 1, offset[1])
     traced = list(rasterio.features.shapes(labels, mask=binary.view(bool), connectivity=8, transform=transform))
     out = []
-    cleaned = clean_many([shape(geom) for geom, _ in traced], simplify)
+    cleaned = clean_many(_polygons_from_rings([geom["coordinates"] for geom, _ in traced]), simplify)
     for (_, value), polygons in zip(traced, cleaned):
         for polygon in polygons:
             area = float(polygon.area)
@@ -83,13 +108,13 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
 def feature_collection(polygons: Iterable[tuple[Polygon, dict[str, Any]]], label: str = "cell",
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """GeoJSON FeatureCollection in the shape QuPath imports (objectType, classification)."""
-    features = []
-    for polygon, props in polygons:
-        features.append({
-            "type": "Feature",
-            "geometry": mapping(polygon),
-            "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}, **props},
-        })
+    polygons = list(polygons)
+    geometries = _geojson_geometries([polygon for polygon, _ in polygons])
+    features = [{
+        "type": "Feature",
+        "geometry": geometry,
+        "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}, **props},
+    } for geometry, (_, props) in zip(geometries, polygons)]
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     if extra:
         collection["properties"] = extra

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import sldc
 import torch
+import shapely
 from shapely import affinity, wkb
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
@@ -168,6 +169,31 @@ def _owned(offset: int, size: int, before: int | None, after: int | None) -> tup
     return start, end
 
 
+def owned_box(topology: sldc.TileTopology, wid: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the part of window `wid` it owns, relative to the region."""
+    tile = topology.tile(wid)
+    x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
+    top, bottom, left, right = topology.tile_neighbours(wid)
+    x0, x1 = _owned(x, w, topology.tile(left).offset_x + topology.tile(left).width if left else None,
+                    topology.tile(right).offset_x if right else None)
+    y0, y1 = _owned(y, h, topology.tile(top).offset_y + topology.tile(top).height if top else None,
+                    topology.tile(bottom).offset_y if bottom else None)
+    return x + x0, y + y0, x + x1, y + y1
+
+
+def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, tolerance: float) -> np.ndarray:
+    """Which of a window's polygons come within `tolerance` of a side it shares with a neighbour:
+    the only ones that can merge with another window's (the others lie wholly inside its owned box)."""
+    if not polygons:
+        return np.zeros(0, bool)
+    x0, y0, x1, y1 = owned_box(topology, wid)
+    top, bottom, left, right = topology.tile_neighbours(wid)
+    minx, miny, maxx, maxy = shapely.bounds(np.asarray(polygons, dtype=object)).T
+    margin = tolerance + 1
+    return ((left is not None) & (minx <= x0 + margin)) | ((right is not None) & (maxx >= x1 - margin)) | \
+        ((top is not None) & (miny <= y0 + margin)) | ((bottom is not None) & (maxy >= y1 - margin))
+
+
 def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
                  tissue: "TissueMask | None", multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
@@ -176,11 +202,8 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
     for wid in range(1, topology.tile_count + 1):
         tile = topology.tile(wid)
         x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
-        top, bottom, left, right = topology.tile_neighbours(wid)
-        x0, x1 = _owned(x, w, topology.tile(left).offset_x + topology.tile(left).width if left else None,
-                        topology.tile(right).offset_x if right else None)
-        y0, y1 = _owned(y, h, topology.tile(top).offset_y + topology.tile(top).height if top else None,
-                        topology.tile(bottom).offset_y if bottom else None)
+        x0, y0, x1, y1 = owned_box(topology, wid)
+        x0, y0, x1, y1 = x0 - x, y0 - y, x1 - x, y1 - y
         ys = tile_spans(h, opts.tile, opts.overlap, multiple)
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
         boxes, skipped = None, 0
@@ -330,20 +353,27 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
                   opts: WsiOptions) -> list[tuple[Polygon, float | None]]:
     """Join polygons that meet across window borders (SLDC), then simplify them.
 
-    Each merged polygon comes with the area-weighted mean of its parts' mean probabilities
-    (parts found with a spatial index, so this stays linear in the number of polygons)."""
+    Only polygons near a shared window side go through SLDC's merger, which compares every pair
+    of them across each side; the others cannot meet another window's and pass unchanged. Each
+    merged polygon comes with the area-weighted mean of its parts' mean probabilities (parts found
+    with a spatial index, so this stays linear in the number of polygons)."""
     results = sorted(results, key=lambda r: r.index)
+    near = [near_cuts(r.polygons, topology, r.index, opts.merge_tolerance) for r in results]
     merged = sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge(
-        [r.index for r in results], [r.polygons for r in results], topology)
-    parts = [p for r in results for p in r.polygons]
-    part_probs = [props.get("mean_probability") for r in results for props in r.props]
+        [r.index for r in results], [[p for p, n in zip(r.polygons, ns) if n] for r, ns in zip(results, near)],
+        topology)
+    parts = [p for r, ns in zip(results, near) for p, n in zip(r.polygons, ns) if n]
+    part_probs = [props.get("mean_probability") for r, ns in zip(results, near) for props, n in zip(r.props, ns) if n]
+    inside = [(p, props.get("mean_probability")) for r, ns in zip(results, near)
+              for p, props, n in zip(r.polygons, r.props, ns) if not n]
+    out = [(polygon, mean) for (geometry, mean), polygons in
+           zip(inside, clean_many([g for g, _ in inside], opts.simplify)) for polygon in polygons]
     geometries = list(merged)
     # parts of each merged polygon, all found in one vectorised spatial query
     found: list[list[int]] = [[] for _ in geometries]
     if parts and geometries:
         for g, p in STRtree(parts).query(geometries, predicate="intersects").T:
             found[g].append(int(p))
-    out = []
     for geometry, polygons, mine in zip(geometries, clean_many(geometries, opts.simplify), found):
         # an unmerged polygon is its only part: no intersection to compute
         mean = part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)

@@ -56,3 +56,26 @@ def test_clean_many_simplifies_keeping_topology() -> None:
     (simplified,), = clean_many([Polygon(ring)], simplify=0.5)
     assert len(simplified.exterior.coords) < len(ring) and simplified.is_valid
     assert abs(simplified.area - Polygon(ring).area) < 0.5
+
+
+def test_rings_with_holes_are_traced_and_written_as_shapely_writes_them() -> None:
+    import json
+
+    from shapely.geometry import mapping
+
+    from segmenter.polygons import feature_collection
+
+    mask = np.zeros((60, 80), np.uint8)
+    mask[5:45, 5:45] = 1
+    mask[15:25, 15:25] = 0     # one hole
+    mask[30:35, 30:40] = 0     # a second hole
+    mask[50:55, 60:75] = 1     # a plain block
+    found = mask_to_polygons(mask, offset=(0.5, 1.5))
+    donut, block = (p for p, _ in found)
+    assert len(donut.interiors) == 2 and donut.is_valid and len(block.interiors) == 0
+    assert donut.area == mask[:46, :46].sum() and block.area == 75
+    assert donut.bounds == (5.5, 6.5, 45.5, 46.5)
+    collection = feature_collection(found)
+    assert [f["geometry"] for f in json.loads(json.dumps(collection))["features"]] == \
+        [json.loads(json.dumps(mapping(p))) for p, _ in found]
+    assert feature_collection([])["features"] == [] and mask_to_polygons(np.zeros((4, 4), np.uint8)) == []

@@ -18,7 +18,7 @@ import unet  # noqa: F401
 from cyseg.cli import cli
 from segmenter.base import Segmenter
 from segmenter.pyramid import write_pyramid
-from segmenter.wsi import WindowResult, WsiOptions, merge_windows, window_topology
+from segmenter.wsi import WindowResult, WsiOptions, merge_windows, near_cuts, owned_box, window_topology
 
 GLASS = (236, 232, 238)
 # small windows and tiles so that a 1.5-MP test slide has many of both
@@ -110,6 +110,32 @@ def test_merge_joins_polygons_that_meet_at_a_cut():
     polygon, mean_probability = merged[0]
     assert polygon.area == pytest.approx(40 * 60 + 30 * 40)
     assert mean_probability == pytest.approx((0.8 * 2400 + 0.6 * 1200) / 3600, abs=1e-3)
+
+
+def test_merge_sends_only_polygons_near_shared_sides_through_sldc_with_the_same_result():
+    """Cells scattered over a 3x2 window grid, many cut by the ownership lines: merging only the
+    polygons near shared sides gives exactly what SLDC's merger gives on all of them."""
+    import sldc
+
+    opts = WsiOptions(window_size=512, window_overlap=96, simplify=0)
+    topology = window_topology(1300, 900, opts)
+    rng = np.random.default_rng(0)
+    cells = [box(x, y, x + w, y + h) for x, y, w, h in zip(rng.uniform(0, 1260, 400), rng.uniform(0, 860, 400),
+                                                           rng.uniform(5, 40, 400), rng.uniform(5, 40, 400))]
+    cells = list(unary_union(cells).geoms)
+    results, n_near, n_all = [], 0, 0
+    for wid in range(1, topology.tile_count + 1):
+        pieces = [c.intersection(box(*owned_box(topology, wid))) for c in cells]  # what this window traces
+        parts = [g for piece in pieces for g in getattr(piece, "geoms", [piece]) if isinstance(g, Polygon) and g.area > 0]
+        near = near_cuts(parts, topology, wid, opts.merge_tolerance)
+        n_near, n_all = n_near + int(near.sum()), n_all + len(parts)
+        results.append(WindowResult(wid, parts, [{"mean_probability": 0.5}] * len(parts), 1, 0, 0.0))
+    assert 0 < n_near < n_all / 2  # most polygons skip SLDC's pairwise comparisons
+    reference = sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge(
+        [r.index for r in results], [r.polygons for r in results], topology)
+    merged = [p for p, _ in merge_windows(results, topology, opts)]
+    normal = lambda polygons: sorted(p.normalize().wkt for p in polygons)  # noqa: E731
+    assert normal(merged) == normal(reference) and len(merged) == len(cells)
 
 
 def test_background_skipping_skips_glass_and_keeps_cells(tiny_model, slide, mosaic, tmp_path):
