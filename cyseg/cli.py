@@ -19,7 +19,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
 TTA_HELP = "Test-time augmentation: average each tile over its 8 rotations/reflections (8x the compute)."
 AMP_HELP = ("Run the network in the device's native reduced precision: float16 on CUDA, bfloat16 on CPUs with "
-            "AVX512-BF16 or AMX (2-3x faster), float32 elsewhere. --no-amp: float32 everywhere.")
+            "AVX512-BF16 or AMX (about 2x faster), float32 elsewhere. --no-amp: float32 everywhere.")
 
 
 def _load(model: str, device: str):

@@ -121,11 +121,12 @@ class Segmenter:
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> normalised float on the model's device."""
-        x = images.to(self.device, non_blocking=True).float()
         mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.preprocess["std"], device=self.device).view(1, -1, 1, 1)
-        x = (x / float(self.preprocess["scale"]) - mean) / std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = images.to(self.device, non_blocking=True).to(torch.float32, memory_format=layout)
+        # (x / scale - mean) / std as one multiply-add in place: one pass over the batch, not three
+        return x.mul_(1 / (float(self.preprocess["scale"]) * std)).add_(-mean / std)
 
     def inference_model(self) -> nn.Module:
         """The network as inference runs it: batch norms folded into the convolutions, rebuilt
