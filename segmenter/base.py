@@ -124,7 +124,8 @@ class Segmenter:
         mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.preprocess["std"], device=self.device).view(1, -1, 1, 1)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = images.to(self.device, non_blocking=True).to(torch.float32, memory_format=layout)
+        # always a new tensor (copy=True), so the in-place normalisation never touches the caller's
+        x = images.to(self.device, non_blocking=True).to(torch.float32, memory_format=layout, copy=True)
         # (x / scale - mean) / std as one multiply-add in place: one pass over the batch, not three
         return x.mul_(1 / (float(self.preprocess["scale"]) * std)).add_(-mean / std)
 

@@ -1,5 +1,6 @@
 """Training loop: random crops with online augmentation, Adam with cosine decay, validation IoU
-per epoch (best model kept), resumable checkpoints, per-epoch metrics (CSV, JSON, PNG), AMP on CUDA."""
+per epoch (best model kept), resumable checkpoints, per-epoch metrics (CSV, JSON, PNG), mixed
+precision (segmenter.precision)."""
 from __future__ import annotations
 
 import dataclasses

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+import shapely
 import sldc
 import torch
-import shapely
 from shapely import affinity, wkb
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree

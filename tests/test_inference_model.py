@@ -78,3 +78,15 @@ def test_heap_policy_keeps_results_unchanged() -> None:
     after = seg.predict(image)
     release_freed_memory()
     torch.testing.assert_close(after, before)
+
+
+def test_normalisation_leaves_the_callers_tensor_alone():
+    seg = UNetSegmenter({"n": 4, "depth": 3}, device="cpu")
+    seg.preprocess = {"scale": 255.0, "mean": [0.6, 0.5, 0.7], "std": [0.2, 0.25, 0.15]}
+    for tensor in (torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8), torch.rand(1, 3, 8, 8) * 255):
+        before = tensor.clone()
+        out = seg.to_input(tensor)
+        mean = torch.tensor(seg.preprocess["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(seg.preprocess["std"]).view(1, -1, 1, 1)
+        torch.testing.assert_close(out, (before.float() / seg.preprocess["scale"] - mean) / std)
+        assert torch.equal(tensor, before) and out.data_ptr() != tensor.data_ptr()
