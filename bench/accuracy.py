@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -80,8 +82,6 @@ def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args
     subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report), *eval_args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     summary = json.loads((report / "summary.json").read_text())
-    import torch
-
     precision = torch.load(model, map_location="cpu", weights_only=True)["training"].get("precision", "float32")
     return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],
@@ -117,7 +117,6 @@ def main() -> None:
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the accuracy benchmark needs the real data sets")
-    import torch
 
     for dataset in args.datasets.split(","):
         runs = []

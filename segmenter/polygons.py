@@ -64,7 +64,7 @@ def _polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float
 def _geojson_geometries(polygons: Sequence[Polygon]) -> list[dict[str, Any]]:
     """GeoJSON geometry dicts of polygons, from one vectorised coordinate export (10x faster than
     `mapping()` per polygon on slides with tens of thousands of cells)."""
-    if not len(polygons):
+    if not polygons:
         return []
     _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(np.asarray(polygons, dtype=object))
     points = coords.tolist()

@@ -358,27 +358,33 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
     merged polygon comes with the area-weighted mean of its parts' mean probabilities (parts found
     with a spatial index, so this stays linear in the number of polygons)."""
     results = sorted(results, key=lambda r: r.index)
-    near = [near_cuts(r.polygons, topology, r.index, opts.merge_tolerance) for r in results]
-    merged = sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge(
-        [r.index for r in results], [[p for p, n in zip(r.polygons, ns) if n] for r, ns in zip(results, near)],
-        topology)
-    parts = [p for r, ns in zip(results, near) for p, n in zip(r.polygons, ns) if n]
-    part_probs = [props.get("mean_probability") for r, ns in zip(results, near) for props, n in zip(r.props, ns) if n]
-    inside = [(p, props.get("mean_probability")) for r, ns in zip(results, near)
-              for p, props, n in zip(r.polygons, r.props, ns) if not n]
-    out = [(polygon, mean) for (geometry, mean), polygons in
-           zip(inside, clean_many([g for g, _ in inside], opts.simplify)) for polygon in polygons]
-    geometries = list(merged)
+    candidates: list[list[Polygon]] = []  # per window, its polygons near a shared side
+    parts, part_probs = [], []  # the same polygons, all windows together, and their mean probabilities
+    inside, means = [], []  # the other polygons, and their mean probabilities
+    for r in results:
+        mine = []
+        near = near_cuts(r.polygons, topology, r.index, opts.merge_tolerance)
+        for polygon, props, is_near in zip(r.polygons, r.props, near):
+            if is_near:
+                mine.append(polygon)
+                parts.append(polygon)
+                part_probs.append(props.get("mean_probability"))
+            else:
+                inside.append(polygon)
+                means.append(props.get("mean_probability"))
+        candidates.append(mine)
+    merged = list(sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge([r.index for r in results], candidates,
+                                                                            topology))
     # parts of each merged polygon, all found in one vectorised spatial query
-    found: list[list[int]] = [[] for _ in geometries]
-    if parts and geometries:
-        for g, p in STRtree(parts).query(geometries, predicate="intersects").T:
+    found: list[list[int]] = [[] for _ in merged]
+    if parts and merged:
+        for g, p in STRtree(parts).query(merged, predicate="intersects").T:
             found[g].append(int(p))
-    for geometry, polygons, mine in zip(geometries, clean_many(geometries, opts.simplify), found):
-        # an unmerged polygon is its only part: no intersection to compute
-        mean = part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
-        out.extend((polygon, mean) for polygon in polygons)
-    return out
+    # an unmerged polygon is its only part: no intersection to compute
+    means += [part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
+              for geometry, mine in zip(merged, found)]
+    return [(polygon, mean) for polygons, mean in zip(clean_many(inside + merged, opts.simplify), means)
+            for polygon in polygons]
 
 
 def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon], probs: list[float | None]) -> float | None:

@@ -54,4 +54,3 @@ def test_evaluate_with_and_without_amp_agree(tiny_model, ihc_dataset, tmp_path):
         assert result.exit_code == 0, result.output
         scores[flag] = float(result.stdout.split()[1])
     assert abs(scores["--amp"] - scores["--no-amp"]) < 0.01, scores
-
