@@ -89,7 +89,8 @@ class ImproveOptions:
     """Everything that defines an IDI run (see the module docstring)."""
 
     iterations: int
-    epochs: int = 30
+    epochs: int | None = None  # None: planned from the crop, as `cyseg train`
+    resolution: float | None = None  # None: the starting model's, else planned from the objects
     model: str | None = None
     val: str | None = None
     only_kind: tuple[str, ...] = ()
@@ -131,8 +132,10 @@ class ImproveOptions:
                 raise CysegError(f"--{name} must be >= 1 (got {value})")
         self.train_options(1, None).check()
 
-    def train_options(self, iteration: int, out: Path | None, resume: bool = False) -> TrainOptions:
+    def train_options(self, iteration: int, out: Path | None, resume: bool = False,
+                      resolution: float | None = None) -> TrainOptions:
         return TrainOptions(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=self.batch, crop=self.crop,
+                            resolution=self.resolution if self.resolution is not None else resolution,
                             lr=self.lr, seed=self.seed + iteration - 1, workers=self.workers, colour=self.colour,
                             out=None if out is None else str(out), name=f"IDI iteration {iteration}", resume=resume,
                             amp=self.amp, progress=self.progress)
@@ -363,7 +366,8 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, t
         ckpt = model_path.with_suffix(".ckpt")
         resume = ckpt.is_file()
         log.info("iteration %d: training on %s from %s%s", k, prev, start, " (resuming)" if resume else "")
-        train(seg, prev, opts.val, opts.train_options(k, model_path, resume))
+        from_model = opts.model is not None or (k > 1 and opts.warm_start)
+        train(seg, prev, opts.val, opts.train_options(k, model_path, resume, seg.resolution if from_model else None))
         seg.training_info["idi_start"] = start
         seg.save(model_path)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0

@@ -118,6 +118,12 @@ class Segmenter:
         """Tile sides that are a multiple of this need no padding inside the network."""
         return int(getattr(self.model, "multiple", 1))
 
+    @property
+    def receptive_field(self) -> int | None:
+        """Input pixels one output pixel sees, per side (None when the model does not say)."""
+        field = getattr(self.model, "receptive_field", None)
+        return None if field is None else int(field)
+
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> normalised float on the model's device."""

@@ -15,8 +15,8 @@ def history_paths(model_path: Path) -> dict[str, Path]:
     return {"csv": Path(f"{stem}.history.csv"), "json": Path(f"{stem}.history.json"), "png": Path(f"{stem}.curves.png")}
 
 
-def write_history(history: list[dict[str, Any]], model_path: Path) -> dict[str, Path]:
-    """Write the history as CSV, JSON and a loss/IoU plot; returns the paths."""
+def write_history(history: list[dict[str, Any]], model_path: Path, plot: bool = True) -> dict[str, Path]:
+    """Write the history as CSV, JSON and (with `plot`) a loss/IoU plot; returns the paths."""
     paths = history_paths(model_path)
     keys = list(dict.fromkeys(k for row in history for k in row))
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
@@ -25,7 +25,8 @@ def write_history(history: list[dict[str, Any]], model_path: Path) -> dict[str, 
         writer.writerows(history)
     with atomic_path(paths["json"]) as tmp:
         tmp.write_text(json.dumps(history, indent=1))
-    plot_history(history, paths["png"])
+    if plot:
+        plot_history(history, paths["png"])
     return paths
 
 

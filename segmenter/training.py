@@ -25,6 +25,7 @@ from segmenter.augment import method_augmenter
 from segmenter.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.history import write_history
+from segmenter.planning import DEFAULT_CROP, DEFAULT_EPOCHS, object_size, plan_epochs, plan_resolution
 from segmenter.precision import autocast, precision_name
 from segmenter.resolution import check_resolution, resample_pair
 
@@ -34,13 +35,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # the threshold is calibrated on at most this many training images when no validation set is given
 CALIBRATION_IMAGES = 64
+PLOT_EVERY_S = 30  # the training curves are redrawn at most this often, and at the end
 
 
 @dataclass
 class TrainOptions:
     """Everything that defines a training run; recorded in the model file."""
 
-    epochs: int = 30
+    epochs: int | None = None  # None: plan_epochs(crop), the same pixel budget whatever the crop
     steps_per_epoch: int = 20
     batch: int = 8
     crop: int = 256
@@ -50,7 +52,7 @@ class TrainOptions:
     workers: int = 1
     colour: bool = False
     translate: float = 0.15
-    resolution: float = 1.0
+    resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
     out: str | None = None
     name: str | None = None
@@ -61,7 +63,7 @@ class TrainOptions:
     def check(self) -> None:
         """Reject values that cannot train."""
         for name in ("epochs", "steps_per_epoch", "batch", "crop"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CysegError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not self.lr > 0:
             raise CysegError(f"--lr must be > 0 (got {self.lr})")
@@ -69,7 +71,8 @@ class TrainOptions:
             raise CysegError(f"--workers must be >= 0 (got {self.workers})")
         if not 0 <= self.translate < 0.5:
             raise CysegError(f"translation {self.translate} must be in [0, 0.5)")
-        check_resolution(self.resolution)
+        if self.resolution is not None:
+            check_resolution(self.resolution)
 
 
 class CropSampler(torch.utils.data.Dataset):
@@ -111,14 +114,22 @@ class CropSampler(torch.utils.data.Dataset):
         return x_t, target
 
 
-def _load_arrays(dataset: Dataset, n_classes: int, resolution: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every image and mask of the dataset, at the network's working resolution."""
-    images, masks = [], []
-    for item in dataset.items:
-        image, mask = resample_pair(*read_pair(item, n_classes), resolution)
-        images.append(image)
-        masks.append(mask)
-    return images, masks
+def _load_arrays(dataset: Dataset, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every image and mask of the dataset, at the images' resolution."""
+    pairs = [read_pair(item, n_classes) for item in dataset.items]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]
+
+
+def _working_resolution(seg: "Segmenter", masks: list[np.ndarray], asked: float | None) -> tuple[float, float]:
+    """(resolution, object size in px): the one asked for, or the one planned from the masks."""
+    size = object_size(masks)
+    if asked is not None:
+        return asked, size
+    field = seg.receptive_field
+    resolution = plan_resolution(size, field) if field else 1.0
+    log.info("resolution auto: the objects holding most foreground are %.0f px across, the network sees %s px; "
+             "working at %g x the images' resolution", size, field or "an unknown number of", resolution)
+    return resolution, size
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
@@ -157,7 +168,11 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
     opts.check()
     dataset = open_dataset(train_dir)
-    images, masks = _load_arrays(dataset, seg.n_classes, opts.resolution)  # reads and checks every pair first
+    images, masks = _load_arrays(dataset, seg.n_classes)  # reads and checks every pair first
+    resolution, size = _working_resolution(seg, masks, opts.resolution)
+    opts = dataclasses.replace(opts, resolution=resolution)
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        images[i], masks[i] = resample_pair(image, mask, resolution)
     if opts.resolution != 1:
         log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
     val = open_dataset(val_dir) if val_dir is not None else None
@@ -170,6 +185,10 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         log.info("crop lowered to %d px: no image is larger", crop)
     if any(min(m.shape) < crop for m in masks):
         log.info("images smaller than the %d-px crop are mirror-padded", crop)
+    if opts.epochs is None:
+        opts = dataclasses.replace(opts, epochs=plan_epochs(crop))
+        log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
+                 DEFAULT_EPOCHS, DEFAULT_CROP)
     torch.manual_seed(opts.seed)
     resumed = None
     ckpt_path = _checkpoint_path(opts.out) if opts.out else None
@@ -216,13 +235,14 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         "name": opts.name or Path(opts.out or "model").stem,
         "dataset": str(Path(train_dir).resolve()), "dataset_hash": dataset_hash, "n_images": len(dataset),
         "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
-        "options": {**asdict(opts), "crop": crop}, "versions": _versions(), "device": str(seg.device),
+        "options": {**asdict(opts), "crop": crop}, "object_size_px": round(size, 1), "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     from segmenter.evaluation import calibrate_threshold, mean_scores
 
     cpu_start = time.process_time()
+    plotted = -math.inf
     for epoch in range(start_epoch, opts.epochs):
         sampler.epoch = epoch
         seg.model.train()
@@ -273,7 +293,9 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
                             "history": history, "best_val_iou": best["val_iou"], "best_epoch": best["epoch"],
                             "best_state": best["state"], "preprocess": seg.preprocess,
                             "options": asdict(opts), "dataset": seg.training_info["dataset_hash"]}, tmp)
-            write_history(history, Path(opts.out))
+            plot = time.perf_counter() - plotted >= PLOT_EVERY_S  # drawing takes ~0.2 s: not after every short epoch
+            write_history(history, Path(opts.out), plot=plot)
+            plotted = time.perf_counter() if plot else plotted
 
     if best["state"] is not None:
         seg.model.load_state_dict(best["state"])

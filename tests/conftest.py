@@ -31,8 +31,9 @@ TRAIN_BOXES = [(y, x) for y in (0, 160, 320) for x in (0, 192)]  # six disjoint 
 VAL_BOXES = [(352, 320), (352, 100)]  # bottom band, mostly unseen in training
 SLIDE = "skimage-immunohistochemistry"
 
-# The tiny training settings every test uses unless it needs more (a few steps on CPU).
-TINY = ["--n", "4", "--depth", "3", "--crop", "64", "--batch", "2", "--steps-per-epoch", "2",
+# The tiny training settings every test uses unless it needs more (a few steps on CPU, at the
+# images' resolution: test_planning covers --resolution auto).
+TINY = ["--n", "4", "--depth", "3", "--crop", "64", "--batch", "2", "--steps-per-epoch", "2", "--resolution", "1",
         "--epochs", "2", "--workers", "0", "--device", "cpu"]
 
 

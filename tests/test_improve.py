@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 # tiny training: 2 epochs of 2 steps per iteration
 TINY_IDI = ["--n", "4", "--depth", "3", "--crop", "64", "--batch", "2", "--steps-per-epoch", "2", "--epochs", "2",
-            "--workers", "0", "--device", "cpu"]
+            "--resolution", "1", "--workers", "0", "--device", "cpu"]
 CELLS = ("tr00", "tr02", "tr04")  # the items given kind 'cell'; the others stay 'pattern'
 FLOOR = 0.25  # the default --min-probability at threshold 0.5
 

@@ -69,6 +69,16 @@ class UNet(nn.Module):
         """Input sides are padded to a multiple of this."""
         return 2 ** (self.depth - 1)
 
+    @property
+    def receptive_field(self) -> int:
+        """Side (px) of the input square one output pixel depends on: two 3x3 convolutions per level
+        on the way down and up, 2x2 poolings between levels (up to 4 px more where the pooling grid
+        falls badly). 200 px at depth 5."""
+        down = 4 * (2 ** self.depth - 1)
+        pools = 2 ** (self.depth - 1) - 1
+        up = 4 * (2 ** (self.depth - 1) - 1)
+        return 1 + down + pools + up
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.multiple
