@@ -31,7 +31,7 @@ import urllib3
 
 from segmenter.cytomine_connect import TRANSPORT_RETRIED, connect, credentials, transport_retried
 from segmenter.errors import CysegError
-from segmenter.slides import SlideReader, _ArrayReader, composite_on_white
+from segmenter.slides import SlideReader, _ArrayReader, rgba_on_white
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,7 @@ def decode_rgb(data: bytes) -> np.ndarray | None:
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     if array.shape[2] == 4:
-        rgba = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
-        return composite_on_white(rgba[..., :3], rgba[..., 3])
+        return rgba_on_white(cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA))
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 

@@ -56,12 +56,18 @@ def _ramp(size: int, before: int, after: int, device: torch.device) -> torch.Ten
 
 
 def _weights(spans: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
-    out = []
+    """Each span's ramp divided by the sum of all ramps at each position: along one axis the weights
+    of the tiles covering a pixel add up to 1, so across the grid (products of one weight per axis)
+    they do too, and blending needs neither a weight map nor a final division."""
+    ramps = []
     for i, (start, size) in enumerate(spans):
         before = spans[i - 1][0] + spans[i - 1][1] - start if i > 0 else 0
         after = start + size - spans[i + 1][0] if i + 1 < len(spans) else 0
-        out.append(_ramp(size, before, after, device))
-    return out
+        ramps.append(_ramp(size, before, after, device))
+    total = torch.zeros(spans[-1][0] + spans[-1][1], device=device)
+    for (start, size), ramp in zip(spans, ramps):
+        total[start:start + size] += ramp
+    return [ramp / total[start:start + size] for (start, size), ramp in zip(spans, ramps)]
 
 
 def predict_tiled(
@@ -90,14 +96,11 @@ def predict_tiled(
         for j, (_, w) in enumerate(xs):
             groups[(h, w)].append((i, j))
     acc = torch.zeros((n_out, height, width), device=device)
-    norm = torch.zeros((height, width), device=device)
     for (h, w), members in groups.items():
         for b in range(0, len(members), batch):
             chunk = members[b:b + batch]
             probs = forward(torch.stack([image[:, ys[i][0]:ys[i][0] + h, xs[j][0]:xs[j][0] + w] for i, j in chunk]))
             for (i, j), p in zip(chunk, probs):
                 y, x = ys[i][0], xs[j][0]
-                weight = wy[i][:, None] * wx[j][None, :]
-                acc[:, y:y + h, x:x + w] += p * weight
-                norm[y:y + h, x:x + w] += weight
-    return acc / norm
+                acc[:, y:y + h, x:x + w].addcmul_(p, wy[i][:, None] * wx[j][None, :])
+    return acc

@@ -23,7 +23,7 @@ import numpy as np
 import shapely
 import sldc
 import torch
-from shapely import affinity, wkb
+from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
@@ -124,12 +124,12 @@ class WindowResult:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "polygons": [wkb.dumps(p, hex=True) for p in self.polygons],
+        return {"index": self.index, "polygons": shapely.to_wkb(np.asarray(self.polygons, dtype=object), hex=True).tolist(),
                 "props": self.props, "tiles": self.tiles, "skipped": self.skipped, "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "WindowResult":
-        return cls(data["index"], [wkb.loads(p, hex=True) for p in data["polygons"]], data["props"],
+        return cls(data["index"], list(shapely.from_wkb(data["polygons"])), data["props"],
                    data["tiles"], data["skipped"], data["seconds"])
 
 
@@ -223,10 +223,12 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
     Tissue is located on a grid of `cell`-px cells (a cell within the tissue margin of tissue counts
-    as tissue), each group of touching cells becomes its bounding box grown by half the tile overlap
-    (so objects at a box edge keep the context they have at the middle of a tile overlap), and
-    overlapping boxes are merged. Inference then covers the boxes only: on a mostly empty slide far
-    less than whole tiles would."""
+    as tissue), each group of touching cells becomes its bounding box grown by a quarter of the tile
+    overlap (so objects near a box edge keep some real background as context), and overlapping boxes
+    are merged. Inference then covers the boxes only: on a mostly empty slide far less than whole
+    tiles would. Measured on the benchmark mosaic (8192² corner): masks differ from the unskipped
+    run's on 0.32 % of the foreground with this growth, 0.27 % with half the overlap (17 % more CPU),
+    0.93 % with a twelfth, 2 % with none."""
     x, y, w, h = window
     ds = opts.downsample
     ny, nx = math.ceil(h / cell), math.ceil(w / cell)
@@ -237,7 +239,7 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     if not occupied.any():
         return []
     n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
-    grow = opts.overlap // 2
+    grow = opts.overlap // 4
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
         x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segmenter.errors import CysegError
-from segmenter.tiling import predict_tiled, tile_spans
+from segmenter.tiling import _weights, predict_tiled, tile_spans
 
 
 @settings(max_examples=300, deadline=None)
@@ -34,6 +34,27 @@ def test_spans_waste_little():
 def test_bad_overlap():
     with pytest.raises(CysegError, match="must be larger than the overlap"):
         tile_spans(1000, 64, 64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 3000), tile=st.integers(32, 512), overlap=st.integers(0, 31))
+def test_blending_weights_sum_to_one_and_keep_the_ramps(length, tile, overlap):
+    spans = tile_spans(length, tile, overlap)
+    weights = _weights(spans, torch.device("cpu"))
+    total = torch.zeros(length)
+    for (start, size), w in zip(spans, weights):
+        assert w.shape == (size,) and bool((w > 0).all())
+        total[start:start + size] += w
+    torch.testing.assert_close(total, torch.ones(length))
+    (s0, z0), (s1, _) = spans[0], spans[-1 if len(spans) == 1 else 1]
+    if len(spans) > 1 and s0 + z0 - s1 >= 8:  # a tile's edge facing a neighbour weighs far less than its middle
+        assert weights[0][-1] < 0.05 and weights[1][0] < 0.05 and weights[0][s1 - s0] > 0.95
+
+
+def test_blending_a_constant_gives_the_constant():
+    image = torch.zeros((3, 700, 900), dtype=torch.uint8)
+    out = predict_tiled(lambda b: torch.full((b.shape[0], 2, *b.shape[2:]), 0.25), image, 2, tile=256, overlap=48, batch=4)
+    torch.testing.assert_close(out, torch.full((2, 700, 900), 0.25))
 
 
 def _smooth_forward(batch: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ def _per_map(x: ArrayLike, fn: CpuOp) -> np.ndarray:
     """Apply the 2-D operation `fn` to every (H, W) map of `x`, keeping the shape of `x`."""
     array = _as_maps(x)
     maps = array.reshape((-1, *array.shape[-2:]))
+    if len(maps) == 1:  # the usual binary map: no stacking copy
+        return fn(np.ascontiguousarray(maps[0])).reshape(array.shape)
     return np.stack([fn(np.ascontiguousarray(m)) for m in maps]).reshape(array.shape)
 
 
