@@ -15,7 +15,7 @@ import tifffile
 from segmenter import pyramid
 from segmenter.errors import CysegError
 from segmenter.pyramid import halve, pyramid_sizes, write_pyramid, write_pyramid_streaming
-from segmenter.slides import ImageReader, OpenSlideReader, TiffReader, open_slide
+from segmenter.slides import ImageReader, OpenSlideReader, TiffReader, composite_on_white, open_slide, rgba_on_white
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 GLASS = (236, 232, 238)
@@ -451,3 +451,12 @@ def test_real_dicom_format_and_levels_only():
         assert slide.read(0, 0, 64, 64, 3).shape == (64, 64, 3)
         restored = pickle.loads(pickle.dumps(slide))
         assert restored.level_dimensions == slide.level_dimensions
+
+
+def test_rgba_on_white_drops_an_opaque_alpha_and_composites_a_translucent_one(mosaic):
+    rgba = np.dstack([mosaic[:64, :80], np.full((64, 80), 255, np.uint8)])
+    opaque = rgba_on_white(rgba)
+    assert opaque.flags.c_contiguous and np.array_equal(opaque, mosaic[:64, :80])
+    rgba[10:20, 10:30, 3] = 100
+    np.testing.assert_array_equal(rgba_on_white(rgba), composite_on_white(rgba[..., :3], rgba[..., 3]))
+    assert (rgba_on_white(rgba)[10:20, 10:30] >= mosaic[10:20, 10:30]).all()  # lighter: drawn over white

@@ -306,3 +306,13 @@ def test_chain_radius():
     assert chain_radius(default_chain(erode_k=3, erode_iterations=2, smoothing_k=5)) == 2 * 2 * 1 + 2
     assert chain_radius([{"op": "threshold", "t": 0.5}]) == 0
     assert chain_radius(idi_chain()) is None
+
+
+def test_window_results_round_trip_through_the_cache_format() -> None:
+    holed = Polygon([(0, 0), (50, 0), (50, 40), (0, 40)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    result = WindowResult(7, [holed, box(60, 5, 70.5, 9)], [{"area": 1900.0}, {"area": 42.0}], 4, 1, 0.25)
+    back = WindowResult.from_json(json.loads(json.dumps(result.to_json())))
+    assert [p.equals_exact(q, 0) for p, q in zip(back.polygons, result.polygons)] == [True, True]
+    assert (back.index, back.props, back.tiles, back.skipped, back.seconds) == (7, result.props, 4, 1, 0.25)
+    empty = WindowResult.from_json(json.loads(json.dumps(WindowResult(2, [], [], 1, 1, 0.0).to_json())))
+    assert empty.polygons == [] and empty.index == 2
