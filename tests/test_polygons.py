@@ -58,6 +58,20 @@ def test_clean_many_simplifies_keeping_topology() -> None:
     assert abs(simplified.area - Polygon(ring).area) < 0.5
 
 
+def test_simplification_keeps_tiny_cells_and_holes_that_douglas_peucker_would_lose() -> None:
+    import shapely
+
+    tiny = box(0, 0, 1, 1)
+    near_border = Polygon([(0, 0), (5, -0.9), (10, 0), (10, 10), (0, 10)], [[(5, -0.5), (6, 1), (4, 1)]])
+    plain = Polygon([(x, 0.3 * (x % 2)) for x in range(21)] + [(20, 8), (0, 8)])
+    assert shapely.simplify(tiny, 1.0, preserve_topology=False).is_empty
+    assert len(shapely.simplify(near_border, 1.0, preserve_topology=False).interiors) == 0  # the hole opened
+    (t,), (h,), (p,) = clean_many([tiny, near_border, plain], simplify=1.0)
+    assert t.equals(tiny)
+    assert len(h.interiors) == 1 and h.equals(shapely.simplify(near_border, 1.0, preserve_topology=True))
+    assert p.equals(shapely.simplify(plain, 1.0, preserve_topology=False)) and len(p.exterior.coords) == 5
+
+
 def test_rings_with_holes_are_traced_and_written_as_shapely_writes_them() -> None:
     import json
 
