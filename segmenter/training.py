@@ -127,8 +127,8 @@ def _working_resolution(seg: "Segmenter", masks: list[np.ndarray], asked: float 
         return asked, size
     field = seg.receptive_field
     resolution = plan_resolution(size, field) if field else 1.0
-    log.info("resolution auto: the objects holding most foreground are %.0f px across, the network sees %s px; "
-             "working at %g x the images' resolution", size, field or "an unknown number of", resolution)
+    log.info("resolution auto: %g (the objects holding most foreground are %.0f px across; the network's "
+             "receptive field is %s px)", resolution, size, field or "unknown")
     return resolution, size
 
 
