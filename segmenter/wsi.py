@@ -124,8 +124,9 @@ class WindowResult:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "polygons": shapely.to_wkb(np.asarray(self.polygons, dtype=object), hex=True).tolist(),
-                "props": self.props, "tiles": self.tiles, "skipped": self.skipped, "seconds": self.seconds}
+        polygons = shapely.to_wkb(np.asarray(self.polygons, dtype=object), hex=True).tolist()
+        return {"index": self.index, "polygons": polygons, "props": self.props, "tiles": self.tiles,
+                "skipped": self.skipped, "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "WindowResult":
