@@ -98,7 +98,8 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
 @click.option("--crop", type=int, default=256, show_default=True,
-              help="Side of the random training crops (lowered to the largest image's shorter side when all images are smaller; smaller images are mirror-padded).")
+              help="Side of the random training crops (lowered to the largest image's shorter side when all "
+                   "images are smaller; smaller images are mirror-padded).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
 @click.option("--n", type=int, default=16, show_default=True, help="U-Net filters at the first level.")
 @click.option("--depth", type=int, default=5, show_default=True, help="U-Net levels (depth-1 down-samplings).")

@@ -235,7 +235,8 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         "name": opts.name or Path(opts.out or "model").stem,
         "dataset": str(Path(train_dir).resolve()), "dataset_hash": dataset_hash, "n_images": len(dataset),
         "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
-        "options": {**asdict(opts), "crop": crop}, "object_size_px": round(size, 1), "versions": _versions(), "device": str(seg.device),
+        "options": {**asdict(opts), "crop": crop}, "object_size_px": round(size, 1), "versions": _versions(),
+        "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
