@@ -225,18 +225,22 @@ def composite_on_white(rgb: np.ndarray, alpha: np.ndarray, premultiplied: bool =
     """RGB uint8 of `rgb` (h, w, 3) drawn over white with `alpha` (h, w) uint8."""
     if alpha.min() == 255:
         return np.ascontiguousarray(rgb)
+    return _blend_on_white(rgb, alpha, premultiplied)
+
+
+def rgba_on_white(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """`composite_on_white` of an RGBA (h, w, 4) uint8 image: an opaque one only loses its alpha
+    channel, in one OpenCV pass (10x faster than numpy's strided copy on a 4096² region)."""
+    if rgba[..., 3].min() == 255:
+        return cv2.cvtColor(np.ascontiguousarray(rgba), cv2.COLOR_RGBA2RGB)
+    return _blend_on_white(rgba[..., :3], rgba[..., 3], premultiplied)
+
+
+def _blend_on_white(rgb: np.ndarray, alpha: np.ndarray, premultiplied: bool) -> np.ndarray:
     a = alpha[..., None].astype(np.uint16)
     if premultiplied:
         return (rgb.astype(np.uint16) + (255 - a)).clip(0, 255).astype(np.uint8)
     return ((rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
-
-
-def rgba_on_white(rgba: np.ndarray) -> np.ndarray:
-    """RGB uint8 of an RGBA (h, w, 4) uint8 image drawn over white; an opaque image only loses its
-    alpha channel (in one OpenCV pass: 10x faster than numpy's strided copy on a 4096² region)."""
-    if rgba[..., 3].min() == 255:
-        return cv2.cvtColor(np.ascontiguousarray(rgba), cv2.COLOR_RGBA2RGB)
-    return composite_on_white(rgba[..., :3], rgba[..., 3])
 
 
 class OpenSlideReader(SlideReader):
@@ -493,7 +497,9 @@ class TiffReader(_ArrayReader):
             data = 255 - data
         n = data.shape[2]
         colour = data[..., :1].repeat(3, axis=2) if n in (1, 2) else data[..., :3]
-        if n in (2, 4) and self._alpha:
+        if n == 4 and self._alpha:
+            return rgba_on_white(data, self._premultiplied)
+        if n == 2 and self._alpha:
             return composite_on_white(colour, data[..., -1], self._premultiplied)
         return np.ascontiguousarray(colour)
 
