@@ -6,7 +6,9 @@ line, `cyseg: error: <message>`, with exit status 2.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +16,7 @@ from segmenter.allocator import keep_freed_memory
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
 from segmenter.errors import CysegError
+from segmenter.planning import DEFAULT_CROP
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
@@ -48,8 +51,21 @@ def _train_threshold(ctx: click.Context, param: click.Parameter, value: str) -> 
     return _threshold(ctx, param, number)
 
 
-def _auto_or(kind: type):
-    """A click callback for options that take a number or 'auto' (planned from the data): None for auto."""
+def _at_least_one(name: str, number: int) -> int:
+    if number < 1:
+        raise CysegError(f"--{name} must be >= 1 or auto (got {number})")
+    return number
+
+
+def _working_resolution(name: str, number: float) -> float:
+    from segmenter.resolution import check_resolution
+
+    return check_resolution(number)
+
+
+def _auto_or(kind: type, check: Callable[[str, Any], Any]):
+    """A click callback for options that take a number or 'auto' (planned from the data): None for
+    auto, else the number of type `kind` passed through `check(option name, number)`."""
 
     def convert(ctx: click.Context, param: click.Parameter, value: str):
         if value == "auto":
@@ -59,13 +75,7 @@ def _auto_or(kind: type):
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise CysegError(f"--{param.name} {value!r} must be {what} or auto") from None
-        if param.name == "resolution":
-            from segmenter.resolution import check_resolution
-
-            return check_resolution(number)
-        if number < 1:
-            raise CysegError(f"--{param.name} must be >= 1 or auto (got {value})")
-        return number
+        return check(param.name, number)
 
     return convert
 
@@ -92,12 +102,13 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--val", type=click.Path(path_type=Path), default=None,
               help="Validation dataset folder: IoU measured every epoch, the best epoch's model is kept. "
                    "[default: none, the last epoch is kept]")
-@click.option("--epochs", default="auto", show_default=True, callback=_auto_or(int), metavar="N|auto",
+@click.option("--epochs", default="auto", show_default=True,
+              callback=_auto_or(int, _at_least_one), metavar="N|auto",
               help="Training epochs; auto: 30 at the default 256-px crop, more when the crop is smaller (small "
                    "images, lower --resolution), so every run sees as many pixels and costs about the same time.")
 @click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
-@click.option("--crop", type=int, default=256, show_default=True,
+@click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True,
               help="Side of the random training crops (lowered to the largest image's shorter side when all "
                    "images are smaller; smaller images are mirror-padded).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
@@ -111,7 +122,8 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--colour/--no-colour", default=False, show_default=True,
               help="Add stain/colour jitter to the method's flips, rotations and translations.")
 @click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
-@click.option("--resolution", default="auto", show_default=True, callback=_auto_or(float), metavar="R|auto",
+@click.option("--resolution", default="auto", show_default=True,
+              callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "
                    "training and prediction; masks, scores and polygons stay at the images' resolution). auto: 1, "
                    "or lower when the annotated objects are larger than half the network's receptive field "
@@ -429,7 +441,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
 @cli.command("improve")
 @click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--iterations", type=int, required=True, help="IDI iterations K (train, predict, grow the masks).")
-@click.option("--epochs", default="auto", show_default=True, callback=_auto_or(int), metavar="N|auto",
+@click.option("--epochs", default="auto", show_default=True,
+              callback=_auto_or(int, _at_least_one), metavar="N|auto",
               help="Training epochs per iteration; auto: as `cyseg train` (30 at a 256-px crop).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder: iter<k>/ dataset versions (with added/ overlays), models/iter<k>.pt, "
@@ -452,8 +465,9 @@ def demo_command(out: Path, model: str, device: str) -> None:
               help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh weights.")
 @click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
-@click.option("--crop", type=int, default=256, show_default=True, help="Side of the random training crops.")
-@click.option("--resolution", default="auto", show_default=True, callback=_auto_or(float), metavar="R|auto",
+@click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True, help="Side of the random training crops.")
+@click.option("--resolution", default="auto", show_default=True,
+              callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Working resolution of the network, as `cyseg train`; auto: the starting model's (--model, "
                    "or the previous iteration's with --warm-start), else planned from the annotated objects.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")

@@ -67,6 +67,7 @@ from segmenter.dataset import (Dataset, DatasetWriter, check_dataset, manifest_h
                                read_mask, write_png)
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.overlays import overlay
+from segmenter.planning import DEFAULT_CROP
 from segmenter.training import TrainOptions, train
 from transforms.chain import build_on, default_chain, with_threshold, without_threshold
 
@@ -100,7 +101,7 @@ class ImproveOptions:
     warm_start: bool = True
     steps_per_epoch: int = 20
     batch: int = 8
-    crop: int = 256
+    crop: int = DEFAULT_CROP
     lr: float = 1e-3
     n: int | None = None
     depth: int | None = None
@@ -237,17 +238,19 @@ def _fresh(opts: ImproveOptions) -> Segmenter:
                          device=opts.device, threshold=opts.threshold, postprocess=default_chain(opts.threshold))
 
 
-def _starting_point(out: Path, k: int, opts: ImproveOptions) -> tuple[Segmenter, str]:
-    """The segmenter iteration k trains from, and a description of it."""
+def _starting_point(out: Path, k: int, opts: ImproveOptions) -> tuple[Segmenter, str, float | None]:
+    """The segmenter iteration k trains from, a description of it, and the working resolution it
+    learnt at (None for fresh weights, which have learnt none)."""
     if k > 1 and opts.warm_start:
         path = _model_path(out, k - 1)
-        return Segmenter.load(path, device=opts.device), str(path)
+        seg = Segmenter.load(path, device=opts.device)
+        return seg, str(path), seg.resolution
     if opts.model is not None:
         seg = Segmenter.load(opts.model, device=opts.device)
         seg.threshold = float(opts.threshold)
         seg.postprocess = with_threshold(seg.postprocess, opts.threshold)
-        return seg, str(opts.model)
-    return _fresh(opts), f"fresh weights (seed {opts.seed})"
+        return seg, str(opts.model), seg.resolution
+    return _fresh(opts), f"fresh weights (seed {opts.seed})", None
 
 
 def _idi_overlay(image: np.ndarray, gt: np.ndarray, added: np.ndarray, gap: int = 6) -> np.ndarray:
@@ -362,12 +365,11 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, t
         seg = Segmenter.load(model_path, device=opts.device)
         start = seg.training_info.get("idi_start", "(earlier run)")
     else:
-        seg, start = _starting_point(out, k, opts)
+        seg, start, learnt = _starting_point(out, k, opts)
         ckpt = model_path.with_suffix(".ckpt")
         resume = ckpt.is_file()
         log.info("iteration %d: training on %s from %s%s", k, prev, start, " (resuming)" if resume else "")
-        from_model = opts.model is not None or (k > 1 and opts.warm_start)
-        train(seg, prev, opts.val, opts.train_options(k, model_path, resume, seg.resolution if from_model else None))
+        train(seg, prev, opts.val, opts.train_options(k, model_path, resume, learnt))
         seg.training_info["idi_start"] = start
         seg.save(model_path)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0

@@ -45,7 +45,7 @@ class TrainOptions:
     epochs: int | None = None  # None: plan_epochs(crop), the same pixel budget whatever the crop
     steps_per_epoch: int = 20
     batch: int = 8
-    crop: int = 256
+    crop: int = DEFAULT_CROP
     lr: float = 1e-3
     min_lr_ratio: float = 0.01
     seed: int = 0
