@@ -3,6 +3,7 @@ click group that reports user errors as one line with exit status 2."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -58,10 +59,21 @@ class ErrorReportingGroup(click.Group):
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             fail(ctx.find_root().info_name or "cyseg", one_line(click.ClickException(exc.format_message())) + hint)
             ctx.exit(2)
+        except BrokenPipeError:
+            quiet_broken_pipe(ctx)
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             fail(ctx.find_root().info_name or "cyseg", f"{where}{exc.strerror or one_line(exc)}")
             ctx.exit(2)
+
+
+def quiet_broken_pipe(ctx: click.Context) -> None:
+    """The reader of stdout went away (`cyseg evaluate ... | head -1`): the work is done, so exit as
+    a process killed by SIGPIPE would (status 141), without an error line or Python's complaint
+    when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    ctx.exit(141)
 
 
 def fail(prog: str, message: str) -> None:

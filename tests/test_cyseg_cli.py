@@ -347,6 +347,21 @@ def test_segment_a_single_image_file_in_a_real_process(tiny_model, ihc_dataset, 
     assert mask.any()
 
 
+def test_a_closed_stdout_ends_quietly_after_the_work_is_done(tiny_model, ihc_dataset, tmp_path):
+    """`cyseg evaluate ... | head -1`: the reader leaves before cyseg prints; the report is still
+    written and cyseg exits as SIGPIPE would (141) without an error line or traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "cyseg.cli", "-q", "evaluate", str(tiny_model), str(ihc_dataset.val),
+                           "--out", str(report), "--no-sweep", "--device", "cpu"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+    assert (report / "summary.json").is_file()
+
+
 def test_demo_with_a_given_model(tiny_model, tmp_path):
     out = tmp_path / "demo"
     result = invoke(["-q", "demo", "--model", tiny_model, "--out", out, "--device", "cpu"])
