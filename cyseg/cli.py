@@ -122,6 +122,10 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--colour/--no-colour", default=False, show_default=True,
               help="Add stain/colour jitter to the method's flips, rotations and translations.")
 @click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
+@click.option("--zoom", type=float, default=0.0, show_default=True,
+              help="Scale augmentation: each crop is magnified by a factor drawn log-uniformly in "
+                   "[1/(1+Z), 1+Z] (0.4: 0.71-1.4x), so the model meets objects at other scanning "
+                   "magnifications. 0: off, as in the method.")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "
@@ -474,6 +478,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
 @click.option("--n", type=int, default=None, help="U-Net filters at the first level. [default: 16, or --model's]")
 @click.option("--depth", type=int, default=None, help="U-Net levels. [default: 5, or --model's]")
 @click.option("--colour/--no-colour", default=False, show_default=True, help="Add stain/colour jitter to the augmentation.")
+@click.option("--zoom", type=float, default=0.0, show_default=True,
+              help="Scale augmentation, as `cyseg train --zoom` (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and crops (iteration k: seed+k-1).")
 @click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)

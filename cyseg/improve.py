@@ -109,6 +109,7 @@ class ImproveOptions:
     workers: int = 1
     device: str = "auto"
     colour: bool = False
+    zoom: float = 0.0
     amp: bool = True
     progress: bool = True
 
@@ -138,6 +139,7 @@ class ImproveOptions:
         return TrainOptions(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=self.batch, crop=self.crop,
                             resolution=self.resolution if self.resolution is not None else resolution,
                             lr=self.lr, seed=self.seed + iteration - 1, workers=self.workers, colour=self.colour,
+                            zoom=self.zoom,
                             out=None if out is None else str(out), name=f"IDI iteration {iteration}", resume=resume,
                             amp=self.amp, progress=self.progress)
 

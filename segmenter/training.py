@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # the threshold is calibrated on at most this many training images when no validation set is given
 CALIBRATION_IMAGES = 64
 PLOT_EVERY_S = 30  # the training curves are redrawn at most this often, and at the end
+MAX_ZOOM = 3.0  # --zoom: crops magnified by at most 4x, shrunk by at most 4x
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainOptions:
     workers: int = 1
     colour: bool = False
     translate: float = 0.15
+    zoom: float = 0.0  # 0: no scale augmentation (the method); Z: crops magnified by 1/(1+Z)..(1+Z)
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
     out: str | None = None
@@ -71,38 +74,56 @@ class TrainOptions:
             raise CysegError(f"--workers must be >= 0 (got {self.workers})")
         if not 0 <= self.translate < 0.5:
             raise CysegError(f"translation {self.translate} must be in [0, 0.5)")
+        if not 0 <= self.zoom <= MAX_ZOOM:
+            raise CysegError(f"--zoom {self.zoom} must be in [0, {MAX_ZOOM:g}]; e.g. 0.4 magnifies crops by 0.71-1.4x")
         if self.resolution is not None:
             check_resolution(self.resolution)
 
 
 class CropSampler(torch.utils.data.Dataset):
     """Random augmented crops from in-memory images; sample i of epoch e is a pure function of
-    (seed, e, i), so runs are reproducible with any number of workers and after a resume."""
+    (seed, e, i), so runs are reproducible with any number of workers and after a resume.
+
+    With `zoom` > 0 each crop is magnified by a factor drawn log-uniformly in [1/(1+zoom), 1+zoom]:
+    a larger or smaller square is cut and resized to the crop, so the network meets the objects at
+    other scales (slides scanned at 20x and 40x) without mirrored borders."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
-                 seed: int, colour: bool, translate: float, n_classes: int):
+                 seed: int, colour: bool, translate: float, n_classes: int, zoom: float = 0.0):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
-        self.n_classes = n_classes
+        self.n_classes, self.zoom = n_classes, zoom
         self.epoch = 0
         areas = np.array([m.size for m in masks], dtype=np.float64)
         self.p = areas / areas.sum()
-        self.pad = A.PadIfNeeded(min_height=crop, min_width=crop, border_mode=4, p=1.0)
         self.aug = method_augmenter(colour=colour, translate=translate)
 
     def __len__(self) -> int:
         return self.length
 
+    def _side(self, rng: np.random.Generator) -> int:
+        """Side of the square cut from the image: the crop, or the crop over a random magnification."""
+        if self.zoom <= 0:
+            return self.crop
+        magnification = math.exp(rng.uniform(-math.log1p(self.zoom), math.log1p(self.zoom)))
+        return max(2, round(self.crop / magnification))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.choice(len(self.images), p=self.p))
         image, mask = self.images[k], self.masks[k]
+        side = self._side(rng)
         h, w = mask.shape
-        if h < self.crop or w < self.crop:
-            padded = self.pad(image=image, mask=mask)
+        if h < side or w < side:
+            padded = A.PadIfNeeded(min_height=side, min_width=side, border_mode=cv2.BORDER_REFLECT_101, p=1.0)(
+                image=image, mask=mask)
             image, mask = padded["image"], padded["mask"]
             h, w = mask.shape
-        y, x = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
-        image, mask = image[y:y + self.crop, x:x + self.crop], mask[y:y + self.crop, x:x + self.crop]
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        image, mask = image[y:y + side, x:x + side], mask[y:y + side, x:x + side]
+        if side != self.crop:
+            shrink = cv2.INTER_AREA if side > self.crop else cv2.INTER_LINEAR
+            image = cv2.resize(image, (self.crop, self.crop), interpolation=shrink).reshape(self.crop, self.crop, -1)
+            mask = cv2.resize(mask, (self.crop, self.crop), interpolation=cv2.INTER_NEAREST)
         self.aug.set_random_seed(int(rng.integers(2**31)))
         out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
         x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
@@ -210,7 +231,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
         seg.preprocess = {"scale": 255.0, "mean": mean, "std": std, "resolution": opts.resolution}
 
     sampler = CropSampler(images, masks, crop, opts.steps_per_epoch * opts.batch, opts.seed, opts.colour,
-                          opts.translate, seg.n_classes)
+                          opts.translate, seg.n_classes, opts.zoom)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     optimizer = seg.optimizer(opts.lr)

@@ -222,6 +222,7 @@ def test_train_creates_missing_parent_folders(ihc_dataset, tmp_path):
     ("--threshold", "1.5", "--threshold"),
     ("--threshold", "half", "--threshold 'half' must be a number in [0, 1] or auto"),
     ("--resolution", "0", "--resolution 0.0 must be in (0, 4]"),
+    ("--zoom", "-0.2", "--zoom -0.2 must be in [0, 3]"),
 ])
 def test_train_refuses_bad_options(option, value, needle, ihc_dataset, tmp_path):
     model = tmp_path / "model.pt"
