@@ -3,8 +3,11 @@ its own defaults unless --train-args says otherwise) and scores the test images 
 with `cyseg evaluate`, over several seeds or folds.
 
     python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
-                             [--train-args "--colour --epochs 60"] [--eval-args=--tta]
+                             [--train-args="--colour --epochs 60"] [--eval-args=--tta]
                              [--models-from LABEL]   # evaluate LABEL's trained models (e.g. with --tta)
+
+miccai15_mag (not in the default list) measures generalisation to unseen slides and magnification:
+it trains on miccai15's five 40x training tiles and tests on the seven 20x tiles.
 
 Results are merged into bench/results/accuracy.json under dataset -> label.
 """
@@ -27,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import MICCAI_40X, MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
 
@@ -39,6 +42,11 @@ def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, 
         all_stems = stems_of(src)
         train = link_dataset(work / "miccai15" / "train", src, [s for s in all_stems if s not in MICCAI_TEST])
         test = link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST))
+        return [(f"seed{s}", train, test, s) for s in range(seeds)]
+    if dataset == "miccai15_mag":  # generalisation: train on 40x slides, test on the 20x slides never seen
+        src = SHARED_DATA / "miccai15"
+        train = link_dataset(work / "miccai15_mag" / "train", src, [s for s in MICCAI_40X if s not in MICCAI_TEST])
+        test = link_dataset(work / "miccai15_mag" / "test", src, [s for s in stems_of(src) if s not in MICCAI_40X])
         return [(f"seed{s}", train, test, s) for s in range(seeds)]
     if dataset == "glas":
         train = link_dataset(work / "glas" / "train", SHARED_DATA / "glas" / "train", stems_of(SHARED_DATA / "glas" / "train"))
@@ -55,7 +63,7 @@ def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, 
             test = link_dataset(work / "wbc" / f"fold{k}" / "test", src, folds[k])
             runs.append((f"fold{k}", train, test, 0))
         return runs
-    raise SystemExit(f"unknown dataset {dataset}; use miccai15, glas or wbc")
+    raise SystemExit(f"unknown dataset {dataset}; use miccai15, miccai15_mag, glas or wbc")
 
 
 def children_cpu() -> float:

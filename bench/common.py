@@ -14,6 +14,7 @@ from segmenter.dataset import read_image
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")  # the test tiles of the split
+MICCAI_40X = tuple(f"image{i:02d}" for i in range(8, 16))  # scanned at 40x; image01-07 at 20x (data README)
 
 
 def bench_image(size: int) -> np.ndarray:
