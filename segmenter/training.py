@@ -86,7 +86,8 @@ class CropSampler(torch.utils.data.Dataset):
 
     With `zoom` > 0 each crop is magnified by a factor drawn log-uniformly in [1/(1+zoom), 1+zoom]:
     a larger or smaller square is cut and resized to the crop, so the network meets the objects at
-    other scales (slides scanned at 20x and 40x) without mirrored borders."""
+    other scales (slides scanned at 20x and 40x) without the mirrored borders of shrinking the crop
+    itself (an image smaller than the square is mirror-padded, as one smaller than the crop always is)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, n_classes: int, zoom: float = 0.0):
