@@ -122,12 +122,13 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
 def mask_agreement(a: Path, b: Path, size: int) -> dict:
     """How far the polygons of two runs on the same slide differ: pixels inside one run's polygons
     and not the other's, as a fraction of the second run's foreground, and the Dice of the two."""
-    import rasterio.features
     from shapely.geometry import shape
 
+    from segmenter.slide_job import low_resolution_mask
+
     def mask(path: Path) -> np.ndarray:
-        shapes = [(shape(f["geometry"]), 1) for f in json.loads(path.read_text())["features"]]
-        return rasterio.features.rasterize(shapes, out_shape=(size, size), dtype=np.uint8)
+        polygons = [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+        return low_resolution_mask(polygons, Region(0, 0, size, size), 1.0) > 0
 
     ma, mb = mask(a), mask(b)
     both, fa, fb = int(np.count_nonzero(ma & mb)), int(np.count_nonzero(ma)), int(np.count_nonzero(mb))
