@@ -43,12 +43,13 @@ def bench_image(size: int) -> np.ndarray:
     return out
 
 
-def link_dataset(out: Path, source: Path, stems: list[str]) -> Path:
-    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/)."""
+def link_dataset(out: Path, source: Path, stems: list[str], prefix: str = "") -> Path:
+    """A dataset folder of symbolic links to `stems` of `source` (images/, masks/), named
+    `prefix` + stem (a prefix keeps items of several sources apart)."""
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for stem in stems:
-            target = out / sub / f"{stem}.png"
+            target = out / sub / f"{prefix}{stem}.png"
             if not target.exists():
                 target.symlink_to((source / sub / f"{stem}.png").resolve())
     return out
