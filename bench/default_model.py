@@ -33,8 +33,8 @@ MICCAI_VAL = ("image03", "image11")  # one 20x and one 40x tile, never trained o
 RECIPE = ["--epochs", "40", "--colour", "--zoom", "0.5"]
 RESULTS = ROOT / "bench" / "results" / "default_model.json"  # `--train-args` -> that recipe's run
 NAME = ("cyseg default: nuclei (MICCAI 2015 H&E, 13 tiles) + white blood cells (Zheng 2018 smear cytology, "
-        "270 images); U-Net n=16 depth 5, stain/colour and scale (zoom 0.5) augmentation, 800 steps; best epoch "
-        "by IoU on 2 held-out MICCAI tiles + 30 held-out smear images (bench/default_model.py)")
+        "270 images); U-Net n=16 depth 5, cyseg train {args}; best epoch by IoU on 2 held-out MICCAI tiles + "
+        "30 held-out smear images (bench/default_model.py)")
 
 
 def source_items() -> dict[str, tuple[Path, list[str], list[str]]]:
@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--install", action="store_true", help="copy the new model over cyseg/models/default.pt")
     args = parser.parse_args()
 
-    if args.work.exists():
-        shutil.rmtree(args.work)
+    for links in ("train", "val", "val_by_source"):  # symbolic links only: rebuilt from scratch each run
+        shutil.rmtree(args.work / links, ignore_errors=True)
     items = source_items()
     for source, (folder, train, held) in items.items():
         link_dataset(args.work / "train", folder, train, prefix=f"{source}_")
@@ -80,7 +80,7 @@ def main() -> None:
     model = args.work / "default.pt"
     cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(["cyseg", "train", str(args.work / "train"), "--val", str(args.work / "val"), "--out", str(model),
-                    "--seed", str(args.seed), "--name", NAME, *shlex.split(args.train_args)], check=True)
+                    "--seed", str(args.seed), "--name", NAME.format(args=args.train_args), *shlex.split(args.train_args)], check=True)
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter() - t0
     result = {
