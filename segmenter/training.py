@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import logging
 import math
 import os
@@ -80,6 +81,13 @@ class TrainOptions:
             check_resolution(self.resolution)
 
 
+@functools.lru_cache(maxsize=None)
+def _mirror_padder(side: int) -> A.PadIfNeeded:
+    """Pads an image and its mask to at least side x side by mirroring (built once per side:
+    building it costs more than padding)."""
+    return A.PadIfNeeded(min_height=side, min_width=side, border_mode=cv2.BORDER_REFLECT_101, p=1.0)
+
+
 class CropSampler(torch.utils.data.Dataset):
     """Random augmented crops from in-memory images; sample i of epoch e is a pure function of
     (seed, e, i), so runs are reproducible with any number of workers and after a resume.
@@ -115,8 +123,7 @@ class CropSampler(torch.utils.data.Dataset):
         side = self._side(rng)
         h, w = mask.shape
         if h < side or w < side:
-            padded = A.PadIfNeeded(min_height=side, min_width=side, border_mode=cv2.BORDER_REFLECT_101, p=1.0)(
-                image=image, mask=mask)
+            padded = _mirror_padder(side)(image=image, mask=mask)
             image, mask = padded["image"], padded["mask"]
             h, w = mask.shape
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
