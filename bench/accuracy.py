@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shlex
 import subprocess
 import sys
@@ -30,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MICCAI_40X, MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import (MICCAI_40X, MICCAI_TEST, SHARED_DATA, children_cpu, cli_evaluate, link_dataset,  # noqa: E402
+                          stems_of, write_results)
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
 
@@ -66,11 +66,6 @@ def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, 
     raise SystemExit(f"unknown dataset {dataset}; use miccai15, miccai15_mag, glas or wbc")
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str],
             eval_args: list[str], trained: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train and evaluate once through the real CLI; returns scores and costs. With `trained`
@@ -86,10 +81,7 @@ def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args
             subprocess.run(["cyseg", "-q", "train", str(train), "--out", str(model), "--seed", str(seed), *train_args],
                            check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
         cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
-    report = out / "eval"
-    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(test), "--out", str(report), *eval_args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    summary = json.loads((report / "summary.json").read_text())
+    summary = cli_evaluate(model, test, out / "eval", eval_args)
     precision = torch.load(model, map_location="cpu", weights_only=True)["training"].get("precision", "float32")
     return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],

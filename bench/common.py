@@ -3,6 +3,9 @@ and writing results as JSON."""
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,20 @@ def link_dataset(out: Path, source: Path, stems: list[str], prefix: str = "") ->
 def stems_of(folder: Path) -> list[str]:
     """The item names of a dataset folder."""
     return sorted(p.stem for p in (folder / "images").glob("*.png"))
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cli_evaluate(model: Path, data: Path, report: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Score a dataset folder with the real `cyseg evaluate` (report in `report`); its summary.json.
+    With -q it writes nothing on success; a failure's one-line error reaches stderr."""
+    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(data), "--out", str(report), *extra], check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads((report / "summary.json").read_text())
 
 
 def write_results(path: Path, result: dict[str, Any]) -> None:

@@ -6,14 +6,14 @@ the real `cyseg train`, and score it on its held-out images, per source.
 Data: nuclei in H&E tissue (miccai15, 13 tiles; image03 at 20x and image11 at 40x held out) and
 white blood cells in smear cytology (wbc/dataset1, 270 images; every 10th of a seeded shuffle held
 out). The held-out images pick the best epoch (`--val`) and give the figures written to
-bench/results/default_model.json (one entry per `--train-args`). `--install` copies the model over the shipped one (atomically).
+bench/results/default_model.json (one entry per `--train-args`). `--install` copies the model over
+the shipped one (atomically).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import resource
 import shlex
 import shutil
 import subprocess
@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import SHARED_DATA, children_cpu, cli_evaluate, link_dataset, stems_of, write_results  # noqa: E402
 from cyseg.models import SHIPPED  # noqa: E402
 from segmenter.atomic import atomic_path  # noqa: E402
 
@@ -55,9 +55,7 @@ def source_items() -> dict[str, tuple[Path, list[str], list[str]]]:
 
 def evaluate(model: Path, data: Path, report: Path) -> dict[str, Any]:
     """`cyseg evaluate` scores of one held-out folder."""
-    subprocess.run(["cyseg", "-q", "evaluate", str(model), str(data), "--out", str(report)], check=True,
-                   stdout=subprocess.DEVNULL)
-    summary = json.loads((report / "summary.json").read_text())
+    summary = cli_evaluate(model, data, report)
     return {k: summary[k] for k in ("n_images", "threshold", "iou_mean", "iou_std", "dice_mean", "dice_std")}
 
 
@@ -78,16 +76,15 @@ def main() -> None:
         link_dataset(args.work / "val", folder, held, prefix=f"{source}_")
         link_dataset(args.work / "val_by_source" / source, folder, held, prefix=f"{source}_")
     model = args.work / "default.pt"
-    cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    cpu0, t0 = children_cpu(), time.perf_counter()
     subprocess.run(["cyseg", "train", str(args.work / "train"), "--val", str(args.work / "val"), "--out", str(model),
                     "--seed", str(args.seed), "--name", NAME.format(args=args.train_args), *shlex.split(args.train_args)], check=True)
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall = time.perf_counter() - t0
+    cpu, wall = children_cpu() - cpu0, time.perf_counter() - t0
     result = {
         "benchmark": "default_model", "train_args": args.train_args, "seed": args.seed,
         "train_images": {s: len(train) for s, (_, train, _) in items.items()},
         "held_out": {s: held for s, (_, _, held) in items.items()},
-        "train_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), "train_wall_s": wall,
+        "train_cpu_s": cpu, "train_wall_s": wall,
         "held_out_scores": {s: evaluate(model, args.work / "val_by_source" / s, args.work / f"eval_{s}") for s in items},
         "model_bytes": model.stat().st_size,
     }

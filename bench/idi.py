@@ -32,7 +32,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import MICCAI_TEST, SHARED_DATA, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import MICCAI_TEST, SHARED_DATA, children_cpu, link_dataset, stems_of, write_results  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "idi.json"
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
@@ -149,11 +148,6 @@ def mask_quality(candidate: Path, truth: Path) -> dict[str, float]:
 def _cli(name: str) -> list[str]:
     exe = Path(sys.executable).with_name(name)
     return [str(exe)] if exe.exists() else [sys.executable, "-m", f"{name}.cli"]
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run(cmd: list[str], log: Path) -> float:
