@@ -80,6 +80,25 @@ def _auto_or(kind: type, check: Callable[[str, Any], Any]):
     return convert
 
 
+def _training_loop_options(command: Callable) -> Callable:
+    """The options `train` and `improve` share, declared once: the optimiser loop (steps, batch,
+    learning rate) and the augmentation added to the method's flips, rotations and translations."""
+    options = [
+        click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch."),
+        click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%)."),
+        click.option("--colour/--no-colour", default=False, show_default=True,
+                     help="Add stain/colour jitter to the method's flips, rotations and translations."),
+        click.option("--zoom", type=float, default=0.0, show_default=True,
+                     help="Scale augmentation: each crop is magnified by a factor drawn log-uniformly in "
+                          "[1/(1+Z), 1+Z] (0.4: 0.71-1.4x), so the model meets objects at other scanning "
+                          "magnifications. 0: off, as in the method."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _progress() -> bool:
     """Progress bars are shown unless -q asked for warnings and errors only."""
     return logging.getLogger().getEffectiveLevel() <= logging.INFO
@@ -106,12 +125,11 @@ def cli(verbose: bool, quiet: bool) -> None:
               callback=_auto_or(int, _at_least_one), metavar="N|auto",
               help="Training epochs; auto: 30 at the default 256-px crop, more when the crop is smaller (small "
                    "images, lower --resolution), so every run sees as many pixels and costs about the same time.")
-@click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
+@_training_loop_options
+@click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
 @click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True,
               help="Side of the random training crops (lowered to the largest image's shorter side when all "
                    "images are smaller; smaller images are mirror-padded).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
 @click.option("--n", type=int, default=16, show_default=True, help="U-Net filters at the first level.")
 @click.option("--depth", type=int, default=5, show_default=True, help="U-Net levels (depth-1 down-samplings).")
 @click.option("--upsampling", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True,
@@ -119,13 +137,6 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--classes", type=int, default=1, show_default=True,
               help="1: binary masks (0/255); N>1: masks hold class indices 0..N-1.")
 @click.option("--class-weights", default=None, help="Comma-separated loss weight per class. [default: equal]")
-@click.option("--colour/--no-colour", default=False, show_default=True,
-              help="Add stain/colour jitter to the method's flips, rotations and translations.")
-@click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
-@click.option("--zoom", type=float, default=0.0, show_default=True,
-              help="Scale augmentation: each crop is magnified by a factor drawn log-uniformly in "
-                   "[1/(1+Z), 1+Z] (0.4: 0.71-1.4x), so the model meets objects at other scanning "
-                   "magnifications. 0: off, as in the method.")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "
@@ -467,19 +478,14 @@ def demo_command(out: Path, model: str, device: str) -> None:
               help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
 @click.option("--warm-start/--from-scratch", default=True, show_default=True,
               help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh weights.")
-@click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step.")
+@_training_loop_options
 @click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True, help="Side of the random training crops.")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Working resolution of the network, as `cyseg train`; auto: the starting model's (--model, "
                    "or the previous iteration's with --warm-start), else planned from the annotated objects.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%).")
 @click.option("--n", type=int, default=None, help="U-Net filters at the first level. [default: 16, or --model's]")
 @click.option("--depth", type=int, default=None, help="U-Net levels. [default: 5, or --model's]")
-@click.option("--colour/--no-colour", default=False, show_default=True, help="Add stain/colour jitter to the augmentation.")
-@click.option("--zoom", type=float, default=0.0, show_default=True,
-              help="Scale augmentation, as `cyseg train --zoom` (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and crops (iteration k: seed+k-1).")
 @click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
