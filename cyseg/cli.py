@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from segmenter.allocator import keep_freed_memory
+from segmenter.allocator import freeze_loaded_objects, keep_freed_memory
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
 from segmenter.errors import CysegError
@@ -30,7 +30,9 @@ def _load(model: str, device: str):
     from segmenter.base import Segmenter
     from cyseg.models import resolve_model
 
-    return Segmenter.load(resolve_model(model), device=device)
+    seg = Segmenter.load(resolve_model(model), device=device)
+    freeze_loaded_objects()
+    return seg
 
 
 def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

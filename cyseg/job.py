@@ -466,6 +466,7 @@ def job_wsi_options(s: JobSettings) -> "WsiOptions":
 def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
     import unet  # noqa: F401  (registers the U-Net architecture)
     from cyseg.upload import check_term
+    from segmenter.allocator import freeze_loaded_objects
     from segmenter.base import Segmenter
     from segmenter.cytomine_slide import CytomineSource
     from segmenter.scaleout import InProcess
@@ -477,6 +478,7 @@ def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress
         check_term(client, s.roi_term, s.project)
     model_path = resolve_job_model(s.model)
     seg = Segmenter.load(model_path, device=None if s.device == "auto" else s.device)
+    freeze_loaded_objects()
     work = s.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
     work.mkdir(parents=True, exist_ok=True)
     opts = job_wsi_options(s)

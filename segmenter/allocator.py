@@ -3,12 +3,16 @@
 PyTorch takes every CPU tensor above 32 MB (a full-resolution U-Net activation) from fresh
 `mmap` pages that the kernel zeroes and maps again on every forward pass. Keeping freed blocks in
 the heap instead, and handing them back explicitly between windows, measured 1.8 -> 3.1 MP/s for
-the bare U-Net forward on 976² tiles on this 2-core CPU (system time 9 s -> 1 s per 20 s run)."""
+the bare U-Net forward on 976² tiles on this 2-core CPU (system time 9 s -> 1 s per 20 s run).
+
+The cyclic garbage collector is told to ignore what the process holds once its model is loaded
+(`freeze_loaded_objects`): see there."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -46,3 +50,13 @@ def release_freed_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def freeze_loaded_objects() -> None:
+    """Hide every object alive now (imported modules, the loaded model) from the cyclic garbage
+    collector's full collections, which the many small lists of polygon tracing and GeoJSON export
+    trigger: each rescanned the ~185,000 objects of torch and its kin (80-100 ms a time).
+    Measured: masks -> polygons -> GeoJSON of six 2048² images 1.33 -> 0.94 s, `cyseg segment`'s
+    whole loop 5-8 % faster. Objects created later are collected as before."""
+    gc.freeze()
+    log.debug("%d loaded objects frozen out of the cyclic collector", gc.get_freeze_count())

@@ -25,14 +25,16 @@ def worker_segmenter(model_path: str, model_digest: str, device: str | None, thr
     import torch
 
     import unet  # noqa: F401  (registers the U-Net architecture)
-    from segmenter.allocator import keep_freed_memory
+    from segmenter.allocator import freeze_loaded_objects, keep_freed_memory
     from segmenter.base import Segmenter
 
     keep_freed_memory()
 
     if threads > 0:
         torch.set_num_threads(threads)
-    return Segmenter.load(model_path, device=device)
+    seg = Segmenter.load(model_path, device=device)
+    freeze_loaded_objects()
+    return seg
 
 
 @functools.lru_cache(maxsize=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -344,11 +345,14 @@ def test_segment_a_single_image_file_in_a_real_process(tiny_model, ihc_dataset, 
     image = ihc_dataset.train / "images" / "tr03.png"
     out = tmp_path / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cyseg.cli", "-q", "segment", str(tiny_model), str(image),
+    proc = subprocess.run([sys.executable, "-m", "cyseg.cli", "-v", "segment", str(tiny_model), str(image),
                            "--out", str(out), "--device", "cpu"], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out)
+    # torch, the model and the modules, loaded, are hidden from the cyclic collector's full passes
+    frozen = re.search(r"(\d+) loaded objects frozen out of the cyclic collector", proc.stderr)
+    assert frozen and int(frozen.group(1)) > 50_000, proc.stderr
     assert [p.name for p in (out / "masks").iterdir()] == ["tr03.png"]
     assert [p.name for p in (out / "geojson").iterdir()] == ["tr03.geojson"]
     mask = read_mask(out / "masks" / "tr03.png", shape=read_image(image).shape[:2])
