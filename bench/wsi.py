@@ -35,7 +35,7 @@ from bench.mosaic import describe, foreground_total, layout, render  # noqa: E40
 from bench.throughput import bare_forward  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
-from segmenter.allocator import keep_freed_memory  # noqa: E402
+from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.slides import open_slide  # noqa: E402
@@ -162,6 +162,7 @@ def main() -> None:
     keep_freed_memory()  # the heap policy every cyseg command runs with
     model_path = resolve_model(args.model)
     seg = Segmenter.load(model_path)
+    freeze_loaded_objects()  # as every cyseg command does once its model is loaded
     device = str(seg.device)
     work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
     slide = work / "mosaic.tif"
