@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_image, write_results  # noqa: E402
-from segmenter.allocator import keep_freed_memory  # noqa: E402
+from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
 from segmenter.dataset import read_image, write_png  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
@@ -130,6 +130,7 @@ def main() -> None:
     configs = [(n, tile, round(tile * args.overlap_fraction / 16) * 16) for n in ns for tile in tiles]
     configs += [(16, 512, 32)]  # the thinnest overlap, for comparison (seams: see README)
     segs = {n: UNetSegmenter({"n": n}, device=args.device) for n in ns + [16]}
+    freeze_loaded_objects()  # as every cyseg command does once its model is loaded
     for n, tile, overlap in configs:
         seg = segs[n]
         batch = 4 if tile <= 512 else 2
