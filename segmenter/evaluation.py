@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.dataset import Dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
+from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
 
 if TYPE_CHECKING:
@@ -39,26 +41,28 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
-    for item in tqdm(dataset.items, desc="evaluating", unit="image", disable=not progress, leave=False):
-        image, truth = read_pair(item, seg.n_classes)
-        probs = seg.predict(image)
-        truth_t = torch.from_numpy(truth).to(seg.device) > 0
-        masks: dict[float, np.ndarray] = {}
-        with torch.inference_mode():
-            if seg.n_classes == 1:
-                smoothed = smooth(probs[None])[0, 0]
-            for t in thresholds:
-                pred = smoothed > t if seg.n_classes == 1 else seg.masks_from_probabilities(probs) > 0
-                iou = float(jaccard_score(pred, truth_t))
-                dice = float(dice_score(pred, truth_t))
-                tp = int((pred & truth_t).sum())
-                fp = int((pred & ~truth_t).sum())
-                fn = int((~pred & truth_t).sum())
-                rows.append({"image": item.stem, "threshold": t, "iou": iou, "dice": dice, "tp": tp, "fp": fp, "fn": fn})
-                if on_image is not None:
-                    masks[t] = pred.cpu().numpy().astype(np.uint8)
-        if on_image is not None:
-            on_image(item.stem, image, truth, masks)
+    pairs = closing(read_ahead(dataset.items, lambda item: read_pair(item, seg.n_classes)))  # read beside the network
+    with pairs as items:
+        for item, (image, truth) in tqdm(items, total=len(dataset.items), desc="evaluating", unit="image",
+                                         disable=not progress, leave=False):
+            probs = seg.predict(image)
+            truth_t = torch.from_numpy(truth).to(seg.device) > 0
+            masks: dict[float, np.ndarray] = {}
+            with torch.inference_mode():
+                if seg.n_classes == 1:
+                    smoothed = smooth(probs[None])[0, 0]
+                for t in thresholds:
+                    pred = smoothed > t if seg.n_classes == 1 else seg.masks_from_probabilities(probs) > 0
+                    iou = float(jaccard_score(pred, truth_t))
+                    dice = float(dice_score(pred, truth_t))
+                    tp = int((pred & truth_t).sum())
+                    fp = int((pred & ~truth_t).sum())
+                    fn = int((~pred & truth_t).sum())
+                    rows.append({"image": item.stem, "threshold": t, "iou": iou, "dice": dice, "tp": tp, "fp": fp, "fn": fn})
+                    if on_image is not None:
+                        masks[t] = pred.cpu().numpy().astype(np.uint8)
+            if on_image is not None:
+                on_image(item.stem, image, truth, masks)
     return rows
 
 
