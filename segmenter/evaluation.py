@@ -41,9 +41,8 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
-    pairs = closing(read_ahead(dataset.items, lambda item: read_pair(item, seg.n_classes)))  # read beside the network
-    with pairs as items:
-        for item, (image, truth) in tqdm(items, total=len(dataset.items), desc="evaluating", unit="image",
+    with closing(read_ahead(dataset.items, lambda item: read_pair(item, seg.n_classes))) as pairs:  # read beside the network
+        for item, (image, truth) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                          disable=not progress, leave=False):
             probs = seg.predict(image)
             truth_t = torch.from_numpy(truth).to(seg.device) > 0
