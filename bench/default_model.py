@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import SHARED_DATA, children_cpu, cli_evaluate, link_dataset, stems_of, write_results  # noqa: E402
 from cyseg.models import SHIPPED  # noqa: E402
-from segmenter.atomic import atomic_path  # noqa: E402
+from segmenter.io.atomic import atomic_path  # noqa: E402
 
 MICCAI_VAL = ("image03", "image11")  # one 20x and one 40x tile, never trained on
 RECIPE = ["--epochs", "40", "--colour", "--zoom", "0.5"]

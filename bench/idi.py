@@ -98,7 +98,7 @@ def splits(dataset: str, work: Path) -> tuple[Path, Path]:
 def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str, Any]:
     """Write `out`: the images of `train` (links) and masks with a fraction p of the objects removed.
     Returns the removal statistics (also in its dataset.json)."""
-    from segmenter.dataset import read_mask, write_png
+    from segmenter.io.dataset import read_mask, write_png
 
     if (out / "dataset.json").is_file():
         return json.loads((out / "dataset.json").read_text())["removal"]
@@ -131,7 +131,7 @@ def mask_quality(candidate: Path, truth: Path) -> dict[str, float]:
     """Pixel agreement of a dataset version's masks with the complete annotation (all images pooled):
     IoU, precision (how much of the mask is real foreground) and recall (how much of the real
     foreground the mask holds). Shows what each IDI iteration did to the training data."""
-    from segmenter.dataset import read_mask
+    from segmenter.io.dataset import read_mask
 
     inter = cand = true = 0
     for stem in stems_of(truth):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.common import SHARED_DATA
-from segmenter.dataset import read_image, read_mask
+from segmenter.io.dataset import read_image, read_mask
 
 GLASS = np.array([236, 232, 238], dtype=np.uint8)
 

@@ -37,10 +37,10 @@ from segmenter.precision import autocast, precision_name  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
-from segmenter.pyramid import write_pyramid_streaming  # noqa: E402
-from segmenter.slides import open_slide  # noqa: E402
-from segmenter.tissue import slide_tissue_mask  # noqa: E402
-from segmenter.wsi import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
+from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
+from segmenter.wsi.readers import open_slide  # noqa: E402
+from segmenter.wsi.tissue import slide_tissue_mask  # noqa: E402
+from segmenter.wsi.engine import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
 
 
 def build_slide(path: Path, size: int, fill: float):
@@ -88,8 +88,8 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
 
 def cyseg_region_throughput(seg: Segmenter, model_path: Path, slide_path: Path, region: Region, skip: bool) -> float:
     """MP/s of the in-process engine on a region (no cache)."""
-    from segmenter.scaleout import InProcess
-    from segmenter.slide_job import segment_slide
+    from segmenter.wsi.scaleout import InProcess
+    from segmenter.wsi.segment import segment_slide
 
     reader = open_slide(slide_path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +124,7 @@ def mask_agreement(a: Path, b: Path, size: int) -> dict:
     and not the other's, as a fraction of the second run's foreground, and the Dice of the two."""
     from shapely.geometry import shape
 
-    from segmenter.slide_job import low_resolution_mask
+    from segmenter.wsi.segment import low_resolution_mask
 
     def mask(path: Path) -> np.ndarray:
         polygons = [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]

@@ -14,7 +14,7 @@ import albumentations as A
 from tqdm import tqdm
 
 from segmenter.augment import method_augmenter
-from segmenter.dataset import DatasetWriter, open_dataset, read_pair
+from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

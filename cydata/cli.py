@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
+from segmenter.console import ErrorReportingGroup, run_main, setup_logging, verbosity
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

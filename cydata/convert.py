@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.dataset import DatasetWriter, read_image
+from segmenter.io.dataset import DatasetWriter, read_image
 from segmenter.errors import CysegError, DatasetError
 
 log = logging.getLogger(__name__)

@@ -43,11 +43,11 @@ from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from cydata.cytomine_source import CytomineSource, ImageInfo, NotFound, ServerFailure
-from segmenter.digest import file_digest
-from segmenter.atomic import atomic_path
-from segmenter.cytomine_connect import credentials
-from segmenter.dataset import FORMAT, write_png
+from segmenter.cytomine.api import CytomineSource, ImageInfo, NotFound, ServerFailure
+from segmenter.io.digest import file_digest
+from segmenter.io.atomic import atomic_path
+from segmenter.cytomine.connection import credentials
+from segmenter.io.dataset import FORMAT, write_png
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ import random
 
 from shapely.geometry import box as shapely_box
 
-from cydata.cytomine_source import CytomineSource, NotFound
-from segmenter.cytomine_connect import credentials
+from segmenter.cytomine.api import CytomineSource, NotFound
+from segmenter.cytomine.connection import credentials
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.digest import file_digest
-from segmenter.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
+from segmenter.io.digest import file_digest
+from segmenter.io.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segmenter.dataset import DatasetWriter, Item, open_dataset
+from segmenter.io.dataset import DatasetWriter, Item, open_dataset
 from segmenter.errors import CysegError, DatasetError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import click
 
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
-from segmenter.cli_support import ErrorReportingGroup, run_main, setup_logging, verbosity
+from segmenter.console import ErrorReportingGroup, run_main, setup_logging, verbosity
 from segmenter.errors import CysegError
 from segmenter.planning import DEFAULT_CROP
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from segmenter.atomic import atomic_dir
+from segmenter.io.atomic import atomic_dir
 from segmenter.base import Segmenter
-from segmenter.dataset import write_png
+from segmenter.io.dataset import write_png
 from segmenter.evaluation import SWEEP, evaluate_dataset, summarise
 from segmenter.overlays import comparison_panel
 

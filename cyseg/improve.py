@@ -60,10 +60,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmenter.digest import file_digest
-from segmenter.atomic import atomic_path
+from segmenter.io.digest import file_digest
+from segmenter.io.atomic import atomic_path
 from segmenter.base import Segmenter
-from segmenter.dataset import (Dataset, DatasetWriter, check_dataset, manifest_hash, open_dataset, read_image,
+from segmenter.io.dataset import (Dataset, DatasetWriter, check_dataset, manifest_hash, open_dataset, read_image,
                                read_mask, write_png)
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.overlays import overlay

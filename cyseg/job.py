@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segmenter.cli_support import one_line
-from segmenter.cytomine_geometry import flip_y
-from segmenter.cytomine_slide import CytomineSlideReader, HttpStatusError, get_json, server_message
+from segmenter.console import one_line
+from segmenter.cytomine.geometry import flip_y
+from segmenter.cytomine.reader import CytomineSlideReader, HttpStatusError, get_json, server_message
 from segmenter.errors import CysegError
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.wsi import WsiOptions
+    from segmenter.wsi.engine import WsiOptions
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def segment_image(seg: "Segmenter", model_path: Path, reader: CytomineSlideReade
     returns the GeoJSON holding all polygons (windows combined, a polygon kept once: by the first
     window that contains its centroid) and the engine's summaries."""
     from segmenter.polygons import write_geojson
-    from segmenter.slide_job import segment_slide
+    from segmenter.wsi.segment import segment_slide
 
     summaries = []
     outputs = []
@@ -220,7 +220,7 @@ def segment_image(seg: "Segmenter", model_path: Path, reader: CytomineSlideReade
 def upload_output(client: Any, reader: CytomineSlideReader, geojson: Path, term: int | None, batch_size: int,
                   on_progress: Callable[[int, int], None] | None = None) -> Any:
     """Upload the polygons of `geojson` as annotations of the reader's image (journal beside it)."""
-    from cyseg.upload import Uploader, journal_path
+    from segmenter.cytomine.upload import Uploader, journal_path
 
     uploader = Uploader(client, reader.image_id, reader.project, reader.height, term=term, batch_size=batch_size,
                         journal=journal_path(geojson), host=reader.source.host, progress=on_progress)
@@ -236,11 +236,11 @@ def run_segment_cytomine(seg: "Segmenter", model_path: Path, image_id: int, out:
                          upload_batch: int, progress: bool = True) -> tuple[dict[str, Any], Any]:
     """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on Dask."""
     from cyseg.slide_cmd import resolution
-    from cyseg.upload import check_term
-    from segmenter.cytomine_connect import connect, credentials
-    from segmenter.cytomine_slide import open_cytomine_image
-    from segmenter.scaleout import make_runner
-    from segmenter.wsi import WsiOptions
+    from segmenter.cytomine.upload import check_term
+    from segmenter.cytomine.connection import connect, credentials
+    from segmenter.cytomine.reader import open_cytomine_image
+    from segmenter.wsi.scaleout import make_runner
+    from segmenter.wsi.engine import WsiOptions
 
     if insecure:
         warn_insecure()
@@ -425,7 +425,7 @@ class JobSettings:
 def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
     """Run the Cytomine job end to end; returns the final status comment. Raises CysegError
     (already reported to the job as FAILED when a job exists) on failure."""
-    from segmenter.cytomine_connect import connect, credentials
+    from segmenter.cytomine.connection import connect, credentials
 
     creds = credentials(settings.host, settings.public_key, settings.private_key, settings.config)
     secrets = [creds.public_key, creds.private_key]
@@ -456,7 +456,7 @@ def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
 def job_wsi_options(s: JobSettings) -> "WsiOptions":
     """The slide engine's options for a job: its tiling, threshold and TTA, windows overlapping by
     a quarter (at most 256 px), polygons simplified by half a pixel."""
-    from segmenter.wsi import WsiOptions
+    from segmenter.wsi.engine import WsiOptions
 
     return WsiOptions(tile=s.tile, overlap=s.overlap, batch=s.batch, tta=s.tta, window_size=s.window_size,
                       window_overlap=min(256, s.window_size // 4), threshold=s.threshold, simplify=0.5,
@@ -465,11 +465,11 @@ def job_wsi_options(s: JobSettings) -> "WsiOptions":
 
 def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
     import unet  # noqa: F401  (registers the U-Net architecture)
-    from cyseg.upload import check_term
+    from segmenter.cytomine.upload import check_term
     from segmenter.allocator import freeze_loaded_objects
     from segmenter.base import Segmenter
-    from segmenter.cytomine_slide import CytomineSource
-    from segmenter.scaleout import InProcess
+    from segmenter.cytomine.reader import CytomineSource
+    from segmenter.wsi.scaleout import InProcess
 
     images = project_images(client, s.project, s.images)
     if s.predicted_term is not None:

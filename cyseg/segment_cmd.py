@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmenter.atomic import atomic_dir
+from segmenter.io.atomic import atomic_dir
 from segmenter.base import Segmenter
-from segmenter.dataset import IMAGE_SUFFIXES, read_image, write_png
+from segmenter.io.dataset import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.errors import CysegError
 from segmenter.overlays import overlay
 from segmenter.pipeline import BackgroundWriter, read_ahead

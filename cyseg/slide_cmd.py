@@ -7,9 +7,9 @@ from typing import Any
 
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError
-from segmenter.scaleout import make_runner
-from segmenter.slide_job import segment_slide
-from segmenter.wsi import WsiOptions
+from segmenter.wsi.scaleout import make_runner
+from segmenter.wsi.segment import segment_slide
+from segmenter.wsi.engine import WsiOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def run_segment_slides(seg: Segmenter, model_path: Path, slides: list[Path], out
                        scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
                        progress: bool = True) -> list[dict[str, Any]]:
     """Segment each slide in turn on one runner (Dask cluster started once)."""
-    from segmenter.slides import open_slide
+    from segmenter.wsi.readers import open_slide
 
     if window and len(slides) > 1:
         raise CysegError("--window applies to one slide; give a single slide with --window")

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from metrics.torch_metrics import dice_score, jaccard_score
-from segmenter.dataset import Dataset, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segmenter.atomic import atomic_path
+from segmenter.io.atomic import atomic_path
 
 
 def history_paths(model_path: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from segmenter.atomic import atomic_path
+from segmenter.io.atomic import atomic_path
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.resolution import MAX_RESOLUTION
 

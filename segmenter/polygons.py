@@ -15,7 +15,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon
 
-from segmenter.atomic import atomic_path
+from segmenter.io.atomic import atomic_path
 
 
 def _polygons_of(geometry) -> list[Polygon]:

@@ -23,7 +23,7 @@ from shapely import wkt as shapely_wkt
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
 from cydata.cli import cli  # noqa: E402
-from segmenter.dataset import check_dataset, open_dataset  # noqa: E402
+from segmenter.io.dataset import check_dataset, open_dataset  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
     Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, slide_region)
 
@@ -66,7 +66,7 @@ def env(cytomine_seed: Seed, monkeypatch):
     monkeypatch.setenv("CYTOMINE_HOST", server.url)
     monkeypatch.setenv("CYTOMINE_PUBLIC_KEY", server.public_key)
     monkeypatch.setenv("CYTOMINE_PRIVATE_KEY", server.private_key)
-    monkeypatch.setattr("cydata.cytomine_source.BACKOFF", 0.01)
+    monkeypatch.setattr("segmenter.cytomine.api.BACKOFF", 0.01)
     return cytomine_seed
 
 

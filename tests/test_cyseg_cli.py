@@ -20,7 +20,7 @@ from shapely.geometry import shape
 
 from conftest import TINY, invoke
 from metrics.numpy_metrics import dice, jaccard, mean_std
-from segmenter.dataset import manifest_hash, open_dataset, read_image, read_mask
+from segmenter.io.dataset import manifest_hash, open_dataset, read_image, read_mask
 from segmenter.evaluation import SWEEP
 from segmenter.precision import precision_name
 

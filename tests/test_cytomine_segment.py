@@ -17,14 +17,14 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
-import cyseg.upload as upload_module  # noqa: E402
+import segmenter.cytomine.upload as upload_module  # noqa: E402
 from cyseg.cli import cli  # noqa: E402
 from cytomine_server import api as server_api  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
     Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, disconnect)
-from segmenter.cytomine_connect import Credentials, connect  # noqa: E402
-from segmenter.cytomine_geometry import flip_y  # noqa: E402
-from segmenter.cytomine_slide import CytomineSlideReader, open_cytomine_image  # noqa: E402
+from segmenter.cytomine.connection import Credentials, connect  # noqa: E402
+from segmenter.cytomine.geometry import flip_y  # noqa: E402
+from segmenter.cytomine.reader import CytomineSlideReader, open_cytomine_image  # noqa: E402
 from segmenter.errors import CysegError  # noqa: E402
 
 # small tiles and windows: the 1000x700 sample slide gets several windows of several tiles

@@ -1,4 +1,4 @@
-"""Unit tests of `segmenter.dataset`: pairing images with masks, reading images of any depth and
+"""Unit tests of `segmenter.io.dataset`: pairing images with masks, reading images of any depth and
 channel count as RGB uint8, validating masks, and the all-or-nothing `DatasetWriter`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import write_grey, write_rgb
-from segmenter.dataset import (FORMAT, DatasetWriter, check_dataset, manifest_hash, open_dataset, png_is_complete,
+from segmenter.io.dataset import (FORMAT, DatasetWriter, check_dataset, manifest_hash, open_dataset, png_is_complete,
                                read_image, read_mask, read_pair, write_png)
 from segmenter.errors import CysegError, DatasetError
 

@@ -189,8 +189,8 @@ def test_dockerfile_is_slim_cpu_by_default_and_installs_the_package():
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1] not in ("root", "0")
     # every package of pyproject.toml is copied into the build context of `pip install`
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    for top in {p.split(".")[0] for p in packages}:
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for top in {p.rstrip("*").split(".")[0] for p in packages}:
         assert re.search(rf"^COPY {top} /app/src/{top}$", text, re.M), top
     ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.lstrip().startswith("#")]

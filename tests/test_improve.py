@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import SLIDE, invoke, write_grey, write_rgb
-from segmenter.dataset import open_dataset, read_image, read_mask
+from segmenter.io.dataset import open_dataset, read_image, read_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

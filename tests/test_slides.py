@@ -12,10 +12,10 @@ import openslide
 import pytest
 import tifffile
 
-from segmenter import pyramid
+from segmenter.wsi import pyramid
 from segmenter.errors import CysegError
-from segmenter.pyramid import halve, pyramid_sizes, write_pyramid, write_pyramid_streaming
-from segmenter.slides import ImageReader, OpenSlideReader, TiffReader, composite_on_white, open_slide, rgba_on_white
+from segmenter.wsi.pyramid import halve, pyramid_sizes, write_pyramid, write_pyramid_streaming
+from segmenter.wsi.readers import ImageReader, OpenSlideReader, TiffReader, composite_on_white, open_slide, rgba_on_white
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 GLASS = (236, 232, 238)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from segmenter.errors import CysegError
-from segmenter.pyramid import write_pyramid
-from segmenter.slides import open_slide
-from segmenter.tissue import TissueMask, slide_tissue_mask, tissue_mask
+from segmenter.wsi.pyramid import write_pyramid
+from segmenter.wsi.readers import open_slide
+from segmenter.wsi.tissue import TissueMask, slide_tissue_mask, tissue_mask
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GLASS = (236, 232, 238)

@@ -17,8 +17,8 @@ from shapely.ops import unary_union
 import unet  # noqa: F401
 from cyseg.cli import cli
 from segmenter.base import Segmenter
-from segmenter.pyramid import write_pyramid
-from segmenter.wsi import WindowResult, WsiOptions, merge_windows, near_cuts, owned_box, window_topology
+from segmenter.wsi.pyramid import write_pyramid
+from segmenter.wsi.engine import WindowResult, WsiOptions, merge_windows, near_cuts, owned_box, window_topology
 
 GLASS = (236, 232, 238)
 # small windows and tiles so that a 1.5-MP test slide has many of both
@@ -149,7 +149,7 @@ def test_background_skipping_skips_glass_and_keeps_cells(tiny_model, slide, mosa
 
 
 def test_resume_after_interruption_gives_the_identical_result(tiny_model, slide, tmp_path, monkeypatch):
-    import segmenter.wsi as wsi
+    import segmenter.wsi.engine as wsi
 
     reference = tmp_path / "ref.geojson"
     assert run(["segment", str(tiny_model), str(slide), "--out", str(reference), "--cache", str(tmp_path / "c0"),
@@ -273,7 +273,7 @@ def test_disk_full_while_writing_leaves_no_output(tiny_model, slide, tmp_path, m
 def test_box_areas_give_the_polygons_of_whole_windows(tiny_model, slide, tmp_path, monkeypatch):
     """Post-processing and tracing each group of tissue boxes on its own area (the default with
     skipping) gives exactly the polygons of post-processing the whole window."""
-    import segmenter.wsi as wsi
+    import segmenter.wsi.engine as wsi
 
     groups: list[int] = []
     real_box_groups = wsi.box_groups
@@ -291,7 +291,7 @@ def test_box_areas_give_the_polygons_of_whole_windows(tiny_model, slide, tmp_pat
 
 
 def test_box_groups_pad_merge_and_keep_their_boxes():
-    from segmenter.wsi import box_groups
+    from segmenter.wsi.engine import box_groups
 
     boxes = [(10, 10, 20, 20), (34, 10, 5, 5), (100, 100, 10, 10), (0, 150, 10, 10)]
     groups = box_groups(boxes, 3, 160, 160)

@@ -1,6 +1,6 @@
 """Every Cytomine access of `cydata`: projects, terms, users, images, annotations, image windows and
 new annotations, through the real cytomine-python-client, connected with
-`segmenter.cytomine_connect.connect` (keys never printed or logged).
+`segmenter.cytomine.connection.connect` (keys never printed or logged).
 
 Frames: Cytomine geometries have their origin at the bottom-left (y up). Everything this module
 hands out or takes in (annotation geometries, crop boxes, bounding boxes, new ROIs) is in slide
@@ -40,9 +40,9 @@ from shapely import wkt as shapely_wkt
 from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
-from segmenter.cytomine_connect import TRANSPORT_RETRIED, Credentials, connect, transport_retried
-from segmenter.cytomine_geometry import flip_y
-from segmenter.dataset import png_is_complete
+from segmenter.cytomine.connection import TRANSPORT_RETRIED, Credentials, connect, transport_retried
+from segmenter.cytomine.geometry import flip_y
+from segmenter.io.dataset import png_is_complete
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

@@ -154,7 +154,7 @@ class SlideReader(abc.ABC):
 
     @property
     def worker_spec(self) -> str:
-        """What a Dask worker needs to reopen this slide (`segmenter.scaleout.worker_slide`): its path."""
+        """What a Dask worker needs to reopen this slide (`segmenter.wsi.scaleout.worker_slide`): its path."""
         return str(self.path)
 
     def identity(self) -> str:

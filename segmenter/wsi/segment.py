@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.atomic import atomic_path
-from segmenter.dataset import write_png
-from segmenter.digest import file_digest
+from segmenter.io.atomic import atomic_path
+from segmenter.io.dataset import write_png
+from segmenter.io.digest import file_digest
 from segmenter.errors import CysegError
 from segmenter.polygons import feature_collection, write_geojson
-from segmenter.wsi import (
+from segmenter.wsi.engine import (
     Region,
     WindowCache,
     WsiOptions,
@@ -32,8 +32,8 @@ from segmenter.wsi import (
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.scaleout import DaskRunner, InProcess
-    from segmenter.slides import SlideReader
+    from segmenter.wsi.scaleout import DaskRunner, InProcess
+    from segmenter.wsi.readers import SlideReader
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out
                   mask_out: Path | None = None, mask_downsample: float = 16.0, label: str = "cell",
                   progress: bool = True) -> dict[str, Any]:
     """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates)."""
-    from segmenter.tissue import slide_tissue_mask
+    from segmenter.wsi.tissue import slide_tissue_mask
 
     opts.check()
     if seg.in_channels != 3:

@@ -13,8 +13,8 @@ from segmenter.errors import CysegError
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.slides import SlideReader
-    from segmenter.wsi import Region, WindowResult, WindowTask, WsiOptions
+    from segmenter.wsi.readers import SlideReader
+    from segmenter.wsi.engine import Region, WindowResult, WindowTask, WsiOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def worker_segmenter(model_path: str, model_digest: str, device: str | None, thr
 def worker_slide(path: str) -> "SlideReader":
     """The slide, opened once per worker process: a file path, or a reader's `worker_spec`
     string (a Cytomine image: host, image id and credentials source, no keys)."""
-    from segmenter.cytomine_slide import is_worker_spec, reader_from_spec
-    from segmenter.slides import open_slide
+    from segmenter.cytomine.reader import is_worker_spec, reader_from_spec
+    from segmenter.wsi.readers import open_slide
 
     if is_worker_spec(path):
         return reader_from_spec(path)
@@ -61,7 +61,7 @@ def run_window(seg: "Segmenter", reader: "SlideReader", region: "Region", task: 
     """One window, then the heap's free pages back to the OS, so the process that ran it (this one
     or a Dask worker) stays bounded by one window's working set."""
     from segmenter.allocator import release_freed_memory
-    from segmenter.wsi import process_window
+    from segmenter.wsi.engine import process_window
 
     try:
         return process_window(seg, reader, region, task, opts)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from segmenter.atomic import atomic_path
+from segmenter.io.atomic import atomic_path
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)

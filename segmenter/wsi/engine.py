@@ -27,7 +27,7 @@ from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
-from segmenter.atomic import atomic_path
+from segmenter.io.atomic import atomic_path
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
 from segmenter.polygons import clean_many, mask_to_polygons
@@ -36,8 +36,8 @@ from transforms.chain import chain_radius
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.slides import SlideReader
-    from segmenter.tissue import TissueMask
+    from segmenter.wsi.readers import SlideReader
+    from segmenter.wsi.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 

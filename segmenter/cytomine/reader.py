@@ -29,9 +29,9 @@ import numpy as np
 import requests
 import urllib3
 
-from segmenter.cytomine_connect import TRANSPORT_RETRIED, connect, credentials, transport_retried
+from segmenter.cytomine.connection import TRANSPORT_RETRIED, connect, credentials, transport_retried
 from segmenter.errors import CysegError
-from segmenter.slides import SlideReader, _ArrayReader, rgba_on_white
+from segmenter.wsi.readers import SlideReader, _ArrayReader, rgba_on_white
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ class CytomineSlideReader(_ArrayReader):
     def thumbnail(self, max_side: int, pool: int = 1, reduce: str = "mean") -> tuple[np.ndarray, float]:
         """The overview through the thumb endpoint (`thumb.png?maxSize=`) when it is at most
         THUMB_MAX pixels long, else assembled from windows at a zoom level (base class)."""
-        from segmenter.slides import REDUCERS
+        from segmenter.wsi.readers import REDUCERS
 
         if max_side < 1 or pool < 1 or reduce not in REDUCERS:
             return super().thumbnail(max_side, pool, reduce)  # the base class reports the error
