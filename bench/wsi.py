@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import unet  # noqa: E402,F401  (registers the U-Net)
+from unet import load_segmenter
 from bench.common import write_results  # noqa: E402
 from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
@@ -161,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # the heap policy every cyseg command runs with
     model_path = resolve_model(args.model)
-    seg = Segmenter.load(model_path)
+    seg = load_segmenter(model_path)
     freeze_loaded_objects()  # as every cyseg command does once its model is loaded
     device = str(seg.device)
     work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))

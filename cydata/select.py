@@ -74,8 +74,7 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
                    device: str = "auto", csv_path: str | os.PathLike | None = None,
                    progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
     """Score every crop of `directory`, write the kept ones to `out`; returns (out, all rows)."""
-    import unet  # noqa: F401  (registers the U-Net architecture)
-    from segmenter.base import Segmenter
+    from unet import load_segmenter
 
     if not 0.0 <= min_completeness <= 1.0:
         raise CysegError(f"--min-completeness {min_completeness} is outside [0, 1]; choose e.g. 0.5")
@@ -88,7 +87,7 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
         raise CysegError(f"output folder {out} already exists; choose a new --out or remove it")
     src = Path(directory)
     dataset = open_dataset(src)
-    seg = Segmenter.load(model, device=device)
+    seg = load_segmenter(model, device=device)
     check_dataset(dataset, seg.n_classes)
     chosen_t = seg.threshold if threshold is None else threshold
 

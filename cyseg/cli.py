@@ -26,11 +26,10 @@ AMP_HELP = ("Run the network in the device's native reduced precision: float16 o
 
 
 def _load(model: str, device: str):
-    import unet  # noqa: F401  (registers the U-Net architecture)
-    from segmenter.base import Segmenter
+    from unet import load_segmenter
     from cyseg.models import resolve_model
 
-    seg = Segmenter.load(resolve_model(model), device=device)
+    seg = load_segmenter(resolve_model(model), device=device)
     freeze_loaded_objects()
     return seg
 

@@ -70,6 +70,7 @@ from segmenter.overlays import overlay
 from segmenter.planning import DEFAULT_CROP
 from segmenter.training import TrainOptions, train
 from transforms.chain import build_on, default_chain, with_threshold, without_threshold
+from unet import UNetSegmenter, load_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,6 @@ def _check_start(seg: Segmenter, opts: ImproveOptions, source: str) -> None:
 
 
 def _fresh(opts: ImproveOptions) -> Segmenter:
-    from unet import UNetSegmenter
 
     torch.manual_seed(opts.seed)  # the initial weights, as `cyseg train`
     return UNetSegmenter({"n_classes": 1, "depth": opts.depth or DEFAULT_DEPTH, "n": opts.n or DEFAULT_N},
@@ -245,10 +245,10 @@ def _starting_point(out: Path, k: int, opts: ImproveOptions) -> tuple[Segmenter,
     learnt at (None for fresh weights, which have learnt none)."""
     if k > 1 and opts.warm_start:
         path = _model_path(out, k - 1)
-        seg = Segmenter.load(path, device=opts.device)
+        seg = load_segmenter(path, device=opts.device)
         return seg, str(path), seg.resolution
     if opts.model is not None:
-        seg = Segmenter.load(opts.model, device=opts.device)
+        seg = load_segmenter(opts.model, device=opts.device)
         seg.threshold = float(opts.threshold)
         seg.postprocess = with_threshold(seg.postprocess, opts.threshold)
         return seg, str(opts.model), seg.resolution
@@ -278,8 +278,6 @@ def _write_report(out: Path, data: Path, rows: list[dict[str, Any]], opts: Impro
 
 def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, Any]]:
     """Run (or continue) K iterations; returns the report rows of iterations 1..K."""
-    import unet  # noqa: F401  (registers the U-Net for Segmenter.load)
-
     data, out = Path(data), Path(out)
     opts.check()
     dataset = open_dataset(data)
@@ -294,7 +292,7 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
                          f"(kinds present: {', '.join(kinds)}); drop --only-kind or give another kind")
     start_hash = None
     if opts.model is not None:
-        start = Segmenter.load(opts.model, device="cpu")
+        start = load_segmenter(opts.model, device="cpu")
         _check_start(start, opts, f"model file {opts.model}")
         start_hash = file_digest(opts.model)
 
@@ -364,7 +362,7 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, t
     t0, cpu0 = time.perf_counter(), time.process_time()
     if model_path.is_file():
         log.info("iteration %d: model %s already trained", k, model_path)
-        seg = Segmenter.load(model_path, device=opts.device)
+        seg = load_segmenter(model_path, device=opts.device)
         start = seg.training_info.get("idi_start", "(earlier run)")
     else:
         seg, start, learnt = _starting_point(out, k, opts)

@@ -240,6 +240,7 @@ def run_segment_cytomine(seg: "Segmenter", model_path: Path, image_id: int, out:
     from segmenter.cytomine.connection import connect, credentials
     from segmenter.cytomine.reader import open_cytomine_image
     from segmenter.wsi.scaleout import make_runner
+    from unet import load_segmenter
     from segmenter.wsi.engine import WsiOptions
 
     if insecure:
@@ -255,7 +256,7 @@ def run_segment_cytomine(seg: "Segmenter", model_path: Path, image_id: int, out:
         target = target / f"cytomine-{image_id}.geojson"
     options = WsiOptions(downsample=resolution(reader, mpp, magnification), **opts)
     cache_root = cache if cache is not None else target.parent / ".cyseg-cache"
-    runner = make_runner(seg, workers, scheduler, None if device == "auto" else device)
+    runner = make_runner(seg, load_segmenter, workers, scheduler, None if device == "auto" else device)
     try:
         geojson, summaries = segment_image(seg, model_path, reader, target, options, runner, [("image", window)],
                                            cache_root, mask_out, progress_bar=progress)
@@ -464,10 +465,9 @@ def job_wsi_options(s: JobSettings) -> "WsiOptions":
 
 
 def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
-    import unet  # noqa: F401  (registers the U-Net architecture)
+    from unet import load_segmenter
     from segmenter.cytomine.upload import check_term
     from segmenter.allocator import freeze_loaded_objects
-    from segmenter.base import Segmenter
     from segmenter.cytomine.reader import CytomineSource
     from segmenter.wsi.scaleout import InProcess
 
@@ -477,7 +477,7 @@ def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress
     if s.roi_term is not None:
         check_term(client, s.roi_term, s.project)
     model_path = resolve_job_model(s.model)
-    seg = Segmenter.load(model_path, device=None if s.device == "auto" else s.device)
+    seg = load_segmenter(model_path, device=None if s.device == "auto" else s.device)
     freeze_loaded_objects()
     work = s.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
     work.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError
 from segmenter.wsi.scaleout import make_runner
+from unet import load_segmenter
 from segmenter.wsi.segment import segment_slide
 from segmenter.wsi.engine import WsiOptions
 
@@ -46,7 +47,7 @@ def run_segment_slides(seg: Segmenter, model_path: Path, slides: list[Path], out
         raise CysegError("--window applies to one slide; give a single slide with --window")
     outputs = output_paths(slides, out)
     readers = [open_slide(path) for path in slides]  # fail on a bad slide before any work
-    runner = make_runner(seg, workers, scheduler, None if device == "auto" else device)
+    runner = make_runner(seg, load_segmenter, workers, scheduler, None if device == "auto" else device)
     summaries = []
     try:
         for reader, target in zip(readers, outputs):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from segmenter.errors import CysegError
 
 
 def _counts(preds: ArrayLike, targets: ArrayLike, ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -14,7 +13,7 @@ def _counts(preds: ArrayLike, targets: ArrayLike, ndim: int) -> tuple[np.ndarray
     target = np.asarray(targets) != 0
     if pred.ndim != ndim or pred.shape != target.shape:
         layout = "(H, W)" if ndim == 2 else "(N, H, W)"
-        raise CysegError(f"prediction {pred.shape} and target {target.shape} must both be {layout} masks "
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} must both be {layout} masks "
                          "of the same shape; compare masks of equal size")
     axes = (-2, -1)
     inter, p_sum, t_sum = (np.asarray(np.count_nonzero(m, axis=axes)) for m in (pred & target, pred, target))
@@ -54,5 +53,5 @@ def mean_std(values: ArrayLike) -> tuple[float, float]:
     """Mean and population standard deviation of per-image scores (std 0 for a single value)."""
     array = np.asarray(values, dtype=np.float64).ravel()
     if array.size == 0:
-        raise CysegError("mean_std got no values; evaluate at least one image")
+        raise ValueError("mean_std got no values; evaluate at least one image")
     return float(array.mean()), float(array.std())

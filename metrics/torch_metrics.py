@@ -9,7 +9,6 @@ from typing import Union
 
 import torch
 
-from segmenter.errors import CysegError
 
 ClassWeights = Union[Sequence[float], torch.Tensor, None]
 
@@ -22,9 +21,9 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def _check_smooth(smooth: float) -> float:
-    """Return `smooth` as a float, or raise CysegError unless it is a finite number >= 0."""
+    """Return `smooth` as a float, or raise ValueError unless it is a finite number >= 0."""
     if isinstance(smooth, bool) or not isinstance(smooth, numbers.Real) or not math.isfinite(smooth) or smooth < 0:
-        raise CysegError(f"smooth {smooth!r} must be a finite number >= 0; use e.g. smooth=1.0")
+        raise ValueError(f"smooth {smooth!r} must be a finite number >= 0; use e.g. smooth=1.0")
     return float(smooth)
 
 
@@ -35,20 +34,20 @@ def _class_weights(weights: ClassWeights, n_classes: int, like: torch.Tensor) ->
     try:
         w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise CysegError(f"class weights {weights!r} are not numbers; give one number >= 0 per class") from exc
+        raise ValueError(f"class weights {weights!r} are not numbers; give one number >= 0 per class") from exc
     if w.ndim != 1 or w.numel() != n_classes:
-        raise CysegError(f"class weights {w.tolist()} do not match the {n_classes} classes; give one weight per class")
+        raise ValueError(f"class weights {w.tolist()} do not match the {n_classes} classes; give one weight per class")
     if not torch.isfinite(w).all() or (w < 0).any():
-        raise CysegError(f"class weights {w.tolist()} contain a negative or non-finite value; use finite weights >= 0")
+        raise ValueError(f"class weights {w.tolist()} contain a negative or non-finite value; use finite weights >= 0")
     if w.sum() == 0:
-        raise CysegError(f"class weights {w.tolist()} are all zero; give at least one positive weight")
+        raise ValueError(f"class weights {w.tolist()} are all zero; give at least one positive weight")
     return (w / w.sum()).to(dtype=like.dtype, device=like.device)
 
 
 def _soft_sums(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image and class (N, C): Σ p·t, Σ p and Σ t over the pixels."""
     if probs.ndim != 4 or probs.shape != target.shape:
-        raise CysegError(f"probabilities {tuple(probs.shape)} and target {tuple(target.shape)} must both be "
+        raise ValueError(f"probabilities {tuple(probs.shape)} and target {tuple(target.shape)} must both be "
                          "(N, C, H, W) of the same shape; pass batched maps with matching sizes")
     target = target.to(probs.dtype)
     return (probs * target).sum(dim=(2, 3)), probs.sum(dim=(2, 3)), target.sum(dim=(2, 3))
@@ -93,7 +92,7 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: ClassWeights =
 def _hard_counts(pred_mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image (N,) float64 counts |A∩B|, |A| and |B| of (N, H, W) or (H, W) masks (nonzero = foreground)."""
     if pred_mask.shape != target_mask.shape or pred_mask.ndim not in (2, 3):
-        raise CysegError(f"prediction {tuple(pred_mask.shape)} and target {tuple(target_mask.shape)} must both be "
+        raise ValueError(f"prediction {tuple(pred_mask.shape)} and target {tuple(target_mask.shape)} must both be "
                          "(N, H, W) or (H, W) masks of the same shape; compare masks of equal size")
     pred = (pred_mask != 0).reshape(-1, *pred_mask.shape[-2:])
     target = (target_mask != 0).reshape(-1, *target_mask.shape[-2:])

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 192
 DEFAULT_BATCH = 1
-REGISTRY: dict[str, type["Segmenter"]] = {}
 
 
 @contextlib.contextmanager
@@ -53,11 +52,6 @@ class Segmenter:
 
     arch: ClassVar[str] = ""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.arch:
-            REGISTRY[cls.arch] = cls
-
     def __init__(self, config: dict[str, Any], device: str | torch.device | None = None,
                  class_weights: Sequence[float] | None = None, preprocess: dict[str, Any] | None = None,
                  postprocess: list[dict[str, Any]] | None = None, threshold: float = 0.5,
@@ -74,7 +68,10 @@ class Segmenter:
         if not 0.0 <= threshold <= 1.0:
             raise CysegError(f"threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
         self.threshold = float(threshold)
-        self.postprocess = validate_chain(with_threshold(postprocess or default_chain(threshold), threshold))
+        try:
+            self.postprocess = validate_chain(with_threshold(postprocess or default_chain(threshold), threshold))
+        except ValueError as exc:  # transforms, below this layer, raise plain ValueErrors
+            raise CysegError(str(exc)) from exc
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False, "amp": True,
                           **(inference or {})}
         # channels-last convolutions: measured 2.6x faster training and 2.8x faster inference on
@@ -243,13 +240,14 @@ class Segmenter:
     @classmethod
     def from_state(cls, content: dict[str, Any], device: str | torch.device | None = None,
                    source: str = "model") -> "Segmenter":
-        """Build a segmenter of the right architecture from a model file's content."""
+        """Build a segmenter of this class from a model file's content (`unet.segmenter_from_state`
+        picks the class a file names)."""
         arch = content.get("arch")
-        klass = REGISTRY.get(arch) if cls.arch == "" else cls
-        if klass is None or (cls.arch and arch != cls.arch):
-            raise ModelFileError(f"{source} holds architecture {arch!r}; this cyseg knows {', '.join(sorted(REGISTRY))}")
+        if not cls.arch or arch != cls.arch:
+            raise ModelFileError(f"{source} holds architecture {arch!r}, not {cls.arch or 'a concrete one'!r}; "
+                                 "load it with unet.load_segmenter")
         try:
-            seg = klass(content["config"], device=device, class_weights=content.get("class_weights"),
+            seg = cls(content["config"], device=device, class_weights=content.get("class_weights"),
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
                         threshold=content["threshold"])
             seg.model.load_state_dict(content["state_dict"])
@@ -262,8 +260,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Segmenter":
-        """Load a model file written by `save` (any registered architecture when called on the base;
-        importing `unet` registers the U-Net)."""
+        """Load a model file of this class' architecture written by `save`."""
         return cls.from_state(load_model_file(path), device, source=f"model file {path}")
 
     def copy_state_dict(self) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from segmenter.io.atomic import atomic_path
-from segmenter.errors import CysegError, ModelFileError
+from segmenter.errors import ModelFileError
 from segmenter.resolution import MAX_RESOLUTION
 
 FORMAT = "cyseg-model/1"
@@ -105,6 +105,6 @@ def check_content(content: dict[str, Any], path: str | os.PathLike) -> None:
     try:
         check_threshold(content["threshold"])
         validate_chain(content["postprocess"])
-    except CysegError as exc:
+    except ValueError as exc:
         reason = str(exc).split(";")[0]
         raise ModelFileError(f"model file {path} is damaged ({reason}); retrain it with 'cyseg train'") from exc

@@ -106,8 +106,7 @@ def test_train_writes_model_history_and_curves(tiny_model, ihc_dataset):
 
 
 def test_best_epoch_is_argmax_of_val_iou_and_its_weights_are_kept(tiny_model, ihc_dataset):
-    import unet  # noqa: F401
-    from segmenter.base import Segmenter
+    from unet import load_segmenter
     from segmenter.evaluation import mean_scores
 
     info = load(tiny_model)["training"]
@@ -117,7 +116,7 @@ def test_best_epoch_is_argmax_of_val_iou_and_its_weights_are_kept(tiny_model, ih
     assert info["best_val_iou"] == pytest.approx(max(val_iou))
     # the file holds the best epoch's weights: re-scoring it on the validation set at the threshold
     # epochs are compared at (0.5; the stored one is calibrated afterwards) gives that IoU
-    seg = Segmenter.load(tiny_model, device="cpu")
+    seg = load_segmenter(tiny_model, device="cpu")
     val = open_dataset(ihc_dataset.val)
     assert mean_scores(seg, val, threshold=0.5)["iou"] == pytest.approx(info["best_val_iou"], abs=1e-6)
     calibrated = next(r for r in info["threshold"]["sweep"] if r["threshold"] == seg.threshold)
@@ -284,14 +283,13 @@ def rasterise(features: list[dict], shape_hw: tuple[int, int]) -> np.ndarray:
 
 
 def test_segment_writes_masks_geojson_and_overlays(tiny_model, ihc_dataset, tmp_path):
-    import unet  # noqa: F401
-    from segmenter.base import Segmenter
+    from unet import load_segmenter
 
     out = tmp_path / "seg"
     result = invoke(["-q", "segment", tiny_model, ihc_dataset.train, "--simplify", "0", "--out", out, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
-    seg = Segmenter.load(tiny_model, device="cpu")
+    seg = load_segmenter(tiny_model, device="cpu")
     stems = sorted(p.stem for p in (ihc_dataset.train / "images").glob("*.png"))
     assert sorted(p.stem for p in (out / "masks").iterdir()) == stems
     total_features = 0

@@ -108,16 +108,15 @@ def test_versions_form_a_chain_with_manifests(improved):
 
 
 def test_masks_are_ground_truth_or_the_prediction_pixel_exact(improved):
-    import unet  # noqa: F401
+    from unet import load_segmenter
     from cyseg.improve import idi_postprocess
-    from segmenter.base import Segmenter
 
     gt = masks_of(improved.data)
     for k in (1, 2):
         version = improved.out / f"iter{k}"
         new = masks_of(version)
         manifest = json.loads((version / "dataset.json").read_text())
-        seg = Segmenter.load(improved.out / "models" / f"iter{k}.pt", device="cpu")
+        seg = load_segmenter(improved.out / "models" / f"iter{k}.pt", device="cpu")
         for stem, truth in gt.items():
             assert not (truth & ~new[stem]).any(), f"iter{k}/{stem} lost annotated pixels"
             raw = cv2.imread(str(version / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -343,10 +342,9 @@ def test_completeness_scores_by_hand():
 def scored(tmp_path_factory, tiny_model, ihc_dataset) -> SimpleNamespace:
     """A dataset on two slides whose masks are built from the model's own prediction, so that the
     scores are known: exact (1.0), half kept, empty (0.0), superset (1.0), three quarters kept."""
-    import unet  # noqa: F401
-    from segmenter.base import Segmenter
+    from unet import load_segmenter
 
-    seg = Segmenter.load(tiny_model, device="cpu")
+    seg = load_segmenter(tiny_model, device="cpu")
     root = tmp_path_factory.mktemp("select") / "data"
     stems = sorted(ihc_dataset.images)
     plan = {"a1": ("A", "exact"), "a2": ("A", "half"), "a3": ("A", "empty"), "b1": ("B", "superset"),

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import unet  # noqa: F401  (registers the U-Net architecture)
-from segmenter.base import Segmenter
+from unet import load_segmenter
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.modelfile import FORMAT, REQUIRED, load_model_file, plain, save_model_file
 from transforms.chain import default_chain
@@ -37,7 +36,7 @@ def message(excinfo) -> str:
 
 def test_round_trip_restores_everything(segmenter, tmp_path, ihc_image):
     path = segmenter.save(tmp_path / "m.pt")
-    loaded = Segmenter.load(path, device="cpu")
+    loaded = load_segmenter(path, device="cpu")
     assert type(loaded) is UNetSegmenter
     assert loaded.config == segmenter.config
     assert loaded.threshold == 0.4 and loaded.postprocess == segmenter.postprocess
@@ -165,7 +164,7 @@ def test_foreign_or_broken_files_are_refused(what, segmenter, tmp_path):
     path = tmp_path / "bad.pt"
     needles = write(path, what, valid)
     with pytest.raises(ModelFileError) as excinfo:
-        Segmenter.load(path, device="cpu")
+        load_segmenter(path, device="cpu")
     text = message(excinfo)
     assert text.startswith(f"model file {path} ")
     for needle in needles:
@@ -177,7 +176,7 @@ def test_unknown_architecture_is_refused(segmenter, tmp_path):
     content["arch"] = "segformer"
     torch.save(content, tmp_path / "other.pt")
     with pytest.raises(ModelFileError) as excinfo:
-        Segmenter.load(tmp_path / "other.pt", device="cpu")
+        load_segmenter(tmp_path / "other.pt", device="cpu")
     assert "architecture 'segformer'" in message(excinfo) and "unet" in message(excinfo)
 
 
@@ -186,7 +185,7 @@ def test_weights_that_do_not_match_the_configuration_are_refused(segmenter, tmp_
     content["config"]["depth"] = 4
     torch.save(content, tmp_path / "other.pt")
     with pytest.raises(ModelFileError) as excinfo:
-        Segmenter.load(tmp_path / "other.pt", device="cpu")
+        load_segmenter(tmp_path / "other.pt", device="cpu")
     assert "does not match its own configuration" in message(excinfo) and "retrain" in message(excinfo)
 
 
@@ -207,5 +206,5 @@ def test_inconsistent_model_content_is_refused_naming_the_file(damage, segmenter
     path = tmp_path / "edited.pt"
     torch.save(content, path)
     with pytest.raises(CysegError) as excinfo:
-        Segmenter.load(path, device="cpu")
+        load_segmenter(path, device="cpu")
     assert f"model file {path}" in message(excinfo) and "cyseg train" in message(excinfo)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import unet  # noqa: F401  (registers the U-Net architecture)
+from unet import load_segmenter
 from conftest import invoke
 from cyseg.models import resolve_model
-from segmenter.base import Segmenter
 from segmenter.precision import autocast, cpu_has_bf16, precision_name, reduced_dtype
 
 CPU = torch.device("cpu")
@@ -29,7 +28,7 @@ def test_precision_follows_the_hardware_and_the_switch():
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason=NO_BF16)
 def test_bfloat16_masks_match_float32_on_a_real_image(ihc_image):
-    seg = Segmenter.load(resolve_model("default"), device="cpu")
+    seg = load_segmenter(resolve_model("default"), device="cpu")
     image = ihc_image[:320, :384]
     fast, exact = seg.predict(image, amp=True), seg.predict(image, amp=False)
     assert fast.dtype == exact.dtype == torch.float32  # the network in bfloat16, the result in float32

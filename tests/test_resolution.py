@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY, invoke
-from segmenter.base import Segmenter
+from unet import load_segmenter
 from segmenter.errors import CysegError
 from segmenter.resolution import check_resolution, resample_pair, scaled_size, to_image, to_network
 from unet import UNetSegmenter
@@ -61,7 +61,7 @@ def test_train_evaluate_and_segment_at_half_resolution(ihc_dataset, tmp_path) ->
     content = torch.load(model, weights_only=True)
     assert content["preprocess"]["resolution"] == 0.5 and content["training"]["options"]["resolution"] == 0.5
     assert content["training"]["options"]["crop"] == 64
-    assert Segmenter.load(model).resolution == 0.5
+    assert load_segmenter(model).resolution == 0.5
     report = tmp_path / "report"
     result = invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", report, "--no-sweep"])
     assert result.exit_code == 0, result.output

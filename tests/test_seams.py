@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import unet  # noqa: F401
+from unet import load_segmenter
 from cyseg.demo import demo_images
 from cyseg.models import SHIPPED
-from segmenter.base import Segmenter
 
 
 def available_memory_gb() -> float:
@@ -21,7 +20,7 @@ def available_memory_gb() -> float:
 
 @pytest.mark.skipif(available_memory_gb() < 6, reason="the untiled 2048x2048 forward needs ~4 GB of free memory")
 def test_tiled_2048_prediction_equals_untiled():
-    seg = Segmenter.load(SHIPPED["default"], device="cpu")
+    seg = load_segmenter(SHIPPED["default"], device="cpu")
     mosaic = demo_images()["mosaic"]
     ihc = demo_images()["ihc"]
     image = np.concatenate([np.concatenate([mosaic[:1024, :1024], np.tile(ihc, (2, 2, 1))[:1024, :1024]], 1)] * 2, 0)

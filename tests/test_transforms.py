@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from segmenter.errors import CysegError
 from transforms import (
     Compose,
     ErodeDilate,
@@ -232,7 +231,7 @@ def test_with_and_without_threshold() -> None:
     assert with_threshold(spec, 1)[:-1] == spec[:-1] and spec[-1]["t"] == 0.5
     assert without_threshold(spec) == spec[:-1]
     assert with_threshold(without_threshold(spec), 0.2) == default_chain(0.2)
-    with pytest.raises(CysegError, match=r"threshold 1.5 is outside \[0, 1\]; choose a value in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold 1.5 is outside \[0, 1\]; choose a value in \[0, 1\]"):
         with_threshold(spec, 1.5)
 
 
@@ -253,16 +252,16 @@ def test_with_and_without_threshold() -> None:
     ({"op": "smoothing", "k": 3}, r"is not a list of steps"),
 ])
 def test_bad_chains_raise(spec: object, message: str) -> None:
-    with pytest.raises(CysegError, match=message):
+    with pytest.raises(ValueError, match=message):
         validate_chain(spec)
 
 
 def test_bad_op_parameters_and_shapes_raise() -> None:
-    with pytest.raises(CysegError, match=r"threshold -0.1 is outside \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold -0.1 is outside \[0, 1\]"):
         TorchThreshold(-0.1)
-    with pytest.raises(CysegError, match=r"smoothing: kernel size k=True is not an integer >= 1"):
+    with pytest.raises(ValueError, match=r"smoothing: kernel size k=True is not an integer >= 1"):
         TorchSmoothing(True)
-    with pytest.raises(CysegError, match=r"probability map of shape \(1, 1, 2, 2\) is not a non-empty \(H, W\)"):
+    with pytest.raises(ValueError, match=r"probability map of shape \(1, 1, 2, 2\) is not a non-empty \(H, W\)"):
         Smoothing(3)(np.zeros((1, 1, 2, 2)))
-    with pytest.raises(CysegError, match=r"probability maps \(2, 2\) are not a non-empty \(N, C, H, W\) tensor"):
+    with pytest.raises(ValueError, match=r"probability maps \(2, 2\) are not a non-empty \(N, C, H, W\) tensor"):
         TorchSmoothing(3)(torch.zeros(2, 2))

@@ -14,9 +14,8 @@ from click.testing import CliRunner
 from shapely.geometry import Polygon, box, shape
 from shapely.ops import unary_union
 
-import unet  # noqa: F401
+from unet import UNetSegmenter, load_segmenter
 from cyseg.cli import cli
-from segmenter.base import Segmenter
 from segmenter.wsi.pyramid import write_pyramid
 from segmenter.wsi.engine import WindowResult, WsiOptions, merge_windows, near_cuts, owned_box, window_topology
 
@@ -77,7 +76,7 @@ def test_slide_polygons_match_the_crop_prediction(tiny_model, slide, mosaic, tmp
     for feature in collection["features"]:
         assert feature["properties"]["area"] > 0 and 0 <= feature["properties"]["mean_probability"] <= 1
     # the same model on the whole image at once: windows, ownership cuts and merging change nothing
-    reference = Segmenter.load(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32)
+    reference = load_segmenter(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32)
     assert iou(rasterise(polygons, mosaic.shape[:2]), reference) > 0.98
 
 
@@ -194,7 +193,7 @@ def test_slide_with_tta_matches_the_crop_prediction_with_tta(tiny_model, slide, 
         assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background", *SMALL,
                     *extra]).exit_code == 0
     mask = rasterise(polygons_of(tta), mosaic.shape[:2])
-    reference = Segmenter.load(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32, tta=True)
+    reference = load_segmenter(tiny_model, device="cpu").segment(mosaic, tile=256, overlap=32, tta=True)
     assert iou(mask, reference) > 0.98
     assert (mask != rasterise(polygons_of(plain), mosaic.shape[:2])).sum() > 0, "--tta must reach the slide engine"
 
@@ -209,7 +208,7 @@ def test_slide_with_a_half_resolution_model_matches_the_crop_prediction(skip, ti
     assert run(["segment", str(half), str(slide), "--out", str(out), skip, *SMALL]).exit_code == 0
     mask = rasterise(polygons_of(out), mosaic.shape[:2])
     assert mask.shape == mosaic.shape[:2], "polygons are in level-0 pixels, not network pixels"
-    reference = Segmenter.load(half, device="cpu").segment(mosaic, tile=256, overlap=32)
+    reference = load_segmenter(half, device="cpu").segment(mosaic, tile=256, overlap=32)
     assert iou(mask, reference) > 0.97
 
 
@@ -252,7 +251,7 @@ def test_bad_slide_inputs(tiny_model, slide, tmp_path):
 
 
 def test_model_with_other_input_channels_is_refused(slide, tmp_path):
-    grey = unet.UNetSegmenter({"in_channels": 1, "n": 2, "depth": 2}, device="cpu")
+    grey = UNetSegmenter({"in_channels": 1, "n": 2, "depth": 2}, device="cpu")
     grey.save(tmp_path / "grey.pt")
     one_line_error(run(["segment", str(tmp_path / "grey.pt"), str(slide), "--out", str(tmp_path / "g.geojson"), *SMALL]),
                    "1 input channels")

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from segmenter.errors import CysegError
 from transforms.cpu import Compose, ErodeDilate, Normalize, Smoothing, Threshold, check_threshold
 from transforms.torch_ops import TorchCompose, TorchErodeDilate, TorchNormalize, TorchSmoothing, TorchThreshold
 
@@ -28,14 +27,14 @@ def _params(step: dict[str, Any]) -> dict[str, Any]:
 def _check_step(index: int, step: Any) -> dict[str, Any]:
     """One validated step as a new dict with canonical parameter values."""
     if not isinstance(step, dict) or "op" not in step:
-        raise CysegError(f"post-processing step {index} ({step!r}) is not a dict with an 'op' key; "
+        raise ValueError(f"post-processing step {index} ({step!r}) is not a dict with an 'op' key; "
                          'write e.g. {"op": "smoothing", "k": 3}')
     op = step["op"]
     if not isinstance(op, str) or op not in _CPU_OPS:
-        raise CysegError(f"unknown post-processing op {op!r}; use one of {', '.join(_CPU_OPS)}")
+        raise ValueError(f"unknown post-processing op {op!r}; use one of {', '.join(_CPU_OPS)}")
     given = sorted(key for key in step if key != "op")
     if given != sorted(_PARAMS[op]):
-        raise CysegError(f"post-processing op {op!r} takes parameters {list(_PARAMS[op])}, got {given}; "
+        raise ValueError(f"post-processing op {op!r} takes parameters {list(_PARAMS[op])}, got {given}; "
                          "give exactly those")
     built = _CPU_OPS[op](**_params(step))
     return {"op": op, **dataclasses.asdict(built)}
@@ -43,13 +42,13 @@ def _check_step(index: int, step: Any) -> dict[str, Any]:
 
 def validate_chain(spec: Sequence[dict[str, Any]]) -> ChainSpec:
     """Return a checked copy of `spec`; an unknown op, a missing, extra or bad parameter, or a
-    threshold anywhere but last raises CysegError naming the op."""
+    threshold anywhere but last raises ValueError naming the op."""
     if not isinstance(spec, (list, tuple)):
-        raise CysegError(f"post-processing chain {spec!r} is not a list of steps; "
+        raise ValueError(f"post-processing chain {spec!r} is not a list of steps; "
                          'write e.g. [{"op": "smoothing", "k": 3}, {"op": "threshold", "t": 0.5}]')
     checked = [_check_step(i, step) for i, step in enumerate(spec)]
     if any(step["op"] == "threshold" for step in checked[:-1]):
-        raise CysegError("post-processing op 'threshold' must be the last step of the chain; move it to the end")
+        raise ValueError("post-processing op 'threshold' must be the last step of the chain; move it to the end")
     return checked
 
 

@@ -13,39 +13,38 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
-from segmenter.errors import CysegError
 
 CpuOp = Callable[[np.ndarray], np.ndarray]
 
 
 def check_kernel_size(k: int, op: str) -> int:
-    """Return `k` as an int, or raise CysegError naming `op` unless it is an integer >= 1."""
+    """Return `k` as an int, or raise ValueError naming `op` unless it is an integer >= 1."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise CysegError(f"{op}: kernel size k={k!r} is not an integer >= 1; use e.g. k=3")
+        raise ValueError(f"{op}: kernel size k={k!r} is not an integer >= 1; use e.g. k=3")
     return int(k)
 
 
 def check_iterations(iterations: int, op: str) -> int:
-    """Return `iterations` as an int, or raise CysegError naming `op` unless it is an integer >= 0."""
+    """Return `iterations` as an int, or raise ValueError naming `op` unless it is an integer >= 0."""
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise CysegError(f"{op}: iterations={iterations!r} is not an integer >= 0; use e.g. iterations=1")
+        raise ValueError(f"{op}: iterations={iterations!r} is not an integer >= 0; use e.g. iterations=1")
     return int(iterations)
 
 
 def check_threshold(t: float) -> float:
-    """Return `t` as a float, or raise CysegError unless it is a number in [0, 1]."""
+    """Return `t` as a float, or raise ValueError unless it is a number in [0, 1]."""
     if isinstance(t, bool) or not isinstance(t, numbers.Real):
-        raise CysegError(f"threshold {t!r} is not a number; choose a value in [0, 1] such as 0.5")
+        raise ValueError(f"threshold {t!r} is not a number; choose a value in [0, 1] such as 0.5")
     if not 0 <= t <= 1:
-        raise CysegError(f"threshold {t!r} is outside [0, 1]; choose a value in [0, 1] such as 0.5")
+        raise ValueError(f"threshold {t!r} is outside [0, 1]; choose a value in [0, 1] such as 0.5")
     return float(t)
 
 
 def _as_maps(x: ArrayLike) -> np.ndarray:
-    """`x` as a float32 (H, W) or (C, H, W) array, or CysegError for any other shape."""
+    """`x` as a float32 (H, W) or (C, H, W) array, or ValueError for any other shape."""
     array = np.asarray(x, dtype=np.float32)
     if array.ndim not in (2, 3) or 0 in array.shape:
-        raise CysegError(f"probability map of shape {array.shape} is not a non-empty (H, W) or (C, H, W) "
+        raise ValueError(f"probability map of shape {array.shape} is not a non-empty (H, W) or (C, H, W) "
                          "array; pass one map or a stack of maps")
     return array
 

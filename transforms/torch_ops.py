@@ -9,17 +9,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from segmenter.errors import CysegError
 from transforms.cpu import check_iterations, check_kernel_size, check_threshold
 
 TorchOp = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _as_batch(x: torch.Tensor) -> torch.Tensor:
-    """`x` as a float32 (N, C, H, W) tensor, or CysegError for any other shape."""
+    """`x` as a float32 (N, C, H, W) tensor, or ValueError for any other shape."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or 0 in x.shape:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise CysegError(f"probability maps {shape} are not a non-empty (N, C, H, W) tensor; "
+        raise ValueError(f"probability maps {shape} are not a non-empty (N, C, H, W) tensor; "
                          "add batch and channel dimensions")
     return x.to(torch.float32)
 

@@ -15,12 +15,11 @@ pixels from the server's window endpoint, the whole-slide overview from its thum
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,13 @@ import urllib3
 
 from segmenter.cytomine.connection import TRANSPORT_RETRIED, connect, credentials, transport_retried
 from segmenter.errors import CysegError
-from segmenter.wsi.readers import SlideReader, _ArrayReader, rgba_on_white
+from segmenter.wsi.readers import _ArrayReader, rgba_on_white
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = 2048  # chunk side (output pixels) below the usual server limit on windows
 MIN_WINDOW = 128  # never halve the chunk below this
 THUMB_MAX = 2048  # larger overviews are assembled from windows at a zoom level
-SPEC_PREFIX = "cytomine:"
 RETRIABLE = (requests.RequestException, urllib3.exceptions.HTTPError)
 
 
@@ -142,7 +140,8 @@ def decode_rgb(data: bytes) -> np.ndarray | None:
 
 
 class CytomineSlideReader(_ArrayReader):
-    """An ImageInstance read over HTTP. Use `open_cytomine_image` (or `from_spec` in a worker)."""
+    """An ImageInstance read over HTTP. Use `open_cytomine_image`; a pickled
+    reader (a Dask worker's) reconnects on first use, with the keys of its config file or environment."""
 
     _TRANSIENT = ("_client", "_lock")
 
@@ -211,20 +210,6 @@ class CytomineSlideReader(_ArrayReader):
                 creds = credentials(host=self.source.host, config=self.source.config)
                 self._client = connect(creds, timeout=self.source.timeout, verify=self.source.verify)
             return self._client
-
-    @property
-    def worker_spec(self) -> str:
-        """A string from which a Dask worker reopens this image (`from_spec`); no keys."""
-        return SPEC_PREFIX + json.dumps({"image": self.image_id, "max_window": self.max_window,
-                                         **asdict(self.source)}, sort_keys=True)
-
-    @classmethod
-    def from_spec(cls, spec: str) -> "CytomineSlideReader":
-        """Reopen from `worker_spec` (connects with the config file or environment credentials)."""
-        data = json.loads(spec[len(SPEC_PREFIX):])
-        source = CytomineSource(data["host"], data.get("config"), bool(data.get("verify", True)),
-                                float(data.get("timeout", 60.0)))
-        return cls(data["image"], source, max_window=int(data.get("max_window", MAX_WINDOW)))
 
     def identity(self) -> str:
         """What the window cache keys on: server, image, size and last update."""
@@ -340,13 +325,3 @@ def open_cytomine_image(image_id: int, *, host: str | None = None, public_key: s
         client = connect(creds, timeout=timeout, verify=verify)
     source = CytomineSource(creds.host, None if config is None else str(Path(config).resolve()), verify, timeout)
     return CytomineSlideReader(image_id, source, client)
-
-
-def is_worker_spec(path: str) -> bool:
-    """True for a `worker_spec` string (what scaleout passes to workers instead of a file path)."""
-    return isinstance(path, str) and path.startswith(SPEC_PREFIX)
-
-
-def reader_from_spec(spec: str) -> SlideReader:
-    """Reopen a Cytomine image in a worker process."""
-    return CytomineSlideReader.from_spec(spec)

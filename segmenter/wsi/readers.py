@@ -152,11 +152,6 @@ class SlideReader(abc.ABC):
                              f"ask for {native} or coarser")
         return max(1.0, downsample)
 
-    @property
-    def worker_spec(self) -> str:
-        """What a Dask worker needs to reopen this slide (`segmenter.wsi.scaleout.worker_slide`): its path."""
-        return str(self.path)
-
     def identity(self) -> str:
         """What the window cache keys on: path, size and modification time of the file."""
         path = Path(self.path)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from segmenter.errors import CysegError
@@ -17,42 +18,50 @@ if TYPE_CHECKING:
     from segmenter.wsi.engine import Region, WindowResult, WindowTask, WsiOptions
 
 log = logging.getLogger(__name__)
+#: How a worker loads a model file: a module-level function (pickled by reference), such as
+#: `unet.load_segmenter`, so that this layer never imports the architectures above it.
+Loader = Callable[[str, "str | None"], "Segmenter"]
 
 
 @functools.lru_cache(maxsize=2)
-def worker_segmenter(model_path: str, model_digest: str, device: str | None, threads: int) -> "Segmenter":
+def worker_segmenter(load: Loader, model_path: str, model_digest: str, device: str | None,
+                     threads: int) -> "Segmenter":
     """The model, loaded once per worker process (the digest makes a changed file reload)."""
     import torch
 
-    import unet  # noqa: F401  (registers the U-Net architecture)
     from segmenter.allocator import freeze_loaded_objects, keep_freed_memory
-    from segmenter.base import Segmenter
 
     keep_freed_memory()
-
     if threads > 0:
         torch.set_num_threads(threads)
-    seg = Segmenter.load(model_path, device=device)
+    seg = load(model_path, device)
     freeze_loaded_objects()
     return seg
 
 
-@functools.lru_cache(maxsize=4)
-def worker_slide(path: str) -> "SlideReader":
-    """The slide, opened once per worker process: a file path, or a reader's `worker_spec`
-    string (a Cytomine image: host, image id and credentials source, no keys)."""
-    from segmenter.cytomine.reader import is_worker_spec, reader_from_spec
-    from segmenter.wsi.readers import open_slide
-
-    if is_worker_spec(path):
-        return reader_from_spec(path)
-    return open_slide(path)
+_OPEN_SLIDES: OrderedDict[str, "SlideReader"] = OrderedDict()
+OPEN_SLIDES_KEPT = 4
 
 
-def remote_window(task: "WindowTask", model_path: str, model_digest: str, device: str | None, threads: int,
-                  slide_path: str, region: "Region", opts: "WsiOptions") -> "WindowResult":
+def worker_slide(reader: "SlideReader") -> "SlideReader":
+    """The slide as this worker process first received it, kept for its next windows: readers
+    travel without file handles or keys and reopen on their first read, so reusing one saves
+    reopening the file (or reconnecting to Cytomine) for every window."""
+    key = f"{type(reader).__name__}:{reader.identity()}"
+    kept = _OPEN_SLIDES.get(key)
+    if kept is not None:
+        _OPEN_SLIDES.move_to_end(key)
+        return kept
+    _OPEN_SLIDES[key] = reader
+    while len(_OPEN_SLIDES) > OPEN_SLIDES_KEPT:
+        _OPEN_SLIDES.popitem(last=False)[1].close()
+    return reader
+
+
+def remote_window(task: "WindowTask", load: Loader, model_path: str, model_digest: str, device: str | None,
+                  threads: int, reader: "SlideReader", region: "Region", opts: "WsiOptions") -> "WindowResult":
     """What a Dask worker runs for one window."""
-    return run_window(worker_segmenter(model_path, model_digest, device, threads), worker_slide(slide_path),
+    return run_window(worker_segmenter(load, model_path, model_digest, device, threads), worker_slide(reader),
                       region, task, opts)
 
 
@@ -86,14 +95,15 @@ class InProcess:
 
 class DaskRunner:
     """Windows spread over a Dask cluster: a LocalCluster of `workers` processes, or the cluster
-    whose scheduler is at `scheduler`."""
+    whose scheduler is at `scheduler`; each worker loads the model file with `load`."""
 
-    def __init__(self, workers: int = 0, scheduler: str | None = None, device: str | None = None,
+    def __init__(self, load: Loader, workers: int = 0, scheduler: str | None = None, device: str | None = None,
                  threads_per_worker: int | None = None):
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError as exc:
             raise CysegError("Dask is not installed; pip install 'dask[distributed]' or run without --workers/--scheduler") from exc
+        self.load = load
         self.device = device
         self.cluster = None
         if scheduler:
@@ -115,9 +125,8 @@ class DaskRunner:
             model_path: str, model_digest: str) -> Iterator["WindowResult"]:
         from dask.distributed import as_completed
 
-        slide_path = reader.worker_spec
-        futures = [self.client.submit(remote_window, task, model_path, model_digest, self.device, self.threads,
-                                      slide_path, region, opts, pure=False) for task in tasks]
+        futures = [self.client.submit(remote_window, task, self.load, model_path, model_digest, self.device, self.threads,
+                                      reader, region, opts, pure=False) for task in tasks]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -132,9 +141,10 @@ class DaskRunner:
             self.cluster.close()
 
 
-def make_runner(seg: "Segmenter", workers: int, scheduler: str | None, device: str | None) -> InProcess | DaskRunner:
-    """The runner the options ask for."""
+def make_runner(seg: "Segmenter", load: Loader, workers: int, scheduler: str | None,
+                device: str | None) -> InProcess | DaskRunner:
+    """The runner the options ask for (`load` is how Dask workers load the model file)."""
     if scheduler or workers > 0:
-        return DaskRunner(workers=workers, scheduler=scheduler, device=device)
+        return DaskRunner(load, workers=workers, scheduler=scheduler, device=device)
     return InProcess(seg)
 
