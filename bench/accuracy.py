@@ -29,8 +29,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (MICCAI_40X, MICCAI_TEST, SHARED_DATA, children_cpu, cli_evaluate, link_dataset,  # noqa: E402
-                          stems_of, write_results)
+from bench.common import (  # noqa: E402
+    MICCAI_40X,
+    MICCAI_TEST,
+    SHARED_DATA,
+    children_cpu,
+    cli_evaluate,
+    link_dataset,
+    stems_of,
+    write_results,
+)
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
 

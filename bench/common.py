@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from segmenter.io.atomic import atomic_path
-from segmenter.io.dataset import read_image
+from segmenter.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -25,7 +25,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHARED_DATA, children_cpu, cli_evaluate, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    SHARED_DATA,
+    children_cpu,
+    cli_evaluate,
+    link_dataset,
+    stems_of,
+    write_results,
+)
 from cyseg.models import SHIPPED  # noqa: E402
 from segmenter.io.atomic import atomic_path  # noqa: E402
 

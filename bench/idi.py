@@ -46,7 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import MICCAI_TEST, SHARED_DATA, children_cpu, link_dataset, stems_of, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    MICCAI_TEST,
+    SHARED_DATA,
+    children_cpu,
+    link_dataset,
+    stems_of,
+    write_results,
+)
 
 RESULTS = ROOT / "bench" / "results" / "idi.json"
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
@@ -98,7 +105,8 @@ def splits(dataset: str, work: Path) -> tuple[Path, Path]:
 def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str, Any]:
     """Write `out`: the images of `train` (links) and masks with a fraction p of the objects removed.
     Returns the removal statistics (also in its dataset.json)."""
-    from segmenter.io.dataset import read_mask, write_png
+    from segmenter.io.dataset import read_mask
+    from segmenter.io.images import write_png
 
     if (out / "dataset.json").is_file():
         return json.loads((out / "dataset.json").read_text())["removal"]

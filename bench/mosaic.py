@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.common import SHARED_DATA
-from segmenter.io.dataset import read_image, read_mask
+from segmenter.io.dataset import read_mask
+from segmenter.io.images import read_image
 
 GLASS = np.array([236, 232, 238], dtype=np.uint8)
 

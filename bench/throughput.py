@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import bench_image, write_results  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
-from segmenter.io.dataset import read_image, write_png  # noqa: E402
+from segmenter.io.dataset import write_png  # noqa: E402
+from segmenter.io.images import read_image
 from segmenter.precision import autocast, precision_name  # noqa: E402
 from segmenter.tiling import tile_spans  # noqa: E402
 from unet import UNetSegmenter  # noqa: E402

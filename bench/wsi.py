@@ -29,18 +29,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from unet import load_segmenter
 from bench.common import write_results  # noqa: E402
 from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
-from segmenter.precision import autocast, precision_name  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
+from segmenter.precision import autocast, precision_name  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
 from segmenter.wsi.tissue import slide_tissue_mask  # noqa: E402
-from segmenter.wsi.engine import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
+from segmenter.wsi.windows import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
+from unet import load_segmenter
 
 
 def build_slide(path: Path, size: int, fill: float):

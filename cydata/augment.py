@@ -14,8 +14,8 @@ import albumentations as A
 from tqdm import tqdm
 
 from segmenter.augment import method_augmenter
-from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair
 from segmenter.errors import CysegError
+from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair
 
 log = logging.getLogger(__name__)
 

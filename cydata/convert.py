@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.io.dataset import DatasetWriter, read_image
 from segmenter.errors import CysegError, DatasetError
+from segmenter.io.dataset import DatasetWriter
+from segmenter.io.images import read_image
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,12 @@ from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from segmenter.cytomine.api import CytomineSource, ImageInfo, NotFound, ServerFailure
-from segmenter.io.digest import file_digest
-from segmenter.io.atomic import atomic_path
 from segmenter.cytomine.connection import credentials
-from segmenter.io.dataset import FORMAT, write_png
 from segmenter.errors import CysegError
+from segmenter.io.atomic import atomic_path
+from segmenter.io.dataset import FORMAT
+from segmenter.io.digest import file_digest
+from segmenter.io.images import write_png
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.io.digest import file_digest
-from segmenter.io.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
+from segmenter.io.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
+from segmenter.io.digest import file_digest
 
 log = logging.getLogger(__name__)
 

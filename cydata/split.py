@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from segmenter.io.dataset import DatasetWriter, Item, open_dataset
 from segmenter.errors import CysegError, DatasetError
+from segmenter.io.dataset import DatasetWriter, Item, open_dataset
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ AMP_HELP = ("Run the network in the device's native reduced precision: float16 o
 
 
 def _load(model: str, device: str):
-    from unet import load_segmenter
     from cyseg.models import resolve_model
+    from unet import load_segmenter
 
     seg = load_segmenter(resolve_model(model), device=device)
     freeze_loaded_objects()

@@ -10,7 +10,7 @@ import numpy as np
 
 from cyseg.segment_cmd import run_segment_crops
 from segmenter.base import Segmenter
-from segmenter.io.dataset import read_image, write_png
+from segmenter.io.images import read_image, write_png
 from segmenter.overlays import overlay
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from segmenter.io.atomic import atomic_dir
 from segmenter.base import Segmenter
-from segmenter.io.dataset import write_png
 from segmenter.evaluation import SWEEP, evaluate_dataset, summarise
+from segmenter.io.atomic import atomic_dir
+from segmenter.io.images import write_png
 from segmenter.overlays import comparison_panel
 
 log = logging.getLogger(__name__)

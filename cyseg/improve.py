@@ -60,12 +60,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmenter.io.digest import file_digest
-from segmenter.io.atomic import atomic_path
 from segmenter.base import Segmenter
-from segmenter.io.dataset import (Dataset, DatasetWriter, check_dataset, manifest_hash, open_dataset, read_image,
-                               read_mask, write_png)
 from segmenter.errors import CysegError, ModelFileError
+from segmenter.io.atomic import atomic_path
+from segmenter.io.dataset import (
+    Dataset,
+    DatasetWriter,
+    check_dataset,
+    manifest_hash,
+    open_dataset,
+    read_mask,
+)
+from segmenter.io.digest import file_digest
+from segmenter.io.images import read_image, write_png
 from segmenter.overlays import overlay
 from segmenter.planning import DEFAULT_CROP
 from segmenter.training import TrainOptions, train

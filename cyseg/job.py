@@ -22,14 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segmenter.console import one_line
 from segmenter.cytomine.geometry import flip_y
-from segmenter.cytomine.reader import CytomineSlideReader, HttpStatusError, get_json, server_message
-from segmenter.errors import CysegError
+from segmenter.cytomine.reader import (
+    CytomineSlideReader,
+    HttpStatusError,
+    get_json,
+    server_message,
+)
+from segmenter.errors import CysegError, one_line
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.wsi.engine import WsiOptions
+    from segmenter.wsi.windows import WsiOptions
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +240,12 @@ def run_segment_cytomine(seg: "Segmenter", model_path: Path, image_id: int, out:
                          upload_batch: int, progress: bool = True) -> tuple[dict[str, Any], Any]:
     """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on Dask."""
     from cyseg.slide_cmd import resolution
-    from segmenter.cytomine.upload import check_term
     from segmenter.cytomine.connection import connect, credentials
     from segmenter.cytomine.reader import open_cytomine_image
+    from segmenter.cytomine.upload import check_term
     from segmenter.wsi.scaleout import make_runner
+    from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
-    from segmenter.wsi.engine import WsiOptions
 
     if insecure:
         warn_insecure()
@@ -457,7 +461,7 @@ def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
 def job_wsi_options(s: JobSettings) -> "WsiOptions":
     """The slide engine's options for a job: its tiling, threshold and TTA, windows overlapping by
     a quarter (at most 256 px), polygons simplified by half a pixel."""
-    from segmenter.wsi.engine import WsiOptions
+    from segmenter.wsi.windows import WsiOptions
 
     return WsiOptions(tile=s.tile, overlap=s.overlap, batch=s.batch, tta=s.tta, window_size=s.window_size,
                       window_overlap=min(256, s.window_size // 4), threshold=s.threshold, simplify=0.5,
@@ -465,11 +469,11 @@ def job_wsi_options(s: JobSettings) -> "WsiOptions":
 
 
 def _run(client: Any, host: str, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
-    from unet import load_segmenter
-    from segmenter.cytomine.upload import check_term
     from segmenter.allocator import freeze_loaded_objects
     from segmenter.cytomine.reader import CytomineSource
+    from segmenter.cytomine.upload import check_term
     from segmenter.wsi.scaleout import InProcess
+    from unet import load_segmenter
 
     images = project_images(client, s.project, s.images)
     if s.predicted_term is not None:

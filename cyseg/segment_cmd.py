@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmenter.io.atomic import atomic_dir
 from segmenter.base import Segmenter
-from segmenter.io.dataset import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.errors import CysegError
+from segmenter.io.atomic import atomic_dir
+from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import overlay
 from segmenter.pipeline import BackgroundWriter, read_ahead
 from segmenter.polygons import feature_collection, mask_to_polygons

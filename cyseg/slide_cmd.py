@@ -8,9 +8,9 @@ from typing import Any
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError
 from segmenter.wsi.scaleout import make_runner
-from unet import load_segmenter
 from segmenter.wsi.segment import segment_slide
-from segmenter.wsi.engine import WsiOptions
+from segmenter.wsi.windows import WsiOptions
+from unet import load_segmenter
 
 log = logging.getLogger(__name__)
 

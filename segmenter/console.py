@@ -8,12 +8,7 @@ import sys
 
 import click
 
-from segmenter.errors import CysegError
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on a single line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+from segmenter.errors import CysegError, one_line
 
 
 class _StderrHandler(logging.StreamHandler):

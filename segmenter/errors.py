@@ -11,3 +11,9 @@ class DatasetError(CysegError):
 
 class ModelFileError(CysegError):
     """A model file that is missing, unreadable or not a cyseg model."""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The exception's message on a single line (at most `limit` characters), else its type's name."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None else text[:limit]

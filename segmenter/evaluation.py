@@ -12,8 +12,8 @@ import torch
 from tqdm import tqdm
 
 from metrics.torch_metrics import dice_score, jaccard_score
-from segmenter.io.dataset import Dataset, open_dataset, read_pair
 from segmenter.errors import CysegError
+from segmenter.io.dataset import Dataset, open_dataset, read_pair
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
 

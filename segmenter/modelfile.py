@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from segmenter.io.atomic import atomic_path
 from segmenter.errors import ModelFileError
+from segmenter.io.atomic import atomic_path
 from segmenter.resolution import MAX_RESOLUTION
 
 FORMAT = "cyseg-model/1"

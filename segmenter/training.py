@@ -22,12 +22,24 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segmenter.io.atomic import atomic_path
 from segmenter.augment import method_augmenter
-from segmenter.io.dataset import Dataset, check_dataset, manifest_hash, open_dataset, read_pair
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.history import write_history
-from segmenter.planning import DEFAULT_CROP, DEFAULT_EPOCHS, object_size, plan_epochs, plan_resolution
+from segmenter.io.atomic import atomic_path
+from segmenter.io.dataset import (
+    Dataset,
+    check_dataset,
+    manifest_hash,
+    open_dataset,
+    read_pair,
+)
+from segmenter.planning import (
+    DEFAULT_CROP,
+    DEFAULT_EPOCHS,
+    object_size,
+    plan_epochs,
+    plan_resolution,
+)
 from segmenter.precision import autocast, precision_name
 from segmenter.resolution import check_resolution, resample_pair
 

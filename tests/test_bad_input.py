@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, invoke, write_grey
 
 PREFIX = "cyseg: error: "

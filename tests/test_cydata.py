@@ -23,7 +23,8 @@ from skimage import color, data, filters
 
 from cydata.cli import cli
 from cydata.split import _slide_split
-from segmenter.io.dataset import DatasetWriter, Item, open_dataset, read_image, read_mask, read_pair
+from segmenter.io.dataset import DatasetWriter, Item, open_dataset, read_mask, read_pair
+from segmenter.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MICCAI = ROOT.parent / "shared" / "data" / "miccai15"

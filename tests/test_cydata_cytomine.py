@@ -22,10 +22,17 @@ from shapely import wkt as shapely_wkt
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
+from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
+    Seed,
+    cytomine_sample_png,
+    cytomine_sample_slide,
+    cytomine_seed,
+    cytomine_server,
+    slide_region,
+)
+
 from cydata.cli import cli  # noqa: E402
 from segmenter.io.dataset import check_dataset, open_dataset  # noqa: E402
-from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, slide_region)
 
 ROOT = Path(__file__).resolve().parents[1]
 H = 700  # height of the sample slide (1000 x 700): Cytomine y = H - slide y

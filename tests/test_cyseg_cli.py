@@ -16,12 +16,13 @@ import pytest
 import rasterio.features
 import torch
 from affine import Affine
+from conftest import TINY, invoke
 from shapely.geometry import shape
 
-from conftest import TINY, invoke
 from metrics.numpy_metrics import dice, jaccard, mean_std
-from segmenter.io.dataset import manifest_hash, open_dataset, read_image, read_mask
 from segmenter.evaluation import SWEEP
+from segmenter.io.dataset import manifest_hash, open_dataset, read_mask
+from segmenter.io.images import read_image
 from segmenter.precision import precision_name
 
 FORMAT = "cyseg-model/1"
@@ -106,8 +107,8 @@ def test_train_writes_model_history_and_curves(tiny_model, ihc_dataset):
 
 
 def test_best_epoch_is_argmax_of_val_iou_and_its_weights_are_kept(tiny_model, ihc_dataset):
-    from unet import load_segmenter
     from segmenter.evaluation import mean_scores
+    from unet import load_segmenter
 
     info = load(tiny_model)["training"]
     history = json.loads(Path(f"{tiny_model.with_suffix('')}.history.json").read_text())

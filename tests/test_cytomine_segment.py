@@ -17,11 +17,18 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
-import segmenter.cytomine.upload as upload_module  # noqa: E402
-from cyseg.cli import cli  # noqa: E402
 from cytomine_server import api as server_api  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, disconnect)
+    Seed,
+    cytomine_sample_png,
+    cytomine_sample_slide,
+    cytomine_seed,
+    cytomine_server,
+    disconnect,
+)
+
+import segmenter.cytomine.upload as upload_module  # noqa: E402
+from cyseg.cli import cli  # noqa: E402
 from segmenter.cytomine.connection import Credentials, connect  # noqa: E402
 from segmenter.cytomine.geometry import flip_y  # noqa: E402
 from segmenter.cytomine.reader import open_cytomine_image  # noqa: E402

@@ -23,17 +23,40 @@ pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not inst
 
 from cytomine.cytomine import CytomineAuth  # noqa: E402
 from cytomine.models import (  # noqa: E402
-    Annotation, AnnotationCollection, AnnotationTerm, AttachedFile, AttachedFileCollection,
-    ImageInstance, ImageInstanceCollection, Model, Project, ProjectCollection, Property,
-    PropertyCollection, Term, TermCollection, User)
+    Annotation,
+    AnnotationCollection,
+    AnnotationTerm,
+    AttachedFile,
+    AttachedFileCollection,
+    ImageInstance,
+    ImageInstanceCollection,
+    Model,
+    Project,
+    ProjectCollection,
+    Property,
+    PropertyCollection,
+    Term,
+    TermCollection,
+    User,
+)
 from cytomine.models._utilities.dump import DumpError  # noqa: E402
 from cytomine.models.collection import CollectionPartialUploadException  # noqa: E402
-from shapely import wkt as shapely_wkt  # noqa: E402
-
 from cytomine_server import CytomineTestServer  # noqa: E402
 from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed, cmu_small_region, connect, cytomine_client, cytomine_sample_png, cytomine_sample_slide, cytomine_seed,
-    cytomine_server, disconnect, seed, set_timeout, slide_region)
+    Seed,
+    cmu_small_region,
+    connect,
+    cytomine_client,
+    cytomine_sample_png,
+    cytomine_sample_slide,
+    cytomine_seed,
+    cytomine_server,
+    disconnect,
+    seed,
+    set_timeout,
+    slide_region,
+)
+from shapely import wkt as shapely_wkt  # noqa: E402
 
 RECT = "POLYGON ((100 100, 100 200, 250 200, 250 100, 100 100))"        # Cytomine frame (y up)
 TRIANGLE = "POLYGON ((100 100, 250 100, 100 200, 100 100))"             # right angle at bottom-left (y up)

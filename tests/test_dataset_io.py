@@ -8,11 +8,19 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
 from conftest import write_grey, write_rgb
-from segmenter.io.dataset import (FORMAT, DatasetWriter, check_dataset, manifest_hash, open_dataset, png_is_complete,
-                               read_image, read_mask, read_pair, write_png)
+
 from segmenter.errors import CysegError, DatasetError
+from segmenter.io.dataset import (
+    FORMAT,
+    DatasetWriter,
+    check_dataset,
+    manifest_hash,
+    open_dataset,
+    read_mask,
+    read_pair,
+)
+from segmenter.io.images import png_is_complete, read_image, write_png
 
 
 @pytest.fixture
@@ -124,12 +132,21 @@ def test_read_image_grey_is_replicated(tmp_path, crop):
         np.testing.assert_array_equal(out[:, :, channel], grey)
 
 
-def test_read_image_drops_alpha(tmp_path, crop):
-    rgba = np.dstack([crop, np.full(crop.shape[:2], 90, np.uint8)])
+def test_read_image_composites_alpha_on_white_as_the_slide_reader_does(tmp_path, crop):
+    from segmenter.wsi.readers import ImageReader
+
+    alpha = np.full(crop.shape[:2], 90, np.uint8)
+    alpha[:, : crop.shape[1] // 2] = 255  # left half opaque
+    rgba = np.dstack([crop, alpha])
     assert cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
     out = read_image(tmp_path / "a.png")
     assert out.shape == crop.shape
-    np.testing.assert_array_equal(out, crop)
+    np.testing.assert_array_equal(out[:, : crop.shape[1] // 2], crop[:, : crop.shape[1] // 2])
+    blended = (crop[:, -1].astype(np.uint16) * 90 + 255 * 165 + 127) // 255
+    np.testing.assert_array_equal(out[:, -1], blended)  # transparent pixels are glass, not black
+    # one alpha policy: `cyseg segment DIR` and `--as-slide` give the network the same pixels
+    slide = ImageReader(tmp_path / "a.png")
+    np.testing.assert_array_equal(slide.read(0, 0, slide.width, slide.height), out)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

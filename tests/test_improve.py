@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import SLIDE, invoke, write_grey, write_rgb
-from segmenter.io.dataset import open_dataset, read_image, read_mask
+
+from segmenter.io.dataset import open_dataset, read_mask
+from segmenter.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -108,8 +109,8 @@ def test_versions_form_a_chain_with_manifests(improved):
 
 
 def test_masks_are_ground_truth_or_the_prediction_pixel_exact(improved):
-    from unet import load_segmenter
     from cyseg.improve import idi_postprocess
+    from unet import load_segmenter
 
     gt = masks_of(improved.data)
     for k in (1, 2):

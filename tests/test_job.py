@@ -17,12 +17,19 @@ from shapely.geometry import box
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
+from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
+    Seed,
+    cytomine_sample_png,
+    cytomine_sample_slide,
+    cytomine_seed,
+    cytomine_server,
+    disconnect,
+)
+from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_command  # noqa: E402
+
 import segmenter.cytomine.upload as upload_module  # noqa: E402
 from cyseg.cli import cli  # noqa: E402
-from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed, cytomine_sample_png, cytomine_sample_slide, cytomine_seed, cytomine_server, disconnect)
 from segmenter.cytomine.geometry import flip_y  # noqa: E402
-from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNING, SUCCESS, FAILED = 2, 3, 4

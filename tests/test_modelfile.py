@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from unet import load_segmenter
 from segmenter.errors import CysegError, ModelFileError
-from segmenter.modelfile import FORMAT, REQUIRED, load_model_file, plain, save_model_file
+from segmenter.modelfile import (
+    FORMAT,
+    REQUIRED,
+    load_model_file,
+    plain,
+    save_model_file,
+)
 from transforms.chain import default_chain
-from unet import UNet, UNetSegmenter
+from unet import UNet, UNetSegmenter, load_segmenter
 
 
 @pytest.fixture

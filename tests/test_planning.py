@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import invoke, write_grey, write_rgb
 from skimage import data
 from skimage.filters import threshold_otsu
 
-from conftest import invoke, write_grey, write_rgb
 from segmenter.planning import object_size, plan_epochs, plan_resolution
 from unet.model import UNet
 

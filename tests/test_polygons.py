@@ -3,7 +3,14 @@ and the vectorised clean-up (simplify, repair, drop empty) that the whole-slide 
 from __future__ import annotations
 
 import numpy as np
-from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
+from shapely.geometry import (
+    GeometryCollection,
+    LineString,
+    MultiPolygon,
+    Point,
+    Polygon,
+    box,
+)
 
 from segmenter.polygons import clean, clean_many, mask_to_polygons
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from unet import load_segmenter
 from conftest import invoke
+
 from cyseg.models import resolve_model
 from segmenter.precision import autocast, cpu_has_bf16, precision_name, reduced_dtype
+from unet import load_segmenter
 
 CPU = torch.device("cpu")
 NO_BF16 = "this CPU has no native bfloat16 (AVX512-BF16 or AMX): cyseg computes in float32 here"

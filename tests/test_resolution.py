@@ -8,12 +8,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, invoke
-from unet import load_segmenter
+
 from segmenter.errors import CysegError
-from segmenter.resolution import check_resolution, resample_pair, scaled_size, to_image, to_network
-from unet import UNetSegmenter
+from segmenter.resolution import (
+    check_resolution,
+    resample_pair,
+    scaled_size,
+    to_image,
+    to_network,
+)
+from unet import UNetSegmenter, load_segmenter
 
 
 def test_resampled_pairs_keep_labels_and_shapes(ihc_image) -> None:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from unet import load_segmenter
 from cyseg.demo import demo_images
 from cyseg.models import SHIPPED
+from unet import load_segmenter
 
 
 def available_memory_gb() -> float:

@@ -12,10 +12,17 @@ import openslide
 import pytest
 import tifffile
 
-from segmenter.wsi import pyramid
 from segmenter.errors import CysegError
-from segmenter.wsi.pyramid import halve, pyramid_sizes, write_pyramid, write_pyramid_streaming
-from segmenter.wsi.readers import ImageReader, OpenSlideReader, TiffReader, composite_on_white, open_slide, rgba_on_white
+from segmenter.io.images import composite_on_white, rgba_on_white
+from segmenter.wsi import pyramid
+from segmenter.wsi.pyramid import (
+    halve,
+    pyramid_sizes,
+    write_pyramid,
+    write_pyramid_streaming,
+)
+from segmenter.wsi.readers import ImageReader, OpenSlideReader, open_slide
+from segmenter.wsi.tiff import TiffReader
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 GLASS = (236, 232, 238)

@@ -7,17 +7,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
 import rasterio.features
+import torch
 from click.testing import CliRunner
 from shapely.geometry import Polygon, box, shape
 from shapely.ops import unary_union
 
-from unet import UNetSegmenter, load_segmenter
 from cyseg.cli import cli
+from segmenter.wsi.cache import WindowResult
+from segmenter.wsi.merge import merge_windows
 from segmenter.wsi.pyramid import write_pyramid
-from segmenter.wsi.engine import WindowResult, WsiOptions, merge_windows, near_cuts, owned_box, window_topology
+from segmenter.wsi.windows import WsiOptions, near_cuts, owned_box, window_topology
+from unet import UNetSegmenter, load_segmenter
 
 GLASS = (236, 232, 238)
 # small windows and tiles so that a 1.5-MP test slide has many of both
@@ -290,7 +292,7 @@ def test_box_areas_give_the_polygons_of_whole_windows(tiny_model, slide, tmp_pat
 
 
 def test_box_groups_pad_merge_and_keep_their_boxes():
-    from segmenter.wsi.engine import box_groups
+    from segmenter.wsi.windows import box_groups
 
     boxes = [(10, 10, 20, 20), (34, 10, 5, 5), (100, 100, 10, 10), (0, 150, 10, 10)]
     groups = box_groups(boxes, 3, 160, 160)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import cv2
 import numpy as np
 import requests
 import urllib3
@@ -40,10 +39,15 @@ from shapely import wkt as shapely_wkt
 from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
-from segmenter.cytomine.connection import TRANSPORT_RETRIED, Credentials, connect, transport_retried
+from segmenter.cytomine.connection import (
+    TRANSPORT_RETRIED,
+    Credentials,
+    connect,
+    transport_retried,
+)
 from segmenter.cytomine.geometry import flip_y
-from segmenter.io.dataset import png_is_complete
 from segmenter.errors import CysegError
+from segmenter.io.images import decode_rgb
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -306,7 +310,10 @@ class CytomineSource:
                 data = Path(name).read_bytes()
             finally:
                 Path(name).unlink(missing_ok=True)
-            return _decode_rgb(data)
+            pixels = decode_rgb(data)
+            if pixels is None:
+                raise _BadImage("window bytes are not a whole image")
+            return pixels
 
         return self._call(f"window {x},{y},{w},{h} of image {image.id}", fetch)
 
@@ -325,20 +332,6 @@ class CytomineSource:
 
 class _BadImage(Exception):
     """Window bytes that are not a whole image (retried)."""
-
-
-def _decode_rgb(data: bytes) -> np.ndarray:
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and not png_is_complete(data):
-        raise _BadImage("window PNG cut short")
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise _BadImage("window bytes are not an image")
-    if array.dtype != np.uint8:
-        array = (array / 257).round().astype(np.uint8) if array.dtype == np.uint16 else array.astype(np.uint8)
-    if array.ndim == 2:
-        return np.ascontiguousarray(np.repeat(array[:, :, None], 3, axis=2))
-    code = cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
-    return np.ascontiguousarray(cv2.cvtColor(array, code))
 
 
 def _describe(exc: BaseException) -> str:

@@ -28,9 +28,15 @@ import numpy as np
 import requests
 import urllib3
 
-from segmenter.cytomine.connection import TRANSPORT_RETRIED, connect, credentials, transport_retried
+from segmenter.cytomine.connection import (
+    TRANSPORT_RETRIED,
+    connect,
+    credentials,
+    transport_retried,
+)
 from segmenter.errors import CysegError
-from segmenter.wsi.readers import _ArrayReader, rgba_on_white
+from segmenter.io.images import decode_rgb
+from segmenter.wsi.slide import REDUCERS, ArrayReader
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +129,7 @@ def get_json(client: Any, uri: str, params: dict[str, Any] | None, what: str, **
         raise CysegError(f"{what}: Cytomine answered something that is not JSON; check the host address") from exc
 
 
-def decode_rgb(data: bytes) -> np.ndarray | None:
-    """PNG/JPEG/TIFF bytes -> RGB uint8 (alpha composited on white), None if undecodable."""
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        return None
-    if array.dtype == np.uint16:
-        array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if array.dtype != np.uint8:
-        return None
-    if array.ndim == 2:
-        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-    if array.shape[2] == 4:
-        return rgba_on_white(cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA))
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-
-
-class CytomineSlideReader(_ArrayReader):
+class CytomineSlideReader(ArrayReader):
     """An ImageInstance read over HTTP. Use `open_cytomine_image`; a pickled
     reader (a Dask worker's) reconnects on first use, with the keys of its config file or environment."""
 
@@ -286,8 +276,6 @@ class CytomineSlideReader(_ArrayReader):
     def thumbnail(self, max_side: int, pool: int = 1, reduce: str = "mean") -> tuple[np.ndarray, float]:
         """The overview through the thumb endpoint (`thumb.png?maxSize=`) when it is at most
         THUMB_MAX pixels long, else assembled from windows at a zoom level (base class)."""
-        from segmenter.wsi.readers import REDUCERS
-
         if max_side < 1 or pool < 1 or reduce not in REDUCERS:
             return super().thumbnail(max_side, pool, reduce)  # the base class reports the error
         downsample = max(1.0, max(self.width, self.height) / max_side)

@@ -32,10 +32,15 @@ from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
 from shapely.validation import make_valid
 
-from segmenter.io.atomic import atomic_path
 from segmenter.cytomine.geometry import flip_y
-from segmenter.cytomine.reader import RETRIABLE, HttpStatusError, get_json, server_message
+from segmenter.cytomine.reader import (
+    RETRIABLE,
+    HttpStatusError,
+    get_json,
+    server_message,
+)
 from segmenter.errors import CysegError
+from segmenter.io.atomic import atomic_path
 from segmenter.polygons import clean
 
 log = logging.getLogger(__name__)

@@ -11,20 +11,17 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from segmenter.errors import CysegError, DatasetError
+from segmenter.io.images import IMAGE_SUFFIXES, decode, read_image, write_png
 
 FORMAT = "cyseg-dataset/1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 
@@ -124,62 +121,6 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     return Dataset(root, items, manifest)
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_is_complete(data: bytes) -> bool:
-    """True when `data` is a structurally whole PNG: signature, chunks with valid CRCs, up to IEND.
-
-    Checked before decoding so that a truncated or damaged PNG is reported in our one line, not
-    by libpng and OpenCV writing their own warnings to the process' stderr."""
-    if not data.startswith(PNG_SIGNATURE):
-        return False
-    pos = len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > len(data):
-            return False
-        (crc,) = struct.unpack(">I", data[end - 4:end])
-        if zlib.crc32(data[pos + 4:end - 4]) != crc:
-            return False
-        if kind == b"IEND":
-            return True
-        pos = end
-    return False
-
-
-def _decode(path: Path) -> np.ndarray | None:
-    """The image in `path` as OpenCV decodes it (any depth and channels), or None if it cannot be."""
-    data = np.fromfile(path, dtype=np.uint8)
-    if not data.size:
-        return None
-    if path.suffix.lower() == ".png" or data[:8].tobytes() == PNG_SIGNATURE:
-        if not png_is_complete(data.tobytes()):
-            return None
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3); grey images are replicated, alpha dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"image {path} does not exist; check the path")
-    image = _decode(path)
-    if image is None:
-        raise DatasetError(f"image {path} cannot be decoded (corrupt or not an image); re-export or remove it")
-    if image.dtype != np.uint8:
-        if image.dtype == np.uint16:
-            image = (image / 257).round().astype(np.uint8)
-        else:
-            raise DatasetError(f"image {path} has pixel type {image.dtype}; convert it to 8-bit RGB")
-    if image.ndim == 2:
-        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_classes: int = 1) -> np.ndarray:
     """Read a mask as uint8 (H, W): 0/1 for binary (stored 0/255), class indices otherwise.
 
@@ -188,7 +129,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask {path} does not exist; check the path")
-    mask = _decode(path)
+    mask = decode(np.fromfile(path, dtype=np.uint8), png=path.suffix.lower() == ".png")
     if mask is None:
         raise DatasetError(f"mask {path} cannot be decoded (corrupt or not an image); re-export it as PNG")
     if mask.ndim == 3:
@@ -239,15 +180,6 @@ def manifest_hash(dataset: Dataset) -> str:
                 digest.update(path.name.encode())
                 digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) or single-channel uint8 array as PNG."""
-    image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    ok, buffer = cv2.imencode(".png", image)
-    if not ok:
-        raise CysegError(f"cannot encode {path} as PNG")
-    Path(path).write_bytes(buffer.tobytes())
 
 
 class DatasetWriter:

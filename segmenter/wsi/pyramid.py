@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from segmenter.io.atomic import atomic_path
 from segmenter.errors import CysegError
+from segmenter.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

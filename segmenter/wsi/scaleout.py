@@ -14,8 +14,9 @@ from segmenter.errors import CysegError
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
-    from segmenter.wsi.readers import SlideReader
-    from segmenter.wsi.engine import Region, WindowResult, WindowTask, WsiOptions
+    from segmenter.wsi.cache import WindowResult
+    from segmenter.wsi.slide import SlideReader
+    from segmenter.wsi.windows import Region, WindowTask, WsiOptions
 
 log = logging.getLogger(__name__)
 #: How a worker loads a model file: a module-level function (pickled by reference), such as

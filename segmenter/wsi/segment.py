@@ -13,27 +13,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from segmenter.io.atomic import atomic_path
-from segmenter.io.dataset import write_png
-from segmenter.io.digest import file_digest
 from segmenter.errors import CysegError
+from segmenter.io.atomic import atomic_path
+from segmenter.io.digest import file_digest
+from segmenter.io.images import write_png
 from segmenter.polygons import feature_collection, write_geojson
-from segmenter.wsi.engine import (
+from segmenter.wsi.cache import WindowCache, cache_key
+from segmenter.wsi.merge import merge_windows, to_slide_coordinates
+from segmenter.wsi.windows import (
     Region,
-    WindowCache,
     WsiOptions,
-    cache_key,
-    merge_windows,
     parse_region,
     plan_windows,
-    to_slide_coordinates,
     window_topology,
 )
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
     from segmenter.wsi.scaleout import DaskRunner, InProcess
-    from segmenter.wsi.readers import SlideReader
+    from segmenter.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 

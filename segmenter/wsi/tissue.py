@@ -17,7 +17,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from segmenter.errors import CysegError
-from segmenter.wsi.readers import SlideReader
+from segmenter.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ injection. See docs/cytomine-test-server.md.
 """
 from .auth import authorization_header, signature
 from .faults import DROP, TIMEOUT, TRUNCATE, Injection
-from .server import CONNECTION_PARAMETERS, CytomineTestServer, RequestRecord
 from .sample import ihc_rgb, write_png, write_pyramidal_tiff
+from .server import CONNECTION_PARAMETERS, CytomineTestServer, RequestRecord
 
 __all__ = ["CytomineTestServer", "RequestRecord", "Injection", "CONNECTION_PARAMETERS", "DROP", "TIMEOUT",
            "TRUNCATE", "signature", "authorization_header", "ihc_rgb", "write_png", "write_pyramidal_tiff"]

@@ -18,7 +18,16 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from . import imaging
-from .http import HttpError, Request, Response, bad_request, json_response, not_found, parse_multipart, route
+from .http import (
+    HttpError,
+    Request,
+    Response,
+    bad_request,
+    json_response,
+    not_found,
+    parse_multipart,
+    route,
+)
 from .store import now_ms
 
 CLASS = {

@@ -1,0 +1,66 @@
+"""Polygons of the windows joined into the slide's: SLDC's `SemanticMerger` merges those that meet across
+window borders, then they are simplified (only after merging) and put in level-0 slide pixels."""
+from __future__ import annotations
+
+import sldc
+from shapely import affinity
+from shapely.geometry import Polygon
+from shapely.strtree import STRtree
+
+from segmenter.polygons import clean_many
+from segmenter.wsi.cache import WindowResult
+from segmenter.wsi.windows import Region, WsiOptions, near_cuts
+
+
+def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
+                  opts: WsiOptions) -> list[tuple[Polygon, float | None]]:
+    """Join polygons that meet across window borders (SLDC), then simplify them.
+
+    Only polygons near a shared window side go through SLDC's merger, which compares every pair
+    of them across each side; the others cannot meet another window's and pass unchanged. Each
+    merged polygon comes with the area-weighted mean of its parts' mean probabilities (parts found
+    with a spatial index, so this stays linear in the number of polygons)."""
+    results = sorted(results, key=lambda r: r.index)
+    candidates: list[list[Polygon]] = []  # per window, its polygons near a shared side
+    parts, part_probs = [], []  # the same polygons, all windows together, and their mean probabilities
+    inside, means = [], []  # the other polygons, and their mean probabilities
+    for r in results:
+        mine = []
+        near = near_cuts(r.polygons, topology, r.index, opts.merge_tolerance)
+        for polygon, props, is_near in zip(r.polygons, r.props, near):
+            if is_near:
+                mine.append(polygon)
+                parts.append(polygon)
+                part_probs.append(props.get("mean_probability"))
+            else:
+                inside.append(polygon)
+                means.append(props.get("mean_probability"))
+        candidates.append(mine)
+    merged = list(sldc.SemanticMerger(tolerance=opts.merge_tolerance).merge([r.index for r in results], candidates,
+                                                                            topology))
+    # parts of each merged polygon, all found in one vectorised spatial query
+    found: list[list[int]] = [[] for _ in merged]
+    if parts and merged:
+        for g, p in STRtree(parts).query(merged, predicate="intersects").T:
+            found[g].append(int(p))
+    # an unmerged polygon is its only part: no intersection to compute
+    means += [part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
+              for geometry, mine in zip(merged, found)]
+    return [(polygon, mean) for polygons, mean in zip(clean_many(inside + merged, opts.simplify), means)
+            for polygon in polygons]
+
+
+def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon], probs: list[float | None]) -> float | None:
+    """Mean probability of a merged polygon: its parts' means weighted by the area they share with it."""
+    total, weighted = 0.0, 0.0
+    for i in found:
+        if probs[i] is not None:
+            area = parts[i].intersection(geometry).area
+            total, weighted = total + area, weighted + area * probs[i]
+    return round(weighted / total, 4) if total > 0 else None
+
+
+def to_slide_coordinates(polygon: Polygon, region: Region, downsample: float) -> Polygon:
+    """Processing pixels relative to the region -> level-0 slide pixels (top-left origin)."""
+    scaled = affinity.scale(polygon, xfact=downsample, yfact=downsample, origin=(0, 0)) if downsample != 1 else polygon
+    return affinity.translate(scaled, xoff=region.x, yoff=region.y)

@@ -1,0 +1,244 @@
+"""Windows over a slide region (DESIGN §6): the run's options, the region, SLDC's window topology,
+which part of each window it owns (up to the middle of its overlaps), and the boxes around the tissue
+that inference covers when background is skipped."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import shapely
+import sldc
+from shapely.geometry import Polygon
+
+from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
+from segmenter.errors import CysegError
+from segmenter.tiling import tile_spans
+
+if TYPE_CHECKING:
+    from segmenter.wsi.tissue import TissueMask
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WsiOptions:
+    """Everything that changes the polygons of a whole-slide run (hashed into the cache key)."""
+
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    batch: int = DEFAULT_BATCH
+    tta: bool = False
+    amp: bool = True
+    window_size: int = 4096
+    window_overlap: int = 256
+    downsample: float = 1.0
+    skip_background: bool = True
+    tissue_margin: int = 32
+    threshold: float | None = None
+    simplify: float = 1.0
+    min_area: float = 0.0
+    merge_tolerance: float = 1.0
+
+    def check(self) -> None:
+        """Reject combinations that cannot work."""
+        if self.window_size < self.tile:
+            raise CysegError(f"--window-size {self.window_size} must be >= --tile {self.tile}")
+        if self.window_overlap < 2 * self.merge_tolerance or self.window_overlap >= self.window_size // 2:
+            raise CysegError(f"--window-overlap {self.window_overlap} must be in [2, window size / 2)")
+        if self.downsample < 1:
+            raise CysegError(f"processing downsample {self.downsample} is finer than level 0; choose >= 1")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of the slide in level-0 pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def parse_region(text: str | None, width: int, height: int) -> Region:
+    """'x,y,w,h' (level-0 pixels, top-left origin) -> Region checked against the slide; None -> all."""
+    if not text:
+        return Region(0, 0, width, height)
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise CysegError(f"--window '{text}' must be four integers x,y,w,h (level-0 pixels)") from exc
+    if w <= 0 or h <= 0:
+        raise CysegError(f"--window '{text}' has zero or negative size; give a positive width and height")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise CysegError(f"--window '{text}' lies outside the slide ({width}x{height}); give a box inside it")
+    return Region(x, y, w, h)
+
+
+@dataclass
+class WindowTask:
+    """One window: where it lies (processing pixels, relative to the region), which part it owns,
+    and which of its tiles hold tissue."""
+
+    index: int
+    x: int
+    y: int
+    w: int
+    h: int
+    own: tuple[int, int, int, int]
+    tiles: int
+    boxes: list[tuple[int, int, int, int]] | None
+    skipped: int = 0
+
+
+class _Extent(sldc.Image):
+    """An SLDC image that is only a size: SLDC supplies the window topology, not the pixels."""
+
+    def __init__(self, width: int, height: int):
+        self._w, self._h = width, height
+
+    @property
+    def width(self) -> int:
+        return self._w
+
+    @property
+    def height(self) -> int:
+        return self._h
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    @property
+    def np_image(self):
+        raise CysegError("a whole slide is never loaded at once")
+
+
+def window_topology(width: int, height: int, opts: WsiOptions) -> sldc.TileTopology:
+    """SLDC's topology of windows over a region of `width` x `height` processing pixels."""
+    return sldc.TileTopology(_Extent(width, height), sldc.DefaultTileBuilder(), max_width=opts.window_size,
+                             max_height=opts.window_size, overlap=opts.window_overlap)
+
+
+def _owned(offset: int, size: int, before: int | None, after: int | None) -> tuple[int, int]:
+    """The part [start, end) of a window (relative) it owns: up to the middle of each overlap."""
+    start = (before - offset) // 2 if before is not None else 0
+    end = size - (offset + size - after) // 2 if after is not None else size
+    return start, end
+
+
+def owned_box(topology: sldc.TileTopology, wid: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the part of window `wid` it owns, relative to the region."""
+    tile = topology.tile(wid)
+    x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
+    top, bottom, left, right = topology.tile_neighbours(wid)
+    x0, x1 = _owned(x, w, topology.tile(left).offset_x + topology.tile(left).width if left else None,
+                    topology.tile(right).offset_x if right else None)
+    y0, y1 = _owned(y, h, topology.tile(top).offset_y + topology.tile(top).height if top else None,
+                    topology.tile(bottom).offset_y if bottom else None)
+    return x + x0, y + y0, x + x1, y + y1
+
+
+def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, tolerance: float) -> np.ndarray:
+    """Which of a window's polygons come within `tolerance` of a side it shares with a neighbour:
+    the only ones that can merge with another window's (the others lie wholly inside its owned box)."""
+    if not polygons:
+        return np.zeros(0, bool)
+    x0, y0, x1, y1 = owned_box(topology, wid)
+    top, bottom, left, right = topology.tile_neighbours(wid)
+    minx, miny, maxx, maxy = shapely.bounds(np.asarray(polygons, dtype=object)).T
+    margin = tolerance + 1
+    return ((left is not None) & (minx <= x0 + margin)) | ((right is not None) & (maxx >= x1 - margin)) | \
+        ((top is not None) & (miny <= y0 + margin)) | ((bottom is not None) & (maxy >= y1 - margin))
+
+
+def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
+                 tissue: "TissueMask | None", multiple: int) -> list[WindowTask]:
+    """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
+    `process_window` lays them, for a network whose sides must be multiples of `multiple`)."""
+    tasks = []
+    for wid in range(1, topology.tile_count + 1):
+        tile = topology.tile(wid)
+        x, y, w, h = tile.offset_x, tile.offset_y, tile.width, tile.height
+        x0, y0, x1, y1 = owned_box(topology, wid)
+        x0, y0, x1, y1 = x0 - x, y0 - y, x1 - x, y1 - y
+        ys = tile_spans(h, opts.tile, opts.overlap, multiple)
+        xs = tile_spans(w, opts.tile, opts.overlap, multiple)
+        boxes, skipped = None, 0
+        if tissue is not None:
+            boxes = tissue_boxes(tissue, region, (x, y, w, h), opts)
+            skipped = sum(not any(_intersects((tx, ty, tw, th), b) for b in boxes) for ty, th in ys for tx, tw in xs)
+        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped))
+    return tasks
+
+
+def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
+                 cell: int = 64) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
+
+    Tissue is located on a grid of `cell`-px cells (a cell within the tissue margin of tissue counts
+    as tissue), each group of touching cells becomes its bounding box grown by a quarter of the tile
+    overlap (so objects near a box edge keep some real background as context), and overlapping boxes
+    are merged. Inference then covers the boxes only: on a mostly empty slide far less than whole
+    tiles would. Measured on the benchmark mosaic (8192² corner): masks differ from the unskipped
+    run's on 0.32 % of the foreground with this growth, 0.27 % with half the overlap (17 % more CPU),
+    0.93 % with a twelfth, 2 % with none."""
+    x, y, w, h = window
+    ds = opts.downsample
+    ny, nx = math.ceil(h / cell), math.ceil(w / cell)
+    margin = int(opts.tissue_margin * ds)
+    occupied = np.array([[tissue.any_in(region.x + (x + i * cell) * ds, region.y + (y + j * cell) * ds,
+                                        cell * ds, cell * ds, margin=margin) for i in range(nx)] for j in range(ny)],
+                        dtype=np.uint8)
+    if not occupied.any():
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
+    grow = opts.overlap // 4
+    boxes = []
+    for cx, cy, cw, ch, _ in stats[1:n]:
+        x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
+        x1, y1 = min(w, (cx + cw) * cell + grow), min(h, (cy + ch) * cell + grow)
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return sorted(merge_overlapping(boxes))
+
+
+def merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) with every overlapping pair replaced by its bounding box, until none overlap."""
+    boxes = list(boxes)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if _intersects(boxes[i], boxes[j]):
+                    a, b = boxes[i], boxes.pop(j)
+                    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+                    boxes[i] = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def box_groups(boxes: list[tuple[int, int, int, int]], pad: int, width: int,
+               height: int) -> list[tuple[tuple[int, int, int, int], list[tuple[int, int, int, int]]]]:
+    """Disjoint areas (x, y, w, h) that hold the boxes with `pad` pixels of background around each
+    (clipped to the window), each with the boxes it holds: post-processing and tracing one area
+    sees exactly what it would see in the whole window when `pad` exceeds the chain's radius."""
+    grown = [(max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad)) for x, y, w, h in boxes]
+    areas = merge_overlapping([(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in grown])
+    members: list[list[tuple[int, int, int, int]]] = [[] for _ in areas]
+    for box, (x0, y0, x1, y1) in zip(boxes, grown):
+        k = next(i for i, (ax, ay, aw, ah) in enumerate(areas)
+                 if ax <= x0 and ay <= y0 and x1 <= ax + aw and y1 <= ay + ah)
+        members[k].append(box)
+    return sorted(zip(areas, members))
