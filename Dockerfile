@@ -25,11 +25,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+WORKDIR /app
+# every other dependency at the version the test suite ran with (tools/freeze_constraints.py)
+COPY constraints.txt /app/constraints.txt
+
 # torch first and from its own index (CPU wheels by default), so that `pip install .` finds the
 # requirement satisfied and never pulls the much larger default (CUDA) wheels from PyPI
-RUN python3 -m pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"
+RUN python3 -m pip install --constraint /app/constraints.txt "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"
 
-WORKDIR /app
 COPY pyproject.toml README.md /app/src/
 COPY cydata /app/src/cydata
 COPY cyseg /app/src/cyseg
@@ -37,13 +40,13 @@ COPY segmenter /app/src/segmenter
 COPY unet /app/src/unet
 COPY transforms /app/src/transforms
 COPY metrics /app/src/metrics
-RUN python3 -m pip install /app/src && rm -rf /app/src
+RUN python3 -m pip install --constraint /app/constraints.txt /app/src && rm -rf /app/src
 
 COPY descriptor.json /app/descriptor.json
 
 # never root; Singularity runs as the calling user anyway, with $HOME writable
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin cyseg
-USER cyseg
+USER 1000:1000
 ENV HOME=/home/cyseg
 WORKDIR /home/cyseg
 

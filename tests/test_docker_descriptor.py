@@ -182,12 +182,12 @@ def test_dockerfile_is_slim_cpu_by_default_and_installs_the_package():
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
     assert re.search(r"^ARG TORCH_SPEC=torch==2\.13\.0$", text, re.M)
     assert re.search(r"^ARG TORCH_INDEX=https://download\.pytorch\.org/whl/cpu$", text, re.M)
-    torch_at = text.index('pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"')
-    package_at = text.index("pip install /app/src")
-    assert torch_at < package_at  # torch pinned before the package pulls anything
+    torch_at = text.index('pip install --constraint /app/constraints.txt "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"')
+    package_at = text.index("pip install --constraint /app/constraints.txt /app/src")
+    assert text.index("COPY constraints.txt /app/constraints.txt") < torch_at < package_at  # pinned before anything
     assert "COPY descriptor.json /app/descriptor.json" in text
     users = re.findall(r"^USER (\S+)$", text, re.M)
-    assert users and users[-1] not in ("root", "0")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
     # every package of pyproject.toml is copied into the build context of `pip install`
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for top in {p.rstrip("*").split(".")[0] for p in packages}:
