@@ -82,3 +82,68 @@ def write_results(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
+
+
+#: What a benchmark's figures depend on: the packages it runs and the benchmark scripts themselves.
+CODE_PATHS = ("cyseg", "cydata", "segmenter", "unet", "transforms", "metrics", "bench")
+
+
+def code_version() -> dict[str, Any]:
+    """The code a result was measured with: the git commit, and when the packages or bench/ differ
+    from it (uncommitted edits, new files), a SHA-256 of that difference. Two results with the same
+    commit and the same `dirty_sha256` (None: clean) ran the same code."""
+    import hashlib
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
+
+    digest = hashlib.sha256(git("diff", "HEAD", "--", *CODE_PATHS))
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS).decode().split()
+    for name in sorted(untracked):
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes())
+    dirty = git("status", "--porcelain", "--", *CODE_PATHS).strip() != b""
+    return {"commit": git("rev-parse", "HEAD").decode().strip(), "dirty_sha256": digest.hexdigest() if dirty else None}
+
+
+def fresh_dir(path: Path) -> Path:
+    """`path` emptied (created when missing): a benchmark never reuses a model or report of an
+    earlier run, so every figure it writes was measured by this run's code."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, Any]:
+    """The provenance every results file carries: the code version taken when the run started
+    (`code_version()`), the command line, the machine's threads, and the run's CPU seconds (this
+    process and its children) and wall seconds."""
+    import datetime
+    import os
+    import sys
+
+    import torch
+
+    return {"code": code, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_s": cpu_s, "wall_s": wall_s, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+
+def cli_train(data: Path, model: Path, seed: int, options: Sequence[str], val: Path | None = None,
+              name: str | None = None) -> tuple[float, float]:
+    """Train with the real `cyseg train` (quiet; its errors reach stderr); returns the training's
+    (CPU seconds, wall seconds)."""
+    import time
+
+    cmd = ["cyseg", "-q", "train", str(data), "--out", str(model), "--seed", str(seed), *options]
+    cmd += ["--val", str(val)] if val is not None else []
+    cmd += ["--name", name] if name is not None else []
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return children_cpu() - cpu0, time.perf_counter() - t0
+
+
+def scores(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures a benchmark keeps of a `cyseg evaluate` summary."""
+    return {k: summary[k] for k in ("n_images", "threshold", "iou_mean", "iou_std", "dice_mean", "dice_std")}
