@@ -24,6 +24,14 @@ def _umask() -> int:
     return mask
 
 
+def temporary_dir(target: Path) -> Path:
+    """A new hidden folder beside `target`, with the permissions the umask gives any new folder
+    (mkdtemp makes 0700, which would hide the output from colleagues on a shared server)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `target`; rename it onto `target` if the block succeeds."""
@@ -55,7 +63,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise CysegError(f"output folder {target} already exists; choose a new --out or remove it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+        tmp = temporary_dir(target)
     except OSError as exc:
         raise CysegError(_cannot_write(target, exc)) from exc
     try:

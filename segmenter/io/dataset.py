@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from segmenter.errors import CysegError, DatasetError
+from segmenter.io.atomic import temporary_dir
 from segmenter.io.images import IMAGE_SUFFIXES, decode, read_image, write_png
 
 FORMAT = "cyseg-dataset/1"
@@ -194,7 +194,7 @@ class DatasetWriter:
         if self.root.exists() and not overwrite:
             raise CysegError(f"output folder {self.root} already exists; choose a new --out or remove it")
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".part", dir=self.root.parent))
+        self.tmp = temporary_dir(self.root)
         (self.tmp / "images").mkdir()
         (self.tmp / "masks").mkdir()
         self.manifest: dict[str, Any] = {
