@@ -3,7 +3,7 @@ image and its mask aligned, and leaves the method's sampling unchanged when off.
 import numpy as np
 import pytest
 
-from segmenter.training import CropSampler
+from segmenter.sampler import CropSampler
 
 SQUARE = 32  # side of the checkerboard squares
 

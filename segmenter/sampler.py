@@ -1,0 +1,85 @@
+"""Training crops: random augmented crops drawn from in-memory images, reproducible from a seed,
+and the per-channel statistics the network's inputs are normalised with."""
+from __future__ import annotations
+
+import functools
+import math
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from segmenter.augment import method_augmenter
+
+
+@functools.lru_cache(maxsize=None)
+def _mirror_padder(side: int) -> A.PadIfNeeded:
+    """Pads an image and its mask to at least side x side by mirroring (built once per side:
+    building it costs more than padding)."""
+    return A.PadIfNeeded(min_height=side, min_width=side, border_mode=cv2.BORDER_REFLECT_101, p=1.0)
+
+
+class CropSampler(torch.utils.data.Dataset):
+    """Random augmented crops from in-memory images; sample i of epoch e is a pure function of
+    (seed, e, i), so runs are reproducible with any number of workers and after a resume.
+
+    With `zoom` > 0 each crop is magnified by a factor drawn log-uniformly in [1/(1+zoom), 1+zoom]:
+    a larger or smaller square is cut and resized to the crop, so the network meets the objects at
+    other scales (slides scanned at 20x and 40x) without the mirrored borders of shrinking the crop
+    itself (an image smaller than the square is mirror-padded, as one smaller than the crop always is)."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
+                 seed: int, colour: bool, translate: float, n_classes: int, zoom: float = 0.0):
+        self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
+        self.n_classes, self.zoom = n_classes, zoom
+        self.epoch = 0
+        areas = np.array([m.size for m in masks], dtype=np.float64)
+        self.p = areas / areas.sum()
+        self.aug = method_augmenter(colour=colour, translate=translate)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _side(self, rng: np.random.Generator) -> int:
+        """Side of the square cut from the image: the crop, or the crop over a random magnification."""
+        if self.zoom <= 0:
+            return self.crop
+        magnification = math.exp(rng.uniform(-math.log1p(self.zoom), math.log1p(self.zoom)))
+        return max(2, round(self.crop / magnification))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = int(rng.choice(len(self.images), p=self.p))
+        image, mask = self.images[k], self.masks[k]
+        side = self._side(rng)
+        h, w = mask.shape
+        if h < side or w < side:
+            padded = _mirror_padder(side)(image=image, mask=mask)
+            image, mask = padded["image"], padded["mask"]
+            h, w = mask.shape
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        image, mask = image[y:y + side, x:x + side], mask[y:y + side, x:x + side]
+        if side != self.crop:
+            shrink = cv2.INTER_AREA if side > self.crop else cv2.INTER_LINEAR
+            image = cv2.resize(image, (self.crop, self.crop), interpolation=shrink).reshape(self.crop, self.crop, -1)
+            mask = cv2.resize(mask, (self.crop, self.crop), interpolation=cv2.INTER_NEAREST)
+        self.aug.set_random_seed(int(rng.integers(2**31)))
+        out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
+        x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
+        m = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
+        if self.n_classes == 1:
+            target = m[None].float()
+        else:
+            target = torch.nn.functional.one_hot(m, self.n_classes).permute(2, 0, 1).float()
+        return x_t, target
+
+
+def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (in [0, 1]) over all pixels of the training images."""
+    total = sum(im.shape[0] * im.shape[1] for im in images)
+    s = sum(im.reshape(-1, im.shape[2]).astype(np.float64).sum(0) for im in images)
+    s2 = sum((im.reshape(-1, im.shape[2]).astype(np.float64) ** 2).sum(0) for im in images)
+    mean = s / total / 255.0
+    std = np.sqrt(np.maximum(s2 / total / 255.0**2 - mean**2, 1e-8))
+    return [float(v) for v in mean], [float(max(v, 1e-3)) for v in std]
