@@ -1,0 +1,509 @@
+"""Benchmark documentation generated from the results, so that no figure can drift from the run
+that measured it: writes docs/benchmarks.md from bench/results/*.json, and the README's generated
+blocks (the shipped model's line and the short results table) between their HTML comment markers.
+
+    python bench/report.py           # rewrite docs/benchmarks.md and the README's blocks
+    python bench/report.py --check   # exit 1 when either file differs from what would be written
+
+One function per benchmark section; each takes its results file (None when the benchmark has not
+been run) and returns Markdown lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
+
+Results = dict[str, Any]
+Lines = list[str]
+
+DATASETS = {
+    "miccai15": "MICCAI 2015 nuclei in H&E tissue",
+    "glas": "GlaS glands in H&E colon tissue",
+    "wbc": "white blood cells in smear cytology (Zheng et al. 2018, dataset1)",
+    "miccai15_mag": "MICCAI 2015, trained on the 40x tiles, tested on the unseen 20x tiles",
+}
+GENERALISATION = ("miccai15_mag",)
+
+
+# ---------------------------------------------------------------------------- reading and formatting
+def load(name: str) -> Results | None:
+    """A results file of bench/results, or None when that benchmark has not been run."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> Lines:
+    """A Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def pm(mean: float, std: float, digits: int = 3) -> str:
+    """mean ± std."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def pct(fraction: float, digits: int = 0) -> str:
+    """A fraction as a percentage."""
+    return f"{fraction * 100:.{digits}f} %"
+
+
+def minutes(seconds: float) -> str:
+    """Seconds as whole minutes."""
+    return f"{seconds / 60:.0f} min"
+
+
+def machine(threads: int | None, device: str = "cpu") -> str:
+    """The machine a result was measured on, as its JSON records it."""
+    where = "the CPU, no GPU" if device == "cpu" else device
+    return f"{where}, {threads} threads" if threads else where
+
+
+def not_run(title: str, command: str) -> Lines:
+    """The section of a benchmark whose results file is absent."""
+    return [f"## {title}", "", f"Not measured yet: `{command}` writes its results.", ""]
+
+
+def args_cell(args: str | None, defaults: str) -> str:
+    """A configuration's command-line options as a table cell: `defaults` for none, the options in
+    code and any note the benchmark recorded after them in plain text."""
+    if not args or args.startswith("(cyseg"):
+        return defaults
+    options, _, note = args.partition(" (")
+    return f"`{options}`" + (f" ({note}" if note else "")
+
+
+# ---------------------------------------------------------------------------- accuracy.json
+def split_of(entry: Results) -> str:
+    """How a configuration's runs were split: seeds or folds, and the test images of each."""
+    runs = entry["runs"]
+    kind = "folds" if runs[0]["run"].startswith("fold") else "seeds"
+    return f"{entry['n_runs']} {kind}, {runs[0]['n_test']} test images each"
+
+
+def ordered_configs(configs: Results) -> list[tuple[str, Results]]:
+    """A dataset's multi-run configurations, the defaults (and their re-evaluations) first."""
+    multi = [(label, e) for label, e in configs.items() if e["n_runs"] > 1]
+    return sorted(multi, key=lambda item: (item[1].get("models_from") or item[0]) != "defaults")
+
+
+def accuracy_row(label: str, entry: Results) -> list[str]:
+    """One configuration of the accuracy tables."""
+    cost = "same models" if entry.get("models_from") else \
+        f"{minutes(entry['train_cpu_s_mean'])} ({minutes(entry['train_wall_s_mean'])} wall)"
+    return [f"`{label}`", args_cell(entry["train_args"], "defaults"), args_cell(entry.get("eval_args"), "defaults"),
+            entry["runs"][0].get("train_precision", "float32"), pm(entry["dice_mean"], entry["dice_std"]),
+            pm(entry["iou_mean"], entry["iou_std"]), cost]
+
+
+def accuracy_tables(data: Results, datasets: Iterable[str]) -> Lines:
+    """One table per dataset: every configuration run over several seeds or folds."""
+    header = ["label", "`cyseg train`", "`cyseg evaluate`", "precision", "Dice", "IoU", "CPU per training"]
+    lines: Lines = []
+    for dataset in datasets:
+        configs = ordered_configs(data[dataset])
+        if not configs:
+            continue
+        lines += [f"**{dataset}** ({DATASETS.get(dataset, dataset)}; {split_of(configs[0][1])}):", ""]
+        lines += [*table(header, (accuracy_row(label, e) for label, e in configs)), ""]
+    return lines
+
+
+def accuracy_section(data: Results | None) -> Lines:
+    """accuracy.json: `cyseg train` + `cyseg evaluate` over seeds or folds, per dataset."""
+    if data is None:
+        return not_run("Accuracy", "python bench/accuracy.py")
+    datasets = [d for d in data if d not in GENERALISATION]
+    threads = next(iter(next(iter(data.values())).values())).get("cpu_threads")
+    return ["## Accuracy", "",
+            "`bench/accuracy.py` trains with the real `cyseg train` (its defaults unless the options say "
+            "otherwise) and scores the test images at full resolution with `cyseg evaluate`; mean ± std over "
+            "seeds or folds, CPU time per training (wall time beside it: the machine was shared). "
+            f"Measured on {machine(threads)}, data from ../shared/data. Source: `bench/results/accuracy.json`. "
+            "Reproduce a row with `python bench/accuracy.py --datasets DATASET --label LABEL "
+            "--train-args=\"OPTIONS\"` (re-evaluations: `--models-from LABEL --eval-args=--tta`).", "",
+            *accuracy_tables(data, datasets)]
+
+
+def probe_rows(data: Results, dataset: str) -> list[list[str]]:
+    """A dataset's single-run probes, each beside the defaults' run with the same seed."""
+    reference = {r["run"]: r for r in data[dataset].get("defaults", {}).get("runs", [])}
+    rows = []
+    for label, entry in data[dataset].items():
+        if entry["n_runs"] != 1:
+            continue
+        run = entry["runs"][0]
+        ref = reference.get(run["run"])
+        rows.append([dataset, f"`{label}`", args_cell(entry["train_args"], "defaults"), run["run"],
+                     f"{run['dice']:.4f}", f"{run['iou']:.4f}", f"{ref['dice']:.4f}" if ref else "—",
+                     minutes(run["train_cpu_s"])])
+    return rows
+
+
+def probes_section(data: Results | None) -> Lines:
+    """accuracy.json: single-seed probes of other settings."""
+    if data is None:
+        return []
+    rows = [row for dataset in data for row in probe_rows(data, dataset)]
+    if not rows:
+        return []
+    return ["## Single-seed probes", "",
+            "One training each, on the same split as the accuracy table and compared with the defaults' run "
+            "of the same seed: a difference within the defaults' spread over seeds (the ± above) is noise. "
+            "Source: `bench/results/accuracy.json`.", "",
+            *table(["data", "label", "`cyseg train`", "run", "Dice", "IoU", "defaults, same run: Dice", "CPU"], rows),
+            ""]
+
+
+def generalisation_section(data: Results | None) -> Lines:
+    """accuracy.json: generalisation to unseen slides and magnification."""
+    if data is None or not any(d in data for d in GENERALISATION):
+        return not_run("Generalisation to unseen slides", "python bench/accuracy.py --datasets miccai15_mag")
+    return ["## Generalisation to unseen slides", "",
+            "`bench/accuracy.py --datasets miccai15_mag` trains on miccai15's 40x training tiles and tests on "
+            "its 20x tiles: other slides at another magnification, never seen in training. It measures what "
+            "the augmentation options (`--colour`: stain and colour jitter; `--zoom`: scale) buy when the "
+            "slides to segment come from elsewhere than the annotated ones. Source: "
+            "`bench/results/accuracy.json`.", "",
+            *accuracy_tables(data, [d for d in GENERALISATION if d in data])]
+
+
+# ---------------------------------------------------------------------------- default_model.json
+def default_model_results(data: Results | None) -> Results | None:
+    """default_model.json when it holds a run of the current protocol (a recipe chosen on
+    validation images, scored once on test images), else None."""
+    return data if data is not None and "chosen" in data else None
+
+
+def candidate_row(label: str, entry: Results, chosen: str) -> list[str]:
+    """One candidate recipe of the shipped model's validation."""
+    val = "; ".join(f"{source} {s['dice_mean']:.3f}" for source, s in entry["val"].items())
+    return [f"`{label}`" + (" (chosen)" if label == chosen else ""), args_cell(entry["train_args"], "defaults"),
+            str(entry["best_epoch"]), val, f"{entry['val_dice']:.3f}", minutes(entry["train_cpu_s"])]
+
+
+def final_scores_row(source: str, scores: Results, split: Results) -> list[str]:
+    """One source of the shipped model's test scores, with the size of each part of its split."""
+    return [source, str(len(split["train"])), str(len(split["val"])), str(scores["n_images"]),
+            f"{scores['threshold']:g}", pm(scores["dice_mean"], scores["dice_std"]),
+            pm(scores["iou_mean"], scores["iou_std"])]
+
+
+def default_model_section(data: Results | None) -> Lines:
+    """default_model.json: the shipped model's recipe chosen on validation images, scored on test images."""
+    data = default_model_results(data)
+    if data is None:
+        return not_run("The shipped model", "python bench/default_model.py")
+    chosen = data["chosen"]
+    return ["## The shipped model", "",
+            f"`bench/default_model.py` builds the shipped model (`cyseg/models/default.pt`) from ../shared/data with "
+            f"the real `cyseg train`: {data['protocol']}. Measured on {machine(data['run'].get('cpu_threads'))}. "
+            f"{'This run was installed as the shipped model. ' if data['installed'] else ''}"
+            "Reproduce with `python bench/default_model.py` (`--install` ships the result). "
+            "Source: `bench/results/default_model.json`.", "",
+            "Candidates, scored on the validation images (Dice per source and their mean):", "",
+            *table(["recipe", "`cyseg train`", "best epoch", "validation Dice", "mean", "CPU"],
+                   (candidate_row(label, e, chosen) for label, e in data["candidates"].items())), "",
+            f"The chosen recipe, `{chosen}`, on the test images (scored once):", "",
+            *table(["source", "training images", "validation images", "test images", "threshold", "Dice", "IoU"],
+                   (final_scores_row(source, s, data["split"][source]) for source, s in data["test"].items())), ""]
+
+
+# ---------------------------------------------------------------------------- throughput_cpu.json
+def default_tiling() -> tuple[int, int]:
+    """The tile side and overlap cyseg uses unless told otherwise."""
+    from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE
+
+    return DEFAULT_TILE, DEFAULT_OVERLAP
+
+
+def inference_row(row: Results, default: tuple[int, int]) -> list[str]:
+    """One tiling of the throughput table."""
+    tiling = f"{row['tile']} / {row['overlap']}" + (" (default)" if (row["tile"], row["overlap"]) == default else "")
+    return [str(row["n"]), tiling, str(row["batch"]), f"{row['bare_forward_mp_s']:.2f}",
+            f"{row['predict_path_mp_s']:.2f}", pct(row["ratio_image_area"]), f"{row['overlap_redundancy']:.2f}×",
+            pct(row["ratio_same_work"]), f"{row['bare_forward_float32_mp_s']:.2f}"]
+
+
+def training_row(row: Results) -> list[str]:
+    """One network width of the training-throughput table."""
+    return [str(row["n"]), f"{row['crop']}²", str(row["batch"]), f"{row['bare_train_img_s']:.1f}",
+            f"{row['train_loop_img_s']:.1f}", pct(row["ratio"])]
+
+
+def throughput_section(data: Results | None) -> Lines:
+    """throughput_cpu.json: the predict path and the training loop beside the bare network."""
+    if data is None:
+        return not_run("Throughput", "python bench/throughput.py")
+    default = default_tiling()
+    rows = sorted(data["inference"], key=lambda r: (r["n"], r["tile"], r["overlap"]))
+    return ["## Throughput", "",
+            f"`bench/throughput.py` times cyseg's whole predict path (read, normalise, tile, infer, blend, "
+            f"post-process) on a {data['image']}, beside the bare `model(x)` loop of the same network in the "
+            f"same run (interleaved, best of two rounds each), in {data['precision']} (the default here) with "
+            f"the float32 bare forward for reference. Measured on {machine(data['cpu_threads'], data['device'])} "
+            f"(torch {data['torch']}); one run, so the ratios carry the machine's minute-to-minute drift. "
+            "\"ratio\" is the predict path's MP/s of image over the bare forward's; \"ratio on computed pixels\" "
+            "counts the pixels the network really computes (overlaps twice), which leaves the pipeline's own "
+            f"overhead. The benchmark's target: {data['target']}. Reproduce with `python bench/throughput.py`. "
+            "Source: `bench/results/throughput_cpu.json`.", "",
+            *table(["U-Net n", "tile / overlap", "batch", "bare forward (MP/s)", "cyseg predict (MP/s of image)",
+                    "ratio", "pixels computed per image pixel", "ratio on computed pixels", "bare forward, float32"],
+                   (inference_row(r, default) for r in rows)), "",
+            "Training, on random 256² crops: the bare forward + loss + backward + Adam step on random tensors, "
+            "beside `fit`'s whole loop (crop sampling, augmentation, loader; its start-up included).", "",
+            *table(["U-Net n", "crop", "batch", "bare step (images/s)", "`fit` loop (images/s)", "ratio"],
+                   (training_row(r) for r in data["training"])), ""]
+
+
+# ---------------------------------------------------------------------------- wsi_cpu.json
+def wsi_rows(data: Results) -> list[list[str]]:
+    """The whole-slide measures, each with the target the benchmark records."""
+    targets, skip, noskip = data["targets"], data["whole_slide_skip"], data["whole_slide_no_skip"]
+    agreement, lost = data["skip_vs_no_skip_masks"], data["skipping"]
+    monai = "not installed" if data["monai_region_mp_s"] is None else f"{data['monai_region_mp_s']:.2f} MP/s"
+    return [
+        ["bare forward of the folded network (default tiles)",
+         f"{data['bare_forward_mp_s']:.2f} MP/s (unfolded {data['bare_forward_unfolded_mp_s']:.2f}; "
+         f"float32 {data['bare_forward_float32_mp_s']:.2f})", ""],
+        ["cyseg engine on the region, skipping off, polygons included",
+         f"{data['cyseg_no_skip_region_mp_s']:.2f} MP/s ({pct(data['cyseg_vs_bare'])} of bare)",
+         targets["cyseg_vs_bare"]],
+        ["MONAI `sliding_window_inference`, same network, precision, tiles and region (mask only)",
+         f"{monai} (cyseg {data['cyseg_vs_monai']:.2f}×)" if data["cyseg_vs_monai"] else monai,
+         targets["cyseg_vs_monai"]],
+        ["whole slide, `cyseg segment`, skipping off / on",
+         f"{noskip['seconds']:.0f} s / {skip['seconds']:.0f} s ({data['skip_speedup']:.1f}×)", targets["skip_speedup"]],
+        ["tiles skipped; slide area inferred",
+         f"{lost['tiles_skipped']} of {lost['tiles']}; {pct(lost['area_inferred_fraction'])}", ""],
+        ["ground-truth foreground outside the inferred boxes", pct(lost["gt_foreground_lost_fraction"], 2),
+         targets["gt_foreground_lost_fraction"]],
+        ["masks with vs without skipping differ on (share of the foreground)",
+         f"{pct(agreement['differing_fraction_of_fg'], 2)} (Dice {agreement['dice']:.4f})", ""],
+        ["peak memory of the `cyseg segment` process, skipping off / on",
+         f"{noskip['peak_rss_mb']:.0f} MB / {skip['peak_rss_mb']:.0f} MB", targets["peak_rss_mb"] + " MB"],
+    ]
+
+
+def wsi_section(data: Results | None) -> Lines:
+    """wsi_cpu.json: the whole-slide engine against the bare network and MONAI, background skipping."""
+    if data is None:
+        return not_run("Whole slides", "python bench/wsi.py")
+    size, region = data["slide"]["size"], data["region"]
+    return ["## Whole slides", "",
+            f"`bench/wsi.py` builds a slide from real annotated tiles ({data['slide']['description']}), so the "
+            "foreground that background skipping loses can be counted, and segments it with "
+            f"`{Path(data['model']).name}` in {data['precision']}: the engine and MONAI on its densest "
+            f"{region['w']}×{region['h']} region (interleaved, best of two each), then the whole slide with and "
+            "without skipping, each in its own `cyseg segment` process. "
+            f"Measured on {machine(data['cpu_threads'], data['device'])}, one run. "
+            f"Reproduce with `python bench/wsi.py --size {size[0]} --fill {data['slide']['fill']}`. "
+            "Source: `bench/results/wsi_cpu.json`.", "",
+            *table(["measure", "result", "target"], wsi_rows(data)), ""]
+
+
+# ---------------------------------------------------------------------------- idi.json
+def idi_command(settings: Results) -> str:
+    """The bench/idi.py command line of a run's settings."""
+    return (f"python bench/idi.py --datasets {settings['datasets']} --p {','.join(f'{p:g}' for p in settings['p'])} "
+            f"--seeds {settings['seeds']} --iterations {settings['iterations']} --epochs {settings['epochs']} "
+            f"--steps-per-epoch {settings['steps_per_epoch']} --batch {settings['batch']} --crop {settings['crop']}")
+
+
+def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]:
+    """Test IoU of one dataset per fraction p of objects removed."""
+    full = summary["full"]["iou"]
+    rows = []
+    for p, s in summary["p"].items():
+        ks = [f"idi_K{k}" for k in range(1, iterations + 1)]
+        rows.append([dataset, p.removeprefix("p"), pct(s["fraction_objects_removed"]["mean"]),
+                     pm(full["mean"], full["std"]), pm(s["incomplete"]["iou"]["mean"], s["incomplete"]["iou"]["std"]),
+                     *(pm(s[k]["iou"]["mean"], s[k]["iou"]["std"]) for k in ks),
+                     ", ".join(pct(s["recovery"][k]) for k in ks)])
+    return rows
+
+
+def mask_agreement_rows(dataset: str, summary: Results) -> list[list[str]]:
+    """The training masks of every dataset version against the complete annotation, mean over seeds."""
+    rows = []
+    for p in summary["p"]:
+        versions = list(zip(*(run["p"][p]["training_masks_vs_complete"] for run in summary["runs"]), strict=True))
+        cells = [" / ".join(f"{sum(v[m] for v in version) / len(version):.2f}" for m in ("iou", "precision", "recall"))
+                 for version in versions]
+        rows.append([dataset, p.removeprefix("p"), *cells])
+    return rows
+
+
+def idi_section(data: Results | None) -> Lines:
+    """idi.json: iterative data improvement on masks with a fraction of the objects removed."""
+    if data is None:
+        return not_run("Iterative data improvement", "python bench/idi.py")
+    settings, k = data["settings"], data["settings"]["iterations"]
+    datasets = data["datasets"]
+    steps = settings["epochs"] * settings["steps_per_epoch"]
+    versions = max(len(r) for s in datasets.values() for run in s["runs"]
+                   for r in (v["training_masks_vs_complete"] for v in run["p"].values()))
+    return ["## Iterative data improvement", "",
+            "`bench/idi.py` removes a fraction p of the annotated objects at random from complete training masks "
+            f"and compares: {data['protocol']}. Test IoU, mean ± std over {settings['seeds']} seeds; every model gets "
+            f"the same reduced budget ({steps} steps of {settings['batch']} random {settings['crop']}² crops, fresh "
+            "weights), so the full-mask models sit below the accuracy table. \"Recovered\" is the share of the IoU "
+            "lost to the removal that IDI wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses "
+            f"more. Measured on {machine(data.get('cpu_threads'))}. Reproduce with `{idi_command(settings)}`. "
+            "Source: `bench/results/idi.json`.", "",
+            *table(["data", "p", "objects removed", "full masks (a)", "incomplete (b)",
+                    *(f"IDI K={i}" for i in range(1, k + 1)), "recovered, K=1.."],
+                   (row for name, s in datasets.items() for row in idi_rows(name, s, k))), "",
+            "The training masks of each dataset version (0: the incomplete masks, then one per improvement) against "
+            "the complete annotation: IoU / precision / recall, mean over seeds. Each improvement ORs the model's "
+            "prediction into the masks, so recall can only grow while the model's false positives lower precision.",
+            "",
+            *table(["data", "p", *(f"version {i}" for i in range(versions))],
+                   (row for name, s in datasets.items() for row in mask_agreement_rows(name, s))), ""]
+
+
+# ---------------------------------------------------------------------------- docs/benchmarks.md
+SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
+    ("accuracy.json", accuracy_section),
+    ("accuracy.json", probes_section),
+    ("accuracy.json", generalisation_section),
+    ("default_model.json", default_model_section),
+    ("throughput_cpu.json", throughput_section),
+    ("wsi_cpu.json", wsi_section),
+    ("idi.json", idi_section),
+]
+
+
+def benchmarks_md() -> str:
+    """docs/benchmarks.md: every section, from the results files."""
+    lines = ["# Benchmarks", "",
+             "<!-- Generated by `python bench/report.py` from bench/results/*.json: edit the generator, not this "
+             "file. -->", "",
+             "Every figure here comes from a JSON file that a `bench/` script wrote; each section names the "
+             "script, the command that reproduces it and its JSON. No GPU figure has been measured yet.", ""]
+    for name, section in SECTIONS:
+        lines += section(load(name))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------- README blocks
+def shipped_model_block(data: Results | None) -> Lines:
+    """The README's line on what the shipped model was trained on and how it scores."""
+    data = default_model_results(data)
+    if data is None:
+        return ["Its benchmark (`python bench/default_model.py`) has not been run with the current protocol yet."]
+    split, chosen = data["split"], data["candidates"][data["chosen"]]
+    sources = ", ".join(f"{len(split[s]['train'])} {s} images" for s in data["test"])
+    scores = ", ".join(f"{s} {v['dice_mean']:.3f} ({v['n_images']} images)" for s, v in data["test"].items())
+    which = "The shipped model" if data["installed"] else "The last model of `bench/default_model.py` (not installed)"
+    return [f"{which} was trained with `cyseg train {chosen['train_args']}` on {sources}, the recipe chosen on "
+            f"validation images; on test images used for nothing else its Dice is {scores} "
+            "([details](docs/benchmarks.md#the-shipped-model))."]
+
+
+def accuracy_results(data: Results | None) -> list[list[str]]:
+    """README results rows: the defaults' accuracy per dataset, and the unseen-slides split."""
+    if data is None:
+        return []
+    rows = [[f"accuracy, {d}", f"`cyseg train` defaults, {split_of(c['defaults'])}",
+             f"Dice {pm(c['defaults']['dice_mean'], c['defaults']['dice_std'])}"]
+            for d, c in data.items() if d not in GENERALISATION and "defaults" in c]
+    for d in GENERALISATION:
+        configs = data.get(d, {})
+        if "defaults" in configs and "colour_zoom0.5" in configs:
+            rows.append([f"unseen slides, {d}", f"defaults → `{configs['colour_zoom0.5']['train_args']}`",
+                         f"Dice {configs['defaults']['dice_mean']:.3f} → {configs['colour_zoom0.5']['dice_mean']:.3f}"])
+    return rows
+
+
+def throughput_results(data: Results | None) -> list[list[str]]:
+    """README results row: the predict path at the default tiling, beside the bare network."""
+    default = default_tiling()
+    row = next((r for r in (data or {}).get("inference", []) if r["n"] == 16 and (r["tile"], r["overlap"]) == default),
+               None)
+    if row is None:
+        return []
+    return [["throughput, CPU", f"`cyseg` predict path, tiles {row['tile']} / {row['overlap']}",
+             f"{row['predict_path_mp_s']:.2f} MP/s ({pct(row['ratio_image_area'])} of the bare network)"]]
+
+
+def wsi_results(data: Results | None) -> list[list[str]]:
+    """README results row: the whole mosaic slide with and without background skipping."""
+    if data is None:
+        return []
+    size, skip, noskip = data["slide"]["size"], data["whole_slide_skip"], data["whole_slide_no_skip"]
+    return [["whole slide, CPU", f"{size[0]}² mosaic, skipping off → on",
+             f"{noskip['seconds']:.0f} s → {skip['seconds']:.0f} s, peak {skip['peak_rss_mb']:.0f} MB"]]
+
+
+def idi_results(data: Results | None) -> list[list[str]]:
+    """README results row: the share of lost IoU one IDI iteration recovers, at p = 0.5."""
+    if data is None:
+        return []
+    shares = [f"{name} {pct(s['p']['p0.5']['recovery']['idi_K1'])}" for name, s in data["datasets"].items()
+              if "p0.5" in s["p"]]
+    return [["incomplete masks, IDI", "half the objects removed, one improvement", "recovers " + ", ".join(shares)]]
+
+
+def results_block(results: dict[str, Results | None]) -> Lines:
+    """The README's short results table."""
+    rows = [*accuracy_results(results["accuracy.json"]), *throughput_results(results["throughput_cpu.json"]),
+            *wsi_results(results["wsi_cpu.json"]), *idi_results(results["idi.json"])]
+    return table(["benchmark", "setting", "result"], rows)
+
+
+def replace_block(text: str, name: str, body: Lines) -> str:
+    """`text` with the lines between `<!-- name:begin -->` and `<!-- name:end -->` replaced by `body`."""
+    pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md lacks the <!-- {name}:begin --> / <!-- {name}:end --> markers")
+    return pattern.sub(lambda m: m.group(1) + "".join(line + "\n" for line in body) + m.group(2), text, count=1)
+
+
+def readme_text(current: str) -> str:
+    """README.md with its generated blocks rewritten."""
+    results = {name: load(name) for name in ("accuracy.json", "throughput_cpu.json", "wsi_cpu.json", "idi.json")}
+    text = replace_block(current, "shipped-model", shipped_model_block(load("default_model.json")))
+    return replace_block(text, "results", results_block(results))
+
+
+# ---------------------------------------------------------------------------- command line
+def outputs() -> dict[Path, str]:
+    """Each generated file and the text it should hold."""
+    return {BENCHMARKS_MD: benchmarks_md(), README: readme_text(README.read_text())}
+
+
+def stale(expected: dict[Path, str]) -> list[Path]:
+    """The files whose text differs from what the generator writes."""
+    return [path for path, text in expected.items() if not path.exists() or path.read_text() != text]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a generated file is stale")
+    args = parser.parse_args(argv)
+    expected = outputs()
+    if args.check:
+        out_of_date = stale(expected)
+        for path in out_of_date:
+            print(f"{path.relative_to(ROOT)} is out of date: run python bench/report.py", file=sys.stderr)
+        return 1 if out_of_date else 0
+    for path, text in expected.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

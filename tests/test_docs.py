@@ -1,0 +1,114 @@
+"""The documentation a user reads: the README stays short, its figures come from benchmark JSON
+through bench/report.py, the generated files are up to date, and the code map is complete."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NOT_PACKAGES = {".venv", "build", "dist", ".git"}
+
+
+def block(name: str) -> str:
+    """The README's generated block `name`."""
+    match = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", README, re.S)
+    assert match, f"README.md lacks its generated {name} block"
+    return match.group(1)
+
+
+def section(title: str) -> str:
+    """The README's `## title` section."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.S | re.M)
+    assert match, f"README.md lacks a '## {title}' section"
+    return match.group(1)
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """Every scalar of a parsed JSON document."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def json_figures() -> tuple[list[float], set[str]]:
+    """The numbers of every results file, and the numbers written inside their strings."""
+    numbers: list[float] = []
+    in_strings: set[str] = set()
+    for path in sorted((REPO / "bench" / "results").glob("*.json")):
+        for leaf in leaves(json.loads(path.read_text())):
+            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+                numbers.append(abs(float(leaf)))
+            elif isinstance(leaf, str):
+                in_strings.update(NUMBER.findall(leaf))
+    return numbers, in_strings
+
+
+def backed(token: str, numbers: list[float], in_strings: set[str]) -> bool:
+    """A figure as written (its decimals) is a JSON number, or one as a percentage, or a number
+    written in a JSON string."""
+    decimals = len(token.partition(".")[2])
+    return token in in_strings or any(f"{v * scale:.{decimals}f}" == token for v in numbers for scale in (1, 100))
+
+
+def test_generated_docs_are_up_to_date():
+    assert report.stale(report.outputs()) == [], "run python bench/report.py"
+
+
+def test_readme_is_at_most_200_lines():
+    assert len(README.splitlines()) <= 200
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    fence = re.search(r"```bash\n(.*?)```", README, re.S)
+    assert fence and README.index(fence.group(0)) < README.index("\n## ")
+    demo, tests = fence.group(1).splitlines()
+    assert demo.endswith("cyseg demo --out demo_out") and tests.endswith(".venv/bin/python -m pytest -q")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"torch==[\d.]+", tests).group(0) in ci and ".venv/bin/python -m pytest -q" in ci
+
+
+@pytest.mark.parametrize("name", ["results", "shipped-model"])
+def test_every_figure_of_a_generated_block_is_in_a_json(name):
+    numbers, in_strings = json_figures()
+    unbacked = [t for t in NUMBER.findall(block(name)) if not backed(t, numbers, in_strings)]
+    assert unbacked == []
+
+
+def test_code_map_names_every_package():
+    code_map = section("Code map")
+    packages = {p.parent.relative_to(REPO).as_posix() for p in REPO.rglob("__init__.py")
+                if not NOT_PACKAGES & set(p.relative_to(REPO).parts) and ".egg-info" not in str(p)}
+    missing = [f"{name}/" for name in sorted(packages | {"tests", "bench", "docs"}) if f"`{name}/`" not in code_map]
+    assert missing == []
+
+
+def test_shipped_model_docs_follow_the_current_protocol():
+    """The shipped model's section and README line, from a results file of bench/default_model.py's
+    current protocol (recipe chosen on validation, test scored once)."""
+    scores = {"n_images": 5, "threshold": 0.4, "iou_mean": 0.8, "iou_std": 0.01, "dice_mean": 0.9, "dice_std": 0.02}
+    data = {"protocol": "a protocol", "chosen": "colour_zoom0.5", "installed": True, "run": {"cpu_threads": 2},
+            "split": {"miccai15": {"train": ["a"] * 8, "val": ["b"] * 2, "test": ["c"] * 5}},
+            "candidates": {label: {"train_args": args, "train_cpu_s": 600.0, "best_epoch": 31,
+                                   "val": {"miccai15": scores}, "val_dice": 0.9}
+                           for label, args in {"defaults": "--epochs 40",
+                                               "colour_zoom0.5": "--epochs 40 --colour --zoom 0.5"}.items()},
+            "test": {"miccai15": scores}}
+    section_text = "\n".join(report.default_model_section(data))
+    assert "`colour_zoom0.5` (chosen)" in section_text and "| miccai15 | 8 | 2 | 5 | 0.4 |" in section_text
+    line = report.shipped_model_block(data)[0]
+    assert line.startswith("The shipped model was trained with `cyseg train --epochs 40 --colour --zoom 0.5` on 8")
+    assert report.default_model_section({"held_out_scores": {}})[-2].startswith("Not measured yet")
