@@ -1,9 +1,10 @@
 """Process memory policy for inference and training on the CPU (glibc only; a no-op elsewhere).
 
-PyTorch takes every CPU tensor above 32 MB (a full-resolution U-Net activation) from fresh
-`mmap` pages that the kernel zeroes and maps again on every forward pass. Keeping freed blocks in
-the heap instead, and handing them back explicitly between windows, measured 1.8 -> 3.1 MP/s for
-the bare U-Net forward on 976² tiles on this 2-core CPU (system time 9 s -> 1 s per 20 s run).
+PyTorch takes every CPU tensor above glibc's mmap threshold (a full-resolution U-Net activation)
+from fresh `mmap` pages that the kernel zeroes and maps again on every forward pass: page faults
+and zeroing paid for every activation, every time. Keeping freed blocks in the heap instead, and
+handing them back explicitly between windows, removes that work; the benchmarks run with this
+policy, as every cyseg command does (bench/throughput.py, bench/wsi.py).
 
 The cyclic garbage collector is told to ignore what the process holds once its model is loaded
 (`freeze_loaded_objects`): see there."""
@@ -55,9 +56,8 @@ def release_freed_memory() -> None:
 def freeze_loaded_objects() -> None:
     """Hide every object alive now (imported modules, the loaded model) from the cyclic garbage
     collector's full collections, which the many small lists of polygon tracing and GeoJSON export
-    trigger: each rescanned the ~185,000 objects of torch and its kin (80-100 ms a time).
-    Measured on six 2048² images: masks -> polygons -> GeoJSON 1.33 -> 0.94 s, `cyseg segment`
-    11-13 % faster end to end. Garbage is collected first, so none is kept for good; objects created
+    trigger: each would traverse again every object torch and the model hold, although they live
+    as long as the process. Garbage is collected first, so none is kept for good; objects created
     later are collected as before."""
     gc.collect()
     gc.freeze()

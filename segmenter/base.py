@@ -27,9 +27,9 @@ from transforms.chain import build_on, default_chain, validate_chain, with_thres
 
 log = logging.getLogger(__name__)
 
-# 1024-px tiles overlapping by 192 px: with the shipped model, the tiled prediction of a 2048x2048
-# image differs from the untiled one on 0.014 % of mask pixels (max probability error 0.08);
-# overlap 128 gave 0.047 % (max 0.54) and 512/32 tiles 0.27 %, with visible seams
+# Large tiles with a wide overlap, so that the blended tiled prediction matches the untiled one
+# (tests/test_seams.py holds it to that with the shipped model): thinner overlaps compute fewer
+# pixels but leave seams, smaller tiles compute more overlap per image (docs/benchmarks.md, "Throughput")
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 192
 DEFAULT_BATCH = 1
@@ -74,8 +74,8 @@ class Segmenter:
             raise CysegError(str(exc)) from exc
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False, "amp": True,
                           **(inference or {})}
-        # channels-last convolutions: measured 2.6x faster training and 2.8x faster inference on
-        # this CPU (oneDNN), and the layout tensor cores want on CUDA
+        # channels-last convolutions: the layout oneDNN's fastest CPU kernels and CUDA's tensor
+        # cores want
         self.channels_last = self.device.type in ("cuda", "cpu")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """Host work beside the network when a command walks a folder: the next image is decoded and the
 previous image's outputs (PNG, polygons, GeoJSON) are written in background threads while the
-current image is inferred. On a GPU the network then waits for neither; on a 2-core CPU, where the
-forward already uses both cores, `cyseg segment` measured the same within noise either way."""
+current image is inferred. On a GPU the network then waits for neither; on a CPU whose cores the
+forward pass already keeps busy, the threads only take turns with it."""
 from __future__ import annotations
 
 from collections import deque

@@ -1,6 +1,6 @@
 """Reduced precision where the hardware computes it natively: float16 on CUDA, bfloat16 on CPUs
-with AVX512-BF16 or AMX (measured on this AMD EPYC, U-Net n=16: forward pass 1.8-2.1x and
-`cyseg train` epochs 1.4x faster than float32, same accuracy); float32 on other CPUs, where
+with AVX512-BF16 or AMX (half the memory traffic, on native matrix units; bench/throughput.py
+times the forward pass in both: docs/benchmarks.md, "Throughput"); float32 on other CPUs, where
 bfloat16 would be emulated and slower."""
 from __future__ import annotations
 

@@ -103,8 +103,9 @@ def slide_tissue_mask(slide: SlideReader, max_side: int = 2048, detail: float = 
 
     Each mask pixel is the darkest (brightfield) or brightest (fluorescence) of the pixels of a
     finer thumbnail sampled every `detail` level-0 pixels, so a cell much smaller than a mask
-    pixel is not averaged into the glass (measured: a 64-px mask pixel with plain averaging lost
-    13-20 % of isolated nuclei; pooled from 8-px samples, under 0.4 %).
+    pixel is not averaged into the glass, as plain averaging would average an isolated nucleus away
+    (bench/wsi.py counts the ground-truth foreground that skipping loses: docs/benchmarks.md,
+    "Whole slides").
     """
     if not detail > 0:
         raise CysegError(f"tissue detail {detail} must be > 0 level-0 pixels")

@@ -188,9 +188,10 @@ def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, i
     as tissue), each group of touching cells becomes its bounding box grown by a quarter of the tile
     overlap (so objects near a box edge keep some real background as context), and overlapping boxes
     are merged. Inference then covers the boxes only: on a mostly empty slide far less than whole
-    tiles would. Measured on the benchmark mosaic (8192² corner): masks differ from the unskipped
-    run's on 0.32 % of the foreground with this growth, 0.27 % with half the overlap (17 % more CPU),
-    0.93 % with a twelfth, 2 % with none."""
+    tiles would. The growth trades context for work: objects at a box edge see less real background
+    than in an unskipped run, so a thinner margin changes more of their masks, a wider one infers
+    more glass (bench/wsi.py compares the masks with and without skipping: docs/benchmarks.md,
+    "Whole slides")."""
     x, y, w, h = window
     ds = opts.downsample
     ny, nx = math.ceil(h / cell), math.ceil(w / cell)
