@@ -62,10 +62,12 @@ from tqdm import tqdm
 
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError, ModelFileError
+from segmenter.evaluation import mean_scores
 from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import (
     Dataset,
     DatasetWriter,
+    Item,
     check_dataset,
     manifest_hash,
     open_dataset,
@@ -241,7 +243,6 @@ def _check_start(seg: Segmenter, opts: ImproveOptions, source: str) -> None:
 
 
 def _fresh(opts: ImproveOptions) -> Segmenter:
-
     torch.manual_seed(opts.seed)  # the initial weights, as `cyseg train`
     return UNetSegmenter({"n_classes": 1, "depth": opts.depth or DEFAULT_DEPTH, "n": opts.n or DEFAULT_N},
                          device=opts.device, threshold=opts.threshold, postprocess=default_chain(opts.threshold))
@@ -288,6 +289,21 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
     data, out = Path(data), Path(out)
     opts.check()
     dataset = open_dataset(data)
+    selected, start_hash = _check_inputs(data, out, dataset, opts)
+    _open_run(out, opts.fingerprint(data, manifest_hash(dataset), start_hash))
+    first = _first_unfinished(out, opts.iterations)
+    truth = {item.stem: read_mask(item.mask).astype(bool) for item in dataset.items}
+    for k in range(first, opts.iterations + 1):
+        _iterate(k, data, out, dataset, truth, selected, opts)
+        _write_report(out, data, _rows(out, opts.iterations), opts)
+    rows = _rows(out, opts.iterations)
+    _write_report(out, data, rows, opts)
+    return rows
+
+
+def _check_inputs(data: Path, out: Path, dataset: Dataset, opts: ImproveOptions) -> tuple[list[str], str | None]:
+    """Refuse unusable inputs before anything is written; returns the stems of the selected items
+    and the starting model's SHA-256 (None without --model)."""
     check_dataset(dataset, 1)
     if opts.val is not None:
         check_dataset(open_dataset(opts.val), 1)
@@ -297,13 +313,16 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
         kinds = sorted({str(item.kind) for item in dataset.items})
         raise CysegError(f"no item of {data} has kind {' or '.join(opts.only_kind)} in its dataset.json "
                          f"(kinds present: {', '.join(kinds)}); drop --only-kind or give another kind")
-    start_hash = None
-    if opts.model is not None:
-        start = load_segmenter(opts.model, device="cpu")
-        _check_start(start, opts, f"model file {opts.model}")
-        start_hash = file_digest(opts.model)
+    if opts.model is None:
+        return selected, None
+    start = load_segmenter(opts.model, device="cpu")
+    _check_start(start, opts, f"model file {opts.model}")
+    return selected, file_digest(opts.model)
 
-    fingerprint = opts.fingerprint(data, manifest_hash(dataset), start_hash)
+
+def _open_run(out: Path, fingerprint: dict[str, Any]) -> None:
+    """Start a run in `out`, or continue the one there when it was made with the same inputs and
+    options (an unfinished one made with others is discarded; a finished one is refused)."""
     config = out / "improve.json"
     if config.is_file():
         try:
@@ -315,8 +334,7 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
         if changed and not started:  # nothing finished yet: start afresh with the new options
             log.info("%s: discarding an unfinished run made with other options (%s)", out, ", ".join(changed))
             shutil.rmtree(out / "models", ignore_errors=True)
-            with atomic_path(config) as tmp:
-                tmp.write_text(json.dumps(fingerprint, indent=2))
+            _write_fingerprint(config, fingerprint)
         elif changed:
             raise CysegError(f"{out} holds an IDI run made with other inputs or options ({', '.join(changed)} "
                              "differ); rerun with the same ones to continue, or choose a new --out")
@@ -324,13 +342,21 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
         raise CysegError(f"--out {out} exists and is not an IDI run (no improve.json); choose a new folder")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(config) as tmp:
-            tmp.write_text(json.dumps(fingerprint, indent=2))
+        _write_fingerprint(config, fingerprint)
 
+
+def _write_fingerprint(config: Path, fingerprint: dict[str, Any]) -> None:
+    with atomic_path(config) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=2))
+
+
+def _first_unfinished(out: Path, iterations: int) -> int:
+    """The first iteration to run (iterations + 1 when all are finished), after removing what an
+    interrupted run left of it and of the iterations after it."""
     for part in out.glob(".iter*.part"):  # a version whose writing was interrupted
         shutil.rmtree(part, ignore_errors=True)
-    first = next(k for k in range(1, opts.iterations + 2) if k > opts.iterations or not _complete(out, k))
-    if first <= opts.iterations:
+    first = next(k for k in range(1, iterations + 2) if k > iterations or not _complete(out, k))
+    if first <= iterations:
         stale = sorted(int(p.name[4:]) for p in out.glob("iter*") if p.name[4:].isdigit())
         stale += sorted(int(p.name[4:-3]) for p in (out / "models").glob("iter*.pt") if p.name[4:-3].isdigit())
         for k in sorted(set(stale)):
@@ -340,16 +366,8 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
                 _remove_model(out, k)
         if first > 1:
             log.info("%s: iterations 1..%d already finished; continuing with %d..%d", out, first - 1, first,
-                     opts.iterations)
-
-    originals = {item.stem: item for item in dataset.items}
-    truth = {item.stem: read_mask(item.mask).astype(bool) for item in dataset.items}
-    for k in range(first, opts.iterations + 1):
-        _iterate(k, data, out, dataset, originals, truth, selected, opts)
-        _write_report(out, data, _rows(out, opts.iterations), opts)
-    rows = _rows(out, opts.iterations)
-    _write_report(out, data, rows, opts)
-    return rows
+                     iterations)
+    return first
 
 
 def _rows(out: Path, iterations: int) -> list[dict[str, Any]]:
@@ -360,31 +378,19 @@ def _rows(out: Path, iterations: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, truth: dict[str, np.ndarray],
-             selected: list[str], opts: ImproveOptions) -> None:
-    from segmenter.evaluation import mean_scores
+# ---------------------------------------------------------------- one iteration
 
+def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, np.ndarray], selected: list[str],
+             opts: ImproveOptions) -> None:
+    """Iteration k: train (or reuse) its model, grow the selected labels with it, write version k."""
     prev = data if k == 1 else _version(out, k - 1)
     model_path = _model_path(out, k)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    if model_path.is_file():
-        log.info("iteration %d: model %s already trained", k, model_path)
-        seg = load_segmenter(model_path, device=opts.device)
-        start = seg.training_info.get("idi_start", "(earlier run)")
-    else:
-        seg, start, learnt = _starting_point(out, k, opts)
-        ckpt = model_path.with_suffix(".ckpt")
-        resume = ckpt.is_file()
-        log.info("iteration %d: training on %s from %s%s", k, prev, start, " (resuming)" if resume else "")
-        train(seg, prev, opts.val, opts.train_options(k, model_path, resume, learnt))
-        seg.training_info["idi_start"] = start
-        seg.save(model_path)
+    seg, start = _trained_model(k, prev, out, opts)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
     scores = mean_scores(seg, open_dataset(opts.val)) if opts.val is not None else None
     previous = {item.stem: item for item in open_dataset(prev).items}
-    stats = {"pixels": 0, "before": 0, "after": 0, "added": 0, "added_prev": 0, "removed_prev": 0,
-             "changed": 0, "differ_gt": 0}
     writer = DatasetWriter(
         _version(out, k), source=dataset.manifest.get("source"), parent=str(prev.resolve()), iteration=k,
         extra={"original": str(data.resolve()), "model": str(model_path.resolve()),
@@ -393,39 +399,7 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, t
                "only_kind": list(opts.only_kind) or None})
     with writer:
         (writer.tmp / "added").mkdir()
-        chosen = set(selected)
-        for item in tqdm(dataset.items, desc=f"IDI {k}: predicting", unit="image", disable=not opts.progress,
-                         leave=False):
-            gt = truth[item.stem]
-            prev_item = previous[item.stem]
-            prev_mask = gt if k == 1 else read_mask(prev_item.mask, gt.shape).astype(bool)
-            if item.stem not in chosen:
-                writer.copy(item)
-                new, meta = gt, None
-            else:
-                image = read_image(item.image)
-                probs = seg.predict(image)
-                with torch.inference_mode():
-                    pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
-                pred = pred.cpu().numpy()
-                new = gt | pred
-                added = new & ~gt
-                meta = {"idi": {"iteration": k, "threshold_used": tau, "predicted_px": int(pred.sum()),
-                                "added_px": int(added.sum())}}
-                writer.copy(item, meta=meta)
-                if added.any():
-                    written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"
-                    written.unlink()
-                    write_png(writer.tmp / "masks" / f"{item.stem}.png", new.astype(np.uint8) * 255)
-                    write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(image, gt, added))
-                    stats["differ_gt"] += 1
-            stats["pixels"] += gt.size
-            stats["before"] += int(prev_mask.sum())
-            stats["after"] += int(new.sum())
-            stats["added"] += int((new & ~gt).sum())
-            stats["added_prev"] += int((new & ~prev_mask).sum())
-            stats["removed_prev"] += int((prev_mask & ~new).sum())
-            stats["changed"] += int(not np.array_equal(new, prev_mask))
+        stats = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts)
         row = {
             "iteration": k, "trained_on": str(prev.resolve()), "model": str(model_path.resolve()), "start": start,
             "items": len(dataset.items), "items_selected": len(selected),
@@ -441,3 +415,68 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, originals: dict, t
              "written to %s", k, row["fg_before"], row["fg_after"], row["pixels_added"], row["masks_changed"],
              "" if scores is None else f", validation IoU {scores['iou']:.4f} Dice {scores['dice']:.4f}",
              _version(out, k))
+
+
+def _trained_model(k: int, prev: Path, out: Path, opts: ImproveOptions) -> tuple[Segmenter, str]:
+    """Iteration k's model, trained on version `prev` (resumed from its checkpoint when one is
+    there) unless an earlier run finished it; and a description of where its training started."""
+    model_path = _model_path(out, k)
+    if model_path.is_file():
+        log.info("iteration %d: model %s already trained", k, model_path)
+        seg = load_segmenter(model_path, device=opts.device)
+        return seg, seg.training_info.get("idi_start", "(earlier run)")
+    seg, start, learnt = _starting_point(out, k, opts)
+    resume = model_path.with_suffix(".ckpt").is_file()
+    log.info("iteration %d: training on %s from %s%s", k, prev, start, " (resuming)" if resume else "")
+    train(seg, prev, opts.val, opts.train_options(k, model_path, resume, learnt))
+    seg.training_info["idi_start"] = start
+    seg.save(model_path)
+    return seg, start
+
+
+def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset, truth: dict[str, np.ndarray],
+                 previous: dict[str, Item], chosen: set[str], opts: ImproveOptions) -> dict[str, int]:
+    """Write every item into the new version, the chosen ones with their mask grown by the model;
+    returns the pixel and mask counts of the report row."""
+    stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
+                           "differ_gt"), 0)
+    for item in tqdm(dataset.items, desc=f"IDI {k}: predicting", unit="image", disable=not opts.progress,
+                     leave=False):
+        gt = truth[item.stem]
+        prev_mask = gt if k == 1 else read_mask(previous[item.stem].mask, gt.shape).astype(bool)
+        if item.stem in chosen:
+            new = _grow_item(k, seg, writer, item, gt, opts)
+        else:
+            writer.copy(item)
+            new = gt
+        added = int((new & ~gt).sum())
+        stats["pixels"] += gt.size
+        stats["before"] += int(prev_mask.sum())
+        stats["after"] += int(new.sum())
+        stats["added"] += added
+        stats["added_prev"] += int((new & ~prev_mask).sum())
+        stats["removed_prev"] += int((prev_mask & ~new).sum())
+        stats["changed"] += int(not np.array_equal(new, prev_mask))
+        stats["differ_gt"] += int(added > 0)
+    return stats
+
+
+def _grow_item(k: int, seg: Segmenter, writer: DatasetWriter, item: Item, gt: np.ndarray,
+               opts: ImproveOptions) -> np.ndarray:
+    """Copy `item` into the new version with mask = ground truth OR the post-processed prediction
+    (and, when that adds pixels, its picture in added/); returns the new mask."""
+    image = read_image(item.image)
+    probs = seg.predict(image)
+    with torch.inference_mode():
+        pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
+    pred = pred.cpu().numpy()
+    new = gt | pred
+    added = new & ~gt
+    writer.copy(item, meta={"idi": {"iteration": k, "threshold_used": tau, "predicted_px": int(pred.sum()),
+                                    "added_px": int(added.sum())}})
+    if added.any():
+        written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"
+        written.unlink()
+        write_png(writer.tmp / "masks" / f"{item.stem}.png", new.astype(np.uint8) * 255)
+        write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(image, gt, added))
+    return new
