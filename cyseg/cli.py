@@ -308,7 +308,8 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
         raise CysegError("give one folder or crop at a time (several inputs are for slides)")
     if out is None:
         raise CysegError("--out is required for crops: give the output folder")
-    run_segment_crops(seg, sources[0], out, threshold, simplify, min_area, overlays, tiling, progress=_progress())
+    run_segment_crops(seg, resolve_model(model), sources[0], out, threshold, simplify, min_area, overlays, tiling,
+                      slide_opts, progress=_progress())
     click.echo(str(out))
 
 
@@ -449,8 +450,9 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
 def demo_command(out: Path, model: str, device: str) -> None:
     """Segment real microscopy images shipped with scikit-image using the shipped model, end to end."""
     from cyseg.demo import run_demo
+    from cyseg.models import resolve_model
 
-    for line in run_demo(_load(model, device), out, progress=_progress()):
+    for line in run_demo(_load(model, device), resolve_model(model), out, progress=_progress()):
         click.echo(line)
 
 

@@ -32,7 +32,7 @@ def demo_images() -> dict[str, np.ndarray]:
     return {"ihc": ihc, "mosaic": mosaic}
 
 
-def run_demo(seg: Segmenter, out: Path, progress: bool = True) -> list[str]:
+def run_demo(seg: Segmenter, model_path: Path, out: Path, progress: bool = True) -> list[str]:
     """Segment the demo images; returns the lines to print."""
     out = Path(out)
     inputs = out / "inputs"
@@ -40,7 +40,7 @@ def run_demo(seg: Segmenter, out: Path, progress: bool = True) -> list[str]:
     for name, image in demo_images().items():
         write_png(inputs / f"{name}.png", image)
     result = out / "segmentation"
-    stats = run_segment_crops(seg, inputs, result, None, simplify=0.5, min_area=4.0, overlays=True,
+    stats = run_segment_crops(seg, model_path, inputs, result, None, simplify=0.5, min_area=4.0, overlays=True,
                               tiling={}, progress=progress)
     figure = out / "overlay.png"
     ihc = read_image(inputs / "ihc.png")

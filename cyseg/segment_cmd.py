@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -19,11 +20,17 @@ from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import overlay
 from segmenter.pipeline import BackgroundWriter, read_ahead
 from segmenter.polygons import feature_collection, mask_to_polygons
+from segmenter.wsi.readers import open_slide
+from segmenter.wsi.scaleout import InProcess
+from segmenter.wsi.segment import low_resolution_mask, segment_slide
+from segmenter.wsi.slide import SlideReader
+from segmenter.wsi.windows import Region, WsiOptions
 
 log = logging.getLogger(__name__)
 
 
 CROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+OVERLAY_SIDE = 4096  # overlays of images segmented as slides are drawn at most this long
 
 
 def is_slide(path: Path, plain_images_too: bool = False) -> bool:
@@ -54,15 +61,54 @@ def list_images(source: Path) -> list[Path]:
     return files
 
 
-def run_segment_crops(seg: Segmenter, source: Path, out: Path, threshold: float | None, simplify: float,
-                      min_area: float, overlays: bool, tiling: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path, threshold: float | None,
+                      simplify: float, min_area: float, overlays: bool, tiling: dict[str, Any],
+                      slide_opts: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Segment every image; write masks/, geojson/ (and overlays/) under `out`, atomically. The next
-    image is read and the last one's outputs written in background threads (segmenter.pipeline)."""
-    files = list_images(source)
+    image is read and the last one's outputs written in background threads (segmenter.pipeline).
+    An image larger than one slide window goes through the whole-slide engine instead, window by
+    window, so that memory stays bounded whatever its size (`slide_opts`: the engine's options)."""
+    opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
+                         **(slide_opts or {})})
+    small, large = _by_size(list_images(source), opts.window_size)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
+    with atomic_dir(out, overwrite=True) as tmp:
+        for sub in ("masks", "geojson") + (("overlays",) if overlays else ()):
+            (tmp / sub).mkdir()
+        _segment_in_memory(seg, small, tmp, threshold, simplify, min_area, overlays, tiling, stats, progress)
+        for reader in large:
+            _segment_as_slide(seg, model_path, reader, tmp, opts, overlays, stats, progress)
+    stats["seconds"] = time.perf_counter() - start
+    log.info("%d images, %d polygons, %.1f s; masks in %s, GeoJSON in %s", stats["images"], stats["polygons"],
+             stats["seconds"], out / "masks", out / "geojson")
+    return stats
 
-    def write_outputs(folder: Path, path: Path, image: np.ndarray, mask: np.ndarray, fg: np.ndarray) -> None:
+
+def _by_size(files: list[Path], window_size: int) -> tuple[list[Path], list[SlideReader]]:
+    """The images that fit in memory as crops, and readers (header read, pixels not decoded) of
+    those with more pixels than one slide window."""
+    small, large = [], []
+    for path in files:
+        try:
+            reader = open_slide(path)
+        except CysegError:  # a damaged crop: reading it as a crop reports it in the crops' words
+            small.append(path)
+            continue
+        if reader.width * reader.height > window_size * window_size:
+            large.append(reader)
+        else:
+            reader.close()
+            small.append(path)
+    return small, large
+
+
+def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshold: float | None, simplify: float,
+                       min_area: float, overlays: bool, tiling: dict[str, Any], stats: dict[str, Any],
+                       progress: bool) -> None:
+    """Each image predicted whole (tiled and blended by the segmenter), its outputs written behind."""
+
+    def write_outputs(path: Path, image: np.ndarray, mask: np.ndarray, fg: np.ndarray) -> None:
         write_png(folder / "masks" / f"{path.stem}.png", mask * 255 if seg.n_classes == 1 else mask)
         polygons = mask_to_polygons(mask, fg, simplify=simplify, min_area=min_area)
         collection = feature_collection(polygons, extra={"image": path.name, "width": image.shape[1],
@@ -72,19 +118,43 @@ def run_segment_crops(seg: Segmenter, source: Path, out: Path, threshold: float 
             write_png(folder / "overlays" / f"{path.stem}.png", overlay(image, mask))
         stats["polygons"] += len(polygons)  # only the writer thread counts polygons
 
-    with atomic_dir(out, overwrite=True) as tmp:
-        for sub in ("masks", "geojson") + (("overlays",) if overlays else ()):
-            (tmp / sub).mkdir()
-        with BackgroundWriter() as writer, closing(read_ahead(files, read_image)) as images:
-            for path, image in tqdm(images, total=len(files), desc="segmenting", unit="image", disable=not progress):
-                probs = seg.predict(image, **tiling)
-                with torch.inference_mode():
-                    mask = seg.masks_from_probabilities(probs, threshold).cpu().numpy()
-                    fg = probs[0 if seg.n_classes == 1 else 1:].max(dim=0).values.cpu().numpy()
-                writer.submit(write_outputs, tmp, path, image, mask, fg)
-                stats["images"] += 1
-                stats["pixels"] += image.shape[0] * image.shape[1]
-    stats["seconds"] = time.perf_counter() - start
-    log.info("%d images, %d polygons, %.1f s; masks in %s, GeoJSON in %s", stats["images"], stats["polygons"],
-             stats["seconds"], out / "masks", out / "geojson")
-    return stats
+    with BackgroundWriter() as writer, closing(read_ahead(files, read_image)) as images:
+        for path, image in tqdm(images, total=len(files), desc="segmenting", unit="image", disable=not progress):
+            probs = seg.predict(image, **tiling)
+            with torch.inference_mode():
+                mask = seg.masks_from_probabilities(probs, threshold).cpu().numpy()
+                fg = probs[0 if seg.n_classes == 1 else 1:].max(dim=0).values.cpu().numpy()
+            writer.submit(write_outputs, path, image, mask, fg)
+            stats["images"] += 1
+            stats["pixels"] += image.shape[0] * image.shape[1]
+
+
+def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, folder: Path, opts: WsiOptions,
+                      overlays: bool, stats: dict[str, Any], progress: bool) -> None:
+    """A large image through the whole-slide engine (as `--as-slide` does): its GeoJSON, its mask
+    rasterised from the polygons, and an overlay at most OVERLAY_SIDE pixels long."""
+    stem, (w, h) = Path(reader.path).stem, (reader.width, reader.height)
+    log.info("%s is %dx%d px, more than one %d-px window: segmented window by window with the whole-slide "
+             "engine (as --as-slide), so memory stays bounded", reader.path, w, h, opts.window_size)
+    geojson = folder / "geojson" / f"{stem}.geojson"
+    try:
+        summary = segment_slide(seg, model_path, reader, geojson, opts, InProcess(seg),
+                                mask_out=folder / "masks" / f"{stem}.png", mask_downsample=1, progress=progress)
+        if overlays:
+            write_png(folder / "overlays" / f"{stem}.png", _small_overlay(reader, geojson))
+    finally:
+        reader.close()
+    stats["images"] += 1
+    stats["pixels"] += w * h
+    stats["polygons"] += summary["polygons"]
+
+
+def _small_overlay(reader: SlideReader, geojson: Path) -> np.ndarray:
+    """The image, at most OVERLAY_SIDE pixels long, with its polygons drawn over it."""
+    from shapely.geometry import shape
+
+    thumb, downsample = reader.thumbnail(OVERLAY_SIDE)
+    polygons = [shape(f["geometry"]) for f in json.loads(geojson.read_text())["features"]]
+    mask = low_resolution_mask(polygons, Region(0, 0, reader.width, reader.height), downsample)
+    mask = cv2.resize(mask, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    return overlay(thumb, (mask > 0).astype(np.uint8))

@@ -75,7 +75,8 @@ def _blend_on_white(rgb: np.ndarray, alpha: np.ndarray, premultiplied: bool) -> 
 
 def to_rgb(decoded: np.ndarray) -> np.ndarray:
     """An OpenCV-decoded image (BGR, BGRA or grey; 8 or 16 bit) as RGB uint8 with alpha composited
-    on white; ValueError for other sample types."""
+    on white; ValueError for other sample types. A BGR image is converted in place (no second copy
+    of a large image), so pass one you own."""
     if decoded.dtype == np.uint16:
         decoded = ((decoded.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif decoded.dtype != np.uint8:
@@ -84,7 +85,7 @@ def to_rgb(decoded: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(decoded, cv2.COLOR_GRAY2RGB)
     if decoded.shape[2] == 4:
         return rgba_on_white(cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA))
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB, dst=decoded)
 
 
 def decode_rgb(data: bytes) -> np.ndarray | None:

@@ -12,13 +12,14 @@ import os
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import openslide
 import tifffile
 from PIL import Image
 
 from segmenter.errors import CysegError, one_line
-from segmenter.io.images import decode, rgba_on_white, to_rgb
+from segmenter.io.images import rgba_on_white, to_rgb
 from segmenter.wsi.slide import ArrayReader, SlideReader, positive_float
 from segmenter.wsi.tiff import TiffReader
 
@@ -107,7 +108,7 @@ class ImageReader(ArrayReader):
 
     def _pixels(self) -> np.ndarray:
         if self._image is None:
-            decoded = decode(np.fromfile(self.path, dtype=np.uint8), png=self.format == "png")
+            decoded = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)  # streamed: no copy of the file's bytes
             if decoded is None:
                 raise CysegError(f"slide {self.path} cannot be decoded as {self.format.upper()}; "
                                  "the file may be truncated or corrupt")
