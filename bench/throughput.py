@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from bench.common import bench_image, write_results  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: E402
 from segmenter.io.dataset import write_png  # noqa: E402
-from segmenter.io.images import read_image
+from segmenter.io.images import read_image  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
 from segmenter.tiling import tile_spans  # noqa: E402
 from unet import UNetSegmenter  # noqa: E402
@@ -44,15 +45,14 @@ def bare_forward(seg: UNetSegmenter, tile: int, batch: int, min_seconds: float, 
         x = x.contiguous(memory_format=torch.channels_last)
     seg.model.eval()
     model = seg.model if plain else seg.inference_model()
-    with torch.inference_mode():
-        with autocast(seg.device, amp):
+    with torch.inference_mode(), autocast(seg.device, amp):
+        model(x)
+        _sync(seg.device)
+        n, start = 0, time.perf_counter()
+        while n == 0 or time.perf_counter() - start < min_seconds:
             model(x)
-            _sync(seg.device)
-            n, start = 0, time.perf_counter()
-            while n == 0 or time.perf_counter() - start < min_seconds:
-                model(x)
-                n += 1
-            _sync(seg.device)
+            n += 1
+        _sync(seg.device)
     return n * batch * tile * tile / 1e6 / (time.perf_counter() - start)
 
 
@@ -105,7 +105,8 @@ def training_loop(seg: UNetSegmenter, data: Path, crop: int, batch: int, steps: 
     return steps * batch / (time.perf_counter() - start)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="n=16 and tile 512 only, short timings")
@@ -113,54 +114,67 @@ def main() -> None:
     parser.add_argument("--overlap-fraction", type=float, default=DEFAULT_OVERLAP / DEFAULT_TILE,
                         help="tile overlap as a fraction of the tile side (default: the seam-safe default, 192/1024)")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    keep_freed_memory()  # the heap policy every cyseg command runs with
-    ns, tiles = ([16], [512]) if args.quick else ([8, 16, 32], [256, 512, 1024])
-    seconds = 2.0 if args.quick else 4.0
-    work = Path(tempfile.mkdtemp(prefix="cyseg-bench-"))
+    return parser.parse_args()
+
+
+def write_inputs(work: Path, size: int) -> tuple[Path, Path]:
+    """The benchmark image (PNG, read back by the predict path) and a one-item training set cut from
+    it (its dark pixels as the mask): (image path, dataset folder)."""
     image_path = work / "bench.png"
-    write_png(image_path, bench_image(args.size))
+    write_png(image_path, bench_image(size))
     train_dir = work / "train"
     (train_dir / "images").mkdir(parents=True)
     (train_dir / "masks").mkdir()
     image = read_image(image_path)
     write_png(train_dir / "images" / "a.png", image[:1024, :1024])
     write_png(train_dir / "masks" / "a.png", ((image[:1024, :1024].mean(axis=2) < 150) * 255).astype(np.uint8))
+    return image_path, train_dir
 
-    rows = []
-    configs = [(n, tile, round(tile * args.overlap_fraction / 16) * 16) for n in ns for tile in tiles]
-    configs += [(16, 512, 32)]  # the thinnest overlap, for comparison (seams: see README)
-    segs = {n: UNetSegmenter({"n": n}, device=args.device) for n in ns + [16]}
-    freeze_loaded_objects()  # as every cyseg command does once its model is loaded
-    for n, tile, overlap in configs:
-        seg = segs[n]
-        batch = 4 if tile <= 512 else 2
-        bare, full = [], []
-        for _ in range(2):  # interleaved rounds: the best of each resists machine noise
-            bare.append(bare_forward(seg, tile, batch, seconds))
-            full.append(predict_path(seg, image_path, tile, overlap, batch, seconds))
-        float32 = bare_forward(seg, tile, batch, seconds, amp=False)
-        redundancy = computed_megapixels(args.size, args.size, tile, overlap, seg.multiple) / (args.size ** 2 / 1e6)
-        row = {"n": n, "tile": tile, "batch": batch, "overlap": overlap, "bare_forward_mp_s": max(bare),
-               "predict_path_mp_s": max(full), "ratio_image_area": max(full) / max(bare),
-               "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare),
-               "bare_forward_float32_mp_s": float32, "predict_path_vs_float32_bare": max(full) / float32}
-        rows.append(row)
-        print(f"n={n:2d} tile={tile:4d} overlap={overlap:3d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  predict "
-              f"{row['predict_path_mp_s']:7.3f} MP/s of image  ratio {row['ratio_image_area']:.1%} (pipeline on the "
-              f"same tiles {row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f}; float32 bare {float32:7.3f} "
-              f"MP/s)", flush=True)
-    train_rows = []
-    for n in ns:
-        seg = UNetSegmenter({"n": n}, device=args.device)
-        steps = 5 if args.quick else 10
-        bare_t = bare_training(seg, 256, 8, steps)
-        loop_t = training_loop(seg, train_dir, 256, 8, steps)
-        train_rows.append({"n": n, "crop": 256, "batch": 8, "bare_train_img_s": bare_t, "train_loop_img_s": loop_t,
-                           "ratio": loop_t / bare_t})
-        print(f"n={n:2d} training  bare {bare_t:6.2f} img/s  loop {loop_t:6.2f} img/s  ratio {loop_t / bare_t:.1%}", flush=True)
-    device = str(UNetSegmenter({"n": 8}, device=args.device).device)
-    result = {
+
+def inference_configs(ns: list[int], tiles: list[int], overlap_fraction: float) -> list[tuple[int, int, int]]:
+    """(U-Net n, tile, overlap) to measure: every width and tile at the overlap fraction, plus the
+    thinnest overlap, whose seams the default tiling avoids, for comparison."""
+    configs = [(n, tile, round(tile * overlap_fraction / 16) * 16) for n in ns for tile in tiles]
+    return [*configs, (16, 512, 32)]
+
+
+def measure_inference(seg: UNetSegmenter, n: int, image_path: Path, size: int, tile: int, overlap: int,
+                      seconds: float) -> dict[str, Any]:
+    """One tiling's row: bare forward and predict path interleaved, the best of two rounds each
+    (it resists machine noise), the float32 bare forward, and the pixels the tiling computes."""
+    batch = 4 if tile <= 512 else 2
+    bare, full = [], []
+    for _ in range(2):
+        bare.append(bare_forward(seg, tile, batch, seconds))
+        full.append(predict_path(seg, image_path, tile, overlap, batch, seconds))
+    float32 = bare_forward(seg, tile, batch, seconds, amp=False)
+    redundancy = computed_megapixels(size, size, tile, overlap, seg.multiple) / (size ** 2 / 1e6)
+    row = {"n": n, "tile": tile, "batch": batch, "overlap": overlap, "bare_forward_mp_s": max(bare),
+           "predict_path_mp_s": max(full), "ratio_image_area": max(full) / max(bare),
+           "overlap_redundancy": redundancy, "ratio_same_work": max(full) * redundancy / max(bare),
+           "bare_forward_float32_mp_s": float32, "predict_path_vs_float32_bare": max(full) / float32}
+    print(f"n={n:2d} tile={tile:4d} overlap={overlap:3d}  bare {row['bare_forward_mp_s']:7.3f} MP/s  predict "
+          f"{row['predict_path_mp_s']:7.3f} MP/s of image  ratio {row['ratio_image_area']:.1%} (pipeline on the "
+          f"same tiles {row['ratio_same_work']:.1%}, overlap computes x{redundancy:.3f}; float32 bare {float32:7.3f} "
+          f"MP/s)", flush=True)
+    return row
+
+
+def measure_training(n: int, train_dir: Path, device: str, steps: int) -> dict[str, Any]:
+    """One width's training row: the bare step and cyseg's loop, on fresh networks' 256² crops."""
+    seg = UNetSegmenter({"n": n}, device=device)
+    bare_t = bare_training(seg, 256, 8, steps)
+    loop_t = training_loop(seg, train_dir, 256, 8, steps)
+    print(f"n={n:2d} training  bare {bare_t:6.2f} img/s  loop {loop_t:6.2f} img/s  ratio {loop_t / bare_t:.1%}",
+          flush=True)
+    return {"n": n, "crop": 256, "batch": 8, "bare_train_img_s": bare_t, "train_loop_img_s": loop_t,
+            "ratio": loop_t / bare_t}
+
+
+def result_record(args: argparse.Namespace, device: str, rows: list[dict[str, Any]],
+                  train_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results file: the machine, the settings and both tables."""
+    return {
         "benchmark": "throughput", "device": device,
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
@@ -172,8 +186,22 @@ def main() -> None:
                    "ratio_same_work: the same for the pixels the network actually computes (pipeline overhead only); "
                    "bare and predict both in `precision` (the default), bare_forward_float32_mp_s with --no-amp"),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    keep_freed_memory()  # the heap policy every cyseg command runs with
+    ns, tiles = ([16], [512]) if args.quick else ([8, 16, 32], [256, 512, 1024])
+    seconds = 2.0 if args.quick else 4.0
+    image_path, train_dir = write_inputs(Path(tempfile.mkdtemp(prefix="cyseg-bench-")), args.size)
+    segs = {n: UNetSegmenter({"n": n}, device=args.device) for n in [*ns, 16]}
+    freeze_loaded_objects()  # as every cyseg command does once its model is loaded
+    rows = [measure_inference(segs[n], n, image_path, args.size, tile, overlap, seconds)
+            for n, tile, overlap in inference_configs(ns, tiles, args.overlap_fraction)]
+    train_rows = [measure_training(n, train_dir, args.device, 5 if args.quick else 10) for n in ns]
+    device = str(UNetSegmenter({"n": 8}, device=args.device).device)
     out = args.out or ROOT / "bench" / "results" / f"throughput_{device.split(':')[0]}.json"
-    write_results(out, result)
+    write_results(out, result_record(args, device, rows, train_rows))
     print(f"results written to {out}")
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_results  # noqa: E402
-from bench.mosaic import describe, foreground_total, layout, render  # noqa: E402
+from bench.mosaic import Placement, describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
@@ -40,10 +41,13 @@ from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
 from segmenter.wsi.tissue import slide_tissue_mask  # noqa: E402
 from segmenter.wsi.windows import Region, WsiOptions, plan_windows, window_topology  # noqa: E402
-from unet import load_segmenter
+from unet import load_segmenter  # noqa: E402
+
+TARGETS = {"cyseg_vs_bare": ">= 0.80", "cyseg_vs_monai": ">= 1.0", "skip_speedup": ">= 3",
+           "peak_rss_mb": "< 2048", "gt_foreground_lost_fraction": "< 0.01"}
 
 
-def build_slide(path: Path, size: int, fill: float):
+def build_slide(path: Path, size: int, fill: float) -> list[Placement]:
     """Write the mosaic slide; return its placements (for ground truth)."""
     placements = layout(size, size, fill)
     write_pyramid_streaming(path, size, size, lambda x, y, w, h: render(placements, x, y, w, h),
@@ -83,7 +87,8 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
         lost += int((~kept[(p.y + ys) // 8, (p.x + xs) // 8]).sum())
     total = foreground_total(placements)
     return {"tiles": n_tiles, "tiles_skipped": n_skipped, "area_inferred_fraction": float(kept.mean()),
-            "gt_foreground_px": total, "gt_foreground_lost_px": lost, "gt_foreground_lost_fraction": lost / max(total, 1)}
+            "gt_foreground_px": total, "gt_foreground_lost_px": lost,
+            "gt_foreground_lost_fraction": lost / max(total, 1)}
 
 
 def cyseg_region_throughput(seg: Segmenter, model_path: Path, slide_path: Path, region: Region, skip: bool) -> float:
@@ -111,10 +116,12 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
     start = time.perf_counter()
     pixels = reader.read(region.x, region.y, region.w, region.h)
     x = seg.to_input(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    def predictor(t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(net(t.contiguous(memory_format=torch.channels_last)).float())
+
     with torch.inference_mode(), autocast(seg.device):  # the precision cyseg runs in
         probs = sliding_window_inference(x, roi_size=(DEFAULT_TILE, DEFAULT_TILE), sw_batch_size=DEFAULT_BATCH,
-                                         predictor=lambda t: torch.sigmoid(net(t.contiguous(memory_format=torch.channels_last)).float()),
-                                         overlap=DEFAULT_OVERLAP / DEFAULT_TILE, mode="gaussian")
+                                         predictor=predictor, overlap=DEFAULT_OVERLAP / DEFAULT_TILE, mode="gaussian")
         (probs > seg.threshold).cpu()
     return region.w * region.h / 1e6 / (time.perf_counter() - start)
 
@@ -151,66 +158,119 @@ def cli_run(model: str, slide: Path, out: Path, skip: bool) -> dict:
     return {"seconds": seconds, "peak_rss_mb": round(peak_kb / 1024, 1), "summary": summary}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--fill", type=float, default=0.08)
     parser.add_argument("--region", type=int, default=4096)
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    keep_freed_memory()  # the heap policy every cyseg command runs with
-    model_path = resolve_model(args.model)
+    return parser.parse_args()
+
+
+def load_model(name: str) -> tuple[Path, Segmenter]:
+    """The model file and its segmenter, loaded as every cyseg command loads it: with the heap policy
+    on and the loaded objects frozen out of the cyclic garbage collector."""
+    keep_freed_memory()
+    model_path = resolve_model(name)
     seg = load_segmenter(model_path)
-    freeze_loaded_objects()  # as every cyseg command does once its model is loaded
-    device = str(seg.device)
-    work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
-    slide = work / "mosaic.tif"
+    freeze_loaded_objects()
+    return model_path, seg
+
+
+def timed_build(slide: Path, size: int, fill: float) -> list[Placement]:
+    """Build the mosaic slide, saying how long it took; its placements."""
     t0 = time.perf_counter()
-    placements = build_slide(slide, args.size, args.fill)
-    print(f"built {slide} ({args.size}x{args.size}, {len(placements)} real tiles) in {time.perf_counter() - t0:.0f} s", flush=True)
-    region = densest_region(placements, args.size, args.region)
+    placements = build_slide(slide, size, fill)
+    print(f"built {slide} ({size}x{size}, {len(placements)} real tiles) in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return placements
+
+
+def bare_forwards(seg: Segmenter) -> dict[str, float]:
+    """MP/s of the bare network on the default tiles: folded (the ceiling) and as trained, best of
+    two each, and folded in float32."""
     bare = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0) for _ in range(2))
-    bare_plain = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, plain=True) for _ in range(2))
-    bare_float32 = bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, amp=False)
-    # interleaved, best of two each: this machine's speed drifts by ~10 % between minutes
+    plain = max(bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, plain=True) for _ in range(2))
+    float32 = bare_forward(seg, DEFAULT_TILE, DEFAULT_BATCH, 5.0, amp=False)
+    return {"bare_forward_float32_mp_s": float32, "bare_forward_mp_s": bare, "bare_forward_unfolded_mp_s": plain}
+
+
+def region_comparison(seg: Segmenter, model_path: Path, slide: Path, region: Region, bare: float) -> dict[str, Any]:
+    """MP/s of cyseg's engine (skipping off) and of MONAI on the region, interleaved, two runs each:
+    the machine's speed drifts between minutes, so each keeps the better of its two."""
     engine_runs, monai_runs = [], []
     for _ in range(2):
         engine_runs.append(cyseg_region_throughput(seg, model_path, slide, region, skip=False))
         monai_runs.append(monai_throughput(seg, slide, region))
     engine = max(engine_runs)
     monai = None if None in monai_runs else max(monai_runs)
-    print(f"bare forward {bare:.3f} MP/s in {precision_name(seg.device)} (unfolded module {bare_plain:.3f}, "
-          f"float32 {bare_float32:.3f}) | cyseg (no skipping) {engine:.3f} MP/s ({engine / bare:.1%}) | "
+    return {"cyseg_no_skip_region_mp_s": engine, "cyseg_region_runs_mp_s": engine_runs,
+            "monai_region_runs_mp_s": monai_runs, "cyseg_vs_bare": engine / bare,
+            "monai_region_mp_s": monai, "cyseg_vs_monai": None if monai is None else engine / monai}
+
+
+def print_forwards(precision: str, bare: dict[str, float], compared: dict[str, Any]) -> None:
+    """One line: the bare network, the engine and MONAI."""
+    engine, monai = compared["cyseg_no_skip_region_mp_s"], compared["monai_region_mp_s"]
+    print(f"bare forward {bare['bare_forward_mp_s']:.3f} MP/s in {precision} (unfolded module "
+          f"{bare['bare_forward_unfolded_mp_s']:.3f}, float32 {bare['bare_forward_float32_mp_s']:.3f}) | cyseg (no "
+          f"skipping) {engine:.3f} MP/s ({compared['cyseg_vs_bare']:.1%}) | "
           f"MONAI {monai if monai is None else f'{monai:.3f}'} MP/s", flush=True)
+
+
+def skipping_loss(slide: Path, placements: list[Placement], seg: Segmenter) -> dict[str, Any]:
+    """What background skipping leaves out with the default options (see `lost_foreground`)."""
     loss = lost_foreground(slide, placements, seg, WsiOptions())
-    print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, {loss['area_inferred_fraction']:.1%} of the "
-          f"slide inferred, ground-truth foreground lost "
-          f"{loss['gt_foreground_lost_fraction']:.4%}", flush=True)
-    with_skip = cli_run(args.model, slide, work / "skip.geojson", skip=True)
-    print(f"whole slide with skipping: {with_skip['seconds']:.0f} s, peak RSS {with_skip['peak_rss_mb']} MB", flush=True)
-    without = cli_run(args.model, slide, work / "noskip.geojson", skip=False)
-    print(f"whole slide without skipping: {without['seconds']:.0f} s, peak RSS {without['peak_rss_mb']} MB", flush=True)
-    agreement = mask_agreement(work / "skip.geojson", work / "noskip.geojson", args.size)
+    print(f"skipping: {loss['tiles_skipped']}/{loss['tiles']} tiles skipped, {loss['area_inferred_fraction']:.1%} "
+          f"of the slide inferred, ground-truth foreground lost {loss['gt_foreground_lost_fraction']:.4%}", flush=True)
+    return loss
+
+
+def whole_slide(model: str, slide: Path, size: int, work: Path) -> dict[str, Any]:
+    """`cyseg segment` on the whole slide with and without background skipping, and how far the two
+    runs' masks differ."""
+    with_skip = cli_run(model, slide, work / "skip.geojson", skip=True)
+    print(f"whole slide with skipping: {with_skip['seconds']:.0f} s, peak RSS {with_skip['peak_rss_mb']} MB",
+          flush=True)
+    without = cli_run(model, slide, work / "noskip.geojson", skip=False)
+    print(f"whole slide without skipping: {without['seconds']:.0f} s, peak RSS {without['peak_rss_mb']} MB",
+          flush=True)
+    agreement = mask_agreement(work / "skip.geojson", work / "noskip.geojson", size)
     print(f"skipping vs not: masks differ on {agreement['differing_fraction_of_fg']:.3%} of the foreground "
           f"(Dice {agreement['dice']:.5f})", flush=True)
-    megapixels = args.size * args.size / 1e6
-    result = {
-        "benchmark": "wsi", "device": device, "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
-                  "description": describe(args.size, args.size, placements)},
-        "model": str(model_path), "region": region.__dict__,
-        "precision": precision_name(seg.device), "bare_forward_float32_mp_s": bare_float32,
-        "bare_forward_mp_s": bare, "bare_forward_unfolded_mp_s": bare_plain, "cyseg_no_skip_region_mp_s": engine,
-        "cyseg_region_runs_mp_s": engine_runs, "monai_region_runs_mp_s": monai_runs, "cyseg_vs_bare": engine / bare,
-        "monai_region_mp_s": monai, "cyseg_vs_monai": None if monai is None else engine / monai,
-        "skipping": loss,
-        "whole_slide_skip": {**with_skip, "mp_per_s": megapixels / with_skip["seconds"]},
-        "whole_slide_no_skip": {**without, "mp_per_s": megapixels / without["seconds"]},
-        "skip_speedup": without["seconds"] / with_skip["seconds"], "skip_vs_no_skip_masks": agreement,
-        "targets": {"cyseg_vs_bare": ">= 0.80", "cyseg_vs_monai": ">= 1.0", "skip_speedup": ">= 3",
-                    "peak_rss_mb": "< 2048", "gt_foreground_lost_fraction": "< 0.01"},
-    }
+    megapixels = size * size / 1e6
+    return {"whole_slide_skip": {**with_skip, "mp_per_s": megapixels / with_skip["seconds"]},
+            "whole_slide_no_skip": {**without, "mp_per_s": megapixels / without["seconds"]},
+            "skip_speedup": without["seconds"] / with_skip["seconds"], "skip_vs_no_skip_masks": agreement}
+
+
+def run_header(args: argparse.Namespace, device: str, placements: list[Placement], model_path: Path,
+               region: Region, precision: str) -> dict[str, Any]:
+    """The results file's description of the run: machine, slide, model, region and precision."""
+    return {"benchmark": "wsi", "device": device, "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
+                      "description": describe(args.size, args.size, placements)},
+            "model": str(model_path), "region": region.__dict__, "precision": precision}
+
+
+def main() -> None:
+    args = parse_args()
+    model_path, seg = load_model(args.model)
+    device, precision = str(seg.device), precision_name(seg.device)
+    work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
+    slide = work / "mosaic.tif"
+    placements = timed_build(slide, args.size, args.fill)
+    region = densest_region(placements, args.size, args.region)
+    bare = bare_forwards(seg)
+    compared = region_comparison(seg, model_path, slide, region, bare["bare_forward_mp_s"])
+    print_forwards(precision, bare, compared)
+    loss = skipping_loss(slide, placements, seg)
+    whole = whole_slide(args.model, slide, args.size, work)
+    result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
+              "skipping": loss, **whole, "targets": TARGETS}
     out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
     write_results(out, result)
     print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")
