@@ -10,6 +10,7 @@ import numpy as np
 
 from cyseg.segment_cmd import run_segment_crops
 from segmenter.base import Segmenter
+from segmenter.errors import CysegError
 from segmenter.io.images import read_image, write_png
 from segmenter.overlays import overlay
 
@@ -35,6 +36,10 @@ def demo_images() -> dict[str, np.ndarray]:
 def run_demo(seg: Segmenter, model_path: Path, out: Path, progress: bool = True) -> list[str]:
     """Segment the demo images; returns the lines to print."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CysegError(f"--out {out} is a file; give a folder for the demo's outputs")
+    if (out / "segmentation").exists() or (out / "overlay.png").exists():
+        log.warning("%s already holds a demo run: replacing its inputs, segmentation and overlay.png", out)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     for name, image in demo_images().items():
