@@ -65,7 +65,8 @@ class Region:
 
 
 def parse_region(text: str | None, width: int, height: int) -> Region:
-    """'x,y,w,h' (level-0 pixels, top-left origin) -> Region checked against the slide; None -> all."""
+    """'x,y,w,h' (level-0 pixels, top-left origin) -> Region, clipped to the slide (with a warning);
+    None -> the whole slide."""
     if not text:
         return Region(0, 0, width, height)
     try:
@@ -74,9 +75,13 @@ def parse_region(text: str | None, width: int, height: int) -> Region:
         raise CysegError(f"--window '{text}' must be four integers x,y,w,h (level-0 pixels)") from exc
     if w <= 0 or h <= 0:
         raise CysegError(f"--window '{text}' has zero or negative size; give a positive width and height")
-    if x < 0 or y < 0 or x + w > width or y + h > height:
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x1 <= x0 or y1 <= y0:
         raise CysegError(f"--window '{text}' lies outside the slide ({width}x{height}); give a box inside it")
-    return Region(x, y, w, h)
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        log.warning("--window %s reaches beyond the %dx%d slide: clipped to %d,%d,%d,%d", text, width, height,
+                    x0, y0, x1 - x0, y1 - y0)
+    return Region(x0, y0, x1 - x0, y1 - y0)
 
 
 @dataclass
