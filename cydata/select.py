@@ -20,14 +20,17 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from segmenter.errors import CysegError
-from segmenter.io.dataset import DatasetWriter, check_dataset, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, DatasetWriter, check_dataset, open_dataset, read_pair
 from segmenter.io.digest import file_digest
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,7 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
     """Score every crop of `directory`, write the kept ones to `out`; returns (out, all rows)."""
     from unet import load_segmenter
 
-    if not 0.0 <= min_completeness <= 1.0:
-        raise CysegError(f"--min-completeness {min_completeness} is outside [0, 1]; choose e.g. 0.5")
-    if per_slide is not None and per_slide < 1:
-        raise CysegError(f"--per-slide must be >= 1 (got {per_slide}); leave it out for no cap")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
+    _check_options(min_completeness, per_slide, threshold)
     out = Path(out)
     if out.exists():
         raise CysegError(f"output folder {out} already exists; choose a new --out or remove it")
@@ -89,18 +87,7 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
     dataset = open_dataset(src)
     seg = load_segmenter(model, device=device)
     check_dataset(dataset, seg.n_classes)
-    chosen_t = seg.threshold if threshold is None else threshold
-
-    rows: list[dict[str, Any]] = []
-    for item in tqdm(dataset.items, desc="scoring", unit="image", disable=not progress, leave=False):
-        image, annotation = read_pair(item, seg.n_classes)
-        pred = seg.segment(image, threshold=threshold)
-        if pred.shape != annotation.shape:
-            raise CysegError(f"model output for {item.image} is {pred.shape}, not the image's {annotation.shape}")
-        p, a = pred > 0, annotation > 0
-        rows.append({"stem": item.stem, "slide": item.slide or "", "kind": item.kind or "",
-                     "score": completeness(p, a), "predicted_px": int(p.sum()), "annotated_px": int(a.sum()),
-                     "covered_px": int((p & a).sum())})
+    rows = _score(seg, dataset, threshold, progress)
     choose(rows, min_completeness, per_slide)
     kept = [r for r in rows if r["selected"]]
     if csv_path is not None:
@@ -113,15 +100,46 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
     model_path = Path(model)
     rule = {"score": "|prediction AND annotation| / |prediction|; 1.0 when the model predicts nothing",
             "model": str(model_path.resolve()), "model_sha256": file_digest(model_path),
-            "model_name": seg.training_info.get("name"), "threshold": chosen_t,
+            "model_name": seg.training_info.get("name"), "threshold": seg.threshold if threshold is None else threshold,
             "min_completeness": min_completeness, "per_slide": per_slide,
             "scored": len(rows), "selected": len(kept)}
-    by_stem = {item.stem: item for item in dataset.items}
-    with DatasetWriter(out, source=dataset.manifest.get("source"), parent=str(src.resolve()),
-                       extra={"selection": rule}) as writer:
-        for row in kept:
-            writer.copy(by_stem[row["stem"]], meta={"completeness": row["score"]})
-        _write_csv(writer.tmp / "scores.csv", rows)
+    _write_selection(out, src, dataset, rows, rule)
     log.info("kept %d of %d crops (completeness >= %s%s); scores in %s", len(kept), len(rows), min_completeness,
              "" if per_slide is None else f", at most {per_slide} per slide", out / "scores.csv")
     return out, rows
+
+
+def _check_options(min_completeness: float, per_slide: int | None, threshold: float | None) -> None:
+    """Refuse values outside their range before the model is loaded."""
+    if not 0.0 <= min_completeness <= 1.0:
+        raise CysegError(f"--min-completeness {min_completeness} is outside [0, 1]; choose e.g. 0.5")
+    if per_slide is not None and per_slide < 1:
+        raise CysegError(f"--per-slide must be >= 1 (got {per_slide}); leave it out for no cap")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
+
+
+def _score(seg: "Segmenter", dataset: Dataset, threshold: float | None, progress: bool) -> list[dict[str, Any]]:
+    """One row per item: its completeness under the model's post-processed prediction, and the pixel counts."""
+    rows: list[dict[str, Any]] = []
+    for item in tqdm(dataset.items, desc="scoring", unit="image", disable=not progress, leave=False):
+        image, annotation = read_pair(item, seg.n_classes)
+        pred = seg.segment(image, threshold=threshold)
+        if pred.shape != annotation.shape:
+            raise CysegError(f"model output for {item.image} is {pred.shape}, not the image's {annotation.shape}")
+        p, a = pred > 0, annotation > 0
+        rows.append({"stem": item.stem, "slide": item.slide or "", "kind": item.kind or "",
+                     "score": completeness(p, a), "predicted_px": int(p.sum()), "annotated_px": int(a.sum()),
+                     "covered_px": int((p & a).sum())})
+    return rows
+
+
+def _write_selection(out: Path, src: Path, dataset: Dataset, rows: list[dict[str, Any]], rule: dict[str, Any]) -> None:
+    """The kept items as a new dataset recording the rule and each item's score, with scores.csv of all rows."""
+    by_stem = {item.stem: item for item in dataset.items}
+    with DatasetWriter(out, source=dataset.manifest.get("source"), parent=str(src.resolve()),
+                       extra={"selection": rule}) as writer:
+        for row in rows:
+            if row["selected"]:
+                writer.copy(by_stem[row["stem"]], meta={"completeness": row["score"]})
+        _write_csv(writer.tmp / "scores.csv", rows)
