@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +18,11 @@ from segmenter.io.atomic import atomic_path
 from segmenter.io.digest import file_digest
 from segmenter.io.images import write_png
 from segmenter.polygons import feature_collection, write_geojson
-from segmenter.wsi.cache import WindowCache, cache_key
+from segmenter.wsi.cache import WindowCache, WindowResult, cache_key
 from segmenter.wsi.merge import merge_windows, to_slide_coordinates
 from segmenter.wsi.windows import (
     Region,
+    WindowTask,
     WsiOptions,
     parse_region,
     plan_windows,
@@ -29,6 +30,8 @@ from segmenter.wsi.windows import (
 )
 
 if TYPE_CHECKING:
+    import sldc
+
     from segmenter.base import Segmenter
     from segmenter.wsi.scaleout import DaskRunner, InProcess
     from segmenter.wsi.slide import SlideReader
@@ -49,59 +52,40 @@ def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarr
                                        transform=transform, fill=0, dtype=np.uint8)
 
 
+@dataclass
+class SlidePlan:
+    """What a run works through: the region, its window topology and tasks, the model's digest and
+    the window cache keyed by slide, model, region and options."""
+
+    region: Region
+    topology: "sldc.TileTopology"
+    tasks: list[WindowTask]
+    digest: str
+    cache: WindowCache
+
+
 def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out: Path, opts: WsiOptions,
                   runner: "InProcess | DaskRunner", region_text: str | None = None, cache_root: Path | None = None,
                   mask_out: Path | None = None, mask_downsample: float = 16.0, label: str = "cell",
                   progress: bool = True) -> dict[str, Any]:
     """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates)."""
-    from segmenter.wsi.tissue import slide_tissue_mask
-
     opts.check()
     if seg.in_channels != 3:
         raise CysegError(f"model {model_path} expects {seg.in_channels} input channels but slides are read as RGB; "
                          "use a model trained on RGB images")
     start = time.perf_counter()
-    region = parse_region(region_text, reader.width, reader.height)
-    tissue = slide_tissue_mask(reader) if opts.skip_background else None
-    topology = window_topology(math.ceil(region.w / opts.downsample), math.ceil(region.h / opts.downsample), opts)
-    tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
-    digest = file_digest(model_path)
-    cache = WindowCache(None if cache_root is None else cache_root / cache_key(reader.identity(), digest, region, opts))
-    results, pending = [], []
-    for task in tasks:
-        cached = cache.load(task.index)
-        (results if cached is not None else pending).append(cached if cached is not None else task)
-    bar = tqdm(total=sum(t.tiles for t in tasks), unit="tile", desc=Path(reader.path).name,
-               disable=not progress, dynamic_ncols=True)
-    bar.update(sum(r.tiles for r in results))
-    if cache.hits:
-        log.info("%d of %d windows already done (cache %s)", cache.hits, len(tasks), cache.folder)
-    skipped = sum(r.skipped for r in results)
-    for result in runner.run(pending, reader, region, opts, str(model_path), digest):
-        cache.store(result)
-        results.append(result)
-        skipped += result.skipped
-        bar.update(result.tiles)
-        bar.set_postfix(skipped=skipped)
-    bar.close()
-    merged = merge_windows(results, topology, opts)
-    polygons = []
-    for polygon, mean_probability in merged:
-        polygon = to_slide_coordinates(polygon, region, opts.downsample)
-        if polygon.area < opts.min_area:
-            continue
-        props: dict[str, Any] = {"area": float(polygon.area)}
-        if mean_probability is not None:
-            props["mean_probability"] = mean_probability
-        polygons.append((polygon, props))
+    plan = _plan_slide(seg, model_path, reader, opts, region_text, cache_root)
+    results, skipped = _run_windows(plan, reader, opts, runner, model_path, progress)
+    polygons = _slide_polygons(results, plan, opts)
     seconds = time.perf_counter() - start
-    tiles = sum(r.tiles for r in results)
+    region, tiles = plan.region, sum(r.tiles for r in results)
     summary = {
-        "slide": str(reader.path), "region": asdict(region), "windows": len(tasks), "windows_cached": cache.hits,
-        "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons), "seconds": round(seconds, 3),
-        "megapixels": region.w * region.h / 1e6, "mp_per_s": round(region.w * region.h / 1e6 / seconds, 3),
+        "slide": str(reader.path), "region": asdict(region), "windows": len(plan.tasks),
+        "windows_cached": plan.cache.hits, "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons),
+        "seconds": round(seconds, 3), "megapixels": region.w * region.h / 1e6,
+        "mp_per_s": round(region.w * region.h / 1e6 / seconds, 3),
     }
-    extra = {"slide": reader.describe(), "model": {"path": str(model_path), "sha256": digest},
+    extra = {"slide": reader.describe(), "model": {"path": str(model_path), "sha256": plan.digest},
              "options": asdict(opts), "summary": summary, "coordinates": "level-0 pixels, top-left origin"}
     write_geojson(out, feature_collection(polygons, label=label, extra=extra))
     if mask_out is not None:
@@ -110,3 +94,56 @@ def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out
     log.info("%s: %d tiles (%d skipped as background), %d polygons, %.1f s, %.2f MP/s -> %s",
              Path(reader.path).name, tiles, skipped, len(polygons), seconds, summary["mp_per_s"], out)
     return summary
+
+
+def _plan_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", opts: WsiOptions, region_text: str | None,
+               cache_root: Path | None) -> SlidePlan:
+    """The region to segment, the tissue in it (when background is skipped), its windows and their cache."""
+    from segmenter.wsi.tissue import slide_tissue_mask
+
+    region = parse_region(region_text, reader.width, reader.height)
+    tissue = slide_tissue_mask(reader) if opts.skip_background else None
+    topology = window_topology(math.ceil(region.w / opts.downsample), math.ceil(region.h / opts.downsample), opts)
+    tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
+    digest = file_digest(model_path)
+    cache = WindowCache(None if cache_root is None else cache_root / cache_key(reader.identity(), digest, region, opts))
+    return SlidePlan(region, topology, tasks, digest, cache)
+
+
+def _run_windows(plan: SlidePlan, reader: "SlideReader", opts: WsiOptions, runner: "InProcess | DaskRunner",
+                 model_path: Path, progress: bool) -> tuple[list[WindowResult], int]:
+    """Every window's result: from the cache, or run by `runner` (and cached as it finishes), with a
+    progress bar in tiles; returns them and the number of tiles skipped as background."""
+    results, pending = [], []
+    for task in plan.tasks:
+        cached = plan.cache.load(task.index)
+        (results if cached is not None else pending).append(cached if cached is not None else task)
+    bar = tqdm(total=sum(t.tiles for t in plan.tasks), unit="tile", desc=Path(reader.path).name,
+               disable=not progress, dynamic_ncols=True)
+    bar.update(sum(r.tiles for r in results))
+    if plan.cache.hits:
+        log.info("%d of %d windows already done (cache %s)", plan.cache.hits, len(plan.tasks), plan.cache.folder)
+    skipped = sum(r.skipped for r in results)
+    for result in runner.run(pending, reader, plan.region, opts, str(model_path), plan.digest):
+        plan.cache.store(result)
+        results.append(result)
+        skipped += result.skipped
+        bar.update(result.tiles)
+        bar.set_postfix(skipped=skipped)
+    bar.close()
+    return results, skipped
+
+
+def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions) -> list[tuple[Any, dict[str, Any]]]:
+    """The windows' polygons merged across window borders, in slide coordinates, with their area and
+    mean probability; those under `opts.min_area` dropped."""
+    polygons = []
+    for polygon, mean_probability in merge_windows(results, plan.topology, opts):
+        polygon = to_slide_coordinates(polygon, plan.region, opts.downsample)
+        if polygon.area < opts.min_area:
+            continue
+        props: dict[str, Any] = {"area": float(polygon.area)}
+        if mean_probability is not None:
+            props["mean_probability"] = mean_probability
+        polygons.append((polygon, props))
+    return polygons
