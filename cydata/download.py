@@ -43,8 +43,8 @@ from shapely.geometry import MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
-from segmenter.cytomine.api import CytomineSource, ImageInfo, NotFound, ServerFailure
-from segmenter.cytomine.connection import credentials
+from segmenter.cytomine.api import CytomineData, ImageInfo
+from segmenter.cytomine.errors import NotFound
 from segmenter.errors import CysegError
 from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import FORMAT
@@ -251,8 +251,8 @@ def _number(text: str, integer: bool) -> float | int | None:
 class Planner:
     """Turns a Spec into crops, with the server's help (listing only, no pixels)."""
 
-    def __init__(self, source: CytomineSource, request: Spec) -> None:
-        self.source = source
+    def __init__(self, cytomine: CytomineData, request: Spec) -> None:
+        self.cytomine = cytomine
         self.request = request
         self.plan = Plan()
         self._project_terms: dict[int, dict[int, str]] = {}
@@ -264,7 +264,7 @@ class Planner:
         if project is None:
             return {}
         if project not in self._project_terms:
-            self._project_terms[project] = self.source.project_terms(project)
+            self._project_terms[project] = self.cytomine.project_terms(project)
             self.plan.term_names.update(self._project_terms[project])
         return self._project_terms[project]
 
@@ -279,9 +279,9 @@ class Planner:
             if project is not None and term in known:
                 continue
             try:
-                info = self.source.term(term)
+                info = self.cytomine.term(term)
             except NotFound:
-                raise CysegError(f"{option} {term}: no such term on {self.source.host}; give a term id of the "
+                raise CysegError(f"{option} {term}: no such term on {self.cytomine.host}; give a term id of the "
                                  "project's ontology") from None
             if project is not None:
                 raise CysegError(f"{option} {term} ('{info['name']}') is not in the ontology of project {project}; "
@@ -290,19 +290,19 @@ class Planner:
 
     def check_project(self, project: int, option: str = "--project") -> dict[str, Any]:
         try:
-            return self.source.project(project)
+            return self.cytomine.project(project)
         except NotFound:
-            raise CysegError(f"{option} {project}: no such project on {self.source.host} (or not visible to these "
+            raise CysegError(f"{option} {project}: no such project on {self.cytomine.host} (or not visible to these "
                              "keys); check the project id") from None
 
     def check_user(self, user: int, option: str) -> None:
         try:
-            self.source.user(user)
+            self.cytomine.user(user)
         except NotFound:
-            raise CysegError(f"{option} {user}: no such user on {self.source.host}; check the user id") from None
+            raise CysegError(f"{option} {user}: no such user on {self.cytomine.host}; check the user id") from None
 
     def project_images(self, project: int, wanted: Iterable[int], option: str) -> list[ImageInfo]:
-        images = self.source.project_images(project)
+        images = self.cytomine.project_images(project)
         wanted = list(dict.fromkeys(int(i) for i in wanted))
         missing = [i for i in wanted if i not in images]
         if missing:
@@ -348,29 +348,29 @@ class Planner:
             seen.add(ident)
             if image_id not in images:
                 try:
-                    images[image_id] = self.source.image(image_id)
+                    images[image_id] = self.cytomine.image(image_id)
                 except NotFound:
                     images[image_id] = None
             image = images[image_id]
             if image is None:
-                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on {self.source.host}",
+                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on {self.cytomine.host}",
                                image=image_id, annotation=ident, row=row["row"])
                 continue
             self.plan.images[image.id] = image
-            cx, cy = self.source.to_slide(Point(x, y), image).coords[0]
+            cx, cy = self.cytomine.to_slide(Point(x, y), image).coords[0]
             if not (0 <= cx <= image.width and 0 <= cy <= image.height):
                 self.plan.skip(f"annotation {ident}", f"its centroid ({x:g}, {y:g}) is outside the "
                                f"{image.width}x{image.height} image {image.id}", image=image.id, annotation=ident,
                                row=row["row"])
                 continue
             if image.id not in owned:
-                owned[image.id] = {a.id: a.terms for a in self.source.annotations(image, geometry=False)}
+                owned[image.id] = {a.id: a.terms for a in self.cytomine.annotations(image, geometry=False)}
             terms = owned[image.id].get(ident)
             if terms is None:  # not a human annotation of that image: ask for it directly
                 try:
-                    info = self.source.annotation(ident)
+                    info = self.cytomine.annotation(ident)
                 except NotFound:
-                    self.plan.skip(f"annotation {ident}", f"annotation not found on {self.source.host}",
+                    self.plan.skip(f"annotation {ident}", f"annotation not found on {self.cytomine.host}",
                                    image=image.id, annotation=ident, row=row["row"])
                     continue
                 if info.image != image.id:
@@ -389,7 +389,7 @@ class Planner:
         if req.user is not None:
             self.check_user(req.user, "--user")
         for image in self.project_images(req.project, req.images, "--image"):
-            for a in sorted(self.source.annotations(image, project=req.project, terms=req.terms, user=req.user),
+            for a in sorted(self.cytomine.annotations(image, project=req.project, terms=req.terms, user=req.user),
                             key=lambda a: a.id):
                 centre = None if a.geometry is None else _centre(a.geometry, image)
                 if centre is None:
@@ -415,7 +415,7 @@ class Planner:
             self.check_user(desc["user"], f"{req.descriptor}: \"user\"")
         side = req.footprint
         for image in self.project_images(project, desc["images"], f"{req.descriptor}: \"images\""):
-            rois = self.source.annotations(image, project=project, terms=[roi_term], user=desc["user"])
+            rois = self.cytomine.annotations(image, project=project, terms=[roi_term], user=desc["user"])
             for roi in sorted(rois, key=lambda a: a.id):
                 inside = None if roi.geometry is None else roi.geometry.intersection(image.slide_box())
                 if inside is None or inside.is_empty or inside.area <= 0:
@@ -572,25 +572,18 @@ def _done(partial: Path, stem: str) -> dict[str, Any] | None:
         return None
 
 
-def _fetch(source: CytomineSource, crop: Crop, image: ImageInfo, request: Spec, partial: Path,
+def _fetch(cytomine: CytomineData, crop: Crop, image: ImageInfo, request: Spec, partial: Path,
            term_names: dict[int, str]) -> dict[str, Any]:
     """Download one crop and its mask's polygons, write the pair and then its item JSON."""
-    x, y, w, h = crop.box
-    rgb = source.window(image, crop.box, request.zoom, workdir=partial / ".tmp")
-    scale = 2 ** request.zoom
-    expected = (max(1, round(h / scale)), max(1, round(w / scale)))
-    if abs(rgb.shape[0] - expected[0]) > 1 or abs(rgb.shape[1] - expected[1]) > 1:
-        raise ServerFailure(f"window {x},{y},{w},{h} of image {image.id} came back {rgb.shape[1]}x{rgb.shape[0]} "
-                            f"instead of {expected[1]}x{expected[0]} (the server caps window sizes); use a smaller "
-                            "--size or a larger --zoom")
-    polygons = source.annotations(image, project=crop.project, terms=crop.foreground, bbox=crop.box)
+    rgb = cytomine.window(image, crop.box, request.zoom)
+    polygons = cytomine.annotations(image, project=crop.project, terms=crop.foreground, bbox=crop.box)
     mask = rasterise([a.geometry for a in polygons], crop.box, rgb.shape[:2])
     for folder, array in (("images", rgb), ("masks", mask)):
         with atomic_path(partial / folder / f"{crop.stem}.png") as tmp:
             write_png(tmp, array)
     meta = {
         "kind": crop.kind, "slide": crop.image, "image_id": crop.image, "project": crop.project,
-        "host": source.host, "annotations": crop.annotations, "terms": crop.terms,
+        "host": cytomine.host, "annotations": crop.annotations, "terms": crop.terms,
         "term_names": [term_names.get(t) for t in crop.terms],
         "foreground_terms": crop.foreground, "mask_annotations": sorted(a.id for a in polygons),
         "zoom": request.zoom, "crop": crop.box, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
@@ -628,9 +621,8 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
     # what can be checked without the server is checked first
     rows = read_csv_rows(request.csv) if request.csv else None
     descriptor = read_descriptor(request.descriptor) if request.descriptor else None
-    creds = credentials(config=config)
-    with CytomineSource(creds, timeout=timeout, verify=not insecure, retries=retries) as source:
-        params = _parameters(request, source.host)
+    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as cytomine:
+        params = _parameters(request, cytomine.host)
         plan_path = partial / PLAN
         if _check_partial(partial, params) and plan_path.is_file():
             try:
@@ -641,7 +633,7 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
             log.info("continuing %s: %d crop(s) planned", partial, len(plan.crops))
         else:
             # nothing is written before the plan is made: a wrong id leaves no folder behind
-            planner = Planner(source, request)
+            planner = Planner(cytomine, request)
             planner.rows, planner.descriptor = rows, descriptor
             plan = {"csv": planner.from_csv, "json": planner.from_descriptor, "filters": planner.from_filters}[
                 request.mode]()
@@ -667,7 +659,7 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
         failures: list[tuple[Crop, str]] = []
         with tqdm(total=len(todo), desc="download", unit="crop", disable=None if progress is None else not progress) \
                 as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_fetch, source, crop, plan.images[crop.image], request, partial, plan.term_names):
+            futures = {pool.submit(_fetch, cytomine, crop, plan.images[crop.image], request, partial, plan.term_names):
                        crop for crop in todo}
             try:
                 for future in as_completed(futures):
@@ -680,7 +672,6 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
             except BaseException:  # Ctrl-C: stop queued crops; finished ones stay for the next run
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    shutil.rmtree(partial / ".tmp", ignore_errors=True)
     _report_skipped(plan.skipped)
     if failures:
         failures.sort(key=lambda f: f[0].stem)

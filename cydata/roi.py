@@ -4,9 +4,9 @@ validation and test sets (an expert then annotates every cell inside each ROI, a
 
 Positions are slide pixels with the origin at the top-left (y down), like every other position the
 tools take; the squares are converted once to Cytomine's frame (y up) when saved. A ROI always lies
-inside the image (the thesis' `addroi` drew (10,10)-(hw,hw) in Cytomine's frame: the bottom-left
-corner of the slide, without a term). Random ROIs do not overlap each other nor the image's
-existing ROIs of the same term.
+inside the image and gets the ROI term (--term, else the project's term named 'roi'), which is how
+`cydata download --json` finds it.
+Random ROIs do not overlap each other nor the image's existing ROIs of the same term.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import random
 
 from shapely.geometry import box as shapely_box
 
-from segmenter.cytomine.api import CytomineSource, NotFound
-from segmenter.cytomine.connection import credentials
+from segmenter.cytomine.api import CytomineData
+from segmenter.cytomine.errors import NotFound
 from segmenter.errors import CysegError
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def add_rois(project: int, image: int, *, size: int = 2048, count: int = 1, at: 
         raise CysegError(f"--count {count} must be at least 1")
     if at is not None and count != 1:
         raise CysegError(f"--at places one ROI but --count is {count}; drop --at for random places or use --count 1")
-    creds = credentials(config=config)
-    with CytomineSource(creds, timeout=timeout, verify=not insecure, retries=retries) as source:
+    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as source:
         try:
             source.project(project)
         except NotFound:

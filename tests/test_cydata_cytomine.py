@@ -73,7 +73,7 @@ def env(cytomine_seed: Seed, monkeypatch):
     monkeypatch.setenv("CYTOMINE_HOST", server.url)
     monkeypatch.setenv("CYTOMINE_PUBLIC_KEY", server.public_key)
     monkeypatch.setenv("CYTOMINE_PRIVATE_KEY", server.private_key)
-    monkeypatch.setattr("segmenter.cytomine.api.BACKOFF", 0.01)
+    monkeypatch.setattr("segmenter.cytomine.retry.BACKOFF", 0.01)
     return cytomine_seed
 
 

@@ -27,9 +27,11 @@ from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by nam
     disconnect,
 )
 
+import segmenter.cytomine.retry as retry_module  # noqa: E402
 import segmenter.cytomine.upload as upload_module  # noqa: E402
 from cyseg.cli import cli  # noqa: E402
-from segmenter.cytomine.connection import Credentials, connect  # noqa: E402
+from segmenter.cytomine.connection import Connection  # noqa: E402
+from segmenter.cytomine.credentials import Credentials  # noqa: E402
 from segmenter.cytomine.geometry import flip_y  # noqa: E402
 from segmenter.cytomine.reader import open_cytomine_image  # noqa: E402
 from segmenter.errors import CysegError  # noqa: E402
@@ -41,7 +43,7 @@ SMALL = ["--tile", "256", "--overlap", "32", "--window-size", "512", "--window-o
 
 @pytest.fixture(autouse=True)
 def fresh_client_and_fast_retries(monkeypatch):
-    monkeypatch.setattr(upload_module, "BACKOFF", 0.01)
+    monkeypatch.setattr(retry_module, "BACKOFF", 0.01)
     yield
     disconnect()  # forget the process-wide client singleton
 
@@ -294,7 +296,7 @@ def test_interrupted_upload_resumes_without_duplicates(tiny_model, env, tmp_path
 def test_unknown_outcome_is_checked_on_the_server_before_resending(env):
     """A POST whose answer is lost after the server saved it is not sent twice (same run)."""
     server = env.server
-    client = connect(Credentials(server.url, server.public_key, server.private_key))
+    client = Connection(Credentials(server.url, server.public_key, server.private_key))
     squares = [box(10 + 30 * i, 10, 30 + 30 * i, 30) for i in range(10)]
     server.inject(r"^/api/annotation\.json", "truncate", method="POST")
     server.inject(r"^/api/annotation\.json", 503, method="POST")
@@ -306,7 +308,7 @@ def test_unknown_outcome_is_checked_on_the_server_before_resending(env):
 
 def test_bad_geometries_are_cleaned_clipped_or_skipped_before_upload(env):
     server = env.server
-    client = connect(Credentials(server.url, server.public_key, server.private_key))
+    client = Connection(Credentials(server.url, server.public_key, server.private_key))
     bowtie = Polygon([(100, 100), (200, 200), (200, 100), (100, 200)])  # self-intersecting
     shapes = [
         box(10, 10, 50, 40),  # fine

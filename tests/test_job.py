@@ -27,7 +27,7 @@ from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by nam
 )
 from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_command  # noqa: E402
 
-import segmenter.cytomine.upload as upload_module  # noqa: E402
+import segmenter.cytomine.retry as retry_module  # noqa: E402
 from cyseg.cli import cli  # noqa: E402
 from segmenter.cytomine.geometry import flip_y  # noqa: E402
 
@@ -43,7 +43,7 @@ def no_env_credentials(monkeypatch, tmp_path):
     for name in ("CYTOMINE_HOST", "CYTOMINE_PUBLIC_KEY", "CYTOMINE_PRIVATE_KEY", "CYSEG_MODEL", "CYSEG_WORK_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(upload_module, "BACKOFF", 0.01)
+    monkeypatch.setattr(retry_module, "BACKOFF", 0.01)
     yield
     disconnect()
 

@@ -1,77 +1,33 @@
-"""Every Cytomine access of `cydata`: projects, terms, users, images, annotations, image windows and
-new annotations, through the real cytomine-python-client, connected with
-`segmenter.cytomine.connection.connect` (keys never printed or logged).
+"""The Cytomine objects `cydata` works with: projects, terms, users, images, annotations, image
+windows and new annotations, read and written through one `Connection`.
 
 Frames: Cytomine geometries have their origin at the bottom-left (y up). Everything this module
 hands out or takes in (annotation geometries, crop boxes, bounding boxes, new ROIs) is in slide
 pixels with the origin at the top-left (y down); the conversion is `flip_y`, applied exactly once,
-here, on the way in and on the way out.
-
-Retries. Two layers, so that no failure is retried twice over:
-  * the transport (`cytomine_connect`'s HTTP adapter) retries GETs on connection errors, read
-    timeouts and HTTP 429/502/503/504, with exponential back-off;
-  * `CytomineSource._call` retries, `retries` times with exponential back-off, what the transport
-    does not: HTTP 500 and other 5xx/408 answers (the client returns False), bodies cut short
-    (`ChunkedEncodingError`, urllib3 `ProtocolError`), timeouts while reading a body, and image
-    bytes that do not decode. A 404 is `NotFound` at once; 401/403 and other 4xx are not retried.
-The client reports a failed call by returning False (no exception), so the HTTP status of the
-last response of the calling thread is recorded with a `requests` response hook.
+here, on the way in and on the way out. Pixels come through `CytomineSlideReader`, the same
+window code (chunks, size checks, retries) as `cyseg segment --cytomine-image`.
 """
 from __future__ import annotations
 
-import http.client
-import logging
 import os
-import tempfile
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import numpy as np
-import requests
-import urllib3
 from shapely import wkt as shapely_wkt
 from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
-from segmenter.cytomine.connection import (
-    TRANSPORT_RETRIED,
-    Credentials,
-    connect,
-    transport_retried,
-)
+from segmenter.cytomine.connection import Connection
+from segmenter.cytomine.credentials import credentials
+from segmenter.cytomine.errors import ServerFailure
 from segmenter.cytomine.geometry import flip_y
-from segmenter.errors import CysegError
-from segmenter.io.images import decode_rgb
+from segmenter.cytomine.reader import CytomineSlideReader
+from segmenter.cytomine.retry import RetryPolicy
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: First back-off delay of our own retries (seconds); doubled at each retry, capped at BACKOFF_MAX.
-BACKOFF = 0.5
-BACKOFF_MAX = 16.0
-
-
-class NotFound(CysegError):
-    """The server answered 404 for a project, image, term, user or annotation."""
-
-
-class ServerFailure(CysegError):
-    """A request still failed after the retries (server error, timeout, dropped connection)."""
-
-
-def safe_host(host: str) -> str:
-    """The host as it may be recorded: scheme, name and port only (no user info, path or query)."""
-    parts = urlsplit(host if "://" in host else f"http://{host}")
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, "", "", ""))
+ALL = {"max": 0, "offset": 0}  # one page holding the whole collection
 
 
 @dataclass(frozen=True)
@@ -100,87 +56,31 @@ class AnnotationInfo:
     geometry: BaseGeometry | None = field(default=None, compare=False)
 
 
-class CytomineSource:
-    """A connection to one Cytomine server and the calls `cydata` makes on it."""
+class CytomineData:
+    """The objects of one Cytomine server that `cydata` reads and writes; see the module docstring."""
 
-    def __init__(self, creds: Credentials, *, timeout: float = 60.0, verify: bool = True, retries: int = 4,
-                 backoff: float | None = None) -> None:
-        if retries < 0:
-            raise CysegError(f"--retries {retries} is negative; give 0 or more")
-        if timeout <= 0:
-            raise CysegError(f"--timeout {timeout} must be positive (seconds)")
-        self.host = safe_host(creds.host)
-        self.retries = retries
-        self.backoff = BACKOFF if backoff is None else backoff
-        self._local = threading.local()
-        _quiet_client_logs()
-        if not verify:  # said once here, not once per request by urllib3
-            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-            log.warning("not verifying the HTTPS certificate of %s (--insecure)", self.host)
-        self.client = connect(creds, timeout=timeout, verify=verify, retries=retries)
-        # The client returns False on any non-200: remember each thread's last status to tell 404 from 500.
-        self.client._session.hooks.setdefault("response", []).append(self._record_status)
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.host = connection.host
+        self._readers: dict[int, CytomineSlideReader] = {}
+        self._readers_lock = threading.Lock()
 
-    # ------------------------------------------------------------------ plumbing -------------------
-    def _record_status(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._local.status = response.status_code
-        self._local.reason = response.reason
+    @classmethod
+    def connect(cls, config: str | os.PathLike | None = None, *, insecure: bool = False, timeout: float = 60.0,
+                retries: int = 4) -> CytomineData:
+        """Connect with the keys of the config file or the environment; `retries` more tries of a
+        failed request at both retry layers."""
+        creds = credentials(config=config, verify=not insecure, timeout=timeout)
+        return cls(Connection(creds, RetryPolicy.with_retries(retries)))
 
     def close(self) -> None:
-        """Close the HTTP session and forget the client's process-wide singleton."""
-        from cytomine import Cytomine
+        self.connection.close()
 
-        try:
-            self.client._session.close()
-        finally:
-            if Cytomine._Cytomine__instance is self.client:  # name-mangled singleton slot
-                Cytomine._Cytomine__instance = None
-
-    def __enter__(self) -> CytomineSource:
+    def __enter__(self) -> CytomineData:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """Run one client call; False/None results and transport exceptions are retried (see the
-        module docstring); a 404 raises NotFound, anything left ServerFailure. `what` names the
-        object for the messages (never a URL with parameters, never a key)."""
-        attempt = 0
-        while True:
-            self._local.status = None
-            self._local.reason = None
-            error: BaseException | None = None
-            try:
-                result = fn()
-            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                    _BadImage) as exc:
-                result, error = None, exc
-            if result is not None and result is not False:
-                return result
-            status = self._local.status
-            if status == 404:
-                raise NotFound(f"{what} not found on {self.host} (HTTP 404)")
-            if status in (401, 403):
-                raise ServerFailure(f"{what}: {self.host} refused access (HTTP {status}); check the keys' rights "
-                                    "on the project")
-            if error is not None:
-                reason = _describe(error)
-            elif status is not None:
-                reason = f"HTTP {status}" + (f" {self._local.reason}" if self._local.reason else "")
-            else:
-                reason = "no answer"
-            permanent = status is not None and 400 <= status < 500 and status not in (408, 429)
-            # the transport already retried these `retries` times with back-off
-            exhausted = status in TRANSPORT_RETRIED or transport_retried(error)
-            if not retry or permanent or exhausted or attempt >= self.retries:
-                tries = "" if permanent or not retry else (
-                    f" after {self.retries} retries" if self.retries else " (no retries)")
-                raise ServerFailure(f"{what}: {reason}{tries}")
-            delay = min(BACKOFF_MAX, self.backoff * 2 ** attempt)
-            attempt += 1
-            log.debug("%s: %s; retry %d/%d in %.1f s", what, reason, attempt, self.retries, delay)
-            time.sleep(delay)
 
     # ------------------------------------------------------------------ frames ---------------------
     @staticmethod
@@ -194,71 +94,66 @@ class CytomineSource:
         return flip_y(geometry, image.height)
 
     # ------------------------------------------------------------------ reading --------------------
+    def _object(self, uri: str, what: str) -> dict[str, Any]:
+        data = self.connection.get_json(uri, what=what)
+        if not isinstance(data, dict) or "id" not in data:
+            raise ServerFailure(f"{what}: the server's answer is not an object with an id; check the host address")
+        return data
+
+    def _collection(self, uri: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        data = self.connection.get_json(uri, params, what=what)
+        rows = data.get("collection") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise ServerFailure(f"{what}: the server's answer has no collection; check the host address")
+        return [row for row in rows if isinstance(row, dict) and "id" in row]
+
     def project(self, project: int) -> dict[str, Any]:
         """{id, name, ontology} of a project."""
-        from cytomine.models import Project
-
-        p = self._call(f"project {project}", lambda: Project().fetch(int(project)))
-        return {"id": p.id, "name": getattr(p, "name", None), "ontology": getattr(p, "ontology", None)}
+        p = self._object(f"project/{int(project)}.json", f"project {project}")
+        return {"id": p["id"], "name": p.get("name"), "ontology": p.get("ontology")}
 
     def project_terms(self, project: int) -> dict[int, str]:
         """Term id -> name for the terms of a project's ontology."""
-        from cytomine.models import TermCollection
-
-        terms = self._call(f"terms of project {project}",
-                           lambda: TermCollection().fetch_with_filter("project", int(project)))
-        return {int(t.id): str(getattr(t, "name", t.id)) for t in terms}
+        terms = self._collection(f"project/{int(project)}/term.json", ALL, f"terms of project {project}")
+        return {int(t["id"]): str(t.get("name", t["id"])) for t in terms}
 
     def term(self, term: int) -> dict[str, Any]:
         """{id, name, ontology} of a term."""
-        from cytomine.models import Term
-
-        t = self._call(f"term {term}", lambda: Term().fetch(int(term)))
-        return {"id": t.id, "name": getattr(t, "name", None), "ontology": getattr(t, "ontology", None)}
+        t = self._object(f"term/{int(term)}.json", f"term {term}")
+        return {"id": t["id"], "name": t.get("name"), "ontology": t.get("ontology")}
 
     def user(self, user: int) -> dict[str, Any]:
         """{id, username} of a user (never its keys)."""
-        from cytomine.models import User
-
-        u = self._call(f"user {user}", lambda: User().fetch(int(user)))
-        return {"id": u.id, "username": getattr(u, "username", None)}
+        u = self._object(f"user/{int(user)}.json", f"user {user}")
+        return {"id": u["id"], "username": u.get("username")}
 
     def image(self, image: int) -> ImageInfo:
-        from cytomine.models import ImageInstance
-
-        i = self._call(f"image {image}", lambda: ImageInstance().fetch(int(image)))
-        return _image_info(i)
+        return _image_info(self._object(f"imageinstance/{int(image)}.json", f"image {image}"))
 
     def project_images(self, project: int) -> dict[int, ImageInfo]:
-        """The image instances of a project (one request; no paging: `fetch(max=N)` is broken)."""
-        from cytomine.models import ImageInstanceCollection
-
-        images = self._call(f"images of project {project}",
-                            lambda: ImageInstanceCollection().fetch_with_filter("project", int(project)))
-        return {int(i.id): _image_info(i) for i in images}
+        """The image instances of a project (one request, the whole collection)."""
+        images = self._collection(f"project/{int(project)}/imageinstance.json", ALL, f"images of project {project}")
+        return {int(i["id"]): _image_info(i) for i in images}
 
     def annotation(self, annotation: int, image: ImageInfo | None = None) -> AnnotationInfo:
         """One annotation (its geometry in slide pixels when `image` is given)."""
-        from cytomine.models import Annotation
-
-        a = self._call(f"annotation {annotation}", lambda: Annotation().fetch(int(annotation)))
-        return self._annotation_info(a, image)
+        return self._annotation_info(self._object(f"annotation/{int(annotation)}.json", f"annotation {annotation}"),
+                                     image)
 
     def annotations(self, image: ImageInfo, *, project: int | None = None, terms: Iterable[int] = (),
                     user: int | None = None, bbox: tuple[float, float, float, float] | None = None,
                     geometry: bool = True) -> list[AnnotationInfo]:
         """The (human) annotations of `image`, filtered by terms (any of), user and a bounding box
         (x, y, w, h in slide pixels, top-left origin) they must intersect; one request, no paging."""
-        from cytomine.models import AnnotationCollection
-
         terms = [int(t) for t in terms]
-        params: dict[str, Any] = {"image": image.id, "showTerm": True}
+        params: dict[str, Any] = {"showBasic": True, "showMeta": True, "showTerm": True, "image": image.id,
+                                  "included": False, **ALL}
         if project is not None:
             params["project"] = int(project)
         if len(terms) == 1:
             params["term"] = terms[0]
         elif terms:
-            params["terms"] = terms
+            params["terms"] = ",".join(map(str, terms))
         if user is not None:
             params["user"] = int(user)
         if geometry:
@@ -267,83 +162,56 @@ class CytomineSource:
             x, y, w, h = bbox
             minx, miny, maxx, maxy = self.to_cytomine(shapely_box(x, y, x + w, y + h), image).bounds
             params["bbox"] = f"{minx:g},{miny:g},{maxx:g},{maxy:g}"
-        what = f"annotations of image {image.id}"
-        collection = self._call(what, lambda: AnnotationCollection(**params).fetch())
-        out = [self._annotation_info(a, image if geometry else None) for a in collection]
-        if terms:  # the client's 'term' filter is the server's; keep only what was asked for
+        rows = self._collection("annotation.json", params, f"annotations of image {image.id}")
+        out = [self._annotation_info(row, image if geometry else None) for row in rows]
+        if terms:  # the server's 'term' filter may be looser; keep only what was asked for
             out = [a for a in out if set(a.terms) & set(terms)]
         return out
 
-    def _annotation_info(self, a: Any, image: ImageInfo | None) -> AnnotationInfo:
+    def _annotation_info(self, row: dict[str, Any], image: ImageInfo | None) -> AnnotationInfo:
         geom = None
-        location = getattr(a, "location", None)
+        location = row.get("location")
         if image is not None and location:
             try:
                 geom = self.to_slide(shapely_wkt.loads(location), image)
             except Exception as exc:  # noqa: BLE001 - shapely raises several types on bad WKT
-                raise ServerFailure(f"annotation {a.id}: the server sent a location that is not WKT ({exc})") from None
-        terms = getattr(a, "term", None) or []
+                raise ServerFailure(f"annotation {row['id']}: the server sent a location that is not WKT "
+                                    f"({exc})") from None
+        terms = row.get("term") or []
         if isinstance(terms, int):
             terms = [terms]
-        return AnnotationInfo(int(a.id), _int(getattr(a, "image", None)), _int(getattr(a, "project", None)),
-                              _int(getattr(a, "user", None)), tuple(int(t) for t in terms), geom)
+        return AnnotationInfo(int(row["id"]), _int(row.get("image")), _int(row.get("project")), _int(row.get("user")),
+                              tuple(int(t) for t in terms), geom)
 
-    def window(self, image: ImageInfo, box: tuple[int, int, int, int], zoom: int = 0,
-               workdir: str | os.PathLike | None = None) -> np.ndarray:
+    def window(self, image: ImageInfo, box: tuple[int, int, int, int], zoom: int = 0) -> np.ndarray:
         """RGB uint8 pixels of the slide region box = (x, y, w, h) (level-0 pixels, top-left origin)
-        downsampled by 2**zoom, from the image window endpoint (PNG: lossless)."""
-        from cytomine.models import ImageInstance
-
+        downsampled by 2**zoom, read as `cyseg` reads slides (PNG windows: lossless)."""
         x, y, w, h = (int(v) for v in box)
-        instance = ImageInstance()
-        instance.id = image.id
-        directory = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
-        directory.mkdir(parents=True, exist_ok=True)
+        scale = 2 ** zoom
+        return self._reader(image.id).read(x, y, max(1, round(w / scale)), max(1, round(h / scale)), zoom)
 
-        def fetch() -> np.ndarray | bool:
-            fd, name = tempfile.mkstemp(prefix=f"window-{image.id}-", suffix=".png", dir=directory)
-            os.close(fd)
-            try:
-                ok = instance.window(x, y, w, h, dest_pattern=name, override=True, zoom=zoom or None)
-                if not ok:
-                    return False
-                data = Path(name).read_bytes()
-            finally:
-                Path(name).unlink(missing_ok=True)
-            pixels = decode_rgb(data)
-            if pixels is None:
-                raise _BadImage("window bytes are not a whole image")
-            return pixels
-
-        return self._call(f"window {x},{y},{w},{h} of image {image.id}", fetch)
+    def _reader(self, image: int) -> CytomineSlideReader:
+        with self._readers_lock:
+            if image not in self._readers:
+                self._readers[image] = CytomineSlideReader(image, self.connection)
+            return self._readers[image]
 
     # ------------------------------------------------------------------ writing --------------------
     def add_annotation(self, image: ImageInfo, geometry: BaseGeometry, terms: Iterable[int] = ()) -> int:
-        """Create an annotation from a slide-pixel geometry; returns its id. Not retried: a POST
-        that reached the server but whose answer was lost would create a duplicate."""
-        from cytomine.models import Annotation
-
-        location = self.to_cytomine(geometry, image).wkt
-        terms = [int(t) for t in terms] or None
-        annotation = Annotation(location=location, id_image=image.id, id_project=image.project, id_terms=terms)
-        saved = self._call(f"new annotation on image {image.id}", annotation.save, retry=False)
-        return int(saved.id)
-
-
-class _BadImage(Exception):
-    """Window bytes that are not a whole image (retried)."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.ProtocolError, http.client.HTTPException)):
-        return f"connection dropped ({type(exc).__name__})"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return f"answer cut short ({type(exc).__name__})"
-    if isinstance(exc, _BadImage):
-        return str(exc)
-    return type(exc).__name__
+        """Create an annotation from a slide-pixel geometry; returns its id. Sent once: a POST that
+        reached the server but whose answer was lost would create a duplicate if sent again."""
+        body: dict[str, Any] = {"location": self.to_cytomine(geometry, image).wkt, "image": image.id}
+        if image.project is not None:
+            body["project"] = image.project
+        terms = [int(t) for t in terms]
+        if terms:
+            body["term"] = terms
+        what = f"new annotation on image {image.id}"
+        answer = self.connection.post_json("annotation.json", body, what=what)
+        saved = (answer.get("annotation") or answer.get("data")) if isinstance(answer, dict) else None
+        if not isinstance(saved, dict) or _int(saved.get("id")) is None:
+            raise ServerFailure(f"{what}: the server's answer has no annotation id")
+        return int(saved["id"])
 
 
 def _int(value: Any) -> int | None:
@@ -353,25 +221,6 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _image_info(i: Any) -> ImageInfo:
-    name = getattr(i, "instanceFilename", None) or getattr(i, "originalFilename", None)
-    return ImageInfo(int(i.id), int(i.width), int(i.height), _int(getattr(i, "project", None)), name)
-
-
-class _UnlessDebug(logging.Filter):
-    """Drops the client's and urllib3's records unless cydata runs with -v (DEBUG)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return log.isEnabledFor(logging.DEBUG)
-
-
-_FILTER = _UnlessDebug()
-
-
-def _quiet_client_logs() -> None:
-    """The client logs every call (a 404 as an ERROR) and urllib3 every retry; we report failures
-    ourselves, once, in our words. A filter, because the client resets its logger's level."""
-    for name in ("cytomine.client", "urllib3.connectionpool"):
-        logger = logging.getLogger(name)
-        if _FILTER not in logger.filters:
-            logger.addFilter(_FILTER)
+def _image_info(i: dict[str, Any]) -> ImageInfo:
+    name = i.get("instanceFilename") or i.get("originalFilename")
+    return ImageInfo(int(i["id"]), int(i["width"]), int(i["height"]), _int(i.get("project")), name)

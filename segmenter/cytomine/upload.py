@@ -4,14 +4,15 @@ resumably and without duplicates.
 * Geometry: every polygon is made valid, clipped to the image, snapped to a 0.01-px grid, split
   into simple polygons (a MultiPolygon or GeometryCollection becomes several annotations; empty
   and sub-pixel pieces are dropped and counted), then put in Cytomine's frame with `flip_y`
-  (the only y conversion). One bad item can therefore not fail a whole batch (thesis bug B15).
-* Batches of `batch_size` annotations are POSTed as one `AnnotationCollection` (a JSON array).
+  (the only y conversion). One bad item can therefore not fail a whole batch.
+* Batches of `batch_size` annotations are POSTed as one JSON array, each sent once per try.
   A batch is identified by the image id, the term and its geometries (SHA-256).
 * Journal: `<output>.upload.json` (atomic JSON) records each batch as "sent" before the POST and
   "done" once acknowledged. A rerun skips "done" batches; for a "sent" batch (connection dropped
   after sending, process killed, ...) it first lists the image's annotations of the current user
   in the batch's bounding box and re-sends only the polygons not found there. The same check
-  runs at once when a POST's outcome is unknown (timeout, dropped or truncated answer, 5xx).
+  runs at once when a POST's outcome is unknown (timeout, dropped or truncated answer, 5xx), and
+  the batch is tried up to the retry policy's `attempts` times, waiting its delays in between.
 * The result says how many annotations are on the server for this output; `complete` is False
   when anything is left to send or was refused, and callers report that as a failure.
 """
@@ -32,13 +33,9 @@ from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
 from shapely.validation import make_valid
 
+from segmenter.cytomine.connection import Connection
+from segmenter.cytomine.errors import HttpStatusError, NotFound, ServerFailure, server_message
 from segmenter.cytomine.geometry import flip_y
-from segmenter.cytomine.reader import (
-    RETRIABLE,
-    HttpStatusError,
-    get_json,
-    server_message,
-)
 from segmenter.errors import CysegError
 from segmenter.io.atomic import atomic_path
 from segmenter.polygons import clean
@@ -48,8 +45,6 @@ log = logging.getLogger(__name__)
 JOURNAL_FORMAT = "cyseg-upload-journal/1"
 BATCH_SIZE = 100
 GRID = 0.01  # coordinates are snapped to this grid (pixels) before upload
-ATTEMPTS = 4  # tries per batch before the upload stops (and reports itself as partial)
-BACKOFF = 1.0  # seconds, doubled after each failed try
 MATCH_IOU = 0.9  # a server annotation this close to a batch polygon counts as that polygon
 
 
@@ -180,42 +175,38 @@ def journal_path(output: Path) -> Path:
 class Uploader:
     """Sends one image's polygons in batches; see the module docstring."""
 
-    def __init__(self, client: Any, image: int, project: int | None, height: int, term: int | None = None,
-                 batch_size: int = BATCH_SIZE, journal: Path | None = None, host: str = "",
+    def __init__(self, connection: Connection, image: int, project: int | None, height: int, term: int | None = None,
+                 batch_size: int = BATCH_SIZE, journal: Path | None = None,
                  progress: Callable[[int, int], None] | None = None):
         if batch_size < 1:
             raise CysegError(f"upload batch size {batch_size} must be >= 1")
-        self.client = client
+        self.connection = connection
         self.image = int(image)
         self.project = project
         self.height = int(height)
         self.term = term
         self.batch_size = batch_size
-        self.journal = Journal(journal, host, self.image, term)
+        self.journal = Journal(journal, connection.host, self.image, term)
         self.progress = progress
-        user = getattr(client, "current_user", None)
-        self.user = getattr(user, "id", None)
+        self.user = connection.user_id
 
     # ------------------------------------------------------------------ server calls -----------
-    def _annotation(self, wkt: str) -> Any:
-        from cytomine.models import Annotation
-
-        return Annotation(location=wkt, id_image=self.image, id_project=self.project,
-                          id_terms=[self.term] if self.term is not None else None)
+    def _annotation(self, wkt: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"location": wkt, "image": self.image}
+        if self.project is not None:
+            body["project"] = self.project
+        if self.term is not None:
+            body["term"] = [self.term]
+        return body
 
     def post(self, wkts: list[str]) -> tuple[str, list[str]]:
         """POST one batch. ("ok", []) when all were saved; ("refused", wkts refused) when the
         server refused some as invalid (the rest saved); ("unknown", reason) otherwise."""
-        from cytomine.models import AnnotationCollection
-
-        collection = AnnotationCollection()
-        for wkt in wkts:
-            collection.append(self._annotation(wkt))
         try:
-            response = self.client._post(collection.uri(without_filters=True), collection.to_json())
-            response.content  # noqa: B018  (a truncated answer raises here)
-        except RETRIABLE as exc:
-            return "unknown", [type(exc).__name__]
+            response = self.connection.post_once("annotation.json", [self._annotation(w) for w in wkts],
+                                                 what=f"annotations of image {self.image}")
+        except ServerFailure as exc:
+            return "unknown", [exc.reason]
         status = response.status_code
         body: Any = None
         try:
@@ -250,8 +241,8 @@ class Uploader:
                                   "showTerm": "true", "showBasic": "true", "max": 0, "offset": 0}
         if self.user is not None:
             params["user"] = self.user
-        listing = get_json(self.client, "annotation.json", params,
-                           f"listing the annotations of image {self.image} to check an upload")
+        listing = self.connection.get_json("annotation.json", params,
+                                           what=f"listing the annotations of image {self.image} to check an upload")
         rows = listing.get("collection", []) if isinstance(listing, dict) else []
         found = []
         for row in rows:
@@ -316,7 +307,8 @@ class Uploader:
 
     def _send(self, key: str, batch: list[str], was_sent: bool, result: UploadResult) -> None:
         """Bring one batch to "done": check the server first when an earlier send's outcome is
-        unknown, send what is missing, retry unknown outcomes with back-off."""
+        unknown, send what is missing, retry unknown outcomes with the policy's back-off."""
+        attempts = self.connection.policy.attempts
         missing = list(range(len(batch)))
         counts = {"new": 0, "old": 0}  # saved by this run / found from an earlier run
 
@@ -326,7 +318,7 @@ class Uploader:
             result.refused += refused
             self.journal.set(key, state="done", saved=len(batch) - refused, refused=refused)
 
-        for attempt in range(ATTEMPTS):
+        for attempt in range(attempts):
             if was_sent:
                 try:
                     present = self.on_server([batch[i] for i in missing])
@@ -343,7 +335,7 @@ class Uploader:
                 finish()
                 return
             if attempt:
-                time.sleep(BACKOFF * 2 ** (attempt - 1))
+                time.sleep(self.connection.policy.delay(attempt - 1))
             self.journal.set(key, state="sent", count=len(batch))
             outcome, detail = self.post([batch[i] for i in missing])
             was_sent = True
@@ -367,7 +359,7 @@ class Uploader:
         if len(present) == len(missing):
             finish()
             return
-        raise _Stop(f"no acknowledgement from Cytomine after {ATTEMPTS} attempts", counts)
+        raise _Stop(f"no acknowledgement from Cytomine after {attempts} attempts", counts)
 
 
 class _Stop(Exception):
@@ -379,16 +371,14 @@ class _Stop(Exception):
         self.counts = counts
 
 
-def check_term(client: Any, term: int, project: int | None) -> dict[str, Any]:
+def check_term(connection: Connection, term: int, project: int | None) -> dict[str, Any]:
     """The term, checked to exist and to belong to the project's ontology."""
     try:
-        data = get_json(client, f"term/{int(term)}.json", None, f"Cytomine term {term}")
-    except HttpStatusError as exc:
-        if exc.status == 404:
-            raise CysegError(f"Cytomine term {term} does not exist (HTTP 404); check the term id") from None
-        raise
+        data = connection.get_json(f"term/{int(term)}.json", what=f"Cytomine term {term}")
+    except NotFound:
+        raise CysegError(f"Cytomine term {term} does not exist (HTTP 404); check the term id") from None
     if project is not None:
-        proj = get_json(client, f"project/{int(project)}.json", None, f"Cytomine project {project}")
+        proj = connection.get_json(f"project/{int(project)}.json", what=f"Cytomine project {project}")
         if isinstance(proj, dict) and proj.get("ontology") is not None and data.get("ontology") != proj.get("ontology"):
             raise CysegError(f"Cytomine term {term} ({data.get('name')}) is not in the ontology of project {project}; "
                              "choose one of the project's terms")
