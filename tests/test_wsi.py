@@ -246,7 +246,7 @@ def test_bad_slide_inputs(tiny_model, slide, tmp_path):
     odd = tmp_path / "slide.xyz"
     odd.write_bytes(b"\x00" * 64)
     one_line_error(run(["segment", str(tiny_model), str(odd), "--out", str(tmp_path / "y.geojson")]), "slide.xyz", "unsupported")
-    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "1500,0,100,100", *SMALL]), "outside the slide")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "1600,0,100,100", *SMALL]), "outside the slide")
     one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "0,0,0,100", *SMALL]), "zero or negative size")
     one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "a,b,c,d", *SMALL]), "four integers")
     assert not list(tmp_path.glob("*.geojson"))
