@@ -16,13 +16,13 @@ Iteration k = 1..K:
    may be withdrawn when the newer model no longer predicts them (the method ORs with the original
    masks, not with the previous version). Unselected items are copied byte for byte.
 4. **write** the new version OUT/iter<k>/ (images copied unchanged, masks as PNG: never JPEG,
-   fixing B16) through `DatasetWriter`, so it appears only when complete. Its dataset.json records
-   the parent (previous version), the iteration, the model file, the post-processing and threshold,
-   and this iteration's statistics; OUT/iter<k>/added/ shows, for every item whose mask differs
-   from the ground truth, the crop beside the crop with the ground truth in green and the added
-   pixels in magenta.
+   whose artefacts would change the labels) through `DatasetWriter`, so it appears only when
+   complete. Its dataset.json records the parent (previous version), the iteration, the model
+   file, the post-processing and threshold, and this iteration's statistics; OUT/iter<k>/added/
+   shows, for every item whose mask differs from the ground truth, the crop beside the crop with
+   the ground truth in green and the added pixels in magenta.
 
-Post-processing and the fix of B4. The method z-scores each probability map and then thresholds
+Post-processing: where this departs from the method. The method z-scores each probability map and then thresholds
 it at `t` as if it were still a probability: the cut becomes mean + t*std of that map (undefined
 on a constant map). Here `--normalize` (the default, as the method) rescales each map min-max to
 [0, 1], p' = (p - lo) / (hi - lo), before the model's erode-dilate and smoothing, and thresholds p'
@@ -165,7 +165,7 @@ class ImproveOptions:
                 **keep}
 
 
-# ---------------------------------------------------------------- post-processing (B4 fixed)
+# ---------------------------------------------------------------- post-processing (normalised threshold)
 
 def idi_postprocess(seg: Segmenter, probs: torch.Tensor, threshold: float, normalize: bool,
                     floor: float) -> tuple[torch.Tensor, float | None]:

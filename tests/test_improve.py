@@ -258,7 +258,7 @@ def test_a_larger_k_continues_a_finished_run(improved, tmp_path, ihc_dataset):
 
 
 def test_normalised_threshold_is_a_probability_level_not_a_z_score():
-    """The B4 fix: min-max rescaling, cut at max(floor, lo + t (hi - lo)); constant maps add nothing."""
+    """The normalised threshold: min-max rescaling, cut at max(floor, lo + t (hi - lo)); constant maps add nothing."""
     from cyseg.improve import idi_postprocess
     from transforms.chain import default_chain
 
