@@ -608,79 +608,119 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
              config: str | os.PathLike | None = None, insecure: bool = False, timeout: float = 60.0,
              progress: bool | None = None) -> Path:
     """Build the dataset `out` from Cytomine; returns its path. See the module docstring."""
-    if request.size < 1:
-        raise CysegError(f"--size {request.size} must be at least 1 pixel")
-    if not 0 <= request.zoom <= 16:
-        raise CysegError(f"--zoom {request.zoom} must be between 0 (full resolution) and 16")
-    if workers < 1:
-        raise CysegError(f"--workers {workers} must be at least 1")
     out = Path(out)
-    if out.exists():
-        raise CysegError(f"output folder {out} already exists; choose a new --out or remove it")
+    _check_request(request, out, workers)
     partial = partial_path(out)
     # what can be checked without the server is checked first
     rows = read_csv_rows(request.csv) if request.csv else None
     descriptor = read_descriptor(request.descriptor) if request.descriptor else None
     with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as cytomine:
         params = _parameters(request, cytomine.host)
-        plan_path = partial / PLAN
-        if _check_partial(partial, params) and plan_path.is_file():
-            try:
-                plan = Plan.from_json(json.loads(plan_path.read_text()))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CysegError(f"{plan_path} is damaged ({type(exc).__name__}); remove {partial} and "
-                                 "start again") from None
-            log.info("continuing %s: %d crop(s) planned", partial, len(plan.crops))
-        else:
-            # nothing is written before the plan is made: a wrong id leaves no folder behind
-            planner = Planner(cytomine, request)
-            planner.rows, planner.descriptor = rows, descriptor
-            plan = {"csv": planner.from_csv, "json": planner.from_descriptor, "filters": planner.from_filters}[
-                request.mode]()
-            if not plan.crops:
-                _report_skipped(plan.skipped)
-                first = f" (first: {plan.skipped[0]['what']}: {plan.skipped[0]['reason']})" if plan.skipped else ""
-                raise CysegError(f"nothing to download: no annotation matched, or all {len(plan.skipped)} were "
-                                 f"skipped{first}; check the ids and terms")
-            if partial.exists():  # ours, interrupted before its plan was saved
-                _write_json(plan_path, plan.to_json())
-            else:
-                _create_partial(partial, params, plan)
-        finished: dict[str, dict[str, Any]] = {}
-        todo: list[Crop] = []
-        for crop in plan.crops:
-            meta = _done(partial, crop.stem)
-            if meta is not None:
-                finished[crop.stem] = meta
-            else:
-                todo.append(crop)
-        if finished:
-            log.info("%d item(s) already downloaded in %s; fetching the %d left", len(finished), partial, len(todo))
-        failures: list[tuple[Crop, str]] = []
-        with tqdm(total=len(todo), desc="download", unit="crop", disable=None if progress is None else not progress) \
-                as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_fetch, cytomine, crop, plan.images[crop.image], request, partial, plan.term_names):
-                       crop for crop in todo}
-            try:
-                for future in as_completed(futures):
-                    crop = futures[future]
-                    try:
-                        finished[crop.stem] = future.result()
-                    except CysegError as exc:
-                        failures.append((crop, str(exc)))
-                    bar.update()
-            except BaseException:  # Ctrl-C: stop queued crops; finished ones stay for the next run
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        plan = _continued_plan(partial, params)
+        if plan is None:
+            plan = _new_plan(cytomine, request, rows, descriptor, partial, params)
+        finished, failures = _fetch_all(cytomine, plan, request, partial, workers, progress)
     _report_skipped(plan.skipped)
     if failures:
-        failures.sort(key=lambda f: f[0].stem)
-        for crop, reason in failures[:SKIPPED_SHOWN]:
-            log.error("  failed: %s (image %s, annotation %s): %s", crop.stem, crop.image,
-                      ",".join(map(str, crop.annotations)), reason)
-        raise CysegError(f"{len(failures)} of {len(plan.crops)} crop(s) failed after the retries (first: "
-                         f"{failures[0][0].stem}: {failures[0][1]}); the {len(finished)} done are kept in {partial}: "
-                         "rerun the same command to fetch the rest")
+        _report_failures(failures, plan, finished, partial)
+    _publish(partial, out, params, plan, finished)
+    log.info("downloaded %d crop(s) into %s%s", len(plan.crops), out,
+             f" ({len(plan.skipped)} skipped, listed in dataset.json)" if plan.skipped else "")
+    return out
+
+
+def _check_request(request: Spec, out: Path, workers: int) -> None:
+    """The options that need no server: size, zoom, workers and a new output folder."""
+    if request.size < 1:
+        raise CysegError(f"--size {request.size} must be at least 1 pixel")
+    if not 0 <= request.zoom <= 16:
+        raise CysegError(f"--zoom {request.zoom} must be between 0 (full resolution) and 16")
+    if workers < 1:
+        raise CysegError(f"--workers {workers} must be at least 1")
+    if out.exists():
+        raise CysegError(f"output folder {out} already exists; choose a new --out or remove it")
+
+
+def _continued_plan(partial: Path, params: dict[str, Any]) -> Plan | None:
+    """The plan of an unfinished run of this very command, or None when there is none to continue."""
+    plan_path = partial / PLAN
+    if not (_check_partial(partial, params) and plan_path.is_file()):
+        return None
+    try:
+        plan = Plan.from_json(json.loads(plan_path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CysegError(f"{plan_path} is damaged ({type(exc).__name__}); remove {partial} and "
+                         "start again") from None
+    log.info("continuing %s: %d crop(s) planned", partial, len(plan.crops))
+    return plan
+
+
+def _new_plan(cytomine: CytomineData, request: Spec, rows: list[dict[str, Any]] | None,
+              descriptor: dict[str, Any] | None, partial: Path, params: dict[str, Any]) -> Plan:
+    """Plan the crops with the server, then save the plan in `partial`. Nothing is written before
+    the plan is made: a wrong id leaves no folder behind."""
+    planner = Planner(cytomine, request)
+    planner.rows, planner.descriptor = rows, descriptor
+    plan = {"csv": planner.from_csv, "json": planner.from_descriptor, "filters": planner.from_filters}[request.mode]()
+    if not plan.crops:
+        _report_skipped(plan.skipped)
+        first = f" (first: {plan.skipped[0]['what']}: {plan.skipped[0]['reason']})" if plan.skipped else ""
+        raise CysegError(f"nothing to download: no annotation matched, or all {len(plan.skipped)} were "
+                         f"skipped{first}; check the ids and terms")
+    if partial.exists():  # ours, interrupted before its plan was saved
+        _write_json(partial / PLAN, plan.to_json())
+    else:
+        _create_partial(partial, params, plan)
+    return plan
+
+
+def _fetch_all(cytomine: CytomineData, plan: Plan, request: Spec, partial: Path, workers: int,
+               progress: bool | None) -> tuple[dict[str, dict[str, Any]], list[tuple[Crop, str]]]:
+    """Fetch the crops not done yet, in parallel threads; returns every finished item's metadata
+    and the crops that failed after the retries, with why."""
+    finished: dict[str, dict[str, Any]] = {}
+    todo: list[Crop] = []
+    for crop in plan.crops:
+        meta = _done(partial, crop.stem)
+        if meta is not None:
+            finished[crop.stem] = meta
+        else:
+            todo.append(crop)
+    if finished:
+        log.info("%d item(s) already downloaded in %s; fetching the %d left", len(finished), partial, len(todo))
+    failures: list[tuple[Crop, str]] = []
+    with tqdm(total=len(todo), desc="download", unit="crop", disable=None if progress is None else not progress) \
+            as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_fetch, cytomine, crop, plan.images[crop.image], request, partial, plan.term_names):
+                   crop for crop in todo}
+        try:
+            for future in as_completed(futures):
+                crop = futures[future]
+                try:
+                    finished[crop.stem] = future.result()
+                except CysegError as exc:
+                    failures.append((crop, str(exc)))
+                bar.update()
+        except BaseException:  # Ctrl-C: stop queued crops; finished ones stay for the next run
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return finished, failures
+
+
+def _report_failures(failures: list[tuple[Crop, str]], plan: Plan, finished: dict[str, Any], partial: Path) -> None:
+    """Log each failed crop and raise the one-line error that says how to finish."""
+    failures.sort(key=lambda f: f[0].stem)
+    for crop, reason in failures[:SKIPPED_SHOWN]:
+        log.error("  failed: %s (image %s, annotation %s): %s", crop.stem, crop.image,
+                  ",".join(map(str, crop.annotations)), reason)
+    raise CysegError(f"{len(failures)} of {len(plan.crops)} crop(s) failed after the retries (first: "
+                     f"{failures[0][0].stem}: {failures[0][1]}); the {len(finished)} done are kept in {partial}: "
+                     "rerun the same command to fetch the rest")
+
+
+def _publish(partial: Path, out: Path, params: dict[str, Any], plan: Plan, finished: dict[str, Any]) -> None:
+    """Write dataset.json and rename `partial` to `out`; the bookkeeping goes only after the
+    rename, so that an interruption before it can still resume."""
     manifest = {
         "format": FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -695,10 +735,6 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
         os.replace(partial, out)
     except OSError as exc:
         raise CysegError(f"cannot rename {partial} to {out}: {exc.strerror or exc}; rename it by hand") from None
-    # the bookkeeping goes only after the rename: an interruption before it can still resume
     shutil.rmtree(out / ITEMS, ignore_errors=True)
     for name in (PLAN, MARK):
         (out / name).unlink(missing_ok=True)
-    log.info("downloaded %d crop(s) into %s%s", len(plan.crops), out,
-             f" ({len(plan.skipped)} skipped, listed in dataset.json)" if plan.skipped else "")
-    return out
