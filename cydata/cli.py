@@ -15,6 +15,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.group("cydata", cls=ErrorReportingGroup, context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@click.version_option(package_name="cyseg", prog_name="cydata", message="%(prog)s %(version)s")
 def cli(verbose: bool, quiet: bool) -> None:
     """Prepare cell-segmentation datasets: folders of images/<name>.png, masks/<name>.png and dataset.json.
 

@@ -108,6 +108,7 @@ def _progress() -> bool:
 @click.group(cls=ErrorReportingGroup, context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
+@click.version_option(package_name="cyseg", prog_name="cyseg", message="%(prog)s %(version)s")
 def cli(verbose: bool, quiet: bool) -> None:
     """Cell segmentation in cytology images: train a U-Net on annotated crops, evaluate it, and
     segment crops (masks + GeoJSON polygons)."""

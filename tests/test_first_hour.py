@@ -42,3 +42,14 @@ def test_a_window_partly_outside_the_slide_is_clipped_with_a_warning(tiny_model,
         return [f["geometry"] for f in json.loads((tmp_path / name).read_text())["features"]]
 
     assert geometries("a.geojson") == geometries("b.geojson") != []
+
+
+def test_both_commands_print_their_version():
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    for prog in ("cyseg", "cydata"):
+        result = subprocess.run([str(Path(sys.executable).parent / prog), "--version"], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout == f"{prog} {version('cyseg')}\n", result
