@@ -43,7 +43,8 @@ def _scan(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         if not ident:
             raise DatasetError(f"{path} has an empty id; thesis files are named <id>_x.jpg and <id>_y.jpg")
         if ident in found[role]:
-            raise DatasetError(f"{folder} holds two files for '{ident}_{role}' ({found[role][ident].name}, {path.name}); keep one")
+            raise DatasetError(f"{folder} holds two files for '{ident}_{role}' ({found[role][ident].name}, "
+                               f"{path.name}); keep one")
         found[role][ident] = path
     return found["x"], found["y"]
 
@@ -68,7 +69,8 @@ def convert_thesis(thesis_dir: str | os.PathLike, out: str | os.PathLike, progre
     ids = sorted(xs, key=_natural_key)
     for ident in ids:
         if ident not in ys:
-            raise DatasetError(f"{xs[ident]} has no mask {folder / (ident + '_y' + xs[ident].suffix)}; add it or remove the crop")
+            raise DatasetError(f"{xs[ident]} has no mask {folder / (ident + '_y' + xs[ident].suffix)}; "
+                               "add it or remove the crop")
     orphans = sorted(set(ys) - set(xs), key=_natural_key)
     if orphans:
         log.warning("%d mask(s) without a crop are ignored, e.g. %s", len(orphans), ys[orphans[0]].name)

@@ -50,7 +50,7 @@ def run_segment_slides(seg: Segmenter, model_path: Path, slides: list[Path], out
     runner = make_runner(seg, load_segmenter, workers, scheduler, None if device == "auto" else device)
     summaries = []
     try:
-        for reader, target in zip(readers, outputs):
+        for reader, target in zip(readers, outputs, strict=True):
             options = WsiOptions(downsample=resolution(reader, mpp, magnification), **opts)
             cache_root = cache if cache is not None else target.parent / ".cyseg-cache"
             mask_path = None

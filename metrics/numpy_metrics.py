@@ -6,7 +6,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-
 def _counts(preds: ArrayLike, targets: ArrayLike, ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image int64 counts |A∩B|, |A| and |B| of `ndim`-dimensional mask arrays of the same shape."""
     pred = np.asarray(preds) != 0

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
-
-ClassWeights = Union[Sequence[float], torch.Tensor, None]
+ClassWeights = Sequence[float] | torch.Tensor | None
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

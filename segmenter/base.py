@@ -62,7 +62,8 @@ class Segmenter:
         n_classes = self.config.get("n_classes", 1)
         self.class_weights = list(class_weights) if class_weights is not None else [1.0] * n_classes
         if len(self.class_weights) != n_classes:
-            raise CysegError(f"{len(self.class_weights)} class weights given for {n_classes} classes; give one per class")
+            raise CysegError(f"{len(self.class_weights)} class weights given for {n_classes} classes; "
+                             "give one per class")
         in_ch = self.config.get("in_channels", 3)
         self.preprocess = preprocess or {"scale": 255.0, "mean": [0.5] * in_ch, "std": [0.25] * in_ch}
         if not 0.0 <= threshold <= 1.0:
@@ -72,8 +73,8 @@ class Segmenter:
             self.postprocess = validate_chain(with_threshold(postprocess or default_chain(threshold), threshold))
         except ValueError as exc:  # transforms, below this layer, raise plain ValueErrors
             raise CysegError(str(exc)) from exc
-        self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False, "amp": True,
-                          **(inference or {})}
+        self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False,
+                          "amp": True, **(inference or {})}
         # channels-last convolutions: the layout oneDNN's fastest CPU kernels and CUDA's tensor
         # cores want
         self.channels_last = self.device.type in ("cuda", "cpu")
@@ -205,7 +206,8 @@ class Segmenter:
             return self.masks_from_probabilities(probs, threshold).cpu().numpy()
 
     # ---- training and evaluation --------------------------------------------------------------
-    def fit(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None, **options: Any) -> list[dict[str, Any]]:
+    def fit(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None,
+            **options: Any) -> list[dict[str, Any]]:
         """Train on a dataset folder (see `segmenter.training.TrainOptions` for the options)."""
         from segmenter.training import TrainOptions, train
 
@@ -239,7 +241,7 @@ class Segmenter:
 
     @classmethod
     def from_state(cls, content: dict[str, Any], device: str | torch.device | None = None,
-                   source: str = "model") -> "Segmenter":
+                   source: str = "model") -> Segmenter:
         """Build a segmenter of this class from a model file's content (`unet.segmenter_from_state`
         picks the class a file names)."""
         arch = content.get("arch")
@@ -252,14 +254,16 @@ class Segmenter:
                         threshold=content["threshold"])
             seg.model.load_state_dict(content["state_dict"])
         except CysegError as exc:
-            raise ModelFileError(f"{source} holds an unusable configuration ({exc}); retrain it with 'cyseg train'") from exc
+            raise ModelFileError(f"{source} holds an unusable configuration ({exc}); "
+                                 "retrain it with 'cyseg train'") from exc
         except (RuntimeError, KeyError, TypeError) as exc:
-            raise ModelFileError(f"{source} does not match its own configuration ({str(exc).splitlines()[0]}); retrain it") from exc
+            raise ModelFileError(f"{source} does not match its own configuration ({str(exc).splitlines()[0]}); "
+                                 "retrain it") from exc
         seg.training_info = dict(content.get("training") or {})
         return seg
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Segmenter":
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> Segmenter:
         """Load a model file of this class' architecture written by `save`."""
         return cls.from_state(load_model_file(path), device, source=f"model file {path}")
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.errors import CysegError
-from segmenter.io.dataset import Dataset, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
 
@@ -30,7 +30,7 @@ def check_thresholds(thresholds: Sequence[float]) -> None:
             raise CysegError(f"threshold {t} is outside [0, 1]; choose e.g. 0.5")
 
 
-def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresholds: Sequence[float],
+def evaluate_dataset(seg: Segmenter, data: str | os.PathLike | Dataset, thresholds: Sequence[float],
                      on_image: Callable[[str, np.ndarray, np.ndarray, dict[float, np.ndarray]], None] | None = None,
                      progress: bool = False) -> list[dict[str, Any]]:
     """One row per image and threshold: image, threshold, iou, dice, and pixel counts (tp, fp, fn).
@@ -41,7 +41,10 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
     dataset = data if isinstance(data, Dataset) else open_dataset(data)
     smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
-    with closing(read_ahead(dataset.items, lambda item: read_pair(item, seg.n_classes))) as pairs:  # read beside the network
+    def read(item: Item) -> tuple[np.ndarray, np.ndarray]:
+        return read_pair(item, seg.n_classes)
+
+    with closing(read_ahead(dataset.items, read)) as pairs:  # the next pair is read beside the network
         for item, (image, truth) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                          disable=not progress, leave=False):
             probs = seg.predict(image)
@@ -57,7 +60,8 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
                     tp = int((pred & truth_t).sum())
                     fp = int((pred & ~truth_t).sum())
                     fn = int((~pred & truth_t).sum())
-                    rows.append({"image": item.stem, "threshold": t, "iou": iou, "dice": dice, "tp": tp, "fp": fp, "fn": fn})
+                    rows.append({"image": item.stem, "threshold": t, "iou": iou, "dice": dice, "tp": tp, "fp": fp,
+                                 "fn": fn})
                     if on_image is not None:
                         masks[t] = pred.cpu().numpy().astype(np.uint8)
             if on_image is not None:
@@ -65,13 +69,13 @@ def evaluate_dataset(seg: "Segmenter", data: str | os.PathLike | Dataset, thresh
     return rows
 
 
-def mean_scores(seg: "Segmenter", dataset: Dataset, threshold: float | None = None) -> dict[str, float]:
+def mean_scores(seg: Segmenter, dataset: Dataset, threshold: float | None = None) -> dict[str, float]:
     """Mean IoU and Dice over a dataset at the model's (or the given) threshold."""
     rows = evaluate_dataset(seg, dataset, [seg.threshold if threshold is None else threshold])
     return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows]))}
 
 
-def calibrate_threshold(seg: "Segmenter", dataset: Dataset, chosen_on: str) -> dict[str, Any]:
+def calibrate_threshold(seg: Segmenter, dataset: Dataset, chosen_on: str) -> dict[str, Any]:
     """Set the model's threshold to the sweep value with the best mean IoU of the post-processed
     masks on `dataset` (validation or training images, never test images: that would flatter the
     test score); ties go to the value nearest 0.5."""

@@ -25,7 +25,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = GREEN, alp
 def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """RGB map: true positives white, false positives red, false negatives blue, true negatives black."""
     t, p = truth > 0, pred > 0
-    out = np.zeros(truth.shape + (3,), dtype=np.uint8)
+    out = np.zeros((*truth.shape, 3), dtype=np.uint8)
     out[t & p] = (255, 255, 255)
     out[~t & p] = (255, 0, 0)
     out[t & ~p] = (0, 80, 255)

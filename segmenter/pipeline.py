@@ -48,7 +48,7 @@ class BackgroundWriter:
             self._jobs.popleft().result()
         self._jobs.append(self._pool.submit(job, *args))
 
-    def __enter__(self) -> "BackgroundWriter":
+    def __enter__(self) -> BackgroundWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -2,6 +2,7 @@
 polygons -> GeoJSON FeatureCollection that QuPath imports (pixel coordinates, top-left origin)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -55,7 +56,7 @@ def clean_many(geometries: Sequence[Any], simplify: float = 0.0) -> list[list[Po
     simple = shapely.get_type_id(array) == shapely.GeometryType.POLYGON
     keep = simple & (shapely.area(array) > 0)
     return [[g] if k else ([] if s else [p for p in _polygons_of(g) if p.area > 0])
-            for g, s, k in zip(array, simple, keep)]
+            for g, s, k in zip(array, simple, keep, strict=True)]
 
 
 def _polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> list[Polygon]:
@@ -78,9 +79,9 @@ def _geojson_geometries(polygons: Sequence[Polygon]) -> list[dict[str, Any]]:
         return []
     _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(np.asarray(polygons, dtype=object))
     points = coords.tolist()
-    rings = [points[start:end] for start, end in zip(ring_offsets[:-1], ring_offsets[1:])]
+    rings = [points[start:end] for start, end in itertools.pairwise(ring_offsets)]
     return [{"type": "Polygon", "coordinates": rings[start:end]}
-            for start, end in zip(polygon_offsets[:-1], polygon_offsets[1:])]
+            for start, end in itertools.pairwise(polygon_offsets)]
 
 
 def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: tuple[float, float] = (0, 0),
@@ -103,7 +104,7 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
     traced = list(rasterio.features.shapes(labels, mask=binary.view(bool), connectivity=8, transform=transform))
     out = []
     cleaned = clean_many(_polygons_from_rings([geom["coordinates"] for geom, _ in traced]), simplify)
-    for (_, value), polygons in zip(traced, cleaned):
+    for (_, value), polygons in zip(traced, cleaned, strict=True):
         for polygon in polygons:
             area = float(polygon.area)
             if area < min_area:
@@ -124,7 +125,7 @@ def feature_collection(polygons: Iterable[tuple[Polygon, dict[str, Any]]], label
         "type": "Feature",
         "geometry": geometry,
         "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}, **props},
-    } for geometry, (_, props) in zip(geometries, polygons)]
+    } for geometry, (_, props) in zip(geometries, polygons, strict=True)]
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     if extra:
         collection["properties"] = extra

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import ContextManager
 
 import torch
 
@@ -34,7 +33,7 @@ def precision_name(device: torch.device, enabled: bool = True) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """Autocast to the device's native reduced precision (a no-op when disabled or unavailable)."""
     dtype = reduced_dtype(device) if enabled else None
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

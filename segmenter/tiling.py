@@ -66,9 +66,9 @@ def _weights(spans: list[tuple[int, int]], device: torch.device) -> list[torch.T
         after = start + size - spans[i + 1][0] if i + 1 < len(spans) else 0
         ramps.append(_ramp(size, before, after, device))
     total = torch.zeros(spans[-1][0] + spans[-1][1], device=device)
-    for (start, size), ramp in zip(spans, ramps):
+    for (start, size), ramp in zip(spans, ramps, strict=True):
         total[start:start + size] += ramp
-    return [ramp / total[start:start + size] for (start, size), ramp in zip(spans, ramps)]
+    return [ramp / total[start:start + size] for (start, size), ramp in zip(spans, ramps, strict=True)]
 
 
 def predict_tiled(
@@ -101,7 +101,7 @@ def predict_tiled(
         for b in range(0, len(members), batch):
             chunk = members[b:b + batch]
             probs = forward(torch.stack([image[:, ys[i][0]:ys[i][0] + h, xs[j][0]:xs[j][0] + w] for i, j in chunk]))
-            for (i, j), p in zip(chunk, probs):
+            for (i, j), p in zip(chunk, probs, strict=True):
                 y, x = ys[i][0], xs[j][0]
                 acc[:, y:y + h, x:x + w].addcmul_(p, wy[i][:, None] * wx[j][None, :])
     return acc

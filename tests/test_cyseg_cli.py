@@ -211,7 +211,7 @@ def test_evaluate_writes_reports_sweep_and_overlays(tiny_model, ihc_dataset, tmp
     assert sorted(r["image"] for r in per_image) == stems
     iou = np.array([float(r["iou"]) for r in per_image])
     dsc = np.array([float(r["dice"]) for r in per_image])
-    assert ((0 <= iou) & (iou <= dsc) & (dsc <= 1)).all()
+    assert ((iou >= 0) & (iou <= dsc) & (dsc <= 1)).all()
 
     summary = json.loads((report / "summary.json").read_text())
     assert summary["n_images"] == len(stems) and summary["model_threshold"] == load(tiny_model)["threshold"]
@@ -287,7 +287,8 @@ def test_segment_writes_masks_geojson_and_overlays(tiny_model, ihc_dataset, tmp_
     from unet import load_segmenter
 
     out = tmp_path / "seg"
-    result = invoke(["-q", "segment", tiny_model, ihc_dataset.train, "--simplify", "0", "--out", out, "--device", "cpu"])
+    result = invoke(["-q", "segment", tiny_model, ihc_dataset.train, "--simplify", "0", "--out", out, "--device",
+                     "cpu"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
     seg = load_segmenter(tiny_model, device="cpu")
@@ -312,7 +313,7 @@ def test_segment_writes_masks_geojson_and_overlays(tiny_model, ihc_dataset, tmp_
             assert feature["properties"]["area"] == pytest.approx(polygon.area)
             assert 0 <= feature["properties"]["mean_probability"] <= 1
             minx, miny, maxx, maxy = polygon.bounds
-            assert 0 <= minx and 0 <= miny and maxx <= w and maxy <= h
+            assert minx >= 0 and miny >= 0 and maxx <= w and maxy <= h
         total_features += len(collection["features"])
         burnt = rasterise(collection["features"], (h, w))
         fg = mask > 0
@@ -394,11 +395,13 @@ def test_train_evaluate_segment_on_cuda(ihc_dataset, tmp_path):
     content = load(model)
     assert content["training"]["device"].startswith("cuda")
     assert all(t.device.type == "cpu" for t in content["state_dict"].values())
-    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "r", "--device", "cuda"]).exit_code == 0
+    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "r", "--device",
+                   "cuda"]).exit_code == 0
     assert invoke(["-q", "segment", model, ihc_dataset.val, "--out", tmp_path / "s", "--device", "cuda"]).exit_code == 0
     assert (tmp_path / "s" / "masks" / "va00.png").is_file()
     # the same model on the CPU scores within a whisker of the GPU (fp16 autocast there)
-    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "rc", "--device", "cpu"]).exit_code == 0
+    assert invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "rc", "--device",
+                   "cpu"]).exit_code == 0
     gpu_iou = json.loads((tmp_path / "r" / "summary.json").read_text())["iou_mean"]
     cpu_iou = json.loads((tmp_path / "rc" / "summary.json").read_text())["iou_mean"]
     assert gpu_iou == pytest.approx(cpu_iou, abs=0.02)

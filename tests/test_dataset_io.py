@@ -272,7 +272,8 @@ def test_dataset_writer_round_trip(tmp_path, ihc_dataset):
     root = tmp_path / "out"
     with DatasetWriter(root, source={"file": "ihc"}, parent="p", iteration=2) as writer:
         for stem in ("tr00", "tr01"):
-            writer.add(stem, ihc_dataset.images[stem], ihc_dataset.masks[stem], meta={"kind": "pattern", "slide": "s1", "empty": None})
+            writer.add(stem, ihc_dataset.images[stem], ihc_dataset.masks[stem], meta={"kind": "pattern", "slide": "s1",
+                                                                                      "empty": None})
     dataset = open_dataset(root)
     assert [i.stem for i in dataset.items] == ["tr00", "tr01"]
     assert dataset.manifest["parent"] == "p" and dataset.manifest["iteration"] == 2
@@ -289,17 +290,17 @@ def test_dataset_writer_copy_keeps_bytes(tmp_path, ihc_dataset):
     with DatasetWriter(tmp_path / "out") as writer:
         writer.copy(source.items[0], stem="renamed", meta={"split": "train"})
     item = open_dataset(tmp_path / "out").items[0]
-    assert item.stem == "renamed" and item.meta["split"] == "train" and item.meta["slide"] == source.items[0].meta["slide"]
+    assert item.stem == "renamed" and item.meta["split"] == "train"
+    assert item.meta["slide"] == source.items[0].meta["slide"]
     assert item.image.read_bytes() == source.items[0].image.read_bytes()
     assert item.mask.read_bytes() == source.items[0].mask.read_bytes()
 
 
 def test_dataset_writer_exception_leaves_nothing(tmp_path, ihc_dataset):
     root = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with DatasetWriter(root) as writer:
-            writer.add("tr00", ihc_dataset.images["tr00"], ihc_dataset.masks["tr00"])
-            raise RuntimeError("crash half-way")
+    with pytest.raises(RuntimeError), DatasetWriter(root) as writer:
+        writer.add("tr00", ihc_dataset.images["tr00"], ihc_dataset.masks["tr00"])
+        raise RuntimeError("crash half-way")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -308,18 +309,16 @@ def test_dataset_writer_exception_keeps_the_previous_version(tmp_path, ihc_datas
     with DatasetWriter(root) as writer:
         writer.add("tr00", ihc_dataset.images["tr00"], ihc_dataset.masks["tr00"])
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    with pytest.raises(CysegError):
-        with DatasetWriter(root, overwrite=True) as writer:
-            writer.add("tr01", ihc_dataset.images["tr01"], ihc_dataset.masks["tr01"])
-            writer.add("bad", ihc_dataset.images["tr01"], ihc_dataset.masks["tr01"][:-1])  # size mismatch
+    with pytest.raises(CysegError), DatasetWriter(root, overwrite=True) as writer:
+        writer.add("tr01", ihc_dataset.images["tr01"], ihc_dataset.masks["tr01"])
+        writer.add("bad", ihc_dataset.images["tr01"], ihc_dataset.masks["tr01"][:-1])  # size mismatch
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_dataset_writer_without_items_writes_nothing(tmp_path):
-    with pytest.raises(DatasetError) as excinfo:
-        with DatasetWriter(tmp_path / "out"):
-            pass
+    with pytest.raises(DatasetError) as excinfo, DatasetWriter(tmp_path / "out"):
+        pass
     assert "no items" in message(excinfo)
     assert list(tmp_path.iterdir()) == []
 

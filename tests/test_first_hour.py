@@ -20,7 +20,8 @@ def test_demo_refuses_a_file_as_its_output_folder(tmp_path):
     (tmp_path / "taken").write_text("not a folder")
     result = invoke(["demo", "--out", tmp_path / "taken"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"cyseg: error: --out {tmp_path / 'taken'} is a file; give a folder for the demo's outputs"
+    expected = f"cyseg: error: --out {tmp_path / 'taken'} is a file; give a folder for the demo's outputs"
+    assert result.stderr.strip() == expected
 
 
 def test_a_window_partly_outside_the_slide_is_clipped_with_a_warning(tiny_model, ihc_image, tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import invoke, write_rgb
+
 from segmenter.io.images import read_image
 
 GLASS = (236, 232, 238)

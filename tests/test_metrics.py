@@ -47,7 +47,7 @@ def mask_batch(draw: st.DrawFn, channels: int | None = None) -> tuple[np.ndarray
 
 def pixel_set(mask: np.ndarray) -> set[tuple[int, int]]:
     """Coordinates of the foreground pixels."""
-    return {(int(i), int(j)) for i, j in zip(*np.nonzero(mask))}
+    return {(int(i), int(j)) for i, j in zip(*np.nonzero(mask), strict=True)}
 
 
 def set_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,8 +86,8 @@ def test_hard_metrics_are_symmetric_and_satisfy_dice_jaccard_identity(pair: tupl
 @given(mask_batch())
 def test_torch_and_numpy_hard_metrics_agree_per_image(batch: tuple[np.ndarray, np.ndarray]) -> None:
     a, b = batch
-    expected_dice = np.array([set_dice(x, y) for x, y in zip(a, b)])
-    expected_jaccard = np.array([set_jaccard(x, y) for x, y in zip(a, b)])
+    expected_dice = np.array([set_dice(x, y) for x, y in zip(a, b, strict=True)])
+    expected_jaccard = np.array([set_jaccard(x, y) for x, y in zip(a, b, strict=True)])
     np.testing.assert_allclose(per_image_dice(a, b), expected_dice, rtol=1e-12)
     np.testing.assert_allclose(per_image_jaccard(a, b), expected_jaccard, rtol=1e-12)
     torch_dice = dice_score(torch.from_numpy(a), torch.from_numpy(b))

@@ -71,9 +71,8 @@ def test_writer_raises_a_job_error_when_the_block_ends():
     def job() -> None:
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
-        with BackgroundWriter() as writer:
-            writer.submit(job)
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter() as writer:
+        writer.submit(job)
 
 
 def test_writer_drops_queued_jobs_when_the_caller_fails():
@@ -85,13 +84,12 @@ def test_writer_drops_queued_jobs_when_the_caller_fails():
         release.wait(WAIT)
         ran.append(k)
 
-    with pytest.raises(RuntimeError, match="inference failed"):
-        with BackgroundWriter(pending=3) as writer:
-            writer.submit(job, 0)
-            writer.submit(job, 1)
-            assert running.wait(WAIT)
-            threading.Timer(0.05, release.set).start()
-            raise RuntimeError("inference failed")
+    with pytest.raises(RuntimeError, match="inference failed"), BackgroundWriter(pending=3) as writer:
+        writer.submit(job, 0)
+        writer.submit(job, 1)
+        assert running.wait(WAIT)
+        threading.Timer(0.05, release.set).start()
+        raise RuntimeError("inference failed")
     assert ran == [0], "the running job finishes, the queued one never starts"
 
 

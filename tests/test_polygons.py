@@ -32,7 +32,8 @@ def test_each_component_becomes_one_polygon_with_its_area_and_mean_probability()
     component = np.zeros_like(mask, bool)
     component[20:30, 20:25] = True
     component[30, 25] = True
-    assert block_props["mean_probability"] == pixel_props["mean_probability"] == round(float(probs[component].mean()), 4)
+    assert block_props["mean_probability"] == pixel_props["mean_probability"] == round(float(probs[component].mean()),
+                                                                                       4)
     assert all(p.is_valid for p, _ in found)
 
 
@@ -53,7 +54,7 @@ def test_clean_many_repairs_splits_and_drops_like_clean() -> None:
     assert [len(parts) for parts in cleaned] == [1, 2, 0, 2, 1, 0]
     assert all(p.is_valid and p.area > 0 for parts in cleaned for p in parts)
     assert sum(p.area for p in cleaned[1]) == 2.0
-    for geometry, parts in zip(geometries, cleaned):
+    for geometry, parts in zip(geometries, cleaned, strict=True):
         assert [p.wkt for p in parts] == [p.wkt for p in clean(geometry)]
     assert clean_many([]) == []
 

@@ -38,7 +38,7 @@ def ihc_mosaic() -> np.ndarray:
     image = np.empty((*MOSAIC_SHAPE, 3), np.uint8)
     image[:] = GLASS
     for (y, x), tile in zip([(0, 0), (256, 768), (1024, 1280), (1024, 256)],
-                            [ihc, ihc[::-1], ihc[:, ::-1], ihc.transpose(1, 0, 2)]):
+                            [ihc, ihc[::-1], ihc[:, ::-1], ihc.transpose(1, 0, 2)], strict=True):
         image[y:y + 512, x:x + 512] = tile
     return image
 
@@ -246,7 +246,7 @@ def test_concurrent_reads_from_threads(built, reader):
             slide.close()
             with ThreadPoolExecutor(4) as pool:
                 threaded = list(pool.map(lambda box: slide.read(box[0], box[1], 200, 150, box[2]), boxes))
-            assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))
+            assert all(np.array_equal(a, b) for a, b in zip(serial, threaded, strict=True))
 
 
 def test_streaming_writer_matches_in_memory_writer(tmp_path, mosaic, monkeypatch):
@@ -395,16 +395,12 @@ def test_corrupt_files(tmp_path, name, needle):
 @pytest.mark.parametrize("suffix", [".tif", ".png"])
 def test_truncated_files_fail_with_the_file_named(tmp_path, built, mosaic, suffix):
     """A file cut short (interrupted copy): an error naming the file when opened or read."""
-    if suffix == ".tif":
-        whole = built["zlib"].read_bytes()
-    else:
-        whole = cv2.imencode(".png", mosaic)[1].tobytes()
+    whole = built["zlib"].read_bytes() if suffix == ".tif" else cv2.imencode(".png", mosaic)[1].tobytes()
     path = tmp_path / f"cut{suffix}"
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CysegError) as excinfo:
-        with open_slide(path) as slide:
-            for level in range(slide.level_count):
-                slide.read(0, 0, *slide.level_dimensions[level], level)
+    with pytest.raises(CysegError) as excinfo, open_slide(path) as slide:
+        for level in range(slide.level_count):
+            slide.read(0, 0, *slide.level_dimensions[level], level)
     assert_one_line_error(excinfo, str(path))
 
 

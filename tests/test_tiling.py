@@ -1,4 +1,6 @@
 """Tiling: spans cover the image with the requested overlap and little waste; blending is seamless."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ def test_spans_cover_with_overlap(length, tile, overlap, multiple):
     spans = tile_spans(length, tile, overlap, multiple)
     assert spans[0][0] == 0
     assert spans[-1][0] + spans[-1][1] == length
-    for (s0, z0), (s1, z1) in zip(spans, spans[1:]):
+    for (s0, z0), (s1, _) in itertools.pairwise(spans):
         assert s0 < s1
         assert s0 + z0 - s1 >= overlap  # at least the requested overlap
     assert all(0 < size <= max(tile, 1) for _, size in spans)
@@ -42,7 +44,7 @@ def test_blending_weights_sum_to_one_and_keep_the_ramps(length, tile, overlap):
     spans = tile_spans(length, tile, overlap)
     weights = _weights(spans, torch.device("cpu"))
     total = torch.zeros(length)
-    for (start, size), w in zip(spans, weights):
+    for (start, size), w in zip(spans, weights, strict=True):
         assert w.shape == (size,) and bool((w > 0).all())
         total[start:start + size] += w
     torch.testing.assert_close(total, torch.ones(length))
@@ -53,7 +55,8 @@ def test_blending_weights_sum_to_one_and_keep_the_ramps(length, tile, overlap):
 
 def test_blending_a_constant_gives_the_constant():
     image = torch.zeros((3, 700, 900), dtype=torch.uint8)
-    out = predict_tiled(lambda b: torch.full((b.shape[0], 2, *b.shape[2:]), 0.25), image, 2, tile=256, overlap=48, batch=4)
+    out = predict_tiled(lambda b: torch.full((b.shape[0], 2, *b.shape[2:]), 0.25), image, 2, tile=256, overlap=48,
+                        batch=4)
     torch.testing.assert_close(out, torch.full((2, 700, 900), 0.25))
 
 

@@ -73,7 +73,7 @@ def annotated_mosaic(items, height: int, width: int, n_tiles: int, n_objects: in
         truth[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
     objects = []
     for tile, mask in items:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= 30) + 1:
             x, y, w, h = stats[i, :4]
             objects.append((tile[y:y + h, x:x + w], labels[y:y + h, x:x + w] == i))

@@ -71,7 +71,8 @@ def test_slide_polygons_match_the_crop_prediction(tiny_model, slide, mosaic, tmp
     collection = json.loads(out.read_text())
     assert collection["type"] == "FeatureCollection"
     summary = collection["properties"]["summary"]
-    assert summary["windows"] == window_topology(1536, 1024, WsiOptions(window_size=512, window_overlap=96)).tile_count == 12
+    assert summary["windows"] == window_topology(1536, 1024, WsiOptions(window_size=512,
+                                                                        window_overlap=96)).tile_count == 12
     assert summary["tiles_skipped"] == 0
     polygons = polygons_of(out)
     assert polygons and all(p.is_valid for p in polygons)
@@ -84,15 +85,18 @@ def test_slide_polygons_match_the_crop_prediction(tiny_model, slide, mosaic, tmp
 
 def test_objects_cut_by_window_borders_come_out_whole(tiny_model, slide, tmp_path):
     out = tmp_path / "s.geojson"
-    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background", *SMALL]).exit_code == 0
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--no-skip-background",
+                *SMALL]).exit_code == 0
     polygons = polygons_of(out)
     # no polygon edge runs along an ownership cut (the middle of the window overlaps)
     topology = window_topology(1536, 1024, WsiOptions(window_size=512, window_overlap=96))
-    cuts = sorted({topology.tile(i).offset_x + 48 for i in range(1, topology.tile_count + 1) if topology.tile(i).offset_x})
+    cuts = sorted({topology.tile(i).offset_x + 48 for i in range(1,
+                                                                 topology.tile_count + 1) if topology.tile(i).offset_x})
     for x in cuts:
         line = box(x - 0.01, 0, x + 0.01, 1024)
         straddling = [p for p in polygons if p.intersects(line) and p.bounds[0] < x - 1 and p.bounds[2] > x + 1]
-        touching = [p for p in polygons if p.intersects(line) and (abs(p.bounds[0] - x) < 0.5 or abs(p.bounds[2] - x) < 0.5)]
+        touching = [p for p in polygons
+                    if p.intersects(line) and (abs(p.bounds[0] - x) < 0.5 or abs(p.bounds[2] - x) < 0.5)]
         assert straddling or not touching  # cells crossing a cut are whole, none ends exactly on it in pairs
         for a in touching:
             assert not any(b is not a and b.distance(a) < 0.5 for b in touching)
@@ -122,12 +126,14 @@ def test_merge_sends_only_polygons_near_shared_sides_through_sldc_with_the_same_
     topology = window_topology(1300, 900, opts)
     rng = np.random.default_rng(0)
     cells = [box(x, y, x + w, y + h) for x, y, w, h in zip(rng.uniform(0, 1260, 400), rng.uniform(0, 860, 400),
-                                                           rng.uniform(5, 40, 400), rng.uniform(5, 40, 400))]
+                                                           rng.uniform(5, 40, 400), rng.uniform(5, 40,
+                                                                                                400), strict=True)]
     cells = list(unary_union(cells).geoms)
     results, n_near, n_all = [], 0, 0
     for wid in range(1, topology.tile_count + 1):
         pieces = [c.intersection(box(*owned_box(topology, wid))) for c in cells]  # what this window traces
-        parts = [g for piece in pieces for g in getattr(piece, "geoms", [piece]) if isinstance(g, Polygon) and g.area > 0]
+        parts = [g for piece in pieces for g in getattr(piece, "geoms", [piece]) if isinstance(g,
+                                                                                               Polygon) and g.area > 0]
         near = near_cuts(parts, topology, wid, opts.merge_tolerance)
         n_near, n_all = n_near + int(near.sum()), n_all + len(parts)
         results.append(WindowResult(wid, parts, [{"mean_probability": 0.5}] * len(parts), 1, 0, 0.0))
@@ -141,8 +147,10 @@ def test_merge_sends_only_polygons_near_shared_sides_through_sldc_with_the_same_
 
 def test_background_skipping_skips_glass_and_keeps_cells(tiny_model, slide, mosaic, tmp_path):
     full, skipped = tmp_path / "full.geojson", tmp_path / "skip.geojson"
-    assert run(["segment", str(tiny_model), str(slide), "--out", str(full), "--no-skip-background", *SMALL]).exit_code == 0
-    assert run(["segment", str(tiny_model), str(slide), "--out", str(skipped), "--skip-background", *SMALL]).exit_code == 0
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(full), "--no-skip-background",
+                *SMALL]).exit_code == 0
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(skipped), "--skip-background",
+                *SMALL]).exit_code == 0
     summary = json.loads(skipped.read_text())["properties"]["summary"]
     assert summary["tiles_skipped"] > 0
     a, b = rasterise(polygons_of(full), mosaic.shape[:2]), rasterise(polygons_of(skipped), mosaic.shape[:2])
@@ -171,7 +179,8 @@ def test_resume_after_interruption_gives_the_identical_result(tiny_model, slide,
     assert not out.exists()
     assert len(list(cache.rglob("window-*.json"))) == 3
     monkeypatch.setattr(wsi, "process_window", real)
-    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(cache), *SMALL]).exit_code == 0
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(cache),
+                *SMALL]).exit_code == 0
     resumed = json.loads(out.read_text())
     assert resumed["properties"]["summary"]["windows_cached"] == 3
     assert resumed["features"] == json.loads(reference.read_text())["features"]
@@ -245,9 +254,12 @@ def test_bad_slide_inputs(tiny_model, slide, tmp_path):
     one_line_error(run(["segment", str(tiny_model), str(garbage), "--out", str(tmp_path / "x.geojson")]), "broken.svs")
     odd = tmp_path / "slide.xyz"
     odd.write_bytes(b"\x00" * 64)
-    one_line_error(run(["segment", str(tiny_model), str(odd), "--out", str(tmp_path / "y.geojson")]), "slide.xyz", "unsupported")
-    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "1600,0,100,100", *SMALL]), "outside the slide")
-    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "0,0,0,100", *SMALL]), "zero or negative size")
+    one_line_error(run(["segment", str(tiny_model), str(odd), "--out", str(tmp_path / "y.geojson")]), "slide.xyz",
+                   "unsupported")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "1600,0,100,100", *SMALL]),
+                   "outside the slide")
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "0,0,0,100", *SMALL]), "zero or negative "
+                   "size")
     one_line_error(run(["segment", str(tiny_model), str(slide), "--window", "a,b,c,d", *SMALL]), "four integers")
     assert not list(tmp_path.glob("*.geojson"))
 
@@ -255,7 +267,8 @@ def test_bad_slide_inputs(tiny_model, slide, tmp_path):
 def test_model_with_other_input_channels_is_refused(slide, tmp_path):
     grey = UNetSegmenter({"in_channels": 1, "n": 2, "depth": 2}, device="cpu")
     grey.save(tmp_path / "grey.pt")
-    one_line_error(run(["segment", str(tmp_path / "grey.pt"), str(slide), "--out", str(tmp_path / "g.geojson"), *SMALL]),
+    one_line_error(run(["segment", str(tmp_path / "grey.pt"), str(slide), "--out", str(tmp_path / "g.geojson"),
+                        *SMALL]),
                    "1 input channels")
     assert not (tmp_path / "g.geojson").exists()
 
@@ -266,7 +279,8 @@ def test_disk_full_while_writing_leaves_no_output(tiny_model, slide, tmp_path, m
 
     monkeypatch.setattr(Path, "write_text", full)
     out = tmp_path / "full.geojson"
-    one_line_error(run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(tmp_path / "c"), *SMALL]),
+    one_line_error(run(["segment", str(tiny_model), str(slide), "--out", str(out), "--cache", str(tmp_path / "c"),
+                        *SMALL]),
                    "No space left", "free disk space")
     assert not out.exists() and not list(tmp_path.glob(".full.geojson*"))
 
@@ -313,7 +327,7 @@ def test_window_results_round_trip_through_the_cache_format() -> None:
     holed = Polygon([(0, 0), (50, 0), (50, 40), (0, 40)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
     result = WindowResult(7, [holed, box(60, 5, 70.5, 9)], [{"area": 1900.0}, {"area": 42.0}], 4, 1, 0.25)
     back = WindowResult.from_json(json.loads(json.dumps(result.to_json())))
-    assert [p.equals_exact(q, 0) for p, q in zip(back.polygons, result.polygons)] == [True, True]
+    assert [p.equals_exact(q, 0) for p, q in zip(back.polygons, result.polygons, strict=True)] == [True, True]
     assert (back.index, back.props, back.tiles, back.skipped, back.seconds) == (7, result.props, 4, 1, 0.25)
     empty = WindowResult.from_json(json.loads(json.dumps(WindowResult(2, [], [], 1, 1, 0.0).to_json())))
     assert empty.polygons == [] and empty.index == 2

@@ -51,7 +51,8 @@ def render() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 when constraints.txt differs from this environment")
+    parser.add_argument("--check", action="store_true", help="exit 1 when constraints.txt differs from this "
+                        "environment")
     text = render()
     if parser.parse_args().check:
         if not OUT.exists() or OUT.read_text() != text:

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
-
 CpuOp = Callable[[np.ndarray], np.ndarray]
 
 

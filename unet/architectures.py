@@ -21,7 +21,8 @@ def segmenter_from_state(content: dict[str, Any], device: str | torch.device | N
     arch = content.get("arch")
     klass = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
     if klass is None:
-        raise ModelFileError(f"{source} holds architecture {arch!r}; this cyseg knows {', '.join(sorted(ARCHITECTURES))}")
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ModelFileError(f"{source} holds architecture {arch!r}; this cyseg knows {known}")
     return klass.from_state(content, device, source)
 
 

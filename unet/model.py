@@ -57,7 +57,8 @@ class UNet(nn.Module):
             raise CysegError(f"upsampling '{upsampling}' is unknown; use one of {', '.join(UPSAMPLING)}")
         if in_channels < 1 or n_classes < 1:
             raise CysegError("in_channels and n_classes must be >= 1")
-        self.in_channels, self.n_classes, self.depth, self.n, self.upsampling = in_channels, n_classes, depth, n, upsampling
+        self.in_channels, self.n_classes, self.depth = in_channels, n_classes, depth
+        self.n, self.upsampling = n, upsampling
         widths = [n * 2 ** i for i in range(depth)]
         self.down = nn.ModuleList([_conv_block(in_channels, widths[0])] +
                                   [_conv_block(widths[i - 1], widths[i]) for i in range(1, depth)])

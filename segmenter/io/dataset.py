@@ -63,7 +63,8 @@ def _index(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith("."):
             if path.stem in files:
-                raise DatasetError(f"{folder} holds two files for '{path.stem}' ({files[path.stem].name}, {path.name}); keep one")
+                raise DatasetError(f"{folder} holds two files for '{path.stem}' ({files[path.stem].name}, "
+                                   f"{path.name}); keep one")
             files[path.stem] = path
     return files
 
@@ -102,7 +103,7 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     if require_masks:
         if not masks_dir.is_dir():
             raise DatasetError(f"{root} has no masks/ folder; add masks/<name>.png for every image")
-        masks = _index(masks_dir, MASK_SUFFIXES + (".jpg", ".jpeg"))  # JPEG listed only to be refused below
+        masks = _index(masks_dir, (*MASK_SUFFIXES, ".jpg", ".jpeg"))  # JPEG listed only to be refused below
         missing = sorted(set(images) - set(masks))
         if missing:
             raise DatasetError(
@@ -134,7 +135,8 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
         raise DatasetError(f"mask {path} cannot be decoded (corrupt or not an image); re-export it as PNG")
     if mask.ndim == 3:
         channels = mask[:, :, :3]
-        if not (np.array_equal(channels[:, :, 0], channels[:, :, 1]) and np.array_equal(channels[:, :, 0], channels[:, :, 2])):
+        grey = channels[:, :, 0]
+        if not (np.array_equal(grey, channels[:, :, 1]) and np.array_equal(grey, channels[:, :, 2])):
             raise DatasetError(f"mask {path} is in colour; store a single-channel mask (0 background, 255 foreground)")
         mask = channels[:, :, 0]
     if mask.dtype != np.uint8:
@@ -153,7 +155,8 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
             )
         return (mask == 255).astype(np.uint8)
     if values.max() >= n_classes:
-        raise DatasetError(f"mask {path} holds class {int(values.max())} but the model has {n_classes} classes; fix the mask or --classes")
+        raise DatasetError(f"mask {path} holds class {int(values.max())} but the model has {n_classes} classes; "
+                           "fix the mask or --classes")
     return mask
 
 
@@ -211,7 +214,8 @@ class DatasetWriter:
             meta: dict[str, Any] | None = None) -> None:
         """Add one crop with its manifest entry; a binary mask of 0/1 or 0/255 is stored as 0/255."""
         if mask is not None and mask.shape[:2] != image.shape[:2]:
-            raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is {image.shape[1]}x{image.shape[0]}")
+            raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
         write_png(self.tmp / "images" / f"{stem}.png", image)
         if mask is not None:
             out = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
@@ -241,7 +245,7 @@ class DatasetWriter:
         """Remove the temporary folder."""
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -36,7 +36,7 @@ class WindowResult:
                 "skipped": self.skipped, "seconds": self.seconds}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "WindowResult":
+    def from_json(cls, data: dict[str, Any]) -> WindowResult:
         return cls(data["index"], list(shapely.from_wkb(data["polygons"])), data["props"],
                    data["tiles"], data["skipped"], data["seconds"])
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from segmenter.wsi.slide import SlideReader
 
 
-def read_box(reader: "SlideReader", region: Region, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
+def read_box(reader: SlideReader, region: Region, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
     """Pixels of a box (processing pixels, relative to the region) at the processing resolution,
     read from the best pyramid level."""
     level = reader.level_for_downsample(downsample)
@@ -36,7 +36,7 @@ def read_box(reader: "SlideReader", region: Region, x: int, y: int, w: int, h: i
     return pixels
 
 
-def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask,
+def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
                    opts: WsiOptions) -> WindowResult:
     """Segment one window: read and infer the whole window, or only its tissue boxes (tiled,
     batched, blended), post-process on the device, keep the owned part, trace its polygons.
@@ -60,7 +60,7 @@ def process_window(seg: "Segmenter", reader: "SlideReader", region: Region, task
                         task.skipped, time.perf_counter() - start)
 
 
-def _area_probabilities(seg: "Segmenter", reader: "SlideReader", region: Region, task: WindowTask, opts: WsiOptions,
+def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask, opts: WsiOptions,
                         area: tuple[int, int, int, int], boxes: list[tuple[int, int, int, int]] | None) -> torch.Tensor:
     """Probabilities (C, h, w) over an area of the window: inferred on the whole area, or on its
     boxes only (zero elsewhere)."""
@@ -75,7 +75,7 @@ def _area_probabilities(seg: "Segmenter", reader: "SlideReader", region: Region,
     return probs
 
 
-def _owned_polygons(seg: "Segmenter", probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
+def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
                     opts: WsiOptions) -> list[tuple[Polygon, dict[str, Any]]]:
     """Post-process an area's probabilities on the device and trace the polygons of the part of it
     the window owns (processing pixels relative to the region)."""

@@ -27,7 +27,7 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
     for r in results:
         mine = []
         near = near_cuts(r.polygons, topology, r.index, opts.merge_tolerance)
-        for polygon, props, is_near in zip(r.polygons, r.props, near):
+        for polygon, props, is_near in zip(r.polygons, r.props, near, strict=True):
             if is_near:
                 mine.append(polygon)
                 parts.append(polygon)
@@ -45,12 +45,13 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
             found[g].append(int(p))
     # an unmerged polygon is its only part: no intersection to compute
     means += [part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
-              for geometry, mine in zip(merged, found)]
-    return [(polygon, mean) for polygons, mean in zip(clean_many(inside + merged, opts.simplify), means)
+              for geometry, mine in zip(merged, found, strict=True)]
+    return [(polygon, mean) for polygons, mean in zip(clean_many(inside + merged, opts.simplify), means, strict=True)
             for polygon in polygons]
 
 
-def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon], probs: list[float | None]) -> float | None:
+def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon],
+                        probs: list[float | None]) -> float | None:
     """Mean probability of a merged polygon: its parts' means weighted by the area they share with it."""
     total, weighted = 0.0, 0.0
     for i in found:

@@ -26,7 +26,7 @@ Loader = Callable[[str, "str | None"], "Segmenter"]
 
 @functools.lru_cache(maxsize=2)
 def worker_segmenter(load: Loader, model_path: str, model_digest: str, device: str | None,
-                     threads: int) -> "Segmenter":
+                     threads: int) -> Segmenter:
     """The model, loaded once per worker process (the digest makes a changed file reload)."""
     import torch
 
@@ -40,11 +40,11 @@ def worker_segmenter(load: Loader, model_path: str, model_digest: str, device: s
     return seg
 
 
-_OPEN_SLIDES: OrderedDict[str, "SlideReader"] = OrderedDict()
+_OPEN_SLIDES: OrderedDict[str, SlideReader] = OrderedDict()
 OPEN_SLIDES_KEPT = 4
 
 
-def worker_slide(reader: "SlideReader") -> "SlideReader":
+def worker_slide(reader: SlideReader) -> SlideReader:
     """The slide as this worker process first received it, kept for its next windows: readers
     travel without file handles or keys and reopen on their first read, so reusing one saves
     reopening the file (or reconnecting to Cytomine) for every window."""
@@ -59,15 +59,15 @@ def worker_slide(reader: "SlideReader") -> "SlideReader":
     return reader
 
 
-def remote_window(task: "WindowTask", load: Loader, model_path: str, model_digest: str, device: str | None,
-                  threads: int, reader: "SlideReader", region: "Region", opts: "WsiOptions") -> "WindowResult":
+def remote_window(task: WindowTask, load: Loader, model_path: str, model_digest: str, device: str | None,
+                  threads: int, reader: SlideReader, region: Region, opts: WsiOptions) -> WindowResult:
     """What a Dask worker runs for one window."""
     return run_window(worker_segmenter(load, model_path, model_digest, device, threads), worker_slide(reader),
                       region, task, opts)
 
 
-def run_window(seg: "Segmenter", reader: "SlideReader", region: "Region", task: "WindowTask",
-               opts: "WsiOptions") -> "WindowResult":
+def run_window(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
+               opts: WsiOptions) -> WindowResult:
     """One window, then the heap's free pages back to the OS, so the process that ran it (this one
     or a Dask worker) stays bounded by one window's working set."""
     from segmenter.allocator import release_freed_memory
@@ -82,11 +82,11 @@ def run_window(seg: "Segmenter", reader: "SlideReader", region: "Region", task: 
 class InProcess:
     """Windows one after the other, in this process, with the already loaded model."""
 
-    def __init__(self, seg: "Segmenter"):
+    def __init__(self, seg: Segmenter):
         self.seg = seg
 
-    def run(self, tasks: list["WindowTask"], reader: "SlideReader", region: "Region", opts: "WsiOptions",
-            model_path: str, model_digest: str) -> Iterator["WindowResult"]:
+    def run(self, tasks: list[WindowTask], reader: SlideReader, region: Region, opts: WsiOptions,
+            model_path: str, model_digest: str) -> Iterator[WindowResult]:
         for task in tasks:
             yield run_window(self.seg, reader, region, task, opts)
 
@@ -103,7 +103,8 @@ class DaskRunner:
         try:
             from dask.distributed import Client, LocalCluster
         except ImportError as exc:
-            raise CysegError("Dask is not installed; pip install 'dask[distributed]' or run without --workers/--scheduler") from exc
+            raise CysegError("Dask is not installed; pip install 'dask[distributed]' or run without "
+                             "--workers/--scheduler") from exc
         self.load = load
         self.device = device
         self.cluster = None
@@ -122,11 +123,12 @@ class DaskRunner:
             self.client = Client(self.cluster)
         log.info("Dask cluster: %s", self.client.dashboard_link if self.cluster is None else f"{workers} local workers")
 
-    def run(self, tasks: list["WindowTask"], reader: "SlideReader", region: "Region", opts: "WsiOptions",
-            model_path: str, model_digest: str) -> Iterator["WindowResult"]:
+    def run(self, tasks: list[WindowTask], reader: SlideReader, region: Region, opts: WsiOptions,
+            model_path: str, model_digest: str) -> Iterator[WindowResult]:
         from dask.distributed import as_completed
 
-        futures = [self.client.submit(remote_window, task, self.load, model_path, model_digest, self.device, self.threads,
+        futures = [self.client.submit(remote_window, task, self.load, model_path, model_digest, self.device,
+                                      self.threads,
                                       reader, region, opts, pure=False) for task in tasks]
         try:
             for future in as_completed(futures):
@@ -142,7 +144,7 @@ class DaskRunner:
             self.cluster.close()
 
 
-def make_runner(seg: "Segmenter", load: Loader, workers: int, scheduler: str | None,
+def make_runner(seg: Segmenter, load: Loader, workers: int, scheduler: str | None,
                 device: str | None) -> InProcess | DaskRunner:
     """The runner the options ask for (`load` is how Dask workers load the model file)."""
     if scheduler or workers > 0:

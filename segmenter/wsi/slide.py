@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.01  # relative slack when matching downsamples (DICOM levels are 2.0003x, 4.002x...)
 THUMBNAIL_BLOCK = 4096  # level pixels read at once when building a thumbnail (bounded memory)
+NO_RESOLUTION_HINT = "; give a downsample or level instead"
 REDUCERS = {"mean": None, "min": np.min, "max": np.max}  # thumbnail pooling ("mean": plain resize)
 
 
@@ -119,16 +120,17 @@ class SlideReader(abc.ABC):
             if not mpp > 0:
                 raise CysegError(f"resolution {mpp} µm/px must be > 0")
             if self.mpp is None:
-                hint = "; ask for a magnification instead" if self.magnification else "; give a downsample or level instead"
+                hint = "; ask for a magnification instead" if self.magnification else NO_RESOLUTION_HINT
                 raise CysegError(f"slide {self.path} has no µm-per-pixel metadata{hint}")
             downsample, asked, native = mpp / self.mpp, f"{mpp:g} µm/px", f"{self.mpp:g} µm/px"
         else:
             if not magnification > 0:
                 raise CysegError(f"magnification {magnification} must be > 0")
             if self.magnification is None:
-                hint = "; ask for a resolution in µm per pixel (mpp) instead" if self.mpp else "; give a downsample or level instead"
+                hint = "; ask for a resolution in µm per pixel (mpp) instead" if self.mpp else NO_RESOLUTION_HINT
                 raise CysegError(f"slide {self.path} has no objective-power metadata{hint}")
-            downsample, asked, native = self.magnification / magnification, f"{magnification:g}x", f"{self.magnification:g}x"
+            downsample = self.magnification / magnification
+            asked, native = f"{magnification:g}x", f"{self.magnification:g}x"
         if downsample < 1 - LEVEL_TOLERANCE:
             raise CysegError(f"requested {asked} is finer than level 0 of slide {self.path} ({native}); "
                              f"ask for {native} or coarser")
@@ -150,13 +152,13 @@ class SlideReader(abc.ABC):
             "width": self.width,
             "height": self.height,
             "levels": [{"width": w, "height": h, "downsample": ds}
-                       for (w, h), ds in zip(self.level_dimensions, self.level_downsamples)],
+                       for (w, h), ds in zip(self.level_dimensions, self.level_downsamples, strict=True)],
             "mpp": self.mpp,
             "magnification": self.magnification,
             "description": (self.description or "")[:500] or None,
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (readers without a handle have nothing to release)
         """Release the file handle; a later read reopens the file."""
 
     def __enter__(self) -> SlideReader:
@@ -178,7 +180,7 @@ class SlideReader(abc.ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.width}x{self.height}, {self.level_count} levels)"
 
-    def _reset(self) -> None:
+    def _reset(self) -> None:  # noqa: B027  (readers without transient state have nothing to reset)
         """Set the transient attributes to their closed state (no handle, empty caches)."""
 
     def _check_region(self, x: int, y: int, w: int, h: int, level: int) -> None:

@@ -79,7 +79,7 @@ class TiffReader(ArrayReader):
 
     def _level_pages(self, axes: str, level: Any) -> list[Any]:
         """The pages (one per channel plane) that make up one pyramid level."""
-        extra = {a: n for a, n in zip(level.axes, level.shape) if a not in "YXS" and n > 1}
+        extra = {a: n for a, n in zip(level.axes, level.shape, strict=True) if a not in "YXS" and n > 1}
         if set(extra) - {"C"} or len(level.pages) != extra.get("C", 1) or None in level.pages:
             raise CysegError(f"slide {self.path} holds a {axes} image of shape {tuple(level.shape)}; only 2-D "
                              "grey or RGB images are supported: save a single plane (e.g. with tifffile)")

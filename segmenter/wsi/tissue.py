@@ -141,7 +141,7 @@ def _clean(signal: np.ndarray, strong: np.ndarray, min_area_px: int, dilate_px: 
     (noise specks; an isolated dark cell is kept), dilate by dilate_px."""
     mask = cv2.morphologyEx(signal.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     if min_area_px > 1:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
         keep[np.unique(labels[strong & (mask > 0)])] = True
         keep[0] = False

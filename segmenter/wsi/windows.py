@@ -162,7 +162,7 @@ def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, to
 
 
 def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
-                 tissue: "TissueMask | None", multiple: int) -> list[WindowTask]:
+                 tissue: TissueMask | None, multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
     `process_window` lays them, for a network whose sides must be multiples of `multiple`)."""
     tasks = []
@@ -185,7 +185,7 @@ def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> b
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def tissue_boxes(tissue: "TissueMask", region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
+def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
                  cell: int = 64) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
@@ -240,11 +240,12 @@ def box_groups(boxes: list[tuple[int, int, int, int]], pad: int, width: int,
     """Disjoint areas (x, y, w, h) that hold the boxes with `pad` pixels of background around each
     (clipped to the window), each with the boxes it holds: post-processing and tracing one area
     sees exactly what it would see in the whole window when `pad` exceeds the chain's radius."""
-    grown = [(max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad)) for x, y, w, h in boxes]
+    grown = [(max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad))
+             for x, y, w, h in boxes]
     areas = merge_overlapping([(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in grown])
     members: list[list[tuple[int, int, int, int]]] = [[] for _ in areas]
-    for box, (x0, y0, x1, y1) in zip(boxes, grown):
+    for box, (x0, y0, x1, y1) in zip(boxes, grown, strict=True):
         k = next(i for i, (ax, ay, aw, ah) in enumerate(areas)
                  if ax <= x0 and ay <= y0 and x1 <= ax + aw and y1 <= ay + ah)
         members[k].append(box)
-    return sorted(zip(areas, members))
+    return sorted(zip(areas, members, strict=True))
