@@ -1,30 +1,42 @@
-"""Accuracy benchmark on the real data in ../shared/data: trains with `cyseg train` (the real CLI,
-its own defaults unless --train-args says otherwise) and scores the test images at full resolution
-with `cyseg evaluate`, over several seeds or folds.
+"""Accuracy benchmark on the real data in ../shared/data, with settings chosen on validation images
+carved from the training images and the test images scored once, with the chosen settings.
 
-    python bench/accuracy.py [--datasets miccai15,glas,wbc] [--seeds 3] [--label defaults]
-                             [--train-args="--colour --epochs 60"] [--eval-args=--tta]
-                             [--models-from LABEL]   # evaluate LABEL's trained models (e.g. with --tta)
+    python bench/accuracy.py [--datasets miccai15,glas,wbc,miccai15_mag] [--seeds 3]
 
-miccai15_mag (not in the default list) measures generalisation to unseen slides and magnification:
-it trains on miccai15's five 40x training tiles and tests on the seven 20x tiles.
+Per data set:
+1. Validation: a fixed, seeded part of the training images is held out (`plan`); every candidate
+   recipe (`candidates`: the `cyseg train` defaults, which plan the working resolution from the
+   masks; `--colour --zoom 0.5`; on GlaS also `--resolution 1`, the method's full resolution) is
+   trained once (seed 0) on the rest with the real `cyseg train`, and scored on the validation
+   images by `cyseg evaluate` with and without `--tta`. The (recipe, TTA) pair with the best
+   validation Dice is chosen.
+2. Test: the chosen recipe is trained on the whole training set (seeds 0..N-1; wbc: the five
+   folds of a 5-fold cross-validation, seed 0) and each model scores the test images once, at the
+   threshold it calibrated on its training images, with the chosen TTA setting. Its own training
+   images are scored too (the fit the annotations allow).
 
-Results are merged into bench/results/accuracy.json under dataset -> label.
+Data sets: miccai15 (H&E nuclei; test image02/06/10/13/15; validation one 20x and one 40x training
+tile), glas (official 85 train / 80 test; validation 17 training images), wbc (smear cytology,
+5-fold CV; validation a fifth of fold 0's training images), miccai15_mag (generalisation to other
+slides at another magnification: trained on the five 40x training tiles, tested on the seven 20x
+tiles; validation two 40x training tiles downscaled 2x, which mimics that shift).
+
+Every run starts from an empty work folder (no model or report is reused). Results: one entry per
+data set in bench/results/accuracy.json (an entry is replaced when its data set is rerun).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,124 +47,222 @@ from bench.common import (  # noqa: E402
     SHARED_DATA,
     children_cpu,
     cli_evaluate,
+    cli_train,
+    code_version,
+    fresh_dir,
     link_dataset,
+    run_record,
+    scores,
     stems_of,
     write_results,
 )
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+DATASETS = ("miccai15", "glas", "wbc", "miccai15_mag")
+SPLIT_SEED = 0  # seeds every validation carve and the wbc folds
+VAL_FRACTION = 0.2  # glas and wbc: the share of the training images held out for validation
+RECIPES = {"defaults": [], "colour_zoom0.5": ["--colour", "--zoom", "0.5"]}
+EXTRA_RECIPES = {"glas": {"resolution1": ["--resolution", "1"]}}
+EVAL_OPTIONS = {"plain": [], "tta": ["--tta"]}
 
 
-def splits(dataset: str, work: Path, seeds: int) -> list[tuple[str, Path, Path, int]]:
-    """(run name, train dir, test dir, seed) for every run of a dataset."""
-    if dataset == "miccai15":
-        src = SHARED_DATA / "miccai15"
-        all_stems = stems_of(src)
-        train = link_dataset(work / "miccai15" / "train", src, [s for s in all_stems if s not in MICCAI_TEST])
-        test = link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST))
-        return [(f"seed{s}", train, test, s) for s in range(seeds)]
-    if dataset == "miccai15_mag":  # generalisation: train on 40x slides, test on the 20x slides never seen
-        src = SHARED_DATA / "miccai15"
-        train = link_dataset(work / "miccai15_mag" / "train", src, [s for s in MICCAI_40X if s not in MICCAI_TEST])
-        test = link_dataset(work / "miccai15_mag" / "test", src, [s for s in stems_of(src) if s not in MICCAI_40X])
-        return [(f"seed{s}", train, test, s) for s in range(seeds)]
-    if dataset == "glas":
-        train = link_dataset(work / "glas" / "train", SHARED_DATA / "glas" / "train", stems_of(SHARED_DATA / "glas" / "train"))
-        test = link_dataset(work / "glas" / "test", SHARED_DATA / "glas" / "test", stems_of(SHARED_DATA / "glas" / "test"))
-        return [(f"seed{s}", train, test, s) for s in range(seeds)]
-    if dataset == "wbc":
-        src = SHARED_DATA / "wbc" / "dataset1"
-        all_stems = stems_of(src)
-        random.Random(0).shuffle(all_stems)
-        folds = [all_stems[i::5] for i in range(5)]
-        runs = []
-        for k in range(5):
-            train = link_dataset(work / "wbc" / f"fold{k}" / "train", src, [s for j, f in enumerate(folds) if j != k for s in f])
-            test = link_dataset(work / "wbc" / f"fold{k}" / "test", src, folds[k])
-            runs.append((f"fold{k}", train, test, 0))
-        return runs
-    raise SystemExit(f"unknown dataset {dataset}; use miccai15, miccai15_mag, glas or wbc")
+class Plan(NamedTuple):
+    """A data set's validation split (candidates train on `fit`, are scored on `val`) and its test
+    runs (name, whole training set, test images, seed)."""
+
+    fit: Path
+    val: Path
+    tests: list[tuple[str, Path, Path, int]]
+    split: dict[str, Any]
 
 
-def run_one(name: str, train: Path, test: Path, seed: int, out: Path, train_args: list[str],
-            eval_args: list[str], trained: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Train and evaluate once through the real CLI; returns scores and costs. With `trained`
-    (a model file and its run's record), that model is evaluated instead and its costs reported."""
-    out.mkdir(parents=True, exist_ok=True)
-    if trained is not None:
-        model, record = trained
-        cpu_train, wall_train = record["train_cpu_s"], record["train_wall_s"]
-    else:
-        model = out / "model.pt"
-        cpu0, t0 = children_cpu(), time.perf_counter()
-        if not model.exists():
-            subprocess.run(["cyseg", "-q", "train", str(train), "--out", str(model), "--seed", str(seed), *train_args],
-                           check=True, stdout=subprocess.DEVNULL, stderr=sys.stderr if os.isatty(2) else subprocess.DEVNULL)
-        cpu_train, wall_train = children_cpu() - cpu0, time.perf_counter() - t0
-    summary = cli_evaluate(model, test, out / "eval", eval_args)
-    precision = torch.load(model, map_location="cpu", weights_only=True)["training"].get("precision", "float32")
-    return {"run": name, "seed": seed, "n_test": summary["n_images"], "iou": summary["iou_mean"], "dice": summary["dice_mean"],
-            "iou_std_images": summary["iou_std"], "dice_std_images": summary["dice_std"],
-            "threshold": summary["model_threshold"], "best_sweep_threshold": summary.get("best_threshold"),
-            "train_precision": precision, "train_cpu_s": cpu_train, "train_wall_s": wall_train}
+# ---------------------------------------------------------------- the splits
+
+def carve(stems: list[str], n: int) -> tuple[list[str], list[str]]:
+    """(rest, held out): `n` of `stems` drawn with the fixed split seed."""
+    held = sorted(random.Random(SPLIT_SEED).sample(sorted(stems), n))
+    return [s for s in stems if s not in held], held
+
+
+def downscaled_dataset(out: Path, source: Path, stems: list[str], factor: float = 0.5) -> Path:
+    """Write `stems` of `source` scaled by `factor`: images by area averaging, masks by nearest
+    neighbour (still 0/255). A 40x tile halved looks like a 20x scan."""
+    import cv2
+
+    from segmenter.io.images import read_image, write_png
+
+    for sub in ("images", "masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        image = read_image(source / "images" / f"{stem}.png")
+        mask = cv2.imread(str(source / "masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+        write_png(out / "images" / f"{stem}.png", cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        write_png(out / "masks" / f"{stem}.png", cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def plan_miccai15(work: Path, seeds: int) -> Plan:
+    """Test: the five test tiles; validation: one 20x and one 40x of the ten training tiles."""
+    src = SHARED_DATA / "miccai15"
+    train = [s for s in stems_of(src) if s not in MICCAI_TEST]
+    _, val_40x = carve([s for s in train if s in MICCAI_40X], 1)
+    _, val_20x = carve([s for s in train if s not in MICCAI_40X], 1)
+    val = sorted(val_20x + val_40x)
+    whole = link_dataset(work / "train", src, train)
+    test = link_dataset(work / "test", src, list(MICCAI_TEST))
+    return Plan(link_dataset(work / "fit", src, [s for s in train if s not in val]), link_dataset(work / "val", src, val),
+                [(f"seed{s}", whole, test, s) for s in range(seeds)],
+                {"train": train, "val": val, "test": list(MICCAI_TEST)})
+
+
+def plan_miccai15_mag(work: Path, seeds: int) -> Plan:
+    """Train on the 40x training tiles, test on the 20x tiles (other slides); validation: two 40x
+    training tiles halved, so the recipe is chosen on a shift like the test's."""
+    src = SHARED_DATA / "miccai15"
+    train = [s for s in MICCAI_40X if s not in MICCAI_TEST]
+    fit, val = carve(train, 2)
+    test_stems = [s for s in stems_of(src) if s not in MICCAI_40X]
+    whole = link_dataset(work / "train", src, train)
+    test = link_dataset(work / "test", src, test_stems)
+    return Plan(link_dataset(work / "fit", src, fit), downscaled_dataset(work / "val", src, val),
+                [(f"seed{s}", whole, test, s) for s in range(seeds)],
+                {"train": train, "val": val, "val_scale": 0.5, "test": test_stems})
+
+
+def plan_glas(work: Path, seeds: int) -> Plan:
+    """The official split; validation: a fifth of the 85 training images."""
+    train_src, test_src = SHARED_DATA / "glas" / "train", SHARED_DATA / "glas" / "test"
+    train = stems_of(train_src)
+    fit, val = carve(train, round(VAL_FRACTION * len(train)))
+    whole = link_dataset(work / "train", train_src, train)
+    test = link_dataset(work / "test", test_src, stems_of(test_src))
+    return Plan(link_dataset(work / "fit", train_src, fit), link_dataset(work / "val", train_src, val),
+                [(f"seed{s}", whole, test, s) for s in range(seeds)],
+                {"train": len(train), "val": val, "test": len(stems_of(test_src))})
+
+
+def plan_wbc(work: Path, seeds: int) -> Plan:
+    """5-fold cross-validation of a seeded shuffle; validation: a fifth of fold 0's training part.
+    (`seeds` is unused: the folds are the repetitions.)"""
+    src = SHARED_DATA / "wbc" / "dataset1"
+    stems = stems_of(src)
+    random.Random(SPLIT_SEED).shuffle(stems)
+    folds = [sorted(stems[i::5]) for i in range(5)]
+    tests = []
+    for k in range(5):
+        train = sorted(s for j, fold in enumerate(folds) if j != k for s in fold)
+        tests.append((f"fold{k}", link_dataset(work / f"fold{k}" / "train", src, train),
+                      link_dataset(work / f"fold{k}" / "test", src, folds[k]), 0))
+    fold0_train = stems_of(tests[0][1])
+    fit, val = carve(fold0_train, round(VAL_FRACTION * len(fold0_train)))
+    return Plan(link_dataset(work / "fit", src, fit), link_dataset(work / "val", src, val), tests,
+                {"folds": folds, "val_from": "fold0 training part", "val": val})
+
+
+PLANS = {"miccai15": plan_miccai15, "miccai15_mag": plan_miccai15_mag, "glas": plan_glas, "wbc": plan_wbc}
+
+
+# ---------------------------------------------------------------- validation and test
+
+def candidates(dataset: str) -> dict[str, list[str]]:
+    """The recipes (extra `cyseg train` options) compared on a data set's validation images."""
+    return {**RECIPES, **EXTRA_RECIPES.get(dataset, {})}
+
+
+def validate(dataset: str, plan: Plan, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train every candidate on `plan.fit` (seed 0) and score `plan.val` with each evaluation option:
+    (the table of every candidate, the chosen recipe and evaluation option)."""
+    table: dict[str, Any] = {}
+    for label, options in candidates(dataset).items():
+        model = work / "candidates" / label / "model.pt"
+        model.parent.mkdir(parents=True)
+        cpu, wall = cli_train(plan.fit, model, 0, options)
+        val = {ev: scores(cli_evaluate(model, plan.val, model.parent / f"val_{ev}", ["--no-sweep", *extra]))
+               for ev, extra in EVAL_OPTIONS.items()}
+        table[label] = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall, "val": val}
+        print(f"{dataset:12s} validation {label:15s} " + "  ".join(
+            f"{ev} Dice {v['dice_mean']:.4f}" for ev, v in val.items()) + f"  ({cpu / 60:.1f} CPU-min)", flush=True)
+    label, ev = max(((lab, ev) for lab in table for ev in EVAL_OPTIONS),
+                    key=lambda pair: table[pair[0]]["val"][pair[1]]["dice_mean"])
+    chosen = {"recipe": label, "train_args": table[label]["train_args"], "eval": ev,
+              "eval_args": shlex.join(EVAL_OPTIONS[ev]), "val_dice": table[label]["val"][ev]["dice_mean"]}
+    return table, chosen
+
+
+def per_image_dice(report: Path) -> dict[str, float]:
+    """Dice of each image of a `cyseg evaluate` report (its per_image.csv)."""
+    with open(report / "per_image.csv", newline="") as fh:
+        return {row["image"]: float(row["dice"]) for row in csv.DictReader(fh)}
+
+
+def test_run(name: str, train: Path, test: Path, seed: int, chosen: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Train the chosen recipe on the whole training set; score the test images once and, for the
+    record, the training images themselves."""
+    out = work / "tests" / name
+    out.mkdir(parents=True)
+    model = out / "model.pt"
+    cpu, wall = cli_train(train, model, seed, shlex.split(chosen["train_args"]))
+    eval_args = ["--no-sweep", *shlex.split(chosen["eval_args"])]
+    result = scores(cli_evaluate(model, test, out / "test", eval_args))
+    on_train = scores(cli_evaluate(model, train, out / "train", eval_args))
+    return {"run": name, "seed": seed, **{k: result[k] for k in ("n_images", "threshold")},
+            "iou": result["iou_mean"], "dice": result["dice_mean"], "iou_std_images": result["iou_std"],
+            "dice_std_images": result["dice_std"], "per_image_dice": per_image_dice(out / "test"),
+            "train_images": {"n_images": on_train["n_images"], "iou": on_train["iou_mean"], "dice": on_train["dice_mean"]},
+            "train_cpu_s": cpu, "train_wall_s": wall}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    import numpy as np
+    """Mean and standard deviation over the runs (seeds or folds)."""
+    def ms(key: str) -> tuple[float, float]:
+        values = np.array([r[key] for r in runs])
+        return float(values.mean()), float(values.std())
 
-    iou = np.array([r["iou"] for r in runs])
-    dice = np.array([r["dice"] for r in runs])
-    return {"iou_mean": float(iou.mean()), "iou_std": float(iou.std()), "dice_mean": float(dice.mean()),
-            "dice_std": float(dice.std()), "n_runs": len(runs),
+    (iou, iou_sd), (dice, dice_sd) = ms("iou"), ms("dice")
+    return {"iou_mean": iou, "iou_std": iou_sd, "dice_mean": dice, "dice_std": dice_sd, "n_runs": len(runs),
+            "train_dice_mean": float(np.mean([r["train_images"]["dice"] for r in runs])),
             "train_cpu_s_mean": float(np.mean([r["train_cpu_s"] for r in runs])),
             "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in runs]))}
 
 
-def _results() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def benchmark(dataset: str, seeds: int, work: Path) -> dict[str, Any]:
+    """Validation, choice and test of one data set, from an empty work folder; its results entry."""
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    work = fresh_dir(work / dataset)
+    plan = PLANS[dataset](work / "data", seeds)
+    table, chosen = validate(dataset, plan, work)
+    print(f"{dataset:12s} chosen {chosen['recipe']} ({chosen['eval']}), validation Dice {chosen['val_dice']:.4f}",
+          flush=True)
+    runs = []
+    for name, train, test, seed in plan.tests:
+        runs.append(test_run(name, train, test, seed, chosen, work))
+        print(f"{dataset:12s} test {name:6s} Dice {runs[-1]['dice']:.4f} IoU {runs[-1]['iou']:.4f}", flush=True)
+    entry = {"protocol": "recipe and TTA chosen by validation Dice (one seed) on images carved from the training "
+                         "set; the chosen recipe retrained on the whole training set and the test images scored once",
+             "split": plan.split, "validation": table, "chosen": chosen, "test": {**aggregate(runs), "runs": runs}}
+    entry["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    test = entry["test"]
+    print(f"{dataset:12s} test Dice {test['dice_mean']:.4f} ± {test['dice_std']:.4f}  IoU {test['iou_mean']:.4f} ± "
+          f"{test['iou_std']:.4f}  ({test['n_runs']} runs)", flush=True)
+    return entry
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="miccai15,glas,wbc")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--label", default="defaults", help="name of this configuration in the results")
-    parser.add_argument("--train-args", default="", help="extra `cyseg train` options (default: none, the CLI defaults)")
-    parser.add_argument("--eval-args", default="", help="extra `cyseg evaluate` options, e.g. --eval-args=--tta (default: none)")
-    parser.add_argument("--models-from", default=None, metavar="LABEL",
-                        help="evaluate the models trained for LABEL (with --eval-args) instead of training")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--seeds", type=int, default=3, help="test runs of the chosen recipe (wbc: the five folds)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the accuracy benchmark needs the real data sets")
-
+    unknown = set(args.datasets.split(",")) - set(DATASETS)
+    if unknown:
+        raise SystemExit(f"unknown data set(s) {', '.join(sorted(unknown))}; use {', '.join(DATASETS)}")
     for dataset in args.datasets.split(","):
-        runs = []
-        source = None
-        if args.models_from:
-            source = _results().get(dataset, {}).get(args.models_from)
-            if source is None:
-                raise SystemExit(f"no results labelled {args.models_from!r} for {dataset} in {RESULTS}")
-        for name, train, test, seed in splits(dataset, args.work / "data", args.seeds):
-            trained = None
-            if source is not None:
-                record = next(r for r in source["runs"] if r["run"] == name)
-                trained = (args.work / "runs" / dataset / args.models_from / name / "model.pt", record)
-            run = run_one(name, train, test, seed, args.work / "runs" / dataset / args.label / name,
-                          shlex.split(args.train_args), shlex.split(args.eval_args), trained)
-            runs.append(run)
-            print(f"{dataset:9s} {args.label:10s} {name:6s} IoU {run['iou']:.4f} Dice {run['dice']:.4f} "
-                  f"train {run['train_cpu_s'] / 60:.1f} CPU-min ({run['train_wall_s'] / 60:.1f} min wall)", flush=True)
-        train_args = source["train_args"] if source is not None else args.train_args or "(cyseg train defaults)"
-        entry = {"train_args": train_args, "eval_args": args.eval_args or "(cyseg evaluate defaults)",
-                 **({"models_from": args.models_from} if source is not None else {}), **aggregate(runs), "runs": runs,
-                 "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-        results = _results()  # re-read: another run may have written its data sets meanwhile
-        results.setdefault(dataset, {})[args.label] = entry
-        write_results(RESULTS, results)
-        print(f"{dataset:9s} {args.label:10s} IoU {entry['iou_mean']:.4f} ± {entry['iou_std']:.4f}  "
-              f"Dice {entry['dice_mean']:.4f} ± {entry['dice_std']:.4f}  ({entry['n_runs']} runs, "
-              f"{entry['train_cpu_s_mean'] / 60:.1f} CPU-min per training)", flush=True)
+        entry = benchmark(dataset, args.seeds, args.work)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # re-read: others may have written
+        write_results(RESULTS, {**results, dataset: entry})
     print(f"results in {RESULTS}")
 
 

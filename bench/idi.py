@@ -18,8 +18,9 @@ threshold, full resolution). By default every IDI iteration trains from fresh we
 differ; `--warm-start` uses the method's continued training instead. The summary gives mean ± std
 over seeds and, at p = 0.5, the fraction of the IoU lost between (a) and (b) that IDI recovers,
 (IoU_IDI - IoU_b) / (IoU_a - IoU_b), and whether it reaches one half. CPU time (this process and
-its children) is recorded per stage. Finished stages are skipped on a rerun (models, evaluations,
-improve runs resume), so a long CPU run can be continued in a later session.
+its children) is recorded per stage. Every run starts from an empty work folder and writes its
+results file whole: no model, data set or evaluation of an earlier run is reused, so every figure
+was measured by the code version the file records.
 
     python bench/idi.py [--datasets miccai15,glas] [--p 0.25,0.5,0.75] [--seeds 3] [--iterations 3]
                         [--epochs 30] [--steps-per-epoch 20] [--batch 8] [--crop 256] [--n 16] [--depth 5]
@@ -29,9 +30,9 @@ improve runs resume), so a long CPU run can be continued in a later session.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,7 +51,10 @@ from bench.common import (  # noqa: E402
     MICCAI_TEST,
     SHARED_DATA,
     children_cpu,
+    code_version,
+    fresh_dir,
     link_dataset,
+    run_record,
     stems_of,
     write_results,
 )
@@ -108,8 +112,6 @@ def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str,
     from segmenter.io.dataset import read_mask
     from segmenter.io.images import write_png
 
-    if (out / "dataset.json").is_file():
-        return json.loads((out / "dataset.json").read_text())["removal"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     (tmp / "images").mkdir()
@@ -177,46 +179,46 @@ def train_args(args: argparse.Namespace, seed: int) -> list[str]:
 
 
 def evaluate(model: Path, test: Path, out: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
-    summary = out / "summary.json"
-    cpu = 0.0
-    if not summary.is_file():
-        cpu = run([*_cli("cyseg"), "-q", "evaluate", str(model), str(test), "--out", str(out), "--no-sweep",
-                   "--device", args.device], log)
-    s = json.loads(summary.read_text())
+    cpu = run([*_cli("cyseg"), "-q", "evaluate", str(model), str(test), "--out", str(out), "--no-sweep",
+               "--device", args.device], log)
+    s = json.loads((out / "summary.json").read_text())
     return {"iou": s["iou_mean"], "dice": s["dice_mean"], "n_test": s["n_images"], "eval_cpu_s": cpu}
+
+
+def one_p(dataset: str, train: Path, test: Path, seed: int, p: float, args: argparse.Namespace, work: Path,
+          log: Path) -> dict[str, Any]:
+    """One seed at one p: the incomplete masks, `cyseg improve` on them, and the test scores of its
+    iteration-1 model (incomplete) and of IDI 1..K."""
+    tag = f"p{p:g}"
+    runs = work / "runs" / dataset / f"seed{seed}" / tag
+    incomplete = work / "data" / dataset / "incomplete" / tag / f"seed{seed}"
+    data = incomplete_dataset(train, incomplete, p, seed)
+    idi_out = runs / "idi"
+    cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete), "--iterations", str(args.iterations + 1),
+           "--out", str(idi_out), *train_args(args, seed),
+           "--warm-start" if args.warm_start else "--from-scratch", *args.idi_args]
+    cpu = run(cmd, log)
+    report = json.loads((idi_out / "report.json").read_text())["iterations"]
+    entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report,
+                             "training_masks_vs_complete": [mask_quality(incomplete, train)] + [
+                                 mask_quality(idi_out / f"iter{k}", train) for k in range(1, args.iterations + 1)]}
+    entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / "eval_iter1", args, log)
+    for k in range(1, args.iterations + 1):
+        entry[f"idi_K{k}"] = evaluate(idi_out / "models" / f"iter{k + 1}.pt", test, runs / f"eval_iter{k + 1}", args, log)
+    return entry
 
 
 def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Namespace, work: Path,
              log: Path) -> dict[str, Any]:
     """All runs of one data set and seed: full, and per p incomplete + IDI 1..K."""
-    runs = work / "runs" / dataset / f"seed{seed}"
-    runs.mkdir(parents=True, exist_ok=True)
-    full_model = runs / "full" / "model.pt"
-    cpu = 0.0
-    if not full_model.is_file():
-        full_model.parent.mkdir(parents=True, exist_ok=True)
-        cpu = run([*_cli("cyseg"), "-q", "train", str(train), "--out", str(full_model), *train_args(args, seed)], log)
-    out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, runs / "full" / "eval", args, log),
+    full_model = work / "runs" / dataset / f"seed{seed}" / "full" / "model.pt"
+    full_model.parent.mkdir(parents=True)
+    cpu = run([*_cli("cyseg"), "-q", "train", str(train), "--out", str(full_model), *train_args(args, seed)], log)
+    out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, full_model.parent / "eval", args, log),
                                                    "train_cpu_s": cpu}, "p": {}}
     for p in args.p:
-        tag = f"p{p:g}"
-        incomplete = work / "data" / dataset / "incomplete" / tag / f"seed{seed}"
-        data = incomplete_dataset(train, incomplete, p, seed)
-        idi_out = runs / tag / "idi"
-        cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete), "--iterations", str(args.iterations + 1),
-               "--out", str(idi_out), *train_args(args, seed),
-               "--warm-start" if args.warm_start else "--from-scratch", *args.idi_args]
-        cpu = run(cmd, log)
-        report = json.loads((idi_out / "report.json").read_text())["iterations"]
-        entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report,
-                                 "training_masks_vs_complete": [mask_quality(incomplete, train)] + [
-                                     mask_quality(idi_out / f"iter{k}", train) for k in range(1, args.iterations + 1)]}
-        entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / tag / "eval_iter1", args, log)
-        for k in range(1, args.iterations + 1):
-            entry[f"idi_K{k}"] = evaluate(idi_out / "models" / f"iter{k + 1}.pt", test, runs / tag / f"eval_iter{k + 1}",
-                                          args, log)
-        out["p"][tag] = entry
-        print(f"{dataset:9s} seed {seed} {tag:6s} full IoU {out['full']['iou']:.4f}  incomplete "
+        entry = out["p"][f"p{p:g}"] = one_p(dataset, train, test, seed, p, args, work, log)
+        print(f"{dataset:9s} seed {seed} p{p:g} full IoU {out['full']['iou']:.4f}  incomplete "
               f"{entry['incomplete']['iou']:.4f}  " + "  ".join(
                   f"IDI{k} {entry[f'idi_K{k}']['iou']:.4f}" for k in range(1, args.iterations + 1)), flush=True)
     return out
@@ -253,26 +255,8 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     return result
 
 
-#: Settings that change what a trained model is: results of runs that agree on them can be combined.
-TRAINING_SETTINGS = ("epochs", "steps_per_epoch", "batch", "crop", "n", "depth", "warm_start", "idi_args")
-
-
-def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """Data sets of an earlier results file made with the same training settings: kept until this run
-    has redone them, so that a benchmark run in parts (or stopped part-way) ends up in one file."""
-    if not path.is_file():
-        return {}
-    try:
-        earlier = json.loads(path.read_text())
-    except ValueError:
-        return {}
-    same = all(earlier.get("settings", {}).get(k) == settings.get(k) for k in TRAINING_SETTINGS)
-    if not same or earlier.get("quick"):
-        return {}
-    return dict(earlier.get("datasets", {}))
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked; --quick fills in the tiny budget for what was not given."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="miccai15,glas")
     parser.add_argument("--p", default="0.25,0.5,0.75", help="fractions of objects removed, comma-separated")
@@ -289,7 +273,8 @@ def main() -> None:
     parser.add_argument("--warm-start", action="store_true",
                         help="IDI iterations continue the previous model (the method) instead of fresh weights")
     parser.add_argument("--idi-args", default="", help="extra `cyseg improve` options, e.g. '--no-normalize'")
-    parser.add_argument("--work", type=Path, default=None, help="[default: bench/work/idi; --quick: a temporary folder]")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="[default: bench/work/idi; --quick: a temporary folder] emptied first")
     parser.add_argument("--out", type=Path, default=None, help="[default: bench/results/idi.json; --quick: in --work]")
     parser.add_argument("--quick", action="store_true", help="tiny budget on miccai15, p=0.5, one seed, K=1")
     args = parser.parse_args()
@@ -298,30 +283,27 @@ def main() -> None:
         for key, value in QUICK.items():
             if key not in given:
                 setattr(args, key, value)
-    import shlex
-
     args.idi_args = shlex.split(args.idi_args)
     args.p = [float(v) for v in str(args.p).split(",")]
     if any(not 0 < p < 1 for p in args.p):
         raise SystemExit("--p values must be in (0, 1)")
     if args.seeds < 1 or args.iterations < 1:
         raise SystemExit("--seeds and --iterations must be >= 1")
-
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the IDI benchmark needs the real data sets")
-    work = args.work or (Path(tempfile.mkdtemp(prefix="idi_quick_")) if args.quick else ROOT / "bench" / "work" / "idi")
-    out_path = args.out or (work / "idi.json" if args.quick else RESULTS)
-    work.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, Any]:
+    """Every data set and seed from scratch in `work`; the results file is rewritten after each data set."""
+    code, cpu0, wall0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
     log = work / "commands.log"
-    cpu0, wall0 = time.process_time() + children_cpu(), time.perf_counter()
     results: dict[str, Any] = {
         "benchmark": "idi", "quick": args.quick,
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")}, "work": str(work),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
         "protocol": "(a) full masks, (b) p of the objects removed (= IDI iteration 1), (c) IDI K = model of "
                     "iteration K+1; test IoU at the model threshold via cyseg evaluate",
         "datasets": {}}
-    results["datasets"].update(earlier_datasets(out_path, results["settings"]))
     for dataset in args.datasets.split(","):
         train, test = splits(dataset, work / "data")
         t0, c0 = time.perf_counter(), children_cpu()
@@ -329,16 +311,15 @@ def main() -> None:
         results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed, "seeds": args.seeds,
                                         "p_values": args.p, "iterations": args.iterations,
                                         "cpu_s": children_cpu() - c0, "wall_s": time.perf_counter() - t0}
+        results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - wall0)
         write_results(out_path, results)
-    results["cpu_s"] = time.process_time() + children_cpu() - cpu0
-    results["wall_s"] = time.perf_counter() - wall0
-    import torch
+    return results
 
-    results["cpu_threads"], results["cpu_count"] = torch.get_num_threads(), os.cpu_count()
-    write_results(out_path, results)
 
-    print(f"\nIDI benchmark{' (QUICK: tiny budget, numbers meaningless)' if args.quick else ''}: test IoU, "
-          f"mean ± std over {args.seeds} seed(s)")
+def print_summary(results: dict[str, Any], out_path: Path) -> None:
+    """The test IoU table of every data set and p, and the recovery of the lost IoU."""
+    quick = " (QUICK: tiny budget, numbers meaningless)" if results["quick"] else ""
+    print(f"\nIDI benchmark{quick}: test IoU, mean ± std over {results['settings']['seeds']} seed(s)")
     for dataset, r in results["datasets"].items():
         print(f"{dataset}: full masks {r['full']['iou']['mean']:.4f} ± {r['full']['iou']['std']:.4f}")
         for tag, e in r["p"].items():
@@ -349,7 +330,17 @@ def main() -> None:
                   f"{e['incomplete']['iou']['mean']:.4f} ± {e['incomplete']['iou']['std']:.4f}  {idi}")
             print(f"         recovery of the lost IoU {rec}; >= half: {e['recovers_half']}"
                   + (f" ({e['note']})" if "note" in e else ""))
-    print(f"CPU {results['cpu_s'] / 60:.1f} min, wall {results['wall_s'] / 60:.1f} min; results in {out_path}")
+    run = results["run"]
+    print(f"CPU {run['cpu_s'] / 60:.1f} min, wall {run['wall_s'] / 60:.1f} min; results in {out_path}")
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.work or (Path(tempfile.mkdtemp(prefix="idi_quick_")) if args.quick else ROOT / "bench" / "work" / "idi")
+    out_path = args.out or (work / "idi.json" if args.quick else RESULTS)
+    fresh_dir(work)
+    results = run_all(args, work, out_path)
+    print_summary(results, out_path)
 
 
 if __name__ == "__main__":
