@@ -87,7 +87,8 @@ def _training_loop_options(command: Callable) -> Callable:
     options = [
         click.option("--steps-per-epoch", type=int, default=20, show_default=True, help="Optimiser steps per epoch."),
         click.option("--batch", type=int, default=8, show_default=True, help="Random crops per step."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 1%)."),
+        click.option("--lr", type=float, default=1e-3, show_default=True,
+                     help="Adam learning rate (cosine decay to 1%)."),
         click.option("--colour/--no-colour", default=False, show_default=True,
                      help="Add stain/colour jitter to the method's flips, rotations and translations."),
         click.option("--zoom", type=float, default=0.0, show_default=True,
@@ -128,7 +129,8 @@ def cli(verbose: bool, quiet: bool) -> None:
               help="Training epochs; auto: 30 at the default 256-px crop, more when the crop is smaller (small "
                    "images, lower --resolution), so every run sees as many pixels and costs about the same time.")
 @_training_loop_options
-@click.option("--translate", type=float, default=0.15, show_default=True, help="Random translation, fraction of the crop.")
+@click.option("--translate", type=float, default=0.15, show_default=True,
+              help="Random translation, fraction of the crop.")
 @click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True,
               help="Side of the random training crops (lowered to the largest image's shorter side when all "
                    "images are smaller; smaller images are mirror-padded).")
@@ -150,18 +152,30 @@ def cli(verbose: bool, quiet: bool) -> None:
                    "0.1..0.9 with the best mean IoU on --val (without --val: on up to 64 training images).")
 @click.option("--erode-k", type=int, default=3, show_default=True, help="Post-processing erode-dilate kernel side.")
 @click.option("--erode-iterations", type=int, default=1, show_default=True, help="Erode-dilate iterations (0: off).")
-@click.option("--smoothing-k", type=int, default=3, show_default=True, help="Post-processing mean-filter side (1: off).")
+@click.option("--smoothing-k", type=int, default=3, show_default=True,
+              help="Post-processing mean-filter side (1: off).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights, crops and augmentation.")
 @click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--name", default=None, help="A name and description stored in the model file. [default: the file stem]")
-@click.option("--resume", is_flag=True, help="Continue from <out>.ckpt, the checkpoint written after every epoch.")
+@click.option("--resume", is_flag=True,
+              help="Continue from <out>.ckpt, the checkpoint written after every epoch, with the same options.")
+@click.option("--resume-with-new-options", is_flag=True,
+              help="Continue from <out>.ckpt although epochs, steps, batch, crop, learning rate or augmentation "
+                   "differ from the interrupted run's (--resume refuses that).")
 @click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
-def train_command(data: Path, out: Path, val: Path | None, amp: bool, **kwargs) -> None:
+@click.pass_context
+def train_command(ctx: click.Context, data: Path, out: Path, val: Path | None, amp: bool, resume: bool,
+                  resume_with_new_options: bool, **kwargs) -> None:
     """Train a U-Net on the dataset folder DIR (images/, masks/)."""
-    from cyseg.train_cmd import run_train
+    from cyseg.train_cmd import interrupted_message, run_train
 
-    run_train(data, out, val, amp=amp, progress=_progress(), **kwargs)
+    try:
+        run_train(data, out, val, amp=amp, progress=_progress(), resume=resume or resume_with_new_options,
+                  resume_with_new_options=resume_with_new_options, **kwargs)
+    except KeyboardInterrupt:
+        click.echo(f"cyseg: {interrupted_message(out)}", err=True)
+        ctx.exit(130)
     click.echo(str(out))
 
 
@@ -229,14 +243,17 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--mpp", type=float, default=None,
               help="Slides: process at this resolution (microns per pixel), read from the nearest pyramid level. "
                    "[default: level 0]")
-@click.option("--magnification", type=float, default=None, help="Slides: process at this objective power, e.g. 20. [default: level 0]")
+@click.option("--magnification", type=float, default=None,
+              help="Slides: process at this objective power, e.g. 20. [default: level 0]")
 @click.option("--skip-background/--no-skip-background", default=True, show_default=True,
               help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
                    "and optical density).")
 @click.option("--tissue-margin", type=int, default=32, show_default=True,
-              help="Slides: background within this many pixels of detected tissue is segmented too (plus a quarter of the tile overlap of context).")
+              help="Slides: background within this many pixels of detected tissue is segmented too (plus a quarter of "
+                   "the tile overlap of context).")
 @click.option("--mask-out", type=click.Path(path_type=Path), default=None,
-              help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides. [default: none]")
+              help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides. "
+                   "[default: none]")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Slides: start a Dask LocalCluster with this many worker processes (0: in-process).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -261,7 +278,8 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
 @click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
-                    overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float, overlays: bool, as_slide: bool,
+                    overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float, overlays: bool,
+                    as_slide: bool,
                     window: str | None, window_size: int, window_overlap: int, mpp: float | None,
                     magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
                     workers: int, scheduler: str | None, cache: Path | None, device: str,
@@ -300,8 +318,9 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     if slides:
         from cyseg.slide_cmd import run_segment_slides
 
-        for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, slide_opts, mpp, magnification,
-                                          workers, scheduler, device, cache, mask_out, progress=_progress()):
+        for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, slide_opts, mpp,
+                                          magnification, workers, scheduler, device, cache, mask_out,
+                                          progress=_progress()):
             click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
                        f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
         return
@@ -415,7 +434,8 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
                 cytomine_id_images: str | None, cytomine_id_roi_term: int | None,
                 cytomine_id_predicted_term: int | None, threshold: float | None, tile_size: int, tile_overlap: int,
                 batch_size: int, min_area: float, window_size: int, tta: bool, model_path: str,
-                cytomine_config: Path | None, insecure: bool, work_dir: Path | None, device: str, cytomine_timeout: float) -> None:
+                cytomine_config: Path | None, insecure: bool, work_dir: Path | None, device: str,
+                cytomine_timeout: float) -> None:
     """Entry point of the Cytomine software (descriptor.json): segment the project's images (or
     the given ones, or their ROIs) and upload the cells as annotations, reporting the job's
     status and progress to Cytomine. Leading words of the descriptor's command line (`cyseg
@@ -481,7 +501,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
 @click.option("--min-probability", type=float, default=None,
               help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
 @click.option("--warm-start/--from-scratch", default=True, show_default=True,
-              help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh weights.")
+              help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh "
+                   "weights.")
 @_training_loop_options
 @click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True, help="Side of the random training crops.")
 @click.option("--resolution", default="auto", show_default=True,
@@ -490,7 +511,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
                    "or the previous iteration's with --warm-start), else planned from the annotated objects.")
 @click.option("--n", type=int, default=None, help="U-Net filters at the first level. [default: 16, or --model's]")
 @click.option("--depth", type=int, default=None, help="U-Net levels. [default: 5, or --model's]")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights and crops (iteration k: seed+k-1).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of weights and crops (iteration k: seed+k-1).")
 @click.option("--workers", type=int, default=1, show_default=True, help="DataLoader worker processes (0: in-process).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from segmenter.checkpoint import checkpoint_path
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
 from transforms.chain import default_chain
@@ -37,6 +38,18 @@ def check_out(out: Path) -> None:
         raise CysegError(f"cannot write --out {out}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CysegError(f"cannot write --out {out}: {existing} is not writable; choose another path")
+
+
+def interrupted_message(out: Path) -> str:
+    """What an interrupted `cyseg train` leaves and how to continue it, in one line."""
+    ckpt = checkpoint_path(str(out))
+    if not ckpt.is_file():
+        return "interrupted before the first epoch ended; nothing to resume, run the command again"
+    try:
+        done = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:  # a checkpoint being replaced at that very moment: the hint still holds
+        done = "some"
+    return f"interrupted: {ckpt} holds {done} finished epoch(s); run the same command with --resume to continue"
 
 
 def run_train(data: Path, out: Path, val: Path | None, *, n: int, depth: int, upsampling: str, classes: int,

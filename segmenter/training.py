@@ -78,6 +78,7 @@ class TrainOptions:
     out: str | None = None
     name: str | None = None
     resume: bool = False
+    resume_with_new_options: bool = False  # resume even when the run options differ from the checkpoint's
     amp: bool = True
     progress: bool = True
 
@@ -112,7 +113,7 @@ class TrainingData:
     crop: int
 
 
-def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
+def train(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
           opts: TrainOptions) -> list[dict[str, Any]]:
     """Train `seg` in place; returns the per-epoch history. With `opts.out`, writes the best model,
     a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
@@ -120,7 +121,9 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
     data, opts = _prepare(seg, train_dir, val_dir, opts)
     torch.manual_seed(opts.seed)
     ckpt_path = checkpoint_path(opts.out) if opts.out else None
-    resumed = read_checkpoint(ckpt_path, opts.seed, opts.resolution, data.dataset_hash) if opts.resume else None
+    resumed = None
+    if opts.resume:
+        resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options)
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, seg.n_classes, opts.zoom)
@@ -147,7 +150,7 @@ def train(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.Path
 
 # ---------------------------------------------------------------- plan
 
-def _prepare(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
+def _prepare(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
              opts: TrainOptions) -> tuple[TrainingData, TrainOptions]:
     """Read and check both datasets, bring the training images to the working resolution and plan
     the crop and the epochs; returns the data and the options with the planned values filled in."""
@@ -155,7 +158,7 @@ def _prepare(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.P
     images, masks = _load_arrays(dataset, seg.n_classes)  # reads and checks every pair first
     resolution, size = _working_resolution(seg, masks, opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         images[i], masks[i] = resample_pair(image, mask, resolution)
     if opts.resolution != 1:
         log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
@@ -177,7 +180,7 @@ def _load_arrays(dataset: Dataset, n_classes: int) -> tuple[list[np.ndarray], li
     return [image for image, _ in pairs], [mask for _, mask in pairs]
 
 
-def _working_resolution(seg: "Segmenter", masks: list[np.ndarray], asked: float | None) -> tuple[float, float]:
+def _working_resolution(seg: Segmenter, masks: list[np.ndarray], asked: float | None) -> tuple[float, float]:
     """(resolution, object size in px): the one asked for, or the one planned from the masks."""
     size = object_size(masks)
     if asked is not None:
@@ -202,7 +205,7 @@ def _plan_crop(masks: list[np.ndarray], multiple: int, asked: int) -> int:
 
 # ---------------------------------------------------------------- start
 
-def _start_weights(seg: "Segmenter", resumed: dict[str, Any] | None, images: list[np.ndarray],
+def _start_weights(seg: Segmenter, resumed: dict[str, Any] | None, images: list[np.ndarray],
                    resolution: float | None) -> None:
     """The checkpoint's weights and input statistics when resuming, else the images' channel statistics."""
     if resumed is not None:
@@ -218,16 +221,18 @@ def _cosine_decay(opts: TrainOptions) -> Callable[[int], float]:
     total_steps = opts.epochs * opts.steps_per_epoch
 
     def factor(step: int) -> float:
-        return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        progress = min(step, total_steps) / total_steps
+        return opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
 
-def _loop_state(seg: "Segmenter", opts: TrainOptions) -> LoopState:
+def _loop_state(seg: Segmenter, opts: TrainOptions) -> LoopState:
     """A fresh optimiser, learning-rate schedule and gradient scaler, with no epoch done."""
     optimizer = seg.optimizer(opts.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_decay(opts))
-    scaler = torch.amp.GradScaler("cuda", enabled=opts.amp and seg.device.type == "cuda")  # float16 needs it, bfloat16 not
+    # float16 needs a gradient scaler, bfloat16 does not
+    scaler = torch.amp.GradScaler("cuda", enabled=opts.amp and seg.device.type == "cuda")
     log.info("training computes in %s on %s", precision_name(seg.device, opts.amp), seg.device)
     return LoopState(optimizer, scheduler, scaler)
 
@@ -240,7 +245,7 @@ def _versions() -> dict[str, str]:
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _provenance(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
+def _provenance(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
                 data: TrainingData, opts: TrainOptions) -> dict[str, Any]:
     """What the model file records of how it was trained (completed by `_finish`)."""
     return {
@@ -256,7 +261,7 @@ def _provenance(seg: "Segmenter", train_dir: str | os.PathLike, val_dir: str | o
 
 # ---------------------------------------------------------------- one epoch
 
-def _run_epoch(seg: "Segmenter", sampler: CropSampler, loader: DataLoader, val: Dataset | None, state: LoopState,
+def _run_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, val: Dataset | None, state: LoopState,
                epoch: int, opts: TrainOptions) -> None:
     """Train epoch `epoch` (0-based), validate, and add its row to the history."""
     t0 = time.perf_counter()
@@ -270,7 +275,7 @@ def _run_epoch(seg: "Segmenter", sampler: CropSampler, loader: DataLoader, val: 
              epoch + 1, opts.epochs)
 
 
-def _train_epoch(seg: "Segmenter", sampler: CropSampler, loader: DataLoader, state: LoopState, epoch: int,
+def _train_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, state: LoopState, epoch: int,
                  opts: TrainOptions) -> dict[str, Any]:
     """One pass over the epoch's crops; returns the epoch's mean loss and IoU on them and the learning rate."""
     sampler.epoch = epoch
@@ -293,7 +298,7 @@ def _train_epoch(seg: "Segmenter", sampler: CropSampler, loader: DataLoader, sta
             "lr": state.optimizer.param_groups[0]["lr"]}
 
 
-def _step(seg: "Segmenter", state: LoopState, x: torch.Tensor, target: torch.Tensor, epoch: int,
+def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tensor, epoch: int,
           amp: bool) -> tuple[float, float]:
     """One optimiser step on a batch; returns its loss and the IoU of its logits > 0 with the target."""
     x, target = seg.to_input(x), target.to(seg.device, non_blocking=True)
@@ -314,7 +319,7 @@ def _step(seg: "Segmenter", state: LoopState, x: torch.Tensor, target: torch.Ten
     return loss.item(), 1.0 if union == 0 else inter / union
 
 
-def _validate(seg: "Segmenter", val: Dataset, state: LoopState, epoch: int) -> dict[str, float]:
+def _validate(seg: Segmenter, val: Dataset, state: LoopState, epoch: int) -> dict[str, float]:
     """Validation IoU and Dice of the epoch; keeps a copy of the weights when the IoU is the best yet."""
     scores = mean_scores(seg, val)
     if scores["iou"] > state.best_val_iou:
@@ -332,7 +337,7 @@ def _write_metrics(history: list[dict[str, Any]], out: Path, plotted: float) -> 
 
 # ---------------------------------------------------------------- finish
 
-def _finish(seg: "Segmenter", data: TrainingData, state: LoopState, opts: TrainOptions, cpu_start: float) -> None:
+def _finish(seg: Segmenter, data: TrainingData, state: LoopState, opts: TrainOptions, cpu_start: float) -> None:
     """Keep the best epoch's weights, choose the threshold when asked, and record how the run went."""
     if state.best_state is not None:
         seg.model.load_state_dict(state.best_state)
@@ -347,14 +352,14 @@ def _finish(seg: "Segmenter", data: TrainingData, state: LoopState, opts: TrainO
     )
 
 
-def _save(seg: "Segmenter", history: list[dict[str, Any]], out: Path, ckpt_path: Path) -> None:
+def _save(seg: Segmenter, history: list[dict[str, Any]], out: Path, ckpt_path: Path) -> None:
     """Write the model file and its metrics, then remove the checkpoint: the run is complete."""
     seg.save(out)
     write_history(history, out)
     ckpt_path.unlink(missing_ok=True)
 
 
-def _calibrate(seg: "Segmenter", data: TrainingData, seed: int) -> None:
+def _calibrate(seg: Segmenter, data: TrainingData, seed: int) -> None:
     """Set the threshold that maximises the mean IoU on the validation images (else on training images)."""
     where = "validation images" if data.val is not None else "training images (no --val)"
     images_for_threshold = data.val if data.val is not None else _sample(data.dataset, CALIBRATION_IMAGES, seed)

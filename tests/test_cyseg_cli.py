@@ -164,21 +164,29 @@ def test_resume_after_interrupt_gives_the_uninterrupted_weights(tmp_path, ihc_da
     out = tmp_path / "run" / "model.pt"
     real_tqdm = training.tqdm
 
-    def interrupt_in_epoch_2(iterable=None, *a, desc="", **kw):
-        bar = real_tqdm(iterable, *a, desc=desc, **kw)
-        if not desc.startswith("epoch 2/"):
-            return bar
+    class OneStepThenCtrlC:
+        """Epoch 2's progress bar: one optimiser step, then the user presses Ctrl-C."""
 
-        def one_step_then_ctrl_c():  # epoch 2 takes one optimiser step, then the user presses Ctrl-C
-            for i, batch in enumerate(bar):
+        def __init__(self, bar):
+            self.bar = bar
+
+        def __iter__(self):
+            for i, batch in enumerate(self.bar):
                 if i == 1:
                     raise KeyboardInterrupt
                 yield batch
-        return one_step_then_ctrl_c()
+
+        def set_postfix(self, **kw):
+            self.bar.set_postfix(**kw)
+
+    def interrupt_in_epoch_2(iterable=None, *a, desc="", **kw):
+        bar = real_tqdm(iterable, *a, desc=desc, **kw)
+        return OneStepThenCtrlC(bar) if desc.startswith("epoch 2/") else bar
 
     monkeypatch.setattr(training, "tqdm", interrupt_in_epoch_2)
     result = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, *args])
     assert result.exit_code != 0 and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # Ctrl-C, not an error in the loop
     ckpt = out.with_suffix(".ckpt")
     assert ckpt.is_file() and not out.exists(), "interrupted: the checkpoint of epoch 1 but no model"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] == 1

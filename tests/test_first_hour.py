@@ -54,3 +54,55 @@ def test_both_commands_print_their_version():
     for prog in ("cyseg", "cydata"):
         result = subprocess.run([str(Path(sys.executable).parent / prog), "--version"], capture_output=True, text=True)
         assert result.returncode == 0 and result.stdout == f"{prog} {version('cyseg')}\n", result
+
+
+def _interrupt_in_epoch_2(monkeypatch) -> None:
+    """The user presses Ctrl-C while epoch 2 runs (epoch 1 is checkpointed)."""
+    import segmenter.training as training
+
+    real = training._run_epoch
+
+    def run_epoch(seg, sampler, loader, val, state, epoch, opts):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(seg, sampler, loader, val, state, epoch, opts)
+
+    monkeypatch.setattr(training, "_run_epoch", run_epoch)
+
+
+def test_an_interrupted_training_says_how_to_resume_and_refuses_changed_options(ihc_dataset, tmp_path, monkeypatch):
+    from conftest import TINY
+
+    out = tmp_path / "model.pt"
+    with monkeypatch.context() as patch:
+        _interrupt_in_epoch_2(patch)
+        interrupted = invoke(["train", ihc_dataset.train, "--out", out, *TINY])
+    assert interrupted.exit_code == 130
+    assert interrupted.stderr.splitlines()[-1] == (f"cyseg: interrupted: {out.with_suffix('.ckpt')} holds 1 finished "
+                                                   "epoch(s); run the same command with --resume to continue")
+    changed = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, "--lr", "0.01", "--resume"])
+    assert changed.exit_code == 2 and not out.exists()
+    assert changed.stderr.strip() == (
+        f"cyseg: error: checkpoint {out.with_suffix('.ckpt')} was made with --lr 0.001, not --lr 0.01; resume with "
+        "the same options, or add --resume-with-new-options to continue with the new ones")
+    forced = invoke(["train", ihc_dataset.train, "--out", out, *TINY, "--lr", "0.01", "--resume-with-new-options"])
+    assert forced.exit_code == 0, forced.output
+    assert "resuming" in forced.stderr and "with new options: --lr 0.01 (was --lr 0.001)" in forced.stderr
+    assert out.is_file() and not out.with_suffix(".ckpt").exists()
+
+
+class PickledCode:
+    """An object torch can only restore by running code: what a foreign training script saves."""
+
+
+def test_a_checkpoint_holding_pickled_code_gets_our_one_line_message(ihc_dataset, tmp_path):
+    import torch
+    from conftest import TINY
+
+    out = tmp_path / "model.pt"
+    torch.save({"state_dict": {}, "optimizer": PickledCode()}, out.with_suffix(".ckpt"))
+    result = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, "--resume"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"cyseg: error: checkpoint {out.with_suffix('.ckpt')} holds Python objects, not a "
+                                     "cyseg checkpoint; delete it and train without --resume")
+    assert "weights_only" not in result.stderr
