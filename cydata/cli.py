@@ -28,7 +28,8 @@ def cli(verbose: bool, quiet: bool) -> None:
 @cli.command("split")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=str))
 @click.option("--train", "train", type=float, default=0.8, show_default=True,
-              help="Fraction of the items that go to the training side; round(train*N) items, strictly between 0 and 1.")
+              help="Fraction of the items that go to the training side; round(train*N) items, strictly between 0 "
+                   "and 1.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random shuffle; the same seed and data give the same split.")
 @click.option("--by-slide", is_flag=True, default=False, show_default=True,

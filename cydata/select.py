@@ -119,7 +119,7 @@ def _check_options(min_completeness: float, per_slide: int | None, threshold: fl
         raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
 
 
-def _score(seg: "Segmenter", dataset: Dataset, threshold: float | None, progress: bool) -> list[dict[str, Any]]:
+def _score(seg: Segmenter, dataset: Dataset, threshold: float | None, progress: bool) -> list[dict[str, Any]]:
     """One row per item: its completeness under the model's post-processed prediction, and the pixel counts."""
     rows: list[dict[str, Any]] = []
     for item in tqdm(dataset.items, desc="scoring", unit="image", disable=not progress, leave=False):

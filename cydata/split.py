@@ -122,7 +122,7 @@ def _fill(src: Path, dataset: Dataset, sides: tuple[tuple[str, Path, list[Item]]
                                          extra={"split": {"side": side, **split}}))
         with tqdm(total=len(dataset.items), desc="split", unit="item",
                   disable=None if progress is None else not progress) as bar:
-            for writer, (_, _, side_items) in zip(writers, sides):
+            for writer, (_, _, side_items) in zip(writers, sides, strict=True):
                 for item in sorted(side_items, key=lambda i: i.stem):
                     writer.copy(item)
                     bar.update()

@@ -188,9 +188,9 @@ def idi_postprocess(seg: Segmenter, probs: torch.Tensor, threshold: float, norma
 
 def chain_description(seg: Segmenter, opts: ImproveOptions) -> dict[str, Any]:
     """The post-processing as recorded in each version's dataset.json."""
-    chain = without_threshold(seg.postprocess) + [{"op": "threshold", "t": opts.threshold}]
+    chain = [*without_threshold(seg.postprocess), {"op": "threshold", "t": opts.threshold}]
     if opts.normalize:
-        chain = [{"op": "normalize_minmax", "min_probability": opts.floor}] + chain
+        chain = [{"op": "normalize_minmax", "min_probability": opts.floor}, *chain]
         meaning = ("per map p' = (p - min p) / (max p - min p), then erode-dilate and smoothing, then p' > t; "
                    "equal to cutting the post-processed probabilities at tau = max(min_probability, "
                    "min p + t (max p - min p)); a constant map adds nothing")
@@ -407,7 +407,8 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
             "pixels_added": stats["added"], "pixels_added_vs_previous": stats["added_prev"],
             "pixels_removed_vs_previous": stats["removed_prev"], "masks_changed": stats["changed"],
             "masks_differing_from_gt": stats["differ_gt"],
-            "val_iou": None if scores is None else scores["iou"], "val_dice": None if scores is None else scores["dice"],
+            "val_iou": None if scores is None else scores["iou"],
+            "val_dice": None if scores is None else scores["dice"],
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
         }
         writer.manifest["idi"] = {"stats": row}

@@ -108,7 +108,7 @@ def read_polygons(path: Path) -> list[Any]:
     return [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
 
 
-def segment_image(seg: "Segmenter", model_path: Path, reader: CytomineSlideReader, out: Path, opts: "WsiOptions",
+def segment_image(seg: Segmenter, model_path: Path, reader: CytomineSlideReader, out: Path, opts: WsiOptions,
                   runner: Any, windows: list[tuple[str, str | None]], cache_root: Path | None,
                   mask_out: Path | None = None, on_progress: Callable[[float, str], None] | None = None,
                   progress_bar: bool = True) -> tuple[Path, list[dict[str, Any]]]:
@@ -169,7 +169,7 @@ def upload_output(connection: Connection, reader: CytomineSlideReader, geojson: 
     return result
 
 
-def run_segment_cytomine(seg: "Segmenter", model_path: Path, image_id: int, out: Path | None, window: str | None,
+def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: Path | None, window: str | None,
                          opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                          scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
                          upload: bool, term: int | None, config: Path | None, insecure: bool, timeout: float,
@@ -255,7 +255,7 @@ def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
         raise CysegError(message) from None
 
 
-def job_wsi_options(s: JobSettings) -> "WsiOptions":
+def job_wsi_options(s: JobSettings) -> WsiOptions:
     """The slide engine's options for a job: its tiling, threshold and TTA, windows overlapping by
     a quarter (at most 256 px), polygons simplified by half a pixel."""
     from segmenter.wsi.windows import WsiOptions
@@ -272,9 +272,9 @@ class JobRun:
     connection: Connection
     settings: JobSettings
     reporter: JobReporter
-    seg: "Segmenter"
+    seg: Segmenter
     model_path: Path
-    opts: "WsiOptions"
+    opts: WsiOptions
     work: Path
     runner: Any
     progress_bar: bool

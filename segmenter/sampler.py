@@ -13,7 +13,7 @@ import torch
 from segmenter.augment import method_augmenter
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mirror_padder(side: int) -> A.PadIfNeeded:
     """Pads an image and its mask to at least side x side by mirroring (built once per side:
     building it costs more than padding)."""

@@ -23,6 +23,9 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+# the local Cytomine server's fixtures (cytomine_server, cytomine_seed, cytomine_client, ...)
+pytest_plugins = ["cytomine_server.fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -181,9 +181,11 @@ def test_split_by_slide_never_straddles(tmp_path, ihc, h_threshold):
 
 
 @settings(max_examples=150, deadline=None)
-@given(sizes=st.lists(st.integers(1, 8), min_size=2, max_size=12), train=st.floats(0.05, 0.95), seed=st.integers(0, 10**6))
+@given(sizes=st.lists(st.integers(1, 8), min_size=2, max_size=12), train=st.floats(0.05, 0.95), seed=st.integers(0,
+                                                                                                                 10**6))
 def test_slide_split_rule(sizes, train, seed):
-    items = [Item(f"{s}_{k}", Path(f"{s}_{k}.png"), None, {"image_id": s}) for s, n in enumerate(sizes) for k in range(n)]
+    items = [Item(f"{s}_{k}", Path(f"{s}_{k}.png"), None, {"image_id": s}) for s,
+             n in enumerate(sizes) for k in range(n)]
     tr, te = _slide_split(items, train, seed)
     assert sorted(i.stem for i in tr + te) == sorted(i.stem for i in items)
     assert {i.slide for i in tr}.isdisjoint({i.slide for i in te})

@@ -17,24 +17,17 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
-from cytomine_server import api as server_api  # noqa: E402
-from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed,
-    cytomine_sample_png,
-    cytomine_sample_slide,
-    cytomine_seed,
-    cytomine_server,
-    disconnect,
-)
+from cytomine_server import api as server_api
+from cytomine_server.fixtures import Seed, disconnect
 
-import segmenter.cytomine.retry as retry_module  # noqa: E402
-import segmenter.cytomine.upload as upload_module  # noqa: E402
-from cyseg.cli import cli  # noqa: E402
-from segmenter.cytomine.connection import Connection  # noqa: E402
-from segmenter.cytomine.credentials import Credentials  # noqa: E402
-from segmenter.cytomine.geometry import flip_y  # noqa: E402
-from segmenter.cytomine.reader import open_cytomine_image  # noqa: E402
-from segmenter.errors import CysegError  # noqa: E402
+import segmenter.cytomine.retry as retry_module
+import segmenter.cytomine.upload as upload_module
+from cyseg.cli import cli
+from segmenter.cytomine.connection import Connection
+from segmenter.cytomine.credentials import Credentials
+from segmenter.cytomine.geometry import flip_y
+from segmenter.cytomine.reader import open_cytomine_image
+from segmenter.errors import CysegError
 
 # small tiles and windows: the 1000x700 sample slide gets several windows of several tiles
 SMALL = ["--tile", "256", "--overlap", "32", "--window-size", "512", "--window-overlap", "96", "--simplify", "0",
@@ -327,7 +320,8 @@ def test_bad_geometries_are_cleaned_clipped_or_skipped_before_upload(env):
     assert "1 clipped at the image border, 3 dropped" in result.summary()
     back = uploaded(server, env.image)
     assert len(back) == 6 and any(p.bounds == (980.0, 680.0, 1000.0, 700.0) for p in back)
-    assert [a for a in server.annotations(image=env.image) if a["location"] != a["received"]] == []  # no server clipping
+    # no server clipping
+    assert [a for a in server.annotations(image=env.image) if a["location"] != a["received"]] == []
 
 
 def test_empty_result_uploads_nothing_and_succeeds(tiny_model, env, tmp_path):
@@ -361,7 +355,8 @@ def test_keys_appear_in_no_output_stream_or_file(tiny_model, env, tmp_path, monk
     assert secret not in streams and public not in streams
     assert secret not in caplog.text and public not in caplog.text  # every log record, DEBUG included
     server_files = Path(server.workdir).resolve()
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != config and server_files not in p.resolve().parents]
+    written = [p for p in tmp_path.rglob("*")
+               if p.is_file() and p != config and server_files not in p.resolve().parents]
     assert any(p.name.endswith(".upload.json") for p in written) and any("window-" in p.name for p in written)
     for path in written:
         data = path.read_bytes()

@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,8 +22,8 @@ import urllib3
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
-from cytomine.cytomine import CytomineAuth  # noqa: E402
-from cytomine.models import (  # noqa: E402
+from cytomine.cytomine import CytomineAuth
+from cytomine.models import (
     Annotation,
     AnnotationCollection,
     AnnotationTerm,
@@ -39,24 +40,11 @@ from cytomine.models import (  # noqa: E402
     TermCollection,
     User,
 )
-from cytomine.models._utilities.dump import DumpError  # noqa: E402
-from cytomine.models.collection import CollectionPartialUploadException  # noqa: E402
-from cytomine_server import CytomineTestServer  # noqa: E402
-from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed,
-    cmu_small_region,
-    connect,
-    cytomine_client,
-    cytomine_sample_png,
-    cytomine_sample_slide,
-    cytomine_seed,
-    cytomine_server,
-    disconnect,
-    seed,
-    set_timeout,
-    slide_region,
-)
-from shapely import wkt as shapely_wkt  # noqa: E402
+from cytomine.models._utilities.dump import DumpError
+from cytomine.models.collection import CollectionPartialUploadException
+from cytomine_server import CytomineTestServer
+from cytomine_server.fixtures import Seed, connect, disconnect, seed, set_timeout, slide_region
+from shapely import wkt as shapely_wkt
 
 RECT = "POLYGON ((100 100, 100 200, 250 200, 250 100, 100 100))"        # Cytomine frame (y up)
 TRIANGLE = "POLYGON ((100 100, 250 100, 100 200, 100 100))"             # right angle at bottom-left (y up)
@@ -115,7 +103,7 @@ def test_connect_pings_then_fetches_current_user(cytomine_seed: Seed):
         first, second = server.requests[:2]
         assert (first.method, first.path, first.status) == ("GET", "/server/ping", 200)
         assert (second.path, second.status, second.auth) == ("/api/user/current.json", 200, "no-path")
-        response = client._get("project/%d.json" % cytomine_seed.project, None)
+        response = client._get(f"project/{cytomine_seed.project}.json", None)
         assert response.headers["Cache-Control"] == "no-store"
         assert response.json()["class"] == "be.cytomine.domain.project.Project"
     finally:
@@ -130,7 +118,7 @@ def test_wrong_keys_get_401_and_client_reports_no_user(cytomine_seed: Seed):
         rec = last(server, "/api/user/current.json")
         assert rec.status == 401 and rec.user is None
         assert Project().fetch(cytomine_seed.project) is False
-        response = client._get("project/%d.json" % cytomine_seed.project, None)
+        response = client._get(f"project/{cytomine_seed.project}.json", None)
         assert response.status_code == 401 and "errors" in response.json()
     finally:
         disconnect(client)
@@ -203,7 +191,7 @@ def test_projects_terms_and_images(cytomine_seed: Seed, cytomine_client):
     body = cytomine_client._get("imageinstance/987654.json", None).json()
     assert "ImageInstance not found" in body["errors"]["message"]
     assert cytomine_client._get("nothing/here.json", None).status_code == 404
-    assert cytomine_client._post("imageinstance/%d.json" % s.image).status_code == 405
+    assert cytomine_client._post(f"imageinstance/{s.image}.json").status_code == 405
 
 
 # --------------------------------------------------------------------------- windows / thumbs ---
@@ -391,7 +379,8 @@ def test_annotation_listing_property_groups_and_pages(layers: Seed, cytomine_cli
     assert (a2.x, a2.y) == (550, 550)
 
     page = cytomine_client.get("annotation.json", {"project": s.project, "max": 2, "offset": 1})
-    assert (len(page["collection"]), page["size"], page["offset"], page["perPage"], page["totalPages"]) == (2, 5, 1, 2, 3)
+    assert (len(page["collection"]), page["size"], page["offset"], page["perPage"], page["totalPages"]) == (2, 5, 1, 2,
+                                                                                                            3)
     assert [a["id"] for a in page["collection"]] == [e["a4"], e["a3"]]  # id descending, second and third
     # the client's paginated fetch skips the last partial page (5 items, pages of 2 -> 4 items)
     assert len(AnnotationCollection(project=s.project).fetch(max=2)) == 4
@@ -435,7 +424,7 @@ def test_annotation_fetch_crop_mask_alphamask(cytomine_seed: Seed, cytomine_clie
     assert t.dump(str(tmp_path / "{id}-alpha.jpg"), mask=True, alpha=True)
     assert last(server, "/alphamask.png").path == f"/api/userannotation/{tri}/alphamask.png"
     # the client asks for PNG but keeps the requested name: PNG bytes in a ".jpg" file
-    assert t.filename.endswith(".jpg") and open(t.filename, "rb").read(4) == b"\x89PNG"
+    assert t.filename.endswith(".jpg") and Path(t.filename).read_bytes()[:4] == b"\x89PNG"
     rgba = read_rgb(t.filename)
     assert rgba.shape == (100, 150, 4)
     rows = (rgba[:, :, 3] > 0).sum(axis=1)
@@ -548,7 +537,7 @@ def test_spring_mode_partial_save_looks_successful(cytomine_sample_slide, cytomi
                                Annotation(location="POLYGON ((0 0, 1", id_image=s.image)])
             assert collection.save(chunk=15, n_workers=1) is True
             assert len(server.annotations()) == 1
-            post = [r for r in server.requests if r.method == "POST"][0]
+            post = next(r for r in server.requests if r.method == "POST")
             reply = client._post("annotation.json", json.dumps([{"location": "x", "image": s.image}]))
             assert post.status == 200 and reply.status_code == 200 and reply.json()["status"] == 400
             assert reply.json()["data"]["message"] == "No entry saved"
@@ -615,7 +604,7 @@ def test_job_lifecycle_status_history_and_algo_annotations(cytomine_seed: Seed, 
     assert listed[0].cropURL.startswith(f"{server.url}/api/algoannotation/")
     assert Annotation().fetch(algo[0]["id"]).class_ == "be.cytomine.domain.ontology.AlgoAnnotation"
 
-    other, public, private = server.add_user("intruder")
+    _, public, private = server.add_user("intruder")
     cytomine_client.set_credentials(public, private)
     assert Job().fetch(job.id).update(status=4) is False
     assert last(server, f"/api/job/{job.id}.json").status == 403
@@ -641,7 +630,8 @@ def test_attached_files_and_properties(cytomine_seed: Seed, cytomine_client, tmp
     assert stored[0]["filename"] == str(model)  # the client sends the full local path as the file name
 
     # the apps' Grails-era class name is accepted as well
-    assert AttachedFile(job, domainIdent=job.id, filename=str(model), domainClassName="be.cytomine.processing.Job").upload()
+    assert AttachedFile(job, domainIdent=job.id, filename=str(model),
+                        domainClassName="be.cytomine.processing.Job").upload()
     files = AttachedFileCollection(job).fetch()
     assert len(files) == 2
     found = files.find_by_attribute("filename", str(model))
@@ -685,7 +675,8 @@ def test_http_error_faults_are_consumed_then_service_resumes(cytomine_seed: Seed
     assert ImageInstance().fetch(s.image).id == s.image
     assert injection.remaining == 0 and len(injection.hits) == 2
     assert [r.status for r in server.requests if r.path.endswith(f"/imageinstance/{s.image}.json")] == [500, 500, 200]
-    assert [r.fault for r in server.requests if r.path.endswith(f"/imageinstance/{s.image}.json")] == ["500", "500", None]
+    assert [r.fault for r in server.requests if r.path.endswith(f"/imageinstance/{s.image}.json")] == ["500", "500",
+                                                                                                       None]
 
     for status in (502, 503):
         server.inject("window-", status)
@@ -723,7 +714,7 @@ def test_drop_truncate_and_timeout_faults(cytomine_seed: Seed, cytomine_client, 
     server.inject("window-", "truncate")
     with pytest.raises(urllib3.exceptions.ProtocolError):  # raw stream read: not wrapped by requests
         image.window(0, 0, 400, 400, dest_pattern=str(dest))
-    assert dest.exists() and 0 < dest.stat().st_size  # the client leaves a partial file behind
+    assert dest.exists() and dest.stat().st_size > 0  # the client leaves a partial file behind
 
     set_timeout(cytomine_client, 0.5)
     server.inject(r"/api/project/\d+\.json", "timeout", delay=2.0)

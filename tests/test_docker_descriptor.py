@@ -51,7 +51,7 @@ def router_command(descriptor: dict, values: dict) -> list[str]:
         if value is None or str(value) == "":
             continue
         replacement = f"{flag(item)} {value}" if flag(item) else str(value)
-        command = re.sub(re.escape(value_key(item)), lambda m: replacement, command)
+        command = command.replace(value_key(item), replacement)
     return command.split(" ")
 
 
@@ -76,7 +76,8 @@ def test_descriptor_is_valid_against_the_schema():
     # the schema catches the usual mistakes
     for broken in ({**DESCRIPTOR, "schema-version": "0.2"},
                    {**DESCRIPTOR, "container-image": {"image": "cyseg/x"}},
-                   {**DESCRIPTOR, "inputs": [{**DESCRIPTOR["inputs"][0], "default_value": 1}, *DESCRIPTOR["inputs"][1:]]},
+                   {**DESCRIPTOR, "inputs": [{**DESCRIPTOR["inputs"][0], "default_value": 1},
+                                             *DESCRIPTOR["inputs"][1:]]},
                    {**DESCRIPTOR, "inputs": [i for i in DESCRIPTOR["inputs"] if i["id"] != "cytomine_id_software"]},
                    {k: v for k, v in DESCRIPTOR.items() if k != "command-line"}):
         with pytest.raises(jsonschema.ValidationError):

@@ -351,7 +351,7 @@ def scored(tmp_path_factory, tiny_model, ihc_dataset) -> SimpleNamespace:
     plan = {"a1": ("A", "exact"), "a2": ("A", "half"), "a3": ("A", "empty"), "b1": ("B", "superset"),
             "b2": ("B", "quarter_off")}
     expected, entries = {}, {}
-    for (stem, (slide, how)), source in zip(plan.items(), stems):
+    for (stem, (slide, how)), source in zip(plan.items(), stems[:len(plan)], strict=True):
         image = ihc_dataset.images[source]
         pred = seg.segment(image).astype(bool)
         n = int(pred.sum())

@@ -17,19 +17,12 @@ from shapely.geometry import box
 
 pytest.importorskip("cytomine", reason="cytomine-python-client (4.x) is not installed")
 
-from cytomine_server.fixtures import (  # noqa: E402,F401  (fixtures used by name)
-    Seed,
-    cytomine_sample_png,
-    cytomine_sample_slide,
-    cytomine_seed,
-    cytomine_server,
-    disconnect,
-)
-from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_command  # noqa: E402
+from cytomine_server.fixtures import Seed, disconnect
+from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_command
 
-import segmenter.cytomine.retry as retry_module  # noqa: E402
-from cyseg.cli import cli  # noqa: E402
-from segmenter.cytomine.geometry import flip_y  # noqa: E402
+import segmenter.cytomine.retry as retry_module
+from cyseg.cli import cli
+from segmenter.cytomine.geometry import flip_y
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNING, SUCCESS, FAILED = 2, 3, 4
@@ -107,7 +100,8 @@ def test_cli_run_as_human_creates_the_job_and_uploads_in_its_layer(tiny_model, c
     running = [h for h in history if h["status"] == RUNNING]
     assert len(running) >= 5 and len({h["progress"] for h in running}) >= 4  # progress as windows finish
     assert len(running) <= 100 // 5 + 2 * 2 + 1  # throttled: 5 % steps, plus one forced update per image
-    assert any("window" in h["statusComment"] for h in running) and any("Uploading" in h["statusComment"] for h in running)
+    assert any("window" in h["statusComment"] for h in running)
+    assert any("Uploading" in h["statusComment"] for h in running)
     assert history[-1]["progress"] == 100
     annotations = server.annotations(project=seed.project)
     assert annotations and all(a["kind"] == "algo" and a["user"] == job["user_job"] for a in annotations)
@@ -152,7 +146,7 @@ def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_s
     server.add_annotation(seed.png, "POLYGON ((500 150, 700 150, 700 -50, 500 -50, 500 150))", term=roi_term)
     argv = job_argv(seed, software, public, private, model_path=tiny_model, cytomine_id_images=str(seed.png),
                     cytomine_id_roi_term=roi_term, tta="true")
-    result = run_job(argv + ["--work_dir", str(tmp_path / "work")])
+    result = run_job([*argv, "--work_dir", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert [(o.tta, o.tile, o.overlap) for o in used] == [(True, 256, 32)]  # the TTA input reached the engine
     assert [j["id"] for j in server.jobs()] == [job]  # no new job
@@ -182,8 +176,8 @@ def test_failures_end_the_job_failed_with_the_message(tiny_model, cytomine_seed,
     # a window the server keeps failing: named in the job's message
     job, _, public, private = server.add_job(seed.project, software)
     server.inject(r"/window-", 500, times=10_000)
-    result = run_job(job_argv(seed, software, public, private, model_path=tiny_model,
-                              cytomine_id_images=str(seed.png)) + ["--work_dir", str(tmp_path / "w2")])
+    result = run_job([*job_argv(seed, software, public, private, model_path=tiny_model,
+                                cytomine_id_images=str(seed.png)), "--work_dir", str(tmp_path / "w2")])
     server.clear_faults()
     assert result.exit_code == 2
     message = server.job_history(job)[-1]["statusComment"]
@@ -232,5 +226,5 @@ def test_nothing_found_succeeds_with_zero_annotations_and_stray_words_are_refuse
     finally:
         del os.environ["CYSEG_MODEL"]
     assert result.exit_code == 0 and server.job(job)["status"] == SUCCESS
-    result = run_job(job_argv(seed, software, public, private) + ["surprise"])
+    result = run_job([*job_argv(seed, software, public, private), "surprise"])
     assert result.exit_code == 2 and "unexpected argument 'surprise'" in result.stderr

@@ -18,8 +18,9 @@ from segmenter.precision import precision_name
 from unet import UNetSegmenter
 
 SEED = 5
-TINY_RUN = dict(epochs=2, steps_per_epoch=3, batch=2, crop=64, resolution=1.0, workers=0, seed=SEED, lr=0.01,
-                calibrate_threshold=True, progress=False)
+TINY_RUN = {"epochs": 2, "steps_per_epoch": 3, "batch": 2, "crop": 64, "resolution": 1.0, "workers": 0, "seed": SEED,
+            "lr": 0.01,
+                "calibrate_threshold": True, "progress": False}
 
 # The tiny run's weights (SHA-256 of every state_dict tensor, by name) and chosen threshold, measured
 # on the code before `train` was split into steps. Floating-point kernels differ between CPUs and

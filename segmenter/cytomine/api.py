@@ -174,7 +174,7 @@ class CytomineData:
         if image is not None and location:
             try:
                 geom = self.to_slide(shapely_wkt.loads(location), image)
-            except Exception as exc:  # noqa: BLE001 - shapely raises several types on bad WKT
+            except Exception as exc:
                 raise ServerFailure(f"annotation {row['id']}: the server sent a location that is not WKT "
                                     f"({exc})") from None
         terms = row.get("term") or []

@@ -69,10 +69,10 @@ def credentials(host: str | None = None, public_key: str | None = None, private_
         for key in values:
             if not values[key] and data.get(key):
                 values[key], origin[key] = data[key], CONFIG
-    for key, name in zip(values, ENV):
+    for key, name in zip(values, ENV, strict=True):
         if not values[key] and environ.get(name):
             values[key], origin[key] = environ[name], ENVIRONMENT
-    missing = [name for key, name in zip(values, ENV) if not values[key]]
+    missing = [name for key, name in zip(values, ENV, strict=True) if not values[key]]
     if missing:
         raise CysegError(f"no Cytomine credentials: set {', '.join(missing)} (or give --cytomine-config FILE)")
     return Credentials(str(values["host"]), str(values["public_key"]), str(values["private_key"]),

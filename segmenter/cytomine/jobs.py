@@ -166,7 +166,7 @@ def roi_windows(connection: Connection, image: int, width: int, height: int, pro
     for row in sorted(listing.get("collection", []), key=lambda r: r.get("id", 0)):
         try:
             geometry = flip_y(shapely_wkt.loads(row["location"]), height)
-        except Exception:  # noqa: BLE001  (shapely raises several types on bad WKT)
+        except Exception:
             log.warning("image %d: ROI annotation %s has no readable geometry; skipped", image, row.get("id"))
             continue
         clipped = geometry.envelope.intersection(frame)

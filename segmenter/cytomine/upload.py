@@ -18,6 +18,7 @@ resumably and without duplicates.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -209,10 +210,8 @@ class Uploader:
             return "unknown", [exc.reason]
         status = response.status_code
         body: Any = None
-        try:
+        with contextlib.suppress(ValueError):
             body = response.json()
-        except ValueError:
-            pass
         if status == 200 and isinstance(body, dict) and isinstance(body.get("status"), int) and "data" in body:
             status, body = body["status"], body["data"]  # Cytomine-core-spring wraps the real status
         if status == 200:
@@ -252,7 +251,7 @@ class Uploader:
                 continue
             try:
                 found.append(shapely_wkt.loads(row["location"]))
-            except Exception:  # noqa: BLE001  (a row without a readable location cannot match)
+            except Exception:
                 continue
         if not found:
             return set()

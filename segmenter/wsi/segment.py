@@ -58,14 +58,14 @@ class SlidePlan:
     the window cache keyed by slide, model, region and options."""
 
     region: Region
-    topology: "sldc.TileTopology"
+    topology: sldc.TileTopology
     tasks: list[WindowTask]
     digest: str
     cache: WindowCache
 
 
-def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out: Path, opts: WsiOptions,
-                  runner: "InProcess | DaskRunner", region_text: str | None = None, cache_root: Path | None = None,
+def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Path, opts: WsiOptions,
+                  runner: InProcess | DaskRunner, region_text: str | None = None, cache_root: Path | None = None,
                   mask_out: Path | None = None, mask_downsample: float = 16.0, label: str = "cell",
                   progress: bool = True) -> dict[str, Any]:
     """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates)."""
@@ -96,7 +96,7 @@ def segment_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", out
     return summary
 
 
-def _plan_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", opts: WsiOptions, region_text: str | None,
+def _plan_slide(seg: Segmenter, model_path: Path, reader: SlideReader, opts: WsiOptions, region_text: str | None,
                cache_root: Path | None) -> SlidePlan:
     """The region to segment, the tissue in it (when background is skipped), its windows and their cache."""
     from segmenter.wsi.tissue import slide_tissue_mask
@@ -110,7 +110,7 @@ def _plan_slide(seg: "Segmenter", model_path: Path, reader: "SlideReader", opts:
     return SlidePlan(region, topology, tasks, digest, cache)
 
 
-def _run_windows(plan: SlidePlan, reader: "SlideReader", opts: WsiOptions, runner: "InProcess | DaskRunner",
+def _run_windows(plan: SlidePlan, reader: SlideReader, opts: WsiOptions, runner: InProcess | DaskRunner,
                  model_path: Path, progress: bool) -> tuple[list[WindowResult], int]:
     """Every window's result: from the cache, or run by `runner` (and cached as it finishes), with a
     progress bar in tiles; returns them and the number of tiles skipped as background."""

@@ -13,5 +13,5 @@ from .faults import DROP, TIMEOUT, TRUNCATE, Injection
 from .sample import ihc_rgb, write_png, write_pyramidal_tiff
 from .server import CONNECTION_PARAMETERS, CytomineTestServer, RequestRecord
 
-__all__ = ["CytomineTestServer", "RequestRecord", "Injection", "CONNECTION_PARAMETERS", "DROP", "TIMEOUT",
-           "TRUNCATE", "signature", "authorization_header", "ihc_rgb", "write_png", "write_pyramidal_tiff"]
+__all__ = ["CONNECTION_PARAMETERS", "DROP", "TIMEOUT", "TRUNCATE", "CytomineTestServer", "Injection", "RequestRecord",
+           "authorization_header", "ihc_rgb", "signature", "write_png", "write_pyramidal_tiff"]

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import shapely
@@ -70,7 +70,7 @@ def paginate(items: list, req: Request) -> dict:
     per = max_ if max_ > 0 else 2**31 - 1
     sub = items[offset:offset + per] if offset < size else []
     return {"collection": sub, "offset": offset, "perPage": min(per, size), "size": size,
-            "totalPages": int(math.ceil(size / per)) if size else 0}
+            "totalPages": math.ceil(size / per) if size else 0}
 
 
 def _message(verb: str, name: str, ident: Any) -> str:
@@ -91,8 +91,8 @@ def geometry_boundaries(geom: BaseGeometry) -> tuple[int, int, int, int] | None:
         return None
     minx, miny, maxx, maxy = geom.bounds
     if n > 1:
-        return int(round(minx)), int(round(maxy)), int(maxx - minx), int(maxy - miny)
-    return int(round(minx - 50)), int(round(maxy + 50)), 100, 100
+        return round(minx), round(maxy), int(maxx - minx), int(maxy - miny)
+    return round(minx - 50), round(maxy + 50), 100, 100
 
 
 class Api:
@@ -176,7 +176,8 @@ class Api:
                 "isRestricted": False, "mode": "CLASSIC",
                 "numberOfImages": count("SELECT COUNT(*) n FROM images WHERE project = ?"),
                 "numberOfAnnotations": count("SELECT COUNT(*) n FROM annotations WHERE project = ? AND kind = 'user'"),
-                "numberOfJobAnnotations": count("SELECT COUNT(*) n FROM annotations WHERE project = ? AND kind = 'algo'"),
+                "numberOfJobAnnotations": count("SELECT COUNT(*) n FROM annotations "
+                                                "WHERE project = ? AND kind = 'algo'"),
                 "numberOfReviewedAnnotations": 0}
 
     def image_json(self, i: dict) -> dict:
@@ -452,7 +453,8 @@ class Api:
     def window(self, req: Request, kind: str, ident: str, x: str, y: str, w: str, h: str, fmt: str) -> Response:
         image = self._image_for(kind, ident)
         fmt = self._format(fmt)
-        mask, alpha = req.bool_param("mask"), req.bool_param("alphaMask") or req.param("type") in ("alphaMask", "alphamask")
+        mask = req.bool_param("mask")
+        alpha = req.bool_param("alphaMask") or req.param("type") in ("alphaMask", "alphamask")
         mask = mask or req.param("type") == "mask"
         if alpha:
             fmt = "png" if fmt not in ("png", "webp") else fmt
@@ -510,7 +512,7 @@ class Api:
         if region is None:
             raise bad_request(f"Tile ({tx}, {ty}) is outside the image at zoom {zoom}")
         rx, ry, rw, rh = region
-        out_w, out_h = max(1, int(math.ceil(rw / ds))), max(1, int(math.ceil(rh / ds)))
+        out_w, out_h = max(1, math.ceil(rw / ds)), max(1, math.ceil(rh / ds))
         return self._image_response(self.slide(image).read(rx, ry, rw, rh, out_w, out_h), fmt)
 
     # ------------------------------------------------------------------ annotations: read --------
@@ -537,8 +539,8 @@ class Api:
                 return shapely_wkt.loads(text)
             minx, miny, maxx, maxy = (float(v) for v in text.split(","))
             return Polygon([(minx, miny), (minx, maxy), (maxx, maxy), (maxx, miny)])
-        except Exception as exc:  # noqa: BLE001
-            raise bad_request(f"Geometry cannot be parsed for annotation search request:{exc}")
+        except Exception as exc:
+            raise bad_request(f"Geometry cannot be parsed for annotation search request:{exc}") from None
 
     def _filtered(self, req: Request, kind: str, use_term: bool = True) -> list[dict]:
         clauses, params = ["kind = ?"], [kind]
@@ -650,7 +652,7 @@ class Api:
         x, y = tlx, image["height"] - tly
         factor = req.float_param("increaseArea")
         if factor and factor > 0:
-            nw, nh = int(round(w * factor)), int(round(h * factor))
+            nw, nh = round(w * factor), round(h * factor)
             x, y, w, h = x - (nw - w) // 2, y - (nh - h) // 2, nw, nh
         region = imaging.clip_region(x, y, w, h, image["width"], image["height"])
         if region is None:
@@ -680,7 +682,7 @@ class Api:
                 try:
                     ids.append(int(v))
                 except (TypeError, ValueError):
-                    raise bad_request(f"Term id {v!r} is not valid")
+                    raise bad_request(f"Term id {v!r} is not valid") from None
         for t in ids:
             if self.store.get("terms", t) is None:
                 raise not_found("Term", t)
@@ -690,8 +692,8 @@ class Api:
     def _parse_location(location: Any) -> BaseGeometry:
         try:
             geom = shapely_wkt.loads(str(location))
-        except Exception:  # noqa: BLE001  (shapely raises GEOSException / WKTReadingError)
-            raise bad_request("Annotation location is not valid")
+        except Exception:
+            raise bad_request("Annotation location is not valid") from None
         if not geom.is_valid:
             raise bad_request("Annotation location is not valid")
         return geom
@@ -857,7 +859,7 @@ class Api:
             project = self._require("projects", data.get("project"), "Project")
             software = self._require("software", data.get("software"), "Software")
         except HttpError as exc:  # the add command wraps not-found errors as {"success", "errors"}
-            raise HttpError(exc.status, exc.message)
+            raise HttpError(exc.status, exc.message) from None
         job_id, *_ = self.create_job(project["id"], software["id"], req.user["id"])
         return respond_command("job", self.job_json(self.store.get("jobs", job_id)), "Add", "Job")
 
@@ -902,14 +904,14 @@ class Api:
             try:
                 status = int(data["status"])
             except (TypeError, ValueError):
-                raise bad_request(f"Job status {data['status']!r} is not valid")
+                raise bad_request(f"Job status {data['status']!r} is not valid") from None
             if status not in JOB_STATUS:
                 raise bad_request(f"Job status {status} is not valid")
         if "progress" in data and data["progress"] is not None:
             try:
                 progress = int(data["progress"])
             except (TypeError, ValueError):
-                raise bad_request(f"Job progress {data['progress']!r} is not valid")
+                raise bad_request(f"Job progress {data['progress']!r} is not valid") from None
             if not 0 <= progress <= 100:
                 raise bad_request(f"Property progress of class Job with value [{progress}] "
                                   "does not fall within the valid range from [0] to [100]")
@@ -931,7 +933,7 @@ class Api:
             job = self._require("jobs", data.get("job"), "Job")
             param = self._require("software_parameters", data.get("softwareParameter"), "SoftwareParameter")
         except HttpError as exc:
-            raise HttpError(exc.status, exc.message)
+            raise HttpError(exc.status, exc.message) from None
         value = data.get("value")
         if value is not None and not isinstance(value, str):
             value = json.dumps(value)
@@ -951,7 +953,8 @@ class Api:
         return json_response(self.job_parameter_json(self._require("job_parameters", ident, "JobParameter")))
 
     # ------------------------------------------------------------------ domains: files, properties
-    _DOMAIN_TABLES = {"project": "projects", "imageinstance": "images", "userannotation": "annotations",
+    _DOMAIN_TABLES: ClassVar[dict[str, str]] = {"project": "projects", "imageinstance": "images",
+                                                "userannotation": "annotations",
                       "algoannotation": "annotations", "annotation": "annotations", "annotationdomain": "annotations",
                       "job": "jobs", "software": "software", "user": "users", "userjob": "users", "secuser": "users",
                       "term": "terms", "ontology": "ontologies", "attachedfile": "attached_files"}
@@ -964,7 +967,7 @@ class Api:
         try:
             ident = int(ident)
         except (TypeError, ValueError):
-            raise not_found(class_name, ident)
+            raise not_found(class_name, ident) from None
         if table is None or self.store.get(table, ident) is None:
             raise not_found(class_name, ident)
         kind = "annotation" if table == "annotations" else "user" if table == "users" else simple

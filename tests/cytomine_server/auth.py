@@ -17,8 +17,8 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 _AUTH_RE = re.compile(r"^CYTOMINE\s+([^:\s]+):(\S+)$")
 

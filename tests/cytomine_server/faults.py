@@ -39,7 +39,7 @@ class FaultInjector:
 
     def inject(self, pattern: str, kind: int | str, times: int = 1, *, method: str | None = None,
                delay: float | None = None) -> Injection:
-        if isinstance(kind, bool) or not (isinstance(kind, int) and 400 <= kind <= 599 or kind in KINDS):
+        if isinstance(kind, bool) or not ((isinstance(kind, int) and 400 <= kind <= 599) or kind in KINDS):
             raise ValueError(f"fault kind must be an HTTP status 400-599 or one of {KINDS}, got {kind!r}")
         if times < 1:
             raise ValueError("times must be >= 1")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 JSON_TYPE = "application/json;charset=UTF-8"
@@ -68,7 +69,7 @@ class Request:
         except ValueError:
             if "=" in text and not text.startswith(("{", "[")):
                 return {k: (v if len(v) > 1 else v[0]) for k, v in parse_qs(text, keep_blank_values=True).items()}
-            raise bad_request("Json not valid")
+            raise bad_request("Json not valid") from None
 
     def param(self, name: str, default: Any = None) -> Any:
         value = self.query.get(name)
@@ -85,7 +86,7 @@ class Request:
         try:
             return int(float(value))
         except ValueError:
-            raise bad_request(f"Parameter {name} must be a number, got {value!r}")
+            raise bad_request(f"Parameter {name} must be a number, got {value!r}") from None
 
     def float_param(self, name: str, default: float | None = None) -> float | None:
         value = self.param(name)
@@ -94,7 +95,7 @@ class Request:
         try:
             return float(value)
         except ValueError:
-            raise bad_request(f"Parameter {name} must be a number, got {value!r}")
+            raise bad_request(f"Parameter {name} must be a number, got {value!r}") from None
 
     def list_param(self, name: str) -> list[int] | None:
         """Comma (or underscore) separated ids, as ``StringUtils.extractListFromParameter``."""
@@ -105,7 +106,7 @@ class Request:
         try:
             return [int(s) for s in items]
         except ValueError:
-            raise bad_request(f"Parameter {name} must be a list of ids, got {value!r}")
+            raise bad_request(f"Parameter {name} must be a list of ids, got {value!r}") from None
 
 
 Handler = Callable[..., Response]

@@ -33,7 +33,7 @@ class SlideFile:
         mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
         self.mpp = float(mpp) if mpp else None
         objective = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
-        self.magnification = int(round(float(objective))) if objective else None
+        self.magnification = round(float(objective)) if objective else None
         self.is_plain_image = isinstance(self._slide, openslide.ImageSlide)
 
     @property
@@ -47,7 +47,7 @@ class SlideFile:
     def max_zoom(self) -> int:
         """Cytomine's ``zoom``: number of halvings until the image fits in one 256-px tile."""
         longest = max(self.width, self.height)
-        return max(0, int(math.ceil(math.log2(longest / TILE_SIZE)))) if longest > TILE_SIZE else 0
+        return max(0, math.ceil(math.log2(longest / TILE_SIZE))) if longest > TILE_SIZE else 0
 
     def read(self, x: int, y: int, w: int, h: int, out_w: int | None = None, out_h: int | None = None) -> np.ndarray:
         """RGB uint8 array of the level-0 region (x, y, w, h) (top-left origin), resized to (out_w, out_h).
@@ -58,8 +58,8 @@ class SlideFile:
         with self._lock:
             level = self._slide.get_best_level_for_downsample(downsample) if downsample > 1 else 0
             level_ds = self._slide.level_downsamples[level]
-            lw = max(1, int(math.ceil(w / level_ds)))
-            lh = max(1, int(math.ceil(h / level_ds)))
+            lw = max(1, math.ceil(w / level_ds))
+            lh = max(1, math.ceil(h / level_ds))
             region = self._slide.read_region((int(x), int(y)), level, (lw, lh))
         rgb = np.asarray(region)[:, :, :3]
         if rgb.shape[0] != out_h or rgb.shape[1] != out_w:

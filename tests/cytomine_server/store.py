@@ -6,7 +6,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT NOT NULL, public_key TEXT UNIQUE NOT NULL,
