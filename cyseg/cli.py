@@ -321,8 +321,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
         for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, slide_opts, mpp,
                                           magnification, workers, scheduler, device, cache, mask_out,
                                           progress=_progress()):
-            click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
-                       f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
+            click.echo(_slide_line(summary))
         return
     if len(sources) != 1:
         raise CysegError("give one folder or crop at a time (several inputs are for slides)")
@@ -349,12 +348,18 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
     summary, result = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
                                            workers, scheduler, device, cache, mask_out, upload, term, config,
                                            insecure, timeout, upload_batch, progress=_progress())
-    click.echo(f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
-               f"{summary['polygons']} polygons, {summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
+    click.echo(_slide_line(summary))
     if result is not None:
         if not result.complete:
             raise CysegError(f"{result.summary()}; rerun the same command to resume")
         click.echo(result.summary())
+
+
+def _slide_line(summary: dict[str, Any]) -> str:
+    """The one line a whole-slide run prints."""
+    return (f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
+            f"{summary['polygons']} polygons covering {100 * summary['foreground_fraction']:.1f} % of the region, "
+            f"{summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
 
 
 def _number(kind: type):

@@ -106,3 +106,44 @@ def test_a_checkpoint_holding_pickled_code_gets_our_one_line_message(ihc_dataset
     assert result.stderr.strip() == (f"cyseg: error: checkpoint {out.with_suffix('.ckpt')} holds Python objects, not a "
                                      "cyseg checkpoint; delete it and train without --resume")
     assert "weights_only" not in result.stderr
+
+
+def _slide_run(model, slide, out, *extra):
+    small = ["--tile", "256", "--overlap", "32", "--window-size", "512", "--window-overlap", "96", "--device", "cpu"]
+    return invoke(["segment", model, slide, "--as-slide", "--out", out, "--cache", out.with_suffix(".cache"),
+                   *small, *extra])
+
+
+def test_a_slide_called_mostly_foreground_is_flagged_and_the_fraction_reported(tiny_model, ihc_image, tmp_path):
+    from conftest import write_rgb
+
+    slide = tmp_path / "slide.png"
+    write_rgb(slide, ihc_image)
+    normal = _slide_run(tiny_model, slide, tmp_path / "normal.geojson")
+    assert normal.exit_code == 0, normal.output
+    summary = json.loads((tmp_path / "normal.geojson").read_text())["properties"]["summary"]
+    polygons = json.loads((tmp_path / "normal.geojson").read_text())["features"]
+    area = sum(f["properties"]["area"] for f in polygons)
+    assert summary["foreground_fraction"] == round(area / (512 * 512), 4) and 0 < area < 0.5 * 512 * 512
+    assert 0 < summary["tissue_fraction"] <= 1
+    assert f"covering {100 * summary['foreground_fraction']:.1f} % of the region" in normal.stdout
+    assert "foreground, far more" not in normal.stderr
+    # a threshold of 0 calls every pixel a cell, as a brightfield model does on a fluorescence slide
+    everything = _slide_run(tiny_model, slide, tmp_path / "all.geojson", "--threshold", "0", "--no-skip-background")
+    assert everything.exit_code == 0, everything.output
+    assert json.loads((tmp_path / "all.geojson").read_text())["properties"]["summary"]["foreground_fraction"] > 0.9
+    warnings = [line for line in everything.stderr.splitlines() if "foreground, far more" in line]
+    assert len(warnings) == 1 and "fluorescence" in warnings[0]
+
+
+def test_the_real_fluorescence_slide_is_flagged_and_a_brightfield_one_is_not(shared_data, tmp_path):
+    fluorescence = invoke(["segment", "default", shared_data / "slides" / "test3-DAPI-2-387.ndpi",
+                           "--out", tmp_path / "dapi.geojson", "--cache", tmp_path / "c1"])
+    assert fluorescence.exit_code == 0, fluorescence.output
+    assert "foreground, far more than cells cover" in fluorescence.stderr
+    brightfield = invoke(["segment", "default", shared_data / "slides" / "CMU-1-Small-Region.svs",
+                          "--out", tmp_path / "cmu.geojson", "--cache", tmp_path / "c2"])
+    assert brightfield.exit_code == 0, brightfield.output
+    assert "far more than cells cover" not in brightfield.stderr
+    summary = json.loads((tmp_path / "cmu.geojson").read_text())["properties"]["summary"]
+    assert summary["foreground_fraction"] < 0.5

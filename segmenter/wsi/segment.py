@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from segmenter.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
+MOST = 0.8  # tissue on more of the region than this is unlike a cytology slide: warn
+MOST_FOREGROUND = 0.5  # cells called on more of the region than this: warn
 
 
 def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarray:
@@ -62,6 +64,7 @@ class SlidePlan:
     tasks: list[WindowTask]
     digest: str
     cache: WindowCache
+    tissue_fraction: float | None  # of the region, when background is skipped
 
 
 def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Path, opts: WsiOptions,
@@ -79,12 +82,16 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     polygons = _slide_polygons(results, plan, opts)
     seconds = time.perf_counter() - start
     region, tiles = plan.region, sum(r.tiles for r in results)
+    foreground = sum(props["area"] for _, props in polygons) / (region.w * region.h)
     summary = {
         "slide": str(reader.path), "region": asdict(region), "windows": len(plan.tasks),
         "windows_cached": plan.cache.hits, "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons),
+        "tissue_fraction": None if plan.tissue_fraction is None else round(plan.tissue_fraction, 4),
+        "foreground_fraction": round(foreground, 4),
         "seconds": round(seconds, 3), "megapixels": region.w * region.h / 1e6,
         "mp_per_s": round(region.w * region.h / 1e6 / seconds, 3),
     }
+    _warn_if_implausible(reader, foreground)
     extra = {"slide": reader.describe(), "model": {"path": str(model_path), "sha256": plan.digest},
              "options": asdict(opts), "summary": summary, "coordinates": "level-0 pixels, top-left origin"}
     write_geojson(out, feature_collection(polygons, label=label, extra=extra))
@@ -103,11 +110,25 @@ def _plan_slide(seg: Segmenter, model_path: Path, reader: SlideReader, opts: Wsi
 
     region = parse_region(region_text, reader.width, reader.height)
     tissue = slide_tissue_mask(reader) if opts.skip_background else None
+    covered = None if tissue is None else tissue.fraction(region.x, region.y, region.w, region.h)
+    if covered is not None and covered > MOST:
+        log.warning("%s: tissue detection finds tissue on %.0f %% of the %s: cytology slides are mostly glass, so "
+                    "this may be a dark-background (fluorescence) slide or a full tissue section; check the result",
+                    Path(reader.path).name, 100 * covered, "window" if region_text else "slide")
     topology = window_topology(math.ceil(region.w / opts.downsample), math.ceil(region.h / opts.downsample), opts)
     tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
     digest = file_digest(model_path)
     cache = WindowCache(None if cache_root is None else cache_root / cache_key(reader.identity(), digest, region, opts))
-    return SlidePlan(region, topology, tasks, digest, cache)
+    return SlidePlan(region, topology, tasks, digest, cache, covered)
+
+
+def _warn_if_implausible(reader: SlideReader, foreground: float) -> None:
+    """A model that calls most of a slide cells has met something it was not trained for (a
+    fluorescence slide, another stain, another scale): say so rather than hand over one big polygon."""
+    if foreground > MOST_FOREGROUND:
+        log.warning("%s: the model called %.0f %% of the region foreground, far more than cells cover on a "
+                    "cytology slide; if the slide is fluorescence or another modality than the model's training "
+                    "images, the polygons are not cells", Path(reader.path).name, 100 * foreground)
 
 
 def _run_windows(plan: SlidePlan, reader: SlideReader, opts: WsiOptions, runner: InProcess | DaskRunner,
