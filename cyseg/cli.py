@@ -58,6 +58,12 @@ def _at_least_one(name: str, number: int) -> int:
     return number
 
 
+def _not_negative(name: str, number: float) -> float:
+    if number < 0:
+        raise CysegError(f"--{name.replace('_', '-')} must be >= 0 or auto (got {number:g})")
+    return number
+
+
 def _working_resolution(name: str, number: float) -> float:
     from segmenter.resolution import check_resolution
 
@@ -229,7 +235,10 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
 @click.option("--simplify", type=float, default=0.5, show_default=True,
               help="Polygon simplification tolerance in pixels, applied after merging (0: exact pixel outlines).")
-@click.option("--min-area", type=float, default=0.0, show_default=True, help="Drop polygons smaller than this (px²).")
+@click.option("--min-area", default="auto", show_default=True, callback=_auto_or(float, _not_negative),
+              metavar="AREA|auto",
+              help="Drop polygons smaller than this (px², level-0 pixels for slides); auto: specks narrower than a "
+                   "fifth of the typical object the model was trained on (0 when the model does not record it).")
 @click.option("--overlays/--no-overlays", default=True, show_default=True,
               help="Crops: also write the masks drawn over the images.")
 @click.option("--as-slide", is_flag=True,
@@ -278,7 +287,8 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
 @click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
-                    overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float, overlays: bool,
+                    overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float | None,
+                    overlays: bool,
                     as_slide: bool,
                     window: str | None, window_size: int, window_overlap: int, mpp: float | None,
                     magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
@@ -417,8 +427,9 @@ def _boolean(ctx: click.Context, param: click.Parameter, value: str | None) -> b
               help="Overlap between tiles (blended).")
 @click.option("--batch_size", metavar="N", default=str(DEFAULT_BATCH), show_default=True, callback=_number(int),
               help="Tiles per forward pass.")
-@click.option("--min_area", metavar="AREA", default="0", show_default=True, callback=_number(float),
-              help="Drop polygons smaller than this (level-0 px²).")
+@click.option("--min_area", metavar="AREA", default=None, callback=_number(float),
+              help="Drop polygons smaller than this (level-0 px²). [default: specks narrower than a fifth of the "
+                   "typical object the model was trained on]")
 @click.option("--window_size", metavar="N", default="4096", show_default=True, callback=_number(int),
               help="Side of the windows read from the server and cached (level-0 px).")
 @click.option("--tta", metavar="true|false", default="false", show_default=True, callback=_boolean,
@@ -438,7 +449,7 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
                 cytomine_private_key: str | None, cytomine_id_project: int | None, cytomine_id_software: int | None,
                 cytomine_id_images: str | None, cytomine_id_roi_term: int | None,
                 cytomine_id_predicted_term: int | None, threshold: float | None, tile_size: int, tile_overlap: int,
-                batch_size: int, min_area: float, window_size: int, tta: bool, model_path: str,
+                batch_size: int, min_area: float | None, window_size: int, tta: bool, model_path: str,
                 cytomine_config: Path | None, insecure: bool, work_dir: Path | None, device: str,
                 cytomine_timeout: float) -> None:
     """Entry point of the Cytomine software (descriptor.json): segment the project's images (or
@@ -452,6 +463,8 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
         raise CysegError("--cytomine_id_project is required")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
+    if min_area is not None and min_area < 0:
+        raise CysegError(f"--min_area {min_area:g} is not valid; give an area >= 0 or leave it empty")
     for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap), ("batch_size", batch_size),
                         ("window_size", window_size)):
         if value is None or value < (0 if name == "tile_overlap" else 1):
@@ -463,7 +476,7 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
     settings = JobSettings(cytomine_host, cytomine_public_key, cytomine_private_key, cytomine_id_project,
                            cytomine_id_software, parse_ids(cytomine_id_images, "--cytomine_id_images"),
                            cytomine_id_roi_term, cytomine_id_predicted_term, model_path, threshold, tile_size,
-                           tile_overlap, batch_size, min_area or 0.0, window_size, cytomine_config, insecure, work_dir,
+                           tile_overlap, batch_size, min_area, window_size, cytomine_config, insecure, work_dir,
                            device, cytomine_timeout, tta=tta, raw=raw)
     click.echo(run_job(settings, progress_bar=_progress()))
 

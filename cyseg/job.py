@@ -215,7 +215,7 @@ class JobSettings:
     tile: int
     overlap: int
     batch: int
-    min_area: float
+    min_area: float | None
     window_size: int
     config: Path | None = None
     insecure: bool = False

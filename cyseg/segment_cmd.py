@@ -62,7 +62,7 @@ def list_images(source: Path) -> list[Path]:
 
 
 def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path, threshold: float | None,
-                      simplify: float, min_area: float, overlays: bool, tiling: dict[str, Any],
+                      simplify: float, min_area: float | None, overlays: bool, tiling: dict[str, Any],
                       slide_opts: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Segment every image; write masks/, geojson/ (and overlays/) under `out`, atomically. The next
     image is read and the last one's outputs written in background threads (segmenter.pipeline).
@@ -71,6 +71,7 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
                          **(slide_opts or {})})
     small, large = _by_size(list_images(source), opts.window_size)
+    min_area = seg.min_area(min_area)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
     with atomic_dir(out, overwrite=True) as tmp:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 192
 DEFAULT_BATCH = 1
+SPECK_RATIO = 5  # a polygon narrower than the typical training object's diameter over this is a speck
 
 
 @contextlib.contextmanager
@@ -121,6 +123,25 @@ class Segmenter:
         """Input pixels one output pixel sees, per side (None when the model does not say)."""
         field = getattr(self.model, "receptive_field", None)
         return None if field is None else int(field)
+
+    @property
+    def smallest_object(self) -> float:
+        """Polygons below this area (px² of the images the model was trained on) are specks, not
+        cells: objects a fifth as wide as the typical annotated object the model learnt (the one
+        holding the median foreground pixel); 0 when the model file does not record that size."""
+        size = self.training_info.get("object_size_px")
+        if not isinstance(size, (int, float)) or size <= 0:
+            return 0.0
+        return round(math.pi / 4 * (size / SPECK_RATIO) ** 2, 1)
+
+    def min_area(self, asked: float | None) -> float:
+        """The area below which polygons are dropped: `asked`, or `smallest_object` for None (auto)."""
+        if asked is not None:
+            return asked
+        if not self.smallest_object:
+            log.info("the model does not record its training objects' size: no polygon is dropped as a speck "
+                     "(give --min-area)")
+        return self.smallest_object
 
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:

@@ -127,19 +127,20 @@ def test_router_command_parses_with_the_right_types():
     full = dockerfile_entrypoint() + argv
     assert full[0] == "cyseg"
     params = parse_job(full[1:])
-    assert params["words"] == ("cyseg", "job", "THRESHOLD")  # no default: the placeholder stays, ignored
+    # no default: the placeholders stay, ignored
+    assert params["words"] == ("cyseg", "job", "THRESHOLD", "MIN_AREA")
     assert params["cytomine_host"] == "https://cytomine.example.org"
     assert (params["cytomine_id_project"], params["cytomine_id_software"]) == (77, 88)
     assert (params["cytomine_id_roi_term"], params["cytomine_id_predicted_term"]) == (5, 6)
     assert params["cytomine_id_images"] == "12,34"
     defaults = {i["id"]: i.get("default-value") for i in DESCRIPTOR["inputs"]}
-    assert params["threshold"] is None and params["tta"] is False
+    assert params["threshold"] is None and params["min_area"] is None and params["tta"] is False
     for ident in ("tile_size", "tile_overlap", "batch_size", "window_size"):
         assert params[ident] == defaults[ident] and isinstance(params[ident], int), ident
     # a job started from Cytomine tiles as `cyseg segment` does by default
     assert (defaults["tile_size"], defaults["tile_overlap"], defaults["batch_size"]) == \
         (DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BATCH)
-    assert params["min_area"] == defaults["min_area"] and params["model_path"] == defaults["model_path"]
+    assert params["model_path"] == defaults["model_path"]
     # every flag of the descriptor is an option of `cyseg job`
     options = {opt for p in cli.commands["job"].params if isinstance(p, click.Option) for opt in p.opts}
     assert {flag(i) for i in DESCRIPTOR["inputs"]} <= options
@@ -171,7 +172,8 @@ def test_optional_inputs_left_empty_leave_placeholders_that_are_ignored():
     assert params["cytomine_id_images"] is None and params["cytomine_id_roi_term"] is None
     from cyseg.job import ignored_positionals
 
-    assert ignored_positionals(params["words"]) == ["CYTOMINE_ID_IMAGES", "CYTOMINE_ID_ROI_TERM", "THRESHOLD"]
+    assert ignored_positionals(params["words"]) == ["CYTOMINE_ID_IMAGES", "CYTOMINE_ID_ROI_TERM", "THRESHOLD",
+                                                    "MIN_AREA"]
     # an empty value that an older core would still substitute ("--flag " + "") parses as None too
     older = shlex.split("job --cytomine_id_project 1 --cytomine_id_roi_term '' --threshold 0.5")
     assert parse_job(older)["cytomine_id_roi_term"] is None

@@ -147,3 +147,24 @@ def test_the_real_fluorescence_slide_is_flagged_and_a_brightfield_one_is_not(sha
     assert "far more than cells cover" not in brightfield.stderr
     summary = json.loads((tmp_path / "cmu.geojson").read_text())["properties"]["summary"]
     assert summary["foreground_fraction"] < 0.5
+
+
+def test_specks_are_dropped_by_default_below_a_size_learnt_from_the_training_objects(tiny_model, ihc_dataset,
+                                                                                      tmp_path):
+    from unet import load_segmenter
+
+    seg = load_segmenter(tiny_model, device="cpu")
+    size = seg.training_info["object_size_px"]
+    assert seg.smallest_object == round(3.141592653589793 / 4 * (size / 5) ** 2, 1) > 0
+
+    def areas(*extra) -> list[float]:
+        out = tmp_path / ("-".join(extra) or "auto")
+        assert invoke(["-q", "segment", tiny_model, ihc_dataset.val, "--out", out, "--simplify", "0", *extra,
+                       "--device", "cpu"]).exit_code == 0
+        return [f["properties"]["area"] for path in sorted((out / "geojson").glob("*.geojson"))
+                for f in json.loads(path.read_text())["features"]]
+
+    everything, default = areas("--min-area", "0"), areas()
+    assert min(everything) < seg.smallest_object  # the model does trace specks
+    assert default and min(default) >= seg.smallest_object
+    assert sorted(default) == sorted(a for a in everything if a >= seg.smallest_object)

@@ -79,13 +79,15 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     start = time.perf_counter()
     plan = _plan_slide(seg, model_path, reader, opts, region_text, cache_root)
     results, skipped = _run_windows(plan, reader, opts, runner, model_path, progress)
-    polygons = _slide_polygons(results, plan, opts)
+    min_area = opts.min_area if opts.min_area is not None else seg.min_area(None) * opts.downsample ** 2
+    polygons = _slide_polygons(results, plan, opts, min_area)
     seconds = time.perf_counter() - start
     region, tiles = plan.region, sum(r.tiles for r in results)
     foreground = sum(props["area"] for _, props in polygons) / (region.w * region.h)
     summary = {
         "slide": str(reader.path), "region": asdict(region), "windows": len(plan.tasks),
         "windows_cached": plan.cache.hits, "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons),
+        "min_area": round(min_area, 1),
         "tissue_fraction": None if plan.tissue_fraction is None else round(plan.tissue_fraction, 4),
         "foreground_fraction": round(foreground, 4),
         "seconds": round(seconds, 3), "megapixels": region.w * region.h / 1e6,
@@ -155,13 +157,14 @@ def _run_windows(plan: SlidePlan, reader: SlideReader, opts: WsiOptions, runner:
     return results, skipped
 
 
-def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions) -> list[tuple[Any, dict[str, Any]]]:
+def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions,
+                    min_area: float) -> list[tuple[Any, dict[str, Any]]]:
     """The windows' polygons merged across window borders, in slide coordinates, with their area and
-    mean probability; those under `opts.min_area` dropped."""
+    mean probability; those under `min_area` (level-0 px²) dropped."""
     polygons = []
     for polygon, mean_probability in merge_windows(results, plan.topology, opts):
         polygon = to_slide_coordinates(polygon, plan.region, opts.downsample)
-        if polygon.area < opts.min_area:
+        if polygon.area < min_area:
             continue
         props: dict[str, Any] = {"area": float(polygon.area)}
         if mean_probability is not None:

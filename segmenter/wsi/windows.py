@@ -41,7 +41,7 @@ class WsiOptions:
     tissue_margin: int = 32
     threshold: float | None = None
     simplify: float = 1.0
-    min_area: float = 0.0
+    min_area: float | None = None  # level-0 px²; None: the model's smallest object (Segmenter.min_area)
     merge_tolerance: float = 1.0
 
     def check(self) -> None:
