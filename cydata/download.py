@@ -36,13 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from rasterio import features
-from shapely import affinity, make_valid
-from shapely.geometry import MultiPolygon, Point, Polygon
-from shapely.geometry.base import BaseGeometry
+from shapely.geometry import Point
 from tqdm import tqdm
 
+from cydata.crops import centre, centred_box, rasterise, span
 from segmenter.cytomine.api import CytomineData, ImageInfo
 from segmenter.cytomine.errors import NotFound
 from segmenter.errors import CysegError
@@ -136,42 +133,6 @@ def kind_of(names: Iterable[str]) -> str | None:
         found = [kind for kind, rx in KIND_WORDS if rx.search(lowered)]
         kinds.update(found[:1])
     return kinds.pop() if len(kinds) == 1 else None
-
-
-def _span(lo: float, hi: float, side: int, limit: int) -> list[tuple[int, int]]:
-    """1-D placement of crops of `side` pixels covering [lo, hi] on an axis of `limit` pixels:
-    one crop centred on the middle when the interval fits, else the fewest crops spread evenly from
-    lo to hi (overlapping as little as possible); each shifted inside [0, limit], clipped when the
-    axis is shorter than a crop. Returns (start, length) pairs."""
-    lo_i, hi_i = math.floor(lo), math.ceil(hi)
-    extent = hi_i - lo_i
-    if extent <= side:
-        starts = [math.floor((lo + hi) / 2 - side / 2 + 0.5)]
-    else:
-        n = math.ceil(extent / side)
-        starts = [lo_i + round(i * (extent - side) / (n - 1)) for i in range(n)]
-    out = []
-    for start in starts:
-        if side >= limit:
-            out.append((0, limit))
-        else:
-            out.append((min(max(start, 0), limit - side), side))
-    return out
-
-
-def centred_box(cx: float, cy: float, side: int, image: ImageInfo) -> list[int]:
-    (x, w), = _span(cx, cx, side, image.width)
-    (y, h), = _span(cy, cy, side, image.height)
-    return [x, y, w, h]
-
-
-def _centre(geometry: BaseGeometry, image: ImageInfo) -> tuple[float, float] | None:
-    """Centroid of the part of an annotation inside the image, or None when nothing is inside."""
-    inside = geometry.intersection(image.slide_box()) if not geometry.is_empty else geometry
-    if inside.is_empty:
-        return None
-    c = inside.centroid if inside.area > 0 or inside.length > 0 else inside.representative_point()
-    return c.x, c.y
 
 
 def _read_text(path: Path) -> str:
@@ -391,12 +352,12 @@ class Planner:
         for image in self.project_images(req.project, req.images, "--image"):
             for a in sorted(self.cytomine.annotations(image, project=req.project, terms=req.terms, user=req.user),
                             key=lambda a: a.id):
-                centre = None if a.geometry is None else _centre(a.geometry, image)
-                if centre is None:
+                point = None if a.geometry is None else centre(a.geometry, image)
+                if point is None:
                     self.plan.skip(f"annotation {a.id}", f"it lies outside the {image.width}x{image.height} "
                                    f"image {image.id}", image=image.id, annotation=a.id)
                     continue
-                self.add_centred(image, a.id, list(a.terms), *centre)
+                self.add_centred(image, a.id, list(a.terms), *point)
         return self.plan
 
     def from_descriptor(self) -> Plan:
@@ -423,8 +384,8 @@ class Planner:
                                    f"{image.id}", image=image.id, annotation=roi.id)
                     continue
                 x0, y0, x1, y1 = inside.bounds
-                columns = _span(x0, x1, side, image.width)
-                rows = _span(y0, y1, side, image.height)
+                columns = span(x0, x1, side, image.width)
+                rows = span(y0, y1, side, image.height)
                 for r, (y, h) in enumerate(rows):
                     for c, (x, w) in enumerate(columns):
                         self.plan.crops.append(Crop(
@@ -474,36 +435,6 @@ def read_descriptor(path: str | os.PathLike) -> dict[str, Any]:
 
     return {"project": ident("project", True), "roi": ident("roi", True), "user": ident("user", False),
             "images": ids("images"), "foreground": ids("foreground")}
-
-
-# ---------------------------------------------------------------------------- masks -----------
-def _polygonal(geometry: BaseGeometry | None) -> BaseGeometry | None:
-    """The polygonal part of a geometry (made valid); points and lines draw nothing in a mask."""
-    if geometry is None or geometry.is_empty:
-        return None
-    if not geometry.is_valid:
-        geometry = make_valid(geometry)
-    if isinstance(geometry, (Polygon, MultiPolygon)):
-        return geometry
-    parts = [g for g in getattr(geometry, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
-    polys = [p for g in parts for p in (g.geoms if isinstance(g, MultiPolygon) else [g])]
-    return MultiPolygon(polys) if polys else None
-
-
-def rasterise(geometries: Iterable[BaseGeometry], box: list[int], shape: tuple[int, int]) -> np.ndarray:
-    """0/255 uint8 mask (shape) of slide-pixel geometries seen through the crop `box` (x, y, w, h)
-    scaled to `shape` (rows, columns). A pixel is set when its centre is inside a polygon."""
-    x, y, w, h = box
-    rows, cols = shape
-    sx, sy = cols / w, rows / h
-    shapes = []
-    for geometry in geometries:
-        polygon = _polygonal(geometry)
-        if polygon is not None:
-            shapes.append((affinity.affine_transform(polygon, [sx, 0, 0, sy, -x * sx, -y * sy]), 255))
-    if not shapes:
-        return np.zeros((rows, cols), dtype=np.uint8)
-    return features.rasterize(shapes, out_shape=(rows, cols), fill=0, dtype="uint8")
 
 
 # ---------------------------------------------------------------------------- the command -----
