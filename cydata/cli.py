@@ -88,6 +88,43 @@ def convert_command(thesis_dir: str, out: str) -> None:
     click.echo(convert_thesis(thesis_dir, out))
 
 
+@cli.command("import")
+@click.argument("inputs", metavar="IMAGE_OR_FOLDER...", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--annotations", required=True, type=click.Path(path_type=str),
+              help="GeoJSON exported from QuPath (File > Export objects as GeoJSON), pixel coordinates of the full "
+                   "resolution: one file when one image is given, else a folder holding <stem>.geojson (or "
+                   "<name>.geojson, e.g. slide.svs.geojson) for every image.")
+@click.option("--out", type=click.Path(path_type=str), required=True,
+              help="Dataset folder to create; must not exist.")
+@click.option("--size", type=int, default=512, show_default=True,
+              help="Side of the crops over ROIs and around annotations, in full-resolution pixels.")
+@click.option("--roi-class", "roi_classes", multiple=True, show_default="Region*",
+              help="Class of the annotations that are regions of interest, every cell inside them annotated "
+                   "(repeatable); each ROI is covered by crops of --size and gives no mask pixels.")
+@click.option("--class", "classes", multiple=True, show_default="every class but the ROI classes",
+              help="Class whose polygons are drawn (255) in the masks (repeatable); objects without a class are "
+                   "'Unclassified'.")
+@click.option("--max-image-side", type=int, default=4096, show_default=True,
+              help="An image without ROIs whose longer side is at most this is one item, taken whole; on a "
+                   "larger slide without ROIs one --size crop is centred on each foreground annotation.")
+def import_command(inputs: tuple[str, ...], annotations: str, out: str, size: int, roi_classes: tuple[str, ...],
+                   classes: tuple[str, ...], max_image_side: int) -> None:
+    """Build a dataset from local images or slides and their annotations exported from QuPath as GeoJSON.
+
+    IMAGE_OR_FOLDER: image files (PNG, JPEG, TIFF), slides (SVS, NDPI, MRXS, SCN, DICOM, tiled
+    TIFF...) or folders of them. Crops: over each ROI, else the whole image, else centred on each
+    annotation of a large slide. Masks: the foreground polygons rasterised at pixel centres, 0/255.
+    dataset.json records, per item, the image file, the GeoJSON file, the crop box (full-resolution
+    pixels, top-left origin), the kind (roi or cell) and the slide (the image's name, for 'cydata
+    split --by-slide'); annotations outside their image, points and lines are skipped and listed.
+    """
+    from cydata.import_geojson import Options, import_geojson
+
+    options = Options(size=size, roi_classes=roi_classes or Options.roi_classes, classes=classes,
+                      max_image_side=max_image_side, roi_classes_given=bool(roi_classes))
+    click.echo(import_geojson(inputs, annotations, out, options))
+
+
 def cytomine_options(command):
     """The connection options shared by the commands that talk to Cytomine. The keys come only from
     the environment or the config file, never from the command line (where `ps` would show them)."""
