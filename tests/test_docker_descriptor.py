@@ -2,12 +2,17 @@
 descriptor is valid against the schema of what Cytomine's software router reads, every
 placeholder of its command line belongs to an input, the command the router builds from it is
 accepted by `cyseg job` with values of the right types, and the image's entry point plus the
-command line's leading words reach `cyseg job`."""
+command line's leading words reach `cyseg job`. Both Dockerfiles (the job's and the App Engine
+task's) are hadolint clean, install alike, work on a CUDA base without Python or with uid 1000
+taken (their shell steps run with stubbed commands), and state the CPU image's size target."""
 from __future__ import annotations
 
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -199,3 +204,116 @@ def test_dockerfile_is_slim_cpu_by_default_and_installs_the_package():
                if line.strip() and not line.lstrip().startswith("#")]
     assert ".venv" in ignored and "tests" in ignored and ".git" in ignored
     assert not any(line in ignored for line in ("cyseg", "segmenter", "descriptor.json", "pyproject.toml"))
+
+
+# ------------------------------------------------------- both images: CUDA bases, user, size, lint --
+DOCKERFILES = ["Dockerfile", "appengine.Dockerfile"]
+
+
+def run_steps(name: str) -> list[str]:
+    """The RUN instructions of a Dockerfile, continuation lines joined, comments dropped."""
+    lines = [line for line in (REPO / name).read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = "\n".join(lines).replace("\\\n", " ")
+    return [line[len("RUN "):].strip() for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def run_in_stub_shell(tmp_path: Path, step: str, stubs: str) -> list[str]:
+    """Run a RUN step's shell code with every outside command a stub that logs its arguments (PATH is
+    an empty folder, globs are not expanded: nothing of this machine is touched); returns the log."""
+    log = tmp_path / "log"
+    empty = tmp_path / "bin"
+    empty.mkdir(exist_ok=True)
+    script = f'set -f\nlog() {{ echo "$*" >> {log}; }}\n{stubs}\n{step}\n'
+    done = subprocess.run(["/bin/bash", "-c", script], env={"PATH": str(empty)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_dockerfile_is_hadolint_clean(name):
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint not installed (lint extra)")
+    done = subprocess.run([hadolint, str(REPO / name)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_a_base_without_python_gets_python_and_a_venv(tmp_path, name):
+    """The nvidia/cuda bases have no Python: the step installs the distribution's python3 and venv,
+    then the venv everything goes into; on a base with Python it only makes the venv."""
+    [step] = [s for s in run_steps(name) if "python3 -m venv" in s]
+    apt = 'apt-get() { log apt-get "$@"; python3() { log python3 "$@"; }; }\nrm() { log rm "$@"; }'
+    assert run_in_stub_shell(tmp_path, step, apt) == [
+        "apt-get update", "apt-get install -y --no-install-recommends python3 python3-venv",
+        "rm -rf /var/lib/apt/lists/*", "python3 -m venv /opt/venv"]
+    (tmp_path / "log").unlink()
+    assert run_in_stub_shell(tmp_path, step, apt + '\npython3() { log python3 "$@"; }') == ["python3 -m venv /opt/venv"]
+    text = (REPO / name).read_text()
+    venv_path = text.index("ENV PATH=/opt/venv/bin:$PATH")
+    assert text.index("python3 -m venv /opt/venv") < venv_path < text.index("python3 -m pip install")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_uid_1000_is_freed_for_the_user_where_the_base_has_taken_it(tmp_path, name):
+    """Ubuntu 24.04 images (nvidia/cuda) give uid 1000 to 'ubuntu'; python:3.11-slim has no such user."""
+    [step] = [s for s in run_steps(name) if "useradd" in s]
+    tools = 'userdel() { log userdel "$@"; }\nuseradd() { log useradd "$@"; }'
+    taken = 'id() { if [ "$1" = -nu ]; then echo ubuntu; fi; }'
+    assert run_in_stub_shell(tmp_path, step, f"{tools}\n{taken}") == [
+        "userdel --remove ubuntu", "useradd --create-home --uid 1000 --shell /usr/sbin/nologin cyseg"]
+    (tmp_path / "log").unlink()
+    assert run_in_stub_shell(tmp_path, step, f"{tools}\nid() {{ return 1; }}") == [
+        "useradd --create-home --uid 1000 --shell /usr/sbin/nologin cyseg"]
+    assert re.findall(r"^USER (\S+)$", (REPO / name).read_text(), re.M) == ["1000:1000"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_cuda_build_is_documented_with_matching_versions(name):
+    header = (REPO / name).read_text().split("\nARG ")[0]
+    base = re.search(r"BASE_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-base-ubuntu24\.04", header)
+    index = re.search(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu(\d+)", header)
+    assert base and index and index.group(1) == base.group(1) + base.group(2)  # the wheels' CUDA = the base's
+
+
+def test_app_engine_image_installs_like_the_job_image_and_runs_the_task():
+    job, task = ((REPO / name).read_text() for name in DOCKERFILES)
+    install = [line for line in job.splitlines() if re.match(r"(ARG|COPY (?!descriptor)|RUN|ENV|USER|WORKDIR)\b", line)]
+    assert [line for line in task.splitlines() if line in install] == install  # same steps, same order
+    assert "COPY descriptor" not in task
+    entry = [line for line in task.splitlines() if line.startswith(("ENTRYPOINT", "CMD"))]
+    assert entry == ['ENTRYPOINT ["python3", "-m", "cyseg.appengine"]']  # run with no arguments
+    done = subprocess.run([sys.executable, "-m", "cyseg.appengine", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("cyseg-appengine ")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_size_target_is_stated_with_its_derivation(name):
+    header = (REPO / name).read_text().split("\nARG ")[0]
+    assert "Size target: the CPU image stays under 2 GB" in header
+    rows = dict(re.findall(r"^#\s+(.+?)\s+(\d\.\d\d) GB$", header, re.M))
+    parts = [float(v) for k, v in rows.items() if k != "total"]
+    assert len(parts) == 4 and abs(sum(parts) - float(rows["total"])) < 0.005 and float(rows["total"]) < 2
+
+
+def test_runtime_packages_fit_the_size_target():
+    """What the target's derivation adds up, measured in this environment: the installed runtime
+    packages (CPU torch) plus the base and cyseg's share stay under 2 GB, so the App Engine's
+    2 GiB limit on the saved image holds too."""
+    import importlib.metadata as metadata
+    import importlib.util
+
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("a CUDA build of torch is installed: the target is for the CPU image")
+    spec = importlib.util.spec_from_file_location("freeze_constraints", REPO / "tools" / "freeze_constraints.py")
+    freeze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(freeze)
+    wanted = set(freeze.runtime_closure()) | {"torch"}
+    installed = 0
+    for dist in metadata.distributions():
+        if freeze._key(dist.metadata["Name"]) in wanted:
+            installed += sum(f.locate().stat().st_size for f in dist.files or [] if f.locate().is_file())
+    base_and_cyseg = (0.15 + 0.02) * 1e9
+    assert installed + base_and_cyseg < 2e9 < 2**31
