@@ -38,8 +38,6 @@ NUMBERS = {"threshold": Bounds(geq=0, leq=1), "mpp": Bounds(gt=0), "min_area": B
 BOOLEANS = ("tta",)
 CELLS, PROBABILITIES = "cells", "probabilities"
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class TaskInputs:
