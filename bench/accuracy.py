@@ -111,7 +111,8 @@ def plan_miccai15(work: Path, seeds: int) -> Plan:
     val = sorted(val_20x + val_40x)
     whole = link_dataset(work / "train", src, train)
     test = link_dataset(work / "test", src, list(MICCAI_TEST))
-    return Plan(link_dataset(work / "fit", src, [s for s in train if s not in val]), link_dataset(work / "val", src, val),
+    fit = link_dataset(work / "fit", src, [s for s in train if s not in val])
+    return Plan(fit, link_dataset(work / "val", src, val),
                 [(f"seed{s}", whole, test, s) for s in range(seeds)],
                 {"train": train, "val": val, "test": list(MICCAI_TEST)})
 
@@ -209,7 +210,8 @@ def test_run(name: str, train: Path, test: Path, seed: int, chosen: dict[str, An
     return {"run": name, "seed": seed, **{k: result[k] for k in ("n_images", "threshold")},
             "iou": result["iou_mean"], "dice": result["dice_mean"], "iou_std_images": result["iou_std"],
             "dice_std_images": result["dice_std"], "per_image_dice": per_image_dice(out / "test"),
-            "train_images": {"n_images": on_train["n_images"], "iou": on_train["iou_mean"], "dice": on_train["dice_mean"]},
+            "train_images": {"n_images": on_train["n_images"], "iou": on_train["iou_mean"],
+                             "dice": on_train["dice_mean"]},
             "train_cpu_s": cpu, "train_wall_s": wall}
 
 

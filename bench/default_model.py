@@ -108,10 +108,12 @@ def train_candidate(label: str, work: Path, sources: list[str]) -> dict[str, Any
     """Train one candidate recipe (validation picks epoch and threshold) and score its validation images."""
     options = [*BASE, *CANDIDATES[label]]
     model = work / f"{label}.pt"
-    cpu, wall = cli_train(work / "train", model, SEED, options, val=work / "val", name=NAME.format(args=shlex.join(options)))
+    name = NAME.format(args=shlex.join(options))
+    cpu, wall = cli_train(work / "train", model, SEED, options, val=work / "val", name=name)
     val = score_by_source(model, work, "val", sources)
     best_epoch = torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
-    entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall, "best_epoch": best_epoch, "val": val,
+    entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall, "best_epoch": best_epoch,
+             "val": val,
              "val_dice": sum(v["dice_mean"] for v in val.values()) / len(val)}
     print(f"{label:16s} validation Dice {entry['val_dice']:.4f} ("
           + ", ".join(f"{s} {v['dice_mean']:.4f}" for s, v in val.items()) + f"), {cpu / 60:.1f} CPU-min", flush=True)
@@ -147,7 +149,9 @@ def main() -> None:
                     f"{SEED}) with --val on the validation images (best epoch and threshold); the recipe with the "
                     "best validation Dice (mean of the sources' means) is chosen and only it is scored on the test "
                     "images, at its threshold, without a sweep",
-        "seed": SEED, "split": {s: split._asdict() | {"folder": str(split.folder.relative_to(SHARED_DATA))} for s, split in items.items()},
+        "seed": SEED,
+        "split": {s: split._asdict() | {"folder": str(split.folder.relative_to(SHARED_DATA))}
+                  for s, split in items.items()},
         "candidates": candidates, "chosen": chosen, "test": test,
         "model_bytes": model.stat().st_size, "installed": args.install,
     }

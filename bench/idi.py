@@ -101,7 +101,8 @@ def splits(dataset: str, work: Path) -> tuple[Path, Path]:
         return (link_dataset(work / "miccai15" / "train", src, [s for s in stems if s not in MICCAI_TEST]),
                 link_dataset(work / "miccai15" / "test", src, list(MICCAI_TEST)))
     if dataset == "glas":
-        return tuple(link_dataset(work / "glas" / side, SHARED_DATA / "glas" / side, stems_of(SHARED_DATA / "glas" / side))
+        glas = SHARED_DATA / "glas"
+        return tuple(link_dataset(work / "glas" / side, glas / side, stems_of(glas / side))
                      for side in ("train", "test"))  # type: ignore[return-value]
     raise SystemExit(f"unknown dataset {dataset}; use miccai15 or glas")
 
@@ -204,7 +205,8 @@ def one_p(dataset: str, train: Path, test: Path, seed: int, p: float, args: argp
                                  mask_quality(idi_out / f"iter{k}", train) for k in range(1, args.iterations + 1)]}
     entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / "eval_iter1", args, log)
     for k in range(1, args.iterations + 1):
-        entry[f"idi_K{k}"] = evaluate(idi_out / "models" / f"iter{k + 1}.pt", test, runs / f"eval_iter{k + 1}", args, log)
+        model = idi_out / "models" / f"iter{k + 1}.pt"
+        entry[f"idi_K{k}"] = evaluate(model, test, runs / f"eval_iter{k + 1}", args, log)
     return entry
 
 
