@@ -84,85 +84,65 @@ def args_cell(args: str | None, defaults: str) -> str:
 
 
 # ---------------------------------------------------------------------------- accuracy.json
-def split_of(entry: Results) -> str:
-    """How a configuration's runs were split: seeds or folds, and the test images of each."""
-    runs = entry["runs"]
+def repetitions(test: Results) -> str:
+    """How the test runs were repeated: seeds or folds, and the test images of each."""
+    runs = test["runs"]
     kind = "folds" if runs[0]["run"].startswith("fold") else "seeds"
-    return f"{entry['n_runs']} {kind}, {runs[0]['n_test']} test images each"
+    return f"{test['n_runs']} {kind}, {runs[0]['n_images']} test images each"
 
 
-def ordered_configs(configs: Results) -> list[tuple[str, Results]]:
-    """A dataset's multi-run configurations, the defaults (and their re-evaluations) first."""
-    multi = [(label, e) for label, e in configs.items() if e["n_runs"] > 1]
-    return sorted(multi, key=lambda item: (item[1].get("models_from") or item[0]) != "defaults")
+def recipe_cell(chosen: Results) -> str:
+    """The chosen recipe: its `cyseg train` options, and the `cyseg evaluate` options it is scored with."""
+    train = f"`{chosen['train_args']}`" if chosen["train_args"] else "`cyseg train` defaults"
+    return train + (f", evaluated with `{chosen['eval_args']}`" if chosen["eval_args"] else "")
 
 
-def accuracy_row(label: str, entry: Results) -> list[str]:
-    """One configuration of the accuracy tables."""
-    cost = "same models" if entry.get("models_from") else \
-        f"{minutes(entry['train_cpu_s_mean'])} ({minutes(entry['train_wall_s_mean'])} wall)"
-    return [f"`{label}`", args_cell(entry["train_args"], "defaults"), args_cell(entry.get("eval_args"), "defaults"),
-            entry["runs"][0].get("train_precision", "float32"), pm(entry["dice_mean"], entry["dice_std"]),
-            pm(entry["iou_mean"], entry["iou_std"]), cost]
-
-
-def accuracy_tables(data: Results, datasets: Iterable[str]) -> Lines:
-    """One table per dataset: every configuration run over several seeds or folds."""
-    header = ["label", "`cyseg train`", "`cyseg evaluate`", "precision", "Dice", "IoU", "CPU per training"]
-    lines: Lines = []
-    for dataset in datasets:
-        configs = ordered_configs(data[dataset])
-        if not configs:
-            continue
-        lines += [f"**{dataset}** ({DATASETS.get(dataset, dataset)}; {split_of(configs[0][1])}):", ""]
-        lines += [*table(header, (accuracy_row(label, e) for label, e in configs)), ""]
-    return lines
-
-
-def accuracy_section(data: Results | None) -> Lines:
-    """accuracy.json: `cyseg train` + `cyseg evaluate` over seeds or folds, per dataset."""
-    if data is None:
-        return not_run("Accuracy", "python bench/accuracy.py")
-    datasets = [d for d in data if d not in GENERALISATION]
-    threads = next(iter(next(iter(data.values())).values())).get("cpu_threads")
-    return ["## Accuracy", "",
-            "`bench/accuracy.py` trains with the real `cyseg train` (its defaults unless the options say "
-            "otherwise) and scores the test images at full resolution with `cyseg evaluate`; mean ± std over "
-            "seeds or folds, CPU time per training (wall time beside it: the machine was shared). "
-            f"Measured on {machine(threads)}, data from ../shared/data. Source: `bench/results/accuracy.json`. "
-            "Reproduce a row with `python bench/accuracy.py --datasets DATASET --label LABEL "
-            "--train-args=\"OPTIONS\"` (re-evaluations: `--models-from LABEL --eval-args=--tta`).", "",
-            *accuracy_tables(data, datasets)]
-
-
-def probe_rows(data: Results, dataset: str) -> list[list[str]]:
-    """A dataset's single-run probes, each beside the defaults' run with the same seed."""
-    reference = {r["run"]: r for r in data[dataset].get("defaults", {}).get("runs", [])}
+def validation_rows(entry: Results) -> list[list[str]]:
+    """One row per candidate recipe: its validation Dice without and with TTA, and its cost."""
+    chosen = entry["chosen"]
     rows = []
-    for label, entry in data[dataset].items():
-        if entry["n_runs"] != 1:
-            continue
-        run = entry["runs"][0]
-        ref = reference.get(run["run"])
-        rows.append([dataset, f"`{label}`", args_cell(entry["train_args"], "defaults"), run["run"],
-                     f"{run['dice']:.4f}", f"{run['iou']:.4f}", f"{ref['dice']:.4f}" if ref else "—",
-                     minutes(run["train_cpu_s"])])
+    for label, candidate in entry["validation"].items():
+        dice = [f"{v['dice_mean']:.4f}" + (" (chosen)" if (label, ev) == (chosen["recipe"], chosen["eval"]) else "")
+                for ev, v in candidate["val"].items()]
+        rows.append([f"`{label}`", args_cell(candidate["train_args"], "defaults"), *dice,
+                     minutes(candidate["train_cpu_s"])])
     return rows
 
 
-def probes_section(data: Results | None) -> Lines:
-    """accuracy.json: single-seed probes of other settings."""
-    if data is None:
-        return []
-    rows = [row for dataset in data for row in probe_rows(data, dataset)]
-    if not rows:
-        return []
-    return ["## Single-seed probes", "",
-            "One training each, on the same split as the accuracy table and compared with the defaults' run "
-            "of the same seed: a difference within the defaults' spread over seeds (the ± above) is noise. "
-            "Source: `bench/results/accuracy.json`.", "",
-            *table(["data", "label", "`cyseg train`", "run", "Dice", "IoU", "defaults, same run: Dice", "CPU"], rows),
-            ""]
+def dataset_lines(dataset: str, entry: Results) -> Lines:
+    """A data set's validation table and the chosen recipe's test score."""
+    test, split = entry["test"], entry["split"]
+    n_val = len(split["val"])
+    return [f"**{dataset}** ({DATASETS.get(dataset, dataset)}): validation on {n_val} images carved from the "
+            "training set, one training (seed 0) per recipe.", "",
+            *table(["recipe", "`cyseg train`", "validation Dice", "with `--tta`", "CPU per training"],
+                   validation_rows(entry)), "",
+            f"Test, chosen recipe ({recipe_cell(entry['chosen'])}) trained on the whole training set, "
+            f"{repetitions(test)}: Dice **{pm(test['dice_mean'], test['dice_std'])}**, IoU "
+            f"{pm(test['iou_mean'], test['iou_std'])}; Dice on its own training images "
+            f"{test['train_dice_mean']:.3f}; {minutes(test['train_cpu_s_mean'])} CPU per training "
+            f"({minutes(test['train_wall_s_mean'])} wall).", ""]
+
+
+def accuracy_lines(data: Results, datasets: Iterable[str]) -> Lines:
+    """Every listed data set's validation and test."""
+    return [line for dataset in datasets for line in dataset_lines(dataset, data[dataset])]
+
+
+def accuracy_section(data: Results | None) -> Lines:
+    """accuracy.json: recipes compared on validation images, the chosen one scored on test images."""
+    datasets = [d for d in (data or {}) if d not in GENERALISATION]
+    if not datasets:
+        return not_run("Accuracy", "python bench/accuracy.py")
+    threads = data[datasets[0]]["run"].get("cpu_threads")
+    return ["## Accuracy", "",
+            "`bench/accuracy.py` compares recipes (`cyseg train` options, and `cyseg evaluate` with or without "
+            "`--tta`) on validation images carved from each training set, keeps the one with the best validation "
+            "Dice, retrains it on the whole training set and scores the test images once at full resolution "
+            "(mean ± std over seeds or folds). The test images choose nothing. "
+            f"Measured on {machine(threads)}, data from ../shared/data; every run starts from an empty work folder. "
+            "Source: `bench/results/accuracy.json`; reproduce with `python bench/accuracy.py --datasets DATASET`.",
+            "", *accuracy_lines(data, datasets)]
 
 
 def generalisation_section(data: Results | None) -> Lines:
@@ -171,11 +151,11 @@ def generalisation_section(data: Results | None) -> Lines:
         return not_run("Generalisation to unseen slides", "python bench/accuracy.py --datasets miccai15_mag")
     return ["## Generalisation to unseen slides", "",
             "`bench/accuracy.py --datasets miccai15_mag` trains on miccai15's 40x training tiles and tests on "
-            "its 20x tiles: other slides at another magnification, never seen in training. It measures what "
-            "the augmentation options (`--colour`: stain and colour jitter; `--zoom`: scale) buy when the "
-            "slides to segment come from elsewhere than the annotated ones. Source: "
-            "`bench/results/accuracy.json`.", "",
-            *accuracy_tables(data, [d for d in GENERALISATION if d in data])]
+            "its 20x tiles: other slides at another magnification, never seen in training. The recipe is chosen "
+            "on two 40x training tiles downscaled twofold, a shift like the test's; it measures what the "
+            "augmentation options (`--colour`: stain and colour jitter; `--zoom`: scale) buy when the slides to "
+            "segment come from elsewhere than the annotated ones. Source: `bench/results/accuracy.json`.", "",
+            *accuracy_lines(data, [d for d in GENERALISATION if d in data])]
 
 
 # ---------------------------------------------------------------------------- default_model.json
@@ -375,7 +355,6 @@ def idi_section(data: Results | None) -> Lines:
 # ---------------------------------------------------------------------------- docs/benchmarks.md
 SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("accuracy.json", accuracy_section),
-    ("accuracy.json", probes_section),
     ("accuracy.json", generalisation_section),
     ("default_model.json", default_model_section),
     ("throughput_cpu.json", throughput_section),
@@ -412,18 +391,13 @@ def shipped_model_block(data: Results | None) -> Lines:
 
 
 def accuracy_results(data: Results | None) -> list[list[str]]:
-    """README results rows: the defaults' accuracy per dataset, and the unseen-slides split."""
+    """README results rows: the chosen recipe's test Dice per data set, unseen slides last."""
     if data is None:
         return []
-    rows = [[f"accuracy, {d}", f"`cyseg train` defaults, {split_of(c['defaults'])}",
-             f"Dice {pm(c['defaults']['dice_mean'], c['defaults']['dice_std'])}"]
-            for d, c in data.items() if d not in GENERALISATION and "defaults" in c]
-    for d in GENERALISATION:
-        configs = data.get(d, {})
-        if "defaults" in configs and "colour_zoom0.5" in configs:
-            rows.append([f"unseen slides, {d}", f"defaults → `{configs['colour_zoom0.5']['train_args']}`",
-                         f"Dice {configs['defaults']['dice_mean']:.3f} → {configs['colour_zoom0.5']['dice_mean']:.3f}"])
-    return rows
+    ordered = [d for d in data if d not in GENERALISATION] + [d for d in GENERALISATION if d in data]
+    return [[f"{'unseen slides' if d in GENERALISATION else 'accuracy'}, {d}",
+             f"{recipe_cell(data[d]['chosen'])} (chosen on validation), {repetitions(data[d]['test'])}",
+             f"Dice {pm(data[d]['test']['dice_mean'], data[d]['test']['dice_std'])}"] for d in ordered]
 
 
 def throughput_results(data: Results | None) -> list[list[str]]:
