@@ -19,7 +19,7 @@ import numpy as np
 
 from segmenter.errors import CysegError, DatasetError
 from segmenter.io.atomic import temporary_dir
-from segmenter.io.images import IMAGE_SUFFIXES, decode, read_image, write_png
+from segmenter.io.images import IMAGE_SUFFIXES, decode_file, read_image, write_png
 
 FORMAT = "cyseg-dataset/1"
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -128,11 +128,7 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
     `shape` is the (height, width) of the paired image; a mismatch is an error, never a silent resize.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"mask {path} does not exist; check the path")
-    mask = decode(np.fromfile(path, dtype=np.uint8), png=path.suffix.lower() == ".png")
-    if mask is None:
-        raise DatasetError(f"mask {path} cannot be decoded (corrupt or not an image); re-export it as PNG")
+    mask = decode_file(path, "mask", "re-export it as PNG")
     if mask.ndim == 3:
         channels = mask[:, :, :3]
         grey = channels[:, :, 0]

@@ -99,14 +99,21 @@ def decode_rgb(data: bytes) -> np.ndarray | None:
         return None
 
 
+def decode_file(path: Path, kind: str, fix: str) -> np.ndarray:
+    """The decoded pixels of the file `path` (an image or mask, as `kind` says); DatasetError naming it,
+    with `fix`, when it is missing or cannot be decoded."""
+    if not path.is_file():
+        raise DatasetError(f"{kind} {path} does not exist; check the path")
+    decoded = decode(np.fromfile(path, dtype=np.uint8), png=path.suffix.lower() == ".png")
+    if decoded is None:
+        raise DatasetError(f"{kind} {path} cannot be decoded (corrupt or not an image); {fix}")
+    return decoded
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3); DatasetError naming the file when it cannot be."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"image {path} does not exist; check the path")
-    decoded = decode(np.fromfile(path, dtype=np.uint8), png=path.suffix.lower() == ".png")
-    if decoded is None:
-        raise DatasetError(f"image {path} cannot be decoded (corrupt or not an image); re-export or remove it")
+    decoded = decode_file(path, "image", "re-export or remove it")
     try:
         return to_rgb(decoded)
     except ValueError as exc:
