@@ -1,4 +1,15 @@
-"""Segmentation scores: Dice and Jaccard in torch (soft for training, hard for evaluation) and numpy."""
+"""Segmentation scores: Dice and Jaccard in torch (soft for training, hard for evaluation) and numpy; instance
+scores on label images (object F1, panoptic quality, AJI, GlaS object Dice and Hausdorff)."""
+from metrics.glas import object_dice, object_hausdorff
+from metrics.instance_scores import (
+    DetectionScores,
+    PanopticQuality,
+    aggregated_jaccard,
+    aggregated_jaccard_plus,
+    object_f1,
+    panoptic_quality,
+)
+from metrics.instances import Matching, Overlaps, match_instances, overlaps, split_disconnected
 from metrics.numpy_metrics import dice, jaccard, mean_std, per_image_dice, per_image_jaccard
 from metrics.torch_metrics import (
     ClassWeights,
@@ -13,16 +24,29 @@ from metrics.torch_metrics import (
 
 __all__ = [
     "ClassWeights",
+    "DetectionScores",
+    "Matching",
+    "Overlaps",
+    "PanopticQuality",
+    "aggregated_jaccard",
+    "aggregated_jaccard_plus",
     "dice",
     "dice_loss",
     "dice_score",
     "jaccard",
     "jaccard_score",
+    "match_instances",
     "mean_std",
+    "object_dice",
+    "object_f1",
+    "object_hausdorff",
+    "overlaps",
+    "panoptic_quality",
     "per_image_dice",
     "per_image_jaccard",
     "per_image_soft_dice",
     "per_image_soft_jaccard",
     "soft_dice",
     "soft_jaccard",
+    "split_disconnected",
 ]
