@@ -537,7 +537,7 @@ def _report_skipped(skipped: list[dict[str, Any]]) -> None:
 
 def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries: int = 4,
              config: str | os.PathLike | None = None, insecure: bool = False, timeout: float = 60.0,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, api: str | None = None) -> Path:
     """Build the dataset `out` from Cytomine; returns its path. See the module docstring."""
     out = Path(out)
     _check_request(request, out, workers)
@@ -545,7 +545,7 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
     # what can be checked without the server is checked first
     rows = read_csv_rows(request.csv) if request.csv else None
     descriptor = read_descriptor(request.descriptor) if request.descriptor else None
-    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as cytomine:
+    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries, api=api) as cytomine:
         params = _parameters(request, cytomine.host)
         plan = _continued_plan(partial, params)
         if plan is None:

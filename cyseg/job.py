@@ -173,14 +173,16 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
                          opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                          scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
                          upload: bool, term: int | None, config: Path | None, insecure: bool, timeout: float,
-                         upload_batch: int, progress: bool = True) -> tuple[dict[str, Any], UploadResult | None]:
-    """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on Dask."""
+                         upload_batch: int, progress: bool = True,
+                         api: str | None = None) -> tuple[dict[str, Any], UploadResult | None]:
+    """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on
+    Dask, from a server of generation `api` (default: found when connecting)."""
     from cyseg.slide_cmd import resolution
     from segmenter.wsi.scaleout import make_runner
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
 
-    connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout))
+    connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout, api=api))
     reader = CytomineSlideReader(image_id, connection)
     if upload and term is not None:
         check_term(connection, term, reader.project)
@@ -224,6 +226,7 @@ class JobSettings:
     timeout: float = 60.0
     upload_batch: int = 100
     tta: bool = False
+    api: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -231,7 +234,7 @@ def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
     """Run the Cytomine job end to end; returns the final status comment. Raises CysegError
     (already reported to the job as FAILED when a job exists) on failure."""
     creds = credentials(settings.host, settings.public_key, settings.private_key, settings.config,
-                        verify=not settings.insecure, timeout=settings.timeout)
+                        verify=not settings.insecure, timeout=settings.timeout, api=settings.api)
     secrets = [creds.public_key, creds.private_key]
     connection = Connection(creds)
     reporter: JobReporter | None = None

@@ -1,5 +1,6 @@
-"""The REST side of a Cytomine software job (legacy core): cytomine-python-client 4.x has no
-CytomineJob, so the protocol is ours (reference/cytomine-apps.md §4).
+"""The REST side of a Cytomine software job: cytomine-python-client 4.x has no CytomineJob, so
+the protocol is ours. The job API exists only on the legacy (Grails) core; on the others
+`find_or_create_job` stops with one line naming the server's generation.
 
 Find the job (an algo user launched from the UI has `job` in its user JSON) or create one (a human
 user: `POST /api/job.json`, then work with the job user's keys so that the annotations land in the
@@ -28,7 +29,6 @@ STATUS = {"NOT_LAUNCH": 0, "INQUEUE": 1, "RUNNING": 2, "SUCCESS": 3, "FAILED": 4
 RUNNING, SUCCESS, FAILED = STATUS["RUNNING"], STATUS["SUCCESS"], STATUS["FAILED"]
 COMMENT_MAX = 255  # the job's statusComment column
 PROGRESS_STEP = 5  # percent between progress updates
-ALL = {"max": 0, "offset": 0}
 
 
 def redact(text: str, secrets: list[str | None]) -> str:
@@ -82,6 +82,7 @@ def find_or_create_job(connection: Connection, project: int, software: int | Non
     """The job to report to: the current algo user's job, else a new job of `software` in
     `project` whose user's keys the connection switches to. Returns the job JSON and the job
     user's keys (to keep out of messages)."""
+    connection.require("jobs")
     job_id = connection.user.get("job")
     if job_id:
         return connection.get_json(f"job/{int(job_id)}.json", what=f"Cytomine job {job_id}"), []
@@ -113,12 +114,12 @@ def save_job_parameters(connection: Connection, job: dict[str, Any], software: i
     """One JobParameter per software parameter given a value (what CytomineJob did for CLI runs);
     a parameter not saved is logged, never fatal."""
     try:
-        listing = connection.get_json(f"software/{int(software)}/software_parameter.json",
-                                      {"withSetByServer": "true", **ALL}, what=f"the parameters of software {software}")
+        listing = connection.get_collection(f"software/{int(software)}/software_parameter.json",
+                                            {"withSetByServer": "true"}, what=f"the parameters of software {software}")
     except CysegError as exc:
         log.warning("job %s: software parameters not listed (%s); job parameters not saved", job.get("id"), exc)
         return
-    for parameter in listing.get("collection", []):
+    for parameter in listing:
         name = parameter.get("name")
         if parameter.get("setByServer") or name not in values or values[name] in (None, ""):
             continue
@@ -137,9 +138,9 @@ def project_images(connection: Connection, project: int, ids: list[int]) -> list
     except NotFound:
         raise CysegError(f"Cytomine project {project} does not exist (HTTP 404); check the project id") from None
     if not ids:
-        listing = connection.get_json(f"project/{project}/imageinstance.json", ALL,
-                                      what=f"the images of project {project}")
-        return sorted(listing.get("collection", []), key=lambda i: i["id"])
+        listing = connection.get_collection(f"project/{project}/imageinstance.json",
+                                            what=f"the images of project {project}")
+        return sorted(listing, key=lambda i: i["id"])
     images = []
     for ident in ids:
         try:
@@ -157,13 +158,13 @@ def roi_windows(connection: Connection, image: int, width: int, height: int, pro
     """(annotation id, 'x,y,w,h') of each ROI annotation of `term` on the image: its bounding box
     in level-0 pixels (top-left), clipped to the image; ROIs outside the image are skipped."""
     params: dict[str, Any] = {"image": image, "term": term, "showWKT": "true", "showTerm": "true",
-                              "showBasic": "true", **ALL}
+                              "showBasic": "true"}
     if project is not None:
         params["project"] = project
-    listing = connection.get_json("annotation.json", params, what=f"listing the ROI annotations of image {image}")
+    listing = connection.get_collection("annotation.json", params, what=f"listing the ROI annotations of image {image}")
     out = []
     frame = box(0, 0, width, height)
-    for row in sorted(listing.get("collection", []), key=lambda r: r.get("id", 0)):
+    for row in sorted(listing, key=lambda r: r.get("id", 0)):
         try:
             geometry = flip_y(shapely_wkt.loads(row["location"]), height)
         except Exception:

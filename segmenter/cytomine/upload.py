@@ -378,7 +378,8 @@ def check_term(connection: Connection, term: int, project: int | None) -> dict[s
         raise CysegError(f"Cytomine term {term} does not exist (HTTP 404); check the term id") from None
     if project is not None:
         proj = connection.get_json(f"project/{int(project)}.json", what=f"Cytomine project {project}")
-        if isinstance(proj, dict) and proj.get("ontology") is not None and data.get("ontology") != proj.get("ontology"):
+        ontology = proj.get("ontology", proj.get("ontologyId")) if isinstance(proj, dict) else None
+        if ontology is not None and data.get("ontology", data.get("ontologyId")) != ontology:
             raise CysegError(f"Cytomine term {term} ({data.get('name')}) is not in the ontology of project {project}; "
                              "choose one of the project's terms")
     return data
