@@ -4,14 +4,17 @@ the protocol is ours. The job API exists only on the legacy (Grails) core; on th
 
 Find the job (an algo user launched from the UI has `job` in its user JSON) or create one (a human
 user: `POST /api/job.json`, then work with the job user's keys so that the annotations land in the
-job's layer, and save the job parameters); report with `PUT /api/job/<id>.json` carrying the whole
-job JSON: RUNNING (2) with progress, then SUCCESS (3) or FAILED (4) with a one-line comment
-(<= 255 characters, keys removed). Also the job's inputs: the project's images and ROI boxes.
+job's layer as AlgoAnnotations, and save the job parameters); report with `PUT /api/job/<id>.json`
+carrying the whole job JSON (the core replaces the job: an absent status or progress becomes 0):
+RUNNING (2) with progress, then SUCCESS (3) or FAILED (4) with a one-line comment (<= 255
+characters, keys removed); attach the run's log to the job (`attach_log`). Also the job's inputs:
+the project's images and ROI boxes.
 """
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from shapely import wkt as shapely_wkt
@@ -27,8 +30,10 @@ log = logging.getLogger(__name__)
 STATUS = {"NOT_LAUNCH": 0, "INQUEUE": 1, "RUNNING": 2, "SUCCESS": 3, "FAILED": 4, "INDETERMINATE": 5, "WAIT": 6,
           "PREVIEW_DONE": 7, "KILLED": 8}
 RUNNING, SUCCESS, FAILED = STATUS["RUNNING"], STATUS["SUCCESS"], STATUS["FAILED"]
+STATUS_NAMES = {code: name for name, code in STATUS.items()}
 COMMENT_MAX = 255  # the job's statusComment column
 PROGRESS_STEP = 5  # percent between progress updates
+JOB_CLASS = "be.cytomine.processing.Job"  # the Grails core's domain class name of a job
 
 
 def redact(text: str, secrets: list[str | None]) -> str:
@@ -73,6 +78,8 @@ class JobReporter:
             return
         if isinstance(answer, dict) and isinstance(answer.get("job"), dict):
             self.job.update(answer["job"])
+        log.info("job %d: %s %s%% %s", self.id, STATUS_NAMES.get(status, status), body.get("progress", "?"),
+                 body.get("statusComment") or "")
         self.last_status = status
         if pct is not None:
             self.last_progress = pct
@@ -180,3 +187,13 @@ def roi_windows(connection: Connection, image: int, width: int, height: int, pro
             continue
         out.append((int(row.get("id", 0)), f"{x0},{y0},{x1 - x0},{y1 - y0}"))
     return out
+
+
+def attach_log(connection: Connection, job: int, path: Path) -> None:
+    """Attach the run's log file to the job (`POST attachedfile.json`, part `files[]`), as the
+    router attaches its own; a log not attached is logged, never fatal."""
+    try:
+        connection.post_file("attachedfile.json", {"domainClassName": JOB_CLASS, "domainIdent": int(job)}, path,
+                             what=f"the log of job {job}")
+    except CysegError as exc:
+        log.warning("job %d: log not attached (%s)", job, exc)
