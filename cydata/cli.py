@@ -191,10 +191,10 @@ def download_command(csv_file: str | None, json_file: str | None, project: int |
 
     Choose the crops with exactly one of --csv, --json or --project. Images come from the image
     window endpoint; masks are drawn here from the foreground polygons that intersect each crop and
-    stored as PNG 0/255. dataset.json records, per item, the host, project, image, annotation(s),
-    term(s), zoom and crop box (slide pixels, top-left origin), and lists the skipped annotations
-    with their reasons. Exit status 2 if any crop still fails after the retries (then <out> is not
-    created and <out>.partial/ keeps what was done).
+    stored as PNG 0/255. dataset.json records, per item, the server (a digest of its address, never
+    the address), project, image, annotation(s), term(s), zoom and crop box (slide pixels, top-left
+    origin), and lists the skipped annotations with their reasons. Exit status 2 if any crop still
+    fails after the retries (then <out> is not created and <out>.partial/ keeps what was done).
     """
     from cydata.download import Spec, download
 

@@ -314,7 +314,7 @@ class Planner:
                     images[image_id] = None
             image = images[image_id]
             if image is None:
-                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on {self.cytomine.host}",
+                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on the server",
                                image=image_id, annotation=ident, row=row["row"])
                 continue
             self.plan.images[image.id] = image
@@ -331,7 +331,7 @@ class Planner:
                 try:
                     info = self.cytomine.annotation(ident)
                 except NotFound:
-                    self.plan.skip(f"annotation {ident}", f"annotation not found on {self.cytomine.host}",
+                    self.plan.skip(f"annotation {ident}", "annotation not found on the server",
                                    image=image.id, annotation=ident, row=row["row"])
                     continue
                 if info.image != image.id:
@@ -443,9 +443,9 @@ def partial_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _parameters(request: Spec, host: str) -> dict[str, Any]:
+def _parameters(request: Spec, server: str) -> dict[str, Any]:
     """What identifies a download: the same parameters continue the same .partial folder."""
-    params: dict[str, Any] = {"version": PLAN_VERSION, "host": host, "mode": request.mode, "size": request.size,
+    params: dict[str, Any] = {"version": PLAN_VERSION, "server": server, "mode": request.mode, "size": request.size,
                               "zoom": request.zoom, "foreground_terms": sorted(request.foreground)}
     if request.csv:
         params.update(input=Path(request.csv).name, input_sha256=file_digest(request.csv))
@@ -514,7 +514,7 @@ def _fetch(cytomine: CytomineData, crop: Crop, image: ImageInfo, request: Spec, 
             write_png(tmp, array)
     meta = {
         "kind": crop.kind, "slide": crop.image, "image_id": crop.image, "project": crop.project,
-        "host": cytomine.host, "annotations": crop.annotations, "terms": crop.terms,
+        "server": cytomine.server_id, "annotations": crop.annotations, "terms": crop.terms,
         "term_names": [term_names.get(t) for t in crop.terms],
         "foreground_terms": crop.foreground, "mask_annotations": sorted(a.id for a in polygons),
         "zoom": request.zoom, "crop": crop.box, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
@@ -546,7 +546,7 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
     rows = read_csv_rows(request.csv) if request.csv else None
     descriptor = read_descriptor(request.descriptor) if request.descriptor else None
     with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries, api=api) as cytomine:
-        params = _parameters(request, cytomine.host)
+        params = _parameters(request, cytomine.server_id)
         plan = _continued_plan(partial, params)
         if plan is None:
             plan = _new_plan(cytomine, request, rows, descriptor, partial, params)

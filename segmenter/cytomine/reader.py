@@ -96,13 +96,14 @@ class CytomineSlideReader(ArrayReader):
 
     # ------------------------------------------------------------------ description ------------
     def identity(self) -> str:
-        """What the window cache keys on: server, image, size and last update."""
-        return f"cytomine:{self.connection.host}:image:{self.image_id}:{self.width}x{self.height}:{self.updated}"
+        """What the window cache keys on: server (its fingerprint), image, size and last update."""
+        return f"{self.connection.server_id}:image:{self.image_id}:{self.width}x{self.height}:{self.updated}"
 
     def describe(self) -> dict[str, Any]:
+        """The base summary; the server appears as its fingerprint, never as its address."""
         out = super().describe()
-        out["path"] = f"{self.connection.host.rstrip('/')}/api/imageinstance/{self.image_id}"
-        out["cytomine"] = {"host": self.connection.host, "image": self.image_id, "project": self.project,
+        out["path"] = f"cytomine-image-{self.image_id}"
+        out["cytomine"] = {"server": self.connection.server_id, "image": self.image_id, "project": self.project,
                            "filename": self.filename}
         return out
 
