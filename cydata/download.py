@@ -10,9 +10,10 @@ Three ways to choose the crops:
   * filters (--project, --image, --term, --user): one crop centred on every matching annotation.
 
 A crop is placed inside the image when it can be (shifted, never resized); an image smaller than
-the crop gives a smaller crop. Pixels come from the image window endpoint at `--zoom`; masks are
-rasterised here from the polygons of the foreground term(s) that intersect the crop (the current
-Cytomine core ignores `mask=true` on windows), and stored as PNG 0/255.
+the crop gives a smaller crop. Pixels are read as cyseg reads slides: windows, and at `--zoom` > 0
+windows at that zoom on the legacy core or crops scaled by the server on the Spring and current
+cores (their windows ignore `zoom`); masks are rasterised here from the polygons of the foreground
+term(s) that intersect the crop (those cores ignore `mask=true` too), and stored as PNG 0/255.
 
 Resumable: everything is written under `<out>.partial/` (each item's image and mask atomically,
 then its `items/<stem>.json`, the item's commit mark); the same command run again continues from
