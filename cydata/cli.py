@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from segmenter.console import ErrorReportingGroup, run_main, setup_logging, verbosity
+from segmenter.cytomine.generations import CHOICES as GENERATION_CHOICES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -141,6 +142,11 @@ def cytomine_options(command):
         click.option("--retries", type=click.IntRange(min=0), default=4, show_default=True,
                      help="Retries of a failed request (server error, timeout, dropped connection), with "
                           "exponential back-off; new annotations are never re-sent."),
+        click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto",
+                     show_default=True,
+                     help="The server's generation: legacy (Grails core), spring (Community Edition 2023-2025) or "
+                          "current (monorepo core, 2025-12 on); auto: found when connecting (or the config file's "
+                          "\"api\")."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -180,15 +186,15 @@ def cytomine_options(command):
 def download_command(csv_file: str | None, json_file: str | None, project: int | None, terms: tuple[int, ...],
                      user: int | None, images: tuple[int, ...], out: str, size: int, zoom: int,
                      foreground: tuple[int, ...], workers: int, cytomine_config: str | None, insecure: bool,
-                     timeout: float, retries: int) -> None:
+                     timeout: float, retries: int, cytomine_api: str) -> None:
     """Download a dataset of crops and masks from annotations on a Cytomine server.
 
     Choose the crops with exactly one of --csv, --json or --project. Images come from the image
     window endpoint; masks are drawn here from the foreground polygons that intersect each crop and
-    stored as PNG 0/255. dataset.json records, per item, the host, project, image, annotation(s),
-    term(s), zoom and crop box (slide pixels, top-left origin), and lists the skipped annotations
-    with their reasons. Exit status 2 if any crop still fails after the retries (then <out> is not
-    created and <out>.partial/ keeps what was done).
+    stored as PNG 0/255. dataset.json records, per item, the server (a digest of its address, never
+    the address), project, image, annotation(s), term(s), zoom and crop box (slide pixels, top-left
+    origin), and lists the skipped annotations with their reasons. Exit status 2 if any crop still
+    fails after the retries (then <out> is not created and <out>.partial/ keeps what was done).
     """
     from cydata.download import Spec, download
 
@@ -204,7 +210,7 @@ def download_command(csv_file: str | None, json_file: str | None, project: int |
     spec = Spec(csv=csv_file, descriptor=json_file, project=project, terms=terms, user=user, images=images,
                 size=size, zoom=zoom, foreground=foreground)
     click.echo(download(spec, out, workers=workers, retries=retries, config=cytomine_config, insecure=insecure,
-                        timeout=timeout))
+                        timeout=timeout, api=cytomine_api))
 
 
 @cli.command("roi")
@@ -223,12 +229,13 @@ def download_command(csv_file: str | None, json_file: str | None, project: int |
               help="Seed of the random positions; the same seed, image and existing ROIs give the same places.")
 @cytomine_options
 def roi_command(project: int, image: int, size: int, count: int, at: str | None, term: int | None,
-                seed: int | None, cytomine_config: str | None, insecure: bool, timeout: float, retries: int) -> None:
+                seed: int | None, cytomine_config: str | None, insecure: bool, timeout: float, retries: int,
+                cytomine_api: str) -> None:
     """Add square ROI annotations to a Cytomine image (to build validation/test sets); prints their ids."""
     from cydata.roi import add_rois, parse_at
 
     ids = add_rois(project, image, size=size, count=count, at=parse_at(at), term=term, seed=seed,
-                   config=cytomine_config, insecure=insecure, timeout=timeout, retries=retries)
+                   config=cytomine_config, insecure=insecure, timeout=timeout, retries=retries, api=cytomine_api)
     click.echo("\n".join(str(i) for i in ids))
 
 

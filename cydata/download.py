@@ -10,9 +10,10 @@ Three ways to choose the crops:
   * filters (--project, --image, --term, --user): one crop centred on every matching annotation.
 
 A crop is placed inside the image when it can be (shifted, never resized); an image smaller than
-the crop gives a smaller crop. Pixels come from the image window endpoint at `--zoom`; masks are
-rasterised here from the polygons of the foreground term(s) that intersect the crop (the current
-Cytomine core ignores `mask=true` on windows), and stored as PNG 0/255.
+the crop gives a smaller crop. Pixels are read as cyseg reads slides: windows, and at `--zoom` > 0
+windows at that zoom on the legacy core or crops scaled by the server on the Spring and current
+cores (their windows ignore `zoom`); masks are rasterised here from the polygons of the foreground
+term(s) that intersect the crop (those cores ignore `mask=true` too), and stored as PNG 0/255.
 
 Resumable: everything is written under `<out>.partial/` (each item's image and mask atomically,
 then its `items/<stem>.json`, the item's commit mark); the same command run again continues from
@@ -314,7 +315,7 @@ class Planner:
                     images[image_id] = None
             image = images[image_id]
             if image is None:
-                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on {self.cytomine.host}",
+                self.plan.skip(f"annotation {ident}", f"image {image_id} not found on the server",
                                image=image_id, annotation=ident, row=row["row"])
                 continue
             self.plan.images[image.id] = image
@@ -331,7 +332,7 @@ class Planner:
                 try:
                     info = self.cytomine.annotation(ident)
                 except NotFound:
-                    self.plan.skip(f"annotation {ident}", f"annotation not found on {self.cytomine.host}",
+                    self.plan.skip(f"annotation {ident}", "annotation not found on the server",
                                    image=image.id, annotation=ident, row=row["row"])
                     continue
                 if info.image != image.id:
@@ -443,9 +444,9 @@ def partial_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _parameters(request: Spec, host: str) -> dict[str, Any]:
+def _parameters(request: Spec, server: str) -> dict[str, Any]:
     """What identifies a download: the same parameters continue the same .partial folder."""
-    params: dict[str, Any] = {"version": PLAN_VERSION, "host": host, "mode": request.mode, "size": request.size,
+    params: dict[str, Any] = {"version": PLAN_VERSION, "server": server, "mode": request.mode, "size": request.size,
                               "zoom": request.zoom, "foreground_terms": sorted(request.foreground)}
     if request.csv:
         params.update(input=Path(request.csv).name, input_sha256=file_digest(request.csv))
@@ -514,7 +515,7 @@ def _fetch(cytomine: CytomineData, crop: Crop, image: ImageInfo, request: Spec, 
             write_png(tmp, array)
     meta = {
         "kind": crop.kind, "slide": crop.image, "image_id": crop.image, "project": crop.project,
-        "host": cytomine.host, "annotations": crop.annotations, "terms": crop.terms,
+        "server": cytomine.server_id, "annotations": crop.annotations, "terms": crop.terms,
         "term_names": [term_names.get(t) for t in crop.terms],
         "foreground_terms": crop.foreground, "mask_annotations": sorted(a.id for a in polygons),
         "zoom": request.zoom, "crop": crop.box, "size": [int(rgb.shape[1]), int(rgb.shape[0])],
@@ -537,7 +538,7 @@ def _report_skipped(skipped: list[dict[str, Any]]) -> None:
 
 def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries: int = 4,
              config: str | os.PathLike | None = None, insecure: bool = False, timeout: float = 60.0,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, api: str | None = None) -> Path:
     """Build the dataset `out` from Cytomine; returns its path. See the module docstring."""
     out = Path(out)
     _check_request(request, out, workers)
@@ -545,8 +546,8 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
     # what can be checked without the server is checked first
     rows = read_csv_rows(request.csv) if request.csv else None
     descriptor = read_descriptor(request.descriptor) if request.descriptor else None
-    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as cytomine:
-        params = _parameters(request, cytomine.host)
+    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries, api=api) as cytomine:
+        params = _parameters(request, cytomine.server_id)
         plan = _continued_plan(partial, params)
         if plan is None:
             plan = _new_plan(cytomine, request, rows, descriptor, partial, params)

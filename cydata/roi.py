@@ -43,16 +43,16 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in slide pixels (top-left orig
 
 def add_rois(project: int, image: int, *, size: int = 2048, count: int = 1, at: tuple[int, int] | None = None,
              term: int | None = None, seed: int | None = None, config: str | os.PathLike | None = None,
-             insecure: bool = False, timeout: float = 60.0, retries: int = 4) -> list[int]:
-    """Create `count` square ROIs of `size` pixels on `image` (at `at`, or at seeded random places);
-    returns the new annotation ids."""
+             insecure: bool = False, timeout: float = 60.0, retries: int = 4, api: str | None = None) -> list[int]:
+    """Create `count` square ROIs of `size` pixels on `image` (at `at`, or at seeded random places)
+    on a server of generation `api` (default: found when connecting); returns the new annotation ids."""
     if size < 1:
         raise CysegError(f"--size {size} must be at least 1 pixel")
     if count < 1:
         raise CysegError(f"--count {count} must be at least 1")
     if at is not None and count != 1:
         raise CysegError(f"--at places one ROI but --count is {count}; drop --at for random places or use --count 1")
-    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries) as cytomine:
+    with CytomineData.connect(config, insecure=insecure, timeout=timeout, retries=retries, api=api) as cytomine:
         info = _target_image(cytomine, project, image)
         term = _roi_term(cytomine, project, term)
         if size > info.width or size > info.height:

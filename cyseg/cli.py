@@ -15,11 +15,14 @@ import click
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.console import ErrorReportingGroup, run_main, setup_logging, verbosity
+from segmenter.cytomine.generations import CHOICES as GENERATION_CHOICES
 from segmenter.errors import CysegError
 from segmenter.planning import DEFAULT_CROP
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEVICE_HELP = "Where to compute: auto (CUDA GPU when available, else CPU), cpu, cuda or cuda:N."
+API_HELP = ("Cytomine: the server's generation -- legacy (Grails core), spring (Community Edition 2023-2025) or "
+            "current (monorepo core, 2025-12 on); auto: found when connecting.")
 TTA_HELP = "Test-time augmentation: average each tile over its 8 rotations/reflections (8x the compute)."
 AMP_HELP = ("Run the network in the device's native reduced precision: float16 on CUDA, bfloat16 on CPUs with "
             "AVX512-BF16 or AMX (about 2x faster), float32 elsewhere. --no-amp: float32 everywhere.")
@@ -286,6 +289,8 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
               help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
 @click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
+@click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
+              help=API_HELP)
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
                     overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float | None,
                     overlays: bool,
@@ -295,7 +300,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
                     workers: int, scheduler: str | None, cache: Path | None, device: str,
                     cytomine_image: int | None = None, upload: bool = False, term: int | None = None,
                     cytomine_config: Path | None = None, insecure: bool = False, cytomine_timeout: float = 60.0,
-                    upload_batch: int = 100) -> None:
+                    upload_batch: int = 100, cytomine_api: str = "auto") -> None:
     """Segment INPUT with MODEL ('default' for the model shipped with cyseg).
 
     INPUT is a folder of crops (or a dataset folder), a single crop (PNG/JPEG), or one or more
@@ -315,7 +320,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     if cytomine_image is not None:
         _segment_cytomine(model, sources, out, window, mpp, magnification, workers, scheduler, device, cache, mask_out,
                           cytomine_image, upload, term, cytomine_config, insecure, cytomine_timeout, upload_batch,
-                          slide_opts)
+                          slide_opts, cytomine_api)
         return
     if upload or term is not None:
         raise CysegError("--upload and --term need --cytomine-image ID (uploads go to a Cytomine image)")
@@ -345,7 +350,8 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
 def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, window: str | None,
                       mpp: float | None, magnification: float | None, workers: int, scheduler: str | None, device: str,
                       cache: Path | None, mask_out: Path | None, image: int, upload: bool, term: int | None,
-                      config: Path | None, insecure: bool, timeout: float, upload_batch: int, opts: dict) -> None:
+                      config: Path | None, insecure: bool, timeout: float, upload_batch: int, opts: dict,
+                      api: str = "auto") -> None:
     """`segment --cytomine-image ID`: the whole-slide engine over HTTP, then the optional upload."""
     from cyseg.job import run_segment_cytomine
     from cyseg.models import resolve_model
@@ -357,7 +363,7 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
     seg = _load(model, device)
     summary, result = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
                                            workers, scheduler, device, cache, mask_out, upload, term, config,
-                                           insecure, timeout, upload_batch, progress=_progress())
+                                           insecure, timeout, upload_batch, progress=_progress(), api=api)
     click.echo(_slide_line(summary))
     if result is not None:
         if not result.complete:
@@ -445,13 +451,15 @@ def _boolean(ctx: click.Context, param: click.Parameter, value: str | None) -> b
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--timeout", "cytomine_timeout", default=60.0, type=float, show_default=True,
               help="Seconds to wait for each Cytomine answer.")
+@click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
+              help=API_HELP + " The job API exists only on legacy cores.")
 def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_public_key: str | None,
                 cytomine_private_key: str | None, cytomine_id_project: int | None, cytomine_id_software: int | None,
                 cytomine_id_images: str | None, cytomine_id_roi_term: int | None,
                 cytomine_id_predicted_term: int | None, threshold: float | None, tile_size: int, tile_overlap: int,
                 batch_size: int, min_area: float | None, window_size: int, tta: bool, model_path: str,
                 cytomine_config: Path | None, insecure: bool, work_dir: Path | None, device: str,
-                cytomine_timeout: float) -> None:
+                cytomine_timeout: float, cytomine_api: str) -> None:
     """Entry point of the Cytomine software (descriptor.json): segment the project's images (or
     the given ones, or their ROIs) and upload the cells as annotations, reporting the job's
     status and progress to Cytomine. Leading words of the descriptor's command line (`cyseg
@@ -477,7 +485,7 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
                            cytomine_id_software, parse_ids(cytomine_id_images, "--cytomine_id_images"),
                            cytomine_id_roi_term, cytomine_id_predicted_term, model_path, threshold, tile_size,
                            tile_overlap, batch_size, min_area, window_size, cytomine_config, insecure, work_dir,
-                           device, cytomine_timeout, tta=tta, raw=raw)
+                           device, cytomine_timeout, tta=tta, api=cytomine_api, raw=raw)
     click.echo(run_job(settings, progress_bar=_progress()))
 
 

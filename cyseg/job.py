@@ -1,14 +1,17 @@
 """Command-line glue of the Cytomine commands: `cyseg segment --cytomine-image` and `cyseg job`,
-the entry point of the Cytomine software (descriptor.json).
+the entry point of the legacy Cytomine software (descriptor.json).
 
 Every request goes through `segmenter.cytomine` (the connection, the slide reader, the uploader
 and the job protocol in `segmenter.cytomine.jobs`); this module turns the settings into runs of
 the whole-slide engine, one image (or ROI window) at a time, and composes the outcome: progress
 updates as windows and images finish, SUCCESS with a summary, or FAILED with the one-line error
-(keys removed) and exit status 2.
+(keys removed) and exit status 2. A job's own log (INFO and above; keys, host string and
+server address removed) is written to its work folder and attached to the job at the end,
+success or failure.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,14 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from segmenter.cytomine.connection import Connection
-from segmenter.cytomine.credentials import credentials
+from segmenter.cytomine.credentials import Credentials, credentials, safe_host
 from segmenter.cytomine.jobs import (
     FAILED,
     RUNNING,
     SUCCESS,
     JobReporter,
+    attach_log,
     find_or_create_job,
     project_images,
     redact,
@@ -173,14 +178,16 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
                          opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                          scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
                          upload: bool, term: int | None, config: Path | None, insecure: bool, timeout: float,
-                         upload_batch: int, progress: bool = True) -> tuple[dict[str, Any], UploadResult | None]:
-    """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on Dask."""
+                         upload_batch: int, progress: bool = True,
+                         api: str | None = None) -> tuple[dict[str, Any], UploadResult | None]:
+    """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on
+    Dask, from a server of generation `api` (default: found when connecting)."""
     from cyseg.slide_cmd import resolution
     from segmenter.wsi.scaleout import make_runner
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
 
-    connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout))
+    connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout, api=api))
     reader = CytomineSlideReader(image_id, connection)
     if upload and term is not None:
         check_term(connection, term, reader.project)
@@ -202,7 +209,7 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
 # ---------------------------------------------------------------------------- the job ----------
 @dataclass
 class JobSettings:
-    host: str | None
+    host: str | None = field(repr=False)
     public_key: str | None = field(repr=False)
     private_key: str | None = field(repr=False)
     project: int
@@ -224,35 +231,96 @@ class JobSettings:
     timeout: float = 60.0
     upload_batch: int = 100
     tta: bool = False
+    api: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def run_job(settings: JobSettings, progress_bar: bool = False) -> str:
     """Run the Cytomine job end to end; returns the final status comment. Raises CysegError
-    (already reported to the job as FAILED when a job exists) on failure."""
+    (already reported to the job as FAILED when a job exists) on failure; the job needs the
+    legacy core's job API, so another generation stops here with one line naming it."""
     creds = credentials(settings.host, settings.public_key, settings.private_key, settings.config,
-                        verify=not settings.insecure, timeout=settings.timeout)
-    secrets = [creds.public_key, creds.private_key]
+                        verify=not settings.insecure, timeout=settings.timeout, api=settings.api)
+    secrets = _secrets(creds)
     connection = Connection(creds)
-    reporter: JobReporter | None = None
     try:
         job, job_keys = find_or_create_job(connection, settings.project, settings.software)
-        secrets += job_keys
-        reporter = JobReporter(connection, job, secrets)
+    except CysegError as exc:
+        raise CysegError(redact(one_line(exc), secrets)) from None
+    secrets += job_keys
+    reporter = JobReporter(connection, job, secrets)
+    work = settings.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
+    work.mkdir(parents=True, exist_ok=True)
+    with job_log(work / f"cyseg-job-{reporter.id}.log", [*secrets, _address(creds)]) as handler:
+        try:
+            return _reported_run(connection, settings, reporter, work, bool(job_keys), handler, progress_bar)
+        finally:
+            attach_log(connection, reporter.id, Path(handler.baseFilename))
+
+
+def _secrets(creds: Credentials) -> list[str | None]:
+    """What no message, log or file may hold: the keys, and the host string when it differs from
+    its shown form (it may hold a user name and password)."""
+    host = creds.host if creds.host.rstrip("/") != safe_host(creds.host) else None
+    return [creds.public_key, creds.private_key, host]
+
+
+def _address(creds: Credentials) -> str:
+    """The server's name and port, which the job's log file leaves out like every output file."""
+    return urlsplit(safe_host(creds.host)).netloc
+
+
+def _reported_run(connection: Connection, settings: JobSettings, reporter: JobReporter, work: Path, created: bool,
+                  handler: logging.Handler, progress_bar: bool) -> str:
+    """The job's work with its status reported: RUNNING, then SUCCESS with the summary, or FAILED
+    with the one-line error (also written to the job's log)."""
+    try:
         reporter.update(RUNNING, 0, "Initialization...", force=True)
-        if job_keys and settings.software is not None:
-            save_job_parameters(connection, job, settings.software, settings.raw)
-        comment = _run(connection, settings, reporter, progress_bar)
+        if created and settings.software is not None:
+            save_job_parameters(connection, reporter.job, settings.software, settings.raw)
+        comment = _run(connection, settings, reporter, work, progress_bar)
         reporter.update(SUCCESS, 100, comment, force=True)
+        log.info("job %d: %s", reporter.id, comment)
         return comment
     except (Exception, KeyboardInterrupt) as exc:
-        message = redact(one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted", secrets)
+        message = redact(one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted", reporter.secrets)
         if not isinstance(exc, CysegError):
             message = f"{type(exc).__name__}: {message}" if message != type(exc).__name__ else message
             log.debug("job failure", exc_info=True)
-        if reporter is not None:
-            reporter.update(FAILED, None, message, force=True)
+        handler.handle(logging.makeLogRecord({"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR",
+                                              "msg": "job %d failed: %s", "args": (reporter.id, message)}))
+        reporter.update(FAILED, None, message, force=True)
         raise CysegError(message) from None
+
+
+@contextlib.contextmanager
+def job_log(path: Path, secrets: list[str | None]) -> Iterator[logging.FileHandler]:
+    """Write every log record of INFO and above to `path` while the job runs (whatever the
+    console's verbosity), with the secrets (keys, host string, server address) removed."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(_Redacting(secrets))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+class _Redacting(logging.Formatter):
+    """`time level name: message`, with every secret replaced by ***."""
+
+    def __init__(self, secrets: list[str | None]) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
 
 
 def job_wsi_options(s: JobSettings) -> WsiOptions:
@@ -280,13 +348,13 @@ class JobRun:
     progress_bar: bool
 
 
-def _run(connection: Connection, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> str:
+def _run(connection: Connection, s: JobSettings, reporter: JobReporter, work: Path, progress_bar: bool) -> str:
     """Check the job's inputs, segment and upload every image, and return the final comment."""
     images = project_images(connection, s.project, s.images)
     for term in (s.predicted_term, s.roi_term):
         if term is not None:
             check_term(connection, term, s.project)
-    run = _prepare(connection, s, reporter, progress_bar)
+    run = _prepare(connection, s, reporter, work, progress_bar)
     if not images:
         return f"Finished: project {s.project} has no images; 0 annotations uploaded."
     uploads: list[UploadResult] = []
@@ -300,8 +368,8 @@ def _run(connection: Connection, s: JobSettings, reporter: JobReporter, progress
     return _final_comment(uploads, skipped_rois)
 
 
-def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, progress_bar: bool) -> JobRun:
-    """Load the model once and choose the work folder (outputs, window cache, upload journals)."""
+def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, work: Path, progress_bar: bool) -> JobRun:
+    """Load the model once; the work folder holds outputs, window cache and upload journals."""
     from segmenter.allocator import freeze_loaded_objects
     from segmenter.wsi.scaleout import InProcess
     from unet import load_segmenter
@@ -309,8 +377,7 @@ def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, prog
     model_path = resolve_job_model(s.model)
     seg = load_segmenter(model_path, device=None if s.device == "auto" else s.device)
     freeze_loaded_objects()
-    work = s.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
-    work.mkdir(parents=True, exist_ok=True)
+    log.info("job %d: model %s, work folder %s", reporter.id, model_path.name, work)
     return JobRun(connection, s, reporter, seg, model_path, job_wsi_options(s), work, InProcess(seg), progress_bar)
 
 

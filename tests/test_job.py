@@ -1,7 +1,11 @@
-"""`cyseg job` launched with the exact command line Cytomine builds from descriptor.json, against
-the local Cytomine test server with the software and its parameters seeded: job found (UI run,
-algo user) or created (CLI run, human user), status RUNNING -> progress -> SUCCESS with the
-annotations in the job's layer, or FAILED with the one-line message and exit status 2."""
+"""`cyseg job` against the legacy (Grails) profile of the local Cytomine test server, the only core
+with a job API: the software registered from descriptor.json as the router does, the job launched
+as the web UI and the core do (server-set parameters filled, the command built from the value keys
+and flags), the container's entry point given that command. The job is found (UI run, algo user)
+or created (CLI run, human user); status RUNNING -> progress -> SUCCESS with the annotations in the
+job's layer and the run's log attached to the job, or FAILED with the one-line message and exit
+status 2. On the Spring and current profiles `cyseg job` stops at once with one line naming the
+server's generation."""
 from __future__ import annotations
 
 import json
@@ -22,10 +26,12 @@ from test_docker_descriptor import DESCRIPTOR, dockerfile_entrypoint, router_com
 
 import segmenter.cytomine.retry as retry_module
 from cyseg.cli import cli
+from segmenter.cytomine.generations import NAMES
 from segmenter.cytomine.geometry import flip_y
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNING, SUCCESS, FAILED = 2, 3, 4
+LEGACY = pytest.mark.parametrize("cytomine_profile", ["legacy"])
 CONNECTION = ("cytomine_host", "cytomine_public_key", "cytomine_private_key", "cytomine_id_project",
               "cytomine_id_software")
 
@@ -43,15 +49,18 @@ def no_env_credentials(monkeypatch, tmp_path):
 
 @pytest.fixture
 def software(cytomine_seed: Seed) -> int:
-    """The software registered as the router would from descriptor.json (connection inputs first)."""
-    params = []
-    for item in DESCRIPTOR["inputs"]:
-        if item["id"] in CONNECTION:
-            continue
-        params.append({"name": item["id"], "type": item["type"], "default": item.get("default-value"),
-                       "required": not item.get("optional", False), "uri": item.get("uri"),
-                       "uri_print": item.get("uri-print-attribute"), "uri_sort": item.get("uri-sort-attribute")})
-    return cytomine_seed.server.add_software(DESCRIPTOR["name"], params)
+    """The software the router registers from descriptor.json (version 1.0.0)."""
+    return cytomine_seed.server.register_software(DESCRIPTOR, "1.0.0")
+
+
+def launched_argv(seed: Seed, software: int, **values) -> tuple[int, int, list[str]]:
+    """A job launched from the UI: (job, job user, what the container receives). The router runs
+    `singularity run <image>.simg <command>`; the image's runscript is its entry point + the words."""
+    job, user, words = seed.server.launch_job(seed.project, software, {
+        "cytomine_id_predicted_term": seed.terms["nucleus"], "tile_size": 256, "tile_overlap": 32,
+        "window_size": 512, **values})
+    assert words[:2] == ["singularity", "run"] and words[2].endswith("-1.0.0.simg")
+    return job, user, dockerfile_entrypoint() + words[3:]
 
 
 def job_argv(seed: Seed, software: int, public: str, private: str, **values) -> list[str]:
@@ -69,6 +78,14 @@ def run_job(argv: list[str]):
     return CliRunner().invoke(cli, ["-q", *argv[1:]], prog_name="cyseg", catch_exceptions=False)
 
 
+def attached_log(server, job: int) -> str:
+    """The log the run attached to its job (one file, the Grails class name of a job)."""
+    files = server.attached_files(job)
+    assert [(f["domain_class"], f["filename"]) for f in files] == [("be.cytomine.processing.Job",
+                                                                     f"cyseg-job-{job}.log")]
+    return files[0]["data"].decode()
+
+
 def check_history(history: list[dict], final: int) -> None:
     """RUNNING with progress 0 first, progress never going back, updates at least 5 % apart
     unless the comment changes phase, and the final status last."""
@@ -82,6 +99,7 @@ def check_history(history: list[dict], final: int) -> None:
         assert {"id", "project", "software", "status", "progress", "statusComment"} <= set(h["body"])
 
 
+@LEGACY
 def test_cli_run_as_human_creates_the_job_and_uploads_in_its_layer(tiny_model, cytomine_seed, software, tmp_path):
     seed, server = cytomine_seed, cytomine_seed.server
     argv = job_argv(seed, software, server.public_key, server.private_key, model_path=tiny_model, min_area=40)
@@ -130,11 +148,16 @@ def test_cli_run_as_human_creates_the_job_and_uploads_in_its_layer(tiny_model, c
     for path in work.rglob("*"):
         if path.is_file():
             assert server.private_key.encode() not in path.read_bytes()
+    log = attached_log(server, job["id"])  # the run's log, attached as the job user
+    assert f"job {job['id']}: {final}" in log and "RUNNING" in log and "upload complete" in log
+    job_keys = server.user(job["user_job"])
+    assert server.private_key not in log and job_keys["private_key"] not in log and job_keys["public_key"] not in log
+    assert server.attached_files(job["id"])[0]["user"] == job["user_job"]
 
 
+@LEGACY
 def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_seed, software, tmp_path, monkeypatch):
     seed, server = cytomine_seed, cytomine_seed.server
-    job, user, public, private = server.add_job(seed.project, software)
     import cyseg.job as job_module
 
     used = []  # the engine options the job really ran with
@@ -144,8 +167,10 @@ def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_s
     # two ROIs on the PNG (600 x 400) drawn in Cytomine's frame; one overlapping the image border
     server.add_annotation(seed.png, "POLYGON ((20 380, 220 380, 220 230, 20 230, 20 380))", term=roi_term)
     server.add_annotation(seed.png, "POLYGON ((500 150, 700 150, 700 -50, 500 -50, 500 150))", term=roi_term)
-    argv = job_argv(seed, software, public, private, model_path=tiny_model, cytomine_id_images=str(seed.png),
-                    cytomine_id_roi_term=roi_term, tta="true")
+    job, user, argv = launched_argv(seed, software, model_path=tiny_model, cytomine_id_images=seed.png,
+                                    cytomine_id_roi_term=roi_term, tta="true")
+    assert "--cytomine_private_key" in argv and "THRESHOLD" in argv  # filled by the core; left empty
+    launched = server.job_parameters(job)
     result = run_job([*argv, "--work_dir", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert [(o.tta, o.tile, o.overlap) for o in used] == [(True, 256, 32)]  # the TTA input reached the engine
@@ -160,8 +185,11 @@ def test_ui_run_uses_the_algo_users_job_and_segments_rois(tiny_model, cytomine_s
         polygon = flip_y(shapely_wkt.loads(a["location"]), 400)
         assert any(polygon.within(r.buffer(0.01)) for r in rois), polygon.bounds
     assert history[-1]["statusComment"] == f"Finished: {len(annotations)} annotations uploaded on 1 image."
+    assert server.job_parameters(job) == launched  # a UI run's parameters are the UI's
+    assert "Finished:" in attached_log(server, job)
 
 
+@LEGACY
 def test_failures_end_the_job_failed_with_the_message(tiny_model, cytomine_seed, software, tmp_path):
     seed, server = cytomine_seed, cytomine_seed.server
     # unknown predicted term
@@ -173,6 +201,8 @@ def test_failures_end_the_job_failed_with_the_message(tiny_model, cytomine_seed,
     history = server.job_history(job)
     check_history(history, FAILED)
     assert history[-1]["statusComment"] == "Cytomine term 999999 does not exist (HTTP 404); check the term id"
+    log = attached_log(server, job)  # attached on failure too, with the message, without the keys
+    assert f"job {job} failed: Cytomine term 999999 does not exist" in log and private not in log
     # a window the server keeps failing: named in the job's message
     job, _, public, private = server.add_job(seed.project, software)
     server.inject(r"/window-", 500, times=10_000)
@@ -207,6 +237,7 @@ def test_failures_end_the_job_failed_with_the_message(tiny_model, cytomine_seed,
     assert server.annotations(project=seed.project) == []
 
 
+@LEGACY
 def test_nothing_found_succeeds_with_zero_annotations_and_stray_words_are_refused(tiny_model, cytomine_seed,
                                                                                   software, tmp_path):
     seed, server = cytomine_seed, cytomine_seed.server
@@ -228,3 +259,21 @@ def test_nothing_found_succeeds_with_zero_annotations_and_stray_words_are_refuse
     assert result.exit_code == 0 and server.job(job)["status"] == SUCCESS
     result = run_job([*job_argv(seed, software, public, private), "surprise"])
     assert result.exit_code == 2 and "unexpected argument 'surprise'" in result.stderr
+
+
+@pytest.mark.parametrize("cytomine_profile", ["spring", "current"])
+def test_a_core_without_job_api_is_named_in_one_line(cytomine_seed, tmp_path):
+    seed, server = cytomine_seed, cytomine_seed.server
+    argv = ["cyseg", "job", "--cytomine_host", server.url, "--cytomine_public_key", server.public_key,
+            "--cytomine_private_key", server.private_key, "--cytomine_id_project", str(seed.project),
+            "--cytomine_id_software", "1", "--work_dir", str(tmp_path / "work")]
+    result = run_job(argv)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cyseg: error: Cytomine at {server.url} is "
+                                                   f"{NAMES[server.profile.name]} and has no software/job API")
+    assert lines[0].endswith("this needs a legacy (Grails) core")
+    assert not (tmp_path / "work").exists()
+    assert not [r for r in server.requests if "job" in r.path]  # nothing asked of a job API
+    forced = run_job([*argv, "--cytomine-api", "legacy"])  # a wrong generation given: one line too
+    assert forced.exit_code == 2 and "answers /server/ping like a Spring or current core" in forced.stderr

@@ -27,8 +27,6 @@ from segmenter.cytomine.geometry import flip_y
 from segmenter.cytomine.reader import CytomineSlideReader
 from segmenter.cytomine.retry import RetryPolicy
 
-ALL = {"max": 0, "offset": 0}  # one page holding the whole collection
-
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -61,16 +59,18 @@ class CytomineData:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.host = connection.host
+        self.host = connection.host  # for messages: scheme://name:port
+        self.server_id = connection.server_id  # for files: a digest of the address
         self._readers: dict[int, CytomineSlideReader] = {}
         self._readers_lock = threading.Lock()
 
     @classmethod
     def connect(cls, config: str | os.PathLike | None = None, *, insecure: bool = False, timeout: float = 60.0,
-                retries: int = 4) -> CytomineData:
-        """Connect with the keys of the config file or the environment; `retries` more tries of a
-        failed request at both retry layers."""
-        creds = credentials(config=config, verify=not insecure, timeout=timeout)
+                retries: int = 4, api: str | None = None) -> CytomineData:
+        """Connect with the keys of the config file or the environment to a server of generation
+        `api` (default: found when connecting); `retries` more tries of a failed request at both
+        retry layers."""
+        creds = credentials(config=config, verify=not insecure, timeout=timeout, api=api)
         return cls(Connection(creds, RetryPolicy.with_retries(retries)))
 
     def close(self) -> None:
@@ -101,11 +101,7 @@ class CytomineData:
         return data
 
     def _collection(self, uri: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        data = self.connection.get_json(uri, params, what=what)
-        rows = data.get("collection") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
-            raise ServerFailure(f"{what}: the server's answer has no collection; check the host address")
-        return [row for row in rows if isinstance(row, dict) and "id" in row]
+        return self.connection.get_collection(uri, params, what=what)
 
     def project(self, project: int) -> dict[str, Any]:
         """{id, name, ontology} of a project."""
@@ -114,13 +110,13 @@ class CytomineData:
 
     def project_terms(self, project: int) -> dict[int, str]:
         """Term id -> name for the terms of a project's ontology."""
-        terms = self._collection(f"project/{int(project)}/term.json", ALL, f"terms of project {project}")
+        terms = self._collection(f"project/{int(project)}/term.json", {}, f"terms of project {project}")
         return {int(t["id"]): str(t.get("name", t["id"])) for t in terms}
 
     def term(self, term: int) -> dict[str, Any]:
         """{id, name, ontology} of a term."""
         t = self._object(f"term/{int(term)}.json", f"term {term}")
-        return {"id": t["id"], "name": t.get("name"), "ontology": t.get("ontology")}
+        return {"id": t["id"], "name": t.get("name"), "ontology": term_ontology(t)}
 
     def user(self, user: int) -> dict[str, Any]:
         """{id, username} of a user (never its keys)."""
@@ -132,7 +128,7 @@ class CytomineData:
 
     def project_images(self, project: int) -> dict[int, ImageInfo]:
         """The image instances of a project (one request, the whole collection)."""
-        images = self._collection(f"project/{int(project)}/imageinstance.json", ALL, f"images of project {project}")
+        images = self._collection(f"project/{int(project)}/imageinstance.json", {}, f"images of project {project}")
         return {int(i["id"]): _image_info(i) for i in images}
 
     def annotation(self, annotation: int, image: ImageInfo | None = None) -> AnnotationInfo:
@@ -147,7 +143,7 @@ class CytomineData:
         (x, y, w, h in slide pixels, top-left origin) they must intersect; one request, no paging."""
         terms = [int(t) for t in terms]
         params: dict[str, Any] = {"showBasic": True, "showMeta": True, "showTerm": True, "image": image.id,
-                                  "included": False, **ALL}
+                                  "included": False}
         if project is not None:
             params["project"] = int(project)
         if len(terms) == 1:
@@ -212,6 +208,11 @@ class CytomineData:
         if not isinstance(saved, dict) or _int(saved.get("id")) is None:
             raise ServerFailure(f"{what}: the server's answer has no annotation id")
         return int(saved["id"])
+
+
+def term_ontology(term: dict[str, Any]) -> Any:
+    """The ontology of a term's JSON: `ontology` on the older cores, `ontologyId` on the current one."""
+    return term.get("ontology", term.get("ontologyId"))
 
 
 def _int(value: Any) -> int | None:

@@ -1,25 +1,39 @@
 """The only code that sends requests to a Cytomine server. Every request is built and signed here
-(by the real cytomine-python-client's session, the one module allowed to use its private
+(through the real cytomine-python-client's session, the one module allowed to use its private
 `_get/_post/_put/_session`), carries a timeout, verifies certificates unless told not to, follows
 the one retry policy (`segmenter.cytomine.retry`) and fails with a typed error
 (`segmenter.cytomine.errors`). An unreachable server or refused keys are one line, instead of the
 client's long wait for the server or silent `False` results; the keys are never printed or logged.
+
+Signing: client 4.x signs without the request path, which only the current core verifies. The
+session here replaces the client's signature on every request by `Signature`, with or without the
+path as the server's generation verifies (`segmenter.cytomine.generations`, found once per
+connection by `detect` or given as --cytomine-api). `cytomine_client` gives a plain client object
+the same session, for code and tests that drive the client's models.
+
+Hosts: the host string may hold a user name and password (`https://user:pw@host`); requests go to
+it without them, and messages name it as `scheme://name:port` only (`safe_host`).
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import requests
 import urllib3
 
-from segmenter.cytomine.credentials import Credentials
+from segmenter.cytomine import generations
+from segmenter.cytomine.credentials import Credentials, connect_url, safe_host, server_fingerprint
 from segmenter.cytomine.errors import AccessRefused, HttpStatusError, ServerFailure, status_error
 from segmenter.cytomine.retry import REQUEST_ERRORS, RetryPolicy, describe
 from segmenter.errors import CysegError
@@ -29,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 USER_FIELDS = ("id", "username", "algo", "job")  # kept from the user JSON, which also holds its keys
+PAGE = 1000  # items per page where the server pages Spring-style (page/size)
 
 
 class _BadAnswer(Exception):
@@ -38,13 +53,17 @@ class _BadAnswer(Exception):
 class Connection:
     """A connection to one Cytomine server with one key pair; see the module docstring.
 
-    Pickles as its credentials (without the keys) and policy; the copy reconnects on first use."""
+    `api` is the server's generation (legacy, spring, current) or auto (found when connecting);
+    `self.api` is the generation in use. Pickles as its credentials (without the keys), policy
+    and generation; the copy reconnects on first use, without probing again."""
 
-    def __init__(self, creds: Credentials, policy: RetryPolicy | None = None) -> None:
-        """Connect at once: the server is pinged and the keys checked (CysegError otherwise)."""
+    def __init__(self, creds: Credentials, policy: RetryPolicy | None = None, api: str | None = None) -> None:
+        """Connect at once: the server is pinged, its generation found and the keys checked
+        (CysegError otherwise)."""
         self.creds = creds
         self.policy = policy or RetryPolicy()
         self.host = safe_host(creds.host)
+        self.api = generations.check_choice(api if api and api != generations.AUTO else creds.api)
         self.user: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._client: Any = None
@@ -54,7 +73,7 @@ class Connection:
         self._open()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"creds": self.creds, "policy": self.policy, "host": self.host, "user": self.user}
+        return {"creds": self.creds, "policy": self.policy, "host": self.host, "api": self.api, "user": self.user}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -68,13 +87,22 @@ class Connection:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Connection({self.host!r}, user={self.user.get('username')!r})"
+        return f"Connection({self.host!r}, {self.api}, user={self.user.get('username')!r})"
 
     @property
     def user_id(self) -> int | None:
         """Id of the user the keys belong to."""
         ident = self.user.get("id")
         return int(ident) if isinstance(ident, int) else None
+
+    @property
+    def server_id(self) -> str:
+        """What output files may record of the server: a digest of its normalised address."""
+        return server_fingerprint(self.creds.host)
+
+    def require(self, feature: str) -> None:
+        """CysegError naming this server's generation when `feature` does not exist there."""
+        generations.require(self.api, feature, self.host)
 
     # ------------------------------------------------------------------ life cycle ----------------
     def _open(self) -> None:
@@ -83,26 +111,29 @@ class Connection:
             if not creds.verify:  # said once, by the constructor, instead of by urllib3 on every request
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             _quiet_transport_logs()
-            self._client = _signing_client(creds, self.policy, self.host)
+            self._client = _signing_client(creds, self.policy)
             try:
-                self._check_keys()
+                ping = _ping(self._client, self.host)
+                self.api = generations.detect(self.api, ping, self._keys_accepted, self.host)
+                self._client._session.with_path = generations.signs_path(self.api)
             except BaseException:
                 self._client = None
                 raise
-            log.info("connected to Cytomine at %s as %s", self.host, self.user.get("username", "?"))
+            log.info("connected to Cytomine at %s (%s) as %s", self.host, self.api, self.user.get("username", "?"))
 
-    def _check_keys(self) -> None:
-        """Fetch the keys' user; refused keys (401/403, or a redirect to a login page) are one line."""
+    def _keys_accepted(self, with_path: bool) -> bool:
+        """Whether the keys' user is served with that signature style (and keep the user)."""
+        self._client._session.with_path = with_path
         try:
             user = self.get_json("user/current.json", what=f"the user of these keys on {self.host}")
         except HttpStatusError as exc:
             if isinstance(exc, AccessRefused) or exc.status in REDIRECTS:
-                raise CysegError(f"Cytomine at {self.host} refused the keys (authentication failed); check "
-                                 "CYTOMINE_PUBLIC_KEY and CYTOMINE_PRIVATE_KEY") from None
+                return False
             raise
         if not isinstance(user, dict) or "id" not in user:
             raise CysegError(f"Cytomine at {self.host} did not say whose keys these are; check the host address")
         self.user = {name: user[name] for name in USER_FIELDS if name in user}
+        return True
 
     @property
     def client(self) -> Any:
@@ -118,7 +149,8 @@ class Connection:
             client = self.client
             self.creds = self.creds.with_key_pair(public_key, private_key)
             client._public_key, client._private_key = public_key, private_key
-            self._check_keys()
+            if not self._keys_accepted(generations.signs_path(self.api)):
+                raise CysegError(f"Cytomine at {self.host} refused the job user's keys (authentication failed)")
 
     def close(self) -> None:
         """Close the HTTP session and forget the client's process-wide singleton."""
@@ -139,6 +171,25 @@ class Connection:
         """GET `uri` (relative to /api/) as JSON, retried; `what` names the object in messages."""
         return self._request("GET", uri, what, params=params, parse=_json_of(what))
 
+    def get_collection(self, uri: str, params: dict[str, Any] | None = None, *, what: str) -> list[dict[str, Any]]:
+        """Every item of a collection: one request for the whole of it (`max=0`), or page by page
+        where the server pages Spring-style and ignores `max` (the current core's term lists)."""
+        params = {**(params or {}), "max": 0, "offset": 0}
+        rows: list[dict[str, Any]] = []
+        page = 0
+        while True:
+            if self.api == generations.CURRENT:
+                params.update(page=page, size=PAGE)
+            data = self.get_json(uri, params, what=what)
+            items = data.get("collection") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise ServerFailure(f"{what}: the server's answer has no collection; check the host address")
+            rows += [row for row in items if isinstance(row, dict) and "id" in row]
+            page += 1
+            total = data.get("totalPages")
+            if self.api != generations.CURRENT or not items or not isinstance(total, int) or page >= total:
+                return rows
+
     def get_bytes(self, uri: str, params: dict[str, Any] | None = None, *, what: str) -> bytes:
         """GET the body of an image request, retried; a redirect to the image server is followed."""
         return self._request("GET", uri, what, params=params, follow=True, parse=lambda r: r.content)
@@ -155,6 +206,11 @@ class Connection:
         """POST JSON once and return the JSON answer: never retried, since a POST whose answer was
         lost may have created its objects."""
         return self._request("POST", uri, what, body=body, retry=False, parse=_json_of(what))
+
+    def post_file(self, uri: str, params: dict[str, Any], path: Path, *, what: str) -> Any:
+        """POST a file once as the multipart part `files[]` (attached files), signed with the
+        multipart content type as the cores verify it; the JSON answer."""
+        return self._request("POST", uri, what, params=params, body=Path(path), retry=False, parse=_json_of(what))
 
     def post_once(self, uri: str, body: Any, *, what: str) -> requests.Response:
         """POST JSON once and return the answer whatever its status, for callers that read the
@@ -178,6 +234,8 @@ class Connection:
                 # the image server answers without our signature: follow it unsigned
                 response = client._session.get(urljoin(response.url, location))
             return response
+        if isinstance(body, Path):
+            return _post_multipart(client, uri, params, body)
         data = None if body is None else json.dumps(body)
         if method == "POST":
             return client._post(uri, data, params)
@@ -240,44 +298,86 @@ def _decoded(response: requests.Response) -> np.ndarray:
     return pixels
 
 
-def safe_host(host: str) -> str:
-    """The host as it may be shown and recorded: scheme, name and port only (no user info, path or query)."""
-    parts = urlsplit(host if "://" in host else f"http://{host}")
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, "", "", ""))
+class Signature(requests.auth.AuthBase):
+    """The CYTOMINE HMAC-SHA1 authorization header: `METHOD\\n\\nCONTENT-TYPE\\nDATE`, followed by
+    `\\n<path>[?<query>]` of the request as sent when `with_path` (the Grails and Spring cores)."""
+
+    def __init__(self, public_key: str, private_key: str, with_path: bool) -> None:
+        self.public_key, self.private_key, self.with_path = public_key, private_key, with_path
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        parts = [r.method or "", "", r.headers.get("content-type", ""), r.headers["date"]]
+        if self.with_path:
+            url = urlsplit(r.url or "")
+            parts.append(url.path + (f"?{url.query}" if url.query else ""))
+        mac = hmac.new(self.private_key.encode(), "\n".join(parts).encode(), hashlib.sha1).digest()
+        r.headers["authorization"] = f"CYTOMINE {self.public_key}:{base64.b64encode(mac).decode()}"
+        return r
 
 
-class _SafeSession(requests.Session):
-    """A session whose requests always carry a timeout and verify certificates unless told not to."""
+class SigningSession(requests.Session):
+    """The client's session: every request the client signs is signed again as the server's
+    generation verifies (`with_path`); requests carry `timeout` when one is set and verify
+    certificates unless told not to."""
 
-    def __init__(self, timeout: float, verify: bool):
+    def __init__(self, with_path: bool, timeout: float | None = None, verify: bool = True) -> None:
         super().__init__()
+        self.with_path = with_path
         self._timeout = timeout
         self.verify = verify
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        kwargs.setdefault("timeout", self._timeout)
+        from cytomine.cytomine import CytomineAuth
+
+        if self._timeout is not None:
+            kwargs.setdefault("timeout", self._timeout)
+        auth = kwargs.get("auth")
+        if isinstance(auth, CytomineAuth):
+            kwargs["auth"] = Signature(auth.public_key, auth.private_key, self.with_path)
         return super().request(method, url, **kwargs)
 
 
-def _signing_client(creds: Credentials, policy: RetryPolicy, host: str) -> Any:
+def cytomine_client(host: str, public_key: str, private_key: str, generation: str, **kwargs: Any) -> Any:
+    """A real `cytomine.Cytomine` client (it pings and fetches its user as usual) whose requests are
+    signed as `generation`'s core verifies; `kwargs` go to the client (verbose, use_cache, ...)."""
+    from cachecontrol import CacheControlAdapter
+    from cytomine import Cytomine
+
+    with_path = generations.signs_path(generations.check_choice(generation))
+
+    class GenerationClient(Cytomine):
+        def _start(self) -> None:
+            self._session = SigningSession(with_path)
+            if self._use_cache:
+                self._session.mount(f"{self._protocol}://", CacheControlAdapter())
+            Cytomine._Cytomine__instance = self
+            self.wait_to_accept_connection()
+            self._current_user = None
+            self.set_current_user()
+
+    return GenerationClient(connect_url(host), public_key, private_key, **kwargs)
+
+
+def _signing_client(creds: Credentials, policy: RetryPolicy) -> Any:
     """A `cytomine.Cytomine` client (the process-wide singleton) whose session has the policy's
-    adapter, after one ping of the server."""
+    adapter and signs path-less until the generation is known; it sends nothing yet."""
     from cytomine import Cytomine
 
     class SigningClient(Cytomine):
         def _start(self) -> None:
-            session = _SafeSession(creds.timeout, creds.verify)
+            session = SigningSession(False, creds.timeout, creds.verify)
             session.mount("http://", policy.adapter())
             session.mount("https://", policy.adapter())
             self._session = session
             self._current_user = None
             Cytomine._Cytomine__instance = self
 
-    client = SigningClient(creds.host, creds.public_key, creds.private_key, verbose=logging.WARNING,
-                           use_cache=False, configure_logging=False)
+    return SigningClient(connect_url(creds.host), creds.public_key, creds.private_key, verbose=logging.WARNING,
+                         use_cache=False, configure_logging=False)
+
+
+def _ping(client: Any, host: str) -> dict[str, Any]:
+    """The /server/ping answer (unsigned on every core); CysegError when the server cannot be reached."""
     try:
         response = client._session.get(f"{client._base_url(with_base_path=False)}/server/ping")
     except requests.exceptions.SSLError as exc:
@@ -289,7 +389,24 @@ def _signing_client(creds: Credentials, policy: RetryPolicy, host: str) -> Any:
     if response.status_code != 200:
         raise CysegError(f"Cytomine at {host} answered HTTP {response.status_code} to /server/ping; "
                          "check the host address")
-    return client
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _post_multipart(client: Any, uri: str, params: dict[str, Any] | None, path: Path) -> requests.Response:
+    """POST `path` as the part `files[]` through the client's session (signed there)."""
+    from cytomine.cytomine import CytomineAuth
+    from requests_toolbelt import MultipartEncoder
+
+    with open(path, "rb") as handle:
+        body = MultipartEncoder(fields={"files[]": (path.name, handle)})
+        return client._session.post(f"{client._base_url()}{uri}", params=params, data=body,
+                                    headers=client._headers(content_type=body.content_type),
+                                    auth=CytomineAuth(client._public_key, client._private_key, client._base_url(),
+                                                      client._base_path))
 
 
 class _UnlessDebug(logging.Filter):

@@ -1,16 +1,20 @@
-"""The REST side of a Cytomine software job (legacy core): cytomine-python-client 4.x has no
-CytomineJob, so the protocol is ours (reference/cytomine-apps.md §4).
+"""The REST side of a Cytomine software job: cytomine-python-client 4.x has no CytomineJob, so
+the protocol is ours. The job API exists only on the legacy (Grails) core; on the others
+`find_or_create_job` stops with one line naming the server's generation.
 
 Find the job (an algo user launched from the UI has `job` in its user JSON) or create one (a human
 user: `POST /api/job.json`, then work with the job user's keys so that the annotations land in the
-job's layer, and save the job parameters); report with `PUT /api/job/<id>.json` carrying the whole
-job JSON: RUNNING (2) with progress, then SUCCESS (3) or FAILED (4) with a one-line comment
-(<= 255 characters, keys removed). Also the job's inputs: the project's images and ROI boxes.
+job's layer as AlgoAnnotations, and save the job parameters); report with `PUT /api/job/<id>.json`
+carrying the whole job JSON (the core replaces the job: an absent status or progress becomes 0):
+RUNNING (2) with progress, then SUCCESS (3) or FAILED (4) with a one-line comment (<= 255
+characters, keys removed); attach the run's log to the job (`attach_log`). Also the job's inputs:
+the project's images and ROI boxes.
 """
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from shapely import wkt as shapely_wkt
@@ -26,9 +30,10 @@ log = logging.getLogger(__name__)
 STATUS = {"NOT_LAUNCH": 0, "INQUEUE": 1, "RUNNING": 2, "SUCCESS": 3, "FAILED": 4, "INDETERMINATE": 5, "WAIT": 6,
           "PREVIEW_DONE": 7, "KILLED": 8}
 RUNNING, SUCCESS, FAILED = STATUS["RUNNING"], STATUS["SUCCESS"], STATUS["FAILED"]
+STATUS_NAMES = {code: name for name, code in STATUS.items()}
 COMMENT_MAX = 255  # the job's statusComment column
 PROGRESS_STEP = 5  # percent between progress updates
-ALL = {"max": 0, "offset": 0}
+JOB_CLASS = "be.cytomine.processing.Job"  # the Grails core's domain class name of a job
 
 
 def redact(text: str, secrets: list[str | None]) -> str:
@@ -73,6 +78,8 @@ class JobReporter:
             return
         if isinstance(answer, dict) and isinstance(answer.get("job"), dict):
             self.job.update(answer["job"])
+        log.info("job %d: %s %s%% %s", self.id, STATUS_NAMES.get(status, status), body.get("progress", "?"),
+                 body.get("statusComment") or "")
         self.last_status = status
         if pct is not None:
             self.last_progress = pct
@@ -82,6 +89,7 @@ def find_or_create_job(connection: Connection, project: int, software: int | Non
     """The job to report to: the current algo user's job, else a new job of `software` in
     `project` whose user's keys the connection switches to. Returns the job JSON and the job
     user's keys (to keep out of messages)."""
+    connection.require("jobs")
     job_id = connection.user.get("job")
     if job_id:
         return connection.get_json(f"job/{int(job_id)}.json", what=f"Cytomine job {job_id}"), []
@@ -113,12 +121,12 @@ def save_job_parameters(connection: Connection, job: dict[str, Any], software: i
     """One JobParameter per software parameter given a value (what CytomineJob did for CLI runs);
     a parameter not saved is logged, never fatal."""
     try:
-        listing = connection.get_json(f"software/{int(software)}/software_parameter.json",
-                                      {"withSetByServer": "true", **ALL}, what=f"the parameters of software {software}")
+        listing = connection.get_collection(f"software/{int(software)}/software_parameter.json",
+                                            {"withSetByServer": "true"}, what=f"the parameters of software {software}")
     except CysegError as exc:
         log.warning("job %s: software parameters not listed (%s); job parameters not saved", job.get("id"), exc)
         return
-    for parameter in listing.get("collection", []):
+    for parameter in listing:
         name = parameter.get("name")
         if parameter.get("setByServer") or name not in values or values[name] in (None, ""):
             continue
@@ -137,9 +145,9 @@ def project_images(connection: Connection, project: int, ids: list[int]) -> list
     except NotFound:
         raise CysegError(f"Cytomine project {project} does not exist (HTTP 404); check the project id") from None
     if not ids:
-        listing = connection.get_json(f"project/{project}/imageinstance.json", ALL,
-                                      what=f"the images of project {project}")
-        return sorted(listing.get("collection", []), key=lambda i: i["id"])
+        listing = connection.get_collection(f"project/{project}/imageinstance.json",
+                                            what=f"the images of project {project}")
+        return sorted(listing, key=lambda i: i["id"])
     images = []
     for ident in ids:
         try:
@@ -157,13 +165,13 @@ def roi_windows(connection: Connection, image: int, width: int, height: int, pro
     """(annotation id, 'x,y,w,h') of each ROI annotation of `term` on the image: its bounding box
     in level-0 pixels (top-left), clipped to the image; ROIs outside the image are skipped."""
     params: dict[str, Any] = {"image": image, "term": term, "showWKT": "true", "showTerm": "true",
-                              "showBasic": "true", **ALL}
+                              "showBasic": "true"}
     if project is not None:
         params["project"] = project
-    listing = connection.get_json("annotation.json", params, what=f"listing the ROI annotations of image {image}")
+    listing = connection.get_collection("annotation.json", params, what=f"listing the ROI annotations of image {image}")
     out = []
     frame = box(0, 0, width, height)
-    for row in sorted(listing.get("collection", []), key=lambda r: r.get("id", 0)):
+    for row in sorted(listing, key=lambda r: r.get("id", 0)):
         try:
             geometry = flip_y(shapely_wkt.loads(row["location"]), height)
         except Exception:
@@ -179,3 +187,13 @@ def roi_windows(connection: Connection, image: int, width: int, height: int, pro
             continue
         out.append((int(row.get("id", 0)), f"{x0},{y0},{x1 - x0},{y1 - y0}"))
     return out
+
+
+def attach_log(connection: Connection, job: int, path: Path) -> None:
+    """Attach the run's log file to the job (`POST attachedfile.json`, part `files[]`), as the
+    router attaches its own; a log not attached is logged, never fatal."""
+    try:
+        connection.post_file("attachedfile.json", {"domainClassName": JOB_CLASS, "domainIdent": int(job)}, path,
+                             what=f"the log of job {job}")
+    except CysegError as exc:
+        log.warning("job %d: log not attached (%s)", job, exc)

@@ -2,11 +2,17 @@
 pixels from the server's window endpoint, the whole-slide overview from its thumbnail endpoint,
 all through one `Connection` (its retry policy, the shared image decoder).
 
-* Windows: `GET /api/imageinstance/<id>/window-<x>-<y>-<w>-<h>.png[?zoom=<level>]` (level-0,
-  top-left coordinates; PNG, so pixels are exactly those of the slide). Large regions are split
-  into chunks of at most `max_window` pixels a side, and every answer's size is checked: a server
-  that silently shrinks windows beyond its own limit makes us halve the chunk size and ask again,
+* Windows: `GET /api/imageinstance/<id>/window-<x>-<y>-<w>-<h>.png` (level-0, top-left
+  coordinates; PNG, so pixels are exactly those of the slide). Large regions are split into
+  chunks of at most `max_window` pixels a side, and every answer's size is checked: a server that
+  silently shrinks windows beyond its own limit makes us halve the chunk size and ask again,
   never accept a resized window. `cydata download` reads its crops through this same path.
+* Downscaled regions (levels > 0): the legacy core's windows honour `zoom`; the Spring and current
+  cores ignore it (and `maxSize`) and answer full-resolution pixels, so there the region comes
+  from `imageinstance/<id>/crop.png?location=<rectangle>&maxSize=<longest side>`, which they scale.
+* Overview: the legacy core serves thumbnails under the abstract image; Spring 5.2+ and current
+  cores want a browser token on the image-instance thumbnail, so there the reference slice's
+  thumbnail is read, which an API-key client may read on every Spring and current core.
 * Levels: Cytomine pyramids halve at each zoom step: `zoom` (or, on old cores, `depth`) levels of
   downsample 1, 2, 4, ...
 * Pickling keeps the host, the image id and where the keys come from (a config file path or the
@@ -21,10 +27,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+from shapely.geometry import box
 
+from segmenter.cytomine import generations
 from segmenter.cytomine.connection import Connection
 from segmenter.cytomine.credentials import credentials
 from segmenter.cytomine.errors import AccessRefused, NotFound
+from segmenter.cytomine.geometry import flip_y
 from segmenter.errors import CysegError
 from segmenter.io.images import decode_rgb
 from segmenter.wsi.slide import REDUCERS, ArrayReader
@@ -66,6 +75,8 @@ class CytomineSlideReader(ArrayReader):
     def _init_from(self, info: dict[str, Any]) -> None:
         self.width, self.height = int(info["width"]), int(info["height"])
         self.project = info.get("project")
+        self.base_image = info.get("baseImage")
+        self._thumb_uri: str | None = None
         self.filename = info.get("instanceFilename") or info.get("originalFilename")
         self.updated = info.get("updated") or info.get("created")
         zoom = info.get("zoom")
@@ -85,13 +96,14 @@ class CytomineSlideReader(ArrayReader):
 
     # ------------------------------------------------------------------ description ------------
     def identity(self) -> str:
-        """What the window cache keys on: server, image, size and last update."""
-        return f"cytomine:{self.connection.host}:image:{self.image_id}:{self.width}x{self.height}:{self.updated}"
+        """What the window cache keys on: server (its fingerprint), image, size and last update."""
+        return f"{self.connection.server_id}:image:{self.image_id}:{self.width}x{self.height}:{self.updated}"
 
     def describe(self) -> dict[str, Any]:
+        """The base summary; the server appears as its fingerprint, never as its address."""
         out = super().describe()
-        out["path"] = f"{self.connection.host.rstrip('/')}/api/imageinstance/{self.image_id}"
-        out["cytomine"] = {"host": self.connection.host, "image": self.image_id, "project": self.project,
+        out["path"] = f"cytomine-image-{self.image_id}"
+        out["cytomine"] = {"server": self.connection.server_id, "image": self.image_id, "project": self.project,
                            "filename": self.filename}
         return out
 
@@ -130,8 +142,7 @@ class CytomineSlideReader(ArrayReader):
         X, Y = x * d, y * d
         W, H = min(w * d, self.width - X), min(h * d, self.height - Y)
         what = f"Cytomine image {self.image_id}: window x={X}, y={Y}, {W}x{H}" + (f" at zoom {level}" if level else "")
-        pixels = self.connection.get_image(f"imageinstance/{self.image_id}/window-{X}-{Y}-{W}-{H}.png",
-                                           {"zoom": level} if level else None, what=what)
+        pixels = self.connection.get_image(*self._region_request(level, X, Y, W, H, max(w, h)), what=what)
         got_h, got_w = pixels.shape[:2]
         if (got_w, got_h) == (w, h):
             return pixels
@@ -147,6 +158,18 @@ class CytomineSlideReader(ArrayReader):
         raise CysegError(f"{what}: the server answered a {got_w}x{got_h} image instead of {w}x{h}; refusing "
                          "resized pixels (they would mis-scale the polygons)")
 
+    def _region_request(self, level: int, x: int, y: int, w: int, h: int,
+                        longest: int) -> tuple[str, dict[str, Any] | None]:
+        """(uri, query) of the level-0 region (x, y, w, h) scaled to `level`: a full-resolution
+        window at level 0; downscaled, a window at `zoom` on the legacy core, else a crop of the
+        rectangle (in Cytomine's frame) scaled to its `longest` side."""
+        if level == 0:
+            return f"imageinstance/{self.image_id}/window-{x}-{y}-{w}-{h}.png", None
+        if self.connection.api == generations.LEGACY:
+            return f"imageinstance/{self.image_id}/window-{x}-{y}-{w}-{h}.png", {"zoom": level}
+        rectangle = flip_y(box(x, y, x + w, y + h), self.height)
+        return f"imageinstance/{self.image_id}/crop.png", {"location": rectangle.wkt, "maxSize": longest}
+
     def thumbnail(self, max_side: int, pool: int = 1, reduce: str = "mean") -> tuple[np.ndarray, float]:
         """The overview through the thumb endpoint (`thumb.png?maxSize=`) when it is at most
         THUMB_MAX pixels long, else assembled from windows at a zoom level (base class)."""
@@ -161,8 +184,7 @@ class CytomineSlideReader(ArrayReader):
         if max(fine_w, fine_h) > THUMB_MAX:
             return super().thumbnail(max_side, pool, reduce)
         what = f"Cytomine image {self.image_id}: thumbnail of {max(fine_w, fine_h)} px"
-        data = self.connection.get_bytes(f"imageinstance/{self.image_id}/thumb.png",
-                                         {"maxSize": max(fine_w, fine_h)}, what=what)
+        data = self.connection.get_bytes(self._thumbnail_uri(), {"maxSize": max(fine_w, fine_h)}, what=what)
         fine = decode_rgb(data)
         if fine is None or abs(fine.shape[1] - fine_w) > 2 or abs(fine.shape[0] - fine_h) > 2:
             got = "an undecodable image" if fine is None else f"{fine.shape[1]}x{fine.shape[0]}"
@@ -174,12 +196,27 @@ class CytomineSlideReader(ArrayReader):
             fine = REDUCERS[reduce](fine.reshape(out_h, pool, out_w, pool, 3), axis=(1, 3))
         return np.ascontiguousarray(fine), downsample
 
+    def _thumbnail_uri(self) -> str:
+        """The thumbnail an API-key client may read on this core: the abstract image's on the
+        legacy core, the reference slice's on the others (found once)."""
+        if self._thumb_uri is None:
+            if self.connection.api == generations.LEGACY:
+                self._thumb_uri = f"abstractimage/{self.base_image}/thumb.png"
+            else:
+                ref = self.connection.get_json(f"imageinstance/{self.image_id}/sliceinstance/reference.json",
+                                               what=f"the reference slice of Cytomine image {self.image_id}")
+                if not isinstance(ref, dict) or "id" not in ref:
+                    raise CysegError(f"Cytomine image {self.image_id}: the server named no reference slice")
+                self._thumb_uri = f"sliceinstance/{int(ref['id'])}/thumb.png"
+        return self._thumb_uri
+
 
 def open_cytomine_image(image_id: int, connection: Connection | None = None, *,
                         config: str | Path | None = None, verify: bool = True,
-                        timeout: float = 60.0) -> CytomineSlideReader:
+                        timeout: float = 60.0, api: str | None = None) -> CytomineSlideReader:
     """Open image `image_id` as a SlideReader through `connection`, else through a new one whose
-    keys come from the config file or the environment (`credentials`)."""
+    keys come from the config file or the environment (`credentials`), talking to the `api`
+    generation (default: found when connecting)."""
     if connection is None:
-        connection = Connection(credentials(config=config, verify=verify, timeout=timeout))
+        connection = Connection(credentials(config=config, verify=verify, timeout=timeout, api=api))
     return CytomineSlideReader(image_id, connection)

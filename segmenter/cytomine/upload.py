@@ -8,8 +8,9 @@ resumably and without duplicates.
 * Batches of `batch_size` annotations are POSTed as one JSON array, each sent once per try.
   A batch is identified by the image id, the term and its geometries (SHA-256).
 * Journal: `<output>.upload.json` (atomic JSON) records each batch as "sent" before the POST and
-  "done" once acknowledged. A rerun skips "done" batches; for a "sent" batch (connection dropped
-  after sending, process killed, ...) it first lists the image's annotations of the current user
+  "done" once acknowledged; it names the server by its fingerprint, never by its address. A
+  rerun skips "done" batches; for a "sent" batch (connection dropped after sending, process
+  killed, ...) it first lists the image's annotations of the current user
   in the batch's bounding box and re-sends only the polygons not found there. The same check
   runs at once when a POST's outcome is unknown (timeout, dropped or truncated answer, 5xx), and
   the batch is tried up to the retry policy's `attempts` times, waiting its delays in between.
@@ -43,7 +44,7 @@ from segmenter.polygons import clean
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FORMAT = "cyseg-upload-journal/1"
+JOURNAL_FORMAT = "cyseg-upload-journal/2"
 BATCH_SIZE = 100
 GRID = 0.01  # coordinates are snapped to this grid (pixels) before upload
 MATCH_IOU = 0.9  # a server annotation this close to a batch polygon counts as that polygon
@@ -138,9 +139,9 @@ def batch_key(image: int, term: int | None, wkts: list[str]) -> str:
 class Journal:
     """Which batches of one image's upload are done, written atomically after every change."""
 
-    def __init__(self, path: Path | None, host: str, image: int, term: int | None):
+    def __init__(self, path: Path | None, server: str, image: int, term: int | None):
         self.path = path
-        self.data: dict[str, Any] = {"format": JOURNAL_FORMAT, "host": host, "image": image, "term": term,
+        self.data: dict[str, Any] = {"format": JOURNAL_FORMAT, "server": server, "image": image, "term": term,
                                      "batches": {}}
         if path is not None and path.exists():
             try:
@@ -150,7 +151,7 @@ class Journal:
                             "the server)", path)
                 data = None
             if isinstance(data, dict) and data.get("format") == JOURNAL_FORMAT and data.get("image") == image \
-                    and data.get("host") == host:
+                    and data.get("server") == server:
                 self.data = data
                 self.data.setdefault("batches", {})
 
@@ -187,7 +188,7 @@ class Uploader:
         self.height = int(height)
         self.term = term
         self.batch_size = batch_size
-        self.journal = Journal(journal, connection.host, self.image, term)
+        self.journal = Journal(journal, connection.server_id, self.image, term)
         self.progress = progress
         self.user = connection.user_id
 
@@ -378,7 +379,8 @@ def check_term(connection: Connection, term: int, project: int | None) -> dict[s
         raise CysegError(f"Cytomine term {term} does not exist (HTTP 404); check the term id") from None
     if project is not None:
         proj = connection.get_json(f"project/{int(project)}.json", what=f"Cytomine project {project}")
-        if isinstance(proj, dict) and proj.get("ontology") is not None and data.get("ontology") != proj.get("ontology"):
+        ontology = proj.get("ontology", proj.get("ontologyId")) if isinstance(proj, dict) else None
+        if ontology is not None and data.get("ontology", data.get("ontologyId")) != ontology:
             raise CysegError(f"Cytomine term {term} ({data.get('name')}) is not in the ontology of project {project}; "
                              "choose one of the project's terms")
     return data

@@ -1,20 +1,16 @@
-"""The REST endpoints: JSON views of stored objects and the handlers behind each route.
-
-Shapes follow Cytomine-core-spring (CE 2023-2024) as read by cytomine-python-client 4.3.0; see
-docs/cytomine-test-server.md for the list and for where the older Grails core is followed instead.
+"""The REST endpoints: JSON views of stored objects and the handlers behind each route, as the
+server's profile (legacy, spring, current) writes them; pixels are in `pixels`, the job API in
+`jobs`. docs/cytomine-test-server.md lists, per endpoint and profile, the core source followed.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
 from typing import Any, ClassVar
 
 import numpy as np
 import shapely
 from shapely import wkt as shapely_wkt
-from shapely.geometry import Polygon, box
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from . import imaging
@@ -24,10 +20,16 @@ from .http import (
     Response,
     bad_request,
     json_response,
+    needs,
     not_found,
+    paginate,
     parse_multipart,
+    respond_command,
     route,
+    ts,
 )
+from .jobs import JobApi
+from .pixels import PixelApi
 from .store import now_ms
 
 CLASS = {
@@ -51,38 +53,6 @@ CLASS = {
     "property": "be.cytomine.domain.meta.Property",
 }
 
-#: Job status codes (Cytomine ``Job``): 0 NOT_LAUNCH ... 8 KILLED.
-JOB_STATUS = {0: "NOTLAUNCH", 1: "INQUEUE", 2: "RUNNING", 3: "SUCCESS", 4: "FAILED", 5: "INDETERMINATE",
-              6: "WAIT", 7: "PREVIEWED", 8: "KILLED"}
-
-IMAGE_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "webp")
-
-
-def _ts(value: int | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def paginate(items: list, req: Request) -> dict:
-    """``buildJsonList`` of the Spring core: offset/max slicing and the page fields."""
-    offset = req.int_param("offset", 0) or 0
-    max_ = req.int_param("max", 0) or 0
-    size = len(items)
-    per = max_ if max_ > 0 else 2**31 - 1
-    sub = items[offset:offset + per] if offset < size else []
-    return {"collection": sub, "offset": offset, "perPage": min(per, size), "size": size,
-            "totalPages": math.ceil(size / per) if size else 0}
-
-
-def _message(verb: str, name: str, ident: Any) -> str:
-    return f"{name} {ident} {'added' if verb == 'Add' else 'edited' if verb == 'Edit' else 'deleted'}"
-
-
-def respond_command(key: str, obj: dict, verb: str, name: str) -> Response:
-    body = {"printMessage": True, "callback": {f"{key}ID": obj.get("id"), "method": f"be.cytomine.{verb}{name}Command"},
-            "message": _message(verb, name, obj.get("id")), key: obj}
-    return json_response(body)
-
-
 def geometry_boundaries(geom: BaseGeometry) -> tuple[int, int, int, int] | None:
     """``GeometryUtils.getGeometryBoundaries``: (topLeftX, topLeftY (Cytomine frame), width, height);
     a single point gives a 100 x 100 box around it; no point gives None."""
@@ -95,7 +65,7 @@ def geometry_boundaries(geom: BaseGeometry) -> tuple[int, int, int, int] | None:
     return round(minx - 50), round(maxy + 50), 100, 100
 
 
-class Api:
+class Api(PixelApi, JobApi):
     """Route handlers; mixed into :class:`CytomineTestServer` (needs ``store``, ``url``, ``slide()``)."""
 
     # ------------------------------------------------------------------ helpers --------------------
@@ -105,22 +75,6 @@ class Api:
             raise not_found(domain, ident)
         return row
 
-    def _image_by_slice(self, slice_id: Any) -> dict:
-        row = self.store.one("SELECT * FROM images WHERE slice = ?", (int(slice_id),))
-        if row is None:
-            raise not_found("SliceInstance", slice_id)
-        return row
-
-    def _image_for(self, kind: str, ident: Any) -> dict:
-        if kind == "sliceinstance":
-            return self._image_by_slice(ident)
-        if kind == "abstractimage":
-            row = self.store.one("SELECT * FROM images WHERE base_image = ?", (int(ident),))
-            if row is None:
-                raise not_found("AbstractImage", ident)
-            return row
-        return self._require("images", ident, "ImageInstance")
-
     def _annotation(self, ident: Any, kind: str = "annotation") -> dict:
         row = self.store.get("annotations", ident)
         if row is None or (kind == "userannotation" and row["kind"] != "user") or \
@@ -129,12 +83,19 @@ class Api:
             raise not_found(name, ident)
         return row
 
+    def _class(self, key: str) -> str:
+        """The domain class name of `key` as this core writes it."""
+        return self.profile.class_name(CLASS[key])
+
+    def _annotation_class(self, a: dict) -> str:
+        return self._class("userannotation" if a["kind"] == "user" else "algoannotation")
+
     def _is_admin(self, user: dict) -> bool:
         return bool(user and user["admin"])
 
     # ------------------------------------------------------------------ views ----------------------
     def user_json(self, u: dict, requester: dict | None = None) -> dict:
-        d = {"id": u["id"], "class": CLASS["userjob" if u["algo"] else "user"], "created": _ts(u["created"]),
+        d = {"id": u["id"], "class": self._class("userjob" if u["algo"] else "user"), "created": ts(u["created"]),
              "updated": None, "deleted": None, "username": u["username"], "firstname": u["username"],
              "lastname": "", "email": f"{u['username']}@test.invalid", "language": "ENGLISH",
              "origin": "TEST", "algo": bool(u["algo"]), "isDeveloper": False, "enabled": True,
@@ -150,25 +111,28 @@ class Api:
     def ontology_json(self, o: dict) -> dict:
         terms = self.store.all("SELECT * FROM terms WHERE ontology = ? ORDER BY id", (o["id"],))
         projects = self.store.all("SELECT id, name FROM projects WHERE ontology = ?", (o["id"],))
-        return {"id": o["id"], "class": CLASS["ontology"], "created": _ts(o["created"]), "updated": None,
+        return {"id": o["id"], "class": self._class("ontology"), "created": ts(o["created"]), "updated": None,
                 "deleted": None, "name": o["name"], "title": o["name"], "data": o["name"], "user": None,
-                "attr": {"id": o["id"], "type": CLASS["ontology"]}, "isFolder": True, "key": o["id"],
+                "attr": {"id": o["id"], "type": self._class("ontology")}, "isFolder": True, "key": o["id"],
                 "hidden": False, "state": "open", "projects": projects,
                 "children": [{"id": t["id"], "name": t["name"], "title": t["name"], "data": t["name"],
-                              "color": t["color"], "class": CLASS["term"], "parent": t["parent"],
-                              "attr": {"id": t["id"], "type": CLASS["term"]}, "checked": False,
+                              "color": t["color"], "class": self._class("term"), "parent": t["parent"],
+                              "attr": {"id": t["id"], "type": self._class("term")}, "checked": False,
                               "key": t["id"], "isFolder": False, "hidden": False, "children": []}
                              for t in terms]}
 
     def term_json(self, t: dict) -> dict:
-        return {"id": t["id"], "class": CLASS["term"], "created": _ts(t["created"]), "updated": None,
+        if self.profile.repository:  # the monorepo's repository TermResponse
+            return {"id": t["id"], "name": t["name"], "color": t["color"], "ontologyId": t["ontology"],
+                    "created": ts(t["created"]), "updated": None, "deleted": None, "comment": None, "children": []}
+        return {"id": t["id"], "class": self._class("term"), "created": ts(t["created"]), "updated": None,
                 "deleted": None, "name": t["name"], "comment": None, "ontology": t["ontology"],
                 "color": t["color"], "parent": t["parent"]}
 
     def project_json(self, p: dict) -> dict:
         ontology = self.store.get("ontologies", p["ontology"]) if p["ontology"] else None
         count = lambda sql: self.store.one(sql, (p["id"],))["n"]  # noqa: E731
-        return {"id": p["id"], "class": CLASS["project"], "created": _ts(p["created"]), "updated": None,
+        return {"id": p["id"], "class": self._class("project"), "created": ts(p["created"]), "updated": None,
                 "deleted": None, "name": p["name"], "ontology": p["ontology"],
                 "ontologyName": ontology["name"] if ontology else None, "discipline": None,
                 "disciplineName": None, "blindMode": False, "areImagesDownloadable": True,
@@ -183,30 +147,26 @@ class Api:
     def image_json(self, i: dict) -> dict:
         count = lambda kind: self.store.one(  # noqa: E731
             "SELECT COUNT(*) n FROM annotations WHERE image = ? AND kind = ?", (i["id"], kind))["n"]
-        base = self.url
         ext = os.path.splitext(i["original_filename"] or "")[1].lstrip(".").lower() or None
-        return {"id": i["id"], "class": CLASS["imageinstance"], "created": _ts(i["created"]), "updated": None,
-                "deleted": None, "baseImage": i["base_image"], "project": i["project"], "user": i["user"],
-                "uploadedFile": None, "sample": None, "instanceFilename": i["instance_filename"],
-                "originalFilename": i["original_filename"], "blindedName": None, "filename": i["path"],
-                "path": i["path"], "extension": ext, "contentType": i["mime"], "mime": i["mime"],
-                "width": i["width"], "height": i["height"], "depth": 1, "duration": 1, "channels": 1,
-                "apparentChannels": 3, "physicalSizeX": i["physical_size"], "physicalSizeY": i["physical_size"],
-                "physicalSizeZ": None, "resolution": i["physical_size"], "fps": None, "zoom": i["max_zoom"],
-                "tileSize": imaging.TILE_SIZE, "magnification": i["magnification"], "bitPerSample": 8,
-                "samplePerPixel": 3, "colorspace": None, "reviewed": False, "inReview": False,
-                "reviewStart": None, "reviewStop": None, "reviewUser": None,
-                "numberOfAnnotations": count("user"), "numberOfJobAnnotations": count("algo"),
-                "numberOfReviewedAnnotations": 0,
-                "thumb": f"{base}/api/imageinstance/{i['id']}/thumb.png?maxSize=512",
-                "preview": f"{base}/api/imageinstance/{i['id']}/thumb.png?maxSize=1024",
-                "macroURL": None}
-
-    def slice_json(self, i: dict) -> dict:
-        return {"id": i["slice"], "class": CLASS["sliceinstance"], "created": _ts(i["created"]), "updated": None,
-                "deleted": None, "uploadedFile": None, "imageServerUrl": self.url, "project": i["project"],
-                "baseSlice": i["slice"], "image": i["id"], "path": i["path"], "mime": i["mime"], "channel": 0,
-                "zStack": 0, "time": 0, "rank": 0, "channelName": None, "channelColor": None}
+        d = {"id": i["id"], "class": self._class("imageinstance"), "created": ts(i["created"]), "updated": None,
+             "deleted": None, "baseImage": i["base_image"], "project": i["project"], "user": i["user"],
+             "instanceFilename": i["instance_filename"], "originalFilename": i["original_filename"],
+             "filename": i["path"], "path": i["path"], "width": i["width"], "height": i["height"],
+             "magnification": i["magnification"], "reviewed": False, "reviewStart": None, "reviewStop": None,
+             "reviewUser": None, "numberOfAnnotations": count("user"), "numberOfJobAnnotations": count("algo"),
+             "numberOfReviewedAnnotations": 0}
+        if self.profile.legacy:  # Grails ImageInstance.getDataFromDomain: IMS era, no slices
+            thumb = f"{self.url}/api/abstractimage/{i['base_image']}/thumb.png"
+            d.update(mime=ext, resolution=i["physical_size"], depth=i["max_zoom"], thumb=f"{thumb}?maxSize=512",
+                     preview=f"{thumb}?maxSize=1024")
+            return d
+        thumb = f"{self.url}/api/imageinstance/{i['id']}/thumb.png"
+        d.update(uploadedFile=None, sample=None, blindedName=None, extension=ext, contentType=i["mime"], depth=1,
+                 duration=1, channels=1, extrinsicChannels=3, physicalSizeX=i["physical_size"],
+                 physicalSizeY=i["physical_size"], physicalSizeZ=None, fps=None, zoom=i["max_zoom"],
+                 tileSize=imaging.TILE_SIZE, bitPerSample=8, samplePerPixel=3, colorspace=None, inReview=False,
+                 thumb=f"{thumb}?maxSize=512", preview=f"{thumb}?maxSize=1024", macroURL=None)
+        return d
 
     def _gis(self, a: dict, geom: BaseGeometry, image: dict) -> dict:
         ps = image["physical_size"]
@@ -239,8 +199,8 @@ class Api:
         """Full object (``GET /api/annotation/<id>.json``, add/edit responses)."""
         geom = shapely_wkt.loads(a["location"])
         image = self.store.get("images", a["image"])
-        d = {"id": a["id"], "class": CLASS["userannotation" if a["kind"] == "user" else "algoannotation"],
-             "created": _ts(a["created"]), "updated": _ts(a["updated"]), "deleted": None, "slice": a["slice"],
+        d = {"id": a["id"], "class": self._annotation_class(a),
+             "created": ts(a["created"]), "updated": ts(a["updated"]), "deleted": None, "slice": a["slice"],
              "image": a["image"], "project": a["project"], "user": a["user"], "location": a["location"],
              "geometryCompression": a["geometry_compression"], "nbComments": 0, "reviewed": False,
              "track": [], "annotationTrack": [], "group": None}
@@ -254,9 +214,9 @@ class Api:
         d: dict[str, Any] = {}
         geom = None
         if "basic" in groups:
-            d.update(id=a["id"], **{"class": CLASS["userannotation" if a["kind"] == "user" else "algoannotation"]})
+            d.update(id=a["id"], **{"class": self._annotation_class(a)})
         if "meta" in groups:
-            d.update(created=_ts(a["created"]), updated=_ts(a["updated"]), image=a["image"], slice=a["slice"],
+            d.update(created=ts(a["created"]), updated=ts(a["updated"]), image=a["image"], slice=a["slice"],
                      project=a["project"], user=a["user"], nbComments=0, countReviewedAnnotations=0, reviewed=False,
                      **self._annotation_urls(a))
         if "wkt" in groups:
@@ -280,58 +240,25 @@ class Api:
             d.update(track=[], annotationTrack=[])
         return d
 
-    def software_parameter_json(self, p: dict) -> dict:
-        return {"id": p["id"], "class": CLASS["softwareparameter"], "created": _ts(p["created"]), "updated": None,
-                "deleted": None, "name": p["name"], "humanName": p["name"], "type": p["type"],
-                "defaultParamValue": p["default_value"], "required": bool(p["required"]), "index": p["idx"],
-                "setByServer": bool(p["set_by_server"]), "serverParameter": False, "uri": p["uri"],
-                "uriPrintAttribut": p["uri_print"], "uriSortAttribut": p["uri_sort"], "software": p["software"],
-                "valueKey": f"[{p['name'].upper()}]", "commandLineFlag": f"--{p['name']}"}
-
-    def software_json(self, s: dict) -> dict:
-        params = self.store.all("SELECT * FROM software_parameters WHERE software = ? ORDER BY idx, id", (s["id"],))
-        n_jobs = self.store.one("SELECT COUNT(*) n FROM jobs WHERE software = ?", (s["id"],))["n"]
-        return {"id": s["id"], "class": CLASS["software"], "created": _ts(s["created"]), "updated": None,
-                "deleted": None, "name": s["name"], "fullName": f"{s['name']} ({s['version']})",
-                "softwareVersion": s["version"], "executable": True, "deprecated": False, "numberOfJob": n_jobs,
-                "parameters": [self.software_parameter_json(p) for p in params]}
-
-    def job_parameter_json(self, jp: dict) -> dict:
-        sp = self.store.get("software_parameters", jp["software_parameter"])
-        return {"id": jp["id"], "class": CLASS["jobparameter"], "created": _ts(jp["created"]), "updated": None,
-                "deleted": None, "job": jp["job"], "softwareParameter": jp["software_parameter"],
-                "value": jp["value"], "name": sp["name"] if sp else None, "humanName": sp["name"] if sp else None,
-                "type": sp["type"] if sp else None, "index": sp["idx"] if sp else None,
-                "uri": None, "uriPrintAttribut": None, "uriSortAttribut": None}
-
-    def job_json(self, j: dict) -> dict:
-        software = self.store.get("software", j["software"])
-        creator = self.store.get("users", j["creator"])
-        params = self.store.all("SELECT * FROM job_parameters WHERE job = ? ORDER BY id", (j["id"],))
-        return {"id": j["id"], "class": CLASS["job"], "created": _ts(j["created"]), "updated": _ts(j["updated"]),
-                "deleted": None, "software": j["software"], "softwareName": software["name"] if software else None,
-                "softwareVersion": software["version"] if software else None, "project": j["project"],
-                "status": j["status"], "number": j["number"], "statusComment": j["status_comment"],
-                "progress": j["progress"], "userJob": j["user_job"],
-                "username": creator["username"] if creator else None, "dataDeleted": False, "favorite": False,
-                "rate": None, "processingServer": None,
-                "jobParameters": [self.job_parameter_json(p) for p in params]}
-
     def attached_file_json(self, f: dict) -> dict:
-        return {"id": f["id"], "class": CLASS["attachedfile"], "created": _ts(f["created"]), "updated": None,
+        return {"id": f["id"], "class": self._class("attachedfile"), "created": ts(f["created"]), "updated": None,
                 "deleted": None, "domainClassName": f["domain_class"], "domainIdent": f["domain_ident"],
                 "filename": f["filename"], "key": f["key"], "url": f"{self.url}/api/attachedfile/{f['id']}/download"}
 
     def property_json(self, p: dict) -> dict:
-        return {"id": p["id"], "class": CLASS["property"], "created": _ts(p["created"]), "updated": None,
+        return {"id": p["id"], "class": self._class("property"), "created": ts(p["created"]), "updated": None,
                 "deleted": None, "domainClassName": p["domain_class"], "domainIdent": p["domain_ident"],
                 "key": p["key"], "value": p["value"]}
 
     # ------------------------------------------------------------------ server / users -----------
     def ping(self, req: Request) -> Response:
-        return json_response({"alive": True, "authenticated": req.user is not None, "version": "test",
-                              "serverURL": self.url, "serverID": "cytomine-test-server",
-                              "user": req.user["id"] if req.user else None})
+        """Grails: alive, authenticated, version, serverURL, serverID (+ user); Spring and monorepo:
+        no ``authenticated`` and no user."""
+        body = {"alive": True, "version": self.profile.version, "serverURL": self.url,
+                "serverID": "cytomine-test-server"}
+        if self.profile.legacy:
+            body.update(authenticated=req.user is not None, user=req.user["id"] if req.user else None)
+        return json_response(body)
 
     @route("GET", r"/api/user/current\.json")
     def current_user(self, req: Request) -> Response:
@@ -370,6 +297,8 @@ class Api:
 
     @route("GET", r"/api/project/(?P<ident>\d+)\.json")
     def get_project(self, req: Request, ident: str) -> Response:
+        if self.profile.repository and self.store.get("projects", ident) is None:
+            raise HttpError(404, f"Unable to find project with id: {ident}", html=True)
         return json_response(self.project_json(self._require("projects", ident, "Project")))
 
     @route("GET", r"/api/ontology\.json")
@@ -381,26 +310,48 @@ class Api:
     def get_ontology(self, req: Request, ident: str) -> Response:
         return json_response(self.ontology_json(self._require("ontologies", ident, "Ontology")))
 
+    def _terms(self, req: Request, rows: list[dict]) -> Response:
+        """Old cores: ``max``/``offset`` (0 = all). The monorepo's repository endpoints: Spring
+        ``page``/``size`` paging, 20 per page by default, ``max``/``offset`` ignored."""
+        items = [self.term_json(t) for t in rows]
+        if not self.profile.repository:
+            return json_response(paginate(items, req))
+        size = req.int_param("size", 20) or 20
+        page = req.int_param("page", 0) or 0
+        return json_response({"collection": items[page * size:(page + 1) * size], "offset": page * size,
+                              "perPage": size, "size": len(items), "totalPages": -(-len(items) // size)})
+
+    def _term(self, ident: str) -> dict:
+        row = self.store.get("terms", ident)
+        if row is None and self.profile.repository:  # ResponseStatusException -> the error page
+            raise HttpError(404, f"Unable to find term with id: {ident}", html=True)
+        return self._require("terms", ident, "Term")
+
     @route("GET", r"/api/term\.json")
     def list_terms(self, req: Request) -> Response:
-        rows = self.store.all("SELECT * FROM terms ORDER BY id")
-        return json_response(paginate([self.term_json(t) for t in rows], req))
+        return self._terms(req, self.store.all("SELECT * FROM terms ORDER BY id"))
 
     @route("GET", r"/api/term/(?P<ident>\d+)\.json")
     def get_term(self, req: Request, ident: str) -> Response:
-        return json_response(self.term_json(self._require("terms", ident, "Term")))
+        return json_response(self.term_json(self._term(ident)))
 
     @route("GET", r"/api/project/(?P<ident>\d+)/term\.json")
     def project_terms(self, req: Request, ident: str) -> Response:
         project = self._require("projects", ident, "Project")
-        rows = self.store.all("SELECT * FROM terms WHERE ontology = ? ORDER BY id", (project["ontology"],))
-        return json_response(paginate([self.term_json(t) for t in rows], req))
+        return self._terms(req, self.store.all("SELECT * FROM terms WHERE ontology = ? ORDER BY id",
+                                               (project["ontology"],)))
 
     @route("GET", r"/api/ontology/(?P<ident>\d+)/term\.json")
     def ontology_terms(self, req: Request, ident: str) -> Response:
         self._require("ontologies", ident, "Ontology")
-        rows = self.store.all("SELECT * FROM terms WHERE ontology = ? ORDER BY id", (int(ident),))
-        return json_response(paginate([self.term_json(t) for t in rows], req))
+        return self._terms(req, self.store.all("SELECT * FROM terms WHERE ontology = ? ORDER BY id", (int(ident),)))
+
+    # ------------------------------------------------------------------ App Engine ---------------
+    @route("GET", r"/api/app-engine/tasks")
+    @needs("app_engine")
+    def app_engine_tasks(self, req: Request) -> Response:
+        """The core's App Engine proxy (Spring 5.1+, monorepo): the task list (no task is modelled)."""
+        return json_response([])
 
     # ------------------------------------------------------------------ images -------------------
     @route("GET", r"/api/project/(?P<ident>\d+)/imageinstance\.json")
@@ -417,103 +368,6 @@ class Api:
     @route("GET", r"/api/imageinstance/(?P<ident>\d+)\.json")
     def get_image(self, req: Request, ident: str) -> Response:
         return json_response(self.image_json(self._require("images", ident, "ImageInstance")))
-
-    @route("GET", r"/api/imageinstance/(?P<ident>\d+)/sliceinstance/reference\.json")
-    def reference_slice(self, req: Request, ident: str) -> Response:
-        return json_response(self.slice_json(self._require("images", ident, "ImageInstance")))
-
-    @route("GET", r"/api/imageinstance/(?P<ident>\d+)/sliceinstance\.json")
-    def image_slices(self, req: Request, ident: str) -> Response:
-        return json_response(paginate([self.slice_json(self._require("images", ident, "ImageInstance"))], req))
-
-    @route("GET", r"/api/sliceinstance/(?P<ident>\d+)\.json")
-    def get_slice(self, req: Request, ident: str) -> Response:
-        return json_response(self.slice_json(self._image_by_slice(ident)))
-
-    @route("GET", r"/api/(?P<kind>imageinstance|abstractimage)/(?P<ident>\d+)/download")
-    def download_image(self, req: Request, kind: str, ident: str) -> Response:
-        image = self._image_for(kind, ident)
-        with open(image["path"], "rb") as fh:
-            data = fh.read()
-        name = image["original_filename"] or os.path.basename(image["path"])
-        return Response(200, data, "application/octet-stream",
-                        {"Content-Disposition": f"attachment; filename=\"{name}\""})
-
-    def _format(self, fmt: str) -> str:
-        fmt = fmt.lower()
-        if fmt not in IMAGE_FORMATS:
-            raise bad_request(f"Format {fmt} is not supported")
-        return "jpg" if fmt == "jpeg" else fmt
-
-    def _image_response(self, array: np.ndarray, fmt: str) -> Response:
-        return Response(200, imaging.encode(array, fmt), imaging.CONTENT_TYPES[fmt])
-
-    @route("GET", r"/api/(?P<kind>imageinstance|sliceinstance)/(?P<ident>\d+)/window-(?P<x>-?\d+)-(?P<y>-?\d+)"
-                  r"-(?P<w>\d+)-(?P<h>\d+)\.(?P<fmt>\w+)")
-    def window(self, req: Request, kind: str, ident: str, x: str, y: str, w: str, h: str, fmt: str) -> Response:
-        image = self._image_for(kind, ident)
-        fmt = self._format(fmt)
-        mask = req.bool_param("mask")
-        alpha = req.bool_param("alphaMask") or req.param("type") in ("alphaMask", "alphamask")
-        mask = mask or req.param("type") == "mask"
-        if alpha:
-            fmt = "png" if fmt not in ("png", "webp") else fmt
-        region = imaging.clip_region(int(x), int(y), int(w), int(h), image["width"], image["height"])
-        if region is None:
-            raise bad_request(f"Window {x},{y},{w},{h} does not intersect the image {image['width']}x{image['height']}")
-        rx, ry, rw, rh = region
-        out_w, out_h = imaging.scaled_size(rw, rh, req.int_param("zoom"), req.int_param("maxSize"))
-        if mask and not alpha and self.window_masks:
-            layer = self._window_mask(req, image, rx, ry, rw, rh, out_w, out_h)
-            return self._image_response(layer, fmt)
-        rgb = self.slide(image).read(rx, ry, rw, rh, out_w, out_h)
-        if alpha and self.window_masks:
-            layer = self._window_mask(req, image, rx, ry, rw, rh, out_w, out_h)
-            rgb = np.dstack([rgb, layer])
-        return self._image_response(rgb, fmt)
-
-    def _window_mask(self, req: Request, image: dict, rx: int, ry: int, rw: int, rh: int, out_w: int,
-                     out_h: int) -> np.ndarray:
-        """Grails-core window masks: the image's annotations chosen by ``annotations`` (ids) or by
-        ``users``/``terms`` (user annotations when no user is given), rasterised in the window."""
-        window = box(rx, image["height"] - ry - rh, rx + rw, image["height"] - ry)  # Cytomine frame
-        ids = req.list_param("annotations")
-        rows = self.store.all("SELECT * FROM annotations WHERE image = ?", (image["id"],))
-        if ids:
-            rows = [a for a in rows if a["id"] in ids]
-        else:
-            users, terms = req.list_param("users"), req.list_param("terms")
-            rows = [a for a in rows if (a["user"] in users if users else a["kind"] == "user")]
-            if terms:
-                rows = [a for a in rows if set(self.store.annotation_terms(a["id"])) & set(terms)]
-        geoms = [g for g in (shapely_wkt.loads(a["location"]) for a in rows) if g.intersects(window)]
-        return imaging.rasterize(geoms, image["height"], rx, ry, out_w / rw, out_h / rh, out_w, out_h)
-
-    @route("GET", r"/api/(?P<kind>imageinstance|sliceinstance|abstractimage)/(?P<ident>\d+)/thumb\.(?P<fmt>\w+)")
-    def thumb(self, req: Request, kind: str, ident: str, fmt: str) -> Response:
-        image = self._image_for(kind, ident)
-        fmt = self._format(fmt)
-        max_size = req.int_param("maxSize", 512) or 512
-        out_w, out_h = imaging.scaled_size(image["width"], image["height"], max_size=max_size)
-        rgb = self.slide(image).read(0, 0, image["width"], image["height"], out_w, out_h)
-        return self._image_response(rgb, fmt)
-
-    @route("GET", r"/api/(?P<kind>sliceinstance|imageinstance)/(?P<ident>\d+)/normalized-tile/zoom/(?P<z>\d+)"
-                  r"/tx/(?P<tx>\d+)/ty/(?P<ty>\d+)\.(?P<fmt>\w+)")
-    def normalized_tile(self, req: Request, kind: str, ident: str, z: str, tx: str, ty: str, fmt: str) -> Response:
-        image = self._image_for(kind, ident)
-        fmt = self._format(fmt)
-        zoom, max_zoom = int(z), image["max_zoom"]
-        if zoom > max_zoom:
-            raise bad_request(f"Zoom {zoom} is above the maximum zoom {max_zoom}")
-        ds = 2 ** (max_zoom - zoom)
-        span = imaging.TILE_SIZE * ds
-        region = imaging.clip_region(int(tx) * span, int(ty) * span, span, span, image["width"], image["height"])
-        if region is None:
-            raise bad_request(f"Tile ({tx}, {ty}) is outside the image at zoom {zoom}")
-        rx, ry, rw, rh = region
-        out_w, out_h = max(1, math.ceil(rw / ds)), max(1, math.ceil(rh / ds))
-        return self._image_response(self.slide(image).read(rx, ry, rw, rh, out_w, out_h), fmt)
 
     # ------------------------------------------------------------------ annotations: read --------
     def _property_groups(self, req: Request) -> list[str]:
@@ -658,7 +512,7 @@ class Api:
         if region is None:
             raise bad_request("Annotation is outside the image")
         rx, ry, rw, rh = region
-        max_size = req.int_param("maxSize", self.crop_default_max_size)
+        max_size = req.int_param("maxSize")  # every core: maxSize wins, else zoom, else full resolution
         out_w, out_h = imaging.scaled_size(rw, rh, None if max_size else req.int_param("zoom"), max_size)
         sx, sy = out_w / rw, out_h / rh
         if what == "mask":
@@ -731,6 +585,7 @@ class Api:
                 raise bad_request("Annotation dimension not valid")
         terms = self._terms_of(item)
         ident = self.store.add_annotation_row(image=image, user=user, location=geom.wkt, terms=terms,
+                                              algo=bool(user["algo"]) and self.profile.legacy,
                                               received=str(location), source="api")
         return self.store.get("annotations", ident)
 
@@ -761,7 +616,7 @@ class Api:
         else:
             status, payload = 206, {"success": False, "message": f"Only part of the entries ({cls}s {ids}",
                                     "errors": errors}
-        if self.collection_status == "spring":
+        if self.profile.status_in_body:
             return json_response({"data": payload, "status": status}, 200)
         return json_response(payload, status)
 
@@ -794,7 +649,7 @@ class Api:
         return respond_command("annotation", body, "Delete", "Annotation")
 
     def _annotation_term_json(self, a: dict, term: int, user: int | None, row_id: int | None = None) -> dict:
-        return {"id": row_id, "class": CLASS["annotationterm" if a["kind"] == "user" else "algoannotationterm"],
+        return {"id": row_id, "class": self._class("annotationterm" if a["kind"] == "user" else "algoannotationterm"),
                 "userannotation": a["id"], "annotationIdent": a["id"], "term": term, "user": user,
                 "userJob": user if a["kind"] == "algo" else None}
 
@@ -827,131 +682,6 @@ class Api:
         return respond_command("annotationterm", self._annotation_term_json(a, int(term), row["user"], row["id"]),
                                "Delete", "AnnotationTerm")
 
-    # ------------------------------------------------------------------ software / jobs ----------
-    @route("GET", r"/api/software\.json")
-    def list_software(self, req: Request) -> Response:
-        rows = self.store.all("SELECT * FROM software ORDER BY id")
-        return json_response(paginate([self.software_json(s) for s in rows], req))
-
-    @route("GET", r"/api/software/(?P<ident>\d+)\.json")
-    def get_software(self, req: Request, ident: str) -> Response:
-        return json_response(self.software_json(self._require("software", ident, "Software")))
-
-    @route("GET", r"/api/software/(?P<ident>\d+)/software_parameter\.json")
-    def software_parameters(self, req: Request, ident: str) -> Response:
-        self._require("software", ident, "Software")
-        rows = self.store.all("SELECT * FROM software_parameters WHERE software = ? ORDER BY idx, id", (int(ident),))
-        if not req.bool_param("withSetByServer"):
-            rows = [p for p in rows if not p["set_by_server"]]
-        return json_response(paginate([self.software_parameter_json(p) for p in rows], req))
-
-    @route("GET", r"/api/softwareparameter/(?P<ident>\d+)\.json")
-    def get_software_parameter(self, req: Request, ident: str) -> Response:
-        return json_response(self.software_parameter_json(
-            self._require("software_parameters", ident, "SoftwareParameter")))
-
-    @route("POST", r"/api/job\.json")
-    def post_job(self, req: Request) -> Response:
-        data = req.json()
-        if not isinstance(data, dict):
-            raise bad_request("Json not valid")
-        try:
-            project = self._require("projects", data.get("project"), "Project")
-            software = self._require("software", data.get("software"), "Software")
-        except HttpError as exc:  # the add command wraps not-found errors as {"success", "errors"}
-            raise HttpError(exc.status, exc.message) from None
-        job_id, *_ = self.create_job(project["id"], software["id"], req.user["id"])
-        return respond_command("job", self.job_json(self.store.get("jobs", job_id)), "Add", "Job")
-
-    def create_job(self, project: int, software: int, creator: int) -> tuple[int, int, str, str]:
-        """Create a job and its algo user ("user job") with its own key pair."""
-        number = self.store.one("SELECT COUNT(*) n FROM jobs WHERE software = ?", (software,))["n"] + 1
-        name = self.store.get("software", software)["name"]
-        job_id = self.store.new_id()
-        user_id, public, private = self.store.add_user(
-            f"{name}{number}_{time.strftime('%Y%m%d%H%M%S')}", algo=True, job=job_id, creator=creator)
-        ts = now_ms()
-        self.store.insert("jobs", id=job_id, software=software, project=project, user_job=user_id, creator=creator,
-                          number=number, status=0, progress=0, status_comment=None, created=ts, updated=ts)
-        return job_id, user_id, public, private
-
-    @route("GET", r"/api/job\.json")
-    def list_jobs(self, req: Request) -> Response:
-        clauses, params = [], []
-        for name in ("project", "software"):
-            value = req.int_param(name)
-            if value is not None:
-                clauses.append(f"{name} = ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.store.all(f"SELECT * FROM jobs {where} ORDER BY id DESC", params)
-        return json_response(paginate([self.job_json(j) for j in rows], req))
-
-    @route("GET", r"/api/job/(?P<ident>\d+)\.json")
-    def get_job(self, req: Request, ident: str) -> Response:
-        return json_response(self.job_json(self._require("jobs", ident, "Job")))
-
-    @route("PUT", r"/api/job/(?P<ident>\d+)\.json")
-    def update_job(self, req: Request, ident: str) -> Response:
-        job = self._require("jobs", ident, "Job")
-        if not (req.user["admin"] or req.user["id"] in (job["user_job"], job["creator"])):
-            raise HttpError(403, "You don't have the right to read or modify this resource!")
-        data = req.json()
-        if not isinstance(data, dict):
-            raise bad_request("Json not valid")
-        status, progress, comment = job["status"], job["progress"], job["status_comment"]
-        if "status" in data:
-            try:
-                status = int(data["status"])
-            except (TypeError, ValueError):
-                raise bad_request(f"Job status {data['status']!r} is not valid") from None
-            if status not in JOB_STATUS:
-                raise bad_request(f"Job status {status} is not valid")
-        if "progress" in data and data["progress"] is not None:
-            try:
-                progress = int(data["progress"])
-            except (TypeError, ValueError):
-                raise bad_request(f"Job progress {data['progress']!r} is not valid") from None
-            if not 0 <= progress <= 100:
-                raise bad_request(f"Property progress of class Job with value [{progress}] "
-                                  "does not fall within the valid range from [0] to [100]")
-        if "statusComment" in data:
-            comment = data["statusComment"]
-            if comment is not None and len(str(comment)) > 255:
-                raise bad_request("Property statusComment of class Job exceeds the maximum size of [255]")
-        self.store.execute("UPDATE jobs SET status = ?, progress = ?, status_comment = ?, updated = ? WHERE id = ?",
-                           (status, progress, comment, now_ms(), job["id"]))
-        self.store.record_job_update(job["id"], status, progress, comment, req.user["id"], data)
-        return respond_command("job", self.job_json(self.store.get("jobs", job["id"])), "Edit", "Job")
-
-    @route("POST", r"/api/jobparameter\.json")
-    def add_job_parameter(self, req: Request) -> Response:
-        data = req.json()
-        if not isinstance(data, dict):
-            raise bad_request("Json not valid")
-        try:
-            job = self._require("jobs", data.get("job"), "Job")
-            param = self._require("software_parameters", data.get("softwareParameter"), "SoftwareParameter")
-        except HttpError as exc:
-            raise HttpError(exc.status, exc.message) from None
-        value = data.get("value")
-        if value is not None and not isinstance(value, str):
-            value = json.dumps(value)
-        ident = self.store.insert("job_parameters", job=job["id"], software_parameter=param["id"], value=value,
-                                  created=now_ms())
-        return respond_command("jobparameter", self.job_parameter_json(self.store.get("job_parameters", ident)),
-                               "Add", "JobParameter")
-
-    @route("GET", r"/api/job/(?P<ident>\d+)/(?:jobparameter|parameter)\.json")
-    def list_job_parameters(self, req: Request, ident: str) -> Response:
-        self._require("jobs", ident, "Job")
-        rows = self.store.all("SELECT * FROM job_parameters WHERE job = ? ORDER BY id", (int(ident),))
-        return json_response(paginate([self.job_parameter_json(p) for p in rows], req))
-
-    @route("GET", r"/api/jobparameter/(?P<ident>\d+)\.json")
-    def get_job_parameter(self, req: Request, ident: str) -> Response:
-        return json_response(self.job_parameter_json(self._require("job_parameters", ident, "JobParameter")))
-
     # ------------------------------------------------------------------ domains: files, properties
     _DOMAIN_TABLES: ClassVar[dict[str, str]] = {"project": "projects", "imageinstance": "images",
                                                 "userannotation": "annotations",
@@ -960,10 +690,11 @@ class Api:
                       "term": "terms", "ontology": "ontologies", "attachedfile": "attached_files"}
 
     def resolve_domain(self, class_name: str, ident: Any) -> tuple[str, int]:
-        """(normalised kind, id) of an existing domain object, for both Spring (``be.cytomine.domain.
-        processing.Job``) and Grails (``be.cytomine.processing.Job``) class names, or 404."""
+        """(normalised kind, id) of an existing domain object named by this core's class names
+        (Grails ``be.cytomine.processing.Job``, Spring ``be.cytomine.domain.processing.Job``), or 404."""
         simple = str(class_name).rsplit(".", 1)[-1].lower()
-        table = self._DOMAIN_TABLES.get(simple)
+        foreign = "." in str(class_name) and class_name not in {self._class(key) for key in CLASS}
+        table = None if foreign and simple != "annotationdomain" else self._DOMAIN_TABLES.get(simple)
         try:
             ident = int(ident)
         except (TypeError, ValueError):
@@ -983,9 +714,8 @@ class Api:
         if not files:
             raise bad_request("Required request part 'files[]' is not present")
         part = files[0]
-        filename = req.param("filename") or part["filename"] or "file"
-        if self.attached_filename == "basename":
-            filename = os.path.basename(filename.replace("\\", "/"))
+        # every core keeps the file name only (commons-fileupload / Spring strip the directories)
+        filename = os.path.basename((req.param("filename") or part["filename"] or "file").replace("\\", "/"))
         fid = self.store.insert("attached_files", domain_class=cls, domain_kind=kind, domain_ident=ident,
                                 filename=filename, key=req.param("key"), data=part["data"], user=req.user["id"],
                                 created=now_ms())
@@ -1028,7 +758,7 @@ class Api:
     def _domain_class_for(self, cls: str, kind: str, ident: int) -> str:
         if kind == "annotation":
             a = self.store.get("annotations", ident)
-            return CLASS["userannotation" if a["kind"] == "user" else "algoannotation"]
+            return self._annotation_class(a)
         return cls
 
     def _properties(self, req: Request, cls: str, ident: Any) -> Response:

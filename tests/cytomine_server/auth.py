@@ -1,15 +1,16 @@
 """HMAC-SHA1 request signatures of the Cytomine "CYTOMINE <public>:<signature>" scheme.
 
-Two token variants exist (see docs/cytomine-test-server.md):
+Each core verifies exactly one token variant (see docs/cytomine-test-server.md):
 
-* with path (cytomine-python-client 2.x-3.1, Cytomine-core-spring ``ApiKeyFilter`` + ``SecurityUtils``):
+* with path -- the Grails core (``APIAuthentificationFilters`` + ``SecurityUtils.generateKeys``),
+  the Spring core (``ApiKeyFilter``) and the monorepo core before 2025-12-18:
   ``METHOD\\n<content-MD5>\\n<content-type>\\n<date>\\n<request URI>[?<raw query string>]``
-* without path (cytomine-python-client 4.x, newest core ``ApiKeyFilter``):
+* without path -- the monorepo core from 2025-12-18 (``ApiKeyFilter.generateKeys``):
   ``METHOD\\n<content-MD5>\\n<content-type>\\n<date>``
 
-Like the Spring core, a signature that does not match with the request's content type is tried
-again with an empty content type. The ``Date`` header must be present but is not compared with
-the clock (Cytomine does not do it either).
+The Spring and monorepo cores check a failed signature again with an empty content type; the
+Grails core does not. The ``Date`` header must be present but is not compared with the clock
+(no core does it).
 """
 from __future__ import annotations
 
@@ -46,14 +47,16 @@ class AuthResult:
     user: Mapping | None
     variant: str | None  # "no-path", "with-path", "no-path/empty-ct", "with-path/empty-ct"
     error: str | None     # why it was refused (None when accepted)
+    unknown_key: bool = False  # no enabled user has this public key
 
 
-def verify(method: str, path_query: str, headers: Mapping[str, str],
-           lookup: Callable[[str], Mapping | None]) -> AuthResult:
-    """Check the ``authorization`` header of a request.
+def verify(method: str, path_query: str, headers: Mapping[str, str], lookup: Callable[[str], Mapping | None], *,
+           with_path: bool, empty_type_retry: bool) -> AuthResult:
+    """Check the ``authorization`` header of a request as one core does.
 
     ``path_query`` is the raw request target as received (path plus ``?query`` if any);
-    ``lookup(public_key)`` returns the user row (with a ``private_key`` entry) or None.
+    ``lookup(public_key)`` returns the user row (with a ``private_key`` entry) or None;
+    ``with_path`` picks the token variant, ``empty_type_retry`` the second try without content type.
     """
     auth = headers.get("authorization")
     if not auth:
@@ -66,15 +69,17 @@ def verify(method: str, path_query: str, headers: Mapping[str, str],
     public, sig = m.groups()
     user = lookup(public)
     if user is None:
-        return AuthResult(None, None, f"User cannot be extracted with accessKey {public}")
+        return AuthResult(None, None, f"User cannot be extracted with accessKey {public}", unknown_key=True)
     date = headers.get("date", "")
     md5 = headers.get("content-md5", "")
     ctype = headers.get("content-type", "")
-    candidates = [("no-path", ctype, None), ("with-path", ctype, path_query)]
-    if ctype:
-        candidates += [("no-path/empty-ct", "", None), ("with-path/empty-ct", "", path_query)]
-    for name, ct, pq in candidates:
-        expected = signature(user["private_key"], method, ct, date, pq, md5)
+    name = "with-path" if with_path else "no-path"
+    resource = path_query if with_path else None
+    candidates = [(name, ctype)]
+    if ctype and empty_type_retry:
+        candidates.append((f"{name}/empty-ct", ""))
+    for variant, ct in candidates:
+        expected = signature(user["private_key"], method, ct, date, resource, md5)
         if hmac.compare_digest(expected, sig):
-            return AuthResult(user, name, None)
+            return AuthResult(user, variant, None)
     return AuthResult(None, None, "bad signature")

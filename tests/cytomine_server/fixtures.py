@@ -9,13 +9,18 @@ or register the module once for the whole suite in the root ``tests/conftest.py`
     pytest_plugins = ["cytomine_server.fixtures"]
 
 Fixtures:
-  * ``cytomine_server`` -- a fresh started :class:`CytomineTestServer` per test (own SQLite file);
-    teardown fails the test if the server hit an internal error (``server.errors``).
+  * ``cytomine_profile`` -- the core generation, parametrized over ``legacy``, ``spring`` and
+    ``current``: every test using the server runs once per generation. A test of a feature that
+    exists on some generations only narrows it with
+    ``@pytest.mark.parametrize("cytomine_profile", ["legacy"])``.
+  * ``cytomine_server`` -- a fresh started :class:`CytomineTestServer` of that profile per test
+    (own SQLite file); teardown fails the test if the server hit an internal error (``server.errors``).
   * ``cytomine_seed`` -- that server seeded with a project, its ontology, terms ``nucleus``,
     ``cluster``, ``roi`` and two images (a pyramidal TIFF and a PNG built from scikit-image data):
     a :class:`Seed`.
   * ``cytomine_client`` -- the real ``cytomine.Cytomine`` client connected to ``cytomine_server``
-    as its admin user; the process-wide client singleton is reset afterwards.
+    as its admin user, signing as that core verifies; the process-wide client singleton is reset
+    afterwards.
   * ``cytomine_sample_slide`` / ``cytomine_sample_png`` -- paths of the generated images (session).
   * ``cmu_small_region`` -- ``../shared/data/slides/CMU-1-Small-Region.svs`` or skip.
 """
@@ -31,6 +36,7 @@ import numpy as np
 import openslide
 import pytest
 
+from .profiles import NAMES
 from .sample import write_png, write_pyramidal_tiff
 from .server import CytomineTestServer
 
@@ -75,16 +81,18 @@ def seed(server: CytomineTestServer, slide_path: Path, png_path: Path) -> Seed:
 
 
 def connect(server: CytomineTestServer, public_key: str | None = None, private_key: str | None = None,
-            *, timeout: float | None = None):
+            *, timeout: float | None = None, generation: str | None = None):
     """A real ``cytomine.Cytomine`` client for ``server`` (the default keys are the server's admin
-    user). The client is a process-wide singleton: this one becomes ``Cytomine.get_instance()``.
-    It pings ``/server/ping`` (retrying up to 120 s while that fails) and then fetches
-    ``/api/user/current.json``; with wrong keys the constructor does not raise, ``current_user`` is
-    ``False``. ``timeout`` sets a default requests timeout (the client has none)."""
-    from cytomine import Cytomine
+    user) whose requests are signed as ``generation``'s core verifies (default: the server's own,
+    through :func:`segmenter.cytomine.connection.cytomine_client`). The client is a process-wide
+    singleton: this one becomes ``Cytomine.get_instance()``. It pings ``/server/ping`` (retrying up
+    to 120 s while that fails) and then fetches ``/api/user/current.json``; with wrong keys the
+    constructor does not raise, ``current_user`` is ``False``. ``timeout`` sets a default requests
+    timeout (the client has none)."""
+    from segmenter.cytomine.connection import cytomine_client
 
-    client = Cytomine(server.url, public_key or server.public_key, private_key or server.private_key,
-                      verbose=logging.WARNING, configure_logging=False)
+    client = cytomine_client(server.url, public_key or server.public_key, private_key or server.private_key,
+                             generation or server.profile.name, verbose=logging.WARNING, configure_logging=False)
     if timeout is not None:
         set_timeout(client, timeout)
     return client
@@ -137,9 +145,15 @@ def cmu_small_region() -> Path:
     return path
 
 
+@pytest.fixture(params=NAMES)
+def cytomine_profile(request) -> str:
+    """The core generation the server stands in for (legacy, spring, current)."""
+    return request.param
+
+
 @pytest.fixture
-def cytomine_server(tmp_path) -> Iterator[CytomineTestServer]:
-    with CytomineTestServer(tmp_path / "cytomine-server") as server:
+def cytomine_server(tmp_path, cytomine_profile) -> Iterator[CytomineTestServer]:
+    with CytomineTestServer(tmp_path / "cytomine-server", profile=cytomine_profile) as server:
         yield server
         errors = list(server.errors)
     if errors:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,17 +15,22 @@ JSON_TYPE = "application/json;charset=UTF-8"
 class HttpError(Exception):
     """An error response with a Cytomine-shaped JSON body."""
 
-    def __init__(self, status: int, message: str, body: Any = None) -> None:
+    def __init__(self, status: int, message: str, body: Any = None, *, html: bool = False,
+                 missing: tuple[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.body = body if body is not None else {"success": False, "errors": message}
+        self.html = html  # answered as the core's HTML error page
+        self.missing = missing  # (domain, id) of a 404, worded per core by the server
 
 
 def not_found(domain: str, ident: Any) -> HttpError:
-    """404 as Cytomine-core-spring's ``responseNotFound`` / ``ObjectNotFoundException`` sends it."""
+    """404 as the Spring core's ``ObjectNotFoundException`` sends it (the server words it as the
+    Grails core's ``responseNotFound`` on the legacy profile)."""
     msg = f"{domain} not found with filters : {{id={ident}}}"
-    return HttpError(404, msg, {"errors": {"message": msg, "values": {"id": str(ident), "domain": domain}}})
+    return HttpError(404, msg, {"errors": {"message": msg, "values": {"id": str(ident), "domain": domain}}},
+                     missing=(domain, ident))
 
 
 def bad_request(message: str) -> HttpError:
@@ -109,6 +115,33 @@ class Request:
             raise bad_request(f"Parameter {name} must be a list of ids, got {value!r}") from None
 
 
+def paginate(items: list, req: Request) -> dict:
+    """``buildJsonList`` (Spring) / ``responseList`` (Grails): offset/max slicing and the page fields."""
+    offset = req.int_param("offset", 0) or 0
+    max_ = req.int_param("max", 0) or 0
+    size = len(items)
+    per = max_ if max_ > 0 else 2**31 - 1
+    sub = items[offset:offset + per] if offset < size else []
+    return {"collection": sub, "offset": offset, "perPage": min(per, size), "size": size,
+            "totalPages": math.ceil(size / per) if size else 0}
+
+
+
+def ts(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def message_of(verb: str, name: str, ident: Any) -> str:
+    return f"{name} {ident} {'added' if verb == 'Add' else 'edited' if verb == 'Edit' else 'deleted'}"
+
+
+def respond_command(key: str, obj: dict, verb: str, name: str) -> Response:
+    body = {"printMessage": True, "callback": {f"{key}ID": obj.get("id"), "method": f"be.cytomine.{verb}{name}Command"},
+            "message": message_of(verb, name, obj.get("id")), key: obj}
+    return json_response(body)
+
+
+
 Handler = Callable[..., Response]
 
 
@@ -139,6 +172,25 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
         fn.__dict__.setdefault("_routes", []).append((method, pattern))
         return fn
     return deco
+
+
+def needs(feature: str) -> Callable[[Handler], Handler]:
+    """Serve the route only on cores whose profile has ``feature`` (a Profile flag); elsewhere it
+    does not exist (404, as an unknown route)."""
+    def deco(fn: Handler) -> Handler:
+        fn.__dict__["_feature"] = feature
+        return fn
+    return deco
+
+
+def html_error(status: int, server_url: str) -> bytes:
+    """The HTML page of the Spring and monorepo cores' ``CustomErrorController`` (401, 404, else)."""
+    subject = {401: "Authorization required", 404: "Resource not found"}.get(status, "Internal Error")
+    message = {401: "This page is not publicly available. To access it, please login first or use a valid token.",
+               404: "The page does not exists."}.get(status, "")
+    return (f"<html><head><title>Cytomine error {status}</title></head><body><div class=\"container\">"
+            f"<h1>{status}</h1><h2>{subject}</h2><p>{message}</p><p><a href=\"{server_url}\">Go back to Cytomine "
+            "homepage</a></p></div></body></html>").encode()
 
 
 def parse_multipart(body: bytes, content_type: str) -> list[dict]:

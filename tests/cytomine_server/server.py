@@ -22,14 +22,11 @@ from shapely import wkt as shapely_wkt
 from . import auth as _auth
 from . import faults as _faults
 from .api import Api
-from .http import HttpError, Request, Response, Router, json_response
+from .http import HttpError, Request, Response, Router, html_error, json_response
 from .imaging import SlideFile
+from .profiles import Profile
+from .profiles import profile as make_profile
 from .store import Store, now_ms
-
-#: The five connection parameters every Cytomine app descriptor declares (set by the server).
-CONNECTION_PARAMETERS = (("cytomine_host", "String"), ("cytomine_public_key", "String"),
-                         ("cytomine_private_key", "String"), ("cytomine_id_project", "Number"),
-                         ("cytomine_id_software", "Number"))
 
 
 @dataclass(frozen=True)
@@ -68,31 +65,18 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class CytomineTestServer(Api):
-    """A local stand-in for a Cytomine core (+ image server) speaking the REST API that
-    cytomine-python-client uses. Use as a context manager or call :meth:`start`/:meth:`stop`.
+    """A local stand-in for one Cytomine core generation (+ its image server) speaking the REST
+    API that cytomine-python-client uses. Use as a context manager or call :meth:`start`/:meth:`stop`.
 
-    Options:
-      * ``collection_status``: ``"http"`` (default) answers an annotation array POST with HTTP 200 /
-        206 (some saved) / 400 (none saved), as the Grails core did and the client expects;
-        ``"spring"`` answers HTTP 200 with ``{"data": ..., "status": 200|206|400}`` in the body, as
-        Cytomine-core-spring's ``RestCytomineController.add`` + ``ModelService.addMultiple`` do.
-      * ``crop_default_max_size``: ``maxSize`` used by annotation crop/mask/alphamask when the client
-        sends none (Spring core: 256, and then ``zoom`` is ignored); ``None`` gives full resolution.
-      * ``window_masks``: honour ``mask``/``alphaMask`` on windows (Grails core) or ignore them
-        (``False``: current Spring core).
-      * ``attached_filename``: ``"as-sent"`` keeps the multipart filename (the client sends the full
-        local path; Spring keeps it) or ``"basename"`` (Grails/commons-fileupload stripped the path).
-      * ``timeout_delay``: seconds a ``"timeout"`` fault holds the request before closing it.
+    ``profile`` is the generation: ``"legacy"`` (Grails), ``"spring"`` (CE 2023-2025; ``version``
+    picks the release, default 5.2.0) or ``"current"`` (monorepo after 2025-12); see
+    :mod:`cytomine_server.profiles`. ``timeout_delay`` is how long a ``"timeout"`` fault holds a
+    request before closing it.
     """
 
-    def __init__(self, workdir: str | os.PathLike | None = None, *, collection_status: str = "http",
-                 crop_default_max_size: int | None = 256, window_masks: bool = True,
-                 attached_filename: str = "as-sent", timeout_delay: float = 5.0,
-                 username: str = "testuser") -> None:
-        if collection_status not in ("http", "spring"):
-            raise ValueError("collection_status must be 'http' or 'spring'")
-        if attached_filename not in ("as-sent", "basename"):
-            raise ValueError("attached_filename must be 'as-sent' or 'basename'")
+    def __init__(self, workdir: str | os.PathLike | None = None, *, profile: str, version: str | None = None,
+                 timeout_delay: float = 5.0, username: str = "testuser") -> None:
+        self.profile: Profile = make_profile(profile, version)
         self._own_dir = workdir is None
         self.workdir = tempfile.mkdtemp(prefix="cytomine-test-server-") if workdir is None else os.fspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -100,10 +84,6 @@ class CytomineTestServer(Api):
         if os.path.exists(self.db_path):
             os.remove(self.db_path)
         self.store = Store(self.db_path)
-        self.collection_status = collection_status
-        self.crop_default_max_size = crop_default_max_size
-        self.window_masks = window_masks
-        self.attached_filename = attached_filename
         self.timeout_delay = timeout_delay
         self.faults = _faults.FaultInjector()
         self.errors: list[str] = []  # tracebacks of unexpected server-side exceptions
@@ -230,37 +210,8 @@ class CytomineTestServer(Api):
             raise ValueError("unknown image or user")
         terms = [] if term is None else [term] if isinstance(term, int) else list(term)
         return self.store.add_annotation_row(image=img, user=owner, location=wkt, terms=terms, received=wkt,
+                                             algo=bool(owner["algo"]) and self.profile.legacy,
                                              source="seed")
-
-    def add_software(self, name: str, parameters: Iterable[Any] = (), *, version: str = "1.0.0",
-                     connection_parameters: bool = True) -> int:
-        """A software (Cytomine app). ``parameters``: dicts with ``name``, ``type`` (String, Number,
-        Boolean, Domain, ListDomain, Date), optional ``default``, ``required``, ``set_by_server``,
-        ``uri``, ``uri_print``, ``uri_sort`` -- or ``(name, type[, default])`` tuples. The five
-        ``cytomine_*`` connection parameters (set by server) come first unless disabled."""
-        sid = self.store.insert("software", name=name, version=version, created=now_ms())
-        specs: list[dict] = []
-        if connection_parameters:
-            specs += [{"name": n, "type": t, "required": True, "set_by_server": True} for n, t in CONNECTION_PARAMETERS]
-        for p in parameters:
-            if isinstance(p, dict):
-                specs.append(dict(p))
-            else:
-                name_, type_, *rest = p
-                specs.append({"name": name_, "type": type_, "default": rest[0] if rest else None})
-        for index, p in enumerate(specs):
-            default = p.get("default")
-            self.store.insert("software_parameters", software=sid, name=p["name"], type=p.get("type", "String"),
-                              default_value=None if default is None else str(default),
-                              required=int(bool(p.get("required", False))),
-                              set_by_server=int(bool(p.get("set_by_server", False))), idx=(index + 1) * 100,
-                              uri=p.get("uri"), uri_print=p.get("uri_print"), uri_sort=p.get("uri_sort"),
-                              created=now_ms())
-        return sid
-
-    def add_job(self, project: int, software: int, user: int | None = None) -> tuple[int, int, str, str]:
-        """A job as ``POST /api/job.json`` makes it: (job id, algo user id, public key, private key)."""
-        return self.create_job(project, software, user if user is not None else self.user_id)
 
     # ------------------------------------------------------------------ reading back --------------
     def _annotation_out(self, a: dict) -> dict:
@@ -402,32 +353,63 @@ class CytomineTestServer(Api):
     def _dispatch(self, req: Request) -> Response:
         try:
             if req.path in ("/server/ping", "/server/ping.json"):
-                self._authenticate(req, required=False)
-                return self.ping(req)
+                return self._ping(req)
             if not req.path.startswith("/api/"):
-                raise HttpError(404, f"No endpoint {req.method} {req.path}",
-                                {"errors": {"message": f"No endpoint {req.method} {req.path}"}})
-            self._authenticate(req, required=True)
+                raise self._unknown_route(req)
+            refusal = self._authenticate(req)
+            if refusal is not None:
+                return refusal
             handler, params, other_method = self.router.match(req.method, req.path)
-            if handler is None:
-                status = 405 if other_method else 404
-                msg = f"{'Method not allowed' if other_method else 'No endpoint'}: {req.method} {req.path}"
-                raise HttpError(status, msg, {"errors": {"message": msg}})
+            feature = getattr(handler, "_feature", None)
+            if handler is None or (feature is not None and not getattr(self.profile, feature)):
+                if other_method and handler is None:
+                    msg = f"Method not allowed: {req.method} {req.path}"
+                    raise HttpError(405, msg, {"errors": {"message": msg}})
+                raise self._unknown_route(req)
             return handler(self, req, **params)
         except HttpError as exc:
+            if exc.missing is not None and self.profile.legacy:  # RestController.responseNotFound
+                domain, ident = exc.missing
+                return json_response({"errors": {"message": f"{domain} not found with id : {ident}"}}, 404)
+            if exc.html:
+                return Response(exc.status, html_error(exc.status, self.url), "text/html;charset=UTF-8")
             return json_response(exc.body, exc.status)
         except Exception:
             tb = traceback.format_exc()
             self.errors.append(f"{req.method} {req.target}\n{tb}")
             return json_response({"success": False, "errors": {"message": tb.strip().splitlines()[-1]}}, 500)
 
-    def _authenticate(self, req: Request, required: bool) -> None:
-        result = _auth.verify(req.method, req.target, req.headers, self.store.user_by_public_key)
+    def _unknown_route(self, req: Request) -> HttpError:
+        msg = f"No endpoint {req.method} {req.path}"
+        return HttpError(404, msg, {"errors": {"message": msg}}, html=self.profile.html_errors)
+
+    def _ping(self, req: Request) -> Response:
+        """``/server/ping``: GET (and POST but on the monorepo core) without authentication; the
+        ``.json`` alias is gone from the monorepo core."""
+        if req.path.endswith(".json") and not self.profile.ping_json:
+            raise self._unknown_route(req)
+        if req.method not in (("GET",) if self.profile.name == "current" else ("GET", "POST")):
+            raise HttpError(405, "Method not allowed", html=self.profile.html_errors)
+        self._authenticate(req, required=False)
+        return self.ping(req)
+
+    def _authenticate(self, req: Request, required: bool = True) -> Response | None:
+        """Sign-in as the profile's core does it; the refusal to send when `required`, else None."""
+        p = self.profile
+        result = _auth.verify(req.method, req.target, req.headers, self.store.user_by_public_key,
+                              with_path=p.signs_path, empty_type_retry=p.empty_type_retry)
         if result.user is not None:
             req.user, req.auth = result.user, result.variant
-        elif required:
-            raise HttpError(401, result.error or "unauthorized",
-                            {"success": False, "errors": {"message": f"Unauthorized: {result.error}"}})
+            return None
+        if not required:
+            return None
+        if p.login_redirect and not result.unknown_key and req.headers.get("nopage") != "true":
+            # Grails: the request stays anonymous and Spring Security sends it to the login page
+            return Response(302, b"", "text/html;charset=UTF-8", {"Location": f"{self.url}/login/auth"})
+        if p.html_errors:
+            return Response(401, html_error(401, self.url), "text/html;charset=UTF-8")
+        body = {"success": False, "errors": {"message": f"Unauthorized: {result.error}"}}
+        return json_response(body, 401)
 
     def _send(self, h: BaseHTTPRequestHandler, resp: Response, method: str, truncate: bool = False) -> None:
         body = resp.body

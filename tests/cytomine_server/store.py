@@ -27,10 +27,12 @@ CREATE TABLE annotations (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, image INTE
     updated INTEGER, source TEXT NOT NULL);
 CREATE TABLE annotation_terms (id INTEGER PRIMARY KEY, annotation INTEGER NOT NULL, term INTEGER NOT NULL,
     user INTEGER, created INTEGER NOT NULL);
-CREATE TABLE software (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version TEXT, created INTEGER NOT NULL);
+CREATE TABLE software (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version TEXT, execute_command TEXT,
+    pulling_command TEXT, created INTEGER NOT NULL);
 CREATE TABLE software_parameters (id INTEGER PRIMARY KEY, software INTEGER NOT NULL, name TEXT NOT NULL,
     type TEXT NOT NULL, default_value TEXT, required INTEGER NOT NULL DEFAULT 0,
-    set_by_server INTEGER NOT NULL DEFAULT 0, idx INTEGER, uri TEXT, uri_print TEXT, uri_sort TEXT,
+    set_by_server INTEGER NOT NULL DEFAULT 0, server_parameter INTEGER NOT NULL DEFAULT 0, idx INTEGER,
+    human_name TEXT, value_key TEXT, command_line_flag TEXT, uri TEXT, uri_print TEXT, uri_sort TEXT,
     created INTEGER NOT NULL);
 CREATE TABLE jobs (id INTEGER PRIMARY KEY, software INTEGER NOT NULL, project INTEGER NOT NULL,
     user_job INTEGER NOT NULL, creator INTEGER NOT NULL, number INTEGER NOT NULL, status INTEGER NOT NULL,
@@ -124,11 +126,11 @@ class Store:
         rows = self.all("SELECT term FROM annotation_terms WHERE annotation = ? ORDER BY id", (annotation,))
         return [r["term"] for r in rows]
 
-    def add_annotation_row(self, *, image: dict, user: dict, location: str, terms: Iterable[int] = (),
+    def add_annotation_row(self, *, image: dict, user: dict, location: str, terms: Iterable[int] = (), algo: bool,
                            received: str | None = None, source: str = "api",
                            compression: float = 0.0) -> int:
         ts = now_ms()
-        ident = self.insert("annotations", kind="algo" if user["algo"] else "user", image=image["id"],
+        ident = self.insert("annotations", kind="algo" if algo else "user", image=image["id"],
                             slice=image["slice"], project=image["project"], user=user["id"], location=location,
                             received=received, geometry_compression=compression, created=ts, updated=ts,
                             source=source)
