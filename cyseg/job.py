@@ -180,6 +180,7 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
 
+    seg.require_one_class(f"the whole-slide engine (model {model_path})")
     connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout))
     reader = CytomineSlideReader(image_id, connection)
     if upload and term is not None:
@@ -308,6 +309,7 @@ def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, prog
 
     model_path = resolve_job_model(s.model)
     seg = load_segmenter(model_path, device=None if s.device == "auto" else s.device)
+    seg.require_one_class(f"the Cytomine job (model {model_path})")
     freeze_loaded_objects()
     work = s.work_dir or Path(os.environ.get("CYSEG_WORK_DIR") or Path.home() / f"cyseg-job-{reporter.id}")
     work.mkdir(parents=True, exist_ok=True)
