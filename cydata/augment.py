@@ -63,7 +63,8 @@ def augment_dataset(src: str | os.PathLike, steps: int, seed: int = 0, colour: b
     log.info("augmenting %d items of %s, %d copies each (seed %d, colour %s)", len(dataset), src, steps, seed,
              "on" if colour else "off")
     with DatasetWriter(out, source=dataset.manifest.get("source") or {}, parent=str(src.resolve()),
-                       iteration=dataset.manifest.get("iteration"), extra={"augmentation": info}) as writer:
+                       iteration=dataset.manifest.get("iteration"), extra={"augmentation": info},
+                       classes=dataset.classes) as writer:
         for item in tqdm(dataset.items, desc="augment", unit="item",
                          disable=None if progress is None else not progress):
             image, mask = read_pair(item)

@@ -8,8 +8,10 @@ are placed as `cydata download --json` places them (`cydata.crops`):
   * an image without ROIs whose longer side is at most `max_image_side` is one item, the whole image;
   * on a larger slide without ROIs, one crop of `size` is centred on each foreground annotation.
 Masks are the foreground polygons (every class but the ROI classes, or the classes asked for)
-rasterised at pixel centres, 0/255. Annotations outside their image, and points or lines (which
-draw nothing), are skipped with a warning and listed under "skipped" in dataset.json.
+rasterised at pixel centres, 0/255, one unnamed foreground (the QuPath classes drawn are listed
+under "qupath_classes", not "classes": those name cyseg's classes). Annotations outside their image,
+and points or lines (which draw nothing), are skipped with a warning and listed under "skipped" in
+dataset.json.
 Everything is checked before anything is written; the folder is built under a temporary name.
 """
 from __future__ import annotations
@@ -259,9 +261,10 @@ def write_dataset(plan: Plan, out: Path, options: Options, progress: bool | None
     settings = {"tool": "cydata import", "size": options.size, "roi_classes": list(options.roi_classes),
                 "classes": list(options.classes) or "every class but the ROI classes",
                 "max_image_side": options.max_image_side}
-    with DatasetWriter(out, source={"geojson": settings}, extra={"classes": drawn_classes, "skipped": plan.skipped}) \
-            as writer, tqdm(total=len(plan.crops), desc="import", unit="crop",
-                            disable=None if progress is None else not progress) as bar:
+    extra = {"qupath_classes": drawn_classes, "skipped": plan.skipped}
+    quiet = None if progress is None else not progress
+    with DatasetWriter(out, source={"geojson": settings}, extra=extra) as writer, \
+            tqdm(total=len(plan.crops), desc="import", unit="crop", disable=quiet) as bar:
         for source in sources:
             _write_source(writer, source, [c for c in plan.crops if c.source is source], options, bar)
 

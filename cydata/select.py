@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from segmenter.classes import ChannelMap, channel_map
 from segmenter.errors import CysegError
 from segmenter.io.dataset import Dataset, DatasetWriter, check_dataset, open_dataset, read_pair
 from segmenter.io.digest import file_digest
@@ -86,8 +87,10 @@ def select_dataset(directory: str | os.PathLike, model: str | os.PathLike, out: 
     src = Path(directory)
     dataset = open_dataset(src)
     seg = load_segmenter(model, device=device)
-    check_dataset(dataset, seg.n_classes)
-    rows = _score(seg, dataset, threshold, progress)
+    seg.require_one_class("cydata select")
+    channels = channel_map(dataset.classes, seg.classes, src)
+    check_dataset(dataset)
+    rows = _score(seg, dataset, channels, threshold, progress)
     choose(rows, min_completeness, per_slide)
     kept = [r for r in rows if r["selected"]]
     if csv_path is not None:
@@ -119,11 +122,14 @@ def _check_options(min_completeness: float, per_slide: int | None, threshold: fl
         raise CysegError(f"--threshold {threshold} is outside [0, 1]; choose e.g. 0.5")
 
 
-def _score(seg: Segmenter, dataset: Dataset, threshold: float | None, progress: bool) -> list[dict[str, Any]]:
-    """One row per item: its completeness under the model's post-processed prediction, and the pixel counts."""
+def _score(seg: Segmenter, dataset: Dataset, channels: ChannelMap, threshold: float | None,
+           progress: bool) -> list[dict[str, Any]]:
+    """One row per item: its completeness under the model's post-processed prediction (of the model's
+    class, as the item's mask annotates it), and the pixel counts."""
     rows: list[dict[str, Any]] = []
     for item in tqdm(dataset.items, desc="scoring", unit="image", disable=not progress, leave=False):
-        image, annotation = read_pair(item, seg.n_classes)
+        image, labels = read_pair(item)
+        annotation = channels.targets(labels)[:, :, 0]
         pred = seg.segment(image, threshold=threshold)
         if pred.shape != annotation.shape:
             raise CysegError(f"model output for {item.image} is {pred.shape}, not the image's {annotation.shape}")
@@ -138,7 +144,7 @@ def _write_selection(out: Path, src: Path, dataset: Dataset, rows: list[dict[str
     """The kept items as a new dataset recording the rule and each item's score, with scores.csv of all rows."""
     by_stem = {item.stem: item for item in dataset.items}
     with DatasetWriter(out, source=dataset.manifest.get("source"), parent=str(src.resolve()),
-                       extra={"selection": rule}) as writer:
+                       extra={"selection": rule}, classes=dataset.classes) as writer:
         for row in rows:
             if row["selected"]:
                 writer.copy(by_stem[row["stem"]], meta={"completeness": row["score"]})

@@ -119,7 +119,7 @@ def _fill(src: Path, dataset: Dataset, sides: tuple[tuple[str, Path, list[Item]]
     try:
         for side, out, _ in sides:
             writers.append(DatasetWriter(out, source=source, parent=str(src.resolve()), iteration=iteration,
-                                         extra={"split": {"side": side, **split}}))
+                                         extra={"split": {"side": side, **split}}, classes=dataset.classes))
         with tqdm(total=len(dataset.items), desc="split", unit="item",
                   disable=None if progress is None else not progress) as bar:
             for writer, (_, _, side_items) in zip(writers, sides, strict=True):

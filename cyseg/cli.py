@@ -127,12 +127,12 @@ def cli(verbose: bool, quiet: bool) -> None:
 
 
 @cli.command("train")
-@click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("data", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Model file to write (.pt); metrics go beside it (<out>.history.csv/.json, <out>.curves.png).")
-@click.option("--val", type=click.Path(path_type=Path), default=None,
-              help="Validation dataset folder: IoU measured every epoch, the best epoch's model is kept. "
-                   "[default: none, the last epoch is kept]")
+@click.option("--val", type=click.Path(path_type=Path), multiple=True,
+              help="Validation dataset folder (repeatable): IoU measured every epoch (per class, on the folders that "
+                   "annotate it), the best epoch's model is kept. [default: none, the last epoch is kept]")
 @click.option("--epochs", default="auto", show_default=True,
               callback=_auto_or(int, _at_least_one), metavar="N|auto",
               help="Training epochs; auto: 30 at the default 256-px crop, more when the crop is smaller (small "
@@ -147,9 +147,13 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--depth", type=int, default=5, show_default=True, help="U-Net levels (depth-1 down-samplings).")
 @click.option("--upsampling", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True,
               help="Decoder up-sampling: transposed convolution or bilinear + 1x1 convolution.")
-@click.option("--classes", type=int, default=1, show_default=True,
-              help="1: binary masks (0/255); N>1: masks hold class indices 0..N-1.")
-@click.option("--class-weights", default=None, help="Comma-separated loss weight per class. [default: equal]")
+@click.option("--classes", default=None, metavar="NAMES",
+              help="Classes the model predicts, comma-separated: cell (whole cell or cell group) and/or nucleus; "
+                   "each DIR must declare some of them in its dataset.json (\"classes\"), and a class a DIR does not "
+                   "declare is unknown there, not background. [default: every class the DIRs declare; none "
+                   "declared: one unnamed foreground, 0/255 masks]")
+@click.option("--class-weights", default=None,
+              help="Comma-separated loss weight per class, in the order cell, nucleus. [default: equal]")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "
@@ -174,13 +178,14 @@ def cli(verbose: bool, quiet: bool) -> None:
                    "differ from the interrupted run's (--resume refuses that).")
 @click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
 @click.pass_context
-def train_command(ctx: click.Context, data: Path, out: Path, val: Path | None, amp: bool, resume: bool,
-                  resume_with_new_options: bool, **kwargs) -> None:
-    """Train a U-Net on the dataset folder DIR (images/, masks/)."""
+def train_command(ctx: click.Context, data: tuple[Path, ...], out: Path, val: tuple[Path, ...], amp: bool,
+                  resume: bool, resume_with_new_options: bool, **kwargs) -> None:
+    """Train a U-Net on the dataset folders DIR... (images/, masks/, dataset.json); several folders
+    train one model, each class learnt from the folders that annotate it."""
     from cyseg.train_cmd import interrupted_message, run_train
 
     try:
-        run_train(data, out, val, amp=amp, progress=_progress(), resume=resume or resume_with_new_options,
+        run_train(list(data), out, list(val), amp=amp, progress=_progress(), resume=resume or resume_with_new_options,
                   resume_with_new_options=resume_with_new_options, **kwargs)
     except KeyboardInterrupt:
         click.echo(f"cyseg: {interrupted_message(out)}", err=True)
@@ -211,14 +216,14 @@ def train_command(ctx: click.Context, data: Path, out: Path, val: Path | None, a
 def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
                      overlays: bool, tile: int, overlap: int, batch: int, tta: bool, amp: bool, device: str) -> None:
     """Score MODEL on the annotated dataset folder DIR: per-image IoU and Dice, mean and std."""
-    from cyseg.evaluate_cmd import run_evaluate
+    from cyseg.evaluate_cmd import run_evaluate, summary_lines
 
     seg = _load(model, device)
     seg.inference.update(tile=tile, overlap=overlap, batch=batch, tta=tta, amp=amp)
     out = out or Path(f"eval-{data.resolve().name}")
     report = run_evaluate(seg, data, out, threshold, sweep, overlays, progress=_progress())
-    click.echo(f"IoU {report['iou_mean']:.4f} ± {report['iou_std']:.4f}  Dice {report['dice_mean']:.4f} ± "
-               f"{report['dice_std']:.4f}  ({report['n_images']} images, threshold {report['model_threshold']})")
+    for line in summary_lines(report):
+        click.echo(line)
     click.echo(str(out))
 
 

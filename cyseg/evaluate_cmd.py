@@ -1,5 +1,6 @@
 """`cyseg evaluate`: per-image IoU/Dice, mean and std, threshold sweep (CSV + PNG) and optional
-five-panel overlays per crop."""
+five-panel overlays per crop; per class for a model with named classes, each class scored on the
+images whose dataset annotates it."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from segmenter.base import Segmenter
-from segmenter.evaluation import SWEEP, evaluate_dataset, summarise
+from segmenter.evaluation import SWEEP, at_thresholds, chosen_thresholds, evaluate_dataset, summarise
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import write_png
 from segmenter.overlays import comparison_panel
@@ -52,31 +53,58 @@ def plot_sweep(summary: list[dict[str, Any]], path: Path, chosen: float) -> None
 
 def run_evaluate(seg: Segmenter, data: Path, out: Path, threshold: float | None, sweep: bool,
                  overlays: bool, progress: bool = True) -> dict[str, Any]:
-    """Evaluate and write per_image.csv, summary.json, and with `sweep` sweep.csv and sweep.png."""
-    chosen = seg.threshold if threshold is None else threshold
-    thresholds = sorted(set(SWEEP) | {chosen}) if sweep else [chosen]
+    """Evaluate and write per_image.csv, summary.json, and with `sweep` sweep.csv and sweep.png (per
+    class for a model with named classes: a `class` column, sweep_<class>.png, and summary.json's
+    `classes` holding each class's scores on the images whose dataset annotates it)."""
+    chosen = chosen_thresholds(seg, threshold)
+    thresholds = sorted(set(SWEEP) | set(chosen.values())) if sweep else sorted(set(chosen.values()))
     with atomic_dir(out, overwrite=True) as tmp:
         if overlays:
             (tmp / "overlays").mkdir()
 
-        def save_overlay(stem: str, image: np.ndarray, truth: np.ndarray, masks: dict[float, np.ndarray]) -> None:
-            write_png(tmp / "overlays" / f"{stem}.png", comparison_panel(image, truth, masks[chosen]))
+        def save_overlay(stem: str, name: str | None, image: np.ndarray, truth: np.ndarray,
+                         masks: dict[float, np.ndarray]) -> None:
+            shown = stem if name is None else f"{stem}_{name}"
+            write_png(tmp / "overlays" / f"{shown}.png", comparison_panel(image, truth, masks[chosen[name]]))
 
         rows = evaluate_dataset(seg, data, thresholds, on_image=save_overlay if overlays else None, progress=progress)
-        per_image = [r for r in rows if r["threshold"] == chosen]
-        _write_csv(tmp / "per_image.csv", per_image)
+        _write_csv(tmp / "per_image.csv", at_thresholds(rows, chosen))
         summary = summarise(rows)
-        at_chosen = next(r for r in summary if r["threshold"] == chosen)
-        report = {"model_threshold": chosen, "dataset": str(data), **at_chosen,
-                  "training": {k: seg.training_info.get(k) for k in ("dataset", "best_epoch", "best_val_iou")}}
+        scores = {name: _class_report(summary, name, chosen[name], sweep) for name in chosen
+                  if any(r.get("class") == name for r in summary)}
+        training = {k: seg.training_info.get(k) for k in ("dataset", "best_epoch", "best_val_iou")}
+        if seg.classes:
+            report = {"model_thresholds": {name: chosen[name] for name in scores}, "dataset": str(data),
+                      "classes": scores, "training": training}
+        else:
+            report = {"model_threshold": chosen[None], "dataset": str(data), **scores[None], "training": training}
         if sweep:
             _write_csv(tmp / "sweep.csv", summary)
-            plot_sweep(summary, tmp / "sweep.png", chosen)
-            best = max(summary, key=lambda r: r["iou_mean"])
-            report["sweep"] = summary
-            report["best_threshold"] = best["threshold"]
+            for name in scores:
+                plot_sweep([r for r in summary if r.get("class") == name],
+                           tmp / ("sweep.png" if name is None else f"sweep_{name}.png"), chosen[name])
         (tmp / "summary.json").write_text(json.dumps(report, indent=2))
-    log.info("IoU %.4f ± %.4f, Dice %.4f ± %.4f over %d images at threshold %s; reports in %s",
-             at_chosen["iou_mean"], at_chosen["iou_std"], at_chosen["dice_mean"], at_chosen["dice_std"],
-             at_chosen["n_images"], chosen, out)
+    for line in summary_lines(report):
+        log.info("%s; reports in %s", line, out)
     return report
+
+
+def _class_report(summary: list[dict[str, Any]], name: str | None, chosen: float, sweep: bool) -> dict[str, Any]:
+    """One class's scores at its chosen threshold, with its sweep and best sweep threshold when swept."""
+    rows = [r for r in summary if r.get("class") == name]
+    at_chosen = {k: v for k, v in next(r for r in rows if r["threshold"] == chosen).items() if k != "class"}
+    if not sweep:
+        return at_chosen
+    sweep_rows = [{k: v for k, v in r.items() if k != "class"} for r in rows]
+    return {**at_chosen, "sweep": sweep_rows, "best_threshold": max(rows, key=lambda r: r["iou_mean"])["threshold"]}
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The lines `cyseg evaluate` prints: mean ± std IoU and Dice (one line per class for named classes)."""
+    def line(scores: dict[str, Any]) -> str:
+        return (f"IoU {scores['iou_mean']:.4f} ± {scores['iou_std']:.4f}  Dice {scores['dice_mean']:.4f} ± "
+                f"{scores['dice_std']:.4f}  ({scores['n_images']} images, threshold {scores['threshold']})")
+
+    if "classes" not in report:
+        return [line(report)]
+    return [f"{name}: {line(scores)}" for name, scores in report["classes"].items()]

@@ -231,8 +231,9 @@ def _check_out(data: Path, out: Path) -> None:
 
 
 def _check_start(seg: Segmenter, opts: ImproveOptions, source: str) -> None:
-    if seg.n_classes != 1:
-        raise ModelFileError(f"{source} has {seg.n_classes} classes; IDI grows binary masks, give a binary model")
+    if seg.classes:
+        raise ModelFileError(f"{source} predicts classes {', '.join(seg.classes)}; IDI grows the masks of one unnamed "
+                             "foreground, give a model trained without --classes")
     if seg.in_channels != 3:
         raise ModelFileError(f"{source} expects {seg.in_channels} input channels; the crops are RGB")
     for name in ("n", "depth"):
@@ -304,9 +305,11 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
 def _check_inputs(data: Path, out: Path, dataset: Dataset, opts: ImproveOptions) -> tuple[list[str], str | None]:
     """Refuse unusable inputs before anything is written; returns the stems of the selected items
     and the starting model's SHA-256 (None without --model)."""
-    check_dataset(dataset, 1)
-    if opts.val is not None:
-        check_dataset(open_dataset(opts.val), 1)
+    for checked in (dataset, *([open_dataset(opts.val)] if opts.val is not None else [])):
+        if checked.classes:
+            raise CysegError(f"{checked.root} declares classes {', '.join(checked.classes)}; IDI grows the masks of "
+                             'one unnamed foreground, give a dataset without "classes" (0/255 masks)')
+        check_dataset(checked)
     _check_out(data, out)
     selected = [item.stem for item in dataset.items if not opts.only_kind or item.kind in opts.only_kind]
     if not selected:

@@ -187,6 +187,7 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
 
+    seg.require_one_class(f"the whole-slide engine (model {model_path})")
     connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout, api=api))
     reader = CytomineSlideReader(image_id, connection)
     if upload and term is not None:
@@ -376,6 +377,7 @@ def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, work
 
     model_path = resolve_job_model(s.model)
     seg = load_segmenter(model_path, device=None if s.device == "auto" else s.device)
+    seg.require_one_class(f"the Cytomine job (model {model_path})")
     freeze_loaded_objects()
     log.info("job %d: model %s, work folder %s", reporter.id, model_path.name, work)
     return JobRun(connection, s, reporter, seg, model_path, job_wsi_options(s), work, InProcess(seg), progress_bar)

@@ -1,4 +1,8 @@
-"""`cyseg segment` on crops: a mask (PNG) and polygons (GeoJSON) for every image of a folder."""
+"""`cyseg segment` on crops: a mask (PNG) and polygons (GeoJSON) for every image of a folder.
+
+A model with named classes gives one 0/255 mask per class, masks/<stem>_<class>.png, and one GeoJSON
+per image holding every class's polygons, each classified by its class (QuPath's
+`properties.classification.name`); a model without gives masks/<stem>.png and `cell` polygons."""
 from __future__ import annotations
 
 import json
@@ -14,12 +18,13 @@ import torch
 from tqdm import tqdm
 
 from segmenter.base import Segmenter
+from segmenter.classes import COLOURS
 from segmenter.errors import CysegError
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
-from segmenter.overlays import overlay
+from segmenter.overlays import GREEN, overlay
 from segmenter.pipeline import BackgroundWriter, read_ahead
-from segmenter.polygons import feature_collection, mask_to_polygons
+from segmenter.polygons import classified_collection, mask_to_polygons
 from segmenter.wsi.readers import open_slide
 from segmenter.wsi.scaleout import InProcess
 from segmenter.wsi.segment import low_resolution_mask, segment_slide
@@ -71,6 +76,11 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
                          **(slide_opts or {})})
     small, large = _by_size(list_images(source), opts.window_size)
+    if large and seg.n_classes != 1:
+        for reader in large:
+            reader.close()
+        seg.require_one_class(f"the whole-slide engine (for {large[0].path}, more than one {opts.window_size}-px "
+                              "window)")
     min_area = seg.min_area(min_area)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
@@ -104,28 +114,38 @@ def _by_size(files: list[Path], window_size: int) -> tuple[list[Path], list[Slid
     return small, large
 
 
+def _mask_name(seg: Segmenter, stem: str, label: str) -> str:
+    """The mask file's name: the image's stem, with its class for a model of named classes."""
+    return f"{stem}_{label}" if seg.classes else stem
+
+
 def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshold: float | None, simplify: float,
                        min_area: float, overlays: bool, tiling: dict[str, Any], stats: dict[str, Any],
                        progress: bool) -> None:
     """Each image predicted whole (tiled and blended by the segmenter), its outputs written behind."""
 
-    def write_outputs(path: Path, image: np.ndarray, mask: np.ndarray, fg: np.ndarray) -> None:
-        write_png(folder / "masks" / f"{path.stem}.png", mask * 255 if seg.n_classes == 1 else mask)
-        polygons = mask_to_polygons(mask, fg, simplify=simplify, min_area=min_area)
-        collection = feature_collection(polygons, extra={"image": path.name, "width": image.shape[1],
-                                                          "height": image.shape[0]})
+    def write_outputs(path: Path, image: np.ndarray, masks: np.ndarray, probs: np.ndarray) -> None:
+        by_class, shown = {}, image
+        for c, label in enumerate(seg.labels):
+            write_png(folder / "masks" / f"{_mask_name(seg, path.stem, label)}.png", masks[c] * 255)
+            by_class[label] = mask_to_polygons(masks[c], probs[c], simplify=simplify, min_area=min_area)
+            if overlays:
+                colour = np.array(COLOURS[label] if seg.classes else GREEN, np.float32)
+                shown = overlay(shown, masks[c], colour)
+        collection = classified_collection(by_class, extra={"image": path.name, "width": image.shape[1],
+                                                            "height": image.shape[0]})
         (folder / "geojson" / f"{path.stem}.geojson").write_text(json.dumps(collection))
         if overlays:
-            write_png(folder / "overlays" / f"{path.stem}.png", overlay(image, mask))
-        stats["polygons"] += len(polygons)  # only the writer thread counts polygons
+            write_png(folder / "overlays" / f"{path.stem}.png", shown)
+        stats["polygons"] += sum(map(len, by_class.values()))  # only the writer thread counts polygons
 
     with BackgroundWriter() as writer, closing(read_ahead(files, read_image)) as images:
         for path, image in tqdm(images, total=len(files), desc="segmenting", unit="image", disable=not progress):
             probs = seg.predict(image, **tiling)
             with torch.inference_mode():
-                mask = seg.masks_from_probabilities(probs, threshold).cpu().numpy()
-                fg = probs[0 if seg.n_classes == 1 else 1:].max(dim=0).values.cpu().numpy()
-            writer.submit(write_outputs, path, image, mask, fg)
+                masks = seg.class_masks(probs, threshold).cpu().numpy()
+                probs_np = probs.cpu().numpy()
+            writer.submit(write_outputs, path, image, masks, probs_np)
             stats["images"] += 1
             stats["pixels"] += image.shape[0] * image.shape[1]
 
@@ -140,7 +160,8 @@ def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, fol
     geojson = folder / "geojson" / f"{stem}.geojson"
     try:
         summary = segment_slide(seg, model_path, reader, geojson, opts, InProcess(seg),
-                                mask_out=folder / "masks" / f"{stem}.png", mask_downsample=1, progress=progress)
+                                mask_out=folder / "masks" / f"{_mask_name(seg, stem, seg.labels[0])}.png",
+                                mask_downsample=1, progress=progress)
         if overlays:
             write_png(folder / "overlays" / f"{stem}.png", _small_overlay(reader, geojson))
     finally:

@@ -1,4 +1,5 @@
-"""`cyseg train`: build a U-Net segmenter from the options and train it on a dataset folder."""
+"""`cyseg train`: build a U-Net segmenter from the options and train it on one or several dataset
+folders; its classes are the ones asked for (--classes) or those the datasets declare."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +9,30 @@ from pathlib import Path
 import torch
 
 from segmenter.checkpoint import checkpoint_path
+from segmenter.classes import check_names, model_classes
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
+from segmenter.io.dataset import open_dataset
 from transforms.chain import default_chain
 from unet import UNetSegmenter
 
 log = logging.getLogger(__name__)
+
+
+def parse_classes(text: str | None) -> tuple[str, ...] | None:
+    """'cell,nucleus' -> ('cell', 'nucleus'); None (not given) stays None."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        raise CysegError(f"--classes takes class names, not a count (got {text}): e.g. --classes cell,nucleus; "
+                         'class-index masks 0..N-1 gave way to the classes a dataset.json declares')
+    return check_names([name.strip() for name in text.split(",")], f"--classes {text}")
+
+
+def training_classes(asked: tuple[str, ...] | None, data: list[Path]) -> tuple[str, ...]:
+    """The classes the model will predict: `asked`, checked against what the datasets declare, else
+    every class one of them declares (none: one unnamed foreground)."""
+    return model_classes(asked, [(d.root, d.classes) for d in map(open_dataset, data)])
 
 
 def parse_weights(text: str | None, n_classes: int) -> list[float] | None:
@@ -52,20 +71,23 @@ def interrupted_message(out: Path) -> str:
     return f"interrupted: {ckpt} holds {done} finished epoch(s); run the same command with --resume to continue"
 
 
-def run_train(data: Path, out: Path, val: Path | None, *, n: int, depth: int, upsampling: str, classes: int,
-              class_weights: str | None, threshold: float | None, erode_k: int, erode_iterations: int, smoothing_k: int,
-              device: str, **options) -> UNetSegmenter:
+def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: int, upsampling: str,
+              classes: str | None, class_weights: str | None, threshold: float | None, erode_k: int,
+              erode_iterations: int, smoothing_k: int, device: str, **options) -> UNetSegmenter:
     """Train and save; returns the trained segmenter. A `threshold` of None is chosen after training
-    by a sweep on `val` (on the training images without it)."""
+    (per class) by a sweep on `val` (on the training images without it)."""
     check_out(out)
+    names = training_classes(parse_classes(classes), data)
     calibrate = threshold is None
     threshold = 0.5 if threshold is None else threshold
     torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
-    seg = UNetSegmenter({"n_classes": classes, "depth": depth, "n": n, "upsampling": upsampling}, device=device,
-                        class_weights=parse_weights(class_weights, classes), threshold=threshold,
-                        postprocess=default_chain(threshold, erode_k, erode_iterations, smoothing_k))
-    log.info("training a U-Net (n=%d, depth=%d, %s) on %s, device %s", n, depth, upsampling, data, seg.device)
-    seg.fit(data, val, out=str(out), calibrate_threshold=calibrate, **options)
+    config = {"depth": depth, "n": n, "upsampling": upsampling, **({"classes": list(names)} if names else {})}
+    seg = UNetSegmenter(config, device=device, class_weights=parse_weights(class_weights, max(1, len(names))),
+                        threshold=threshold, postprocess=default_chain(threshold, erode_k, erode_iterations,
+                                                                       smoothing_k))
+    log.info("training a U-Net (n=%d, depth=%d, %s) on %s, classes %s, device %s", n, depth, upsampling,
+             ", ".join(map(str, data)), ", ".join(names) or "one unnamed foreground", seg.device)
+    seg.fit(data, val or None, out=str(out), calibrate_threshold=calibrate, **options)
     paths = history_paths(out)
     log.info("model written to %s; metrics in %s, %s and %s", out, paths["csv"], paths["json"], paths["png"])
     return seg

@@ -51,6 +51,13 @@ def _soft_sums(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
     return (probs * target).sum(dim=(2, 3)), probs.sum(dim=(2, 3)), target.sum(dim=(2, 3))
 
 
+def per_item_class_soft_dice(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice (2Σpt + s)/(Σp + Σt + s) per image and class (N, C), classes not combined."""
+    smooth = _check_smooth(smooth)
+    inter, p_sum, t_sum = _soft_sums(probs, target)
+    return _ratio(2 * inter + smooth, p_sum + t_sum + smooth)
+
+
 def per_image_soft_dice(probs: torch.Tensor, target: torch.Tensor, weights: ClassWeights = None,
                         smooth: float = 1.0) -> torch.Tensor:
     """Soft Dice (2Σpt + s)/(Σp + Σt + s) per image (N,), classes combined with normalised `weights`."""

@@ -1,6 +1,9 @@
-"""The generic `Segmenter`: a per-pixel classifier with its device, class weights, loss, pre- and
-post-processing, tiled prediction, evaluation and model file. Subclasses supply the network,
-the loss and the optimiser (see `unet.UNetSegmenter`)."""
+"""The generic `Segmenter`: a per-pixel classifier with its device, classes, class weights, loss,
+pre- and post-processing, tiled prediction, evaluation and model file. Subclasses supply the
+network, the loss and the optimiser (see `unet.UNetSegmenter`).
+
+A model predicts one sigmoid channel per class: its named classes (config `classes`, see
+`segmenter.classes`; each with its own threshold), or one unnamed foreground when it has none."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segmenter.classes import check_names, listed
 from segmenter.device import out_of_memory_message, resolve_device
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.fusion import fold_batch_norms, weights_version
@@ -57,8 +61,8 @@ class Segmenter:
     def __init__(self, config: dict[str, Any], device: str | torch.device | None = None,
                  class_weights: Sequence[float] | None = None, preprocess: dict[str, Any] | None = None,
                  postprocess: list[dict[str, Any]] | None = None, threshold: float = 0.5,
-                 inference: dict[str, int] | None = None):
-        self.config = dict(config)
+                 inference: dict[str, int] | None = None, thresholds: dict[str, float] | None = None):
+        self.config = _with_classes(config)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model: nn.Module = self.build_model(self.config).to(self.device)
         n_classes = self.config.get("n_classes", 1)
@@ -75,6 +79,7 @@ class Segmenter:
             self.postprocess = validate_chain(with_threshold(postprocess or default_chain(threshold), threshold))
         except ValueError as exc:  # transforms, below this layer, raise plain ValueErrors
             raise CysegError(str(exc)) from exc
+        self.thresholds = _class_thresholds(self.classes, thresholds, self.threshold)
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False,
                           "amp": True, **(inference or {})}
         # channels-last convolutions: the layout oneDNN's fastest CPU kernels and CUDA's tensor
@@ -91,8 +96,10 @@ class Segmenter:
         """The network for `config`."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Training loss of logits (N, C, H, W) against targets (N, C, H, W) in {0, 1}."""
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """Training loss of logits (N, C, H, W) against targets (N, C, H, W) in {0, 1}; `known` (N, C)
+        is 1 where the item's dataset annotates the channel's class and 0 where that class is unknown
+        there (partial labels: left out of the loss); None: every class is known."""
         raise NotImplementedError
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
@@ -102,7 +109,24 @@ class Segmenter:
     # ---- properties ---------------------------------------------------------------------------
     @property
     def n_classes(self) -> int:
+        """Output channels: one per named class, or one for the unnamed foreground."""
         return int(self.config.get("n_classes", 1))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The named classes the model predicts, one channel each; empty for one unnamed foreground."""
+        return tuple(self.config.get("classes", ()))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The name of each channel's objects in GeoJSON: its class, `cell` for the unnamed foreground."""
+        return self.classes or ("cell",)
+
+    def require_one_class(self, what: str) -> None:
+        """Refuse a model of several classes where `what` handles one class only."""
+        if self.n_classes != 1:
+            raise CysegError(f"{what} handles one class, but the model predicts {listed(self.classes)}; segment "
+                             "crops (cyseg segment MODEL CROPS/ --out DIR) or use a one-class model (--classes cell)")
 
     @property
     def in_channels(self) -> int:
@@ -202,10 +226,22 @@ class Segmenter:
                                   overlap, batch, self.multiple)
             return to_image(probs, (x.shape[1], x.shape[2]))
 
-    def set_threshold(self, threshold: float) -> None:
-        """The probability threshold used by `segment` (and stored in the model file)."""
+    def set_threshold(self, threshold: float, name: str | None = None) -> None:
+        """The probability threshold used by `segment` (and stored in the model file): of class
+        `name`, or of every class when None."""
+        if name is not None:
+            self.thresholds[name] = float(threshold)
+            return
         self.postprocess = with_threshold(self.postprocess, threshold)
         self.threshold = float(threshold)
+        self.thresholds = dict.fromkeys(self.classes, self.threshold)
+
+    def channel_thresholds(self, threshold: float | None = None) -> list[float]:
+        """Each channel's threshold: `threshold` when given, else its class's (the model's for the
+        unnamed foreground)."""
+        if threshold is not None:
+            return [float(threshold)] * self.n_classes
+        return [self.thresholds[name] for name in self.classes] or [self.threshold]
 
     def postprocess_chain(self, threshold: float | None = None, device: torch.device | None = None):
         """The post-processing chain for tensors on `device` (default the model's), with an optional
@@ -213,36 +249,44 @@ class Segmenter:
         spec = self.postprocess if threshold is None else with_threshold(self.postprocess, threshold)
         return build_on(device or self.device, spec)
 
+    def class_masks(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """(C, H, W) probabilities -> (C, H, W) uint8 0/1 masks, each channel post-processed and cut
+        at its class's threshold (or `threshold`)."""
+        return torch.stack([self.postprocess_chain(t, probs.device)(probs[c][None, None])[0, 0]
+                            for c, t in enumerate(self.channel_thresholds(threshold))]).to(torch.uint8)
+
     def masks_from_probabilities(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """(C, H, W) probabilities -> (H, W) uint8 mask: post-processed foreground for one class,
-        arg-max class index otherwise."""
-        if self.n_classes == 1:
-            return self.postprocess_chain(threshold, probs.device)(probs[None])[0, 0].to(torch.uint8)
-        return probs.argmax(dim=0).to(torch.uint8)
+        """(1, H, W) probabilities of a one-class model -> its post-processed (H, W) uint8 0/1 mask."""
+        self.require_one_class("a single mask (Segmenter.segment, masks_from_probabilities)")
+        return self.postprocess_chain(threshold, probs.device)(probs[None])[0, 0].to(torch.uint8)
 
     def segment(self, image: np.ndarray | torch.Tensor, threshold: float | None = None, **tiling: int) -> np.ndarray:
-        """Post-processed mask (H, W) uint8 (0/1 or class index) for one RGB image."""
+        """Post-processed 0/1 mask (H, W) uint8 of a one-class model for one RGB image."""
         probs = self.predict(image, **tiling)
         with torch.inference_mode():
             return self.masks_from_probabilities(probs, threshold).cpu().numpy()
 
     # ---- training and evaluation --------------------------------------------------------------
-    def fit(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None = None,
+    def fit(self, train_dir: str | os.PathLike | Sequence[str | os.PathLike],
+            val_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
             **options: Any) -> list[dict[str, Any]]:
-        """Train on a dataset folder (see `segmenter.training.TrainOptions` for the options)."""
+        """Train on one or several dataset folders (see `segmenter.training.TrainOptions` for the options)."""
         from segmenter.training import TrainOptions, train
 
         return train(self, train_dir, val_dir, TrainOptions(**options))
 
     def evaluate(self, dataset_dir: str | os.PathLike, threshold: float | None = None) -> list[dict[str, Any]]:
-        """Per-image Dice and IoU of the post-processed masks on a dataset folder."""
-        from segmenter.evaluation import evaluate_dataset
+        """Per-image (and per-class) Dice and IoU of the post-processed masks on a dataset folder, at
+        the model's thresholds or `threshold`."""
+        from segmenter.evaluation import at_thresholds, chosen_thresholds, evaluate_dataset
 
-        return evaluate_dataset(self, dataset_dir, thresholds=[threshold if threshold is not None else self.threshold])
+        chosen = chosen_thresholds(self, threshold)
+        return at_thresholds(evaluate_dataset(self, dataset_dir, sorted(set(chosen.values()))), chosen)
 
     # ---- model file ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything a model file holds, with tensors on the CPU."""
+        """Everything a model file holds, with tensors on the CPU (per-class thresholds only for
+        named classes, so a one-foreground model's file is as before classes existed)."""
         state_dict = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         return {
             "arch": self.arch,
@@ -254,6 +298,7 @@ class Segmenter:
             "class_weights": self.class_weights,
             "inference": self.inference,
             "training": self.training_info,
+            **({"thresholds": dict(self.thresholds)} if self.classes else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -272,7 +317,7 @@ class Segmenter:
         try:
             seg = cls(content["config"], device=device, class_weights=content.get("class_weights"),
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
-                        threshold=content["threshold"])
+                        threshold=content["threshold"], thresholds=content.get("thresholds"))
             seg.model.load_state_dict(content["state_dict"])
         except CysegError as exc:
             raise ModelFileError(f"{source} holds an unusable configuration ({exc}); "
@@ -291,3 +336,29 @@ class Segmenter:
     def copy_state_dict(self) -> dict[str, torch.Tensor]:
         """A detached copy of the current weights (used to keep the best epoch)."""
         return copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
+
+
+def _with_classes(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with its classes checked and `n_classes` matching them; a model of several
+    channels must name its classes (class-index models, once made by `--classes N`, are not read)."""
+    config = dict(config)
+    if "classes" in config:
+        config["classes"] = list(check_names(config["classes"], "the model's classes"))
+        config["n_classes"] = len(config["classes"])
+    elif config.get("n_classes", 1) != 1:
+        raise CysegError(f"{config['n_classes']} unnamed classes: a model of several classes names them "
+                         "(class-index models gave way to named classes, cyseg train --classes cell,nucleus)")
+    return config
+
+
+def _class_thresholds(classes: tuple[str, ...], given: dict[str, float] | None, default: float) -> dict[str, float]:
+    """One threshold in [0, 1] per named class: the given ones, `default` for the others."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(classes))
+    if unknown:
+        raise CysegError(f"a threshold is given for class {unknown[0]!r}, which the model does not predict "
+                         f"({listed(classes) or 'no named classes'})")
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise CysegError(f"threshold {value!r} of class {name} is not a number in [0, 1]; choose e.g. 0.5")
+    return {name: float(given.get(name, default)) for name in classes}

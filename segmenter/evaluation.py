@@ -1,5 +1,9 @@
-"""Evaluation of a segmenter on a dataset folder: per-image IoU and Dice at one or several
-thresholds (the probability map is post-processed once, then thresholded for each value)."""
+"""Evaluation of a segmenter on dataset folders: per-image IoU and Dice at one or several
+thresholds (the probability map is post-processed once, then thresholded for each value).
+
+A model with named classes is scored per class, each on the images whose dataset annotates it
+(partial labels: a class a dataset does not declare is unknown there, not background); its rows
+carry the class, its summaries are per class, and its thresholds are calibrated per class."""
 from __future__ import annotations
 
 import os
@@ -12,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from metrics.torch_metrics import dice_score, jaccard_score
+from segmenter.classes import VOCABULARY, channel_map
 from segmenter.errors import CysegError
-from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, open_dataset, read_pair
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
 
@@ -21,6 +26,9 @@ if TYPE_CHECKING:
     from segmenter.base import Segmenter
 
 SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))
+Data = str | os.PathLike | Dataset | Sequence[Dataset]
+# on_image(stem, class (None for the unnamed foreground), image, truth, masks by threshold)
+OnImage = Callable[[str, str | None, np.ndarray, np.ndarray, dict[float, np.ndarray]], None]
 
 
 def check_thresholds(thresholds: Sequence[float]) -> None:
@@ -30,70 +38,138 @@ def check_thresholds(thresholds: Sequence[float]) -> None:
             raise CysegError(f"threshold {t} is outside [0, 1]; choose e.g. 0.5")
 
 
-def evaluate_dataset(seg: Segmenter, data: str | os.PathLike | Dataset, thresholds: Sequence[float],
-                     on_image: Callable[[str, np.ndarray, np.ndarray, dict[float, np.ndarray]], None] | None = None,
-                     progress: bool = False) -> list[dict[str, Any]]:
-    """One row per image and threshold: image, threshold, iou, dice, and pixel counts (tp, fp, fn).
+def datasets_of(data: Data) -> list[Dataset]:
+    """A folder, a dataset or several datasets, as a list of datasets."""
+    if isinstance(data, Dataset):
+        return [data]
+    if isinstance(data, (str, os.PathLike)):
+        return [open_dataset(data)]
+    return list(data)
 
-    `on_image(stem, image, truth, masks_by_threshold)` is called per image (used for overlays).
+
+def evaluate_dataset(seg: Segmenter, data: Data, thresholds: Sequence[float], on_image: OnImage | None = None,
+                     progress: bool = False) -> list[dict[str, Any]]:
+    """One row per image (per class its dataset annotates, for a model with named classes) and
+    threshold: image, [class,] threshold, iou, dice, and pixel counts (tp, fp, fn).
+
+    `on_image(stem, class, image, truth, masks_by_threshold)` is called per image and class (used for overlays).
     """
     check_thresholds(thresholds)
-    dataset = data if isinstance(data, Dataset) else open_dataset(data)
-    smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
-    def read(item: Item) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(item, seg.n_classes)
-
-    with closing(read_ahead(dataset.items, read)) as pairs:  # the next pair is read beside the network
-        for item, (image, truth) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
-                                         disable=not progress, leave=False):
-            probs = seg.predict(image)
-            truth_t = torch.from_numpy(truth).to(seg.device) > 0
-            masks: dict[float, np.ndarray] = {}
-            with torch.inference_mode():
-                if seg.n_classes == 1:
-                    smoothed = smooth(probs[None])[0, 0]
-                for t in thresholds:
-                    pred = smoothed > t if seg.n_classes == 1 else seg.masks_from_probabilities(probs) > 0
-                    iou = float(jaccard_score(pred, truth_t))
-                    dice = float(dice_score(pred, truth_t))
-                    tp = int((pred & truth_t).sum())
-                    fp = int((pred & ~truth_t).sum())
-                    fn = int((~pred & truth_t).sum())
-                    rows.append({"image": item.stem, "threshold": t, "iou": iou, "dice": dice, "tp": tp, "fp": fp,
-                                 "fn": fn})
-                    if on_image is not None:
-                        masks[t] = pred.cpu().numpy().astype(np.uint8)
-            if on_image is not None:
-                on_image(item.stem, image, truth, masks)
+    for dataset in datasets_of(data):
+        rows += _evaluate_one(seg, dataset, thresholds, on_image, progress)
     return rows
 
 
-def mean_scores(seg: Segmenter, dataset: Dataset, threshold: float | None = None) -> dict[str, float]:
-    """Mean IoU and Dice over a dataset at the model's (or the given) threshold."""
-    rows = evaluate_dataset(seg, dataset, [seg.threshold if threshold is None else threshold])
-    return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows]))}
+def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float], on_image: OnImage | None,
+                  progress: bool) -> list[dict[str, Any]]:
+    """`evaluate_dataset` on one dataset."""
+    channels = channel_map(dataset.classes, seg.classes, dataset.root)
+    scored = [(c, name) for c, name in enumerate(seg.classes or (None,)) if channels.known[c]]
+    smooth = build_on(seg.device, without_threshold(seg.postprocess))
+    rows: list[dict[str, Any]] = []
+    with closing(read_ahead(dataset.items, read_pair)) as pairs:  # the next pair is read beside the network
+        for item, (image, labels) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
+                                          disable=not progress, leave=False):
+            probs = seg.predict(image)
+            targets = channels.targets(labels)
+            with torch.inference_mode():
+                smoothed = smooth(probs[None])[0]
+                for c, name in scored:
+                    truth = (targets[:, :, c] > 0).astype(np.uint8)
+                    masks = _score_channel(rows, item.stem, name, smoothed[c], truth, thresholds, seg.device,
+                                           keep_masks=on_image is not None)
+                    if on_image is not None:
+                        on_image(item.stem, name, image, truth, masks)
+    return rows
 
 
-def calibrate_threshold(seg: Segmenter, dataset: Dataset, chosen_on: str) -> dict[str, Any]:
-    """Set the model's threshold to the sweep value with the best mean IoU of the post-processed
-    masks on `dataset` (validation or training images, never test images: that would flatter the
-    test score); ties go to the value nearest 0.5."""
-    summary = summarise(evaluate_dataset(seg, dataset, SWEEP))
-    best = max(summary, key=lambda r: (r["iou_mean"], -abs(r["threshold"] - 0.5)))
-    seg.set_threshold(best["threshold"])
-    return {"threshold": best["threshold"], "chosen_on": chosen_on, "n_images": len(dataset),
-            "sweep": [{k: r[k] for k in ("threshold", "iou_mean", "dice_mean")} for r in summary]}
+def _score_channel(rows: list[dict[str, Any]], stem: str, name: str | None, smoothed: torch.Tensor, truth: np.ndarray,
+                   thresholds: Sequence[float], device: torch.device, keep_masks: bool) -> dict[float, np.ndarray]:
+    """Append one row per threshold for one image and class; returns the masks when asked to keep them."""
+    truth_t = torch.from_numpy(truth).to(device) > 0
+    masks: dict[float, np.ndarray] = {}
+    for t in thresholds:
+        pred = smoothed > t
+        tp = int((pred & truth_t).sum())
+        fp = int((pred & ~truth_t).sum())
+        fn = int((~pred & truth_t).sum())
+        rows.append({"image": stem, **({} if name is None else {"class": name}), "threshold": t,
+                     "iou": float(jaccard_score(pred, truth_t)), "dice": float(dice_score(pred, truth_t)),
+                     "tp": tp, "fp": fp, "fn": fn})
+        if keep_masks:
+            masks[t] = pred.cpu().numpy().astype(np.uint8)
+    return masks
+
+
+def at_thresholds(rows: list[dict[str, Any]], chosen: dict[str | None, float]) -> list[dict[str, Any]]:
+    """The rows at each class's chosen threshold (`chosen[None]` for the unnamed foreground)."""
+    return [r for r in rows if r["threshold"] == chosen[r.get("class")]]
+
+
+def chosen_thresholds(seg: Segmenter, threshold: float | None = None) -> dict[str | None, float]:
+    """Each class's threshold (`None`: the unnamed foreground): `threshold` when given, else the model's."""
+    return dict(zip(seg.classes or (None,), seg.channel_thresholds(threshold), strict=True))
+
+
+def mean_scores(seg: Segmenter, data: Data, threshold: float | None = None) -> dict[str, float]:
+    """Mean IoU and Dice over the images at the model's (or the given) thresholds; for named
+    classes, each class's means (`iou_<class>`, `dice_<class>`) over the images that annotate it,
+    and `iou`, `dice` their mean over the classes."""
+    chosen = chosen_thresholds(seg, threshold)
+    rows = at_thresholds(evaluate_dataset(seg, data, sorted(set(chosen.values()))), chosen)
+    if not seg.classes:
+        return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows]))}
+    scores: dict[str, float] = {}
+    for name in seg.classes:
+        sel = [r for r in rows if r["class"] == name]
+        if sel:
+            scores[f"iou_{name}"] = float(np.mean([r["iou"] for r in sel]))
+            scores[f"dice_{name}"] = float(np.mean([r["dice"] for r in sel]))
+    scored = [name for name in seg.classes if f"iou_{name}" in scores]
+    return {"iou": float(np.mean([scores[f"iou_{n}"] for n in scored])),
+            "dice": float(np.mean([scores[f"dice_{n}"] for n in scored])), **scores}
+
+
+def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str) -> dict[str, Any]:
+    """Set the model's threshold (per class for named classes) to the sweep value with the best mean
+    IoU of the post-processed masks on `data` (validation or training images, never test images:
+    that would flatter the test score); ties go to the value nearest 0.5."""
+    datasets = datasets_of(data)
+    summary = summarise(evaluate_dataset(seg, datasets, SWEEP))
+    n_images = sum(len(d) for d in datasets)
+    if not seg.classes:
+        best = _best(summary)
+        seg.set_threshold(best["threshold"])
+        return {"threshold": best["threshold"], "chosen_on": chosen_on, "n_images": n_images,
+                "sweep": [{k: r[k] for k in ("threshold", "iou_mean", "dice_mean")} for r in summary]}
+    for name in seg.classes:
+        rows = [r for r in summary if r["class"] == name]
+        if rows:
+            seg.set_threshold(_best(rows)["threshold"], name)
+    return {"thresholds": dict(seg.thresholds), "chosen_on": chosen_on, "n_images": n_images,
+            "sweep": [{k: r[k] for k in ("class", "threshold", "iou_mean", "dice_mean")} for r in summary]}
+
+
+def _best(summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary row with the best mean IoU, the one nearest 0.5 among ties."""
+    return max(summary, key=lambda r: (r["iou_mean"], -abs(r["threshold"] - 0.5)))
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per threshold: mean and std of IoU and Dice over images, and the pooled pixel counts."""
+    """Per threshold (per class and threshold for named classes): mean and std of IoU and Dice over
+    images, and the pooled pixel counts."""
     out = []
-    for t in sorted({r["threshold"] for r in rows}):
-        sel = [r for r in rows if r["threshold"] == t]
-        iou = np.array([r["iou"] for r in sel])
-        dice = np.array([r["dice"] for r in sel])
-        out.append({"threshold": t, "n_images": len(sel), "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
-                    "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
-                    "tp": sum(r["tp"] for r in sel), "fp": sum(r["fp"] for r in sel), "fn": sum(r["fn"] for r in sel)})
+    present = {r.get("class") for r in rows}
+    for name in (n for n in (None, *VOCABULARY) if n in present):
+        of_class = [r for r in rows if r.get("class") == name]
+        for t in sorted({r["threshold"] for r in of_class}):
+            sel = [r for r in of_class if r["threshold"] == t]
+            iou = np.array([r["iou"] for r in sel])
+            dice = np.array([r["dice"] for r in sel])
+            out.append({**({} if name is None else {"class": name}), "threshold": t, "n_images": len(sel),
+                        "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
+                        "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
+                        "tp": sum(r["tp"] for r in sel), "fp": sum(r["fp"] for r in sel),
+                        "fn": sum(r["fn"] for r in sel)})
     return out

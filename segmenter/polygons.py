@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon
 
+from segmenter.classes import COLOURS
 from segmenter.io.atomic import atomic_path
 
 
@@ -119,13 +120,23 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
 def feature_collection(polygons: Iterable[tuple[Polygon, dict[str, Any]]], label: str = "cell",
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """GeoJSON FeatureCollection in the shape QuPath imports (objectType, classification)."""
-    polygons = list(polygons)
-    geometries = _geojson_geometries([polygon for polygon, _ in polygons])
-    features = [{
-        "type": "Feature",
-        "geometry": geometry,
-        "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}, **props},
-    } for geometry, (_, props) in zip(geometries, polygons, strict=True)]
+    return classified_collection({label: polygons}, extra)
+
+
+def classified_collection(by_class: Mapping[str, Iterable[tuple[Polygon, dict[str, Any]]]],
+                          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One FeatureCollection of the polygons of several classes, each feature classified by its
+    class (QuPath reads `properties.classification.name`) in the class's colour."""
+    features = []
+    for label, listed in by_class.items():
+        polygons = list(listed)
+        colour = list(COLOURS.get(label, COLOURS["cell"]))
+        geometries = _geojson_geometries([polygon for polygon, _ in polygons])
+        features += [{
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {"objectType": "annotation", "classification": {"name": label, "color": colour}, **props},
+        } for geometry, (_, props) in zip(geometries, polygons, strict=True)]
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     if extra:
         collection["properties"] = extra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import albumentations as A
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from segmenter.augment import method_augmenter
+from segmenter.classes import ChannelMap, channel_map
 
 
 @functools.cache
@@ -27,12 +29,18 @@ class CropSampler(torch.utils.data.Dataset):
     With `zoom` > 0 each crop is magnified by a factor drawn log-uniformly in [1/(1+zoom), 1+zoom]:
     a larger or smaller square is cut and resized to the crop, so the network meets the objects at
     other scales (slides scanned at 20x and 40x) without the mirrored borders of shrinking the crop
-    itself (an image smaller than the square is mirror-padded, as one smaller than the crop always is)."""
+    itself (an image smaller than the square is mirror-padded, as one smaller than the crop always is).
+
+    A sample is (image (3, crop, crop) uint8, targets (C, crop, crop) float, known (C,) float): `maps`
+    turns each image's mask labels into the model's per-class targets and says which classes its
+    dataset annotates (default: every mask is the 0/1 foreground of a one-class model)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
-                 seed: int, colour: bool, translate: float, n_classes: int, zoom: float = 0.0):
+                 seed: int, colour: bool, translate: float, zoom: float = 0.0,
+                 maps: Sequence[ChannelMap] | None = None):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
-        self.n_classes, self.zoom = n_classes, zoom
+        self.zoom = zoom
+        self.maps = list(maps) if maps is not None else [channel_map((), (), "")] * len(masks)
         self.epoch = 0
         areas = np.array([m.size for m in masks], dtype=np.float64)
         self.p = areas / areas.sum()
@@ -48,7 +56,7 @@ class CropSampler(torch.utils.data.Dataset):
         magnification = math.exp(rng.uniform(-math.log1p(self.zoom), math.log1p(self.zoom)))
         return max(2, round(self.crop / magnification))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.choice(len(self.images), p=self.p))
         image, mask = self.images[k], self.masks[k]
@@ -67,12 +75,9 @@ class CropSampler(torch.utils.data.Dataset):
         self.aug.set_random_seed(int(rng.integers(2**31)))
         out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
         x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
-        m = torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
-        if self.n_classes == 1:
-            target = m[None].float()
-        else:
-            target = torch.nn.functional.one_hot(m, self.n_classes).permute(2, 0, 1).float()
-        return x_t, target
+        channels = self.maps[k]
+        target = torch.from_numpy(channels.targets(out["mask"])).permute(2, 0, 1)
+        return x_t, target, torch.from_numpy(channels.known)
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:

@@ -4,17 +4,22 @@ per-epoch metrics (CSV, JSON, PNG), mixed precision (segmenter.precision).
 
 `train` reads as its steps: prepare the data (read, resample, plan), start (fresh or from the
 checkpoint), run the epochs (train, validate, checkpoint, metrics), finish (best weights,
-threshold, provenance) and save."""
+threshold, provenance) and save.
+
+Several dataset folders train one model together: a model with named classes learns each class
+from the datasets that declare it; on the items of the others that class is unknown, left out of
+the loss (`Segmenter.loss`'s `known`), of the validation scores and of the threshold calibration."""
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
 import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segmenter.checkpoint import LoopState, checkpoint_path, read_checkpoint, write_checkpoint
+from segmenter.classes import ChannelMap, channel_map, listed
 from segmenter.errors import CysegError
 from segmenter.evaluation import calibrate_threshold, mean_scores
 from segmenter.history import write_history
@@ -56,6 +62,7 @@ CALIBRATION_IMAGES = 64
 # a short epoch's other bookkeeping, so it is not done after every epoch (CSV and JSON are)
 PLOT_EVERY_S = 30
 MAX_ZOOM = 3.0  # --zoom: crops magnified by at most 4x, shrunk by at most 4x
+Folders = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 @dataclass
@@ -101,22 +108,23 @@ class TrainOptions:
 
 @dataclass
 class TrainingData:
-    """The training set as the loop uses it: images and masks at the working resolution, the
-    validation set, and what was planned from them."""
+    """The training set as the loop uses it: images and mask labels at the working resolution, how
+    each image's labels become the model's targets, the validation sets, and what was planned from them."""
 
-    dataset: Dataset
+    datasets: list[Dataset]
     images: list[np.ndarray]
     masks: list[np.ndarray]
-    val: Dataset | None
+    maps: list[ChannelMap]
+    val: list[Dataset] | None
     dataset_hash: str
     object_size: float
     crop: int
 
 
-def train(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
-          opts: TrainOptions) -> list[dict[str, Any]]:
-    """Train `seg` in place; returns the per-epoch history. With `opts.out`, writes the best model,
-    a checkpoint after every epoch (removed at the end) and the metrics files beside the model."""
+def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: TrainOptions) -> list[dict[str, Any]]:
+    """Train `seg` in place on one or several dataset folders; returns the per-epoch history. With
+    `opts.out`, writes the best model, a checkpoint after every epoch (removed at the end) and the
+    metrics files beside the model."""
     opts.check()
     data, opts = _prepare(seg, train_dir, val_dir, opts)
     torch.manual_seed(opts.seed)
@@ -126,14 +134,14 @@ def train(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLi
         resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options)
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
-                          opts.colour, opts.translate, seg.n_classes, opts.zoom)
+                          opts.colour, opts.translate, opts.zoom, data.maps)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
     if resumed is not None:
         state.restore(resumed)
         log.info("resuming from epoch %d of %d", state.epoch, opts.epochs)
-    seg.training_info = _provenance(seg, train_dir, val_dir, data, opts)
+    seg.training_info = _provenance(seg, data, opts)
 
     cpu_start = time.process_time()
     plotted = -math.inf
@@ -150,34 +158,75 @@ def train(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLi
 
 # ---------------------------------------------------------------- plan
 
-def _prepare(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
+def _folders(folders: Folders | None) -> list[Path]:
+    """One folder or several, as a list (empty for None)."""
+    if folders is None:
+        return []
+    if isinstance(folders, (str, os.PathLike)):
+        return [Path(folders)]
+    return [Path(f) for f in folders]
+
+
+def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
              opts: TrainOptions) -> tuple[TrainingData, TrainOptions]:
-    """Read and check both datasets, bring the training images to the working resolution and plan
+    """Read and check every dataset, bring the training images to the working resolution and plan
     the crop and the epochs; returns the data and the options with the planned values filled in."""
-    dataset = open_dataset(train_dir)
-    images, masks = _load_arrays(dataset, seg.n_classes)  # reads and checks every pair first
+    datasets = [open_dataset(folder) for folder in _folders(train_dir)]
+    images, masks, maps = _load_arrays(seg, datasets)  # reads and checks every pair first
     resolution, size = _working_resolution(seg, masks, opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         images[i], masks[i] = resample_pair(image, mask, resolution)
     if opts.resolution != 1:
         log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
-    val = open_dataset(val_dir) if val_dir is not None else None
+    val = [open_dataset(folder) for folder in _folders(val_dir)] or None
     if val is not None:
-        check_dataset(val, seg.n_classes)
-    dataset_hash = manifest_hash(dataset)
+        _check_validation(seg, val)
+    dataset_hash = _datasets_hash(datasets)
     crop = _plan_crop(masks, seg.multiple, opts.crop)
     if opts.epochs is None:
         opts = dataclasses.replace(opts, epochs=plan_epochs(crop))
         log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
                  DEFAULT_EPOCHS, DEFAULT_CROP)
-    return TrainingData(dataset, images, masks, val, dataset_hash, size, crop), opts
+    return TrainingData(datasets, images, masks, maps, val, dataset_hash, size, crop), opts
 
 
-def _load_arrays(dataset: Dataset, n_classes: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every image and mask of the dataset, at the images' resolution."""
-    pairs = [read_pair(item, n_classes) for item in dataset.items]
-    return [image for image, _ in pairs], [mask for _, mask in pairs]
+def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[np.ndarray],
+                                                                   list[ChannelMap]]:
+    """Every image and mask of the datasets at the images' resolution, and how each mask's labels
+    become the model's targets; refuses a dataset that annotates none of the model's classes."""
+    images, masks, maps = [], [], []
+    for dataset in datasets:
+        channels = channel_map(dataset.classes, seg.classes, dataset.root)
+        ignored = [c for c in dataset.classes if c not in seg.classes]
+        if ignored:
+            log.info("%s: class %s not trained (the model predicts %s)", dataset.root, listed(ignored),
+                     listed(seg.classes))
+        for item in dataset.items:
+            image, mask = read_pair(item)
+            images.append(image)
+            masks.append(mask)
+            maps.append(channels)
+    return images, masks, maps
+
+
+def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:
+    """Every validation dataset is readable and shares a class with the model, and every class of
+    the model is annotated by one of them (its epochs and threshold are chosen there)."""
+    for dataset in val:
+        channel_map(dataset.classes, seg.classes, dataset.root)
+        check_dataset(dataset)
+    missing = [c for c in seg.classes if not any(c in dataset.classes for dataset in val)]
+    if missing:
+        raise CysegError(f"no --val dataset annotates {missing[0]}; add one that declares it, or drop --val "
+                         "(thresholds are then chosen on training images)")
+
+
+def _datasets_hash(datasets: list[Dataset]) -> str:
+    """The training data's hash: the dataset's manifest hash, or one over every dataset's in order."""
+    if len(datasets) == 1:
+        return manifest_hash(datasets[0])
+    return hashlib.sha256("".join(manifest_hash(d) for d in datasets).encode()).hexdigest()
 
 
 def _working_resolution(seg: Segmenter, masks: list[np.ndarray], asked: float | None) -> tuple[float, float]:
@@ -245,13 +294,22 @@ def _versions() -> dict[str, str]:
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _provenance(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.PathLike | None,
-                data: TrainingData, opts: TrainOptions) -> dict[str, Any]:
+def _paths(datasets: list[Dataset] | None) -> str | list[str] | None:
+    """The datasets' absolute paths: one path, a list for several, None for none."""
+    if not datasets:
+        return None
+    paths = [str(d.root.resolve()) for d in datasets]
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[str, Any]:
     """What the model file records of how it was trained (completed by `_finish`)."""
     return {
         "name": opts.name or Path(opts.out or "model").stem,
-        "dataset": str(Path(train_dir).resolve()), "dataset_hash": data.dataset_hash, "n_images": len(data.dataset),
-        "validation": str(Path(val_dir).resolve()) if val_dir is not None else None,
+        "dataset": _paths(data.datasets), "dataset_hash": data.dataset_hash,
+        "n_images": sum(len(d) for d in data.datasets),
+        **({"dataset_classes": {str(d.root.resolve()): list(d.classes) for d in data.datasets}} if seg.classes else {}),
+        "validation": _paths(data.val),
         "options": {**asdict(opts), "crop": data.crop}, "object_size_px": round(data.object_size, 1),
         "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),
@@ -261,7 +319,7 @@ def _provenance(seg: Segmenter, train_dir: str | os.PathLike, val_dir: str | os.
 
 # ---------------------------------------------------------------- one epoch
 
-def _run_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, val: Dataset | None, state: LoopState,
+def _run_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, val: list[Dataset] | None, state: LoopState,
                epoch: int, opts: TrainOptions) -> None:
     """Train epoch `epoch` (0-based), validate, and add its row to the history."""
     t0 = time.perf_counter()
@@ -284,8 +342,8 @@ def _train_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, state
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="step", leave=False,
                disable=not opts.progress, dynamic_ncols=True)
     try:
-        for x, target in bar:
-            loss, iou = _step(seg, state, x, target, epoch, opts.amp)
+        for x, target, known in bar:
+            loss, iou = _step(seg, state, x, target, known, epoch, opts.amp)
             losses.append(loss)
             ious.append(iou)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
@@ -298,14 +356,16 @@ def _train_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, state
             "lr": state.optimizer.param_groups[0]["lr"]}
 
 
-def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tensor, epoch: int,
+def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tensor, known: torch.Tensor, epoch: int,
           amp: bool) -> tuple[float, float]:
-    """One optimiser step on a batch; returns its loss and the IoU of its logits > 0 with the target."""
+    """One optimiser step on a batch; returns its loss and the IoU of its logits > 0 with the target
+    over the classes each item's dataset annotates."""
     x, target = seg.to_input(x), target.to(seg.device, non_blocking=True)
+    known = known.to(seg.device, non_blocking=True)
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(seg.device, amp):
         logits = seg.model(x)
-    loss = seg.loss(logits, target)
+    loss = seg.loss(logits, target, known)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
@@ -313,18 +373,19 @@ def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tenso
     if not torch.isfinite(loss):
         raise CysegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
     with torch.no_grad():
-        pred = logits.detach() > 0
-        inter = (pred & (target > 0.5)).sum().item()
-        union = (pred | (target > 0.5)).sum().item()
+        pred, truth, counted = logits.detach() > 0, target > 0.5, known[:, :, None, None] > 0
+        inter = (pred & truth & counted).sum().item()
+        union = ((pred | truth) & counted).sum().item()
     return loss.item(), 1.0 if union == 0 else inter / union
 
 
-def _validate(seg: Segmenter, val: Dataset, state: LoopState, epoch: int) -> dict[str, float]:
-    """Validation IoU and Dice of the epoch; keeps a copy of the weights when the IoU is the best yet."""
+def _validate(seg: Segmenter, val: list[Dataset], state: LoopState, epoch: int) -> dict[str, float]:
+    """Validation IoU and Dice of the epoch (for named classes: their mean over the classes, and
+    each class's); keeps a copy of the weights when the IoU is the best yet."""
     scores = mean_scores(seg, val)
     if scores["iou"] > state.best_val_iou:
         state.best_val_iou, state.best_epoch, state.best_state = scores["iou"], epoch + 1, seg.copy_state_dict()
-    return {"val_iou": scores["iou"], "val_dice": scores["dice"]}
+    return {f"val_{key}": value for key, value in scores.items()}
 
 
 def _write_metrics(history: list[dict[str, Any]], out: Path, plotted: float) -> float:
@@ -360,11 +421,13 @@ def _save(seg: Segmenter, history: list[dict[str, Any]], out: Path, ckpt_path: P
 
 
 def _calibrate(seg: Segmenter, data: TrainingData, seed: int) -> None:
-    """Set the threshold that maximises the mean IoU on the validation images (else on training images)."""
+    """Set the threshold (per class) that maximises the mean IoU on the validation images (else on
+    up to CALIBRATION_IMAGES training images of each dataset)."""
     where = "validation images" if data.val is not None else "training images (no --val)"
-    images_for_threshold = data.val if data.val is not None else _sample(data.dataset, CALIBRATION_IMAGES, seed)
+    images_for_threshold = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
     seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where)
-    log.info("threshold %.1f chosen on the %s: best mean IoU of the sweep 0.1..0.9", seg.threshold, where)
+    chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
+    log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
 
 
 def _sample(dataset: Dataset, n: int, seed: int) -> Dataset:

@@ -248,13 +248,13 @@ def test_read_mask_refuses_16_bit(tmp_path):
     assert "uint16" in message(excinfo) and "8-bit PNG" in message(excinfo)
 
 
-def test_read_mask_multi_class(tmp_path):
+def test_read_mask_cell_and_nucleus_labels(tmp_path):
     mask = np.array([[0, 1, 2, 2]], np.uint8).repeat(3, axis=0)
     write_grey(tmp_path / "m.png", mask)
-    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", n_classes=3), mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png", classes=("cell", "nucleus")), mask)
     with pytest.raises(DatasetError) as excinfo:
-        read_mask(tmp_path / "m.png", n_classes=2)
-    assert "holds class 2" in message(excinfo) and "2 classes" in message(excinfo)
+        read_mask(tmp_path / "m.png", classes=("nucleus",))
+    assert "holds values [1, 2]" in message(excinfo) and "nucleus: 0 background, 255 nucleus" in message(excinfo)
 
 
 def test_read_mask_refuses_a_truncated_png(tmp_path, ihc_dataset):

@@ -137,7 +137,7 @@ def test_whole_image_masks_every_class_but_the_rois_and_skips_what_draws_nothing
     assert item["kind"] == "roi" and item["slide"] == "small" and item["crop"] == [0, 0, SMALL_W, SMALL_H]
     assert item["source"] == str(image.resolve()) and item["annotations"] == str(geojson.resolve())
     assert item["mask_features"] == [0, 1, 2, 3, 4]
-    assert manifest["classes"] == ["Lymphocyte", "Other", "Tumor"]
+    assert manifest["qupath_classes"] == ["Lymphocyte", "Other", "Tumor"] and "classes" not in manifest
     assert [s["feature"] for s in manifest["skipped"]] == [5, 6]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
@@ -148,7 +148,7 @@ def test_class_filter_draws_only_the_classes_asked_for(tmp_path, small):
                   "--class", "Lymphocyte")
     boxes = SMALL_BOXES["Tumor"] + SMALL_BOXES["Lymphocyte"]   # the cell's outline, not just its nucleus
     assert np.array_equal(mask_of(ds, "small"), expected_mask(SMALL_W, SMALL_H, boxes))
-    assert json.loads((ds / "dataset.json").read_text())["classes"] == ["Lymphocyte", "Tumor"]
+    assert json.loads((ds / "dataset.json").read_text())["qupath_classes"] == ["Lymphocyte", "Tumor"]
 
 
 def test_rois_are_covered_by_crops_of_size_and_draw_no_mask(tmp_path):
@@ -208,7 +208,7 @@ def test_older_exports_and_folders_of_images_with_their_geojson(tmp_path):
     ds = imported(folder, "--annotations", folder, "--out", tmp_path / "ds")
     assert sorted(i.stem for i in open_dataset(ds).items) == ["a", "b"]
     assert np.array_equal(mask_of(ds, "a"), expected_mask(64, 48, [(4, 4, 20, 30)]))
-    assert json.loads((ds / "dataset.json").read_text())["classes"] == ["Tumor: Positive", "Unclassified"]
+    assert json.loads((ds / "dataset.json").read_text())["qupath_classes"] == ["Tumor: Positive", "Unclassified"]
     assert error_of("import", folder, "--annotations", folder, "--out", tmp_path / "x", "--class", "Tumor").startswith(
         "--class Tumor: no annotation has this class; the classes found are: Tumor: Positive, Unclassified")
 

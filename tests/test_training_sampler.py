@@ -18,7 +18,7 @@ def checkerboard(height: int = 600, width: int = 600) -> tuple[np.ndarray, np.nd
 
 def sampler(zoom: float, crop: int = 128, length: int = 64) -> CropSampler:
     image, mask = checkerboard()
-    return CropSampler([image], [mask], crop, length, seed=3, colour=False, translate=0.0, n_classes=1, zoom=zoom)
+    return CropSampler([image], [mask], crop, length, seed=3, colour=False, translate=0.0, zoom=zoom)
 
 
 def square_side(target: np.ndarray) -> float:
@@ -49,7 +49,7 @@ def test_zoom_rescales_the_objects_and_keeps_the_mask_aligned():
     s = sampler(1.0)
     sizes = []
     for i in range(len(s)):
-        x, target = s[i]
+        x, target, _ = s[i]
         assert x.shape == (3, 128, 128) and target.shape == (1, 128, 128)
         bright = x[0].numpy() > 130
         assert (bright == (target[0].numpy() > 0.5)).mean() > 0.9  # resized together (a shift of a few px: ~0.6)

@@ -1,4 +1,5 @@
-"""`UNetSegmenter`: the method's U-Net with BCE + soft Dice loss (class-weighted) and Adam."""
+"""`UNetSegmenter`: the method's U-Net with BCE + soft Dice loss (class-weighted, partial labels
+left out) and Adam."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics.torch_metrics import dice_loss
+from metrics.torch_metrics import dice_loss, per_item_class_soft_dice
 from segmenter.base import Segmenter
 from unet.model import UNet
 
@@ -28,11 +29,27 @@ class UNetSegmenter(Segmenter):
         return UNet(in_channels=config["in_channels"], n_classes=config["n_classes"], depth=config["depth"],
                     n=config["n"], upsampling=config["upsampling"])
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-weighted BCE + soft Dice; with partial labels (`known` not all 1) each class is
+        averaged over the items that annotate it, and the classes no item of the batch annotates
+        are left out."""
+        if known is not None and not bool(known.all()):
+            return self._partial_loss(logits, target, known)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
         per_class_bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
         bce = (per_class_bce * weights).sum() / weights.sum()
         return bce + dice_loss(torch.sigmoid(logits.float()), target, weights=self.class_weights)
+
+    def _partial_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The loss above where only the (item, class) pairs with `known` 1 count: equal to it when
+        every pair is known, and independent of the logits' targets where it is not."""
+        known = known.to(device=logits.device, dtype=torch.float32)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(2, 3))
+        dice = 1 - per_item_class_soft_dice(torch.sigmoid(logits.float()), target)
+        counted = known.sum(dim=0)
+        per_class = ((bce + dice) * known).sum(dim=0) / counted.clamp(min=1)
+        weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32) * (counted > 0)
+        return (per_class * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=lr)

@@ -1,5 +1,9 @@
 """The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json.
 
+dataset.json's "classes" lists the classes the masks annotate (`segmenter.classes`): none (the key
+absent) for 0/255 masks of one unnamed foreground; ["cell"] or ["nucleus"] for 0/255 masks of that
+class; ["cell", "nucleus"] for class-index masks (0 background, 1 cell outside its nucleus, 2 nucleus).
+
 Reading validates everything a user can get wrong (missing folders, unpaired files, corrupt
 images, masks of the wrong size or values) and reports it in one line naming the file and the fix.
 Writing goes through `DatasetWriter`, which builds the folder under a temporary name.
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from segmenter.classes import check_names, decode, encode
 from segmenter.errors import CysegError, DatasetError
 from segmenter.io.atomic import temporary_dir
 from segmenter.io.images import IMAGE_SUFFIXES, decode_file, read_image, write_png
@@ -27,12 +32,14 @@ MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 @dataclass
 class Item:
-    """One crop of a dataset: its image, its mask (None when absent) and its manifest entry."""
+    """One crop of a dataset: its image, its mask (None when absent), its manifest entry and the
+    classes its dataset declares (empty: one unnamed foreground)."""
 
     stem: str
     image: Path
     mask: Path | None
     meta: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str | None:
@@ -48,11 +55,12 @@ class Item:
 
 @dataclass
 class Dataset:
-    """A validated dataset folder."""
+    """A validated dataset folder and the classes its masks annotate (empty: one unnamed foreground)."""
 
     root: Path
     items: list[Item]
     manifest: dict[str, Any]
+    classes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -82,6 +90,13 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         raise DatasetError(f"{path} must hold a JSON object; fix or delete it")
     manifest.setdefault("items", {})
     return manifest
+
+
+def declared_classes(manifest: dict[str, Any], root: Path) -> tuple[str, ...]:
+    """The classes a manifest declares its masks annotate (empty when it declares none)."""
+    if "classes" not in manifest:
+        return ()
+    return check_names(manifest["classes"], f'{root / "dataset.json"} "classes"')
 
 
 def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset:
@@ -117,13 +132,16 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     elif masks_dir.is_dir():
         masks = _index(masks_dir, MASK_SUFFIXES)
     manifest = read_manifest(root)
+    classes = declared_classes(manifest, root)
     entries = manifest.get("items", {})
-    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {}))) for stem, path in images.items()]
-    return Dataset(root, items, manifest)
+    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes) for stem, path in images.items()]
+    return Dataset(root, items, manifest, classes)
 
 
-def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_classes: int = 1) -> np.ndarray:
-    """Read a mask as uint8 (H, W): 0/1 for binary (stored 0/255), class indices otherwise.
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None,
+              classes: tuple[str, ...] = ()) -> np.ndarray:
+    """Read a mask as uint8 (H, W) labels: 0/1 for 0/255 masks, 0/1/2 for cell + nucleus masks
+    (`classes`: the classes its dataset declares; see `segmenter.classes`).
 
     `shape` is the (height, width) of the paired image; a mismatch is an error, never a silent resize.
     """
@@ -142,32 +160,21 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None, n_c
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}; "
             "export the mask at the image's size"
         )
-    values = np.unique(mask)
-    if n_classes == 1:
-        if not set(values.tolist()) <= {0, 255}:
-            bad = [v for v in values.tolist() if v not in (0, 255)][:3]
-            raise DatasetError(
-                f"mask {path} is not binary (values {bad} besides 0/255); store 0 for background and 255 for foreground"
-            )
-        return (mask == 255).astype(np.uint8)
-    if values.max() >= n_classes:
-        raise DatasetError(f"mask {path} holds class {int(values.max())} but the model has {n_classes} classes; "
-                           "fix the mask or --classes")
-    return mask
+    return decode(mask, classes, path)
 
 
-def read_pair(item: Item, n_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Read an item's image and mask, checked against each other."""
+def read_pair(item: Item) -> tuple[np.ndarray, np.ndarray]:
+    """Read an item's image and mask labels, checked against each other and its dataset's classes."""
     image = read_image(item.image)
     if item.mask is None:
         raise DatasetError(f"image {item.image} has no mask; add masks/{item.stem}.png")
-    return image, read_mask(item.mask, image.shape[:2], n_classes)
+    return image, read_mask(item.mask, image.shape[:2], item.classes)
 
 
-def check_dataset(dataset: Dataset, n_classes: int = 1) -> None:
+def check_dataset(dataset: Dataset) -> None:
     """Read every pair once so that a bad file fails before hours of training, not during."""
     for item in dataset.items:
-        read_pair(item, n_classes)
+        read_pair(item)
 
 
 def manifest_hash(dataset: Dataset) -> str:
@@ -185,11 +192,14 @@ class DatasetWriter:
     """Build a dataset folder under a temporary name; `close()` writes dataset.json and renames it into place.
 
     Use as a context manager: on an exception the temporary folder is removed and nothing appears at `root`.
+    `classes` are the classes the masks annotate (recorded in dataset.json; empty: one unnamed foreground).
     """
 
     def __init__(self, root: str | os.PathLike, source: dict[str, Any] | None = None, parent: str | None = None,
-                 iteration: int | None = None, overwrite: bool = False, extra: dict[str, Any] | None = None):
+                 iteration: int | None = None, overwrite: bool = False, extra: dict[str, Any] | None = None,
+                 classes: tuple[str, ...] = ()):
         self.root = Path(root)
+        self.classes = tuple(classes)
         if self.root.exists() and not overwrite:
             raise CysegError(f"output folder {self.root} already exists; choose a new --out or remove it")
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -202,20 +212,20 @@ class DatasetWriter:
             "source": source or {},
             "parent": parent,
             "iteration": iteration,
+            **({"classes": list(self.classes)} if self.classes else {}),
             **(extra or {}),
             "items": {},
         }
 
-    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, binary: bool = True,
-            meta: dict[str, Any] | None = None) -> None:
-        """Add one crop with its manifest entry; a binary mask of 0/1 or 0/255 is stored as 0/255."""
+    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, meta: dict[str, Any] | None = None) -> None:
+        """Add one crop with its manifest entry; the mask (labels as `read_mask` gives them, or 0/255)
+        is stored in the encoding of the dataset's classes (0/255 for one class)."""
         if mask is not None and mask.shape[:2] != image.shape[:2]:
             raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is "
                              f"{image.shape[1]}x{image.shape[0]}")
         write_png(self.tmp / "images" / f"{stem}.png", image)
         if mask is not None:
-            out = (mask > 0).astype(np.uint8) * 255 if binary else mask.astype(np.uint8)
-            write_png(self.tmp / "masks" / f"{stem}.png", out)
+            write_png(self.tmp / "masks" / f"{stem}.png", encode(mask, self.classes))
         self.manifest["items"][stem] = {k: v for k, v in (meta or {}).items() if v is not None}
 
     def copy(self, item: Item, stem: str | None = None, meta: dict[str, Any] | None = None) -> None:

@@ -47,7 +47,7 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
     start = time.perf_counter()
     if task.boxes is not None and not task.boxes:
         return WindowResult(task.index, [], [], task.tiles, task.tiles, time.perf_counter() - start)
-    radius = chain_radius(seg.postprocess) if seg.n_classes == 1 else 0
+    radius = chain_radius(seg.postprocess)
     if task.boxes is None or radius is None:
         areas = [((0, 0, task.w, task.h), task.boxes)]
     else:
@@ -86,7 +86,7 @@ def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area:
         return []
     with torch.inference_mode():
         mask = seg.masks_from_probabilities(probs, opts.threshold)
-        fg = probs[0] if seg.n_classes == 1 else probs[1:].max(dim=0).values
+        fg = probs[0]
         rows, cols = slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax)
         mask_np, fg_np = mask[rows, cols].cpu().numpy(), fg[rows, cols].cpu().numpy()
     return mask_to_polygons(mask_np, fg_np, offset=(task.x + x0, task.y + y0))

@@ -69,10 +69,13 @@ class SlidePlan:
 
 def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Path, opts: WsiOptions,
                   runner: InProcess | DaskRunner, region_text: str | None = None, cache_root: Path | None = None,
-                  mask_out: Path | None = None, mask_downsample: float = 16.0, label: str = "cell",
+                  mask_out: Path | None = None, mask_downsample: float = 16.0, label: str | None = None,
                   progress: bool = True) -> dict[str, Any]:
-    """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates)."""
+    """Segment a slide (or a window of it) with a one-class model and write `out` (GeoJSON, slide
+    pixel coordinates; its polygons classified as `label`, default the model's class, else cell)."""
     opts.check()
+    seg.require_one_class(f"the whole-slide engine (slide {reader.path})")
+    label = label or seg.labels[0]
     if seg.in_channels != 3:
         raise CysegError(f"model {model_path} expects {seg.in_channels} input channels but slides are read as RGB; "
                          "use a model trained on RGB images")
