@@ -154,6 +154,11 @@ def cli(verbose: bool, quiet: bool) -> None:
                    "declared: one unnamed foreground, 0/255 masks]")
 @click.option("--class-weights", default=None,
               help="Comma-separated loss weight per class, in the order cell, nucleus. [default: equal]")
+@click.option("--instances", is_flag=True,
+              help="Also learn to separate touching objects: one output channel per class with instance labels "
+                   "(masks_instance/ in the DIRs) regresses the distance to the object's boundary, and segment "
+                   "splits objects with a seeded watershed whose parameters are chosen on --val. [default: off, "
+                   "objects are the masks' connected regions]")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "

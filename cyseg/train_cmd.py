@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from segmenter.checkpoint import checkpoint_path
-from segmenter.classes import check_names, model_classes
+from segmenter.classes import FOREGROUND, check_names, listed, model_classes
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
 from segmenter.io.dataset import open_dataset
@@ -27,6 +27,19 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
         raise CysegError(f"--classes takes class names, not a count (got {text}): e.g. --classes cell,nucleus; "
                          'class-index masks 0..N-1 gave way to the classes a dataset.json declares')
     return check_names([name.strip() for name in text.split(",")], f"--classes {text}")
+
+
+def instance_classes(names: tuple[str, ...], data: list[Path]) -> list[str]:
+    """The model's classes (FOREGROUND for none) that some training dataset has instance labels of;
+    a CysegError with the fix when none has any."""
+    channels = names or (FOREGROUND,)
+    labelled = {c for d in map(open_dataset, data) for item in d.items for c in item.instances}
+    chosen = [c for c in channels if c in labelled]
+    if not chosen:
+        raise CysegError(f"--instances given but no training dataset has instance labels of {listed(channels)}; add "
+                         "masks_instance/<name>.png (<name>_<class>.png for cell + nucleus datasets, 16-bit object "
+                         "ids) to a DIR, or drop --instances")
+    return chosen
 
 
 def training_classes(asked: tuple[str, ...] | None, data: list[Path]) -> tuple[str, ...]:
@@ -73,20 +86,25 @@ def interrupted_message(out: Path) -> str:
 
 def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: int, upsampling: str,
               classes: str | None, class_weights: str | None, threshold: float | None, erode_k: int,
-              erode_iterations: int, smoothing_k: int, device: str, **options) -> UNetSegmenter:
+              erode_iterations: int, smoothing_k: int, device: str, instances: bool = False,
+              **options) -> UNetSegmenter:
     """Train and save; returns the trained segmenter. A `threshold` of None is chosen after training
-    (per class) by a sweep on `val` (on the training images without it)."""
+    (per class) by a sweep on `val` (on the training images without it). With `instances` the model
+    also learns the distance channels that separate touching objects."""
     check_out(out)
     names = training_classes(parse_classes(classes), data)
+    separated = instance_classes(names, data) if instances else []
     calibrate = threshold is None
     threshold = 0.5 if threshold is None else threshold
     torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
-    config = {"depth": depth, "n": n, "upsampling": upsampling, **({"classes": list(names)} if names else {})}
+    config = {"depth": depth, "n": n, "upsampling": upsampling, **({"classes": list(names)} if names else {}),
+              **({"instances": separated} if separated else {})}
     seg = UNetSegmenter(config, device=device, class_weights=parse_weights(class_weights, max(1, len(names))),
                         threshold=threshold, postprocess=default_chain(threshold, erode_k, erode_iterations,
                                                                        smoothing_k))
-    log.info("training a U-Net (n=%d, depth=%d, %s) on %s, classes %s, device %s", n, depth, upsampling,
-             ", ".join(map(str, data)), ", ".join(names) or "one unnamed foreground", seg.device)
+    log.info("training a U-Net (n=%d, depth=%d, %s) on %s, classes %s%s, device %s", n, depth, upsampling,
+             ", ".join(map(str, data)), ", ".join(names) or "one unnamed foreground",
+             f" (instances: {listed(separated)})" if separated else "", seg.device)
     seg.fit(data, val or None, out=str(out), calibrate_threshold=calibrate, **options)
     paths = history_paths(out)
     log.info("model written to %s; metrics in %s, %s and %s", out, paths["csv"], paths["json"], paths["png"])

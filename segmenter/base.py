@@ -3,11 +3,15 @@ pre- and post-processing, tiled prediction, evaluation and model file. Subclasse
 network, the loss and the optimiser (see `unet.UNetSegmenter`).
 
 A model predicts one sigmoid channel per class: its named classes (config `classes`, see
-`segmenter.classes`; each with its own threshold), or one unnamed foreground when it has none."""
+`segmenter.classes`; each with its own threshold), or one unnamed foreground when it has none. A
+model trained with instances (config `instances`) adds, per class it separates, one channel
+predicting the normalised distance to the object's boundary (`transforms.instances`), after the
+class channels; the watershed parameters that use it (`separation`) are stored beside the threshold."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segmenter.classes import check_names, listed
+from segmenter.classes import FOREGROUND, check_names, listed
 from segmenter.device import out_of_memory_message, resolve_device
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.fusion import fold_batch_norms, weights_version
@@ -29,6 +33,7 @@ from segmenter.resolution import to_image, to_network
 from segmenter.tiling import predict_tiled
 from segmenter.tta import with_tta
 from transforms.chain import build_on, default_chain, validate_chain, with_threshold
+from transforms.instances import Separation
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ class Segmenter:
     def __init__(self, config: dict[str, Any], device: str | torch.device | None = None,
                  class_weights: Sequence[float] | None = None, preprocess: dict[str, Any] | None = None,
                  postprocess: list[dict[str, Any]] | None = None, threshold: float = 0.5,
-                 inference: dict[str, int] | None = None, thresholds: dict[str, float] | None = None):
+                 inference: dict[str, int] | None = None, thresholds: dict[str, float] | None = None,
+                 separation: dict[str, dict[str, Any]] | None = None):
         self.config = _with_classes(config)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model: nn.Module = self.build_model(self.config).to(self.device)
@@ -80,6 +86,7 @@ class Segmenter:
         except ValueError as exc:  # transforms, below this layer, raise plain ValueErrors
             raise CysegError(str(exc)) from exc
         self.thresholds = _class_thresholds(self.classes, thresholds, self.threshold)
+        self.separation = _separation(self.instance_classes, separation)
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False,
                           "amp": True, **(inference or {})}
         # channels-last convolutions: the layout oneDNN's fastest CPU kernels and CUDA's tensor
@@ -116,6 +123,21 @@ class Segmenter:
     def classes(self) -> tuple[str, ...]:
         """The named classes the model predicts, one channel each; empty for one unnamed foreground."""
         return tuple(self.config.get("classes", ()))
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The name of each class channel: its class, FOREGROUND for a model without named classes."""
+        return self.classes or (FOREGROUND,)
+
+    @property
+    def instance_classes(self) -> tuple[str, ...]:
+        """The class channels (`channels`) with a distance channel that separates touching objects."""
+        return tuple(self.config.get("instances", ()))
+
+    @property
+    def n_outputs(self) -> int:
+        """The network's output channels: the class channels, then one distance channel per instance class."""
+        return self.n_classes + len(self.instance_classes)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -222,7 +244,7 @@ class Segmenter:
                 with autocast(self.device, amp):
                     return self.probabilities(self.to_input(t), net)
 
-            probs = predict_tiled(with_tta(forward, tta), to_network(x, self.resolution), self.n_classes, tile,
+            probs = predict_tiled(with_tta(forward, tta), to_network(x, self.resolution), self.n_outputs, tile,
                                   overlap, batch, self.multiple)
             return to_image(probs, (x.shape[1], x.shape[2]))
 
@@ -258,7 +280,7 @@ class Segmenter:
     def masks_from_probabilities(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
         """(1, H, W) probabilities of a one-class model -> its post-processed (H, W) uint8 0/1 mask."""
         self.require_one_class("a single mask (Segmenter.segment, masks_from_probabilities)")
-        return self.postprocess_chain(threshold, probs.device)(probs[None])[0, 0].to(torch.uint8)
+        return self.postprocess_chain(threshold, probs.device)(probs[:1][None])[0, 0].to(torch.uint8)
 
     def segment(self, image: np.ndarray | torch.Tensor, threshold: float | None = None, **tiling: int) -> np.ndarray:
         """Post-processed 0/1 mask (H, W) uint8 of a one-class model for one RGB image."""
@@ -299,6 +321,7 @@ class Segmenter:
             "inference": self.inference,
             "training": self.training_info,
             **({"thresholds": dict(self.thresholds)} if self.classes else {}),
+            **({"separation": {c: dict(v) for c, v in self.separation.items()}} if self.instance_classes else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -317,7 +340,8 @@ class Segmenter:
         try:
             seg = cls(content["config"], device=device, class_weights=content.get("class_weights"),
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
-                        threshold=content["threshold"], thresholds=content.get("thresholds"))
+                        threshold=content["threshold"], thresholds=content.get("thresholds"),
+                        separation=content.get("separation"))
             seg.model.load_state_dict(content["state_dict"])
         except CysegError as exc:
             raise ModelFileError(f"{source} holds an unusable configuration ({exc}); "
@@ -348,7 +372,27 @@ def _with_classes(config: dict[str, Any]) -> dict[str, Any]:
     elif config.get("n_classes", 1) != 1:
         raise CysegError(f"{config['n_classes']} unnamed classes: a model of several classes names them "
                          "(class-index models gave way to named classes, cyseg train --classes cell,nucleus)")
+    if "instances" in config:
+        channels = config.get("classes") or [FOREGROUND]
+        instances = config["instances"]
+        if not isinstance(instances, list) or not instances or set(instances) - set(channels):
+            raise CysegError(f"the model's instance classes {instances!r} must list some of its classes "
+                             f"({listed(channels)})")
+        config["instances"] = [c for c in channels if c in instances]
     return config
+
+
+def _separation(instances: tuple[str, ...], given: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """The watershed parameters of each instance class: the given ones, the defaults for the others."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(instances))
+    if unknown:
+        raise CysegError(f"separation parameters are given for {unknown[0]!r}, which the model does not separate "
+                         f"({listed(instances) or 'no instance classes'})")
+    try:
+        return {c: dataclasses.asdict(Separation(**given.get(c, {})).check()) for c in instances}
+    except (TypeError, ValueError) as exc:
+        raise CysegError(f"unusable instance separation parameters ({exc})") from exc
 
 
 def _class_thresholds(classes: tuple[str, ...], given: dict[str, float] | None, default: float) -> dict[str, float]:

@@ -13,6 +13,7 @@ import torch
 
 from segmenter.augment import method_augmenter
 from segmenter.classes import ChannelMap, channel_map
+from transforms.instances import distance_target
 
 
 @functools.cache
@@ -33,14 +34,21 @@ class CropSampler(torch.utils.data.Dataset):
 
     A sample is (image (3, crop, crop) uint8, targets (C, crop, crop) float, known (C,) float): `maps`
     turns each image's mask labels into the model's per-class targets and says which classes its
-    dataset annotates (default: every mask is the 0/1 foreground of a one-class model)."""
+    dataset annotates (default: every mask is the 0/1 foreground of a one-class model).
+
+    With `instances` (per image: (H, W, K) uint16 instance labels of the model's K instance classes,
+    and which of them its dataset annotates) the labels travel with the mask through the same crop
+    and augmentation, and K distance targets (`transforms.instances.distance_target`) follow the
+    class targets, computed on the augmented crop."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, zoom: float = 0.0,
-                 maps: Sequence[ChannelMap] | None = None):
+                 maps: Sequence[ChannelMap] | None = None,
+                 instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.zoom = zoom
         self.maps = list(maps) if maps is not None else [channel_map((), (), "")] * len(masks)
+        self.instances = list(instances) if instances is not None else None
         self.epoch = 0
         areas = np.array([m.size for m in masks], dtype=np.float64)
         self.p = areas / areas.sum()
@@ -60,12 +68,14 @@ class CropSampler(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.choice(len(self.images), p=self.p))
         image, mask = self.images[k], self.masks[k]
+        if self.instances is not None:  # labels and instance ids cropped and augmented as one mask
+            mask = np.concatenate([mask[:, :, None].astype(np.uint16), self.instances[k][0]], axis=2)
         side = self._side(rng)
-        h, w = mask.shape
+        h, w = mask.shape[:2]
         if h < side or w < side:
             padded = _mirror_padder(side)(image=image, mask=mask)
             image, mask = padded["image"], padded["mask"]
-            h, w = mask.shape
+            h, w = mask.shape[:2]
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         image, mask = image[y:y + side, x:x + side], mask[y:y + side, x:x + side]
         if side != self.crop:
@@ -76,8 +86,22 @@ class CropSampler(torch.utils.data.Dataset):
         out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
         x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
         channels = self.maps[k]
+        if self.instances is not None:
+            return x_t, *self._with_distances(out["mask"], channels, self.instances[k][1])
         target = torch.from_numpy(channels.targets(out["mask"])).permute(2, 0, 1)
         return x_t, target, torch.from_numpy(channels.known)
+
+    @staticmethod
+    def _with_distances(stacked: np.ndarray, channels: ChannelMap,
+                        known: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class targets then distance targets (C + K, crop, crop), known (C + K,)) of an augmented
+        crop of the mask stacked with its instance labels."""
+        stacked = stacked.reshape(*stacked.shape[:2], -1)
+        classes = channels.targets(stacked[:, :, 0])
+        distances = [distance_target(stacked[:, :, 1 + i]) for i in range(stacked.shape[2] - 1)]
+        target = np.concatenate([classes, np.stack(distances, axis=2)], axis=2)
+        return (torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1),
+                torch.from_numpy(np.concatenate([channels.known, known]).astype(np.float32)))
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:

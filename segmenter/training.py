@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -34,6 +35,7 @@ from segmenter.classes import ChannelMap, channel_map, listed
 from segmenter.errors import CysegError
 from segmenter.evaluation import calibrate_threshold, mean_scores
 from segmenter.history import write_history
+from segmenter.instances import calibrate_separation, load_instances
 from segmenter.io.dataset import (
     Dataset,
     check_dataset,
@@ -115,6 +117,7 @@ class TrainingData:
     images: list[np.ndarray]
     masks: list[np.ndarray]
     maps: list[ChannelMap]
+    instances: list[tuple[np.ndarray, np.ndarray]] | None  # per image: (H, W, K) labels, (K,) annotated
     val: list[Dataset] | None
     dataset_hash: str
     object_size: float
@@ -134,7 +137,7 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
         resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options)
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
-                          opts.colour, opts.translate, opts.zoom, data.maps)
+                          opts.colour, opts.translate, opts.zoom, data.maps, data.instances)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -173,10 +176,15 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
     the crop and the epochs; returns the data and the options with the planned values filled in."""
     datasets = [open_dataset(folder) for folder in _folders(train_dir)]
     images, masks, maps = _load_arrays(seg, datasets)  # reads and checks every pair first
+    instances = load_instances(seg, datasets) if seg.instance_classes else None
     resolution, size = _working_resolution(seg, masks, opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         images[i], masks[i] = resample_pair(image, mask, resolution)
+        if instances is not None and resolution != 1:
+            side = (masks[i].shape[1], masks[i].shape[0])
+            stack = cv2.resize(instances[i][0], side, interpolation=cv2.INTER_NEAREST)
+            instances[i] = (stack.reshape(*masks[i].shape, -1), instances[i][1])
     if opts.resolution != 1:
         log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
     val = [open_dataset(folder) for folder in _folders(val_dir)] or None
@@ -188,7 +196,7 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
         opts = dataclasses.replace(opts, epochs=plan_epochs(crop))
         log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
                  DEFAULT_EPOCHS, DEFAULT_CROP)
-    return TrainingData(datasets, images, masks, maps, val, dataset_hash, size, crop), opts
+    return TrainingData(datasets, images, masks, maps, instances, val, dataset_hash, size, crop), opts
 
 
 def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[np.ndarray],
@@ -373,7 +381,8 @@ def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tenso
     if not torch.isfinite(loss):
         raise CysegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
     with torch.no_grad():
-        pred, truth, counted = logits.detach() > 0, target > 0.5, known[:, :, None, None] > 0
+        c = seg.n_classes  # the class channels (the distance channels that may follow are not masks)
+        pred, truth, counted = logits.detach()[:, :c] > 0, target[:, :c] > 0.5, known[:, :c, None, None] > 0
         inter = (pred & truth & counted).sum().item()
         union = ((pred | truth) & counted).sum().item()
     return loss.item(), 1.0 if union == 0 else inter / union
@@ -404,6 +413,8 @@ def _finish(seg: Segmenter, data: TrainingData, state: LoopState, opts: TrainOpt
         seg.model.load_state_dict(state.best_state)
     if opts.calibrate_threshold:
         _calibrate(seg, data, opts.seed)
+    if seg.instance_classes:
+        _calibrate_separation(seg, data, opts.seed)
     history = state.history
     seg.training_info.update(
         epochs_run=len(history), best_epoch=state.best_epoch if data.val is not None else len(history),
@@ -428,6 +439,18 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int) -> None:
     seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where)
     chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
     log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
+
+
+def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int) -> None:
+    """Choose the watershed parameters (per instance class) with the best object F1 on the validation
+    images (else on up to CALIBRATION_IMAGES training images of each dataset)."""
+    where = "validation images" if data.val is not None else "training images (no --val)"
+    chosen_on = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
+    seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on), "chosen_on": where}
+    log.info("instance separation chosen on the %s (best mean object F1): %s", where,
+             "; ".join(f"{c} h {p['h']:g}, min distance {p['min_distance']}" + (", nuclei as seeds"
+                                                                               if p["nucleus_seeds"] else "")
+                       for c, p in seg.separation.items()))
 
 
 def _sample(dataset: Dataset, n: int, seed: int) -> Dataset:

@@ -26,13 +26,23 @@ class UNetSegmenter(Segmenter):
 
     @classmethod
     def build_model(cls, config: dict[str, Any]) -> nn.Module:
-        return UNet(in_channels=config["in_channels"], n_classes=config["n_classes"], depth=config["depth"],
+        return UNet(in_channels=config["in_channels"], n_classes=config["n_classes"] + len(config.get("instances", ())),
+                    depth=config["depth"],
                     n=config["n"], upsampling=config["upsampling"])
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-        """Class-weighted BCE + soft Dice; with partial labels (`known` not all 1) each class is
-        averaged over the items that annotate it, and the classes no item of the batch annotates
-        are left out."""
+        """Class-weighted BCE + soft Dice of the class channels; with partial labels (`known` not all 1)
+        each class is averaged over the items that annotate it, and the classes no item of the batch
+        annotates are left out. A model with instances adds the distance channels' error (`_distance_loss`)."""
+        if self.instance_classes:
+            c = self.n_classes
+            known = torch.ones(target.shape[:2], device=logits.device) if known is None else known
+            return (self._class_loss(logits[:, :c], target[:, :c], known[:, :c])
+                    + self._distance_loss(logits[:, c:], target[:, c:], known[:, c:]))
+        return self._class_loss(logits, target, known)
+
+    def _class_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
+        """The class channels' loss (see `loss`)."""
         if known is not None and not bool(known.all()):
             return self._partial_loss(logits, target, known)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
@@ -50,6 +60,15 @@ class UNetSegmenter(Segmenter):
         per_class = ((bce + dice) * known).sum(dim=0) / counted.clamp(min=1)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32) * (counted > 0)
         return (per_class * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
+
+    @staticmethod
+    def _distance_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the predicted (sigmoid) distance to the normalised distance target,
+        per item and channel, averaged over the (item, channel) pairs whose instances are annotated
+        (`known` 1); 0 when none of the batch is."""
+        known = known.to(device=logits.device, dtype=torch.float32)
+        error = ((torch.sigmoid(logits.float()) - target) ** 2).mean(dim=(2, 3))
+        return (error * known).sum() / known.sum().clamp(min=1)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=lr)

@@ -1,4 +1,5 @@
-"""The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json.
+"""The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json, and optional
+instance labels in masks_instance/ (`segmenter.io.instances`).
 
 dataset.json's "classes" lists the classes the masks annotate (`segmenter.classes`): none (the key
 absent) for 0/255 masks of one unnamed foreground; ["cell"] or ["nucleus"] for 0/255 masks of that
@@ -25,6 +26,7 @@ from segmenter.classes import check_names, decode, encode
 from segmenter.errors import CysegError, DatasetError
 from segmenter.io.atomic import temporary_dir
 from segmenter.io.images import IMAGE_SUFFIXES, decode_file, read_image, write_png
+from segmenter.io.instances import instance_paths
 
 FORMAT = "cyseg-dataset/1"
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -40,6 +42,7 @@ class Item:
     mask: Path | None
     meta: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    instances: dict[str, Path] = field(default_factory=dict)  # channel (class or FOREGROUND) -> labels
 
     @property
     def kind(self) -> str | None:
@@ -134,7 +137,9 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     manifest = read_manifest(root)
     classes = declared_classes(manifest, root)
     entries = manifest.get("items", {})
-    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes) for stem, path in images.items()]
+    labelled = instance_paths(root, list(images), manifest, classes)
+    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes, labelled[stem])
+             for stem, path in images.items()]
     return Dataset(root, items, manifest, classes)
 
 
@@ -178,10 +183,11 @@ def check_dataset(dataset: Dataset) -> None:
 
 
 def manifest_hash(dataset: Dataset) -> str:
-    """SHA-256 over the manifest and the bytes of every image and mask: identifies the training data."""
+    """SHA-256 over the manifest and the bytes of every image, mask and instance mask: identifies the
+    training data."""
     digest = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode())
     for item in dataset.items:
-        for path in (item.image, item.mask):
+        for path in (item.image, item.mask, *item.instances.values()):
             if path is not None:
                 digest.update(path.name.encode())
                 digest.update(hashlib.sha256(path.read_bytes()).digest())

@@ -68,7 +68,7 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
     tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch, "tta": opts.tta, "amp": opts.amp}
     if boxes is None:
         return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample), **tiling)
-    probs = torch.zeros((seg.n_classes, ah, aw), device=seg.device)
+    probs = torch.zeros((seg.n_outputs, ah, aw), device=seg.device)
     for bx, by, bw, bh in boxes:
         pixels = read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
         probs[:, by - ay:by - ay + bh, bx - ax:bx - ax + bw] = seg.predict(pixels, **tiling)

@@ -75,6 +75,9 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     pixel coordinates; its polygons classified as `label`, default the model's class, else cell)."""
     opts.check()
     seg.require_one_class(f"the whole-slide engine (slide {reader.path})")
+    if seg.instance_classes:
+        log.warning("the whole-slide engine does not separate touching objects yet: its polygons are the connected "
+                    "regions of the class mask (segment crops for instances)")
     label = label or seg.labels[0]
     if seg.in_channels != 3:
         raise CysegError(f"model {model_path} expects {seg.in_channels} input channels but slides are read as RGB; "

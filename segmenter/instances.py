@@ -1,0 +1,130 @@
+"""Class masks -> instances (DESIGN §5) for a segmenter: the seeded watershed on a model's distance
+channels (`transforms.instances`), connected components for the classes it does not separate, the
+instance targets training reads, and the choice of the watershed's parameters on validation images."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from metrics.instance_scores import object_f1, panoptic_quality
+from segmenter.classes import channel_map
+from segmenter.io.dataset import Dataset, Item, read_pair
+from segmenter.io.instances import read_instances, warn_disconnected
+from transforms.instances import Separation, connected_instances, separate
+
+if TYPE_CHECKING:
+    from segmenter.base import Segmenter
+
+# the watershed parameters tried on the validation images
+H_VALUES = (0.05, 0.1, 0.2, 0.3)
+MIN_DISTANCES = (0, 2, 4, 8)
+
+
+def instance_labels(seg: Segmenter, masks: np.ndarray, probs: np.ndarray,
+                    separation: dict[str, dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
+    """{channel: int32 labels} from a segmenter's (C, H, W) 0/1 class masks and its (C + K, H, W)
+    probabilities: the watershed for its instance classes (nuclei first: they may seed the cells),
+    connected components for the others. `separation` overrides the model's parameters."""
+    separation = {**seg.separation, **(separation or {})}
+    out: dict[str, np.ndarray] = {}
+    order = sorted(seg.channels, key=lambda c: c != "nucleus")
+    for channel in order:
+        mask = masks[seg.channels.index(channel)]
+        if channel not in seg.instance_classes:
+            out[channel] = connected_instances(mask)
+            continue
+        params = Separation(**separation[channel])
+        distance = probs[seg.n_classes + seg.instance_classes.index(channel)]
+        seeds = out.get("nucleus") if params.nucleus_seeds and channel == "cell" else None
+        out[channel] = separate(mask, distance, params, seeds)
+    return {c: out[c] for c in seg.channels}
+
+
+def truth_instances(item: Item, channel: str, truth: np.ndarray) -> np.ndarray:
+    """An item's ground-truth objects of one channel: its instance mask when the dataset has one,
+    else the connected components of its class mask `truth`."""
+    path = item.instances.get(channel)
+    return read_instances(path, truth.shape) if path is not None else connected_instances(truth)
+
+
+def load_instances(seg: Segmenter, datasets: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per item of the datasets, in order: its (H, W, K) uint16 instance labels of the model's K
+    instance classes (zeros where its dataset has none) and which of them it annotates (K,) float32;
+    warns once per dataset about ids shared by disconnected regions."""
+    out = []
+    for dataset in datasets:
+        read: list[tuple[Any, np.ndarray]] = []
+        for item in dataset.items:
+            _, labels = read_pair(item)
+            layers, known = [], []
+            for channel in seg.instance_classes:
+                path = item.instances.get(channel)
+                layer = np.zeros(labels.shape, np.int32) if path is None else read_instances(path, labels.shape)
+                if path is not None:
+                    read.append((path, layer))
+                layers.append(layer.astype(np.uint16))
+                known.append(float(path is not None))
+            out.append((np.stack(layers, axis=2), np.array(known, np.float32)))
+        warn_disconnected(read)
+    return out
+
+
+@dataclasses.dataclass
+class _Predicted:
+    """One validation image: the model's masks and probabilities, and its ground-truth objects per channel."""
+
+    masks: np.ndarray
+    probs: np.ndarray
+    truth: dict[str, np.ndarray]
+
+
+def _predicted(seg: Segmenter, datasets: Sequence[Dataset]) -> list[_Predicted]:
+    """Every image of the datasets predicted once, with the ground truth of the channels it annotates."""
+    out = []
+    for dataset in datasets:
+        channels = channel_map(dataset.classes, seg.classes, dataset.root)
+        for item in dataset.items:
+            image, labels = read_pair(item)
+            probs = seg.predict(image)
+            with torch.inference_mode():
+                masks = seg.class_masks(probs).cpu().numpy()
+            targets = channels.targets(labels)
+            truth = {c: truth_instances(item, c, (targets[:, :, i] > 0).astype(np.uint8))
+                     for i, c in enumerate(seg.channels) if channels.known[i]}
+            out.append(_Predicted(masks, probs.cpu().numpy(), truth))
+    return out
+
+
+def _score(seg: Segmenter, images: list[_Predicted], channel: str, separation: dict[str, dict[str, Any]]) -> tuple:
+    """(mean object F1, mean PQ) of one channel's objects over the images that annotate it."""
+    f1, pq = [], []
+    for image in images:
+        if channel in image.truth:
+            predicted = instance_labels(seg, image.masks, image.probs, separation)[channel]
+            f1.append(object_f1(predicted, image.truth[channel]).f1)
+            pq.append(panoptic_quality(predicted, image.truth[channel]).pq)
+    return (float(np.mean(f1)), float(np.mean(pq))) if f1 else (0.0, 0.0)
+
+
+def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset]) -> dict[str, Any]:
+    """Set the model's watershed parameters, per instance class (nuclei first), to those of the grid
+    with the best mean object F1 (then PQ) on `datasets` (validation or training images, never test
+    images); returns each class's choice and score."""
+    images = _predicted(seg, datasets)
+    report: dict[str, Any] = {}
+    for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
+        seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)
+        best, best_score = None, (-1.0, -1.0)
+        for h, distance, nucleus_seeds in itertools.product(H_VALUES, MIN_DISTANCES, seeds):
+            params = dataclasses.asdict(Separation(h, distance, nucleus_seeds))
+            score = _score(seg, images, channel, {channel: params})
+            if score > best_score:
+                best, best_score = params, score
+        seg.separation[channel] = best
+        report[channel] = {**best, "object_f1": round(best_score[0], 4), "pq": round(best_score[1], 4)}
+    return report
