@@ -1,6 +1,6 @@
-"""`cyseg evaluate`: per-image IoU/Dice, mean and std, threshold sweep (CSV + PNG) and optional
-five-panel overlays per crop; per class for a model with named classes, each class scored on the
-images whose dataset annotates it."""
+"""`cyseg evaluate`: per-image IoU/Dice and instance scores (object F1, AJI, PQ, GlaS object Dice and
+Hausdorff), mean and std, threshold sweep (CSV + PNG) and optional five-panel overlays per crop;
+per class for a model with named classes, each class scored on the images whose dataset annotates it."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +13,7 @@ import numpy as np
 
 from segmenter.base import Segmenter
 from segmenter.evaluation import SWEEP, at_thresholds, chosen_thresholds, evaluate_dataset, summarise
+from segmenter.instances import summarise_instances
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import write_png
 from segmenter.overlays import comparison_panel
@@ -67,11 +68,14 @@ def run_evaluate(seg: Segmenter, data: Path, out: Path, threshold: float | None,
             shown = stem if name is None else f"{stem}_{name}"
             write_png(tmp / "overlays" / f"{shown}.png", comparison_panel(image, truth, masks[chosen[name]]))
 
-        rows = evaluate_dataset(seg, data, thresholds, on_image=save_overlay if overlays else None, progress=progress)
-        _write_csv(tmp / "per_image.csv", at_thresholds(rows, chosen))
+        rows = evaluate_dataset(seg, data, thresholds, on_image=save_overlay if overlays else None, progress=progress,
+                                instances_at=chosen)
+        chosen_rows = at_thresholds(rows, chosen)
+        _write_csv(tmp / "per_image.csv", chosen_rows)
         summary = summarise(rows)
-        scores = {name: _class_report(summary, name, chosen[name], sweep) for name in chosen
-                  if any(r.get("class") == name for r in summary)}
+        scores = {name: {**_class_report(summary, name, chosen[name], sweep),
+                         "instances": summarise_instances([r for r in chosen_rows if r.get("class") == name])}
+                  for name in chosen if any(r.get("class") == name for r in summary)}
         training = {k: seg.training_info.get(k) for k in ("dataset", "best_epoch", "best_val_iou")}
         if seg.classes:
             report = {"model_thresholds": {name: chosen[name] for name in scores}, "dataset": str(data),
@@ -102,8 +106,11 @@ def _class_report(summary: list[dict[str, Any]], name: str | None, chosen: float
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The lines `cyseg evaluate` prints: mean ± std IoU and Dice (one line per class for named classes)."""
     def line(scores: dict[str, Any]) -> str:
+        objects = scores.get("instances")
         return (f"IoU {scores['iou_mean']:.4f} ± {scores['iou_std']:.4f}  Dice {scores['dice_mean']:.4f} ± "
-                f"{scores['dice_std']:.4f}  ({scores['n_images']} images, threshold {scores['threshold']})")
+                f"{scores['dice_std']:.4f}  ({scores['n_images']} images, threshold {scores['threshold']})"
+                + ("" if not objects else f"  object F1 {objects['object_f1_mean']:.4f}  AJI {objects['aji_mean']:.4f}"
+                   f"  PQ {objects['pq_mean']:.4f}"))
 
     if "classes" not in report:
         return [line(report)]

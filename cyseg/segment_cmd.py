@@ -1,8 +1,12 @@
-"""`cyseg segment` on crops: a mask (PNG) and polygons (GeoJSON) for every image of a folder.
+"""`cyseg segment` on crops: a mask (PNG), an instance label image (16-bit PNG) and polygons
+(GeoJSON) for every image of a folder.
 
-A model with named classes gives one 0/255 mask per class, masks/<stem>_<class>.png, and one GeoJSON
-per image holding every class's polygons, each classified by its class (QuPath's
-`properties.classification.name`); a model without gives masks/<stem>.png and `cell` polygons."""
+A model with named classes gives one 0/255 mask per class, masks/<stem>_<class>.png, one label image
+per class, labels/<stem>_<class>.png, and one GeoJSON per image holding every class's objects, each
+classified by its class (QuPath's `properties.classification.name`); a model without gives
+masks/<stem>.png, labels/<stem>.png and `cell` polygons. A model trained with instances separates
+touching objects (segmenter.instances) and writes QuPath cell objects (segmenter.cells); the others'
+objects are the masks' connected regions, written as annotations as before."""
 from __future__ import annotations
 
 import json
@@ -18,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 from segmenter.base import Segmenter
+from segmenter.cells import cell_features
 from segmenter.classes import COLOURS
 from segmenter.errors import CysegError
+from segmenter.instances import instance_labels
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import GREEN, overlay
@@ -85,7 +91,7 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
     with atomic_dir(out, overwrite=True) as tmp:
-        for sub in ("masks", "geojson") + (("overlays",) if overlays else ()):
+        for sub in ("masks", "labels", "geojson") + (("overlays",) if overlays else ()):
             (tmp / sub).mkdir()
         _segment_in_memory(seg, small, tmp, threshold, simplify, min_area, overlays, tiling, stats, progress)
         for reader in large:
@@ -126,18 +132,32 @@ def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshol
 
     def write_outputs(path: Path, image: np.ndarray, masks: np.ndarray, probs: np.ndarray) -> None:
         by_class, shown = {}, image
+        objects = instance_labels(seg, masks, probs)
         for c, label in enumerate(seg.labels):
             write_png(folder / "masks" / f"{_mask_name(seg, path.stem, label)}.png", masks[c] * 255)
-            by_class[label] = mask_to_polygons(masks[c], probs[c], simplify=simplify, min_area=min_area)
+            write_png(folder / "labels" / f"{_mask_name(seg, path.stem, label)}.png",
+                      label_png(objects[seg.channels[c]], path))
+            if not seg.instance_classes:
+                by_class[label] = mask_to_polygons(masks[c], probs[c], simplify=simplify, min_area=min_area)
             if overlays:
                 colour = np.array(COLOURS[label] if seg.classes else GREEN, np.float32)
                 shown = overlay(shown, masks[c], colour)
-        collection = classified_collection(by_class, extra={"image": path.name, "width": image.shape[1],
-                                                            "height": image.shape[0]})
+        extra = {"image": path.name, "width": image.shape[1], "height": image.shape[0]}
+        if seg.instance_classes:
+            collection = {"type": "FeatureCollection", "features": _cells(objects, probs), "properties": extra}
+        else:
+            collection = classified_collection(by_class, extra=extra)
         (folder / "geojson" / f"{path.stem}.geojson").write_text(json.dumps(collection))
         if overlays:
             write_png(folder / "overlays" / f"{path.stem}.png", shown)
-        stats["polygons"] += sum(map(len, by_class.values()))  # only the writer thread counts polygons
+        stats["polygons"] += len(collection["features"])  # only the writer thread counts polygons
+
+    def _cells(objects: dict[str, np.ndarray], probs: np.ndarray) -> list[dict[str, Any]]:
+        """The QuPath objects of an instance model's label images."""
+        channel = dict(zip(seg.channels, probs, strict=False))
+        cells = next((c for c in seg.channels if c != "nucleus"), None)
+        return cell_features(objects.get(cells), objects.get("nucleus"), channel.get(cells), channel.get("nucleus"),
+                             simplify, min_area, label=seg.labels[0])
 
     with BackgroundWriter() as writer, closing(read_ahead(files, read_image)) as images:
         for path, image in tqdm(images, total=len(files), desc="segmenting", unit="image", disable=not progress):
@@ -148,6 +168,14 @@ def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshol
             writer.submit(write_outputs, path, image, masks, probs_np)
             stats["images"] += 1
             stats["pixels"] += image.shape[0] * image.shape[1]
+
+
+def label_png(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Instance labels as the uint16 a PNG stores; a CysegError naming the image past 65535 objects."""
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise CysegError(f"{path} holds more than 65535 objects, more than a 16-bit label image stores; "
+                         "segment it as a slide (--as-slide) or in smaller crops")
+    return labels.astype(np.uint16)
 
 
 def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, folder: Path, opts: WsiOptions,

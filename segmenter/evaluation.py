@@ -18,7 +18,9 @@ from tqdm import tqdm
 from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.classes import VOCABULARY, channel_map
 from segmenter.errors import CysegError
-from segmenter.io.dataset import Dataset, open_dataset, read_pair
+from segmenter.instances import instance_labels, instance_scores, truth_instances
+from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair
+from segmenter.io.instances import warn_disconnected
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
 
@@ -48,26 +50,31 @@ def datasets_of(data: Data) -> list[Dataset]:
 
 
 def evaluate_dataset(seg: Segmenter, data: Data, thresholds: Sequence[float], on_image: OnImage | None = None,
-                     progress: bool = False) -> list[dict[str, Any]]:
+                     progress: bool = False,
+                     instances_at: dict[str | None, float] | None = None) -> list[dict[str, Any]]:
     """One row per image (per class its dataset annotates, for a model with named classes) and
-    threshold: image, [class,] threshold, iou, dice, and pixel counts (tp, fp, fn).
+    threshold: image, [class,] threshold, iou, dice, and pixel counts (tp, fp, fn). With
+    `instances_at` (each class's threshold) the rows at those thresholds also hold the instance scores
+    (`segmenter.instances.instance_scores`) of the model's objects against the dataset's instance
+    labels, or the connected regions of its masks where it has none.
 
     `on_image(stem, class, image, truth, masks_by_threshold)` is called per image and class (used for overlays).
     """
     check_thresholds(thresholds)
     rows: list[dict[str, Any]] = []
     for dataset in datasets_of(data):
-        rows += _evaluate_one(seg, dataset, thresholds, on_image, progress)
+        rows += _evaluate_one(seg, dataset, thresholds, on_image, progress, instances_at)
     return rows
 
 
 def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float], on_image: OnImage | None,
-                  progress: bool) -> list[dict[str, Any]]:
+                  progress: bool, instances_at: dict[str | None, float] | None = None) -> list[dict[str, Any]]:
     """`evaluate_dataset` on one dataset."""
     channels = channel_map(dataset.classes, seg.classes, dataset.root)
     scored = [(c, name) for c, name in enumerate(seg.classes or (None,)) if channels.known[c]]
     smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
+    read_truth: list[tuple[Any, np.ndarray]] = []
     with closing(read_ahead(dataset.items, read_pair)) as pairs:  # the next pair is read beside the network
         for item, (image, labels) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                           disable=not progress, leave=False):
@@ -81,7 +88,26 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
                                            keep_masks=on_image is not None)
                     if on_image is not None:
                         on_image(item.stem, name, image, truth, masks)
+                if instances_at is not None:
+                    _score_instances(rows, seg, item, probs, smoothed, targets, scored, instances_at, read_truth)
+    warn_disconnected(read_truth)
     return rows
+
+
+def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, probs: torch.Tensor,
+                     smoothed: torch.Tensor, targets: np.ndarray, scored: list[tuple[int, str | None]],
+                     instances_at: dict[str | None, float], read_truth: list[tuple[Any, np.ndarray]]) -> None:
+    """Add one image's instance scores to its rows at each scored class's `instances_at` threshold."""
+    masks = torch.stack([smoothed[c] > instances_at[name] for c, name in enumerate(seg.classes or (None,))])
+    predicted = instance_labels(seg, masks.to(torch.uint8).cpu().numpy(), probs.cpu().numpy())
+    for c, name in scored:
+        channel = seg.channels[c]
+        truth = truth_instances(item, channel, (targets[:, :, c] > 0).astype(np.uint8))
+        if channel in item.instances:
+            read_truth.append((item.instances[channel], truth))
+        row = next(r for r in reversed(rows) if r["image"] == item.stem and r.get("class") == name
+                   and r["threshold"] == instances_at[name])
+        row.update(instance_scores(predicted[channel], truth))
 
 
 def _score_channel(rows: list[dict[str, Any]], stem: str, name: str | None, smoothed: torch.Tensor, truth: np.ndarray,

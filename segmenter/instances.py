@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metrics.instance_scores import object_f1, panoptic_quality
+from metrics.glas import object_dice, object_hausdorff
+from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_quality
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
 from segmenter.io.instances import read_instances, warn_disconnected
@@ -50,6 +51,38 @@ def truth_instances(item: Item, channel: str, truth: np.ndarray) -> np.ndarray:
     else the connected components of its class mask `truth`."""
     path = item.instances.get(channel)
     return read_instances(path, truth.shape) if path is not None else connected_instances(truth)
+
+
+INSTANCE_SCORES = ("object_f1", "object_precision", "object_recall", "objects_tp", "objects_fp", "objects_fn",
+                   "aji", "pq", "dq", "sq", "object_dice", "object_hausdorff")
+
+
+def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
+    """Object F1 (with precision, recall and counts at IoU > 0.5), AJI, PQ (DQ, SQ) and the GlaS
+    object Dice and Hausdorff (None where it is infinite: objects on one side only) of one image."""
+    detection = object_f1(predicted, truth)
+    quality = panoptic_quality(predicted, truth)
+    hausdorff = object_hausdorff(predicted, truth)
+    return {"object_f1": detection.f1, "object_precision": detection.precision, "object_recall": detection.recall,
+            "objects_tp": detection.tp, "objects_fp": detection.fp, "objects_fn": detection.fn,
+            "aji": aggregated_jaccard(predicted, truth), "pq": quality.pq, "dq": quality.dq, "sq": quality.sq,
+            "object_dice": object_dice(predicted, truth),
+            "object_hausdorff": None if not np.isfinite(hausdorff) else hausdorff}
+
+
+def summarise_instances(rows: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
+    """The mean of each instance score over the rows (the Hausdorff distance over the finite ones),
+    and `object_f1_pooled`, the F1 of the objects of every image counted together."""
+    out: dict[str, float | int | None] = {}
+    for key in INSTANCE_SCORES:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if key.startswith("objects_"):
+            out[key] = int(sum(values))
+        else:
+            out[f"{key}_mean"] = float(np.mean(values)) if values else None
+    tp, fp, fn = out["objects_tp"], out["objects_fp"], out["objects_fn"]
+    out["object_f1_pooled"] = 2 * tp / (2 * tp + fp + fn) if fp + fn else 1.0
+    return out
 
 
 def load_instances(seg: Segmenter, datasets: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:

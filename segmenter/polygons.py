@@ -60,7 +60,7 @@ def clean_many(geometries: Sequence[Any], simplify: float = 0.0) -> list[list[Po
             for g, s, k in zip(array, simple, keep, strict=True)]
 
 
-def _polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> list[Polygon]:
+def polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float]]]]) -> list[Polygon]:
     """Shapely polygons from GeoJSON-style ring lists, built in one vectorised call (no Python-level
     `shape()` per polygon)."""
     if not polygons:
@@ -73,7 +73,7 @@ def _polygons_from_rings(polygons: Sequence[Sequence[Sequence[tuple[float, float
     return list(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, offsets))
 
 
-def _geojson_geometries(polygons: Sequence[Polygon]) -> list[dict[str, Any]]:
+def geojson_geometries(polygons: Sequence[Polygon]) -> list[dict[str, Any]]:
     """GeoJSON geometry dicts of polygons, from one vectorised coordinate export (no Python-level
     `mapping()` per polygon, which dominates on slides with many cells)."""
     if not polygons:
@@ -104,7 +104,7 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
     transform = Affine(1, 0, offset[0], 0, 1, offset[1])
     traced = list(rasterio.features.shapes(labels, mask=binary.view(bool), connectivity=8, transform=transform))
     out = []
-    cleaned = clean_many(_polygons_from_rings([geom["coordinates"] for geom, _ in traced]), simplify)
+    cleaned = clean_many(polygons_from_rings([geom["coordinates"] for geom, _ in traced]), simplify)
     for (_, value), polygons in zip(traced, cleaned, strict=True):
         for polygon in polygons:
             area = float(polygon.area)
@@ -131,7 +131,7 @@ def classified_collection(by_class: Mapping[str, Iterable[tuple[Polygon, dict[st
     for label, listed in by_class.items():
         polygons = list(listed)
         colour = list(COLOURS.get(label, COLOURS["cell"]))
-        geometries = _geojson_geometries([polygon for polygon, _ in polygons])
+        geometries = geojson_geometries([polygon for polygon, _ in polygons])
         features += [{
             "type": "Feature",
             "geometry": geometry,
