@@ -1,0 +1,227 @@
+"""Instances (issue 18, items 2 and 3, on crops): distance targets, the seeded watershed, nucleus ->
+cell assignment, instance labels in datasets, `cyseg train --instances`, label images and QuPath
+cell objects from `cyseg segment`, and instance scores from `cyseg evaluate`."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, invoke
+
+from segmenter.cells import cell_features
+from segmenter.errors import DatasetError
+from segmenter.io.dataset import open_dataset
+from transforms.instances import Separation, assign_nuclei, connected_instances, distance_target, separate
+from unet import load_segmenter
+
+
+def disc(shape: tuple[int, int], centre: tuple[int, int], radius: int) -> np.ndarray:
+    """A filled disc as a boolean image."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
+
+
+def touching_discs(shape: tuple[int, int] = (80, 120)) -> np.ndarray:
+    """Two discs of radius 24 whose centres are 44 px apart (they share a neck), as labels 1 and 2."""
+    left, right = disc(shape, (40, 36), 24), disc(shape, (40, 80), 24)
+    labels = np.zeros(shape, np.int32)
+    labels[left] = 1
+    labels[right & ~left] = 2
+    return labels
+
+
+def test_the_distance_target_is_one_at_each_centre_and_falls_to_the_edges():
+    labels = touching_discs()
+    target = distance_target(labels)
+    assert target.dtype == np.float32 and target.shape == labels.shape
+    assert (target[labels == 0] == 0).all() and (target[labels > 0] > 0).all()
+    for i in (1, 2):
+        assert target[labels == i].max() == pytest.approx(1.0)
+    assert target[40, 36] > 0.9 and target[40, 80] > 0.9
+    assert target[40, 58] < 0.2  # the neck between them: each instance's own boundary
+    assert target[40, 13] < 0.1  # the outer edge
+    assert (distance_target(np.zeros((5, 5), np.int32)) == 0).all()
+
+
+def test_the_watershed_separates_touching_discs_that_connected_components_merge():
+    labels = touching_discs()
+    foreground = labels > 0
+    assert connected_instances(foreground).max() == 1
+    split = separate(foreground, distance_target(labels), Separation())
+    assert split.max() == 2
+    assert len(np.unique(split[disc(labels.shape, (40, 30), 8)])) == 1
+    assert np.unique(split[disc(labels.shape, (40, 30), 8)]) != np.unique(split[disc(labels.shape, (40, 86), 8)])
+    assert (split[foreground] > 0).all() and (split[~foreground] == 0).all()
+
+
+def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():
+    labels = touching_discs((80, 200))
+    lone = disc(labels.shape, (40, 160), 20)
+    foreground = (labels > 0) | lone
+    flat = np.where(foreground, 0.5, 0).astype(np.float32)  # a distance map with no peaks to split on
+    nuclei = np.zeros(labels.shape, np.int32)
+    nuclei[disc(labels.shape, (40, 30), 6)] = 7
+    nuclei[disc(labels.shape, (40, 86), 6)] = 9
+    cells = separate(foreground, flat, Separation(), seeds=nuclei)
+    assert cells.max() == 3
+    assert cells[40, 30] != cells[40, 86] and cells[40, 160] not in (0, cells[40, 30], cells[40, 86])
+
+
+def test_each_nucleus_goes_to_the_cell_it_overlaps_most():
+    cells = np.zeros((10, 20), np.int32)
+    cells[:, :10], cells[:, 10:] = 1, 2
+    nuclei = np.zeros_like(cells)
+    nuclei[2:5, 7:12] = 4  # 3 columns in cell 1, 2 in cell 2
+    nuclei[6:8, 14:16] = 5
+    cells[0, 19] = 0
+    nuclei[0, 19] = 6  # outside every cell
+    assert assign_nuclei(cells, nuclei) == {4: 1, 5: 2}
+
+
+def test_cells_become_qupath_cell_objects_with_their_nucleus():
+    cells = touching_discs()
+    nuclei = np.zeros_like(cells)
+    nuclei[disc(cells.shape, (40, 30), 6)] = 1
+    nuclei[disc(cells.shape, (40, 86), 5)] = 2
+    nuclei[disc(cells.shape, (30, 80), 3)] = 3  # a second, smaller nucleus in cell 2
+    probs = np.full(cells.shape, 0.8, np.float32)
+    features = cell_features(cells, nuclei, probs, probs)
+    kinds = [f["properties"]["objectType"] for f in features]
+    assert kinds == ["cell", "cell", "detection"]
+    from shapely.geometry import shape
+
+    for feature in features[:2]:
+        props = feature["properties"]
+        assert props["classification"]["name"] == "cell"
+        assert shape(feature["geometry"]).contains(shape(feature["nucleusGeometry"]))
+        assert props["measurements"]["Cell: Area px^2"] == pytest.approx(shape(feature["geometry"]).area)
+        assert props["measurements"]["Cell: Mean probability"] == pytest.approx(0.8)
+        assert "Nucleus: Area px^2" in props["measurements"]
+    assert shape(features[1]["nucleusGeometry"]).area > shape(features[2]["geometry"]).area
+    assert features[2]["properties"]["classification"]["name"] == "nucleus" and "nucleusGeometry" not in features[2]
+
+
+# ---------------------------------------------------------------- datasets and the command line
+
+def write_discs(root: Path, n: int, seed: int, instances: bool = True, manifest: dict | None = None) -> Path:
+    """A one-class dataset of 64x64 crops, each holding pairs of touching dark discs, with their
+    instance labels in masks_instance/."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks") + (("masks_instance",) if instances else ()):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        labels = np.zeros((64, 64), np.uint16)
+        for pair in range(2):
+            y, x = int(rng.integers(16, 48)), int(rng.integers(20, 44))
+            for k, dx in enumerate((-7, 7)):
+                labels[disc(labels.shape, (y, x + dx), 9) & (labels == 0)] = 2 * pair + k + 1
+        image = np.full((64, 64, 3), 225, np.uint8)
+        image[labels > 0] = (80, 50, 130)
+        image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "images" / f"d{i:02d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"d{i:02d}.png"), ((labels > 0) * 255).astype(np.uint8))
+        if instances:
+            cv2.imwrite(str(root / "masks_instance" / f"d{i:02d}.png"), labels)
+    (root / "dataset.json").write_text(json.dumps({"format": "cyseg-dataset/1", "items": {}, **(manifest or {})}))
+    return root
+
+
+def test_a_dataset_finds_its_instance_labels_and_names_a_missing_one(tmp_path):
+    root = write_discs(tmp_path / "d", 2, 0)
+    items = open_dataset(root).items
+    assert items[0].instances == {"foreground": root / "masks_instance" / "d00.png"}
+    (root / "masks_instance" / "d01.png").unlink()
+    assert open_dataset(root).items[0].instances == {}  # undeclared: only when every image has them
+    (root / "dataset.json").write_text(json.dumps({"instances": True}))
+    with pytest.raises(DatasetError, match=r"says foreground has instance labels but .*d01.png is missing"):
+        open_dataset(root)
+    (root / "dataset.json").write_text(json.dumps({"instances": ["nucleus"]}))
+    with pytest.raises(DatasetError, match=r'"instances" must be true, false or a list'):
+        open_dataset(root)
+
+
+def test_train_instances_without_instance_labels_is_one_line(tmp_path):
+    data = write_discs(tmp_path / "plain", 2, 0, instances=False)
+    result = invoke(["train", data, "--instances", "--out", tmp_path / "m.pt", *TINY])
+    assert result.exit_code == 2
+    assert "--instances given but no training dataset has instance labels" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def disc_sets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("discs")
+    return {"train": write_discs(root / "train", 6, 0), "val": write_discs(root / "val", 2, 1)}
+
+
+@pytest.fixture(scope="module")
+def instance_model(tmp_path_factory, disc_sets) -> Path:
+    out = tmp_path_factory.mktemp("instance_model") / "discs.pt"
+    result = invoke(["-q", "train", disc_sets["train"], "--val", disc_sets["val"], "--instances", "--out", out,
+                     *TINY, "--steps-per-epoch", "4"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_an_instance_model_records_its_distance_channel_and_watershed(instance_model, caplog):
+    content = torch.load(instance_model, map_location="cpu", weights_only=True)
+    assert content["config"]["instances"] == ["foreground"]
+    assert set(content["separation"]) == {"foreground"}
+    assert content["training"]["separation"]["chosen_on"] == "validation images"
+    seg = load_segmenter(instance_model, device="cpu")
+    assert seg.n_outputs == 2 and seg.separation == content["separation"]
+    assert seg.predict(np.zeros((64, 64, 3), np.uint8)).shape == (2, 64, 64)
+
+
+def test_a_plain_model_file_has_no_instance_keys(tiny_model):
+    content = torch.load(tiny_model, map_location="cpu", weights_only=True)
+    assert "instances" not in content["config"] and "separation" not in content
+
+
+def test_segment_writes_label_images_and_cell_objects(instance_model, disc_sets, tmp_path):
+    out = tmp_path / "seg"
+    result = invoke(["segment", instance_model, disc_sets["val"], "--out", out, "--device", "cpu", "--min-area", "0"])
+    assert result.exit_code == 0, result.output
+    for stem in ("d00", "d01"):
+        labels = cv2.imread(str(out / "labels" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(out / "masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint16 and ((labels > 0) == (mask > 0)).all()
+        features = json.loads((out / "geojson" / f"{stem}.geojson").read_text())["features"]
+        assert len(features) == len(np.unique(labels[labels > 0]))
+        for feature in features:
+            props = feature["properties"]
+            assert props["objectType"] == "cell" and props["classification"]["name"] == "cell"
+            assert set(props["measurements"]) == {"Cell: Area px^2", "Cell: Mean probability"}
+
+
+def test_evaluate_reports_instance_scores(instance_model, disc_sets, tmp_path):
+    result = invoke(["evaluate", instance_model, disc_sets["val"], "--out", tmp_path / "ev", "--no-sweep",
+                     "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "object F1 " in result.stdout and "AJI " in result.stdout
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"object_f1", "aji", "pq", "dq", "sq", "object_dice", "object_hausdorff"} <= set(rows[0])
+    assert sum(int(r["objects_tp"]) + int(r["objects_fn"]) for r in rows) == 8  # two pairs of discs per image
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())["instances"]
+    assert 0 <= summary["object_f1_mean"] <= 1 and 0 <= summary["aji_mean"] <= 1
+    assert summary["object_f1_mean"] == pytest.approx(np.mean([float(r["object_f1"]) for r in rows]))
+
+
+def test_evaluate_scores_connected_regions_and_warns_about_shared_ids(tiny_model, tmp_path, caplog):
+    data = write_discs(tmp_path / "d", 2, 3)
+    labels = cv2.imread(str(data / "masks_instance" / "d00.png"), cv2.IMREAD_UNCHANGED)
+    labels[labels == 3] = 1  # one id over two separate discs
+    cv2.imwrite(str(data / "masks_instance" / "d00.png"), labels)
+    with caplog.at_level(logging.WARNING):
+        result = invoke(["evaluate", tiny_model, data, "--out", tmp_path / "ev", "--no-sweep", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "1 instance id(s) in 1 instance mask(s) cover disconnected regions" in result.stderr
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["instances"]["objects_tp"] + summary["instances"]["objects_fn"] == 7
