@@ -225,3 +225,54 @@ def test_evaluate_scores_connected_regions_and_warns_about_shared_ids(tiny_model
     assert "1 instance id(s) in 1 instance mask(s) cover disconnected regions" in result.stderr
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["instances"]["objects_tp"] + summary["instances"]["objects_fn"] == 7
+
+
+# ---------------------------------------------------------------- real data
+
+def isbi_sets(source: Path, root: Path) -> dict[str, Path]:
+    """ISBI 2014 (Pap smear) in the dataset layout, by symbolic links: cell + nucleus class masks and
+    both instance label images; the first 12 images train, the last 4 validate."""
+    stems = sorted(p.stem for p in (source / "images").glob("*.png"))
+    sets = {}
+    for part, chosen in (("train", stems[:12]), ("val", stems[-4:])):
+        folder = root / part
+        for sub in ("images", "masks", "masks_instance"):
+            (folder / sub).mkdir(parents=True)
+        for stem in chosen:
+            (folder / "images" / f"{stem}.png").symlink_to(source / "images" / f"{stem}.png")
+            (folder / "masks" / f"{stem}.png").symlink_to(source / "masks_3class" / f"{stem}.png")
+            (folder / "masks_instance" / f"{stem}_cell.png").symlink_to(source / "cells_instance" / f"{stem}.png")
+            (folder / "masks_instance" / f"{stem}_nucleus.png").symlink_to(source / "nuclei_instance" / f"{stem}.png")
+        (folder / "dataset.json").write_text(json.dumps({"classes": ["cell", "nucleus"], "instances": True}))
+        sets[part] = folder
+    return sets
+
+
+def test_isbi_cells_and_nuclei_train_segment_and_evaluate_as_instances(shared_data, tmp_path):
+    source = shared_data / "isbi2014_synthetic"
+    if not (source / "cells_instance").is_dir():
+        pytest.skip("../shared/data/isbi2014_synthetic (cell and nucleus instances) not present")
+    sets = isbi_sets(source, tmp_path)
+    model = tmp_path / "isbi.pt"
+    result = invoke(["-q", "train", sets["train"], "--val", sets["val"], "--instances", "--out", model, "--n", "8",
+                     "--depth", "4", "--crop", "128", "--batch", "4", "--steps-per-epoch", "10", "--epochs", "4",
+                     "--resolution", "0.5", "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    seg = load_segmenter(model, device="cpu")
+    assert seg.instance_classes == ("cell", "nucleus") and set(seg.separation) == {"cell", "nucleus"}
+
+    result = invoke(["evaluate", model, sets["val"], "--out", tmp_path / "ev", "--no-sweep", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "summary.json").read_text())["classes"]
+    for name in ("cell", "nucleus"):
+        scores = report[name]["instances"]
+        assert 0 <= scores["object_f1_mean"] <= 1 and 0 <= scores["aji_mean"] <= 1 and 0 <= scores["pq_mean"] <= 1
+        assert scores["objects_tp"] + scores["objects_fn"] > 0
+
+    result = invoke(["segment", model, sets["val"], "--out", tmp_path / "seg", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    features = [f for path in sorted((tmp_path / "seg" / "geojson").iterdir())
+                for f in json.loads(path.read_text())["features"]]
+    assert any(f["properties"]["objectType"] == "cell" and "nucleusGeometry" in f for f in features)
+    assert sorted(p.name for p in (tmp_path / "seg" / "labels").iterdir())[:2] == [
+        f"{sorted(p.stem for p in (sets['val'] / 'images').iterdir())[0]}_{c}.png" for c in ("cell", "nucleus")]
