@@ -23,17 +23,19 @@ if TYPE_CHECKING:
 
 # the watershed parameters tried on the validation images
 H_VALUES = (0.05, 0.1, 0.2, 0.3)
-MIN_DISTANCES = (0, 2, 4, 8)
+MIN_DISTANCES = (0, 3, 6)
 
 
 def instance_labels(seg: Segmenter, masks: np.ndarray, probs: np.ndarray,
-                    separation: dict[str, dict[str, Any]] | None = None) -> dict[str, np.ndarray]:
+                    separation: dict[str, dict[str, Any]] | None = None,
+                    done: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """{channel: int32 labels} from a segmenter's (C, H, W) 0/1 class masks and its (C + K, H, W)
     probabilities: the watershed for its instance classes (nuclei first: they may seed the cells),
-    connected components for the others. `separation` overrides the model's parameters."""
+    connected components for the others. `separation` overrides the model's parameters; `done`
+    holds channels already separated with them."""
     separation = {**seg.separation, **(separation or {})}
-    out: dict[str, np.ndarray] = {}
-    order = sorted(seg.channels, key=lambda c: c != "nucleus")
+    out: dict[str, np.ndarray] = dict(done or {})
+    order = sorted(set(seg.channels) - set(out), key=lambda c: c != "nucleus")
     for channel in order:
         mask = masks[seg.channels.index(channel)]
         if channel not in seg.instance_classes:
@@ -114,6 +116,7 @@ class _Predicted:
     masks: np.ndarray
     probs: np.ndarray
     truth: dict[str, np.ndarray]
+    done: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # channels already calibrated
 
 
 def _predicted(seg: Segmenter, datasets: Sequence[Dataset]) -> list[_Predicted]:
@@ -138,7 +141,7 @@ def _score(seg: Segmenter, images: list[_Predicted], channel: str, separation: d
     f1, pq = [], []
     for image in images:
         if channel in image.truth:
-            predicted = instance_labels(seg, image.masks, image.probs, separation)[channel]
+            predicted = instance_labels(seg, image.masks, image.probs, separation, image.done)[channel]
             f1.append(object_f1(predicted, image.truth[channel]).f1)
             pq.append(panoptic_quality(predicted, image.truth[channel]).pq)
     return (float(np.mean(f1)), float(np.mean(pq))) if f1 else (0.0, 0.0)
@@ -159,5 +162,7 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset]) -> dict[st
             if score > best_score:
                 best, best_score = params, score
         seg.separation[channel] = best
+        for image in images:
+            image.done[channel] = instance_labels(seg, image.masks, image.probs, done=image.done)[channel]
         report[channel] = {**best, "object_f1": round(best_score[0], 4), "pq": round(best_score[1], 4)}
     return report
