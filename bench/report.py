@@ -142,7 +142,16 @@ def accuracy_section(data: Results | None) -> Lines:
             "(mean ± std over seeds or folds). The test images choose nothing. "
             f"Measured on {machine(threads)}, data from ../shared/data; every run starts from an empty work folder. "
             "Source: `bench/results/accuracy.json`; reproduce with `python bench/accuracy.py --datasets DATASET`.",
-            "", *accuracy_lines(data, datasets)]
+            "", *accuracy_lines(data, datasets), *missing_datasets(data)]
+
+
+def missing_datasets(data: Results) -> Lines:
+    """The line naming the data sets of bench/accuracy.py that the results file does not hold yet."""
+    missing = [d for d in DATASETS if d not in data and d not in GENERALISATION]
+    if not missing:
+        return []
+    return [f"Not measured yet with this protocol: {', '.join(missing)} "
+            f"(`python bench/accuracy.py --datasets {','.join(missing)}`).", ""]
 
 
 def generalisation_section(data: Results | None) -> Lines:
