@@ -7,9 +7,10 @@ slide pixels, top-left origin, y down.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from rasterio import features
@@ -94,3 +95,17 @@ def rasterise(geometries: Iterable[BaseGeometry], box: list[int], shape: tuple[i
     if not shapes:
         return np.zeros((rows, cols), dtype=np.uint8)
     return features.rasterize(shapes, out_shape=(rows, cols), fill=0, dtype="uint8")
+
+
+SKIPPED_SHOWN = 20  # skipped entries listed one per line in the end report
+
+
+def report_skipped(skipped: list[dict[str, Any]], noun: str, log: logging.Logger) -> None:
+    """One warning line per skipped entry (the first few; `noun` names what was skipped) and their count."""
+    if not skipped:
+        return
+    log.warning("skipped %d %s(s):", len(skipped), noun)
+    for entry in skipped[:SKIPPED_SHOWN]:
+        log.warning("  %s: %s", entry["what"], entry["reason"])
+    if len(skipped) > SKIPPED_SHOWN:
+        log.warning("  ... and %d more (all listed under \"skipped\" in dataset.json)", len(skipped) - SKIPPED_SHOWN)

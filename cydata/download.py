@@ -40,7 +40,7 @@ from typing import Any
 from shapely.geometry import Point
 from tqdm import tqdm
 
-from cydata.crops import centre, centred_box, rasterise, span
+from cydata.crops import SKIPPED_SHOWN, centre, centred_box, rasterise, report_skipped, span
 from segmenter.cytomine.api import CytomineData, ImageInfo
 from segmenter.cytomine.errors import NotFound
 from segmenter.errors import CysegError
@@ -55,7 +55,6 @@ PLAN_VERSION = 1
 MARK = "download.json"        # parameters of the command that owns a .partial folder
 PLAN = "plan.json"            # the crops to fetch and the items skipped, fixed at the first run
 ITEMS = "items"               # items/<stem>.json: one per finished item
-SKIPPED_SHOWN = 20            # skipped items listed one per line in the end report
 
 
 # ---------------------------------------------------------------------------- plan ------------
@@ -526,16 +525,6 @@ def _fetch(cytomine: CytomineData, crop: Crop, image: ImageInfo, request: Spec, 
     return meta
 
 
-def _report_skipped(skipped: list[dict[str, Any]]) -> None:
-    if not skipped:
-        return
-    log.warning("skipped %d item(s):", len(skipped))
-    for entry in skipped[:SKIPPED_SHOWN]:
-        log.warning("  %s: %s", entry["what"], entry["reason"])
-    if len(skipped) > SKIPPED_SHOWN:
-        log.warning("  ... and %d more (all listed under \"skipped\" in dataset.json)", len(skipped) - SKIPPED_SHOWN)
-
-
 def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries: int = 4,
              config: str | os.PathLike | None = None, insecure: bool = False, timeout: float = 60.0,
              progress: bool | None = None, api: str | None = None) -> Path:
@@ -552,7 +541,7 @@ def download(request: Spec, out: str | os.PathLike, *, workers: int = 4, retries
         if plan is None:
             plan = _new_plan(cytomine, request, rows, descriptor, partial, params)
         finished, failures = _fetch_all(cytomine, plan, request, partial, workers, progress)
-    _report_skipped(plan.skipped)
+    report_skipped(plan.skipped, "item", log)
     if failures:
         _report_failures(failures, plan, finished, partial)
     _publish(partial, out, params, plan, finished)
@@ -595,7 +584,7 @@ def _new_plan(cytomine: CytomineData, request: Spec, rows: list[dict[str, Any]] 
     planner.rows, planner.descriptor = rows, descriptor
     plan = {"csv": planner.from_csv, "json": planner.from_descriptor, "filters": planner.from_filters}[request.mode]()
     if not plan.crops:
-        _report_skipped(plan.skipped)
+        report_skipped(plan.skipped, "item", log)
         first = f" (first: {plan.skipped[0]['what']}: {plan.skipped[0]['reason']})" if plan.skipped else ""
         raise CysegError(f"nothing to download: no annotation matched, or all {len(plan.skipped)} were "
                          f"skipped{first}; check the ids and terms")

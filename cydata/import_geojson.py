@@ -27,7 +27,7 @@ from shapely import STRtree
 from shapely.geometry import box as shapely_box
 from tqdm import tqdm
 
-from cydata.crops import Sized, centre, centred_box, rasterise, span
+from cydata.crops import Sized, centre, centred_box, rasterise, report_skipped, span
 from cydata.qupath import Annotation, read_geojson
 from segmenter.errors import CysegError
 from segmenter.io.dataset import DatasetWriter
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 # A DICOM slide is a folder of .dcm files, one per level: it is given by one of its files, never listed.
 LISTED_SUFFIXES = (IMAGE_SUFFIXES | TIFF_SUFFIXES | OPENSLIDE_SUFFIXES) - {".dcm"}
-SKIPPED_SHOWN = 20            # skipped annotations listed one per line in the warning
 
 
 @dataclass
@@ -242,7 +241,7 @@ def import_geojson(inputs: Sequence[str | os.PathLike], annotations: str | os.Pa
     sources = read_sources(inputs, annotations)
     check_classes(sources, options)
     plan = plan_crops(sources, options)
-    _report_skipped(plan.skipped)
+    report_skipped(plan.skipped, "annotation", log)
     if not plan.crops:
         first = f" (first skipped: {plan.skipped[0]['what']}: {plan.skipped[0]['reason']})" if plan.skipped else ""
         raise CysegError(f"nothing to import from {len(sources)} image(s): no ROI, no image small enough to take "
@@ -288,14 +287,3 @@ def _write_source(writer: DatasetWriter, source: Source, crops: list[Crop], opti
             bar.update()
     finally:
         slide.close()
-
-
-def _report_skipped(skipped: list[dict[str, Any]]) -> None:
-    """One warning line per skipped annotation (the first few) and their count."""
-    if not skipped:
-        return
-    log.warning("skipped %d annotation(s):", len(skipped))
-    for entry in skipped[:SKIPPED_SHOWN]:
-        log.warning("  %s: %s", entry["what"], entry["reason"])
-    if len(skipped) > SKIPPED_SHOWN:
-        log.warning("  ... and %d more (all listed under \"skipped\" in dataset.json)", len(skipped) - SKIPPED_SHOWN)
