@@ -87,19 +87,22 @@ def summarise_instances(rows: Sequence[dict[str, Any]]) -> dict[str, float | int
     return out
 
 
-def load_instances(seg: Segmenter, datasets: Sequence[Dataset]) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_instances(seg: Segmenter, datasets: Sequence[Dataset],
+                   shapes: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per item of the datasets, in order: its (H, W, K) uint16 instance labels of the model's K
     instance classes (zeros where its dataset has none) and which of them it annotates (K,) float32;
-    warns once per dataset about ids shared by disconnected regions."""
+    `shapes` are the items' mask shapes, in the same order (the masks are read already). Warns once
+    per dataset about ids shared by disconnected regions."""
     out = []
+    shape_of = iter(shapes)
     for dataset in datasets:
         read: list[tuple[Any, np.ndarray]] = []
         for item in dataset.items:
-            _, labels = read_pair(item)
+            shape = next(shape_of)
             layers, known = [], []
             for channel in seg.instance_classes:
                 path = item.instances.get(channel)
-                layer = np.zeros(labels.shape, np.int32) if path is None else read_instances(path, labels.shape)
+                layer = np.zeros(shape, np.int32) if path is None else read_instances(path, shape)
                 if path is not None:
                     read.append((path, layer))
                 layers.append(layer.astype(np.uint16))

@@ -176,7 +176,7 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
     the crop and the epochs; returns the data and the options with the planned values filled in."""
     datasets = [open_dataset(folder) for folder in _folders(train_dir)]
     images, masks, maps = _load_arrays(seg, datasets)  # reads and checks every pair first
-    instances = load_instances(seg, datasets) if seg.instance_classes else None
+    instances = load_instances(seg, datasets, [m.shape[:2] for m in masks]) if seg.instance_classes else None
     resolution, size = _working_resolution(seg, masks, opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
