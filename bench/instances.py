@@ -1,0 +1,244 @@
+"""Instance benchmark: touching glands, cells and nuclei as separate objects, on the real data in
+../shared/data, with every setting chosen on validation images carved from the training images and
+the test images scored once.
+
+    python bench/instances.py [--datasets glas,isbi2014,wbc,urothelial,miccai15]
+
+Per data set, one `cyseg train --instances` run (seed 0, the training defaults) on the fit part with
+`--val` on the validation part: the validation images choose the epoch, each class's threshold and
+the watershed's parameters (object F1, then PQ). Then `cyseg evaluate` scores the test images once,
+with the pixel Dice per class and the instance scores (object F1 at IoU > 0.5, AJI, PQ, GlaS object
+Dice and Hausdorff). One seed per data set: the CPU budget (`run.cpu_s`) is the limit.
+
+Data sets and their splits:
+- glas: the official split (85 train, of which 17 validate; 80 test = test A + test B, not
+  separable in this copy), one class, masks_instance/ (one id per gland).
+- isbi2014: ISBI 2014 Pap smears (45 images): cell + nucleus instances; 27 fit / 9 val / 9 test.
+  Some 12 source cells make up most cells, so this split does not test generalisation.
+- wbc: wbc/dataset1 blood smears, cell + nucleus (masks_3class), one white cell per image; 192 fit /
+  48 val / 60 test. Instances: the masks' connected regions (no instance masks exist).
+- urothelial: urine cytology, cell + nucleus (masks_3class); 128 fit / 32 val / 40 test; instances:
+  connected regions (touching cells share one region in its masks).
+- miccai15: H&E nuclei (one class), the accuracy benchmark's test tiles and validation tiles;
+  instances: connected regions of the binary masks (touching nuclei merged in the truth).
+
+Results: one entry per data set in bench/results/instances.json (replaced when rerun), with the
+published GlaS figures beside ours.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    MICCAI_40X,
+    MICCAI_TEST,
+    SHARED_DATA,
+    children_cpu,
+    cli_evaluate,
+    cli_train,
+    code_version,
+    fresh_dir,
+    run_record,
+    stems_of,
+    write_results,
+)
+
+RESULTS = ROOT / "bench" / "results" / "instances.json"
+DATASETS = ("glas", "isbi2014", "wbc", "urothelial", "miccai15")
+SPLIT_SEED = 0
+# published GlaS test figures (test A / test B) and their 60/20 weighting for our 80 mixed images
+PUBLISHED = {
+    "DCAN": {"a": {"object_f1": 0.912, "object_dice": 0.897}, "b": {"object_f1": 0.716, "object_dice": 0.781}},
+    "MILD-Net": {"a": {"object_f1": 0.914, "object_dice": 0.913}, "b": {"object_f1": 0.844, "object_dice": 0.836}},
+}
+TEST_A, TEST_B = 60, 20
+
+
+class Split(NamedTuple):
+    """A data set's three dataset folders and their stems."""
+
+    fit: Path
+    val: Path
+    test: Path
+    stems: dict[str, list[str]]
+
+
+class Source(NamedTuple):
+    """Where a data set's images, class masks and instance labels are, and its classes."""
+
+    root: Path
+    masks: str  # folder of the class masks
+    classes: list[str] | None  # None: one unnamed foreground
+    instances: dict[str, str]  # class (or "") -> folder of its instance labels; missing: connected regions
+
+
+def write_dataset(out: Path, source: Source, stems: list[str]) -> Path:
+    """A dataset folder for `stems` of `source`: links to its images and class masks, its instance
+    labels (linked, or the connected regions of each class's mask), and dataset.json."""
+    for sub in ("images", "masks", "masks_instance"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    channels = source.classes or [""]
+    for stem in stems:
+        (out / "images" / f"{stem}.png").symlink_to((source.root / "images" / f"{stem}.png").resolve())
+        mask_path = (source.root / source.masks / f"{stem}.png").resolve()
+        (out / "masks" / f"{stem}.png").symlink_to(mask_path)
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        for index, channel in enumerate(channels):
+            name = f"{stem}.png" if len(channels) == 1 else f"{stem}_{channel}.png"
+            if channel in source.instances:
+                (out / "masks_instance" / name).symlink_to(
+                    (source.root / source.instances[channel] / f"{stem}.png").resolve())
+                continue
+            inside = mask > 0 if len(channels) == 1 else mask >= index + 1
+            _, labels = cv2.connectedComponents(inside.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+            cv2.imwrite(str(out / "masks_instance" / name), labels.astype(np.uint16))
+    manifest: dict[str, Any] = {"instances": True}
+    if source.classes:
+        manifest["classes"] = source.classes
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    return out
+
+
+def carve(stems: list[str], n: int) -> tuple[list[str], list[str]]:
+    """(rest, held out): `n` of `stems` drawn with the fixed split seed."""
+    held = sorted(random.Random(SPLIT_SEED).sample(sorted(stems), n))
+    return [s for s in stems if s not in held], held
+
+
+def three_way(work: Path, source: Source, n_val: int, n_test: int) -> Split:
+    """Seeded test and validation parts of one folder of images; the rest fits."""
+    rest, test = carve(stems_of(source.root), n_test)
+    fit, val = carve(rest, n_val)
+    return Split(*(write_dataset(work / part, source, stems) for part, stems in
+                   (("fit", fit), ("val", val), ("test", test))), {"fit": fit, "val": val, "test": test})
+
+
+def split_glas(work: Path) -> Split:
+    train = Source(SHARED_DATA / "glas" / "train", "masks", None, {"": "masks_instance"})
+    test = Source(SHARED_DATA / "glas" / "test", "masks", None, {"": "masks_instance"})
+    fit, val = carve(stems_of(train.root), 17)
+    test_stems = stems_of(test.root)
+    return Split(write_dataset(work / "fit", train, fit), write_dataset(work / "val", train, val),
+                 write_dataset(work / "test", test, test_stems), {"fit": fit, "val": val, "test": test_stems})
+
+
+def split_isbi(work: Path) -> Split:
+    source = Source(SHARED_DATA / "isbi2014_synthetic", "masks_3class", ["cell", "nucleus"],
+                    {"cell": "cells_instance", "nucleus": "nuclei_instance"})
+    return three_way(work, source, 9, 9)
+
+
+def split_wbc(work: Path) -> Split:
+    return three_way(work, Source(SHARED_DATA / "wbc" / "dataset1", "masks_3class", ["cell", "nucleus"], {}), 48, 60)
+
+
+def split_urothelial(work: Path) -> Split:
+    return three_way(work, Source(SHARED_DATA / "urothelial", "masks_3class", ["cell", "nucleus"], {}), 32, 40)
+
+
+def split_miccai15(work: Path) -> Split:
+    """The accuracy benchmark's split: five test tiles; one 20x and one 40x training tile validate."""
+    source = Source(SHARED_DATA / "miccai15", "masks", ["nucleus"], {})
+    train = [s for s in stems_of(source.root) if s not in MICCAI_TEST]
+    _, val_40x = carve([s for s in train if s in MICCAI_40X], 1)
+    _, val_20x = carve([s for s in train if s not in MICCAI_40X], 1)
+    val = sorted(val_20x + val_40x)
+    fit = [s for s in train if s not in val]
+    return Split(write_dataset(work / "fit", source, fit), write_dataset(work / "val", source, val),
+                 write_dataset(work / "test", source, list(MICCAI_TEST)),
+                 {"fit": fit, "val": val, "test": list(MICCAI_TEST)})
+
+
+SPLITS: dict[str, Callable[[Path], Split]] = {"glas": split_glas, "isbi2014": split_isbi, "wbc": split_wbc,
+                                              "urothelial": split_urothelial, "miccai15": split_miccai15}
+KEPT = ("object_f1_mean", "object_f1_pooled", "aji_mean", "pq_mean", "dq_mean", "sq_mean", "object_dice_mean",
+        "object_hausdorff_mean", "objects_tp", "objects_fp", "objects_fn")
+
+
+def class_scores(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{class: pixel Dice and IoU, threshold and the instance scores} of a `cyseg evaluate` summary."""
+    per_class = summary.get("classes") or {"foreground": summary}
+    out = {}
+    for name, scores in per_class.items():
+        objects = scores.get("instances") or {}
+        out[name] = {"n_images": scores["n_images"], "threshold": scores["threshold"], "dice": scores["dice_mean"],
+                     "iou": scores["iou_mean"], **{k.removesuffix("_mean"): objects.get(k) for k in KEPT}}
+    return out
+
+
+def published_weighted() -> dict[str, dict[str, float]]:
+    """The published GlaS figures weighted 60/20 (test A / test B), as our 80 test images mix them."""
+    return {method: {key: round((TEST_A * parts["a"][key] + TEST_B * parts["b"][key]) / (TEST_A + TEST_B), 4)
+                     for key in parts["a"]} for method, parts in PUBLISHED.items()}
+
+
+def benchmark(dataset: str, work: Path, train_options: list[str]) -> dict[str, Any]:
+    """Split, train with instances (validation-chosen settings), score the test images once."""
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    work = fresh_dir(work / dataset)
+    split = SPLITS[dataset](work / "data")
+    model = work / "model.pt"
+    cpu, wall = cli_train(split.fit, model, 0, ["--instances", *train_options], val=split.val)
+    val = class_scores(cli_evaluate(model, split.val, work / "val", ["--no-sweep"]))
+    test = class_scores(cli_evaluate(model, split.test, work / "test", ["--no-sweep"]))
+    for name, scores in test.items():
+        print(f"{dataset:10s} {name:10s} test Dice {scores['dice']:.4f}  object F1 {scores['object_f1']:.4f}  "
+              f"AJI {scores['aji']:.4f}  PQ {scores['pq']:.4f}  ({cpu / 60:.1f} CPU-min training)", flush=True)
+    entry: dict[str, Any] = {
+        "protocol": "one `cyseg train --instances` run (seed 0) on the fit images; epoch, thresholds and watershed "
+                    "parameters chosen on the validation images; test images scored once",
+        "split": {**{part: len(stems) for part, stems in split.stems.items()}, "val_stems": split.stems["val"]},
+        "train_args": ["--instances", *train_options],
+        "separation": _separation(model), "val": val, "test": test, "train_cpu_s": cpu, "train_wall_s": wall}
+    if dataset == "glas":
+        scores = test["foreground"]
+        entry["glas"] = {"object_f1": scores["object_f1"], "object_dice": scores["object_dice"],
+                         "object_hausdorff": scores["object_hausdorff"],
+                         "published_weighted_60_20": published_weighted()}
+    entry["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    return entry
+
+
+def _separation(model: Path) -> dict[str, Any]:
+    """The watershed parameters the validation images chose, as stored in the model file."""
+    from unet import load_segmenter
+
+    return load_segmenter(model, device="cpu").separation
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--train-options", default="", help="extra `cyseg train` options (e.g. a short smoke run: "
+                        "'--epochs 1 --steps-per-epoch 2'); recorded in the results")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "instances")
+    args = parser.parse_args()
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"{SHARED_DATA} not found: the instance benchmark needs the real data sets")
+    chosen = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in SPLITS]
+    if unknown:
+        raise SystemExit(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for dataset in chosen:
+        results[dataset] = benchmark(dataset, args.work, shlex.split(args.train_options))
+        write_results(RESULTS, results)
+    print(f"results in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
