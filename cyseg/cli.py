@@ -254,6 +254,9 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
                    "fifth of the typical object the model was trained on (0 when the model does not record it).")
 @click.option("--overlays/--no-overlays", default=True, show_default=True,
               help="Crops: also write the masks drawn over the images.")
+@click.option("--instances/--no-instances", default=True, show_default=True,
+              help="Slides: with a model trained with --instances, one object per cell and nucleus (touching ones "
+                   "separated, each kept whole by one window); --no-instances: each class's connected regions.")
 @click.option("--as-slide", is_flag=True,
               help="Treat plain PNG/JPEG/TIFF inputs as slides (whole-slide engine, one GeoJSON each).")
 @click.option("--window", default=None, metavar="X,Y,W,H",
@@ -291,8 +294,10 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--upload", is_flag=True,
               help="Cytomine: upload the polygons as annotations of the image (batches of --upload-batch; an "
                    "interrupted upload resumes without duplicates when rerun).")
-@click.option("--term", type=int, default=None, metavar="ID",
-              help="Cytomine: term given to uploaded annotations. [default: no term]")
+@click.option("--term", "terms", multiple=True, metavar="ID|CLASS=ID",
+              help="Cytomine: term given to uploaded annotations; for a model of several classes one CLASS=ID per "
+                   "class (e.g. --term cell=12 --term nucleus=13; a cell's nucleus goes under the nucleus term). "
+                   "[default: no term]")
 @click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
               help="Cytomine: JSON file with host, public_key, private_key. [default: the environment variables]")
 @click.option("--insecure", is_flag=True, help="Cytomine: do not verify the server's HTTPS certificate (unsafe).")
@@ -303,12 +308,12 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help=API_HELP)
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
                     overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float | None,
-                    overlays: bool,
+                    overlays: bool, instances: bool,
                     as_slide: bool,
                     window: str | None, window_size: int, window_overlap: int, mpp: float | None,
                     magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
                     workers: int, scheduler: str | None, cache: Path | None, device: str,
-                    cytomine_image: int | None = None, upload: bool = False, term: int | None = None,
+                    cytomine_image: int | None = None, upload: bool = False, terms: tuple[str, ...] = (),
                     cytomine_config: Path | None = None, insecure: bool = False, cytomine_timeout: float = 60.0,
                     upload_batch: int = 100, cytomine_api: str = "auto") -> None:
     """Segment INPUT with MODEL ('default' for the model shipped with cyseg).
@@ -326,13 +331,13 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     tiling = {"tile": tile, "overlap": overlap, "batch": batch, "tta": tta, "amp": amp}
     slide_opts = {**tiling, "window_size": window_size, "window_overlap": window_overlap,
                   "skip_background": skip_background, "tissue_margin": tissue_margin, "threshold": threshold,
-                  "simplify": simplify, "min_area": min_area}
+                  "simplify": simplify, "min_area": min_area, "instances": instances}
     if cytomine_image is not None:
         _segment_cytomine(model, sources, out, window, mpp, magnification, workers, scheduler, device, cache, mask_out,
-                          cytomine_image, upload, term, cytomine_config, insecure, cytomine_timeout, upload_batch,
+                          cytomine_image, upload, terms, cytomine_config, insecure, cytomine_timeout, upload_batch,
                           slide_opts, cytomine_api)
         return
-    if upload or term is not None:
+    if upload or terms:
         raise CysegError("--upload and --term need --cytomine-image ID (uploads go to a Cytomine image)")
     if not sources:
         raise CysegError("give INPUT (crops, a folder or slide files) or --cytomine-image ID")
@@ -359,7 +364,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
 
 def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, window: str | None,
                       mpp: float | None, magnification: float | None, workers: int, scheduler: str | None, device: str,
-                      cache: Path | None, mask_out: Path | None, image: int, upload: bool, term: int | None,
+                      cache: Path | None, mask_out: Path | None, image: int, upload: bool, terms: tuple[str, ...],
                       config: Path | None, insecure: bool, timeout: float, upload_batch: int, opts: dict,
                       api: str = "auto") -> None:
     """`segment --cytomine-image ID`: the whole-slide engine over HTTP, then the optional upload."""
@@ -368,14 +373,14 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
 
     if sources:
         raise CysegError("give either INPUT files or --cytomine-image ID, not both")
-    if term is not None and not upload:
+    if terms and not upload:
         raise CysegError("--term applies to uploaded annotations; add --upload")
     seg = _load(model, device)
-    summary, result = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
-                                           workers, scheduler, device, cache, mask_out, upload, term, config,
-                                           insecure, timeout, upload_batch, progress=_progress(), api=api)
+    summary, results = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
+                                            workers, scheduler, device, cache, mask_out, upload, terms, config,
+                                            insecure, timeout, upload_batch, progress=_progress(), api=api)
     click.echo(_slide_line(summary))
-    if result is not None:
+    for result in results:
         if not result.complete:
             raise CysegError(f"{result.summary()}; rerun the same command to resume")
         click.echo(result.summary())
@@ -383,8 +388,12 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
 
 def _slide_line(summary: dict[str, Any]) -> str:
     """The one line a whole-slide run prints."""
+    objects = summary.get("objects") or {}
+    found = f"{summary['polygons']} polygons" if len(objects) < 2 else \
+        ", ".join(f"{n} {name} objects" for name, n in objects.items())
+    kind = "instances" if summary.get("instances") else "regions"
     return (f"{summary['slide']}: {summary['tiles']} tiles, {summary['tiles_skipped']} skipped, "
-            f"{summary['polygons']} polygons covering {100 * summary['foreground_fraction']:.1f} % of the region, "
+            f"{found} ({kind}) covering {100 * summary['foreground_fraction']:.1f} % of the region, "
             f"{summary['seconds']:.1f} s, {summary['mp_per_s']:.2f} MP/s")
 
 

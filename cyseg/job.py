@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,10 +107,40 @@ class ProgressRunner:
 
 
 # ---------------------------------------------------------------------------- one image ---------
-def read_polygons(path: Path) -> list[Any]:
+def read_class_polygons(path: Path) -> dict[str, list[Any]]:
+    """{class: polygons} of a GeoJSON output: each feature under its classification, and the nucleus
+    of each cell object (`nucleusGeometry`) under `nucleus`."""
     from shapely.geometry import shape
 
-    return [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+    by_class: dict[str, list[Any]] = {}
+    for feature in json.loads(path.read_text())["features"]:
+        name = ((feature.get("properties") or {}).get("classification") or {}).get("name", "cell")
+        by_class.setdefault(name, []).append(shape(feature["geometry"]))
+        if feature.get("nucleusGeometry"):
+            by_class.setdefault("nucleus", []).append(shape(feature["nucleusGeometry"]))
+    return by_class
+
+
+def parse_terms(values: Sequence[str], labels: Sequence[str]) -> dict[str, int]:
+    """--term values -> {class: term id}: a bare ID for a model of one class, CLASS=ID per class
+    otherwise; a CysegError naming the fix for anything else."""
+    example = " ".join(f"--term {name}=ID" for name in labels)
+    terms: dict[str, int] = {}
+    for value in values:
+        name, _, ident = value.rpartition("=")
+        if not name:
+            if len(labels) != 1:
+                raise CysegError(f"--term {value}: the model finds {', '.join(labels)}; give one term per class: "
+                                 f"{example}")
+            name = labels[0]
+        if name not in labels:
+            raise CysegError(f"--term {value}: the model finds no class {name!r}; its classes are {', '.join(labels)}")
+        if not ident.isdigit():
+            raise CysegError(f"--term {value}: the term must be a Cytomine term id (an integer), e.g. {example}")
+        if name in terms:
+            raise CysegError(f"--term gives class {name!r} twice; give one term per class")
+        terms[name] = int(ident)
+    return terms
 
 
 def segment_image(seg: Segmenter, model_path: Path, reader: CytomineSlideReader, out: Path, opts: WsiOptions,
@@ -162,36 +192,44 @@ def segment_image(seg: Segmenter, model_path: Path, reader: CytomineSlideReader,
     return out, summaries
 
 
-def upload_output(connection: Connection, reader: CytomineSlideReader, geojson: Path, term: int | None,
-                  batch_size: int, on_progress: Callable[[int, int], None] | None = None) -> UploadResult:
-    """Upload the polygons of `geojson` as annotations of the reader's image (journal beside it)."""
+def upload_output(connection: Connection, reader: CytomineSlideReader, geojson: Path, terms: Mapping[str, int],
+                  batch_size: int, on_progress: Callable[[int, int], None] | None = None) -> list[UploadResult]:
+    """Upload the polygons of `geojson` as annotations of the reader's image, each class with its
+    term (`terms`; none for a class without one), journalled beside the output (one journal per
+    class when it holds several)."""
     from segmenter.cytomine.upload import Uploader, journal_path
 
-    uploader = Uploader(connection, reader.image_id, reader.project, reader.height, term=term, batch_size=batch_size,
-                        journal=journal_path(geojson), progress=on_progress)
-    result = uploader.upload(read_polygons(geojson), reader.width)
-    log.info("%s", result.summary())
-    return result
+    by_class = read_class_polygons(geojson) or {next(iter(terms), "cell"): []}
+    results = []
+    for name, polygons in by_class.items():
+        journal = journal_path(geojson if len(by_class) == 1 else geojson.with_name(f"{geojson.stem}-{name}.geojson"))
+        uploader = Uploader(connection, reader.image_id, reader.project, reader.height, term=terms.get(name),
+                            batch_size=batch_size, journal=journal, progress=on_progress)
+        results.append(uploader.upload(polygons, reader.width))
+        log.info("%s%s", f"{name}: " if len(by_class) > 1 else "", results[-1].summary())
+    return results
 
 
 def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: Path | None, window: str | None,
                          opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                          scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
-                         upload: bool, term: int | None, config: Path | None, insecure: bool, timeout: float,
+                         upload: bool, terms: Sequence[str], config: Path | None, insecure: bool, timeout: float,
                          upload_batch: int, progress: bool = True,
-                         api: str | None = None) -> tuple[dict[str, Any], UploadResult | None]:
+                         api: str | None = None) -> tuple[dict[str, Any], list[UploadResult]]:
     """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on
-    Dask, from a server of generation `api` (default: found when connecting)."""
+    Dask, from a server of generation `api` (default: found when connecting); `terms`: the --term
+    values (`parse_terms`)."""
     from cyseg.slide_cmd import resolution
     from segmenter.wsi.scaleout import make_runner
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
 
-    seg.require_one_class(f"the whole-slide engine (model {model_path})")
+    term_ids = parse_terms(terms, seg.labels)
     connection = Connection(credentials(config=config, verify=not insecure, timeout=timeout, api=api))
     reader = CytomineSlideReader(image_id, connection)
-    if upload and term is not None:
-        check_term(connection, term, reader.project)
+    if upload:
+        for term in term_ids.values():
+            check_term(connection, term, reader.project)
     target = out or Path(f"cytomine-{image_id}.geojson")
     if target.is_dir():
         target = target / f"cytomine-{image_id}.geojson"
@@ -203,8 +241,8 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
                                            cache_root, mask_out, progress_bar=progress)
     finally:
         runner.close()
-    result = upload_output(connection, reader, geojson, term, upload_batch) if upload else None
-    return summaries[0], result
+    results = upload_output(connection, reader, geojson, term_ids, upload_batch) if upload else []
+    return summaries[0], results
 
 
 # ---------------------------------------------------------------------------- the job ----------
@@ -407,7 +445,8 @@ def _run_image(run: JobRun, image_id: int, index: int, n: int) -> UploadResult |
     geojson, _ = segment_image(run.seg, run.model_path, reader, run.work / f"image-{image_id}.geojson", run.opts,
                                run.runner, windows, run.work / ".cyseg-cache", on_progress=seg_progress,
                                progress_bar=run.progress_bar)
-    result = upload_output(run.connection, reader, geojson, s.predicted_term, s.upload_batch, up_progress)
+    terms = {} if s.predicted_term is None else {run.seg.labels[0]: s.predicted_term}
+    result, = upload_output(run.connection, reader, geojson, terms, s.upload_batch, up_progress)
     if not result.complete:
         raise CysegError(f"{result.summary()}; rerun the job with the same work folder to resume")
     return result

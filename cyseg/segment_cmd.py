@@ -82,11 +82,6 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
                          **(slide_opts or {})})
     small, large = _by_size(list_images(source), opts.window_size)
-    if large and seg.n_classes != 1:
-        for reader in large:
-            reader.close()
-        seg.require_one_class(f"the whole-slide engine (for {large[0].path}, more than one {opts.window_size}-px "
-                              "window)")
     min_area = seg.min_area(min_area)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
@@ -188,7 +183,7 @@ def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, fol
     geojson = folder / "geojson" / f"{stem}.geojson"
     try:
         summary = segment_slide(seg, model_path, reader, geojson, opts, InProcess(seg),
-                                mask_out=folder / "masks" / f"{_mask_name(seg, stem, seg.labels[0])}.png",
+                                mask_out=folder / "masks" / f"{stem}.png",
                                 mask_downsample=1, progress=progress)
         if overlays:
             write_png(folder / "overlays" / f"{stem}.png", _small_overlay(reader, geojson))

@@ -43,7 +43,6 @@ def run_segment_slides(seg: Segmenter, model_path: Path, slides: list[Path], out
     """Segment each slide in turn on one runner (Dask cluster started once)."""
     from segmenter.wsi.readers import open_slide
 
-    seg.require_one_class(f"the whole-slide engine (model {model_path})")
     if window and len(slides) > 1:
         raise CysegError("--window applies to one slide; give a single slide with --window")
     outputs = output_paths(slides, out)

@@ -4,12 +4,13 @@ writes beside `geometry`), its classification and its measurements; nuclei that 
 in a cell that already has a larger one), and the objects of a nucleus-only model, are `detection`s."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import rasterio.features
 from shapely.geometry import Polygon
+from shapely.strtree import STRtree
 
 from segmenter.classes import COLOURS
 from segmenter.polygons import clean_many, geojson_geometries, polygons_from_rings
@@ -75,6 +76,27 @@ def cell_features(cells: np.ndarray | None, nuclei: np.ndarray | None, cell_prob
     cell_objects = label_polygons(cells, cell_probs, simplify, min_area) if cells is not None else {}
     nucleus_objects = label_polygons(nuclei, nucleus_probs, simplify, min_area) if nuclei is not None else {}
     owner = assign_nuclei(cells, nuclei) if cells is not None and nuclei is not None else {}
+    return object_features(cell_objects, nucleus_objects, owner, label)
+
+
+def assign_nucleus_polygons(cells: Sequence[Polygon], nuclei: Sequence[Polygon]) -> dict[int, int]:
+    """{nucleus index: cell index} for each nucleus polygon overlapping a cell polygon: the cell it
+    shares most area with (the polygon counterpart of `assign_nuclei`, for whole slides)."""
+    if not cells or not nuclei:
+        return {}
+    owner: dict[int, int] = {}
+    tree = STRtree(list(cells))
+    for n, c in sorted(tree.query(list(nuclei), predicate="intersects").T.tolist()):
+        shared = nuclei[n].intersection(cells[c]).area
+        if shared > 0 and (n not in owner or shared > nuclei[n].intersection(cells[owner[n]]).area):
+            owner[n] = c
+    return owner
+
+
+def object_features(cell_objects: Objects, nucleus_objects: Objects, owner: Mapping[int, int],
+                    label: str = "cell") -> list[dict[str, Any]]:
+    """QuPath features of cell and nucleus objects and which cell each nucleus lies in: a `cell`
+    per cell holding its largest nucleus, a `detection` classified `nucleus` per other nucleus."""
     held: dict[int, int] = {}
     for nucleus, cell in owner.items():
         if cell in cell_objects and nucleus in nucleus_objects and (

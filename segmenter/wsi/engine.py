@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from shapely.geometry import Polygon
 
+from segmenter.instances import instance_labels
 from segmenter.polygons import mask_to_polygons
 from segmenter.wsi.cache import WindowResult
+from segmenter.wsi.objects import owned_objects
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups
 from transforms.chain import chain_radius
 
@@ -54,8 +56,11 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
         areas = box_groups(task.boxes, radius + 2, task.w, task.h)
     located: list[tuple[Polygon, dict[str, Any]]] = []
     for area, boxes in areas:
-        located += _owned_polygons(seg, _area_probabilities(seg, reader, region, task, opts, area, boxes),
-                                   task, area, opts)
+        probs = _area_probabilities(seg, reader, region, task, opts, area, boxes)
+        if opts.instances and seg.instance_classes:
+            located += _area_objects(seg, probs, task, area, opts)
+        else:
+            located += _owned_polygons(seg, probs, task, area, opts)
     return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], task.tiles,
                         task.skipped, time.perf_counter() - start)
 
@@ -77,16 +82,29 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
 
 def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
                     opts: WsiOptions) -> list[tuple[Polygon, dict[str, Any]]]:
-    """Post-process an area's probabilities on the device and trace the polygons of the part of it
-    the window owns (processing pixels relative to the region)."""
+    """Post-process an area's probabilities on the device and trace each class's polygons in the
+    part of it the window owns (processing pixels relative to the region); they are joined across
+    window borders later (`segmenter.wsi.merge`)."""
     ax, ay, aw, ah = area
     ox, oy, ow, oh = task.own
     x0, y0, x1, y1 = max(ax, ox), max(ay, oy), min(ax + aw, ox + ow), min(ay + ah, oy + oh)
     if x1 <= x0 or y1 <= y0:
         return []
     with torch.inference_mode():
-        mask = seg.masks_from_probabilities(probs, opts.threshold)
-        fg = probs[0]
         rows, cols = slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax)
-        mask_np, fg_np = mask[rows, cols].cpu().numpy(), fg[rows, cols].cpu().numpy()
-    return mask_to_polygons(mask_np, fg_np, offset=(task.x + x0, task.y + y0))
+        masks = seg.class_masks(probs, opts.threshold)[:, rows, cols].cpu().numpy()
+        owned = probs[:seg.n_classes, rows, cols].cpu().numpy()
+    return [(polygon, {**props, "class": label}) for c, label in enumerate(seg.labels)
+            for polygon, props in mask_to_polygons(masks[c], owned[c], offset=(task.x + x0, task.y + y0))]
+
+
+def _area_objects(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
+                  opts: WsiOptions) -> list[tuple[Polygon, dict[str, Any]]]:
+    """Separate the instances of an area (all of it: objects reach into the overlap) and keep those
+    the window owns (`segmenter.wsi.objects`)."""
+    with torch.inference_mode():
+        masks = seg.class_masks(probs, opts.threshold).cpu().numpy()
+        probs_np = probs.cpu().numpy()
+    objects = instance_labels(seg, masks, probs_np)
+    return [located for c, label in enumerate(seg.labels)
+            for located in owned_objects(objects[seg.channels[c]], probs_np[c], area, task, label)]

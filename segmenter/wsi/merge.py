@@ -1,15 +1,45 @@
-"""Polygons of the windows joined into the slide's: SLDC's `SemanticMerger` merges those that meet across
-window borders, then they are simplified (only after merging) and put in level-0 slide pixels."""
+"""Polygons of the windows joined into the slide's, class by class: SLDC's `SemanticMerger` merges the
+regions that meet across window borders (instances: `segmenter.wsi.objects`), then they are
+simplified (only after merging) and put in level-0 slide pixels."""
 from __future__ import annotations
+
+from typing import Any
 
 import sldc
 from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
-from segmenter.polygons import clean_many
+from segmenter.polygons import clean, clean_many
 from segmenter.wsi.cache import WindowResult
+from segmenter.wsi.objects import join_objects
 from segmenter.wsi.windows import Region, WsiOptions, near_cuts
+
+
+def merge_classes(results: list[WindowResult], topology: sldc.TileTopology, opts: WsiOptions, labels: tuple[str, ...],
+                  separated: bool) -> list[tuple[Polygon, dict[str, Any]]]:
+    """The windows' polygons of each class (`labels`) joined across window borders and simplified,
+    with their class and mean probability: instances (`separated`) by `join_objects`, regions by
+    `merge_windows`."""
+    results = sorted(results, key=lambda r: r.index)
+    out: list[tuple[Polygon, dict[str, Any]]] = []
+    for label in labels:
+        mine = [WindowResult(r.index, *_of_class(r, label), r.tiles, r.skipped, r.seconds) for r in results]
+        if separated:
+            joined = join_objects([(r.index, list(zip(r.polygons, r.props, strict=True))) for r in mine], topology,
+                                  opts.merge_tolerance)
+            out += [(polygon, {"class": label, "mean_probability": props.get("mean_probability")})
+                    for geometry, props in joined for polygon in clean(geometry, opts.simplify)]
+        else:
+            out += [(polygon, {"class": label, "mean_probability": mean})
+                    for polygon, mean in merge_windows(mine, topology, opts)]
+    return out
+
+
+def _of_class(result: WindowResult, label: str) -> tuple[list[Polygon], list[dict[str, Any]]]:
+    """A window's polygons of one class."""
+    chosen = [(p, props) for p, props in zip(result.polygons, result.props, strict=True) if props.get("class") == label]
+    return [p for p, _ in chosen], [props for _, props in chosen]
 
 
 def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from segmenter.cells import assign_nucleus_polygons, object_features
 from segmenter.errors import CysegError
 from segmenter.io.atomic import atomic_path
 from segmenter.io.digest import file_digest
 from segmenter.io.images import write_png
-from segmenter.polygons import feature_collection, write_geojson
+from segmenter.polygons import classified_collection, write_geojson
 from segmenter.wsi.cache import WindowCache, WindowResult, cache_key
-from segmenter.wsi.merge import merge_windows, to_slide_coordinates
+from segmenter.wsi.merge import merge_classes, to_slide_coordinates
 from segmenter.wsi.windows import (
     Region,
     WindowTask,
@@ -71,14 +72,13 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
                   runner: InProcess | DaskRunner, region_text: str | None = None, cache_root: Path | None = None,
                   mask_out: Path | None = None, mask_downsample: float = 16.0, label: str | None = None,
                   progress: bool = True) -> dict[str, Any]:
-    """Segment a slide (or a window of it) with a one-class model and write `out` (GeoJSON, slide
-    pixel coordinates; its polygons classified as `label`, default the model's class, else cell)."""
+    """Segment a slide (or a window of it) and write `out` (GeoJSON, slide pixel coordinates): each
+    class's regions, or for a model trained with instances (unless `opts.instances` is off) one
+    object per cell and nucleus, as QuPath cell objects. A one-class model's polygons are classified
+    as `label` (default its class, else cell). `mask_out` gets the polygons rasterised (per class,
+    <stem>_<class>.png, for a model of named classes)."""
     opts.check()
-    seg.require_one_class(f"the whole-slide engine (slide {reader.path})")
-    if seg.instance_classes:
-        log.warning("the whole-slide engine does not separate touching objects yet: its polygons are the connected "
-                    "regions of the class mask (segment crops for instances)")
-    label = label or seg.labels[0]
+    labels = (label,) if label and seg.n_classes == 1 else seg.labels
     if seg.in_channels != 3:
         raise CysegError(f"model {model_path} expects {seg.in_channels} input channels but slides are read as RGB; "
                          "use a model trained on RGB images")
@@ -86,13 +86,16 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     plan = _plan_slide(seg, model_path, reader, opts, region_text, cache_root)
     results, skipped = _run_windows(plan, reader, opts, runner, model_path, progress)
     min_area = opts.min_area if opts.min_area is not None else seg.min_area(None) * opts.downsample ** 2
-    polygons = _slide_polygons(results, plan, opts, min_area)
+    separated = bool(opts.instances and seg.instance_classes)
+    polygons = _slide_polygons(results, plan, opts, min_area, seg.labels, separated)
     seconds = time.perf_counter() - start
     region, tiles = plan.region, sum(r.tiles for r in results)
-    foreground = sum(props["area"] for _, props in polygons) / (region.w * region.h)
+    foreground = sum(props["area"] for _, props in polygons if props["class"] == seg.labels[0]) / (region.w * region.h)
+    counts = {name: sum(props["class"] == name for _, props in polygons) for name in seg.labels}
     summary = {
         "slide": str(reader.path), "region": asdict(region), "windows": len(plan.tasks),
         "windows_cached": plan.cache.hits, "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons),
+        "objects": dict(zip(labels, counts.values(), strict=True)), "instances": separated,
         "min_area": round(min_area, 1),
         "tissue_fraction": None if plan.tissue_fraction is None else round(plan.tissue_fraction, 4),
         "foreground_fraction": round(foreground, 4),
@@ -102,10 +105,9 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     _warn_if_implausible(reader, foreground)
     extra = {"slide": reader.describe(), "model": {"path": str(model_path), "sha256": plan.digest},
              "options": asdict(opts), "summary": summary, "coordinates": "level-0 pixels, top-left origin"}
-    write_geojson(out, feature_collection(polygons, label=label, extra=extra))
+    write_geojson(out, slide_collection(polygons, seg.labels, labels, separated, extra))
     if mask_out is not None:
-        with atomic_path(mask_out) as tmp:
-            write_png(tmp, low_resolution_mask([p for p, _ in polygons], region, mask_downsample))
+        _write_masks(mask_out, polygons, seg, region, mask_downsample)
     log.info("%s: %d tiles (%d skipped as background), %d polygons, %.1f s, %.2f MP/s -> %s",
              Path(reader.path).name, tiles, skipped, len(polygons), seconds, summary["mp_per_s"], out)
     return summary
@@ -163,17 +165,45 @@ def _run_windows(plan: SlidePlan, reader: SlideReader, opts: WsiOptions, runner:
     return results, skipped
 
 
-def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions,
-                    min_area: float) -> list[tuple[Any, dict[str, Any]]]:
-    """The windows' polygons merged across window borders, in slide coordinates, with their area and
-    mean probability; those under `min_area` (level-0 px²) dropped."""
+def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions, min_area: float,
+                    labels: tuple[str, ...], separated: bool) -> list[tuple[Any, dict[str, Any]]]:
+    """The windows' polygons of each class joined across window borders, in slide coordinates, with
+    their class, area and mean probability; those under `min_area` (level-0 px²) dropped."""
     polygons = []
-    for polygon, mean_probability in merge_windows(results, plan.topology, opts):
+    for polygon, found in merge_classes(results, plan.topology, opts, labels, separated):
         polygon = to_slide_coordinates(polygon, plan.region, opts.downsample)
         if polygon.area < min_area:
             continue
-        props: dict[str, Any] = {"area": float(polygon.area)}
-        if mean_probability is not None:
-            props["mean_probability"] = mean_probability
+        props: dict[str, Any] = {"class": found["class"], "area": float(polygon.area)}
+        if found["mean_probability"] is not None:
+            props["mean_probability"] = found["mean_probability"]
         polygons.append((polygon, props))
     return polygons
+
+
+def slide_collection(polygons: list[tuple[Any, dict[str, Any]]], classes: tuple[str, ...], names: tuple[str, ...],
+                     separated: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """The slide's GeoJSON: QuPath cell objects (each cell with its nucleus) for instances, else each
+    class's polygons classified by its name (`names`, in the order of the model's `classes`)."""
+    by_class: dict[str, list[tuple[Any, dict[str, Any]]]] = {name: [] for name in classes}
+    for polygon, props in polygons:
+        by_class[props["class"]].append((polygon, {k: v for k, v in props.items() if k != "class"}))
+    if not separated:
+        return classified_collection(dict(zip(names, by_class.values(), strict=True)), extra)
+    cells = next((by_class[c] for c in classes if c != "nucleus"), [])
+    nuclei = by_class.get("nucleus", [])
+    owner = assign_nucleus_polygons([p for p, _ in cells], [p for p, _ in nuclei])
+    features = object_features(dict(enumerate(cells)), dict(enumerate(nuclei)), owner,
+                               label=next((n for c, n in zip(classes, names, strict=True) if c != "nucleus"), "cell"))
+    return {"type": "FeatureCollection", "features": features, "properties": extra}
+
+
+def _write_masks(mask_out: Path, polygons: list[tuple[Any, dict[str, Any]]], seg: Segmenter, region: Region,
+                 downsample: float) -> None:
+    """The polygons rasterised: `mask_out` for a model of one unnamed class, else one
+    <stem>_<class>.png beside it per class."""
+    for name in seg.labels:
+        path = mask_out if not seg.classes else mask_out.with_name(f"{mask_out.stem}_{name}{mask_out.suffix}")
+        with atomic_path(path) as tmp:
+            write_png(tmp, low_resolution_mask([p for p, props in polygons if props["class"] == name], region,
+                                               downsample))

@@ -43,6 +43,7 @@ class WsiOptions:
     simplify: float = 1.0
     min_area: float | None = None  # level-0 px²; None: the model's smallest object (Segmenter.min_area)
     merge_tolerance: float = 1.0
+    instances: bool = True  # separate touching objects (models trained with instances); False: connected regions
 
     def check(self) -> None:
         """Reject combinations that cannot work."""
@@ -98,6 +99,7 @@ class WindowTask:
     tiles: int
     boxes: list[tuple[int, int, int, int]] | None
     skipped: int = 0
+    sides: tuple[bool, bool, bool, bool] = (False, False, False, False)  # a neighbour (left, top, right, bottom)
 
 
 class _Extent(sldc.Image):
@@ -177,7 +179,10 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         if tissue is not None:
             boxes = tissue_boxes(tissue, region, (x, y, w, h), opts)
             skipped = sum(not any(_intersects((tx, ty, tw, th), b) for b in boxes) for ty, th in ys for tx, tw in xs)
-        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped))
+        top, bottom, left, right = topology.tile_neighbours(wid)
+        sides = (left is not None, top is not None, right is not None, bottom is not None)
+        tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped,
+                                sides))
     return tasks
 
 
