@@ -301,6 +301,83 @@ def wsi_section(data: Results | None) -> Lines:
             *table(["measure", "result", "target"], wsi_rows(data)), ""]
 
 
+# ---------------------------------------------------------------------------- instances.json
+def _score(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def instance_rows(data: Results) -> list[list[str]]:
+    """One row per data set and class: its split, pixel Dice and instance scores on the test images."""
+    rows = []
+    for dataset, entry in data.items():
+        split = entry["split"]
+        for name, scores in entry["test"].items():
+            rows.append([dataset, name, f"{split['fit']} / {split['val']} / {split['test']}", _score(scores["dice"]),
+                         _score(scores["object_f1"]), _score(scores["aji"]), _score(scores["pq"]),
+                         _score(scores["object_dice"]), _score(scores["object_hausdorff"], 1),
+                         minutes(entry["train_cpu_s"])])
+    return rows
+
+
+def glas_rows(data: Results) -> list[list[str]]:
+    """Our GlaS object figures beside the published ones weighted 60/20 (test A / test B)."""
+    glas = data["glas"]["glas"]
+    rows = [["cyseg (this run)", _score(glas["object_f1"]), _score(glas["object_dice"]),
+             _score(glas["object_hausdorff"], 1)]]
+    rows += [[f"{method} (published, 60/20-weighted)", _score(v["object_f1"]), _score(v["object_dice"]), "—"]
+             for method, v in glas["published_weighted_60_20"].items()]
+    return rows
+
+
+def instances_section(data: Results | None) -> Lines:
+    """instances.json: object F1, AJI, PQ and the GlaS object figures per data set and class."""
+    if not data:
+        return not_run("Instances", "python bench/instances.py")
+    runs = [entry["run"] for entry in data.values()]
+    lines = ["## Instances", "",
+             "`bench/instances.py` trains one `cyseg train --instances` model per data set (seed 0, the training "
+             "defaults) on the fit images; the validation images choose the epoch, each class's threshold and the "
+             "watershed's parameters; the test images are scored once by `cyseg evaluate`. Object F1 counts a "
+             "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
+             "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
+             f"Measured on {machine(runs[0]['cpu_threads'])}, "
+             f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
+             "Reproduce with `python bench/instances.py`. Source: `bench/results/instances.json`.", "",
+             *table(["data", "class", "fit / val / test", "Dice", "object F1", "AJI", "PQ", "object Dice",
+                     "object Hausdorff", "training"], instance_rows(data)), ""]
+    if "glas" in data:
+        lines += ["GlaS test (80 images: test A and B together), against the published figures weighted as our "
+                  "images mix them:", "",
+                  *table(["method", "object F1", "object Dice", "object Hausdorff"], glas_rows(data)), ""]
+    missing = [d for d in ("glas", "isbi2014", "wbc", "urothelial", "miccai15") if d not in data]
+    if missing:
+        lines += [f"Not measured yet: {', '.join(missing)} (`python bench/instances.py --datasets "
+                  f"{','.join(missing)}`).", ""]
+    return lines
+
+
+def wsi_instances_section(data: Results | None) -> Lines:
+    """wsi_instances_cpu.json: the engine with and without instance separation on the wsi region."""
+    if data is None:
+        return not_run("Instances on whole slides", "python bench/wsi_instances.py --model MODEL")
+    region, mps, rss = data["region"], data["mp_per_s"], data["peak_rss_mb"]
+    rows = [["engine on the region, instances / regions",
+             f"{mps['instances']:.2f} / {mps['regions']:.2f} MP/s ({pct(data['instances_vs_regions'])})",
+             data["targets"]["instances_vs_regions"]],
+            ["objects found, instances / regions", f"{data['objects']['instances']} / {data['objects']['regions']}",
+             ""],
+            ["peak memory of `cyseg segment` on the region, instances / regions",
+             f"{rss['instances']:.0f} MB / {rss['regions']:.0f} MB", data["targets"]["peak_rss_mb"] + " MB"]]
+    return ["## Instances on whole slides", "",
+            f"`bench/wsi_instances.py` runs one instance model (`{Path(data['model']['path']).name}`, classes "
+            f"{', '.join(data['model']['classes'])}) on `bench/wsi.py`'s densest {region['w']}×{region['h']} region "
+            "with background skipping off, separating instances (watershed, objects kept whole across windows) and "
+            "not (connected regions), interleaved, best of two each. "
+            f"Measured on {machine(data['cpu_threads'], data['device'])}, one run. "
+            "Source: `bench/results/wsi_instances_cpu.json`.", "",
+            *table(["measure", "result", "target"], rows), ""]
+
+
 # ---------------------------------------------------------------------------- idi.json
 def idi_command(settings: Results) -> str:
     """The bench/idi.py command line of a run's settings."""
@@ -368,6 +445,8 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("default_model.json", default_model_section),
     ("throughput_cpu.json", throughput_section),
     ("wsi_cpu.json", wsi_section),
+    ("instances.json", instances_section),
+    ("wsi_instances_cpu.json", wsi_instances_section),
     ("idi.json", idi_section),
 ]
 

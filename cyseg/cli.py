@@ -157,7 +157,7 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--instances", is_flag=True,
               help="Also learn to separate touching objects: one output channel per class with instance labels "
                    "(masks_instance/ in the DIRs) regresses the distance to the object's boundary, and segment "
-                   "splits objects with a seeded watershed whose parameters are chosen on --val. [default: off, "
+                   "splits touching objects around the cores it marks (core level chosen on --val). [default: off, "
                    "objects are the masks' connected regions]")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",

@@ -6,7 +6,7 @@ A model predicts one sigmoid channel per class: its named classes (config `class
 `segmenter.classes`; each with its own threshold), or one unnamed foreground when it has none. A
 model trained with instances (config `instances`) adds, per class it separates, one channel
 predicting the normalised distance to the object's boundary (`transforms.instances`), after the
-class channels; the watershed parameters that use it (`separation`) are stored beside the threshold."""
+class channels; the separation parameters that use it (`separation`) are stored beside the threshold."""
 from __future__ import annotations
 
 import contextlib
@@ -383,7 +383,7 @@ def _with_classes(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _separation(instances: tuple[str, ...], given: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """The watershed parameters of each instance class: the given ones, the defaults for the others."""
+    """The separation parameters of each instance class: the given ones, the defaults for the others."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(instances))
     if unknown:

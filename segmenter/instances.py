@@ -1,6 +1,6 @@
-"""Class masks -> instances (DESIGN §5) for a segmenter: the seeded watershed on a model's distance
-channels (`transforms.instances`), connected components for the classes it does not separate, the
-instance targets training reads, and the choice of the watershed's parameters on validation images."""
+"""Class masks -> instances (DESIGN §5) for a segmenter: touching objects split around the cores of a
+model's distance channels (`transforms.instances`), connected components for the classes it does not
+separate, the instance targets training reads, and the choice of the core level on validation images."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,21 +16,20 @@ from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_qual
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
 from segmenter.io.instances import read_instances, warn_disconnected
-from transforms.instances import Separation, connected_instances, separate
+from transforms.instances import GROWTHS, Separation, connected_instances, separate
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
 
-# the watershed parameters tried on the validation images
-H_VALUES = (0.05, 0.1, 0.2, 0.3)
-MIN_DISTANCES = (0, 3, 6)
+# the separations tried on the validation images: peak heights and growths
+H_VALUES = (0.1, 0.2, 0.3, 0.4)
 
 
 def instance_labels(seg: Segmenter, masks: np.ndarray, probs: np.ndarray,
                     separation: dict[str, dict[str, Any]] | None = None,
                     done: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """{channel: int32 labels} from a segmenter's (C, H, W) 0/1 class masks and its (C + K, H, W)
-    probabilities: the watershed for its instance classes (nuclei first: they may seed the cells),
+    probabilities: split around cores for its instance classes (nuclei first: they may seed the cells),
     connected components for the others. `separation` overrides the model's parameters; `done`
     holds channels already separated with them."""
     separation = {**seg.separation, **(separation or {})}
@@ -151,7 +150,7 @@ def _score(seg: Segmenter, images: list[_Predicted], channel: str, separation: d
 
 
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset]) -> dict[str, Any]:
-    """Set the model's watershed parameters, per instance class (nuclei first), to those of the grid
+    """Set the model's separation parameters, per instance class (nuclei first), to those of the grid
     with the best mean object F1 (then PQ) on `datasets` (validation or training images, never test
     images); returns each class's choice and score."""
     images = _predicted(seg, datasets)
@@ -159,8 +158,8 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset]) -> dict[st
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
         seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)
         best, best_score = None, (-1.0, -1.0)
-        for h, distance, nucleus_seeds in itertools.product(H_VALUES, MIN_DISTANCES, seeds):
-            params = dataclasses.asdict(Separation(h, distance, nucleus_seeds))
+        for h, grow, nucleus_seeds in itertools.product(H_VALUES, GROWTHS, seeds):
+            params = dataclasses.asdict(Separation(h, grow, nucleus_seeds))
             score = _score(seg, images, channel, {channel: params})
             if score > best_score:
                 best, best_score = params, score

@@ -442,14 +442,14 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int) -> None:
 
 
 def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int) -> None:
-    """Choose the watershed parameters (per instance class) with the best object F1 on the validation
-    images (else on up to CALIBRATION_IMAGES training images of each dataset)."""
+    """Choose the instance separation (per instance class: peak height, growth, nuclei as cell seeds) with the
+    best object F1 on the validation images (else on up to CALIBRATION_IMAGES training images of each
+    dataset)."""
     where = "validation images" if data.val is not None else "training images (no --val)"
     chosen_on = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
     seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on), "chosen_on": where}
     log.info("instance separation chosen on the %s (best mean object F1): %s", where,
-             "; ".join(f"{c} h {p['h']:g}, min distance {p['min_distance']}" + (", nuclei as seeds"
-                                                                               if p["nucleus_seeds"] else "")
+             "; ".join(f"{c} h {p['h']:g}, {p['grow']}" + (", nuclei as seeds" if p["nucleus_seeds"] else "")
                        for c, p in seg.separation.items()))
 
 

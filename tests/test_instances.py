@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, invoke
+from skimage.morphology import h_maxima
 
 from segmenter.cells import cell_features
 from segmenter.errors import DatasetError
 from segmenter.io.dataset import open_dataset
-from transforms.instances import Separation, assign_nuclei, connected_instances, distance_target, separate
+from transforms.instances import (
+    Separation,
+    assign_nuclei,
+    connected_instances,
+    distance_target,
+    markers,
+    separate,
+)
 from unet import load_segmenter
 
 
@@ -49,7 +57,7 @@ def test_the_distance_target_is_one_at_each_centre_and_falls_to_the_edges():
     assert (distance_target(np.zeros((5, 5), np.int32)) == 0).all()
 
 
-def test_the_watershed_separates_touching_discs_that_connected_components_merge():
+def test_the_split_separates_touching_discs_that_connected_components_merge():
     labels = touching_discs()
     foreground = labels > 0
     assert connected_instances(foreground).max() == 1
@@ -58,6 +66,34 @@ def test_the_watershed_separates_touching_discs_that_connected_components_merge(
     assert len(np.unique(split[disc(labels.shape, (40, 30), 8)])) == 1
     assert np.unique(split[disc(labels.shape, (40, 30), 8)]) != np.unique(split[disc(labels.shape, (40, 86), 8)])
     assert (split[foreground] > 0).all() and (split[~foreground] == 0).all()
+
+
+def test_markers_keep_the_peaks_that_stand_out_by_h_one_per_object():
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    # two bumps on a plateau at 0.5: peaks 0.95 and 0.75 (heights 0.45 and 0.25)
+    profile = np.maximum(np.maximum(0.95 - 3 * np.abs(x - 0.25), 0.75 - 3 * np.abs(x - 0.75)), 0.5)
+    ridge = np.tile(profile, (5, 1))
+    foreground = ridge > 0
+    assert markers(foreground, ridge, 0.2).max() == 2 and markers(foreground, ridge, 0.3).max() == 1
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # discs: one marker in each (the exact h-maxima may give one flat top twice)
+        labels = np.zeros((96, 96), np.int32)
+        for _ in range(30):
+            new = disc(labels.shape, tuple(rng.integers(12, 84, 2)), int(rng.integers(8, 14)))
+            if not (new & (labels > 0)).any():
+                labels[new] = labels.max() + 1
+        found = markers(labels > 0, distance_target(labels), 0.2)
+        assert found.max() == labels.max() >= 3
+        assert all(len(np.unique(found[labels == i])) == 2 for i in range(1, labels.max() + 1))
+        assert connected_instances(h_maxima(distance_target(labels), 0.2) > 0).max() >= found.max()
+
+
+def test_touching_discs_split_the_same_by_watershed_and_by_nearest_marker():
+    labels = touching_discs()
+    for grow in ("watershed", "nearest"):
+        split = separate(labels > 0, distance_target(labels), Separation(grow=grow))
+        assert split.max() == 2 and (split[labels > 0] > 0).all()
+        assert (split == np.where(labels == 1, split[40, 30], np.where(labels == 2, split[40, 86], 0))).mean() > 0.98
 
 
 def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():

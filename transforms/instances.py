@@ -1,7 +1,8 @@
 """Instances from class masks (CPU, numpy/OpenCV/scikit-image): the normalised distance to the
-instance boundary a model learns to predict (Naylor et al. 2018), the seeded watershed that splits
-touching objects with it, connected components for models without it, and the assignment of each
-nucleus to the cell that holds it."""
+instance boundary a model learns to predict (Naylor et al. 2018), the split of touching objects
+around its peaks (h-maxima on quantised levels, in linear passes so that whole slides can afford
+them) grown by a watershed or to the nearest marker, connected components for models without it,
+and the assignment of each nucleus to the cell that holds it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,30 +10,30 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-# markers: h-maxima of the predicted distance, at least this far apart (0: any distance)
-DEFAULT_H = 0.1
-DEFAULT_MIN_DISTANCE = 3
+LEVEL_STEP = 0.1  # the distance levels the markers are found at: 0.9, 0.8, ... 0.1
+DEFAULT_H = 0.2
+GROWTHS = ("watershed", "nearest")
 
 
 @dataclass(frozen=True)
 class Separation:
-    """The watershed's parameters: `h` the least height (in normalised distance) by which a peak stands
-    out to seed its own object, `min_distance` the radius (px) within which two peaks merge into one
-    seed, and `nucleus_seeds` whether the predicted nuclei seed the cells."""
+    """How touching objects are split: `h` the least height (in normalised distance, on levels
+    LEVEL_STEP apart) by which a peak of the predicted distance stands out to mark its own object;
+    `grow` how the markers fill their component (`watershed` on the distance, or each pixel to the
+    `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead."""
 
     h: float = DEFAULT_H
-    min_distance: int = DEFAULT_MIN_DISTANCE
+    grow: str = "watershed"
     nucleus_seeds: bool = False
 
     def check(self) -> Separation:
         """Itself, when its values can separate anything; else a ValueError naming the parameter."""
         if not 0 < self.h < 1:
             raise ValueError(f"instance separation h {self.h} must be in (0, 1); e.g. {DEFAULT_H}")
-        if not isinstance(self.min_distance, int) or self.min_distance < 0:
-            raise ValueError(f"instance separation min_distance {self.min_distance!r} must be an integer >= 0 (px)")
+        if self.grow not in GROWTHS:
+            raise ValueError(f"instance separation grow {self.grow!r} must be one of {', '.join(GROWTHS)}")
         return self
 
 
@@ -63,50 +64,100 @@ def connected_instances(mask: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _markers(distance: np.ndarray, foreground: np.ndarray, separation: Separation) -> np.ndarray:
-    """int32 seeds: the h-maxima of the distance inside the foreground, merged within `min_distance`."""
-    peaks = h_maxima(np.where(foreground, distance, 0).astype(np.float32), separation.h) > 0
-    if separation.min_distance > 0:
-        side = 2 * separation.min_distance + 1
-        peaks = cv2.dilate(peaks.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))) > 0
-    return connected_instances(peaks & foreground)
-
-
 def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separation,
              seeds: np.ndarray | None = None) -> np.ndarray:
-    """A 0/1 mask and its predicted distance map -> int32 labels: a seeded watershed on the negated
-    distance restricted to the foreground. Seeds are the distance's h-maxima, or the labels `seeds`
-    (nuclei, for cells) where given, with h-maxima only in the components no seed reaches; a
-    component without any seed stays one object. Each connected component is separated on its own
-    bounding box (the same labels as on the whole image), so the work follows the foreground."""
+    """A 0/1 mask and its predicted distance map -> int32 labels. Each connected component is split
+    around its markers (`markers`: the peaks of the distance that stand out by `separation.h`), or
+    around the labels `seeds` (nuclei, for cells) that reach it where given, grown as
+    `separation.grow` says. A component with one marker or none is one object; only the others are
+    grown, each on its bounding box, so the work follows the touching objects. Objects are numbered
+    1..N component by component."""
     foreground = np.asarray(foreground) > 0
+    distance = np.asarray(distance, np.float32)
     n, components, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=8)
+    marked = markers(foreground, distance, separation.h)
     labels = np.zeros(foreground.shape, np.int32)
     count = 0
     for k in range(1, n):
         x, y, w, h = (int(v) for v in stats[k, :4])
         box = (slice(y, y + h), slice(x, x + w))
         inside = components[box] == k
-        part = _separate_component(inside, distance[box], separation, None if seeds is None else seeds[box])
+        marks = np.where(inside, marked[box], 0)
+        if seeds is not None and (seeds[box][inside] > 0).any():
+            marks = np.where(inside, seeds[box], 0)
+        part = _grow(inside, marks, distance[box], separation.grow)
         labels[box][inside] = part[inside] + count
         count += int(part.max())
-    return relabel(labels)
-
-
-def _separate_component(inside: np.ndarray, distance: np.ndarray, separation: Separation,
-                        seeds: np.ndarray | None) -> np.ndarray:
-    """One connected component's objects (labels 1..k): flooded from the seeds that reach it, else
-    from the distance's h-maxima; one object when neither gives a marker."""
-    markers = relabel(np.where(inside, seeds, 0)) if seeds is not None and (seeds[inside] > 0).any() \
-        else _markers(distance, inside, separation)
-    if not markers.any():
-        return inside.astype(np.int32)
-    labels = watershed(-distance.astype(np.float32), markers, mask=inside).astype(np.int32)
-    unseeded = inside & (labels == 0)
-    if unseeded.any():
-        rest = connected_instances(unseeded)
-        labels = np.where(rest > 0, rest + int(labels.max()), labels)
     return labels
+
+
+def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarray:
+    """int32 markers: the h-maxima of the distance inside the foreground, found on its levels 0.9,
+    0.8, ... (LEVEL_STEP apart) from the top down with connected components. A region appearing at
+    a level is a peak; where regions meet at a lower level, all but the highest of them are dropped
+    unless they stand at least `h` above it. Each kept peak is marked by its region at its own level.
+    Linear passes, unlike the exact h-maxima's sorting reconstruction."""
+    levels = np.round(np.arange(1 - LEVEL_STEP, LEVEL_STEP / 2, -LEVEL_STEP), 6)
+    peak: list[float] = [np.inf]  # per peak (index 0: none): its level, its pixel and whether it is kept
+    pixel: list[int] = [0]
+    kept: list[bool] = [False]
+    for level in levels:
+        n, regions, stats, _ = cv2.connectedComponentsWithStats((foreground & (distance >= level)).astype(np.uint8),
+                                                                 connectivity=8, ltype=cv2.CV_32S)
+        alive = np.flatnonzero(kept)
+        region_of = regions.ravel()[np.asarray(pixel, np.int64)[alive]]
+        reached = np.zeros(n, bool)
+        reached[region_of] = True
+        for r in np.flatnonzero(~reached[1:]) + 1:  # a new peak: one of its pixels on its top row
+            x, y, w = (int(v) for v in stats[r, :3])
+            peak.append(float(level))
+            pixel.append(y * regions.shape[1] + x + int(np.argmax(regions[y, x:x + w] == r)))
+            kept.append(True)
+        alive = np.flatnonzero(kept)
+        region_of = regions.ravel()[np.asarray(pixel, np.int64)[alive]]
+        heights = np.asarray(peak)[alive]
+        order = np.lexsort((-heights, region_of))
+        highest = np.r_[True, region_of[order][1:] != region_of[order][:-1]]
+        for i in alive[order][~highest & (heights[order] - level < h - 1e-6)]:
+            kept[i] = False
+    return _mark_peaks(foreground, distance, np.asarray(peak), np.asarray(pixel, np.int64), np.asarray(kept))
+
+
+def _mark_peaks(foreground: np.ndarray, distance: np.ndarray, peak: np.ndarray, pixel: np.ndarray,
+                kept: np.ndarray) -> np.ndarray:
+    """The kept peaks' regions at their own levels, numbered 1..K."""
+    out = np.zeros(foreground.shape, np.int32)
+    number = 0
+    for level in np.unique(peak[kept]):
+        chosen = np.flatnonzero(kept & (peak == level))
+        n, regions = cv2.connectedComponents((foreground & (distance >= level)).astype(np.uint8), connectivity=8,
+                                             ltype=cv2.CV_32S)
+        lut = np.zeros(n, np.int32)
+        lut[regions.ravel()[pixel[chosen]]] = np.arange(number + 1, number + 1 + chosen.size)
+        painted = lut[regions]
+        out = np.where(painted > 0, painted, out)
+        number += chosen.size
+    return out
+
+
+def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str) -> np.ndarray:
+    """One component's objects (labels 1..k) grown from its marks: by a watershed on the negated
+    distance, or each pixel to the nearest mark (Euclidean); the whole component one object when it
+    has fewer than two marks."""
+    if np.unique(marks[marks > 0]).size < 2:
+        return inside.astype(np.int32)
+    if grow == "watershed":
+        grown = watershed(-distance, marks, mask=inside).astype(np.int32)
+    else:
+        _, nearest = cv2.distanceTransformWithLabels(np.where(marks > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 5,
+                                                     labelType=cv2.DIST_LABEL_PIXEL)
+        mark_of = np.zeros(int(nearest.max()) + 1, np.int32)
+        mark_of[nearest[marks > 0]] = marks[marks > 0]
+        grown = np.where(inside, mark_of[nearest], 0)
+    unreached = inside & (grown == 0)
+    if unreached.any():
+        grown = np.where(unreached, connected_instances(unreached) + int(grown.max()), grown)
+    return relabel(grown)
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from shapely.strtree import STRtree
 
 from segmenter.polygons import clean, clean_many
 from segmenter.wsi.cache import WindowResult
-from segmenter.wsi.objects import join_objects
+from segmenter.wsi.objects import area_weighted_mean, join_objects
 from segmenter.wsi.windows import Region, WsiOptions, near_cuts
 
 
@@ -74,21 +74,11 @@ def merge_windows(results: list[WindowResult], topology: sldc.TileTopology,
         for g, p in STRtree(parts).query(merged, predicate="intersects").T:
             found[g].append(int(p))
     # an unmerged polygon is its only part: no intersection to compute
-    means += [part_probs[mine[0]] if len(mine) == 1 else _area_weighted_mean(geometry, mine, parts, part_probs)
+    means += [part_probs[mine[0]] if len(mine) == 1 else
+              area_weighted_mean(geometry, [(parts[i], {"mean_probability": part_probs[i]}) for i in mine])
               for geometry, mine in zip(merged, found, strict=True)]
     return [(polygon, mean) for polygons, mean in zip(clean_many(inside + merged, opts.simplify), means, strict=True)
             for polygon in polygons]
-
-
-def _area_weighted_mean(geometry: Polygon, found: list[int], parts: list[Polygon],
-                        probs: list[float | None]) -> float | None:
-    """Mean probability of a merged polygon: its parts' means weighted by the area they share with it."""
-    total, weighted = 0.0, 0.0
-    for i in found:
-        if probs[i] is not None:
-            area = parts[i].intersection(geometry).area
-            total, weighted = total + area, weighted + area * probs[i]
-    return round(weighted / total, 4) if total > 0 else None
 
 
 def to_slide_coordinates(polygon: Polygon, region: Region, downsample: float) -> Polygon:

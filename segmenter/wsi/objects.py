@@ -87,7 +87,7 @@ def join_objects(windows: Sequence[tuple[int, list[Located]]], topology: sldc.Ti
         found = parts.query(geometry, predicate="intersects")
         props = {k: v for k, v in kept[int(found[0])][1].items() if k not in ("cut", "mean_probability")} \
             if len(found) else {}
-        mean = _weighted_mean(geometry, [kept[int(i)] for i in found])
+        mean = area_weighted_mean(geometry, [kept[int(i)] for i in found])
         for polygon in clean(geometry):
             joined.append((polygon, {**props, "area": float(polygon.area),
                                      **({} if mean is None else {"mean_probability": mean})}))
@@ -123,7 +123,8 @@ def _inside(polygon: Polygon, tree: STRtree | None, others: list[Polygon]) -> bo
                for i in tree.query(polygon, predicate="intersects"))
 
 
-def _weighted_mean(geometry: Polygon, parts: list[Located]) -> float | None:
+def area_weighted_mean(geometry: Polygon, parts: list[Located]) -> float | None:
+    """Mean probability of a joined polygon: its parts' means weighted by the area they share with it."""
     total, weighted = 0.0, 0.0
     for polygon, props in parts:
         if props.get("mean_probability") is not None:
