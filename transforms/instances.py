@@ -97,55 +97,57 @@ def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarra
     a level is a peak; where regions meet at a lower level, all but the highest of them are dropped
     unless they stand at least `h` above it. Each kept peak is marked by its region at its own level.
     Linear passes, unlike the exact h-maxima's sorting reconstruction."""
-    levels = np.round(np.arange(1 - LEVEL_STEP, LEVEL_STEP / 2, -LEVEL_STEP), 6)
-    peak: list[float] = [np.inf]  # per peak (index 0: none): its level, its pixel and whether it is kept
-    pixel: list[int] = [0]
-    kept: list[bool] = [False]
-    for level in levels:
-        n, regions, stats, _ = cv2.connectedComponentsWithStats((foreground & (distance >= level)).astype(np.uint8),
-                                                                 connectivity=8, ltype=cv2.CV_32S)
-        alive = np.flatnonzero(kept)
-        region_of = regions.ravel()[np.asarray(pixel, np.int64)[alive]]
+    steps = round(1 / LEVEL_STEP)
+    quantised = np.where(foreground, np.clip(np.floor(distance * steps + 1e-6), 0, steps - 1), 0).astype(np.uint8)
+    painted = np.zeros(foreground.shape, np.int32).ravel()
+    peak, pixel, kept = [np.inf], [0], [False]  # per peak (index 0: none): its level, one pixel, kept or not
+    for k in range(steps - 1, 0, -1):
+        n, regions = cv2.connectedComponents((quantised >= k).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        regions = regions.ravel()
         reached = np.zeros(n, bool)
-        reached[region_of] = True
-        for r in np.flatnonzero(~reached[1:]) + 1:  # a new peak: one of its pixels on its top row
-            x, y, w = (int(v) for v in stats[r, :3])
-            peak.append(float(level))
-            pixel.append(y * regions.shape[1] + x + int(np.argmax(regions[y, x:x + w] == r)))
-            kept.append(True)
-        alive = np.flatnonzero(kept)
-        region_of = regions.ravel()[np.asarray(pixel, np.int64)[alive]]
-        heights = np.asarray(peak)[alive]
-        order = np.lexsort((-heights, region_of))
-        highest = np.r_[True, region_of[order][1:] != region_of[order][:-1]]
-        for i in alive[order][~highest & (heights[order] - level < h - 1e-6)]:
-            kept[i] = False
-    return _mark_peaks(foreground, distance, np.asarray(peak), np.asarray(pixel, np.int64), np.asarray(kept))
+        reached[regions[np.asarray(pixel, np.int64)[np.flatnonzero(kept)]]] = True
+        reached[0] = True
+        band = np.flatnonzero(quantised.ravel() == k)  # a new peak's region lies wholly at this level
+        band = band[~reached[regions[band]]]
+        if band.size:
+            first = np.full(n, band.size, np.int64)
+            np.minimum.at(first, regions[band], np.arange(band.size))
+            new = np.flatnonzero(first < band.size)
+            number = np.zeros(n, np.int32)
+            number[new] = np.arange(len(peak), len(peak) + new.size)
+            painted[band] = number[regions[band]]
+            peak += [k / steps] * new.size
+            pixel += band[first[new]].tolist()
+            kept += [True] * new.size
+        _drop_low_peaks(regions, k / steps, h, np.asarray(peak), np.asarray(pixel, np.int64), kept)
+    survivors = np.asarray(kept)
+    number = np.zeros(survivors.size, np.int32)
+    number[survivors] = np.arange(1, int(survivors.sum()) + 1)
+    return number[painted].reshape(foreground.shape)
 
 
-def _mark_peaks(foreground: np.ndarray, distance: np.ndarray, peak: np.ndarray, pixel: np.ndarray,
-                kept: np.ndarray) -> np.ndarray:
-    """The kept peaks' regions at their own levels, numbered 1..K."""
-    out = np.zeros(foreground.shape, np.int32)
-    number = 0
-    for level in np.unique(peak[kept]):
-        chosen = np.flatnonzero(kept & (peak == level))
-        n, regions = cv2.connectedComponents((foreground & (distance >= level)).astype(np.uint8), connectivity=8,
-                                             ltype=cv2.CV_32S)
-        lut = np.zeros(n, np.int32)
-        lut[regions.ravel()[pixel[chosen]]] = np.arange(number + 1, number + 1 + chosen.size)
-        painted = lut[regions]
-        out = np.where(painted > 0, painted, out)
-        number += chosen.size
-    return out
+def _drop_low_peaks(regions: np.ndarray, level: float, h: float, peak: np.ndarray, pixel: np.ndarray,
+                    kept: list[bool]) -> None:
+    """Where kept peaks share a region at `level`, drop all but the highest unless they stand `h` above it."""
+    alive = np.flatnonzero(kept)
+    region_of = regions[pixel[alive]]
+    heights = peak[alive]
+    order = np.lexsort((-heights, region_of))
+    highest = np.r_[True, region_of[order][1:] != region_of[order][:-1]]
+    for i in alive[order][~highest & (heights[order] - level < h - 1e-6)]:
+        kept[i] = False
 
 
 def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str) -> np.ndarray:
     """One component's objects (labels 1..k) grown from its marks: by a watershed on the negated
     distance, or each pixel to the nearest mark (Euclidean); the whole component one object when it
     has fewer than two marks."""
-    if np.unique(marks[marks > 0]).size < 2:
+    ids = np.unique(marks[marks > 0])
+    if ids.size < 2:
         return inside.astype(np.int32)
+    number = np.zeros(int(ids[-1]) + 1, np.int32)
+    number[ids] = np.arange(1, ids.size + 1)
+    marks = number[marks]
     if grow == "watershed":
         grown = watershed(-distance, marks, mask=inside).astype(np.int32)
     else:
@@ -156,8 +158,8 @@ def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str
         grown = np.where(inside, mark_of[nearest], 0)
     unreached = inside & (grown == 0)
     if unreached.any():
-        grown = np.where(unreached, connected_instances(unreached) + int(grown.max()), grown)
-    return relabel(grown)
+        grown = np.where(unreached, connected_instances(unreached) + ids.size, grown)
+    return grown
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
