@@ -1,6 +1,6 @@
 """Segmentation scores: Dice and Jaccard in torch (soft for training, hard for evaluation) and numpy; instance
-scores on label images (object F1, panoptic quality, AJI, GlaS object Dice and Hausdorff)."""
-from metrics.glas import object_dice, object_hausdorff
+scores on label images (object F1, panoptic quality, AJI, GlaS detection counts, object Dice and Hausdorff)."""
+from metrics.glas import glas_detection, object_dice, object_hausdorff
 from metrics.instance_scores import (
     DetectionScores,
     PanopticQuality,
@@ -33,6 +33,7 @@ __all__ = [
     "dice",
     "dice_loss",
     "dice_score",
+    "glas_detection",
     "jaccard",
     "jaccard_score",
     "match_instances",

@@ -1,5 +1,5 @@
-"""The GlaS challenge's object-level Dice and Hausdorff distance (Sirinukunwattana et al. 2017), as the
-official evaluation code defines them: every predicted object is compared with the target object it
+"""The GlaS challenge's detection counts (its F1), object-level Dice and Hausdorff distance (Sirinukunwattana
+et al. 2017), as the official evaluation code defines them: every predicted object is compared with the target object it
 overlaps most and every target object with the prediction it overlaps most, each weighted by its share
 of its image's object area, and the two sums averaged. An object that overlaps nothing scores Dice 0;
 for the Hausdorff distance it is compared with the object of the other image nearest to it in Hausdorff
@@ -32,6 +32,21 @@ def object_dice(pred: ArrayLike, target: ArrayLike) -> float:
     target_best = best_pairs(table.target_index, table.pred_index, table.intersection, table.target_ids.size)
     return 0.5 * (_weighted(table.pred_areas, dice_or_zero[pred_best])
                   + _weighted(table.target_areas, dice_or_zero[target_best]))
+
+
+def glas_detection(pred: ArrayLike, target: ArrayLike) -> tuple[int, int, int]:
+    """(TP, FP, FN) as the GlaS F1 counts them: a predicted object is a true positive when it covers more
+    than half of the target object it overlaps most, else a false positive; target objects no
+    prediction covers so are false negatives. Pool the counts over a test set for its F1."""
+    table = overlaps(pred, target)
+    n_pred, n_target = table.pred_ids.size, table.target_ids.size
+    if not n_pred or not n_target:
+        return 0, n_pred, n_target
+    best = best_pairs(table.pred_index, table.target_index, table.intersection, n_pred)
+    found = best >= 0
+    covered = table.intersection[best[found]] > 0.5 * table.target_areas[table.target_index[best[found]]]
+    tp = int(np.count_nonzero(covered))
+    return tp, n_pred - tp, n_target - tp
 
 
 class _Shapes:

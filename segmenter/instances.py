@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from metrics.glas import object_dice, object_hausdorff
+from metrics.glas import glas_detection, object_dice, object_hausdorff
 from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_quality
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
@@ -55,17 +55,21 @@ def truth_instances(item: Item, channel: str, truth: np.ndarray) -> np.ndarray:
 
 
 INSTANCE_SCORES = ("object_f1", "object_precision", "object_recall", "objects_tp", "objects_fp", "objects_fn",
-                   "aji", "pq", "dq", "sq", "object_dice", "object_hausdorff")
+                   "objects_glas_tp", "objects_glas_fp", "objects_glas_fn", "aji", "pq", "dq", "sq", "object_dice",
+                   "object_hausdorff")
 
 
 def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
-    """Object F1 (with precision, recall and counts at IoU > 0.5), AJI, PQ (DQ, SQ) and the GlaS
-    object Dice and Hausdorff (None where it is infinite: objects on one side only) of one image."""
+    """Object F1 (with precision, recall and counts at IoU > 0.5), the GlaS detection counts, AJI, PQ
+    (DQ, SQ) and the GlaS object Dice and Hausdorff (None where it is infinite: objects on one side
+    only) of one image."""
     detection = object_f1(predicted, truth)
     quality = panoptic_quality(predicted, truth)
     hausdorff = object_hausdorff(predicted, truth)
+    glas_tp, glas_fp, glas_fn = glas_detection(predicted, truth)
     return {"object_f1": detection.f1, "object_precision": detection.precision, "object_recall": detection.recall,
             "objects_tp": detection.tp, "objects_fp": detection.fp, "objects_fn": detection.fn,
+            "objects_glas_tp": glas_tp, "objects_glas_fp": glas_fp, "objects_glas_fn": glas_fn,
             "aji": aggregated_jaccard(predicted, truth), "pq": quality.pq, "dq": quality.dq, "sq": quality.sq,
             "object_dice": object_dice(predicted, truth),
             "object_hausdorff": None if not np.isfinite(hausdorff) else hausdorff}
@@ -73,7 +77,8 @@ def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float
 
 def summarise_instances(rows: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
     """The mean of each instance score over the rows (the Hausdorff distance over the finite ones),
-    and `object_f1_pooled`, the F1 of the objects of every image counted together."""
+    `object_f1_pooled`, the F1 of the objects of every image counted together, and
+    `object_f1_glas`, the same with the GlaS challenge's counts (its published F1)."""
     out: dict[str, float | int | None] = {}
     for key in INSTANCE_SCORES:
         values = [r[key] for r in rows if r.get(key) is not None]
@@ -81,8 +86,9 @@ def summarise_instances(rows: Sequence[dict[str, Any]]) -> dict[str, float | int
             out[key] = int(sum(values))
         else:
             out[f"{key}_mean"] = float(np.mean(values)) if values else None
-    tp, fp, fn = out["objects_tp"], out["objects_fp"], out["objects_fn"]
-    out["object_f1_pooled"] = 2 * tp / (2 * tp + fp + fn) if fp + fn else 1.0
+    for key, prefix in (("object_f1_pooled", "objects_"), ("object_f1_glas", "objects_glas_")):
+        tp, fp, fn = out[f"{prefix}tp"], out[f"{prefix}fp"], out[f"{prefix}fn"]
+        out[key] = 2 * tp / (2 * tp + fp + fn) if fp + fn else 1.0
     return out
 
 

@@ -15,6 +15,7 @@ from scipy.spatial.distance import directed_hausdorff
 from metrics import (
     aggregated_jaccard,
     aggregated_jaccard_plus,
+    glas_detection,
     match_instances,
     object_dice,
     object_f1,
@@ -469,3 +470,16 @@ def test_bad_label_images_raise_one_line_errors() -> None:
         object_f1(labels, labels, iou_threshold=0.3)
     with pytest.raises(ValueError, match=r"connectivity 6 must be 4 or 8"):
         split_disconnected(labels, connectivity=6)
+
+
+def test_glas_detection_counts_a_prediction_covering_more_than_half_of_its_target():
+    target = np.zeros((10, 20), np.int32)
+    target[:, :10], target[:, 10:] = 1, 2
+    pred = np.zeros_like(target)
+    pred[:, :6] = 5  # 60 % of target 1: a true positive
+    pred[:, 10:14] = 7  # 40 % of target 2: a false positive, and target 2 is missed
+    assert glas_detection(pred, target) == (1, 1, 1)
+    halves = np.where(target == 1, np.where(np.arange(20) < 5, 1, 2), 0)  # target 1 split in two halves of 50 %
+    assert glas_detection(halves, target) == (0, 2, 2)
+    assert glas_detection(np.zeros_like(target), target) == (0, 0, 2)
+    assert glas_detection(target, np.zeros_like(target)) == (0, 2, 0)
