@@ -257,6 +257,10 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--instances/--no-instances", default=True, show_default=True,
               help="Slides: with a model trained with --instances, one object per cell and nucleus (touching ones "
                    "separated, each kept whole by one window); --no-instances: each class's connected regions.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Segment inputs unlike the model's training images (another modality, e.g. a dark-background "
+                   "fluorescence slide for a brightfield model, or a resolution far outside the trained range), "
+                   "which are otherwise refused.")
 @click.option("--as-slide", is_flag=True,
               help="Treat plain PNG/JPEG/TIFF inputs as slides (whole-slide engine, one GeoJSON each).")
 @click.option("--window", default=None, metavar="X,Y,W,H",
@@ -308,7 +312,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help=API_HELP)
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
                     overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float | None,
-                    overlays: bool, instances: bool,
+                    overlays: bool, instances: bool, allow_mismatch: bool,
                     as_slide: bool,
                     window: str | None, window_size: int, window_overlap: int, mpp: float | None,
                     magnification: float | None, skip_background: bool, tissue_margin: int, mask_out: Path | None,
@@ -335,7 +339,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     if cytomine_image is not None:
         _segment_cytomine(model, sources, out, window, mpp, magnification, workers, scheduler, device, cache, mask_out,
                           cytomine_image, upload, terms, cytomine_config, insecure, cytomine_timeout, upload_batch,
-                          slide_opts, cytomine_api)
+                          slide_opts, cytomine_api, allow_mismatch)
         return
     if upload or terms:
         raise CysegError("--upload and --term need --cytomine-image ID (uploads go to a Cytomine image)")
@@ -350,7 +354,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
 
         for summary in run_segment_slides(seg, resolve_model(model), slides, out, window, slide_opts, mpp,
                                           magnification, workers, scheduler, device, cache, mask_out,
-                                          progress=_progress()):
+                                          progress=_progress(), allow_mismatch=allow_mismatch):
             click.echo(_slide_line(summary))
         return
     if len(sources) != 1:
@@ -358,7 +362,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     if out is None:
         raise CysegError("--out is required for crops: give the output folder")
     run_segment_crops(seg, resolve_model(model), sources[0], out, threshold, simplify, min_area, overlays, tiling,
-                      slide_opts, progress=_progress())
+                      slide_opts, progress=_progress(), allow_mismatch=allow_mismatch)
     click.echo(str(out))
 
 
@@ -366,7 +370,7 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
                       mpp: float | None, magnification: float | None, workers: int, scheduler: str | None, device: str,
                       cache: Path | None, mask_out: Path | None, image: int, upload: bool, terms: tuple[str, ...],
                       config: Path | None, insecure: bool, timeout: float, upload_batch: int, opts: dict,
-                      api: str = "auto") -> None:
+                      api: str = "auto", allow_mismatch: bool = False) -> None:
     """`segment --cytomine-image ID`: the whole-slide engine over HTTP, then the optional upload."""
     from cyseg.job import run_segment_cytomine
     from cyseg.models import resolve_model
@@ -378,7 +382,8 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
     seg = _load(model, device)
     summary, results = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
                                             workers, scheduler, device, cache, mask_out, upload, terms, config,
-                                            insecure, timeout, upload_batch, progress=_progress(), api=api)
+                                            insecure, timeout, upload_batch, progress=_progress(), api=api,
+                                            allow_mismatch=allow_mismatch)
     click.echo(_slide_line(summary))
     for result in results:
         if not result.complete:
@@ -506,6 +511,22 @@ def job_command(words: tuple[str, ...], cytomine_host: str | None, cytomine_publ
                            tile_overlap, batch_size, min_area, window_size, cytomine_config, insecure, work_dir,
                            device, cytomine_timeout, tta=tta, api=cytomine_api, raw=raw)
     click.echo(run_job(settings, progress_bar=_progress()))
+
+
+@cli.command("info")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info_command(model: str, as_json: bool) -> None:
+    """Describe MODEL ('default' for the shipped one): what it finds, what it was made for (modality,
+    resolution, stains, data), its thresholds and how it separates touching objects."""
+    import json
+
+    from cyseg.info_cmd import card_lines, model_card
+    from cyseg.models import resolve_model
+
+    path = resolve_model(model)
+    card = model_card(_load(model, "cpu"), path)
+    click.echo(json.dumps(card, indent=2) if as_json else "\n".join(card_lines(card)))
 
 
 @cli.command("demo")

@@ -214,12 +214,12 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
                          opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                          scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
                          upload: bool, terms: Sequence[str], config: Path | None, insecure: bool, timeout: float,
-                         upload_batch: int, progress: bool = True,
-                         api: str | None = None) -> tuple[dict[str, Any], list[UploadResult]]:
+                         upload_batch: int, progress: bool = True, api: str | None = None,
+                         allow_mismatch: bool = False) -> tuple[dict[str, Any], list[UploadResult]]:
     """`cyseg segment MODEL --cytomine-image ID [--upload --term T]`: one image, in-process or on
     Dask, from a server of generation `api` (default: found when connecting); `terms`: the --term
     values (`parse_terms`)."""
-    from cyseg.slide_cmd import resolution
+    from cyseg.slide_cmd import check_slide, resolution
     from segmenter.wsi.scaleout import make_runner
     from segmenter.wsi.windows import WsiOptions
     from unet import load_segmenter
@@ -234,6 +234,7 @@ def run_segment_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
     if target.is_dir():
         target = target / f"cytomine-{image_id}.geojson"
     options = WsiOptions(downsample=resolution(reader, mpp, magnification), **opts)
+    check_slide(seg, reader, options.downsample, allow_mismatch)
     cache_root = cache if cache is not None else target.parent / ".cyseg-cache"
     runner = make_runner(seg, load_segmenter, workers, scheduler, None if device == "auto" else device)
     try:
@@ -423,8 +424,11 @@ def _prepare(connection: Connection, s: JobSettings, reporter: JobReporter, work
 
 def _run_image(run: JobRun, image_id: int, index: int, n: int) -> UploadResult | None:
     """Segment one image (or its ROI windows) and upload the cells; None when it has no ROI."""
+    from cyseg.slide_cmd import check_slide
+
     s, reporter = run.settings, run.reporter
     reader = CytomineSlideReader(image_id, run.connection)
+    check_slide(run.seg, reader, run.opts.downsample, allow_mismatch=False)
     label = f"image {image_id} ({index + 1}/{n})"
     windows: list[tuple[str, str | None]] = [("image", None)]
     if s.roi_term is not None:

@@ -31,6 +31,7 @@ from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import GREEN, overlay
 from segmenter.pipeline import BackgroundWriter, read_ahead
 from segmenter.polygons import classified_collection, mask_to_polygons
+from segmenter.scope import check_input, image_modality
 from segmenter.wsi.readers import open_slide
 from segmenter.wsi.scaleout import InProcess
 from segmenter.wsi.segment import low_resolution_mask, segment_slide
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 
 CROP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SCOPE_SAMPLE = 16  # crops whose modality is checked against the model's before segmenting
 OVERLAY_SIDE = 4096  # overlays of images segmented as slides are drawn at most this long
 
 
@@ -74,7 +76,8 @@ def list_images(source: Path) -> list[Path]:
 
 def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path, threshold: float | None,
                       simplify: float, min_area: float | None, overlays: bool, tiling: dict[str, Any],
-                      slide_opts: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                      slide_opts: dict[str, Any] | None = None, progress: bool = True,
+                      allow_mismatch: bool = False) -> dict[str, Any]:
     """Segment every image; write masks/, geojson/ (and overlays/) under `out`, atomically. The next
     image is read and the last one's outputs written in background threads (segmenter.pipeline).
     An image larger than one slide window goes through the whole-slide engine instead, window by
@@ -82,6 +85,7 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
                          **(slide_opts or {})})
     small, large = _by_size(list_images(source), opts.window_size)
+    _check_crops(seg, small, large, opts, allow_mismatch)
     min_area = seg.min_area(min_area)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
@@ -95,6 +99,28 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     log.info("%d images, %d polygons, %.1f s; masks in %s, GeoJSON in %s", stats["images"], stats["polygons"],
              stats["seconds"], out / "masks", out / "geojson")
     return stats
+
+
+def _check_crops(seg: Segmenter, small: list[Path], large: list[SlideReader], opts: WsiOptions,
+                 allow_mismatch: bool) -> None:
+    """Refuse crops unlike the model's training images (`segmenter.scope`), judged on up to SCOPE_SAMPLE
+    of them, and large images as slides; nothing is written before."""
+    from cyseg.slide_cmd import check_slide
+
+    try:
+        step = max(1, len(small) // SCOPE_SAMPLE)
+        for path in small[::step][:SCOPE_SAMPLE]:
+            try:
+                image = read_image(path)
+            except CysegError:  # a damaged crop is reported by the segmenting loop, in the crops' words
+                continue
+            check_input(seg, f"image {path.name}", image_modality(image), None, allow_mismatch)
+        for reader in large:
+            check_slide(seg, reader, opts.downsample, allow_mismatch)
+    except CysegError:
+        for reader in large:
+            reader.close()
+        raise
 
 
 def _by_size(files: list[Path], window_size: int) -> tuple[list[Path], list[SlideReader]]:

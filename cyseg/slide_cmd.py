@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError
+from segmenter.scope import check_input, image_modality
 from segmenter.wsi.scaleout import make_runner
 from segmenter.wsi.segment import segment_slide
 from segmenter.wsi.windows import WsiOptions
 from unet import load_segmenter
+
+if TYPE_CHECKING:
+    from segmenter.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +40,33 @@ def resolution(reader, mpp: float | None, magnification: float | None) -> float:
     return reader.downsample_for(mpp=mpp, magnification=magnification)
 
 
+def check_slide(seg: Segmenter, reader: SlideReader, downsample: float, allow_mismatch: bool) -> None:
+    """Refuse a slide unlike the model's training images (`segmenter.scope`): its modality from a
+    thumbnail, its resolution as processed."""
+    preview, _ = reader.thumbnail(1024)
+    check_input(seg, f"slide {Path(reader.path).name}", image_modality(preview),
+                None if reader.mpp is None else reader.mpp * downsample, allow_mismatch)
+
+
 def run_segment_slides(seg: Segmenter, model_path: Path, slides: list[Path], out: Path | None, window: str | None,
                        opts: dict[str, Any], mpp: float | None, magnification: float | None, workers: int,
                        scheduler: str | None, device: str, cache: Path | None, mask_out: Path | None,
-                       progress: bool = True) -> list[dict[str, Any]]:
-    """Segment each slide in turn on one runner (Dask cluster started once)."""
+                       progress: bool = True, allow_mismatch: bool = False) -> list[dict[str, Any]]:
+    """Segment each slide in turn on one runner (Dask cluster started once); every slide is opened
+    and checked against the model's scope before any work."""
     from segmenter.wsi.readers import open_slide
 
     if window and len(slides) > 1:
         raise CysegError("--window applies to one slide; give a single slide with --window")
     outputs = output_paths(slides, out)
     readers = [open_slide(path) for path in slides]  # fail on a bad slide before any work
+    try:
+        for reader in readers:
+            check_slide(seg, reader, resolution(reader, mpp, magnification), allow_mismatch)
+    except CysegError:
+        for reader in readers:
+            reader.close()
+        raise
     runner = make_runner(seg, load_segmenter, workers, scheduler, None if device == "auto" else device)
     summaries = []
     try:

@@ -53,6 +53,7 @@ from segmenter.planning import (
 from segmenter.precision import autocast, precision_name
 from segmenter.resolution import check_resolution, resample_pair
 from segmenter.sampler import CropSampler, channel_stats
+from segmenter.scope import training_scope
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -319,6 +320,7 @@ def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[
         **({"dataset_classes": {str(d.root.resolve()): list(d.classes) for d in data.datasets}} if seg.classes else {}),
         "validation": _paths(data.val),
         "options": {**asdict(opts), "crop": data.crop}, "object_size_px": round(data.object_size, 1),
+        "scope": training_scope(data.datasets, seg.labels),
         "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

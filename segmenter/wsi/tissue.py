@@ -17,12 +17,12 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from segmenter.errors import CysegError
+from segmenter.scope import image_modality
 from segmenter.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "brightfield", "fluorescence")
-DARK_MEDIAN = 80  # median brightness (max over channels) below which "auto" means fluorescence
 OD_MARGIN = 0.04  # optical density above the glass's that counts as tissue (about 8 grey levels)
 OD_BAND = 0.10  # Otsu may raise the OD threshold by at most this much above the floor
 SAT_MARGIN = 20  # HSV saturation (0-255) above the glass's that counts as stained
@@ -121,7 +121,7 @@ def _method(method: str, thumbnail: np.ndarray) -> str:
     if method not in METHODS:
         raise CysegError(f"tissue method {method!r} is not known; use one of {', '.join(METHODS)}")
     if method == "auto":
-        return "fluorescence" if np.median(thumbnail.max(axis=2)) < DARK_MEDIAN else "brightfield"
+        return image_modality(thumbnail)
     return method
 
 

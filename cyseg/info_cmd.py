@@ -1,0 +1,50 @@
+"""`cyseg info MODEL`: what a model file holds and what it was made for: classes and instances, the
+modality, resolution and stains of its training images, the data it saw, its thresholds and how it
+separates objects, so a user knows what its polygons are before segmenting."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segmenter.base import Segmenter
+from segmenter.io.digest import file_digest
+from segmenter.scope import model_scope
+
+
+def model_card(seg: Segmenter, path: Path) -> dict[str, Any]:
+    """The model's description as JSON-ready data."""
+    info = seg.training_info
+    return {"path": str(path), "sha256": file_digest(path), "name": info.get("name"),
+            "architecture": {"arch": seg.arch, **seg.config}, "working_resolution": seg.resolution,
+            "classes": list(seg.labels), "instances": list(seg.instance_classes),
+            "thresholds": dict(seg.thresholds) if seg.classes else {seg.labels[0]: seg.threshold},
+            "separation": {c: dict(v) for c, v in seg.separation.items()}, "scope": model_scope(seg),
+            "training": {k: info.get(k) for k in ("n_images", "dataset", "best_epoch", "best_val_iou", "finished")}}
+
+
+def card_lines(card: dict[str, Any]) -> list[str]:
+    """The card as the lines `cyseg info` prints."""
+    scope = card["scope"]
+    lines = [f"model       {card['path']} (sha256 {card['sha256'][:16]}...)",
+             f"name        {card['name'] or '(none)'}",
+             f"finds       {', '.join(card['classes'])}"
+             + (f"; one object per {', '.join(card['instances'])} (instances)" if card["instances"]
+                else "; connected regions (no instances)")]
+    if scope is None:
+        lines.append("made for    not recorded (a v1 model file): inputs are not checked against it")
+    else:
+        mpp = scope.get("mpp_range")
+        lines += [f"modality    {'/'.join(scope['modality']) or 'unknown'}",
+                  "resolution  " + (f"{mpp[0]:g}–{mpp[1]:g} µm/px" if mpp else "not declared by its datasets"),
+                  f"stains      {', '.join(scope['stains']) or 'not declared by its datasets'}",
+                  "data        " + ", ".join(f"{d['name']} ({d['images']} images)" for d in scope["data"])]
+    training = card["training"]
+    val_iou = training.get("best_val_iou")
+    lines += ["thresholds  " + ", ".join(f"{name} {t:g}" for name, t in card["thresholds"].items()),
+              *(f"separation  {c}: " + ", ".join(f"{k} {v}" for k, v in p.items())
+                for c, p in card["separation"].items()),
+              f"network     {card['architecture'].get('arch')} depth {card['architecture'].get('depth')}, "
+              f"n {card['architecture'].get('n')}, at {card['working_resolution']:g}x the images' resolution",
+              f"training    {training.get('n_images')} images, best epoch {training.get('best_epoch')}, validation "
+              f"IoU {'-' if val_iou is None else f'{val_iou:.4f}'}"]
+    return lines
