@@ -52,7 +52,7 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
         edge |= padded[dy:dy + labels.shape[0], dx:dx + labels.shape[1]] != labels
     interior = (inside & ~edge).astype(np.uint8)
     distance = cv2.distanceTransform(interior, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) + inside
-    ids = np.unique(labels[inside])
+    ids = distinct(labels[inside])
     peak = np.zeros(int(ids.max()) + 1, np.float32)
     peak[ids] = ndimage.maximum(distance, labels, ids)
     return np.where(inside, distance / np.maximum(peak[labels], 1e-6), 0).astype(np.float32)
@@ -69,26 +69,37 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
     """A 0/1 mask and its predicted distance map -> int32 labels. Each connected component is split
     around its markers (`markers`: the peaks of the distance that stand out by `separation.h`), or
     around the labels `seeds` (nuclei, for cells) that reach it where given, grown as
-    `separation.grow` says. A component with one marker or none is one object; only the others are
-    grown, each on its bounding box, so the work follows the touching objects. Objects are numbered
-    1..N component by component."""
+    `separation.grow` says. A component with one marker or none is one object (its component id);
+    only the others are grown, each on its bounding box, so the work follows the touching objects.
+    Objects are numbered 1..N."""
     foreground = np.asarray(foreground) > 0
     distance = np.asarray(distance, np.float32)
     n, components, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=8)
-    marked = markers(foreground, distance, separation.h)
-    labels = np.zeros(foreground.shape, np.int32)
-    count = 0
-    for k in range(1, n):
+    marks = markers(foreground, distance, separation.h)
+    if seeds is not None:  # the nuclei mark the components they reach, the peaks the others
+        seeds = np.where(foreground, seeds, 0)
+        seeded = np.zeros(n, bool)
+        seeded[components[seeds > 0]] = True
+        seeded[0] = False
+        marks = np.where(seeded[components], np.where(seeds > 0, seeds.astype(np.int32) + marks.max(), 0), marks)
+    labels = components.copy()  # a component with one mark or none is one object
+    count = n - 1
+    for k in _marked_twice(components, marks, n):
         x, y, w, h = (int(v) for v in stats[k, :4])
         box = (slice(y, y + h), slice(x, x + w))
         inside = components[box] == k
-        marks = np.where(inside, marked[box], 0)
-        if seeds is not None and (seeds[box][inside] > 0).any():
-            marks = np.where(inside, seeds[box], 0)
-        part = _grow(inside, marks, distance[box], separation.grow)
-        labels[box][inside] = part[inside] + count
-        count += int(part.max())
+        part = _grow(inside, np.where(inside, marks[box], 0), distance[box], separation.grow)
+        labels[box][inside] = np.where(part[inside] == 1, k, part[inside] - 1 + count)
+        count += int(part.max()) - 1
     return labels
+
+
+def _marked_twice(components: np.ndarray, marks: np.ndarray, n: int) -> np.ndarray:
+    """The components (ids 1..n-1) holding two distinct marks or more: the only ones to grow."""
+    where = marks > 0
+    keys = components[where].astype(np.int64) * (int(marks.max()) + 1) + marks[where]
+    pairs = distinct(keys) // (int(marks.max()) + 1)
+    return np.flatnonzero(np.bincount(pairs, minlength=n) >= 2)
 
 
 def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarray:
@@ -142,7 +153,7 @@ def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str
     """One component's objects (labels 1..k) grown from its marks: by a watershed on the negated
     distance, or each pixel to the nearest mark (Euclidean); the whole component one object when it
     has fewer than two marks."""
-    ids = np.unique(marks[marks > 0])
+    ids = distinct(marks[marks > 0])
     if ids.size < 2:
         return inside.astype(np.int32)
     number = np.zeros(int(ids[-1]) + 1, np.int32)
@@ -160,6 +171,13 @@ def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str
     if unreached.any():
         grown = np.where(unreached, connected_instances(unreached) + ids.size, grown)
     return grown
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an array, by one sort (NumPy 2's `np.unique` hashes, which is
+    many times slower on millions of distinct values)."""
+    ordered = np.sort(values, axis=None)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:

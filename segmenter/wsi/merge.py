@@ -10,7 +10,7 @@ from shapely import affinity
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
-from segmenter.polygons import clean, clean_many
+from segmenter.polygons import clean_many
 from segmenter.wsi.cache import WindowResult
 from segmenter.wsi.objects import area_weighted_mean, join_objects
 from segmenter.wsi.windows import Region, WsiOptions, near_cuts
@@ -28,8 +28,9 @@ def merge_classes(results: list[WindowResult], topology: sldc.TileTopology, opts
         if separated:
             joined = join_objects([(r.index, list(zip(r.polygons, r.props, strict=True))) for r in mine], topology,
                                   opts.merge_tolerance)
+            cleaned = clean_many([geometry for geometry, _ in joined], opts.simplify)
             out += [(polygon, {"class": label, "mean_probability": props.get("mean_probability")})
-                    for geometry, props in joined for polygon in clean(geometry, opts.simplify)]
+                    for (_, props), polygons in zip(joined, cleaned, strict=True) for polygon in polygons]
         else:
             out += [(polygon, {"class": label, "mean_probability": mean})
                     for polygon, mean in merge_windows(mine, topology, opts)]

@@ -22,10 +22,11 @@ from shapely.geometry import Polygon, box
 from shapely.strtree import STRtree
 
 from segmenter.cells import label_polygons
-from segmenter.polygons import clean
+from segmenter.polygons import clean, clean_many
 from segmenter.wsi.windows import WindowTask
 
 COVERED = 0.5  # a fragment this much inside another window's whole object of its class is that object
+JOINED = -1  # the window of an object joined from several windows' fragments
 
 Located = tuple[Polygon, dict[str, Any]]
 
@@ -65,42 +66,44 @@ def join_objects(windows: Sequence[tuple[int, list[Located]]], topology: sldc.Ti
                  tolerance: float) -> list[Located]:
     """Every window's objects of one class as the slide's: fragments that lie mostly in another
     window's whole object dropped, the others merged across window borders (their mean probability
-    weighted by area); then any object lying mostly inside a larger one dropped (a window that saw
-    only part of a large object may have split it differently)."""
-    whole = [(p, props) for _, located in windows for p, props in located if not props.get("cut")]
-    tree = STRtree([p for p, _ in whole]) if whole else None
+    weighted by area); then any object lying mostly inside a larger one of another window dropped (a
+    window that saw only part of a large object may have split it differently)."""
+    whole = [(wid, p, props) for wid, located in windows for p, props in located if not props.get("cut")]
+    whole_polygons = [p for _, p, _ in whole]
+    tree = STRtree(whole_polygons) if whole else None
     fragments: list[list[Polygon]] = []
     kept: list[Located] = []
     for _, located in windows:
         mine = []
         for polygon, props in located:
-            if props.get("cut") and not _inside(polygon, tree, [p for p, _ in whole]):
+            if props.get("cut") and not _inside(polygon, tree, whole_polygons):
                 mine.append(polygon)
                 kept.append((polygon, props))
         fragments.append(mine)
-    if not kept:
-        return _without_nested(whole)
-    merged = sldc.SemanticMerger(tolerance=tolerance).merge([wid for wid, _ in windows], fragments, topology)
-    parts = STRtree([p for p, _ in kept])
-    joined: list[Located] = []
-    for geometry in merged:
-        found = parts.query(geometry, predicate="intersects")
-        props = {k: v for k, v in kept[int(found[0])][1].items() if k not in ("cut", "mean_probability")} \
-            if len(found) else {}
-        mean = area_weighted_mean(geometry, [kept[int(i)] for i in found])
-        for polygon in clean(geometry):
-            joined.append((polygon, {**props, "area": float(polygon.area),
-                                     **({} if mean is None else {"mean_probability": mean})}))
+    joined: list[tuple[int, Polygon, dict[str, Any]]] = []
+    if kept:
+        merged = list(sldc.SemanticMerger(tolerance=tolerance).merge([wid for wid, _ in windows], fragments,
+                                                                     topology))
+        parts = STRtree([p for p, _ in kept])
+        for geometry, polygons in zip(merged, clean_many(merged), strict=True):
+            found = parts.query(geometry, predicate="intersects")
+            props = {k: v for k, v in kept[int(found[0])][1].items() if k not in ("cut", "mean_probability")} \
+                if len(found) else {}
+            mean = area_weighted_mean(geometry, [kept[int(i)] for i in found])
+            joined += [(JOINED, polygon, {**props, "area": float(polygon.area),
+                                          **({} if mean is None else {"mean_probability": mean})})
+                       for polygon in polygons]
     return _without_nested(joined + whole)
 
 
-def _without_nested(objects: list[Located]) -> list[Located]:
-    """The objects less those lying mostly (COVERED) inside a larger one: where two windows split
-    the same large object differently, the one that saw more of it wins (objects of one window never
-    overlap)."""
+def _without_nested(objects: list[tuple[int, Polygon, dict[str, Any]]]) -> list[Located]:
+    """(window, polygon, props) -> the objects less those lying mostly (COVERED) inside a larger one
+    of another window: where two windows split the same large object differently, the one that saw
+    more of it wins (objects of one window never overlap, so their pairs are not compared)."""
     if not objects:
         return []
-    polygons = [p for p, _ in objects]
+    sources = [w for w, _, _ in objects]
+    polygons = [p for _, p, _ in objects]
     order = sorted(range(len(polygons)), key=lambda i: -polygons[i].area)
     rank = {i: r for r, i in enumerate(order)}
     tree = STRtree(polygons)
@@ -109,10 +112,10 @@ def _without_nested(objects: list[Located]) -> list[Located]:
         if i in dropped:
             continue
         for j in tree.query(polygons[i], predicate="intersects").tolist():
-            if rank[j] > rank[i] and j not in dropped and \
+            if rank[j] > rank[i] and j not in dropped and (sources[i] != sources[j] or sources[i] == JOINED) and \
                     polygons[i].intersection(polygons[j]).area >= COVERED * polygons[j].area:
                 dropped.add(j)
-    return [objects[i] for i in range(len(objects)) if i not in dropped]
+    return [(polygons[i], objects[i][2]) for i in range(len(objects)) if i not in dropped]
 
 
 def _inside(polygon: Polygon, tree: STRtree | None, others: list[Polygon]) -> bool:
