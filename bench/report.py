@@ -357,26 +357,31 @@ def instances_section(data: Results | None) -> Lines:
     return lines
 
 
+def wsi_instances_row(label: str, data: Results) -> list[str]:
+    """One instance model's cost on the region: MP/s with and without separation, memory."""
+    mps, rss, growth = data["mp_per_s"], data["peak_rss_mb"], data["model"].get("separation", {})
+    how = ", ".join(f"{c}: {p['grow']}" for c, p in growth.items())
+    return [label, how, f"{mps['instances']:.2f} / {mps['regions']:.2f} MP/s", pct(data["instances_vs_regions"]),
+            f"{data['objects']['instances']} / {data['objects']['regions']}",
+            f"{rss['instances']:.0f} / {rss['regions']:.0f} MB"]
+
+
 def wsi_instances_section(data: Results | None) -> Lines:
     """wsi_instances_cpu.json: the engine with and without instance separation on the wsi region."""
-    if data is None:
-        return not_run("Instances on whole slides", "python bench/wsi_instances.py --model MODEL")
-    region, mps, rss = data["region"], data["mp_per_s"], data["peak_rss_mb"]
-    rows = [["engine on the region, instances / regions",
-             f"{mps['instances']:.2f} / {mps['regions']:.2f} MP/s ({pct(data['instances_vs_regions'])})",
-             data["targets"]["instances_vs_regions"]],
-            ["objects found, instances / regions", f"{data['objects']['instances']} / {data['objects']['regions']}",
-             ""],
-            ["peak memory of `cyseg segment` on the region, instances / regions",
-             f"{rss['instances']:.0f} MB / {rss['regions']:.0f} MB", data["targets"]["peak_rss_mb"] + " MB"]]
+    if not data:
+        return not_run("Instances on whole slides", "python bench/wsi_instances.py --model MODEL --label NAME")
+    first = next(iter(data.values()))
+    region, targets = first["region"], first["targets"]
     return ["## Instances on whole slides", "",
-            f"`bench/wsi_instances.py` runs one instance model (`{Path(data['model']['path']).name}`, classes "
-            f"{', '.join(data['model']['classes'])}) on `bench/wsi.py`'s densest {region['w']}×{region['h']} region "
-            "with background skipping off, separating instances (watershed, objects kept whole across windows) and "
-            "not (connected regions), interleaved, best of two each. "
-            f"Measured on {machine(data['cpu_threads'], data['device'])}, one run. "
+            "`bench/wsi_instances.py` runs an instance model (one per row, trained by `bench/instances.py`) on "
+            f"`bench/wsi.py`'s densest {region['w']}×{region['h']} region with background skipping off, separating "
+            "instances (objects kept whole across windows) and not (connected regions), interleaved, best of two "
+            f"each; peak memory of a `cyseg segment` process on the region. Targets: instances at "
+            f"{targets['instances_vs_regions']} of the regions' throughput, memory {targets['peak_rss_mb']} MB. "
+            f"Measured on {machine(first['cpu_threads'], first['device'])}, one run each. "
             "Source: `bench/results/wsi_instances_cpu.json`.", "",
-            *table(["measure", "result", "target"], rows), ""]
+            *table(["model", "growth", "instances / regions", "ratio", "objects", "peak memory"],
+                   (wsi_instances_row(label, entry) for label, entry in data.items())), ""]
 
 
 # ---------------------------------------------------------------------------- idi.json

@@ -4,14 +4,16 @@ watershed, objects kept whole across windows) and without (each class's connecte
 interleaved, best of two each; and the peak RSS of a `cyseg segment` process on that region with
 each setting.
 
-    python bench/wsi_instances.py --model MODEL [--size 16384] [--fill 0.08] [--region 4096]
+    python bench/wsi_instances.py --model MODEL --label NAME [--size 16384] [--fill 0.08] [--region 4096]
 
 MODEL must be trained with `cyseg train --instances` (bench/instances.py leaves one per data set in
-its work folder). Results: bench/results/wsi_instances_cpu.json (or _cuda on a GPU).
+its work folder). Results: bench/results/wsi_instances_cpu.json (or _cuda on a GPU), one entry per
+`--label` (replaced when rerun).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ def peak_rss(model_path: Path, slide: Path, region: Region, instances: bool, wor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a model trained with cyseg train --instances")
+    parser.add_argument("--label", required=True, help="the results entry, e.g. the model's training data")
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--fill", type=float, default=0.08)
     parser.add_argument("--region", type=int, default=4096)
@@ -88,13 +91,14 @@ def main() -> None:
     best = {name: megapixels / min(seconds) for name, seconds in runs.items()}
     result = {"benchmark": "wsi_instances", "device": device, "cpu_threads": torch.get_num_threads(),
               "model": {"path": str(model_path), "sha256": file_digest(model_path),
-                        "classes": list(seg.labels), "instances": list(seg.instance_classes)},
+                        "classes": list(seg.labels), "instances": list(seg.instance_classes),
+                        "separation": seg.separation},
               "slide": {"size": [args.size, args.size], "fill": args.fill}, "region": region.__dict__,
               "seconds": runs, "mp_per_s": best, "instances_vs_regions": best["instances"] / best["regions"],
               "objects": {name: summaries[name]["objects"] for name in runs}, "peak_rss_mb": rss,
               "targets": TARGETS, "code": code, "wall_s": time.perf_counter() - start}
     out = ROOT / "bench" / "results" / f"wsi_instances_{device}.json"
-    write_results(out, result)
+    write_results(out, {**(json.loads(out.read_text()) if out.exists() else {}), args.label: result})
     print(f"instances {best['instances']:.3f} MP/s vs regions {best['regions']:.3f} MP/s: "
           f"{result['instances_vs_regions']:.1%}; peak RSS {rss['instances']} / {rss['regions']} MB -> {out}")
 
