@@ -117,12 +117,6 @@ def mask_to_polygons(mask: np.ndarray, probs: np.ndarray | None = None, offset: 
     return out
 
 
-def feature_collection(polygons: Iterable[tuple[Polygon, dict[str, Any]]], label: str = "cell",
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """GeoJSON FeatureCollection in the shape QuPath imports (objectType, classification)."""
-    return classified_collection({label: polygons}, extra)
-
-
 def classified_collection(by_class: Mapping[str, Iterable[tuple[Polygon, dict[str, Any]]]],
                           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One FeatureCollection of the polygons of several classes, each feature classified by its

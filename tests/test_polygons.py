@@ -85,7 +85,7 @@ def test_rings_with_holes_are_traced_and_written_as_shapely_writes_them() -> Non
 
     from shapely.geometry import mapping
 
-    from segmenter.polygons import feature_collection
+    from segmenter.polygons import classified_collection
 
     mask = np.zeros((60, 80), np.uint8)
     mask[5:45, 5:45] = 1
@@ -97,7 +97,7 @@ def test_rings_with_holes_are_traced_and_written_as_shapely_writes_them() -> Non
     assert len(donut.interiors) == 2 and donut.is_valid and len(block.interiors) == 0
     assert donut.area == mask[:46, :46].sum() and block.area == 75
     assert donut.bounds == (5.5, 6.5, 45.5, 46.5)
-    collection = feature_collection(found)
+    collection = classified_collection({"cell": found})
     assert [f["geometry"] for f in json.loads(json.dumps(collection))["features"]] == \
         [json.loads(json.dumps(mapping(p))) for p, _ in found]
-    assert feature_collection([])["features"] == [] and mask_to_polygons(np.zeros((4, 4), np.uint8)) == []
+    assert classified_collection({"cell": []})["features"] == [] and mask_to_polygons(np.zeros((4, 4), np.uint8)) == []
