@@ -309,11 +309,13 @@ def test_a_model_and_a_dataset_without_a_class_in_common_are_refused(model, tiny
     assert not (tmp_path / "r").exists()
 
 
-def test_the_slide_engine_refuses_a_model_of_several_classes(model, data, tmp_path):
+def test_the_slide_engine_classifies_each_class_and_one_mask_stays_one_class(model, data, tmp_path):
     image = data["test"] / "images" / "c030.png"
-    result = invoke(["-q", "segment", model, image, "--as-slide", "--out", tmp_path / "s.geojson", "--device", "cpu"])
-    one_line_error(result, "the whole-slide engine", "handles one class", "predicts cell, nucleus")
-    assert not (tmp_path / "s.geojson").exists()
+    result = invoke(["-q", "segment", model, image, "--as-slide", "--out", tmp_path / "s.geojson", "--device", "cpu",
+                     "--min-area", "0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "s.geojson").read_text())["properties"]["summary"]
+    assert set(summary["objects"]) == {"cell", "nucleus"} and summary["instances"] is False
     seg = load_segmenter(model, device="cpu")
     with pytest.raises(CysegError, match="handles one class"):
         seg.segment(cells(0)[0])
