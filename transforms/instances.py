@@ -150,12 +150,9 @@ def _drop_low_peaks(regions: np.ndarray, level: float, h: float, peak: np.ndarra
 
 
 def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str) -> np.ndarray:
-    """One component's objects (labels 1..k) grown from its marks: by a watershed on the negated
-    distance, or each pixel to the nearest mark (Euclidean); the whole component one object when it
-    has fewer than two marks."""
+    """One component's objects (labels 1..k) grown from its two marks or more: by a watershed on the
+    negated distance, or each pixel to the nearest mark (Euclidean)."""
     ids = distinct(marks[marks > 0])
-    if ids.size < 2:
-        return inside.astype(np.int32)
     number = np.zeros(int(ids[-1]) + 1, np.int32)
     number[ids] = np.arange(1, ids.size + 1)
     marks = number[marks]
@@ -178,15 +175,6 @@ def distinct(values: np.ndarray) -> np.ndarray:
     many times slower on millions of distinct values)."""
     ordered = np.sort(values, axis=None)
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..N in order of first appearance (row-major), 0 kept for the background."""
-    ids, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(np.where(ids == 0, -1, first)))
-    if ids.size and ids[0] != 0:
-        order = order + 1
-    return order[inverse].reshape(labels.shape).astype(np.int32)
 
 
 def assign_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> dict[int, int]:
