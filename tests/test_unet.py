@@ -61,3 +61,19 @@ def test_loss_is_bce_plus_soft_dice_with_gradient():
 def test_class_weights_must_match_classes():
     with pytest.raises(CysegError, match="2 class weights given for 1 classes"):
         UNetSegmenter({"n": 4, "depth": 3}, device="cpu", class_weights=[1, 1])
+
+
+def test_distance_loss_weighs_small_objects_as_much_as_the_background():
+    """A 4x4 object in a 32x32 crop: predicting 0 everywhere costs half its inside error, not the
+    inside error diluted by the 1008 background pixels; a perfect prediction costs nothing."""
+    target = torch.zeros(1, 1, 32, 32)
+    target[0, 0, 10:14, 10:14] = 0.8
+    known = torch.ones(1, 1)
+    zero = torch.full_like(target, -30.0)  # sigmoid ~ 0
+    loss = UNetSegmenter._distance_loss(zero, target, known)
+    assert loss.item() == pytest.approx(0.64 / 2, rel=1e-4)
+    exact = torch.logit(target.clamp(1e-6, 1 - 1e-6))
+    assert UNetSegmenter._distance_loss(exact, target, known).item() == pytest.approx(0, abs=1e-9)
+    empty = torch.zeros_like(target)
+    assert UNetSegmenter._distance_loss(torch.full_like(target, -30.0), empty, known).item() < 1e-12
+    assert UNetSegmenter._distance_loss(zero, target, torch.zeros(1, 1)).item() == 0
