@@ -130,18 +130,28 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
             "cpu_s": cpu_s, "wall_s": wall_s, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
 
 
-def cli_train(data: Path, model: Path, seed: int, options: Sequence[str], val: Path | None = None,
-              name: str | None = None) -> tuple[float, float]:
-    """Train with the real `cyseg train` (quiet; its errors reach stderr); returns the training's
-    (CPU seconds, wall seconds)."""
+def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequence[str],
+              val: Path | Sequence[Path] | None = None, name: str | None = None,
+              threads: int | None = None) -> tuple[float, float]:
+    """Train with the real `cyseg train` on one dataset folder or several (quiet; its errors reach
+    stderr), with `--val` on each validation folder and, with `threads`, that many CPU threads;
+    returns the training's (CPU seconds, wall seconds)."""
+    import os
     import time
 
-    cmd = ["cyseg", "-q", "train", str(data), "--out", str(model), "--seed", str(seed), *options]
-    cmd += ["--val", str(val)] if val is not None else []
+    folders = [data] if isinstance(data, Path) else list(data)
+    vals = [] if val is None else [val] if isinstance(val, Path) else list(val)
+    cmd = ["cyseg", "-q", "train", *map(str, folders), "--out", str(model), "--seed", str(seed), *options]
+    cmd += [arg for folder in vals for arg in ("--val", str(folder))]
     cmd += ["--name", name] if name is not None else []
-    cpu0, t0 = children_cpu(), time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return children_cpu() - cpu0, time.perf_counter() - t0
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    t0 = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, even beside other runs
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, cmd)
+    return usage.ru_utime + usage.ru_stime, time.perf_counter() - t0
 
 
 def scores(summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,30 +1,36 @@
-"""Rebuild the shipped model (`cyseg/models/default.pt`) from the real data in ../shared/data with
-the real `cyseg train`, choosing its recipe on validation images and scoring it on test images
-that played no part in training, epoch, threshold or recipe choice.
+"""Rebuild the shipped model (`cyseg/models/default.pt`): cells and nuclei as instances, from every
+data set in ../shared/data that annotates either, with the real `cyseg train`; its recipe, epoch,
+thresholds and separation chosen on validation images carved from the training images, and scored
+per source and class on test images that played no part in any choice.
 
     python bench/default_model.py [--install]
 
-Data, split three ways per source (fixed, seeded):
-- miccai15 (nuclei in H&E tissue): 8 training tiles; validation image03 (20x) and image11 (40x);
-  test the accuracy benchmark's five test tiles (bench.common.MICCAI_TEST), so the two compare.
-- wbc/dataset1 (white blood cells in smear cytology): a seeded shuffle of the 300 images, every
-  10th (from the first) is test, every 10th from the second is validation, the other 240 train.
+Sources and their splits (bench/instances.py's, fixed and seeded, so the figures compare):
+- miccai15 (nuclei in H&E tissue, 20x and 40x): 8 training tiles (one folder per magnification, each
+  with its nominal µm/px), 2 validation tiles, the accuracy benchmark's 5 test tiles.
+- wbc/dataset1 (white blood cells in smears, cell + nucleus): 192 / 48 / 60.
+- urothelial (urine cytology, cell + nucleus): 128 / 32 / 40.
+- isbi2014 (synthetic Pap smears, cell + nucleus instances): 27 / 9 / 9.
+GlaS is left out: a gland is neither a cell nor a nucleus, so it would blur what `cell` means.
 
-Each candidate recipe (`CANDIDATES`, on top of `BASE`) is trained once (seed 0) on the training
-images with `--val` on the validation images, which pick its best epoch and its threshold; the
-recipe with the best validation Dice (the mean of the two sources' means) is the model; only it is
-scored on the test images, once. Results: bench/results/default_model.json (written whole by
-each run). `--install` copies the chosen model over the shipped one (atomically) and its training
-curves over docs/default_model_curves.png. Every run starts from an empty work folder.
+Each candidate recipe (`CANDIDATES`, on top of `BASE`: stain/colour jitter and scale augmentation
+for every one) is trained once (seed 0) on all training folders at once with `--val` on every
+validation folder; both run side by side, one CPU thread each (training is a pure function of its
+seed at a given thread count, so the rebuild is bit-identical). The recipe with the best validation
+score (the mean over sources and classes of pixel Dice and object F1) is the model; only it is
+scored on the test images, once. Results: bench/results/default_model.json. `--install` copies the
+chosen model over the shipped one (atomically) and its training curves over
+docs/default_model_curves.png. Every run starts from an empty work folder.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import json
 import shlex
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,89 +40,100 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
-    MICCAI_TEST,
+    MICCAI_40X,
     SHARED_DATA,
     children_cpu,
     cli_evaluate,
     cli_train,
     code_version,
     fresh_dir,
-    link_dataset,
     run_record,
-    scores,
-    stems_of,
     write_results,
 )
+from bench.instances import SPLITS, Source, class_scores, write_dataset  # noqa: E402
 from cyseg.models import SHIPPED  # noqa: E402
 from segmenter.io.atomic import atomic_path  # noqa: E402
 
-MICCAI_VAL = ("image03", "image11")  # one 20x and one 40x tile: pick epoch, threshold and recipe
-BASE = ["--epochs", "40"]  # the training length every candidate gets
-CANDIDATES = {"defaults": [], "colour_zoom0.5": ["--colour", "--zoom", "0.5"]}
+SOURCES = ("miccai15", "wbc", "urothelial", "isbi2014")
+STAINS = {"miccai15": "H&E", "wbc": "rapid Romanowsky-type (blood smear)", "urothelial": "Papanicolaou-like",
+          "isbi2014": "Papanicolaou (greyscale EDF)"}
+MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these magnifications
+BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "60", "--resolution", "1", "--colour"]
+CANDIDATES = {"zoom0.4": ["--zoom", "0.4"], "zoom0.8": ["--zoom", "0.8"]}
 SEED = 0
+THREADS = 1  # per candidate; the candidates run side by side
 RESULTS = ROOT / "bench" / "results" / "default_model.json"
-NAME = ("cyseg default: nuclei (MICCAI 2015 H&E, 8 tiles) + white blood cells (Zheng 2018 smear cytology, "
-        "240 images); U-Net n=16 depth 5, cyseg train {args}; best epoch, threshold and recipe chosen on 2 MICCAI "
-        "tiles + 30 smear images; tested on 5 MICCAI tiles + 30 smear images used for nothing else "
-        "(bench/default_model.py)")
+NAME = ("cyseg default v2: cells and nuclei as instances (cell = whole cell, nucleus) in brightfield microscopy; "
+        "trained on MICCAI 2015 H&E nuclei, Zheng 2018 blood smears, urothelial urine cytology, ISBI 2014 "
+        "synthetic Pap smears; U-Net n=16 depth 5, cyseg train {args}; epoch, thresholds, separation and recipe "
+        "chosen on validation images; tested on images used for nothing else (bench/default_model.py)")
 
 
-class Split(NamedTuple):
-    """One source's folder and its training, validation and test stems."""
+class Parts(NamedTuple):
+    """One source's training folders, validation folder, test folder and stems."""
 
-    folder: Path
-    train: list[str]
-    val: list[str]
-    test: list[str]
-
-
-def source_items() -> dict[str, Split]:
-    """source name -> its three-way split (the same every time)."""
-    miccai = SHARED_DATA / "miccai15"
-    wbc = SHARED_DATA / "wbc" / "dataset1"
-    for folder in (miccai, wbc):
-        if not (folder / "images").is_dir():
-            raise SystemExit(f"{folder} is missing; the shipped model is built from ../shared/data (see its README)")
-    smears = stems_of(wbc)
-    random.Random(0).shuffle(smears)
-    test, val = sorted(smears[::10]), sorted(smears[1::10])
-    held = set(MICCAI_VAL) | set(MICCAI_TEST)
-    return {
-        "miccai15": Split(miccai, [s for s in stems_of(miccai) if s not in held], list(MICCAI_VAL), list(MICCAI_TEST)),
-        "wbc": Split(wbc, sorted(set(smears) - set(test) - set(val)), val, test),
-    }
+    fit: list[Path]
+    val: Path
+    test: Path
+    stems: dict[str, list[str]]
 
 
-def link_split(items: dict[str, Split], work: Path) -> None:
-    """work/train and work/val: all sources together (what `cyseg train` reads); work/<part>_by_source/<source>:
-    the validation and test images of each source, scored apart."""
-    for source, split in items.items():
-        prefix = f"{source}_"
-        link_dataset(work / "train", split.folder, split.train, prefix)
-        link_dataset(work / "val", split.folder, split.val, prefix)
-        link_dataset(work / "val_by_source" / source, split.folder, split.val, prefix)
-        link_dataset(work / "test_by_source" / source, split.folder, split.test, prefix)
+def declare(folder: Path, **fields: Any) -> Path:
+    """Add `fields` (stain, mpp) to a dataset folder's dataset.json."""
+    manifest = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**manifest, **fields}))
+    return folder
 
 
-def score_by_source(model: Path, work: Path, part: str, sources: list[str]) -> dict[str, Any]:
-    """`cyseg evaluate` (at the model's threshold, no sweep) of each source's `part` images."""
-    return {s: scores(cli_evaluate(model, work / f"{part}_by_source" / s, work / "eval" / model.stem / f"{part}_{s}",
-                                   ["--no-sweep"])) for s in sources}
+def source_parts(work: Path) -> dict[str, Parts]:
+    """source -> its folders under `work` (bench/instances.py's splits), each declaring its stain;
+    the miccai15 training tiles in one folder per magnification, each declaring its µm/px."""
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"{SHARED_DATA} is missing; the shipped model is built from ../shared/data (see its README)")
+    parts = {}
+    for source in SOURCES:
+        split = SPLITS[source](work / source)
+        stain = STAINS[source]
+        fit = [declare(split.fit, stain=stain)] if source != "miccai15" else miccai_by_magnification(split, work)
+        parts[source] = Parts(fit, declare(split.val, stain=stain), declare(split.test, stain=stain), split.stems)
+    return parts
 
 
-def train_candidate(label: str, work: Path, sources: list[str]) -> dict[str, Any]:
-    """Train one candidate recipe (validation picks epoch and threshold) and score its validation images."""
-    options = [*BASE, *CANDIDATES[label]]
+def miccai_by_magnification(split: Any, work: Path) -> list[Path]:
+    """The miccai15 training tiles in one folder per magnification (in place of the split's one),
+    each declaring its nominal µm/px."""
+    shutil.rmtree(split.fit)
+    miccai = Source(SHARED_DATA / "miccai15", "masks", ["nucleus"], {})
+    stems = {"20x": [s for s in split.stems["fit"] if s not in MICCAI_40X],
+             "40x": [s for s in split.stems["fit"] if s in MICCAI_40X]}
+    return [declare(write_dataset(work / "miccai15" / f"fit_{m}", miccai, stems[m]), stain=STAINS["miccai15"],
+                    mpp=MICCAI_MPP[m]) for m in stems]
+
+
+def score(model: Path, parts: dict[str, Parts], part: str, work: Path) -> dict[str, dict[str, Any]]:
+    """source -> class -> pixel and instance scores of `cyseg evaluate` (the model's thresholds, no sweep)."""
+    return {source: class_scores(cli_evaluate(model, getattr(p, part), work / "eval" / model.stem / f"{part}_{source}",
+                                              ["--no-sweep"])) for source, p in parts.items()}
+
+
+def merit(scores: dict[str, dict[str, Any]]) -> float:
+    """The recipe choice's figure: the mean over sources and classes of pixel Dice and object F1."""
+    values = [(s["dice"] + s["object_f1"]) / 2 for classes in scores.values() for s in classes.values()]
+    return sum(values) / len(values)
+
+
+def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list[str]) -> dict[str, Any]:
+    """Train one candidate recipe (validation picks epoch, thresholds and separation); score its validation images."""
+    options = [*BASE, *CANDIDATES[label], *extra]
     model = work / f"{label}.pt"
     name = NAME.format(args=shlex.join(options))
-    cpu, wall = cli_train(work / "train", model, SEED, options, val=work / "val", name=name)
-    val = score_by_source(model, work, "val", sources)
+    cpu, wall = cli_train([f for p in parts.values() for f in p.fit], model, SEED, options,
+                          val=[p.val for p in parts.values()], name=name, threads=THREADS)
+    val = score(model, parts, "val", work)
     best_epoch = torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
     entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall, "best_epoch": best_epoch,
-             "val": val,
-             "val_dice": sum(v["dice_mean"] for v in val.values()) / len(val)}
-    print(f"{label:16s} validation Dice {entry['val_dice']:.4f} ("
-          + ", ".join(f"{s} {v['dice_mean']:.4f}" for s, v in val.items()) + f"), {cpu / 60:.1f} CPU-min", flush=True)
+             "val": val, "val_merit": merit(val)}
+    print(f"{label:10s} validation merit {entry['val_merit']:.4f}, {cpu / 60:.1f} CPU-min", flush=True)
     return entry
 
 
@@ -128,30 +145,42 @@ def install(model: Path) -> None:
     print(f"installed {SHIPPED['default']}")
 
 
+def report(test: dict[str, dict[str, Any]]) -> None:
+    """Print the test figures per source and class."""
+    for source, classes in test.items():
+        for name, s in classes.items():
+            print(f"test {source:10s} {name:8s} Dice {s['dice']:.4f}  object F1 {s['object_f1']:.4f}  "
+                  f"AJI {s['aji']:.4f}  PQ {s['pq']:.4f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "default_model")
     parser.add_argument("--install", action="store_true", help="copy the chosen model over cyseg/models/default.pt")
+    parser.add_argument("--train-options", default="", help="extra `cyseg train` options after each recipe's (a "
+                        "smoke run: '--epochs 1 --steps-per-epoch 2'); recorded in the results")
     args = parser.parse_args()
     code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
     work = fresh_dir(args.work)
-    items = source_items()
-    link_split(items, work)
-    sources = list(items)
-    candidates = {label: train_candidate(label, work, sources) for label in CANDIDATES}
-    chosen = max(candidates, key=lambda label: candidates[label]["val_dice"])
+    parts = source_parts(work / "data")
+    extra = shlex.split(args.train_options)
+    with ThreadPoolExecutor(len(CANDIDATES)) as pool:
+        futures = {label: pool.submit(train_candidate, label, work, parts, extra) for label in CANDIDATES}
+        candidates = {label: future.result() for label, future in futures.items()}
+    chosen = max(candidates, key=lambda label: candidates[label]["val_merit"])
     model = work / f"{chosen}.pt"
-    test = score_by_source(model, work, "test", sources)
-    print(f"chosen {chosen}: test " + ", ".join(f"{s} Dice {v['dice_mean']:.4f}" for s, v in test.items()), flush=True)
+    test = score(model, parts, "test", work)
+    report(test)
     result = {
         "benchmark": "default_model",
-        "protocol": "per source a fixed train / validation / test split; each candidate recipe trained once (seed "
-                    f"{SEED}) with --val on the validation images (best epoch and threshold); the recipe with the "
-                    "best validation Dice (mean of the sources' means) is chosen and only it is scored on the test "
-                    "images, at its threshold, without a sweep",
-        "seed": SEED,
-        "split": {s: split._asdict() | {"folder": str(split.folder.relative_to(SHARED_DATA))}
-                  for s, split in items.items()},
+        "protocol": "per source a fixed train / validation / test split (bench/instances.py's); each candidate recipe "
+                    f"trained once (seed {SEED}, {THREADS} CPU thread) on all training folders with --val on every "
+                    "validation folder (best epoch, thresholds, separation); the recipe with the best validation "
+                    "merit (mean over sources and classes of Dice and object F1) is chosen and only it is scored "
+                    "on the test images, at its thresholds, without a sweep",
+        "seed": SEED, "threads": THREADS,
+        "split": {s: {k: len(v) for k, v in p.stems.items()} | {"test_stems": p.stems["test"]}
+                  for s, p in parts.items()},
         "candidates": candidates, "chosen": chosen, "test": test,
         "model_bytes": model.stat().st_size, "installed": args.install,
     }

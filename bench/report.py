@@ -169,23 +169,26 @@ def generalisation_section(data: Results | None) -> Lines:
 
 # ---------------------------------------------------------------------------- default_model.json
 def default_model_results(data: Results | None) -> Results | None:
-    """default_model.json when it holds a run of the current protocol (a recipe chosen on
-    validation images, scored once on test images), else None."""
-    return data if data is not None and "chosen" in data else None
+    """default_model.json when it holds a run of the current protocol (cells and nuclei, a recipe
+    chosen on validation images by its merit, scored once on test images), else None."""
+    if data is None or "chosen" not in data or "val_merit" not in data["candidates"][data["chosen"]]:
+        return None
+    return data
 
 
 def candidate_row(label: str, entry: Results, chosen: str) -> list[str]:
     """One candidate recipe of the shipped model's validation."""
-    val = "; ".join(f"{source} {s['dice_mean']:.3f}" for source, s in entry["val"].items())
+    val = "; ".join(f"{source} {name} {s['dice']:.3f}/{s['object_f1']:.3f}"
+                    for source, classes in entry["val"].items() for name, s in classes.items())
     return [f"`{label}`" + (" (chosen)" if label == chosen else ""), args_cell(entry["train_args"], "defaults"),
-            str(entry["best_epoch"]), val, f"{entry['val_dice']:.3f}", minutes(entry["train_cpu_s"])]
+            str(entry["best_epoch"]), val, f"{entry['val_merit']:.3f}", minutes(entry["train_cpu_s"])]
 
 
-def final_scores_row(source: str, scores: Results, split: Results) -> list[str]:
-    """One source of the shipped model's test scores, with the size of each part of its split."""
-    return [source, str(len(split["train"])), str(len(split["val"])), str(scores["n_images"]),
-            f"{scores['threshold']:g}", pm(scores["dice_mean"], scores["dice_std"]),
-            pm(scores["iou_mean"], scores["iou_std"])]
+def final_scores_rows(source: str, classes: Results, split: Results) -> list[list[str]]:
+    """One source's test scores per class, with the size of each part of its split."""
+    return [[source, name, str(split["fit"]), str(split["val"]), str(s["n_images"]), f"{s['threshold']:g}",
+             f"{s['dice']:.3f}", _score(s["object_f1"]), _score(s["aji"]), _score(s["pq"])]
+            for name, s in classes.items()]
 
 
 def default_model_section(data: Results | None) -> Lines:
@@ -200,12 +203,16 @@ def default_model_section(data: Results | None) -> Lines:
             f"{'This run was installed as the shipped model. ' if data['installed'] else ''}"
             "Reproduce with `python bench/default_model.py` (`--install` ships the result). "
             "Source: `bench/results/default_model.json`.", "",
-            "Candidates, scored on the validation images (Dice per source and their mean):", "",
-            *table(["recipe", "`cyseg train`", "best epoch", "validation Dice", "mean", "CPU"],
+            "Candidates, scored on the validation images (pixel Dice / object F1 per source and class; merit: "
+            "their mean):", "",
+            *table(["recipe", "`cyseg train`", "best epoch", "validation Dice / object F1", "merit", "CPU"],
                    (candidate_row(label, e, chosen) for label, e in data["candidates"].items())), "",
-            f"The chosen recipe, `{chosen}`, on the test images (scored once):", "",
-            *table(["source", "training images", "validation images", "test images", "threshold", "Dice", "IoU"],
-                   (final_scores_row(source, s, data["split"][source]) for source, s in data["test"].items())), ""]
+            f"The chosen recipe, `{chosen}`, on the test images (scored once, at the thresholds and separation "
+            "chosen on validation):", "",
+            *table(["source", "class", "training images", "validation images", "test images", "threshold", "Dice",
+                    "object F1", "AJI", "PQ"],
+                   (row for source, classes in data["test"].items()
+                    for row in final_scores_rows(source, classes, data["split"][source]))), ""]
 
 
 # ---------------------------------------------------------------------------- throughput_cpu.json
@@ -476,11 +483,13 @@ def shipped_model_block(data: Results | None) -> Lines:
     if data is None:
         return ["Its benchmark (`python bench/default_model.py`) has not been run with the current protocol yet."]
     split, chosen = data["split"], data["candidates"][data["chosen"]]
-    sources = ", ".join(f"{len(split[s]['train'])} {s} images" for s in data["test"])
-    scores = ", ".join(f"{s} {v['dice_mean']:.3f} ({v['n_images']} images)" for s, v in data["test"].items())
+    sources = ", ".join(f"{split[s]['fit']} {s}" for s in data["test"])
+    per_class = {name: ", ".join(f"{source} {classes[name]['dice']:.3f}" for source, classes in data["test"].items()
+                                 if name in classes) for name in ("nucleus", "cell")}
     which = "The shipped model" if data["installed"] else "The last model of `bench/default_model.py` (not installed)"
-    return [f"{which} was trained with `cyseg train {chosen['train_args']}` on {sources}, the recipe chosen on "
-            f"validation images; on test images used for nothing else its Dice is {scores} "
+    return [f"{which} was trained with `cyseg train {chosen['train_args']}` on {sources} images, the recipe chosen "
+            "on validation images; on test images used for nothing else its Dice is, for nuclei, "
+            f"{per_class['nucleus']}; for whole cells, {per_class['cell']} "
             "([details](docs/benchmarks.md#the-shipped-model))."]
 
 
