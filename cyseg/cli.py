@@ -618,6 +618,82 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
     click.echo(str(out / f"iter{opts.iterations}"))
 
 
+@cli.command("suggest")
+@click.argument("model")
+@click.argument("source", required=False, type=click.Path(path_type=Path), metavar="[INPUT]")
+@click.option("--count", type=int, required=True, help="How many images or tiles to suggest.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("suggestions"), show_default=True,
+              help="Prefix of the outputs: <out>.csv (rank, box, scores) and <out>.geojson (the boxes; QuPath opens "
+                   "it over the slide).")
+@click.option("--size", type=int, default=1024, show_default=True,
+              help="Slides: side of the square tiles suggested (level-0 pixels), on a grid over the tissue.")
+@click.option("--max-candidates", "limit", type=int, default=300, show_default=True,
+              help="Slides: score at most this many tissue tiles (a seeded sample of them when there are more).")
+@click.option("--views", type=int, default=4, show_default=True,
+              help="Symmetries of the square (2-8) each candidate is predicted under; the cost is one prediction "
+                   "per view.")
+@click.option("--measure", type=click.Choice(["tta", "entropy"]), default="tta", show_default=True,
+              help="Uncertainty: tta, how much the views' probabilities disagree (their standard deviation); "
+                   "entropy, the binary entropy of their mean.")
+@click.option("--annotated", type=click.Path(path_type=Path), default=None,
+              help="Local slides: GeoJSON of the regions annotated already; tiles touching them are not suggested. "
+                   "[default: none; in a dataset folder the images with a mask are the annotated ones]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the candidate sample.")
+@click.option("--mpp", type=float, default=None,
+              help="Slides: process at this resolution (microns per pixel). [default: level 0]")
+@click.option("--magnification", type=float, default=None,
+              help="Slides: process at this objective power, e.g. 20. [default: level 0]")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Score inputs unlike the model's training images (another modality or resolution).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--cytomine-image", type=int, default=None, metavar="ID",
+              help="Suggest tiles of this Cytomine image instead of INPUT, away from its existing annotations; "
+                   "credentials as for segment. [default: none, INPUT is read]")
+@click.option("--upload", is_flag=True,
+              help="Cytomine: add the suggested boxes to the image as ROI annotations with --term (journalled: a "
+                   "rerun resumes without duplicates); `cydata download --json` then fetches what experts draw.")
+@click.option("--term", type=int, default=None, metavar="ID",
+              help="Cytomine: the ROI term of uploaded suggestions. [default: none; required with --upload]")
+@click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Cytomine: JSON file with host, public_key, private_key. [default: the environment variables]")
+@click.option("--insecure", is_flag=True, help="Cytomine: do not verify the server's HTTPS certificate (unsafe).")
+@click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
+              help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
+@click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
+@click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
+              help=API_HELP)
+def suggest_command(model: str, source: Path | None, count: int, out: Path, size: int, limit: int, views: int,
+                    measure: str, annotated: Path | None, seed: int, mpp: float | None, magnification: float | None,
+                    allow_mismatch: bool, device: str, cytomine_image: int | None, upload: bool, term: int | None,
+                    cytomine_config: Path | None, insecure: bool, cytomine_timeout: float, upload_batch: int,
+                    cytomine_api: str) -> None:
+    """Suggest what to annotate next: rank the images of INPUT (a folder; in a dataset folder those
+    without a mask) or the tissue tiles of a slide (INPUT, or --cytomine-image ID) by the model's
+    uncertainty there, spread so that the COUNT suggestions are not neighbours of one hard case."""
+    from cyseg.models import resolve_model
+    from cyseg.suggest_cmd import SuggestOptions, run_suggest_cytomine, run_suggest_local
+
+    opts = SuggestOptions(count, size, limit, views, measure, seed, mpp, magnification, allow_mismatch)
+    if count < 1:
+        raise CysegError(f"--count {count} must be at least 1")
+    if cytomine_image is not None:
+        if source is not None:
+            raise CysegError("give either INPUT or --cytomine-image ID, not both")
+        chosen, csv_path, geojson_path, result = run_suggest_cytomine(
+            _load(model, device), resolve_model(model), cytomine_image, out, opts, upload, term, cytomine_config,
+            insecure, cytomine_timeout, upload_batch, cytomine_api, progress=_progress())
+        if result is not None:
+            click.echo(result.summary())
+    else:
+        if upload or term is not None:
+            raise CysegError("--upload and --term need --cytomine-image ID (ROIs go to a Cytomine image)")
+        if source is None:
+            raise CysegError("give INPUT (a folder of images or a slide file) or --cytomine-image ID")
+        chosen, csv_path, geojson_path = run_suggest_local(_load(model, device), source, out, opts, annotated,
+                                                           progress=_progress())
+    click.echo(f"{len(chosen)} suggestion(s): {csv_path}, {geojson_path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     run_main(cli, "cyseg", argv)
