@@ -10,12 +10,13 @@ import numpy as np
 
 from cyseg.segment_cmd import run_segment_crops
 from segmenter.base import Segmenter
+from segmenter.classes import COLOUR_NAMES
 from segmenter.errors import CysegError
 from segmenter.io.images import read_image, write_png
-from segmenter.overlays import overlay
 
 log = logging.getLogger(__name__)
 GLASS = (236, 232, 238)
+NAMES = {"cell": "cells", "nucleus": "nuclei"}
 
 
 def demo_images() -> dict[str, np.ndarray]:
@@ -49,15 +50,21 @@ def run_demo(seg: Segmenter, model_path: Path, out: Path, progress: bool = True)
                               tiling={}, progress=progress)
     figure = out / "overlay.png"
     ihc = read_image(inputs / "ihc.png")
-    mask = read_image(result / "masks" / "ihc.png")[:, :, 0]
     gap = np.full((ihc.shape[0], 10, 3), 255, np.uint8)
-    write_png(figure, np.concatenate([ihc, gap, overlay(ihc, mask)], axis=1))
+    write_png(figure, np.concatenate([ihc, gap, read_image(result / "overlays" / "ihc.png")], axis=1))
     return [
         f"segmented {stats['images']} images ({stats['pixels'] / 1e6:.2f} MP) into {stats['polygons']} polygons "
-        f"in {stats['seconds']:.1f} s with model '{seg.training_info.get('name', 'given')}'",
+        f"in {stats['seconds']:.1f} s with model '{seg.training_info.get('name', 'given').split(';')[0]}'",
         f"inputs:   {inputs}",
         f"masks:    {result / 'masks'}",
         f"GeoJSON:  {result / 'geojson'}",
         f"overlays: {result / 'overlays'}",
-        f"figure:   {figure}",
+        f"figure:   {figure} ({legend(seg)})",
     ]
+
+
+def legend(seg: Segmenter) -> str:
+    """What the overlay's colours mean."""
+    if not seg.classes:
+        return "foreground in green"
+    return ", ".join(f"{NAMES.get(label, label)} outlined in {COLOUR_NAMES[label]}" for label in seg.labels)

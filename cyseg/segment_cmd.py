@@ -28,13 +28,13 @@ from segmenter.errors import CysegError
 from segmenter.instances import instance_labels
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
-from segmenter.overlays import GREEN, overlay
+from segmenter.overlays import GREEN, overlay, overlay_objects
 from segmenter.pipeline import BackgroundWriter, read_ahead
 from segmenter.polygons import classified_collection, mask_to_polygons
 from segmenter.scope import check_input, image_modality
 from segmenter.wsi.readers import open_slide
 from segmenter.wsi.scaleout import InProcess
-from segmenter.wsi.segment import low_resolution_mask, segment_slide
+from segmenter.wsi.segment import low_resolution_labels, segment_slide
 from segmenter.wsi.slide import SlideReader
 from segmenter.wsi.windows import Region, WsiOptions
 
@@ -86,13 +86,13 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
                          **(slide_opts or {})})
     small, large = _by_size(list_images(source), opts.window_size)
     _check_crops(seg, small, large, opts, allow_mismatch)
-    min_area = seg.min_area(min_area)
+    min_areas = seg.min_areas(min_area)
     stats = {"images": 0, "polygons": 0, "pixels": 0}
     start = time.perf_counter()
     with atomic_dir(out, overwrite=True) as tmp:
         for sub in ("masks", "labels", "geojson") + (("overlays",) if overlays else ()):
             (tmp / sub).mkdir()
-        _segment_in_memory(seg, small, tmp, threshold, simplify, min_area, overlays, tiling, stats, progress)
+        _segment_in_memory(seg, small, tmp, threshold, simplify, min_areas, overlays, tiling, stats, progress)
         for reader in large:
             _segment_as_slide(seg, model_path, reader, tmp, opts, overlays, stats, progress)
     stats["seconds"] = time.perf_counter() - start
@@ -147,7 +147,7 @@ def _mask_name(seg: Segmenter, stem: str, label: str) -> str:
 
 
 def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshold: float | None, simplify: float,
-                       min_area: float, overlays: bool, tiling: dict[str, Any], stats: dict[str, Any],
+                       min_areas: dict[str, float], overlays: bool, tiling: dict[str, Any], stats: dict[str, Any],
                        progress: bool) -> None:
     """Each image predicted whole (tiled and blended by the segmenter), its outputs written behind."""
 
@@ -159,10 +159,11 @@ def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshol
             write_png(folder / "labels" / f"{_mask_name(seg, path.stem, label)}.png",
                       label_png(objects[seg.channels[c]], path))
             if not seg.instance_classes:
-                by_class[label] = mask_to_polygons(masks[c], probs[c], simplify=simplify, min_area=min_area)
+                by_class[label] = mask_to_polygons(masks[c], probs[c], simplify=simplify, min_area=min_areas[label])
             if overlays:
                 colour = np.array(COLOURS[label] if seg.classes else GREEN, np.float32)
-                shown = overlay(shown, masks[c], colour)
+                shown = (overlay_objects(shown, objects[seg.channels[c]], colour) if seg.instance_classes
+                         else overlay(shown, masks[c], colour))
         extra = {"image": path.name, "width": image.shape[1], "height": image.shape[0]}
         if seg.instance_classes:
             collection = {"type": "FeatureCollection", "features": _cells(objects, probs), "properties": extra}
@@ -177,8 +178,9 @@ def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshol
         """The QuPath objects of an instance model's label images."""
         channel = dict(zip(seg.channels, probs, strict=False))
         cells = next((c for c in seg.channels if c != "nucleus"), None)
+        areas = dict(zip(seg.channels, min_areas.values(), strict=True))
         return cell_features(objects.get(cells), objects.get("nucleus"), channel.get(cells), channel.get("nucleus"),
-                             simplify, min_area, label=seg.labels[0])
+                             simplify, (areas.get(cells, 0.0), areas.get("nucleus", 0.0)), label=seg.labels[0])
 
     with BackgroundWriter() as writer, closing(read_ahead(files, read_image)) as images:
         for path, image in tqdm(images, total=len(files), desc="segmenting", unit="image", disable=not progress):
@@ -212,7 +214,7 @@ def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, fol
                                 mask_out=folder / "masks" / f"{stem}.png",
                                 mask_downsample=1, progress=progress)
         if overlays:
-            write_png(folder / "overlays" / f"{stem}.png", _small_overlay(reader, geojson))
+            write_png(folder / "overlays" / f"{stem}.png", _small_overlay(seg, reader, geojson))
     finally:
         reader.close()
     stats["images"] += 1
@@ -220,12 +222,22 @@ def _segment_as_slide(seg: Segmenter, model_path: Path, reader: SlideReader, fol
     stats["polygons"] += summary["polygons"]
 
 
-def _small_overlay(reader: SlideReader, geojson: Path) -> np.ndarray:
-    """The image, at most OVERLAY_SIDE pixels long, with its polygons drawn over it."""
+def _small_overlay(seg: Segmenter, reader: SlideReader, geojson: Path) -> np.ndarray:
+    """The image, at most OVERLAY_SIDE pixels long, with each class's objects outlined in its colour."""
     from shapely.geometry import shape
 
     thumb, downsample = reader.thumbnail(OVERLAY_SIDE)
-    polygons = [shape(f["geometry"]) for f in json.loads(geojson.read_text())["features"]]
-    mask = low_resolution_mask(polygons, Region(0, 0, reader.width, reader.height), downsample)
-    mask = cv2.resize(mask, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return overlay(thumb, (mask > 0).astype(np.uint8))
+    by_class: dict[str, list] = {}
+    for feature in json.loads(geojson.read_text())["features"]:
+        properties = feature.get("properties") or {}
+        name = (properties.get("classification") or {}).get("name", "cell")
+        by_class.setdefault(name, []).append(shape(feature["geometry"]))
+        if feature.get("nucleusGeometry"):
+            by_class.setdefault("nucleus", []).append(shape(feature["nucleusGeometry"]))
+    shown = thumb
+    for name in sorted(by_class, key=lambda n: n == "nucleus"):  # nuclei drawn over their cells
+        labels = low_resolution_labels(by_class[name], Region(0, 0, reader.width, reader.height), downsample)
+        labels = cv2.resize(labels, (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_NEAREST)
+        colour = np.array(COLOURS.get(name, GREEN) if seg.classes else GREEN, np.float32)
+        shown = overlay_objects(shown, labels, colour)
+    return shown

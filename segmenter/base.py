@@ -170,24 +170,31 @@ class Segmenter:
         field = getattr(self.model, "receptive_field", None)
         return None if field is None else int(field)
 
-    @property
-    def smallest_object(self) -> float:
-        """Polygons below this area (px² of the images the model was trained on) are specks, not
-        cells: objects a fifth as wide as the typical annotated object the model learnt (the one
-        holding the median foreground pixel); 0 when the model file does not record that size."""
-        size = self.training_info.get("object_size_px")
+    def smallest_object(self, label: str | None = None) -> float:
+        """Polygons of class `label` (default: the first) below this area (px² of the images the model
+        was trained on) are specks, not cells: objects a fifth as wide as the typical annotated object
+        of that class (the one holding the median foreground pixel); 0 when the model file does not
+        record that size (a file of several classes from before per-class sizes were recorded)."""
+        label = label or self.labels[0]
+        sizes = self.training_info.get("object_size_px_by_class")
+        if isinstance(sizes, dict):
+            size = sizes.get(label)
+        else:
+            size = self.training_info.get("object_size_px") if self.n_classes == 1 else None
         if not isinstance(size, (int, float)) or size <= 0:
             return 0.0
         return round(math.pi / 4 * (size / SPECK_RATIO) ** 2, 1)
 
-    def min_area(self, asked: float | None) -> float:
-        """The area below which polygons are dropped: `asked`, or `smallest_object` for None (auto)."""
+    def min_areas(self, asked: float | None) -> dict[str, float]:
+        """Per class (`labels`), the area below which its polygons are dropped: `asked` for every
+        class, or each class's `smallest_object` for None (auto)."""
         if asked is not None:
-            return asked
-        if not self.smallest_object:
-            log.info("the model does not record its training objects' size: no polygon is dropped as a speck "
-                     "(give --min-area)")
-        return self.smallest_object
+            return dict.fromkeys(self.labels, float(asked))
+        areas = {label: self.smallest_object(label) for label in self.labels}
+        if not all(areas.values()):
+            log.info("the model does not record the size of its training objects of %s: no such polygon is dropped "
+                     "as a speck (give --min-area)", ", ".join(k for k, v in areas.items() if not v))
+        return areas
 
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:

@@ -68,13 +68,14 @@ def _feature(geometry: dict[str, Any], kind: str, label: str, props: dict[str, A
 
 
 def cell_features(cells: np.ndarray | None, nuclei: np.ndarray | None, cell_probs: np.ndarray | None = None,
-                  nucleus_probs: np.ndarray | None = None, simplify: float = 0.0, min_area: float = 0.0,
-                  label: str = "cell") -> list[dict[str, Any]]:
+                  nucleus_probs: np.ndarray | None = None, simplify: float = 0.0,
+                  min_areas: tuple[float, float] = (0.0, 0.0), label: str = "cell") -> list[dict[str, Any]]:
     """The features of one image's cell and nucleus label images (either may be None): a `cell` per
     cell object, holding the largest nucleus assigned to it (`transforms.instances.assign_nuclei`),
-    and a `detection` classified `nucleus` per other nucleus."""
-    cell_objects = label_polygons(cells, cell_probs, simplify, min_area) if cells is not None else {}
-    nucleus_objects = label_polygons(nuclei, nucleus_probs, simplify, min_area) if nuclei is not None else {}
+    and a `detection` classified `nucleus` per other nucleus; objects under `min_areas` (cells,
+    nuclei; px²) left out."""
+    cell_objects = label_polygons(cells, cell_probs, simplify, min_areas[0]) if cells is not None else {}
+    nucleus_objects = label_polygons(nuclei, nucleus_probs, simplify, min_areas[1]) if nuclei is not None else {}
     owner = assign_nuclei(cells, nuclei) if cells is not None and nuclei is not None else {}
     return object_features(cell_objects, nucleus_objects, owner, label)
 

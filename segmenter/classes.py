@@ -19,7 +19,8 @@ from segmenter.errors import CysegError, DatasetError
 VOCABULARY = ("cell", "nucleus")  # also the order of a model's channels
 DESCRIPTIONS = {"cell": "whole cell or cell group: cytoplasm and nucleus", "nucleus": "nucleus"}
 # QuPath classification colours (RGB); the unnamed foreground is drawn as `cell`
-COLOURS = {"cell": (255, 0, 0), "nucleus": (0, 0, 255)}
+COLOURS = {"cell": (0, 200, 0), "nucleus": (255, 220, 0)}  # seen on H&E, Pap and IHC stains alike
+COLOUR_NAMES = {"cell": "green", "nucleus": "yellow"}
 FOREGROUND = "foreground"  # the one channel of a model without named classes
 
 

@@ -22,6 +22,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray = GREEN, alp
     return out
 
 
+def overlay_objects(image: np.ndarray, labels: np.ndarray, colour: np.ndarray, alpha: float = 0.3) -> np.ndarray:
+    """RGB image with the objects of a label image tinted and each object's own outline drawn, so
+    that touching objects show as separate ones."""
+    from skimage.segmentation import find_boundaries
+
+    out = overlay(image, labels > 0, colour, alpha, outline=False)
+    out[find_boundaries(labels, mode="inner")] = colour.astype(np.uint8)
+    return out
+
+
 def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """RGB map: true positives white, false positives red, false negatives blue, true negatives black."""
     t, p = truth > 0, pred > 0

@@ -219,6 +219,16 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
     return images, masks, maps
 
 
+def class_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap]) -> dict[str, float]:
+    """Per class (`seg.labels`), the typical size of its annotated objects (`planning.object_size`) in
+    the images whose dataset annotates it: what tells a class's specks from its objects."""
+    sizes = {}
+    for c, label in enumerate(seg.labels):
+        of_class = [(m.targets(mask)[:, :, c] > 0) for mask, m in zip(masks, maps, strict=True) if m.known[c]]
+        sizes[label] = round(object_size(of_class), 1)
+    return sizes
+
+
 def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:
     """Every validation dataset is readable and shares a class with the model, and every class of
     the model is annotated by one of them (its epochs and threshold are chosen there)."""
@@ -320,6 +330,7 @@ def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[
         **({"dataset_classes": {str(d.root.resolve()): list(d.classes) for d in data.datasets}} if seg.classes else {}),
         "validation": _paths(data.val),
         "options": {**asdict(opts), "crop": data.crop}, "object_size_px": round(data.object_size, 1),
+        "object_size_px_by_class": class_object_sizes(seg, data.masks, data.maps),
         "scope": training_scope(data.datasets, seg.labels),
         "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),

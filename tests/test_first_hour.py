@@ -155,7 +155,9 @@ def test_specks_are_dropped_by_default_below_a_size_learnt_from_the_training_obj
 
     seg = load_segmenter(tiny_model, device="cpu")
     size = seg.training_info["object_size_px"]
-    assert seg.smallest_object == round(3.141592653589793 / 4 * (size / 5) ** 2, 1) > 0
+    assert seg.training_info["object_size_px_by_class"] == {"cell": size}  # one unnamed foreground: its objects
+    smallest = seg.smallest_object()
+    assert smallest == round(3.141592653589793 / 4 * (size / 5) ** 2, 1) > 0
 
     def areas(*extra) -> list[float]:
         out = tmp_path / ("-".join(extra) or "auto")
@@ -165,6 +167,6 @@ def test_specks_are_dropped_by_default_below_a_size_learnt_from_the_training_obj
                 for f in json.loads(path.read_text())["features"]]
 
     everything, default = areas("--min-area", "0"), areas()
-    assert min(everything) < seg.smallest_object  # the model does trace specks
-    assert default and min(default) >= seg.smallest_object
-    assert sorted(default) == sorted(a for a in everything if a >= seg.smallest_object)
+    assert min(everything) < smallest  # the model does trace specks
+    assert default and min(default) >= smallest
+    assert sorted(default) == sorted(a for a in everything if a >= smallest)

@@ -296,6 +296,8 @@ def test_isbi_cells_and_nuclei_train_segment_and_evaluate_as_instances(shared_da
     assert result.exit_code == 0, result.output + repr(result.exception)
     seg = load_segmenter(model, device="cpu")
     assert seg.instance_classes == ("cell", "nucleus") and set(seg.separation) == {"cell", "nucleus"}
+    sizes = seg.training_info["object_size_px_by_class"]  # each class's specks are judged by its own objects
+    assert 0 < sizes["nucleus"] < sizes["cell"] and seg.smallest_object("nucleus") < seg.smallest_object("cell")
 
     result = invoke(["evaluate", model, sets["val"], "--out", tmp_path / "ev", "--no-sweep", "--device", "cpu"])
     assert result.exit_code == 0, result.output

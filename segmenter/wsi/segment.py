@@ -44,15 +44,20 @@ MOST_FOREGROUND = 0.5  # cells called on more of the region than this: warn
 
 def low_resolution_mask(polygons, region: Region, downsample: float) -> np.ndarray:
     """The polygons rasterised at 1/`downsample` of level 0 over the region (uint8 0/255)."""
+    return np.where(low_resolution_labels(polygons, region, downsample) > 0, 255, 0).astype(np.uint8)
+
+
+def low_resolution_labels(polygons, region: Region, downsample: float) -> np.ndarray:
+    """The polygons rasterised at 1/`downsample` of level 0 over the region, polygon i as label i + 1 (int32)."""
     import rasterio.features
     from affine import Affine
 
     height, width = max(1, math.ceil(region.h / downsample)), max(1, math.ceil(region.w / downsample))
     if not polygons:
-        return np.zeros((height, width), np.uint8)
+        return np.zeros((height, width), np.int32)
     transform = Affine(downsample, 0, region.x, 0, downsample, region.y)
-    return rasterio.features.rasterize(((p, 255) for p in polygons), out_shape=(height, width),
-                                       transform=transform, fill=0, dtype=np.uint8)
+    return rasterio.features.rasterize(((p, i + 1) for i, p in enumerate(polygons)), out_shape=(height, width),
+                                       transform=transform, fill=0, dtype=np.int32)
 
 
 @dataclass
@@ -85,9 +90,10 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
     start = time.perf_counter()
     plan = _plan_slide(seg, model_path, reader, opts, region_text, cache_root)
     results, skipped = _run_windows(plan, reader, opts, runner, model_path, progress)
-    min_area = opts.min_area if opts.min_area is not None else seg.min_area(None) * opts.downsample ** 2
+    min_areas = (dict.fromkeys(seg.labels, opts.min_area) if opts.min_area is not None else
+                 {label: area * opts.downsample ** 2 for label, area in seg.min_areas(None).items()})
     separated = bool(opts.instances and seg.instance_classes)
-    polygons = _slide_polygons(results, plan, opts, min_area, seg.labels, separated)
+    polygons = _slide_polygons(results, plan, opts, min_areas, seg.labels, separated)
     seconds = time.perf_counter() - start
     region, tiles = plan.region, sum(r.tiles for r in results)
     foreground = sum(props["area"] for _, props in polygons if props["class"] == seg.labels[0]) / (region.w * region.h)
@@ -96,7 +102,7 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
         "slide": str(reader.path), "region": asdict(region), "windows": len(plan.tasks),
         "windows_cached": plan.cache.hits, "tiles": tiles, "tiles_skipped": skipped, "polygons": len(polygons),
         "objects": dict(zip(labels, counts.values(), strict=True)), "instances": separated,
-        "min_area": round(min_area, 1),
+        "min_area": {label: round(area, 1) for label, area in min_areas.items()},
         "tissue_fraction": None if plan.tissue_fraction is None else round(plan.tissue_fraction, 4),
         "foreground_fraction": round(foreground, 4),
         "seconds": round(seconds, 3), "megapixels": region.w * region.h / 1e6,
@@ -165,14 +171,14 @@ def _run_windows(plan: SlidePlan, reader: SlideReader, opts: WsiOptions, runner:
     return results, skipped
 
 
-def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions, min_area: float,
+def _slide_polygons(results: list[WindowResult], plan: SlidePlan, opts: WsiOptions, min_areas: dict[str, float],
                     labels: tuple[str, ...], separated: bool) -> list[tuple[Any, dict[str, Any]]]:
     """The windows' polygons of each class joined across window borders, in slide coordinates, with
-    their class, area and mean probability; those under `min_area` (level-0 px²) dropped."""
+    their class, area and mean probability; those under their class's `min_areas` (level-0 px²) dropped."""
     polygons = []
     for polygon, found in merge_classes(results, plan.topology, opts, labels, separated):
         polygon = to_slide_coordinates(polygon, plan.region, opts.downsample)
-        if polygon.area < min_area:
+        if polygon.area < min_areas[found["class"]]:
             continue
         props: dict[str, Any] = {"class": found["class"], "area": float(polygon.area)}
         if found["mean_probability"] is not None:
