@@ -584,6 +584,12 @@ def demo_command(out: Path, model: str, device: str) -> None:
                    "(fixed: a cut at min + t*(max - min), never below --min-probability).")
 @click.option("--min-probability", type=float, default=None,
               help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
+@click.option("--mode", type=click.Choice(["objects", "or"]), default="objects", show_default=True,
+              help="How predictions join the expert masks: objects, only whole predicted objects away from every "
+                   "expert annotation, confident (--confidence) and of the expert objects' size; or, the method's "
+                   "expert mask OR prediction (its false positives join the labels).")
+@click.option("--confidence", type=float, default=0.7, show_default=True,
+              help="--mode objects: the least mean probability of an added object.")
 @click.option("--warm-start/--from-scratch", default=True, show_default=True,
               help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh "
                    "weights.")

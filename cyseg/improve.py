@@ -11,10 +11,12 @@ Iteration k = 1..K:
    (with its metrics, OUT/models/iter<k>.history.csv/.json/.curves.png).
 2. **predict** every selected training item (all items, or those whose dataset.json kind is one of
    `--only-kind`) and post-process the probabilities with the IDI chain (below).
-3. **grow the labels**: new mask = ORIGINAL ground truth OR prediction, as the method. Annotated
-   pixels are never removed; relative to the previous version, pixels a former iteration added
-   may be withdrawn when the newer model no longer predicts them (the method ORs with the original
-   masks, not with the previous version). Unselected items are copied byte for byte.
+3. **grow the labels** from the ORIGINAL ground truth by `--mode` (`cyseg.idi_rules`): `objects` (the
+   default) adds only confident, object-sized predicted objects away from every expert annotation;
+   `or` is the method's ground truth OR prediction. Annotated pixels are never removed; relative to
+   the previous version, pixels a former iteration added may be withdrawn when the newer model no
+   longer predicts them (the rule starts from the original masks, not from the previous version).
+   Unselected items are copied byte for byte.
 4. **write** the new version OUT/iter<k>/ (images copied unchanged, masks as PNG: never JPEG,
    whose artefacts would change the labels) through `DatasetWriter`, so it appears only when
    complete. Its dataset.json records the parent (previous version), the iteration, the model
@@ -60,6 +62,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cyseg.idi_rules import GrowthRule, grow, typical_area
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError, ModelFileError
 from segmenter.evaluation import mean_scores
@@ -87,6 +90,9 @@ KINDS = ("pattern", "cell", "roi")
 MAGENTA = np.array([255, 0, 255], dtype=np.float32)
 GREEN = np.array([0, 200, 0], dtype=np.float32)
 CONSTANT_RANGE = 1e-6
+RULES = {"or": "mask = original ground truth OR post-processed prediction (selected items only)",
+         "objects": "mask = original ground truth OR the predicted objects away from it that are confident and of "
+                    "the expert objects' size (selected items only)"}
 ITERATION_FIELDS = (
     "iteration", "trained_on", "model", "start", "items", "items_selected",
     "fg_before", "fg_after", "pixels_added", "pixels_added_vs_previous", "pixels_removed_vs_previous",
@@ -120,8 +126,15 @@ class ImproveOptions:
     device: str = "auto"
     colour: bool = False
     zoom: float = 0.0
+    mode: str = "objects"
+    confidence: float = 0.7
     amp: bool = True
     progress: bool = True
+
+    @property
+    def rule(self) -> GrowthRule:
+        """How the prediction joins the expert masks (`cyseg.idi_rules`)."""
+        return GrowthRule(self.mode, self.confidence)
 
     @property
     def floor(self) -> float:
@@ -142,6 +155,7 @@ class ImproveOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise CysegError(f"--{name} must be >= 1 (got {value})")
+        self.rule.check()
         self.train_options(1, None).check()
 
     def train_options(self, iteration: int, out: Path | None, resume: bool = False,
@@ -294,8 +308,9 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
     _open_run(out, opts.fingerprint(data, manifest_hash(dataset), start_hash))
     first = _first_unfinished(out, opts.iterations)
     truth = {item.stem: read_mask(item.mask).astype(bool) for item in dataset.items}
+    area = typical_area(list(truth.values()))
     for k in range(first, opts.iterations + 1):
-        _iterate(k, data, out, dataset, truth, selected, opts)
+        _iterate(k, data, out, dataset, truth, selected, opts, area)
         _write_report(out, data, _rows(out, opts.iterations), opts)
     rows = _rows(out, opts.iterations)
     _write_report(out, data, rows, opts)
@@ -384,7 +399,7 @@ def _rows(out: Path, iterations: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- one iteration
 
 def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, np.ndarray], selected: list[str],
-             opts: ImproveOptions) -> None:
+             opts: ImproveOptions, area: float) -> None:
     """Iteration k: train (or reuse) its model, grow the selected labels with it, write version k."""
     prev = data if k == 1 else _version(out, k - 1)
     model_path = _model_path(out, k)
@@ -398,11 +413,11 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
         _version(out, k), source=dataset.manifest.get("source"), parent=str(prev.resolve()), iteration=k,
         extra={"original": str(data.resolve()), "model": str(model_path.resolve()),
                "postprocess": chain_description(seg, opts), "threshold": opts.threshold,
-               "rule": "mask = original ground truth OR post-processed prediction (selected items only)",
+               "rule": RULES[opts.mode], "growth": {**dataclasses.asdict(opts.rule), "expert_median_area_px": area},
                "only_kind": list(opts.only_kind) or None})
     with writer:
         (writer.tmp / "added").mkdir()
-        stats = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts)
+        stats = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts, area)
         row = {
             "iteration": k, "trained_on": str(prev.resolve()), "model": str(model_path.resolve()), "start": start,
             "items": len(dataset.items), "items_selected": len(selected),
@@ -439,7 +454,7 @@ def _trained_model(k: int, prev: Path, out: Path, opts: ImproveOptions) -> tuple
 
 
 def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset, truth: dict[str, np.ndarray],
-                 previous: dict[str, Item], chosen: set[str], opts: ImproveOptions) -> dict[str, int]:
+                 previous: dict[str, Item], chosen: set[str], opts: ImproveOptions, area: float) -> dict[str, int]:
     """Write every item into the new version, the chosen ones with their mask grown by the model;
     returns the pixel and mask counts of the report row."""
     stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
@@ -449,7 +464,7 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
         gt = truth[item.stem]
         prev_mask = gt if k == 1 else read_mask(previous[item.stem].mask, gt.shape).astype(bool)
         if item.stem in chosen:
-            new = _grow_item(k, seg, writer, item, gt, opts)
+            new = _grow_item(k, seg, writer, item, gt, opts, area)
         else:
             writer.copy(item)
             new = gt
@@ -466,15 +481,15 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
 
 
 def _grow_item(k: int, seg: Segmenter, writer: DatasetWriter, item: Item, gt: np.ndarray,
-               opts: ImproveOptions) -> np.ndarray:
-    """Copy `item` into the new version with mask = ground truth OR the post-processed prediction
-    (and, when that adds pixels, its picture in added/); returns the new mask."""
+               opts: ImproveOptions, area: float) -> np.ndarray:
+    """Copy `item` into the new version with its mask grown by the post-processed prediction as
+    `opts.rule` says (and, when that adds pixels, its picture in added/); returns the new mask."""
     image = read_image(item.image)
     probs = seg.predict(image)
     with torch.inference_mode():
         pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
     pred = pred.cpu().numpy()
-    new = gt | pred
+    new = grow(gt, pred, probs[0].float().cpu().numpy(), opts.rule, area)
     added = new & ~gt
     writer.copy(item, meta={"idi": {"iteration": k, "threshold_used": tau, "predicted_px": int(pred.sum()),
                                     "added_px": int(added.sum())}})

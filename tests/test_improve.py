@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from conftest import SLIDE, invoke, write_grey, write_rgb
 
+from segmenter.errors import CysegError
 from segmenter.io.dataset import open_dataset, read_mask
 from segmenter.io.images import read_image
 
@@ -71,7 +72,7 @@ def improved(tmp_path_factory, mixed, ihc_dataset) -> SimpleNamespace:
     """One K=2 run on all items, with validation; the input's digest taken before it."""
     before = tree_digest(mixed)
     out = tmp_path_factory.mktemp("idi") / "run"
-    run_improve(mixed, out, "--iterations", "2", "--val", ihc_dataset.val)
+    run_improve(mixed, out, "--iterations", "2", "--val", ihc_dataset.val, "--mode", "or")
     return SimpleNamespace(data=mixed, out=out, before=before)
 
 
@@ -196,14 +197,14 @@ def test_rerun_skips_finished_and_redoes_deleted_last_iteration(improved, tmp_pa
     iter1 = (out / "iter1" / "dataset.json").read_text()
     model1 = (out / "models" / "iter1.pt").read_bytes()
     # a finished run: nothing is redone
-    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val)
+    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val, "--mode", "or")
     assert (out / "iter2" / "dataset.json").read_text() == (improved.out / "iter2" / "dataset.json").read_text()
     # the last iteration deleted (its dataset and its model): redone, with the same result
     shutil.rmtree(out / "iter2")
     for path in (out / "models").glob("iter2.*"):
         path.unlink()
     (out / ".iter2.abc.part").mkdir()  # a leftover of an interrupted write
-    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val)
+    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val, "--mode", "or")
     assert (out / "iter1" / "dataset.json").read_text() == iter1, "iteration 1 was redone"
     assert (out / "models" / "iter1.pt").read_bytes() == model1
     ref, res = masks_of(improved.out / "iter2"), masks_of(out / "iter2")
@@ -237,12 +238,12 @@ def test_interrupted_training_resumes_to_the_same_result(improved, tmp_path, ihc
     out = tmp_path / "run"
     monkeypatch.setattr(training, "tqdm", interrupt_second_iteration)
     result = invoke(["-q", "improve", improved.data, "--out", out, *TINY_IDI, "--iterations", "2",
-                     "--val", ihc_dataset.val])
+                     "--val", ihc_dataset.val, "--mode", "or"])
     assert result.exit_code != 0
     assert (out / "iter1" / "dataset.json").is_file() and not (out / "iter2").exists()
     assert (out / "models" / "iter2.ckpt").is_file() and not (out / "models" / "iter2.pt").exists()
     monkeypatch.setattr(training, "tqdm", real_tqdm)
-    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val)
+    run_improve(improved.data, out, "--iterations", "2", "--val", ihc_dataset.val, "--mode", "or")
     ref, res = masks_of(improved.out / "iter2"), masks_of(out / "iter2")
     assert all(np.array_equal(ref[s], res[s]) for s in ref)
     assert not (out / "models" / "iter2.ckpt").exists()
@@ -251,10 +252,53 @@ def test_interrupted_training_resumes_to_the_same_result(improved, tmp_path, ihc
 def test_a_larger_k_continues_a_finished_run(improved, tmp_path, ihc_dataset):
     out = tmp_path / "run"
     shutil.copytree(improved.out, out)
-    run_improve(improved.data, out, "--iterations", "3", "--val", ihc_dataset.val)
+    run_improve(improved.data, out, "--iterations", "3", "--val", ihc_dataset.val, "--mode", "or")
     assert json.loads((out / "iter3" / "dataset.json").read_text())["parent"] == str((out / "iter2").resolve())
     assert (out / "iter2" / "dataset.json").read_text() == (improved.out / "iter2" / "dataset.json").read_text()
     assert [r["iteration"] for r in json.loads((out / "report.json").read_text())["iterations"]] == [1, 2, 3]
+
+
+def test_objects_rule_adds_only_confident_object_sized_predictions_away_from_the_expert():
+    from cyseg.idi_rules import GrowthRule, grow, typical_area
+
+    gt = np.zeros((40, 60), bool)
+    gt[5:11, 5:11] = True  # an expert object of 36 px
+    pred = np.zeros_like(gt)
+    pred[4:12, 4:13] = True  # the expert object, predicted wider: only its outline would move
+    pred[20:26, 20:26] = True  # a missed object, confident: added
+    pred[20:26, 40:46] = True  # a missed object, unsure: not added
+    pred[2:3, 30:32] = True  # a speck: not added
+    pred[30:40, 0:60] = True  # a sheet 600 px: not added
+    probs = np.where(pred, 0.9, 0.05).astype(np.float32)
+    probs[20:26, 40:46] = 0.5
+    area = typical_area([gt])
+    assert area == 36
+    new = grow(gt, pred, probs, GrowthRule(), area)
+    expected = gt.copy()
+    expected[20:26, 20:26] = True
+    assert np.array_equal(new, expected)
+    assert np.array_equal(grow(gt, pred, probs, GrowthRule("or"), area), gt | pred)  # the method
+    assert np.array_equal(grow(gt, pred, probs, GrowthRule(confidence=0.4), area), expected | (probs == 0.5))
+    assert np.array_equal(grow(gt, pred, probs, GrowthRule(), 0.0), gt)  # no expert object: nothing to size by
+    with pytest.raises(CysegError, match="--confidence 2"):
+        GrowthRule(confidence=2).check()
+
+
+def test_default_improvement_never_moves_expert_outlines(mixed, tmp_path):
+    """The default rule (--mode objects) through the real CLI: every added pixel belongs to a whole
+    predicted object that keeps clear of the expert's annotations."""
+    from cyseg.idi_rules import GrowthRule
+
+    out = tmp_path / "run"
+    run_improve(mixed, out, "--iterations", "1")
+    manifest = json.loads((out / "iter1" / "dataset.json").read_text())
+    assert manifest["growth"]["mode"] == "objects" and manifest["growth"]["expert_median_area_px"] > 0
+    margin = GrowthRule().margin
+    for stem, truth in masks_of(mixed).items():
+        added = masks_of(out / "iter1")[stem] & ~truth
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+        near = cv2.dilate(truth.astype(np.uint8), kernel) > 0
+        assert not (added & near).any(), f"{stem}: an added object touches the expert's annotation"
 
 
 def test_normalised_threshold_is_a_probability_level_not_a_z_score():
