@@ -10,7 +10,8 @@ those five; glas: the official train/test split) and each seed s:
                   those masks: this is iteration 1 of (c), whose model is trained exactly like
                   `cyseg train` (fresh weights drawn with seed s, same options);
   (c) IDI K       `cyseg improve` on the incomplete masks with K+1 iterations; "IDI K" is the model
-                  of iteration K+1, trained on the dataset version improved K times.
+                  of iteration K+1, trained on the dataset version improved K times. Its default
+                  rule (`--mode objects`); `--idi-args '--mode or'` measures the method's OR.
 
 All models are scored on the test split with `cyseg evaluate` (IoU and Dice at the model's
 threshold, full resolution). By default every IDI iteration trains from fresh weights
