@@ -452,6 +452,43 @@ def idi_section(data: Results | None) -> Lines:
 
 
 # ---------------------------------------------------------------------------- docs/benchmarks.md
+# ---------------------------------------------------------------------------- active.json
+def active_rows(dataset: str, summary: Results) -> list[list[str]]:
+    """One row per round: the labelled fraction and each strategy's test IoU (mean ± std over seeds)."""
+    pairs = zip(summary["random"]["curve"], summary["suggest"]["curve"], strict=True)
+    return [[dataset, str(r["round"]), pct(r["fraction"]), pm(r["iou_mean"], r["iou_std"]),
+             pm(s["iou_mean"], s["iou_std"])] for r, s in pairs]
+
+
+def active_outcome(dataset: str, summary: Results) -> str:
+    """Where each strategy reached 98 % of the full-data IoU, and whether suggest led every round."""
+    def reached(strategy: str) -> str:
+        fraction = summary[strategy]["fraction_reaching_target"]
+        return f"{strategy} {pct(fraction) if fraction is not None else 'never'}"
+
+    lead = "yes" if summary["suggest_beats_random_every_round"] else "no"
+    return (f"- {dataset}: full-data IoU {summary['full_iou_mean']:.3f}; 98 % of it reached with "
+            f"{reached('random')}, {reached('suggest')} of the pool labelled; suggest above random at every "
+            f"round: {lead}")
+
+
+def active_section(data: Results | None) -> Lines:
+    """active.json: labelling what `cyseg suggest` picks vs labelling at random, round by round."""
+    if data is None or data.get("quick"):
+        return not_run("Active learning", "python bench/active.py")
+    settings, datasets = data["settings"], data["datasets"]
+    return ["## Active learning", "",
+            f"`bench/active.py`: pool-based simulation, {settings['seeds']} seeds, a fresh model per round with "
+            f"the same budget ({settings['epochs']} epochs of {settings['steps_per_epoch']} steps); round 1 labels "
+            f"{pct(settings['start'])} of the pool at random, each later round {pct(settings['step'])} more, chosen "
+            "at random or by `cyseg suggest` with the previous round's model. Measured on "
+            f"{machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active.json` (curves: "
+            "`bench/results/active.png`).", "",
+            *table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
+                   (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
+            *(active_outcome(d, v["summary"]) for d, v in datasets.items()), ""]
+
+
 SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("accuracy.json", accuracy_section),
     ("accuracy.json", generalisation_section),
@@ -461,6 +498,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("instances.json", instances_section),
     ("wsi_instances_cpu.json", wsi_instances_section),
     ("idi.json", idi_section),
+    ("active.json", active_section),
 ]
 
 

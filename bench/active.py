@@ -1,0 +1,232 @@
+"""Active-learning benchmark: does annotating what `cyseg suggest` picks beat annotating at random?
+
+Pool-based simulation, per data set and seed s: the pool is the training images (their masks are
+the expert's answers, revealed only for the images "annotated" so far); the test images are scored
+after every round.
+
+  round 1   a seeded random `--start` fraction of the pool is labelled; a model is trained on it;
+  round r   `--step` more of the pool is labelled, chosen either
+              random   at random (seeded by s and r), or
+              suggest  by `cyseg suggest` with round r-1's model on the pool (labelled images have
+                       a mask and are left out, as an annotator's folder would be),
+            and a fresh model is trained on all labelled images with the same budget as every
+            other round (same epochs, steps, batch and crop: only the labels differ);
+  full      one model trained on the whole pool with that budget: the reference.
+
+Each model is scored with `cyseg evaluate` on the test images (IoU at the model's threshold). The
+summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
+random at every round on the mean, and the labelled fraction at which each strategy first reaches
+98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON.
+
+    python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
+                           [--epochs 15] [--steps-per-epoch 20] [--views 4] [--work DIR] [--out JSON]
+    python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
+
+Data: glas = GlaS official train (pool, 85 images) / test (80); wbc = wbc/dataset1, a seeded 60
+images held out for test, the other 240 the pool. Every run starts from an empty work folder and
+writes its results file whole.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    SHARED_DATA,
+    children_cpu,
+    cli_evaluate,
+    cli_train,
+    code_version,
+    fresh_dir,
+    link_dataset,
+    run_record,
+    stems_of,
+    write_results,
+)
+
+STRATEGIES = ("random", "suggest")
+TARGET = 0.98  # fraction of the full-data IoU a strategy must reach
+QUICK = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 1, "steps_per_epoch": 2, "batch": 2, "crop": 96,
+         "views": 2, "start": 0.05, "step": 0.05}
+
+
+def pools(dataset: str) -> tuple[Path, list[str], Path, list[str]]:
+    """(pool folder, pool stems, test folder, test stems) of a data set."""
+    if dataset == "glas":
+        root = SHARED_DATA / "glas"
+        return root / "train", stems_of(root / "train"), root / "test", stems_of(root / "test")
+    if dataset == "wbc":
+        root = SHARED_DATA / "wbc" / "dataset1"
+        stems = stems_of(root)
+        test = sorted(random.Random(0).sample(stems, 60))
+        return root, [s for s in stems if s not in test], root, test
+    raise SystemExit(f"unknown data set {dataset!r}; use glas or wbc")
+
+
+def pool_folder(out: Path, source: Path, pool: list[str], labelled: list[str]) -> Path:
+    """The annotator's folder: every pool image, masks only for the labelled ones (so `cyseg suggest`
+    leaves them out)."""
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    for stem in pool:
+        (out / "images" / f"{stem}.png").symlink_to((source / "images" / f"{stem}.png").resolve())
+    for stem in labelled:
+        (out / "masks" / f"{stem}.png").symlink_to((source / "masks" / f"{stem}.png").resolve())
+    return out
+
+
+def suggested(model: Path, pool: Path, count: int, views: int, out: Path) -> list[str]:
+    """The stems `cyseg suggest` picks from the pool folder."""
+    subprocess.run(["cyseg", "-q", "suggest", str(model), str(pool), "--count", str(count), "--views", str(views),
+                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        return [Path(row["source"]).stem for row in csv.DictReader(handle)]
+
+
+def train_and_score(data: Path, test: Path, work: Path, seed: int, options: list[str]) -> dict[str, Any]:
+    """A fresh model on `data` (the round budget), scored on the test images."""
+    model = work / "model.pt"
+    cpu, _ = cli_train(data, model, seed, options)
+    summary = cli_evaluate(model, test, work / "eval", ["--no-sweep"])
+    return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"], "train_cpu_s": cpu}
+
+
+def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Both strategies' rounds and the full-data reference for one seed."""
+    source, pool, test_source, test_stems = pools(dataset)
+    test = link_dataset(work / "test", test_source, test_stems)
+    options = train_options(args)
+    n_start, n_step = max(1, round(args.start * len(pool))), max(1, round(args.step * len(pool)))
+    start = sorted(random.Random(seed).sample(pool, n_start))
+    full = train_and_score(link_dataset(work / "full" / "data", source, pool), test, work / "full", seed, options)
+    out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
+    for strategy in STRATEGIES:
+        labelled, rounds, previous = list(start), [], None
+        for r in range(1, args.rounds + 1):
+            here = work / strategy / f"round{r}"
+            if r > 1:
+                rest = [s for s in pool if s not in labelled]
+                if strategy == "random":
+                    labelled += sorted(random.Random(seed * 1000 + r).sample(rest, min(n_step, len(rest))))
+                else:
+                    pool_dir = pool_folder(here / "pool", source, pool, labelled)
+                    labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, here / "suggested")
+            scored = train_and_score(link_dataset(here / "data", source, labelled), test, here, seed, options)
+            previous = scored["model"]
+            rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
+                           "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
+            print(f"{dataset} seed {seed} {strategy:8s} round {r}: {len(labelled)}/{len(pool)} labelled, "
+                  f"test IoU {scored['iou']:.4f}", flush=True)
+        out[strategy] = rounds
+    return out
+
+
+def train_options(args: argparse.Namespace) -> list[str]:
+    """The budget every model gets."""
+    return ["--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch), "--batch", str(args.batch),
+            "--crop", str(args.crop), "--workers", "0"]
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std test IoU per strategy and round, suggest vs random per round, and the labelled
+    fraction at which each strategy reaches TARGET x the full-data IoU (on the means)."""
+    full = float(np.mean([s["full"]["iou"] for s in per_seed]))
+    out: dict[str, Any] = {"full_iou_mean": full, "target_iou": TARGET * full}
+    for strategy in STRATEGIES:
+        curve = []
+        for i, first in enumerate(per_seed[0][strategy]):
+            ious = [s[strategy][i]["iou"] for s in per_seed]
+            curve.append({"round": first["round"], "fraction": first["fraction"], "iou_mean": float(np.mean(ious)),
+                          "iou_std": float(np.std(ious))})
+        reached = next((c["fraction"] for c in curve if c["iou_mean"] >= TARGET * full), None)
+        out[strategy] = {"curve": curve, "fraction_reaching_target": reached}
+    pairs = zip(out["suggest"]["curve"], out["random"]["curve"], strict=True)
+    out["suggest_beats_random_every_round"] = all(s["iou_mean"] > r["iou_mean"] for s, r in list(pairs)[1:])
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The test IoU curves per data set (mean ± std over seeds) and the full-data target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        summary = results["datasets"][dataset]["summary"]
+        for strategy in STRATEGIES:
+            curve = summary[strategy]["curve"]
+            x = [c["fraction"] for c in curve]
+            ax.errorbar(x, [c["iou_mean"] for c in curve], yerr=[c["iou_std"] for c in curve], label=strategy,
+                        marker="o", capsize=3)
+        ax.axhline(summary["target_iou"], color="grey", linestyle="--", label=f"{TARGET:.0%} of full data")
+        ax.set(title=dataset, xlabel="labelled fraction of the pool", ylabel="test IoU")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="glas,wbc")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--start", type=float, default=0.1, help="labelled fraction of the pool at round 1")
+    parser.add_argument("--step", type=float, default=0.1, help="fraction of the pool labelled per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--views", type=int, default=4, help="`cyseg suggest --views`")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="[default: bench/results/active.json; --quick: active_quick.json in --work]")
+    parser.add_argument("--quick", action="store_true", help="tiny budget, one seed, two rounds: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for key, value in QUICK.items():
+            if key not in given:
+                setattr(args, key, value)
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
+    if args.out is None:
+        args.out = args.work / "active_quick.json" if args.quick else ROOT / "bench" / "results" / "active.json"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    work = fresh_dir(args.work)
+    results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": {
+        k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}, "datasets": {}}
+    for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        per_seed = [one_seed(dataset, seed, args, work / dataset / f"seed{seed}") for seed in range(args.seeds)]
+        summary = summarise(per_seed)
+        results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary}
+        print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
+              + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in STRATEGIES)
+              + f"; suggest beats random at every round: {summary['suggest_beats_random_every_round']}", flush=True)
+    results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    write_results(args.out, results)
+    plot(results, args.out.with_suffix(".png"))
+    print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

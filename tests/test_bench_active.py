@@ -1,0 +1,38 @@
+"""bench/active.py's arithmetic: the curves over seeds, the fraction reaching 98 % of the full-data
+IoU, the round-by-round comparison; and the annotator's folder `cyseg suggest` reads."""
+from __future__ import annotations
+
+import pytest
+
+from bench.active import pool_folder, summarise
+
+
+def seed(full: float, random: list[float], suggest: list[float]) -> dict:
+    def rounds(ious: list[float]) -> list[dict]:
+        return [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou} for r, iou in enumerate(ious)]
+
+    return {"full": {"iou": full}, "random": rounds(random), "suggest": rounds(suggest)}
+
+
+def test_summary_finds_where_each_strategy_reaches_the_target():
+    per_seed = [seed(0.80, [0.50, 0.70, 0.79], [0.50, 0.795, 0.80]), seed(0.82, [0.52, 0.72, 0.81], [0.52, 0.80, 0.81])]
+    summary = summarise(per_seed)
+    assert summary["full_iou_mean"] == pytest.approx(0.81) and summary["target_iou"] == pytest.approx(0.7938)
+    assert summary["suggest"]["fraction_reaching_target"] == pytest.approx(0.2)  # mean 0.7975 >= 0.7938
+    assert summary["random"]["fraction_reaching_target"] == pytest.approx(0.3)
+    assert summary["suggest"]["curve"][1]["iou_mean"] == pytest.approx(0.7975)
+    assert summary["suggest_beats_random_every_round"]
+    worse = [seed(0.8, [0.5, 0.7, 0.79], [0.5, 0.69, 0.8])]
+    assert not summarise(worse)["suggest_beats_random_every_round"]
+    assert summarise(worse)["random"]["fraction_reaching_target"] == pytest.approx(0.3)
+
+
+def test_the_annotators_folder_holds_every_image_and_only_the_labelled_masks(tmp_path):
+    source = tmp_path / "src"
+    for sub in ("images", "masks"):
+        (source / sub).mkdir(parents=True)
+        for stem in ("a", "b", "c"):
+            (source / sub / f"{stem}.png").write_bytes(b"x")
+    folder = pool_folder(tmp_path / "pool", source, ["a", "b", "c"], ["b"])
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["a.png", "b.png", "c.png"]
+    assert [p.name for p in (folder / "masks").iterdir()] == ["b.png"]
