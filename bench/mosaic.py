@@ -16,12 +16,14 @@ GLASS = np.array([236, 232, 238], dtype=np.uint8)
 
 @dataclass
 class Placement:
-    """A real tile placed at (x, y) in level-0 pixels."""
+    """A real tile placed at (x, y) in level-0 pixels; `paint`: the pixels of its box it paints
+    (a cell and its feathered rim), None for the whole box."""
 
     x: int
     y: int
     image: np.ndarray
     mask: np.ndarray
+    paint: np.ndarray | None = None
 
 
 def real_tiles(limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -77,7 +79,12 @@ def render(placements: list[Placement], x: int, y: int, w: int, h: int, what: st
         if x0 >= x1 or y0 >= y1:
             continue
         src = p.image if what == "image" else p.mask
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = src[y0 - p.y:y1 - p.y, x0 - p.x:x1 - p.x]
+        piece = src[y0 - p.y:y1 - p.y, x0 - p.x:x1 - p.x]
+        if p.paint is None:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = piece
+        else:
+            painted = p.paint[y0 - p.y:y1 - p.y, x0 - p.x:x1 - p.x]
+            out[y0 - y:y1 - y, x0 - x:x1 - x][painted] = piece[painted]
     return out
 
 

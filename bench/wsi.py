@@ -6,11 +6,17 @@
    slide area, polygons included) and MONAI's `sliding_window_inference` on the same network and
    region (mask only), interleaved, best of two each;
 3. the whole mostly-empty slide with and without background skipping, with peak RSS of each
-   run (a separate `cyseg segment` process) and the ground-truth foreground lost in skipped tiles.
+   run (a separate `cyseg segment` process) and the ground-truth foreground lost in skipped tiles;
+4. the same on slides shaped like cytology (bench/cytology.py: real cells cut out by their masks,
+   scattered on glass, single and in small clusters) at each of `--cytology-fills`, under
+   `cytology` in the results, with the time a 100,000 x 170,000-pixel slide would take at that
+   fill (its area over the measured throughput with skipping: arithmetic, not a run).
 
-The slide is BUILT from real annotated tiles (bench/mosaic.py) as a pyramidal tiled TIFF.
+The slides are BUILT from real annotated tiles and cells (bench/mosaic.py, bench/cytology.py) as
+pyramidal tiled TIFFs.
 
-    python bench/wsi.py [--size 16384] [--fill 0.08] [--model default] [--out bench/results/wsi_cpu.json]
+    python bench/wsi.py [--size 16384] [--fill 0.08] [--cytology-fills 0.01,0.05,0.15] [--model default]
+                        [--out bench/results/wsi_cpu.json]
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_results  # noqa: E402
+from bench.cytology import cytology_layout, describe_cytology  # noqa: E402
 from bench.mosaic import Placement, describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
 from cyseg.models import resolve_model  # noqa: E402
@@ -45,6 +52,10 @@ from unet import load_segmenter  # noqa: E402
 
 TARGETS = {"cyseg_vs_bare": ">= 0.80", "cyseg_vs_monai": ">= 1.0", "skip_speedup": ">= 3",
            "peak_rss_mb": "< 2048", "gt_foreground_lost_fraction": "< 0.01"}
+CYTOLOGY_TARGETS = {"fill_0.05": {"skip_speedup": ">= 4", "gt_foreground_lost_fraction": "< 0.005",
+                                  "masks_differ_fraction_of_fg": "< 0.005", "peak_rss_mb": "<= without skipping",
+                                  "full_slide_minutes": "< 15"}}
+FULL_SLIDE_MP = 100_000 * 170_000 / 1e6  # the slide size users plan for
 
 
 def build_slide(path: Path, size: int, fill: float) -> list[Placement]:
@@ -163,6 +174,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--fill", type=float, default=0.08)
+    parser.add_argument("--cytology-fills", default="0.01,0.05,0.15",
+                        help="cell fractions of the cytology-shaped slides ('' : none)")
     parser.add_argument("--region", type=int, default=4096)
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=None)
@@ -246,6 +259,32 @@ def whole_slide(model: str, slide: Path, size: int, work: Path) -> dict[str, Any
             "skip_speedup": without["seconds"] / with_skip["seconds"], "skip_vs_no_skip_masks": agreement}
 
 
+def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Path) -> dict[str, Any]:
+    """Build one cytology-shaped slide and measure skipping on it as on the mosaic."""
+    slide = work / f"cytology-{fill:g}.tif"
+    t0 = time.perf_counter()
+    placements = cytology_layout(size, size, fill)
+    write_pyramid_streaming(slide, size, size, lambda x, y, w, h: render(placements, x, y, w, h),
+                            description=describe_cytology(size, size, placements, fill), mpp=0.5)
+    print(f"built {slide} ({len(placements)} cells, {foreground_total(placements) / size ** 2:.2%} of the area) in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    loss = skipping_loss(slide, placements, seg)
+    folder = work / f"cytology-{fill:g}"
+    folder.mkdir()
+    whole = whole_slide(model, slide, size, folder)
+    skip = whole["whole_slide_skip"]
+    minutes = FULL_SLIDE_MP / skip["mp_per_s"] / 60
+    print(f"cytology {fill:.0%}: a 100,000 x 170,000 slide at {skip['mp_per_s']:.2f} MP/s takes {minutes:.0f} min",
+          flush=True)
+    return {"cells": len(placements), "cell_fraction": foreground_total(placements) / size ** 2,
+            "skip_speedup": whole["skip_speedup"], "area_inferred_fraction": loss["area_inferred_fraction"],
+            "gt_foreground_lost_fraction": loss["gt_foreground_lost_fraction"],
+            "peak_rss_mb": skip["peak_rss_mb"], "peak_rss_mb_no_skip": whole["whole_slide_no_skip"]["peak_rss_mb"],
+            "masks_differ_fraction_of_fg": whole["skip_vs_no_skip_masks"]["differing_fraction_of_fg"],
+            "skipping": loss, **whole, "full_slide_minutes": minutes,
+            "full_slide_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['mp_per_s']:.3f} MP/s / 60"}
+
+
 def run_header(args: argparse.Namespace, device: str, placements: list[Placement], model_path: Path,
                region: Region, precision: str) -> dict[str, Any]:
     """The results file's description of the run: machine, slide, model, region and precision."""
@@ -269,8 +308,11 @@ def main() -> None:
     print_forwards(precision, bare, compared)
     loss = skipping_loss(slide, placements, seg)
     whole = whole_slide(args.model, slide, args.size, work)
+    fills = [float(f) for f in args.cytology_fills.split(",") if f.strip()]
+    cytology = {f"fill_{fill:g}": cytology_slide(args.model, seg, args.size, fill, work) for fill in fills}
     result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
-              "skipping": loss, **whole, "targets": TARGETS}
+              "skipping": loss, **whole, "targets": TARGETS,
+              "cytology": {**cytology, "targets": CYTOLOGY_TARGETS}}
     out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
     write_results(out, result)
     print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")
