@@ -190,34 +190,40 @@ def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> b
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
-                 cell: int = 64) -> list[tuple[int, int, int, int]]:
+def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int],
+                 opts: WsiOptions) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
-    Tissue is located on a grid of `cell`-px cells (a cell within the tissue margin of tissue counts
-    as tissue), each group of touching cells becomes its bounding box grown by a quarter of the tile
-    overlap (so objects near a box edge keep some real background as context), and overlapping boxes
-    are merged. Inference then covers the boxes only: on a mostly empty slide far less than whole
-    tiles would. The growth trades context for work: objects at a box edge see less real background
-    than in an unskipped run, so a thinner margin changes more of their masks, a wider one infers
-    more glass (bench/wsi.py compares the masks with and without skipping: docs/benchmarks.md,
+    Each connected piece of the tissue mask (a cell, a cluster, a fragment) that reaches the window
+    or its tissue margin gets its own box, fitted at the mask's resolution and grown by the tissue
+    margin plus a quarter of the tile overlap (so objects near a box edge keep some real background
+    as context); overlapping boxes are merged. Inference then covers the boxes only: on a mostly
+    empty slide far less than whole tiles would, and on scattered cells about what the cells and
+    their context cover. The growth trades context for work: a thinner margin changes more masks
+    at box edges, a wider one infers more glass (bench/wsi.py measures both: docs/benchmarks.md,
     "Whole slides")."""
     x, y, w, h = window
-    ds = opts.downsample
-    ny, nx = math.ceil(h / cell), math.ceil(w / cell)
-    margin = int(opts.tissue_margin * ds)
-    occupied = np.array([[tissue.any_in(region.x + (x + i * cell) * ds, region.y + (y + j * cell) * ds,
-                                        cell * ds, cell * ds, margin=margin) for i in range(nx)] for j in range(ny)],
-                        dtype=np.uint8)
-    if not occupied.any():
+    ds, d = opts.downsample, tissue.downsample
+    grow = opts.tissue_margin + opts.overlap // 4  # processing pixels
+    # the window grown by the margin, in mask pixels (level-0 = region origin + processing px x ds)
+    mx0 = max(0, math.floor((region.x + (x - grow) * ds) / d))
+    my0 = max(0, math.floor((region.y + (y - grow) * ds) / d))
+    mx1 = min(tissue.mask.shape[1], math.ceil((region.x + (x + w + grow) * ds) / d))
+    my1 = min(tissue.mask.shape[0], math.ceil((region.y + (y + h + grow) * ds) / d))
+    if mx1 <= mx0 or my1 <= my0:
         return []
-    n, _, stats, _ = cv2.connectedComponentsWithStats(occupied, connectivity=8)
-    grow = opts.overlap // 4
+    piece = tissue.mask[my0:my1, mx0:mx1].astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(piece, connectivity=8)
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
-        x0, y0 = max(0, cx * cell - grow), max(0, cy * cell - grow)
-        x1, y1 = min(w, (cx + cw) * cell + grow), min(h, (cy + ch) * cell + grow)
-        boxes.append((x0, y0, x1 - x0, y1 - y0))
+        # mask pixels -> window-relative processing pixels, grown, clipped to the window
+        bx0 = math.floor(((mx0 + cx) * d - region.x) / ds) - x - grow
+        by0 = math.floor(((my0 + cy) * d - region.y) / ds) - y - grow
+        bx1 = math.ceil(((mx0 + cx + cw) * d - region.x) / ds) - x + grow
+        by1 = math.ceil(((my0 + cy + ch) * d - region.y) / ds) - y + grow
+        bx0, by0, bx1, by1 = max(0, bx0), max(0, by0), min(w, bx1), min(h, by1)
+        if bx1 > bx0 and by1 > by0:
+            boxes.append((bx0, by0, bx1 - bx0, by1 - by0))
     return sorted(merge_overlapping(boxes))
 
 
