@@ -57,6 +57,8 @@ from segmenter.io.atomic import atomic_path  # noqa: E402
 SOURCES = ("miccai15", "wbc", "urothelial", "isbi2014")
 STAINS = {"miccai15": "H&E", "wbc": "rapid Romanowsky-type (blood smear)", "urothelial": "Papanicolaou-like",
           "isbi2014": "Papanicolaou (greyscale EDF)"}
+NAMES = {"miccai15": "MICCAI 2015 H&E nuclei", "wbc": "Zheng 2018 blood smears (wbc/dataset1)",
+         "urothelial": "urothelial urine cytology", "isbi2014": "ISBI 2014 synthetic Pap smears"}
 MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these magnifications
 BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "60", "--resolution", "1", "--colour"]
 CANDIDATES = {"zoom0.4": ["--zoom", "0.4"], "zoom0.8": ["--zoom", "0.8"]}
@@ -94,7 +96,8 @@ def source_parts(work: Path) -> dict[str, Parts]:
     for source in SOURCES:
         split = SPLITS[source](work / source)
         stain = STAINS[source]
-        fit = [declare(split.fit, stain=stain)] if source != "miccai15" else miccai_by_magnification(split, work)
+        fit = ([declare(split.fit, stain=stain, name=f"{NAMES[source]}, training part")] if source != "miccai15"
+               else miccai_by_magnification(split, work))
         parts[source] = Parts(fit, declare(split.val, stain=stain), declare(split.test, stain=stain), split.stems)
     return parts
 
@@ -107,7 +110,7 @@ def miccai_by_magnification(split: Any, work: Path) -> list[Path]:
     stems = {"20x": [s for s in split.stems["fit"] if s not in MICCAI_40X],
              "40x": [s for s in split.stems["fit"] if s in MICCAI_40X]}
     return [declare(write_dataset(work / "miccai15" / f"fit_{m}", miccai, stems[m]), stain=STAINS["miccai15"],
-                    mpp=MICCAI_MPP[m]) for m in stems]
+                    mpp=MICCAI_MPP[m], name=f"{NAMES['miccai15']}, {m} training tiles") for m in stems]
 
 
 def score(model: Path, parts: dict[str, Parts], part: str, work: Path) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ def image_modality(image: np.ndarray) -> str:
 def training_scope(datasets: Sequence[Dataset], labels: Sequence[str]) -> dict[str, Any]:
     """The scope a model file records: its classes, the modality measured on its training images,
     the resolution range (µm/px) and stains its datasets declare in dataset.json (`mpp`, `stain`),
-    and the images it saw per dataset."""
+    and the images it saw per dataset (named by its dataset.json `name`, else its folders)."""
     modalities, mpps, stains, data = set(), [], set(), []
     for dataset in datasets:
         manifest = dataset.manifest
@@ -45,9 +45,16 @@ def training_scope(datasets: Sequence[Dataset], labels: Sequence[str]) -> dict[s
             mpps.append(float(manifest["mpp"]))
         if isinstance(manifest.get("stain"), str):
             stains.add(manifest["stain"])
-        data.append({"name": Path(dataset.root).name, "images": len(dataset.items)})
+        data.append({"name": _dataset_name(manifest, Path(dataset.root)), "images": len(dataset.items)})
     return {"classes": list(labels), "modality": sorted(modalities),
             "mpp_range": [min(mpps), max(mpps)] if mpps else None, "stains": sorted(stains), "data": data}
+
+
+def _dataset_name(manifest: dict[str, Any], root: Path) -> str:
+    """What to call a training dataset: the `name` its dataset.json gives, else its folder with the
+    folder above it (a folder named train or fit says little on its own)."""
+    name = manifest.get("name")
+    return name if isinstance(name, str) and name.strip() else f"{root.parent.name}/{root.name}"
 
 
 def model_scope(seg: Segmenter) -> dict[str, Any] | None:

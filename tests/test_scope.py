@@ -41,7 +41,7 @@ def test_info_says_what_a_trained_model_finds_and_was_made_for(tiny_model):
     result = invoke(["info", tiny_model])
     assert result.exit_code == 0, result.output
     assert "finds       cell; connected regions (no instances)" in result.stdout
-    assert "modality    brightfield" in result.stdout and "data        train (6 images)" in result.stdout
+    assert "modality    brightfield" in result.stdout and "/train (6 images)" in result.stdout
     card = json.loads(invoke(["info", tiny_model, "--json"]).stdout)
     assert card["scope"]["modality"] == ["brightfield"] and card["classes"] == ["cell"]
 
