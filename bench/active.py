@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     SHARED_DATA,
+    apply_quick,
     children_cpu,
     cli_evaluate,
     cli_train,
@@ -198,10 +199,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny budget, one seed, two rounds: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
-        for key, value in QUICK.items():
-            if key not in given:
-                setattr(args, key, value)
+        apply_quick(args, QUICK, sys.argv[1:])
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
     if args.out is None:

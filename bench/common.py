@@ -154,6 +154,14 @@ def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequ
     return usage.ru_utime + usage.ru_stime, time.perf_counter() - t0
 
 
+def apply_quick(args: Any, quick: dict[str, Any], argv: Sequence[str]) -> None:
+    """A benchmark's --quick: its tiny-budget values for every option the command line `argv` did not give."""
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    for key, value in quick.items():
+        if key not in given:
+            setattr(args, key, value)
+
+
 def scores(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures a benchmark keeps of a `cyseg evaluate` summary."""
     return {k: summary[k] for k in ("n_images", "threshold", "iou_mean", "iou_std", "dice_mean", "dice_std")}

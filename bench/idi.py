@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     MICCAI_TEST,
     SHARED_DATA,
+    apply_quick,
     children_cpu,
     code_version,
     fresh_dir,
@@ -282,10 +283,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny budget on miccai15, p=0.5, one seed, K=1")
     args = parser.parse_args()
     if args.quick:
-        given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
-        for key, value in QUICK.items():
-            if key not in given:
-                setattr(args, key, value)
+        apply_quick(args, QUICK, sys.argv[1:])
     args.idi_args = shlex.split(args.idi_args)
     args.p = [float(v) for v in str(args.p).split(",")]
     if any(not 0 < p < 1 for p in args.p):

@@ -110,6 +110,26 @@ def _training_loop_options(command: Callable) -> Callable:
     return command
 
 
+def _cytomine_client_options(command: Callable) -> Callable:
+    """The options `segment` and `suggest` share to reach a Cytomine server and upload to it."""
+    options = [
+        click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                     help="Cytomine: JSON file with host, public_key, private_key. [default: the environment "
+                          "variables]"),
+        click.option("--insecure", is_flag=True,
+                     help="Cytomine: do not verify the server's HTTPS certificate (unsafe)."),
+        click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
+                     help="Cytomine: seconds to wait for each answer (requests are retried with back-off)."),
+        click.option("--upload-batch", type=int, default=100, show_default=True,
+                     help="Cytomine: annotations per POST."),
+        click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
+                     help=API_HELP),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _progress() -> bool:
     """Progress bars are shown unless -q asked for warnings and errors only."""
     return logging.getLogger().getEffectiveLevel() <= logging.INFO
@@ -302,14 +322,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help="Cytomine: term given to uploaded annotations; for a model of several classes one CLASS=ID per "
                    "class (e.g. --term cell=12 --term nucleus=13; a cell's nucleus goes under the nucleus term). "
                    "[default: no term]")
-@click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="Cytomine: JSON file with host, public_key, private_key. [default: the environment variables]")
-@click.option("--insecure", is_flag=True, help="Cytomine: do not verify the server's HTTPS certificate (unsafe).")
-@click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
-              help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
-@click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
-@click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
-              help=API_HELP)
+@_cytomine_client_options
 def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, threshold: float | None, tile: int,
                     overlap: int, batch: int, tta: bool, amp: bool, simplify: float, min_area: float | None,
                     overlays: bool, instances: bool, allow_mismatch: bool,
@@ -660,14 +673,7 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
                    "rerun resumes without duplicates); `cydata download --json` then fetches what experts draw.")
 @click.option("--term", type=int, default=None, metavar="ID",
               help="Cytomine: the ROI term of uploaded suggestions. [default: none; required with --upload]")
-@click.option("--cytomine-config", type=click.Path(path_type=Path), default=None, metavar="FILE",
-              help="Cytomine: JSON file with host, public_key, private_key. [default: the environment variables]")
-@click.option("--insecure", is_flag=True, help="Cytomine: do not verify the server's HTTPS certificate (unsafe).")
-@click.option("--cytomine-timeout", type=float, default=60.0, show_default=True,
-              help="Cytomine: seconds to wait for each answer (requests are retried with back-off).")
-@click.option("--upload-batch", type=int, default=100, show_default=True, help="Cytomine: annotations per POST.")
-@click.option("--cytomine-api", type=click.Choice(GENERATION_CHOICES), default="auto", show_default=True,
-              help=API_HELP)
+@_cytomine_client_options
 def suggest_command(model: str, source: Path | None, count: int, out: Path, size: int, limit: int, views: int,
                     measure: str, annotated: Path | None, seed: int, mpp: float | None, magnification: float | None,
                     allow_mismatch: bool, device: str, cytomine_image: int | None, upload: bool, term: int | None,
