@@ -685,9 +685,7 @@ def suggest_command(model: str, source: Path | None, count: int, out: Path, size
     from cyseg.models import resolve_model
     from cyseg.suggest_cmd import SuggestOptions, run_suggest_cytomine, run_suggest_local
 
-    opts = SuggestOptions(count, size, limit, views, measure, seed, mpp, magnification, allow_mismatch)
-    if count < 1:
-        raise CysegError(f"--count {count} must be at least 1")
+    opts = SuggestOptions(count, size, limit, views, measure, seed, mpp, magnification, allow_mismatch).check()
     if cytomine_image is not None:
         if source is not None:
             raise CysegError("give either INPUT or --cytomine-image ID, not both")

@@ -26,7 +26,7 @@ from segmenter.io.dataset import declared_classes, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
 from segmenter.scope import check_input, image_modality
-from segmenter.suggest import Candidate, Suggestion, score_all, select
+from segmenter.suggest import MAX_VIEWS, MEASURES, Candidate, Suggestion, score_all, select
 from segmenter.wsi.candidates import slide_tiles
 from segmenter.wsi.engine import read_box
 from segmenter.wsi.slide import SlideReader
@@ -52,6 +52,19 @@ class SuggestOptions:
     mpp: float | None = None
     magnification: float | None = None
     allow_mismatch: bool = False
+
+    def check(self) -> SuggestOptions:
+        """Itself, or a CysegError naming the option out of range (before any work)."""
+        if self.count < 1:
+            raise CysegError(f"--count {self.count} must be at least 1")
+        if not 2 <= self.views <= MAX_VIEWS:
+            raise CysegError(f"--views {self.views} must be between 2 and {MAX_VIEWS} (symmetries of the square)")
+        if self.measure not in MEASURES:
+            raise CysegError(f"--measure {self.measure!r} is not known; use one of {', '.join(MEASURES)}")
+        if self.size < 16 or self.limit < 1:
+            raise CysegError(f"--size {self.size} must be at least 16 pixels and --max-candidates {self.limit} "
+                             "at least 1")
+        return self
 
 
 def output_paths(out: Path) -> tuple[Path, Path]:

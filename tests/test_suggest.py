@@ -93,6 +93,10 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
     collection = json.loads((tmp_path / "s.geojson").read_text())
     assert [f["properties"]["rank"] for f in collection["features"]] == [1, 2, 3]
     assert all(shape(f["geometry"]).area > 0 for f in collection["features"])
+    result = invoke(["-q", "suggest", tiny_model, pool, "--count", "4", "--measure", "entropy", "--out",
+                     tmp_path / "e", *FAST])
+    assert result.exit_code == 0, result.output
+    assert sorted(r["source"] for r in rows(tmp_path / "e.csv")) == [f"new{i}.png" for i in range(4)]
 
 
 def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_dataset, tmp_path):
@@ -101,6 +105,8 @@ def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_datase
                    "--count 5 is more than the 4 candidate")
     one_line_error(invoke(["-q", "suggest", tiny_model, ihc_dataset.train, "--count", "1", "--out", out, *FAST]),
                    "has a mask already")
+    one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, "--device", "cpu",
+                           "--views", "9"]), "--views 9 must be between 2 and 8")
     (pool / "dataset.json").write_text(json.dumps({"classes": ["nucleus"]}))
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST]),
                    "declares classes", "one unnamed foreground")
@@ -108,6 +114,7 @@ def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_datase
                    "does not exist")
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--upload", *FAST]),
                    "need --cytomine-image")
+
     assert not list(tmp_path.glob("s*")) and not list(tmp_path.glob(".s*"))
 
 
