@@ -195,3 +195,16 @@ def test_cytomine_suggestions_become_rois_once(tiny_model, env, tmp_path):
     again = invoke([*args, "--upload", "--term", roi])
     assert again.exit_code == 0 and "0 new" in again.stdout
     assert len(server.annotations(image=env.image, term=roi)) == 3
+    # the annotators' ROIs come back as crops of the same places with `cydata download`
+    from click.testing import CliRunner
+
+    from cydata.cli import cli as cydata
+
+    descriptor = tmp_path / "d.json"
+    descriptor.write_text(json.dumps({"project": env.project, "roi": roi, "foreground": [env.terms["nucleus"]]}))
+    down = CliRunner().invoke(cydata, ["-q", "download", "--json", str(descriptor), "--out", str(tmp_path / "back"),
+                                       "--size", "128"], prog_name="cydata")
+    assert down.exit_code == 0, down.output
+    items = json.loads((tmp_path / "back" / "dataset.json").read_text())["items"]
+    assert sorted(tuple(v["crop"]) for v in items.values()) == sorted(
+        (int(x), int(y), 128, 128) for x, y, _, _ in (b.bounds for b in suggested))
