@@ -26,7 +26,7 @@ from segmenter.io.dataset import declared_classes, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
 from segmenter.scope import check_input, image_modality
-from segmenter.suggest import MAX_VIEWS, MEASURES, Candidate, Suggestion, score_all, select
+from segmenter.suggest import MAX_VIEWS, MEASURES, Candidate, Suggestion, check_count, score_all, select
 from segmenter.wsi.candidates import slide_tiles
 from segmenter.wsi.engine import read_box
 from segmenter.wsi.slide import SlideReader
@@ -138,8 +138,7 @@ def slide_candidates(seg: Segmenter, reader: SlideReader, annotated: Iterable[An
 def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candidate], np.ndarray],
             opts: SuggestOptions, progress: bool) -> list[Suggestion]:
     """Score every candidate, then pick `opts.count` of them."""
-    if opts.count > len(candidates):  # refused before the scoring's minutes, as `select` would after
-        select(candidates, opts.count)
+    check_count(opts.count, len(candidates))  # before the scoring's minutes
     log.info("scoring %d candidate(s) under %d symmetries (%s)", len(candidates), opts.views, opts.measure)
 
     def bar(items: Iterable[Candidate]) -> Iterable[Candidate]:

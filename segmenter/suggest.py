@@ -94,14 +94,19 @@ def score_candidate(seg: Segmenter, candidate: Candidate, image: np.ndarray, vie
     return candidate
 
 
+def check_count(count: int, candidates: int) -> None:
+    """A CysegError unless 1 <= `count` <= the number of candidates."""
+    if count < 1:
+        raise CysegError(f"--count {count} must be at least 1")
+    if count > candidates:
+        raise CysegError(f"--count {count} is more than the {candidates} candidate(s) left to suggest; "
+                         "lower --count (or give more images / a smaller --size)")
+
+
 def select(candidates: Sequence[Candidate], count: int) -> list[Suggestion]:
     """`count` suggestions: first the most uncertain candidate, then each time the one with the
     largest uncertainty x distance to the nearest suggestion already made (standardised descriptions)."""
-    if count < 1:
-        raise CysegError(f"--count {count} must be at least 1")
-    if count > len(candidates):
-        raise CysegError(f"--count {count} is more than the {len(candidates)} candidate(s) left to suggest; "
-                         "lower --count (or give more images / a smaller --size)")
+    check_count(count, len(candidates))
     features = np.stack([c.description for c in candidates]).astype(np.float64)
     spread = features.std(axis=0)
     features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1)
