@@ -174,7 +174,7 @@ def test_report_has_every_field_and_consistent_numbers(improved):
 
 def test_only_kind_leaves_other_items_byte_identical(mixed, tmp_path):
     out = tmp_path / "cells"
-    run_improve(mixed, out, "--iterations", "1", "--only-kind", "cell", "--from-scratch")
+    run_improve(mixed, out, "--iterations", "1", "--only-kind", "cell", "--from-scratch", "--mode", "or")
     version = out / "iter1"
     row = json.loads((out / "report.json").read_text())["iterations"][0]
     assert row["items_selected"] == len(CELLS)
