@@ -1,9 +1,10 @@
 """Accuracy regressions on real data (../shared/data; skipped without it).
 
 - The shipped model on its held-out test images (bench/default_model.py's split: images that played
-  no part in its training, epoch, threshold or recipe choice) keeps each source's Dice within
-  MARGIN of the figure bench/results/default_model.json measured when it was built: a change to
-  prediction, tiling, pre- or post-processing that costs accuracy fails here.
+  no part in its training, epoch, threshold or recipe choice) keeps each source's and class's Dice
+  and object F1 within MARGIN of the figures bench/results/default_model.json measured when it was
+  built: a change to prediction, tiling, pre- or post-processing or instance separation that costs
+  accuracy fails here.
 - A short fresh training on a few real smear images beats the same network untrained by a clear
   margin on other smear images: a change that breaks learning (loss, sampler, augmentation,
   optimiser) fails here even when every unit test passes.
@@ -43,27 +44,32 @@ def recorded() -> dict:
     return record
 
 
-@pytest.mark.parametrize("source", ["miccai15", "wbc"])
-def test_shipped_model_keeps_its_test_dice(shared_data, recorded, source, tmp_path):
-    from bench.default_model import source_items
+@pytest.mark.parametrize("source", ["miccai15", "wbc", "urothelial", "isbi2014"])
+def test_shipped_model_keeps_its_test_scores(shared_data, recorded, source, tmp_path):
+    from bench.default_model import source_parts
+    from bench.instances import class_scores
 
-    split = source_items()[source]
-    assert split.test == recorded["split"][source]["test"]
-    data = link(tmp_path / "test", split.folder, split.test, f"{source}_")
-    result = invoke(["-q", "evaluate", "default", data, "--out", tmp_path / "eval", "--no-sweep", "--device", "cpu"])
+    part = source_parts(tmp_path / "data")[source]
+    assert part.stems["test"] == recorded["split"][source]["test_stems"]
+    result = invoke(["-q", "evaluate", "default", part.test, "--out", tmp_path / "eval", "--no-sweep",
+                     "--device", "cpu"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    dice = json.loads((tmp_path / "eval" / "summary.json").read_text())["dice_mean"]
-    floor = recorded["test"][source]["dice_mean"] - MARGIN
-    assert dice >= floor, f"{source}: test Dice {dice:.4f} fell below {floor:.4f} (recorded figure - {MARGIN})"
+    now = class_scores(json.loads((tmp_path / "eval" / "summary.json").read_text()))
+    for name, built in recorded["test"][source].items():
+        for key in ("dice", "object_f1"):
+            floor = built[key] - MARGIN
+            assert now[name][key] >= floor, \
+                f"{source} {name}: test {key} {now[name][key]:.4f} fell below {floor:.4f} (recorded - {MARGIN})"
 
 
 def test_short_training_beats_the_untrained_network(shared_data, tmp_path):
-    from bench.default_model import source_items
+    from bench.common import SHARED_DATA
+    from bench.default_model import source_parts
     from unet import UNetSegmenter
 
-    split = source_items()["wbc"]
-    train = link(tmp_path / "train", split.folder, split.train[:24], "")
-    test = link(tmp_path / "test", split.folder, split.test, "")
+    stems = source_parts(tmp_path / "data")["wbc"].stems
+    train = link(tmp_path / "train", SHARED_DATA / "wbc" / "dataset1", stems["fit"][:24], "")
+    test = link(tmp_path / "test", SHARED_DATA / "wbc" / "dataset1", stems["test"], "")
     torch.manual_seed(0)
     seg = UNetSegmenter(dict(SMALL_UNET), device="cpu")
 

@@ -98,17 +98,19 @@ def test_code_map_names_every_package():
 
 def test_shipped_model_docs_follow_the_current_protocol():
     """The shipped model's section and README line, from a results file of bench/default_model.py's
-    current protocol (recipe chosen on validation, test scored once)."""
-    scores = {"n_images": 5, "threshold": 0.4, "iou_mean": 0.8, "iou_std": 0.01, "dice_mean": 0.9, "dice_std": 0.02}
-    data = {"protocol": "a protocol", "chosen": "colour_zoom0.5", "installed": True, "run": {"cpu_threads": 2},
-            "split": {"miccai15": {"train": ["a"] * 8, "val": ["b"] * 2, "test": ["c"] * 5}},
+    current protocol (cells and nuclei, recipe chosen on validation by its merit, test scored once)."""
+    scores = {"n_images": 5, "threshold": 0.4, "dice": 0.9, "object_f1": 0.8, "aji": 0.7, "pq": 0.6}
+    data = {"protocol": "a protocol", "chosen": "zoom0.8", "installed": True, "run": {"cpu_threads": 1},
+            "split": {"wbc": {"fit": 192, "val": 48, "test": 60}, "miccai15": {"fit": 8, "val": 2, "test": 5}},
             "candidates": {label: {"train_args": args, "train_cpu_s": 600.0, "best_epoch": 31,
-                                   "val": {"miccai15": scores}, "val_dice": 0.9}
-                           for label, args in {"defaults": "--epochs 40",
-                                               "colour_zoom0.5": "--epochs 40 --colour --zoom 0.5"}.items()},
-            "test": {"miccai15": scores}}
+                                   "val": {"wbc": {"cell": scores, "nucleus": scores}}, "val_merit": 0.85}
+                           for label, args in {"zoom0.4": "--instances --zoom 0.4",
+                                               "zoom0.8": "--instances --zoom 0.8"}.items()},
+            "test": {"wbc": {"cell": scores, "nucleus": scores}, "miccai15": {"nucleus": scores}}}
     section_text = "\n".join(report.default_model_section(data))
-    assert "`colour_zoom0.5` (chosen)" in section_text and "| miccai15 | 8 | 2 | 5 | 0.4 |" in section_text
+    assert "`zoom0.8` (chosen)" in section_text
+    assert "| wbc | cell | 192 | 48 | 5 | 0.4 | 0.900 | 0.800 |" in section_text
     line = report.shipped_model_block(data)[0]
-    assert line.startswith("The shipped model was trained with `cyseg train --epochs 40 --colour --zoom 0.5` on 8")
+    assert line.startswith("The shipped model was trained with `cyseg train --instances --zoom 0.8` on 192 wbc, 8")
+    assert "for nuclei, wbc 0.900, miccai15 0.900; for whole cells, wbc 0.900" in line
     assert report.default_model_section({"held_out_scores": {}})[-2].startswith("Not measured yet")

@@ -137,8 +137,12 @@ def test_a_slide_called_mostly_foreground_is_flagged_and_the_fraction_reported(t
 
 
 def test_the_real_fluorescence_slide_is_flagged_and_a_brightfield_one_is_not(shared_data, tmp_path):
-    fluorescence = invoke(["segment", "default", shared_data / "slides" / "test3-DAPI-2-387.ndpi",
-                           "--out", tmp_path / "dapi.geojson", "--cache", tmp_path / "c1"])
+    dapi = shared_data / "slides" / "test3-DAPI-2-387.ndpi"
+    refused = invoke(["segment", "default", dapi, "--out", tmp_path / "dapi.geojson", "--cache", tmp_path / "c1"])
+    assert refused.exit_code == 2 and "looks like fluorescence" in refused.stderr
+    assert "--allow-mismatch" in refused.stderr and not (tmp_path / "dapi.geojson").exists()
+    fluorescence = invoke(["segment", "default", dapi, "--out", tmp_path / "dapi.geojson", "--cache", tmp_path / "c1",
+                           "--allow-mismatch"])
     assert fluorescence.exit_code == 0, fluorescence.output
     assert "foreground, far more than cells cover" in fluorescence.stderr
     brightfield = invoke(["segment", "default", shared_data / "slides" / "CMU-1-Small-Region.svs",

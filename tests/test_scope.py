@@ -46,8 +46,21 @@ def test_info_says_what_a_trained_model_finds_and_was_made_for(tiny_model):
     assert card["scope"]["modality"] == ["brightfield"] and card["classes"] == ["cell"]
 
 
-def test_info_of_the_v1_default_says_its_inputs_are_not_checked():
+def test_info_of_the_shipped_default_says_what_it_finds():
     result = invoke(["info", "default"])
+    assert result.exit_code == 0, result.output
+    assert "finds       cell, nucleus; one object per cell, nucleus (instances)" in result.stdout
+    assert "modality    brightfield" in result.stdout and "H&E" in result.stdout
+    assert "MICCAI 2015 H&E nuclei, 20x training tiles (4 images)" in result.stdout
+
+
+def test_a_v1_model_file_says_its_inputs_are_not_checked(tiny_model, tmp_path):
+    import torch
+
+    state = torch.load(tiny_model, map_location="cpu", weights_only=True)
+    del state["training"]["scope"]  # as a file written before scopes existed
+    torch.save(state, tmp_path / "v1.pt")
+    result = invoke(["info", tmp_path / "v1.pt"])
     assert result.exit_code == 0, result.output
     assert "not recorded (a v1 model file): inputs are not checked against it" in result.stdout
 
