@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from segmenter.errors import CysegError
+from segmenter.planning import object_areas
 
 MODES = ("objects", "or")
-MIN_OBJECT_AREA = 16  # expert objects smaller than this (px) do not set the typical size
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,9 @@ class GrowthRule:
 
 
 def typical_area(masks: list[np.ndarray]) -> float:
-    """The median area (px) of the expert's objects (8-connected, at least MIN_OBJECT_AREA px); 0 for none."""
-    areas = []
-    for mask in masks:
-        _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        found = stats[1:, cv2.CC_STAT_AREA]
-        areas.append(found[found >= MIN_OBJECT_AREA])
-    joined = np.concatenate(areas) if areas else np.zeros(0)
-    return float(np.median(joined)) if joined.size else 0.0
+    """The median area (px) of the expert's objects (`planning.object_areas`); 0 for none."""
+    areas = object_areas(masks)
+    return float(np.median(areas)) if areas.size else 0.0
 
 
 def grow(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: GrowthRule, area: float) -> np.ndarray:

@@ -101,6 +101,18 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     return stats
 
 
+def check_crop_sample(seg: Segmenter, crops: list[Path], allow_mismatch: bool) -> None:
+    """Refuse crops unlike the model's training images (`segmenter.scope`), judged on up to SCOPE_SAMPLE
+    of them spread over the list; a damaged crop is skipped here and reported where it is read."""
+    step = max(1, len(crops) // SCOPE_SAMPLE)
+    for path in crops[::step][:SCOPE_SAMPLE]:
+        try:
+            image = read_image(path)
+        except CysegError:
+            continue
+        check_input(seg, f"image {path.name}", image_modality(image), None, allow_mismatch)
+
+
 def _check_crops(seg: Segmenter, small: list[Path], large: list[SlideReader], opts: WsiOptions,
                  allow_mismatch: bool) -> None:
     """Refuse crops unlike the model's training images (`segmenter.scope`), judged on up to SCOPE_SAMPLE
@@ -108,13 +120,7 @@ def _check_crops(seg: Segmenter, small: list[Path], large: list[SlideReader], op
     from cyseg.slide_cmd import check_slide
 
     try:
-        step = max(1, len(small) // SCOPE_SAMPLE)
-        for path in small[::step][:SCOPE_SAMPLE]:
-            try:
-                image = read_image(path)
-            except CysegError:  # a damaged crop is reported by the segmenting loop, in the crops' words
-                continue
-            check_input(seg, f"image {path.name}", image_modality(image), None, allow_mismatch)
+        check_crop_sample(seg, small, allow_mismatch)
         for reader in large:
             check_slide(seg, reader, opts.downsample, allow_mismatch)
     except CysegError:

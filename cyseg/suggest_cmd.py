@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cyseg.segment_cmd import is_slide, list_images
+from cyseg.segment_cmd import check_crop_sample, is_slide, list_images
 from cyseg.slide_cmd import check_slide, resolution
 from segmenter.base import Segmenter
 from segmenter.classes import channel_map
@@ -25,7 +25,6 @@ from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import declared_classes, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
-from segmenter.scope import check_input, image_modality
 from segmenter.suggest import MAX_VIEWS, MEASURES, Candidate, Suggestion, check_count, score_all, select
 from segmenter.wsi.candidates import slide_tiles
 from segmenter.wsi.engine import read_box
@@ -34,7 +33,6 @@ from segmenter.wsi.tissue import slide_tissue_mask
 from segmenter.wsi.windows import Region
 
 log = logging.getLogger(__name__)
-SCOPE_SAMPLE = 16  # crops whose modality is checked against the model's
 CSV_FIELDS = ("rank", "source", "x", "y", "width", "height", "score", "uncertainty", "distance")
 
 
@@ -88,9 +86,7 @@ def crop_candidates(seg: Segmenter, source: Path, allow_mismatch: bool) -> list[
     if not files:
         raise CysegError(f"every image of {source} has a mask already: nothing left to suggest; give a folder "
                          "with images not annotated yet")
-    step = max(1, len(files) // SCOPE_SAMPLE)
-    for path in files[::step][:SCOPE_SAMPLE]:
-        check_input(seg, f"image {path.name}", image_modality(read_image(path)), None, allow_mismatch)
+    check_crop_sample(seg, files, allow_mismatch)
     return [Candidate(path.name, (0, 0, *_size(path))) for path in files]
 
 

@@ -13,20 +13,26 @@ DEFAULT_EPOCHS = 30
 MIN_OBJECT_AREA = 16
 
 
+def object_areas(masks: list[np.ndarray]) -> np.ndarray:
+    """The areas (px) of the 8-connected objects of the masks, components under MIN_OBJECT_AREA ignored."""
+    areas = [np.zeros(0, np.int64)]
+    for mask in masks:
+        _, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+        found = stats[1:, cv2.CC_STAT_AREA]
+        areas.append(found[found >= MIN_OBJECT_AREA])
+    return np.concatenate(areas)
+
+
 def object_size(masks: list[np.ndarray]) -> float:
     """Equivalent diameter (px) of the object holding the median foreground pixel (0: no foreground).
 
     Weighting by area makes the answer the size of the objects most of the foreground belongs to,
     not of the specks; components under 16 px are ignored.
     """
-    areas = []
-    for mask in masks:
-        _, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-        found = stats[1:, cv2.CC_STAT_AREA]
-        areas.append(found[found >= MIN_OBJECT_AREA])
-    if not areas or not sum(len(a) for a in areas):
+    areas = object_areas(masks)
+    if not areas.size:
         return 0.0
-    ordered = np.sort(np.concatenate(areas)).astype(np.float64)
+    ordered = np.sort(areas).astype(np.float64)
     median = ordered[np.searchsorted(np.cumsum(ordered), ordered.sum() / 2)]
     return float(2 * math.sqrt(median / math.pi))
 

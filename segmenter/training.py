@@ -222,11 +222,12 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
 def class_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap]) -> dict[str, float]:
     """Per class (`seg.labels`), the typical size of its annotated objects (`planning.object_size`) in
     the images whose dataset annotates it: what tells a class's specks from its objects."""
-    sizes = {}
-    for c, label in enumerate(seg.labels):
-        of_class = [(m.targets(mask)[:, :, c] > 0) for mask, m in zip(masks, maps, strict=True) if m.known[c]]
-        sizes[label] = round(object_size(of_class), 1)
-    return sizes
+    of_class: list[list[np.ndarray]] = [[] for _ in seg.labels]
+    for mask, m in zip(masks, maps, strict=True):
+        targets = m.targets(mask)
+        for c in np.flatnonzero(m.known):
+            of_class[c].append(targets[:, :, c] > 0)
+    return {label: round(object_size(found), 1) for label, found in zip(seg.labels, of_class, strict=True)}
 
 
 def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:

@@ -73,8 +73,7 @@ class UNetSegmenter(Segmenter):
         n_in, n_out = inside.sum(dim=(2, 3)), (1 - inside).sum(dim=(2, 3))
         mean_in = (error * inside).sum(dim=(2, 3)) / n_in.clamp(min=1)
         mean_out = (error * (1 - inside)).sum(dim=(2, 3)) / n_out.clamp(min=1)
-        both = (n_in > 0).float() * (n_out > 0).float()
-        per_pair = both * (mean_in + mean_out) / 2 + (1 - both) * (mean_in + mean_out)
+        per_pair = (mean_in + mean_out) / ((n_in > 0).float() + (n_out > 0).float()).clamp(min=1)
         return (per_pair * known).sum() / known.sum().clamp(min=1)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
