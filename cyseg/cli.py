@@ -160,6 +160,9 @@ def cli(verbose: bool, quiet: bool) -> None:
 @_training_loop_options
 @click.option("--translate", type=float, default=0.15, show_default=True,
               help="Random translation, fraction of the crop.")
+@click.option("--balance/--no-balance", default=False, show_default=True,
+              help="Draw training crops from every DIR equally often (within a DIR, by image area), so a small "
+                   "data set weighs as much as a large one; off: every image by its area.")
 @click.option("--crop", type=int, default=DEFAULT_CROP, show_default=True,
               help="Side of the random training crops (lowered to the largest image's shorter side when all "
                    "images are smaller; smaller images are mirror-padded).")

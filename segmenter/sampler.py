@@ -39,19 +39,22 @@ class CropSampler(torch.utils.data.Dataset):
     With `instances` (per image: (H, W, K) uint16 instance labels of the model's K instance classes,
     and which of them its dataset annotates) the labels travel with the mask through the same crop
     and augmentation, and K distance targets (`transforms.instances.distance_target`) follow the
-    class targets, computed on the augmented crop."""
+    class targets, computed on the augmented crop.
+
+    An image is drawn with probability proportional to its area; with `groups` (a group index per
+    image, e.g. its dataset folder) every group is drawn equally often and, within a group, by area."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, zoom: float = 0.0,
                  maps: Sequence[ChannelMap] | None = None,
-                 instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None):
+                 instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+                 groups: Sequence[int] | None = None):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.zoom = zoom
         self.maps = list(maps) if maps is not None else [channel_map((), (), "")] * len(masks)
         self.instances = list(instances) if instances is not None else None
         self.epoch = 0
-        areas = np.array([m.size for m in masks], dtype=np.float64)
-        self.p = areas / areas.sum()
+        self.p = image_weights([m.shape[0] * m.shape[1] for m in masks], groups)
         self.aug = method_augmenter(colour=colour, translate=translate)
 
     def __len__(self) -> int:
@@ -102,6 +105,17 @@ class CropSampler(torch.utils.data.Dataset):
         target = np.concatenate([classes, np.stack(distances, axis=2)], axis=2)
         return (torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1),
                 torch.from_numpy(np.concatenate([channels.known, known]).astype(np.float32)))
+
+
+def image_weights(areas: Sequence[int], groups: Sequence[int] | None) -> np.ndarray:
+    """Probability of drawing each image: its share of the area, of its group's area when `groups`
+    gives each image a group, every group then weighing the same."""
+    weights = np.asarray(areas, dtype=np.float64)
+    if groups is not None:
+        group = np.asarray(groups)
+        totals = {g: weights[group == g].sum() for g in np.unique(group)}
+        weights = weights / np.array([totals[g] * len(totals) for g in group])
+    return weights / weights.sum()
 
 
 def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:

@@ -83,6 +83,7 @@ class TrainOptions:
     colour: bool = False
     translate: float = 0.15
     zoom: float = 0.0  # 0: no scale augmentation (the method); Z: crops magnified by 1/(1+Z)..(1+Z)
+    balance: bool = False  # crops drawn from every training folder equally often, not by image area
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
     out: str | None = None
@@ -138,7 +139,8 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
         resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options)
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
-                          opts.colour, opts.translate, opts.zoom, data.maps, data.instances)
+                          opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
+                          _folder_of_each_image(data.datasets) if opts.balance else None)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -198,6 +200,11 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
         log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
                  DEFAULT_EPOCHS, DEFAULT_CROP)
     return TrainingData(datasets, images, masks, maps, instances, val, dataset_hash, size, crop), opts
+
+
+def _folder_of_each_image(datasets: list[Dataset]) -> list[int]:
+    """The index of the dataset folder each training image comes from, in `_load_arrays`' order."""
+    return [i for i, dataset in enumerate(datasets) for _ in dataset.items]
 
 
 def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[np.ndarray],

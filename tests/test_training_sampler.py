@@ -1,9 +1,10 @@
 """Training crops: the scale augmentation (`--zoom`) magnifies crops within its range, keeps the
-image and its mask aligned, and leaves the method's sampling unchanged when off."""
+image and its mask aligned, and leaves the method's sampling unchanged when off; `--balance` draws
+every dataset folder equally often."""
 import numpy as np
 import pytest
 
-from segmenter.sampler import CropSampler
+from segmenter.sampler import CropSampler, image_weights
 
 SQUARE = 32  # side of the checkerboard squares
 
@@ -61,3 +62,19 @@ def test_zoom_is_reproducible():
     a, b = sampler(0.5), sampler(0.5)
     for i in (0, 7, 31):
         assert (a[i][0] == b[i][0]).all() and (a[i][1] == b[i][1]).all()
+
+
+def test_images_are_drawn_by_area_unless_balanced():
+    areas = [100, 100, 100, 700]
+    assert np.allclose(image_weights(areas, None), [0.1, 0.1, 0.1, 0.7])
+    assert np.allclose(image_weights(areas, [0, 0, 0, 1]), [1 / 6, 1 / 6, 1 / 6, 0.5])
+    assert np.allclose(image_weights([100, 300, 50], [0, 0, 1]), [0.125, 0.375, 0.5])
+
+
+def test_balanced_crops_come_from_each_folder_equally_often():
+    large, large_mask = checkerboard(600, 600)
+    small = np.full((64, 64, 3), 7, np.uint8)
+    groups = CropSampler([large, small], [large_mask, np.zeros((64, 64), np.uint8)], 64, 400, seed=1, colour=False,
+                         translate=0.0, groups=[0, 1])
+    from_small = sum(bool((groups[i][0] == 7).all()) for i in range(len(groups)))
+    assert 160 <= from_small <= 240
