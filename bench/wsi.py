@@ -44,6 +44,7 @@ from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
+from segmenter.wsi.packing import pack, packable  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
 from segmenter.wsi.tissue import slide_tissue_mask  # noqa: E402
@@ -81,17 +82,23 @@ def densest_region(placements, size: int, side: int) -> Region:
 
 
 def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptions) -> dict:
-    """Ground-truth foreground pixels that fall outside the tissue boxes inference covers."""
+    """Ground-truth foreground pixels that fall outside the tissue boxes inference covers, the share of
+    the slide the boxes cover, and the pixels the network computes on them (boxes that overlap count
+    twice, small boxes as the sheets they are packed on; as a share of the slide's)."""
     reader = open_slide(slide_path)
     tissue = slide_tissue_mask(reader)
     region = Region(0, 0, reader.width, reader.height)
     topology = window_topology(reader.width, reader.height, opts)
     tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
     kept = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
+    computed = 0
     for task in tasks:
         for bx, by, bw, bh in task.boxes:  # what inference covers
             x0, y0 = task.x + bx, task.y + by
             kept[y0 // 8:(y0 + bh) // 8 + 1, x0 // 8:(x0 + bw) // 8 + 1] = True
+        small = [b for b in task.boxes if packable(b, opts.tile)]
+        computed += sum(s.width * s.height for s in pack(small, opts.tile, seg.multiple))
+        computed += sum(b[2] * b[3] for b in task.boxes if not packable(b, opts.tile))
     n_tiles, n_skipped = sum(t.tiles for t in tasks), sum(t.skipped for t in tasks)
     lost = 0
     for p in placements:
@@ -99,6 +106,7 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
         lost += int((~kept[(p.y + ys) // 8, (p.x + xs) // 8]).sum())
     total = foreground_total(placements)
     return {"tiles": n_tiles, "tiles_skipped": n_skipped, "area_inferred_fraction": float(kept.mean()),
+            "pixels_computed_fraction": computed / (reader.width * reader.height),
             "gt_foreground_px": total, "gt_foreground_lost_px": lost,
             "gt_foreground_lost_fraction": lost / max(total, 1)}
 
@@ -332,7 +340,8 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
     floor = inference_floor(placements, size, context["context_px"], bare_mp_s)
     print(f"cytology {fill:.0%}: cells need {context['context_px']} px of context; the floor is "
           f"{floor['floor_area_fraction']:.1%} of the slide ({floor['floor_bare_seconds']:.0f} s of bare network), "
-          f"skipping infers {loss['area_inferred_fraction']:.1%}", flush=True)
+          f"skipping infers {loss['area_inferred_fraction']:.1%} (computes {loss['pixels_computed_fraction']:.1%})",
+          flush=True)
     folder = work / f"cytology-{fill:g}"
     folder.mkdir()
     whole = whole_slide(model, slide, size, folder)
@@ -346,7 +355,8 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
             "peak_rss_mb": skip["peak_rss_mb"], "peak_rss_mb_no_skip": whole["whole_slide_no_skip"]["peak_rss_mb"],
             "masks_differ_fraction_of_fg": whole["skip_vs_no_skip_masks"]["differing_fraction_of_fg"],
             "context": context, **floor,
-            "inferred_vs_floor": loss["area_inferred_fraction"] / max(floor["floor_area_fraction"], 1e-9),
+            "pixels_computed_fraction": loss["pixels_computed_fraction"],
+            "inferred_vs_floor": loss["pixels_computed_fraction"] / max(floor["floor_area_fraction"], 1e-9),
             "skipping": loss, **whole, "full_slide_minutes": minutes,
             "full_slide_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['mp_per_s']:.3f} MP/s / 60"}
 

@@ -77,7 +77,7 @@ def slide_options(inputs: TaskInputs) -> dict[str, Any]:
     """The whole-slide engine's options: `cyseg segment`'s defaults, with the task's threshold,
     TTA and minimum area (None: the model's threshold, and its smallest object)."""
     return {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": inputs.tta, "amp": True,
-            "window_size": 4096, "window_overlap": 256, "skip_background": True, "tissue_margin": 32,
+            "window_size": 4096, "window_overlap": 256, "skip_background": True, "tissue_margin": 64,
             "threshold": inputs.threshold, "simplify": 0.5, "min_area": inputs.min_area}
 
 

@@ -300,9 +300,9 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--skip-background/--no-skip-background", default=True, show_default=True,
               help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
                    "and optical density).")
-@click.option("--tissue-margin", type=int, default=32, show_default=True,
-              help="Slides: background within this many pixels of detected tissue is segmented too (plus a quarter of "
-                   "the tile overlap of context).")
+@click.option("--tissue-margin", type=int, default=64, show_default=True,
+              help="Slides: background within this many pixels of detected tissue is segmented too, as the context "
+                   "the network needs to predict the tissue's edge as it would inside the slide.")
 @click.option("--mask-out", type=click.Path(path_type=Path), default=None,
               help="Slides: also write a low-resolution mask PNG (1/16 of level 0); a folder for several slides. "
                    "[default: none]")

@@ -56,6 +56,13 @@ def _ramp(size: int, before: int, after: int, device: torch.device) -> torch.Ten
     return w**3
 
 
+def box_weights(height: int, width: int, margin: int, device: torch.device) -> torch.Tensor:
+    """(height, width) blending weight of a box predicted on its own: the tiles' ramp rising over
+    `margin` px from each border, where the box lacks context, so where boxes overlap each pixel is
+    taken mostly from the box that saw the most around it."""
+    return _ramp(height, margin, margin, device)[:, None] * _ramp(width, margin, margin, device)[None, :]
+
+
 def _weights(spans: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
     """Each span's ramp divided by the sum of all ramps at each position: along one axis the weights
     of the tiles covering a pixel add up to 1, so across the grid (products of one weight per axis)

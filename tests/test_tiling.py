@@ -81,3 +81,13 @@ def test_blend_equals_untiled_away_from_padding_effects():
 def test_single_tile_is_the_plain_forward():
     image = torch.randint(0, 255, (3, 50, 60), dtype=torch.uint8)
     assert torch.equal(predict_tiled(_smooth_forward, image, 1, 512, 32, 4), _smooth_forward(image[None])[0])
+
+
+def test_box_weights_rise_from_every_border_over_the_margin():
+    from segmenter.tiling import box_weights
+
+    w = box_weights(40, 60, 10, torch.device("cpu"))
+    assert w.shape == (40, 60)
+    assert w[20, 30] == 1 and w[10:30, 10:50].min() == 1
+    assert w[0, 30] < 0.01 and w[20, 0] < 0.01 and w[39, 59] < 1e-4 and w.min() > 0
+    assert torch.all(w[:20, 30].diff() >= 0)  # rises towards the middle

@@ -174,6 +174,16 @@ def test_real_dapi_ndpi_uses_fluorescence():
         assert nuclei[..., 2].max() > 200 and auto.any_in(0, 3968, 512, 512)
 
 
+def test_a_pale_rim_joins_its_cell_and_a_pale_speck_stays_glass():
+    thumb = np.full((120, 120, 3), 240, np.uint8)  # glass
+    cv2.circle(thumb, (40, 40), 20, (233, 233, 233), -1)  # a cell's pale rim: above half the margin only
+    cv2.circle(thumb, (40, 40), 10, (120, 120, 120), -1)  # its dense centre
+    cv2.circle(thumb, (95, 95), 8, (233, 233, 233), -1)  # a pale speck on its own
+    mask = tissue_mask(thumb, 1.0, method="brightfield", dilate_px=0).mask
+    assert mask[40, 40] and mask[40, 58] and mask[22, 40]  # the whole rim, out to its edge
+    assert not mask[95, 95] and not mask[5, 5]
+
+
 def test_mask_geometry_fraction_and_margin():
     mask = np.zeros((10, 10), bool)
     mask[5, 7] = True  # level-0 pixels x 70..79, y 50..59

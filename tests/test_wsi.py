@@ -331,3 +331,33 @@ def test_window_results_round_trip_through_the_cache_format() -> None:
     assert (back.index, back.props, back.tiles, back.skipped, back.seconds) == (7, result.props, 4, 1, 0.25)
     empty = WindowResult.from_json(json.loads(json.dumps(WindowResult(2, [], [], 1, 1, 0.0).to_json())))
     assert empty.polygons == [] and empty.index == 2
+
+
+
+def test_small_boxes_are_packed_side_by_side_onto_sheets_of_one_tile():
+    from segmenter.wsi.packing import pack, packable
+
+    rng = np.random.default_rng(0)
+    corners, sides = rng.integers(0, 3000, (40, 2)), rng.integers(20, 257, (40, 2))
+    boxes = [(int(x), int(y), int(w), int(h)) for (x, y), (w, h) in zip(corners, sides, strict=True)]
+    assert all(packable(b, 512) for b in boxes) and not packable((0, 0, 257, 10), 512)
+    sheets = pack(boxes, 512, multiple=16)
+    placed = [(box, at) for sheet in sheets for box, at in sheet.places]
+    assert sorted(box for box, _ in placed) == sorted(boxes)
+    for sheet in sheets:
+        assert sheet.width <= 512 and sheet.height <= 512 and sheet.width % 16 == 0 and sheet.height % 16 == 0
+        cover = np.zeros((sheet.height, sheet.width), int)
+        for (_, _, w, h), (x, y) in sheet.places:
+            cover[y:y + h, x:x + w] += 1
+        assert cover.max() == 1  # no two boxes share a pixel
+    area = sum(b[2] * b[3] for b in boxes)
+    assert sum(s.width * s.height for s in sheets) < 1.5 * area  # shelves waste little
+
+
+def test_overlapping_tissue_boxes_merge_only_when_one_box_costs_no_more():
+    from segmenter.wsi.windows import merge_overlapping
+
+    diagonal = [(0, 0, 100, 100), (60, 60, 100, 100)]  # their bounding box would hold 160² > 2 x 100² pixels
+    assert sorted(merge_overlapping(diagonal, cheaper_only=True)) == diagonal
+    assert merge_overlapping(diagonal) == [(0, 0, 160, 160)]
+    assert merge_overlapping([(0, 0, 100, 100), (10, 10, 100, 100)], cheaper_only=True) == [(0, 0, 110, 110)]

@@ -68,7 +68,8 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, method: str = "auto", 
 
     brightfield: a pixel is tissue when its optical density (max over channels) or its HSV
     saturation exceeds the glass's by a margin; Otsu can raise each threshold only within a
-    narrow band, so a blank slide yields no tissue and faint cells are not thresholded away.
+    narrow band, so a blank slide yields no tissue and faint cells are not thresholded away; pixels
+    above half the margin join the tissue they touch (a cell's pale rim).
     fluorescence: bright signal on a dark background, same rule on the brightest channel.
     auto: fluorescence when the median brightness is low. Components smaller than `min_area_px`
     mask pixels are dropped unless clearly above the background (an isolated cell is kept),
@@ -81,16 +82,17 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, method: str = "auto", 
     method = _method(method, thumbnail)
     if method == "fluorescence":
         brightness = thumbnail.max(axis=2).astype(np.float32)
-        signal, strong = _above(brightness, float(np.percentile(brightness, 2)), FLUO_MARGIN, FLUO_BAND, "brightness")
+        signal, strong, faint = _above(brightness, float(np.percentile(brightness, 2)), FLUO_MARGIN, FLUO_BAND,
+                                       "brightness")
     else:
         od = -np.log((thumbnail.min(axis=2).astype(np.float32) + 1) / 256)  # densest channel
-        signal, strong = _above(od, float(np.percentile(od, 2)), OD_MARGIN, OD_BAND, "optical density")
+        signal, strong, faint = _above(od, float(np.percentile(od, 2)), OD_MARGIN, OD_BAND, "optical density")
         saturation = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
         glass = saturation[~signal]
         sat_ref = float(np.median(glass)) if glass.size else float(np.percentile(saturation, 2))
-        stained, vivid = _above(saturation, sat_ref, SAT_MARGIN, SAT_BAND, "saturation")
-        signal, strong = signal | stained, strong | vivid
-    mask = _clean(signal, strong, min_area_px, dilate_px)
+        stained, vivid, pale = _above(saturation, sat_ref, SAT_MARGIN, SAT_BAND, "saturation")
+        signal, strong, faint = signal | stained, strong | vivid, faint | pale
+    mask = _clean(_grown_into(signal, faint), strong, min_area_px, dilate_px)
     log.debug("tissue (%s): %.1f %% of a %dx%d mask at downsample %.1f", method, 100 * mask.mean(),
               mask.shape[1], mask.shape[0], downsample)
     return TissueMask(mask, float(downsample))
@@ -126,14 +128,26 @@ def _method(method: str, thumbnail: np.ndarray) -> str:
 
 
 def _above(values: np.ndarray, reference: float, margin: float, band: float,
-           name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values > threshold, values > floor + band), where floor = reference + margin and the
-    threshold is Otsu's clipped to [floor, floor + band]: never inside the background's noise,
-    never far into faint tissue. The second mask marks pixels clearly above the background."""
+           name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values > threshold, values > floor + band, values > reference + margin / 2), where floor =
+    reference + margin and the threshold is Otsu's clipped to [floor, floor + band]: never inside the
+    background's noise, never far into faint tissue. The second mask marks pixels clearly above the
+    background, the third faint ones (tissue only where they touch the first: `_grown_into`)."""
     floor = reference + margin
     threshold = float(np.clip(threshold_otsu(values) if np.ptp(values) > 0 else floor, floor, floor + band))
     log.debug("%s: background %.3f, threshold %.3f", name, reference, threshold)
-    return values > threshold, values > floor + band
+    return values > threshold, values > floor + band, values > reference + margin / 2
+
+
+def _grown_into(signal: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """`signal` with every faint region that touches it (hysteresis thresholding): the pale rim of
+    a cell (soft edges, thin cytoplasm) joins the cell it surrounds, so the cell's box holds all of
+    it, while faint specks on their own stay glass."""
+    _, labels = cv2.connectedComponents((signal | faint).astype(np.uint8), connectivity=8)
+    keep = np.zeros(labels.max() + 1, bool)
+    keep[np.unique(labels[signal])] = True
+    keep[0] = False
+    return keep[labels]
 
 
 def _clean(signal: np.ndarray, strong: np.ndarray, min_area_px: int, dilate_px: int) -> np.ndarray:

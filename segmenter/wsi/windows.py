@@ -38,7 +38,7 @@ class WsiOptions:
     window_overlap: int = 256
     downsample: float = 1.0
     skip_background: bool = True
-    tissue_margin: int = 32
+    tissue_margin: int = 64  # bench/wsi.py measures the context a cell needs (docs/benchmarks.md)
     threshold: float | None = None
     simplify: float = 1.0
     min_area: float | None = None  # level-0 px²; None: the model's smallest object (Segmenter.min_area)
@@ -196,15 +196,15 @@ def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int
 
     Each connected piece of the tissue mask (a cell, a cluster, a fragment) that reaches the window
     or its tissue margin gets its own box, fitted at the mask's resolution and grown by the tissue
-    margin plus a quarter of the tile overlap (so objects near a box edge keep some real background
-    as context); overlapping boxes are merged. Inference then covers the boxes only: on a mostly
-    empty slide far less than whole tiles would, and on scattered cells about what the cells and
-    their context cover. The growth trades context for work: a thinner margin changes more masks
-    at box edges, a wider one infers more glass (bench/wsi.py measures both: docs/benchmarks.md,
-    "Whole slides")."""
+    margin (the real surroundings the network needs to predict an object as it would inside the
+    slide); overlapping boxes are merged where one box costs no more than the two. Inference then
+    covers the boxes only: on a mostly empty slide far less than whole tiles would, and on
+    scattered cells about what the cells and their context cover. The margin trades context for
+    work: a thinner one changes more masks at box edges, a wider one infers more glass (bench/wsi.py
+    measures the context cells need and both effects: docs/benchmarks.md, "Whole slides")."""
     x, y, w, h = window
     ds, d = opts.downsample, tissue.downsample
-    grow = opts.tissue_margin + opts.overlap // 4  # processing pixels
+    grow = opts.tissue_margin  # processing pixels
     # the window grown by the margin, in mask pixels (level-0 = region origin + processing px x ds)
     mx0 = max(0, math.floor((region.x + (x - grow) * ds) / d))
     my0 = max(0, math.floor((region.y + (y - grow) * ds) / d))
@@ -224,23 +224,31 @@ def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int
         bx0, by0, bx1, by1 = max(0, bx0), max(0, by0), min(w, bx1), min(h, by1)
         if bx1 > bx0 and by1 > by0:
             boxes.append((bx0, by0, bx1 - bx0, by1 - by0))
-    return sorted(merge_overlapping(boxes))
+    return sorted(merge_overlapping(boxes, cheaper_only=True))
 
 
-def merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h) with every overlapping pair replaced by its bounding box, until none overlap."""
+def merge_overlapping(boxes: list[tuple[int, int, int, int]],
+                      cheaper_only: bool = False) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) with overlapping pairs replaced by their bounding box until none is left to
+    merge: every overlapping pair, or with `cheaper_only` the pairs whose bounding box holds no more
+    pixels than the two boxes (other overlapping boxes are inferred apart and blended)."""
     boxes = list(boxes)
     merged = True
     while merged:
         merged = False
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
-                if _intersects(boxes[i], boxes[j]):
-                    a, b = boxes[i], boxes.pop(j)
-                    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
-                    boxes[i] = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
-                    merged = True
-                    break
+                a, b = boxes[i], boxes[j]
+                if not _intersects(a, b):
+                    continue
+                x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+                union = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
+                if cheaper_only and union[2] * union[3] > a[2] * a[3] + b[2] * b[3]:
+                    continue
+                boxes[i] = union
+                boxes.pop(j)
+                merged = True
+                break
             if merged:
                 break
     return boxes
