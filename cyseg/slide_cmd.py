@@ -43,8 +43,7 @@ def resolution(reader, mpp: float | None, magnification: float | None) -> float:
 def check_slide(seg: Segmenter, reader: SlideReader, downsample: float, allow_mismatch: bool) -> None:
     """Refuse a slide unlike the model's training images (`segmenter.scope`): its modality from a
     thumbnail, its resolution as processed."""
-    preview, _ = reader.thumbnail(1024)
-    check_input(seg, f"slide {Path(reader.path).name}", image_modality(preview),
+    check_input(seg, f"slide {Path(reader.path).name}", image_modality(reader.preview),
                 None if reader.mpp is None else reader.mpp * downsample, allow_mismatch)
 
 

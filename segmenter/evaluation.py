@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))
 Data = str | os.PathLike | Dataset | Sequence[Dataset]
 # on_image(stem, class (None for the unnamed foreground), image, truth, masks by threshold)
+Predictions = dict[Path, torch.Tensor]  # image path -> (C, H, W) probabilities
 OnImage = Callable[[str, str | None, np.ndarray, np.ndarray, dict[float, np.ndarray]], None]
 
 
@@ -50,8 +52,8 @@ def datasets_of(data: Data) -> list[Dataset]:
 
 
 def evaluate_dataset(seg: Segmenter, data: Data, thresholds: Sequence[float], on_image: OnImage | None = None,
-                     progress: bool = False,
-                     instances_at: dict[str | None, float] | None = None) -> list[dict[str, Any]]:
+                     progress: bool = False, instances_at: dict[str | None, float] | None = None,
+                     predictions: Predictions | None = None) -> list[dict[str, Any]]:
     """One row per image (per class its dataset annotates, for a model with named classes) and
     threshold: image, [class,] threshold, iou, dice, and pixel counts (tp, fp, fn). With
     `instances_at` (each class's threshold) the rows at those thresholds also hold the instance scores
@@ -59,16 +61,19 @@ def evaluate_dataset(seg: Segmenter, data: Data, thresholds: Sequence[float], on
     labels, or the connected regions of its masks where it has none.
 
     `on_image(stem, class, image, truth, masks_by_threshold)` is called per image and class (used for overlays).
+    `predictions` (image path -> probabilities on the CPU), when given, receives every image's
+    probabilities, so a later step on the same images need not predict them again.
     """
     check_thresholds(thresholds)
     rows: list[dict[str, Any]] = []
     for dataset in datasets_of(data):
-        rows += _evaluate_one(seg, dataset, thresholds, on_image, progress, instances_at)
+        rows += _evaluate_one(seg, dataset, thresholds, on_image, progress, instances_at, predictions)
     return rows
 
 
 def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float], on_image: OnImage | None,
-                  progress: bool, instances_at: dict[str | None, float] | None = None) -> list[dict[str, Any]]:
+                  progress: bool, instances_at: dict[str | None, float] | None = None,
+                  predictions: Predictions | None = None) -> list[dict[str, Any]]:
     """`evaluate_dataset` on one dataset."""
     channels = channel_map(dataset.classes, seg.classes, dataset.root)
     scored = [(c, name) for c, name in enumerate(seg.classes or (None,)) if channels.known[c]]
@@ -79,6 +84,8 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
         for item, (image, labels) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                           disable=not progress, leave=False):
             probs = seg.predict(image)
+            if predictions is not None:
+                predictions[item.image] = probs.cpu()
             targets = channels.targets(labels)
             with torch.inference_mode():
                 smoothed = smooth(probs[None])[0]
@@ -157,12 +164,14 @@ def mean_scores(seg: Segmenter, data: Data, threshold: float | None = None) -> d
             "dice": float(np.mean([scores[f"dice_{n}"] for n in scored])), **scores}
 
 
-def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str) -> dict[str, Any]:
+def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str,
+                        predictions: Predictions | None = None) -> dict[str, Any]:
     """Set the model's threshold (per class for named classes) to the sweep value with the best mean
     IoU of the post-processed masks on `data` (validation or training images, never test images:
-    that would flatter the test score); ties go to the value nearest 0.5."""
+    that would flatter the test score); ties go to the value nearest 0.5. `predictions` receives
+    the images' probabilities (see `evaluate_dataset`)."""
     datasets = datasets_of(data)
-    summary = summarise(evaluate_dataset(seg, datasets, SWEEP))
+    summary = summarise(evaluate_dataset(seg, datasets, SWEEP, predictions=predictions))
     n_images = sum(len(d) for d in datasets)
     if not seg.classes:
         best = _best(summary)

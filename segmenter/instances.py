@@ -19,6 +19,8 @@ from segmenter.io.instances import read_instances, warn_disconnected
 from transforms.instances import GROWTHS, Separation, connected_instances, separate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from segmenter.base import Segmenter
 
 # the separations tried on the validation images: peak heights and growths
@@ -127,14 +129,16 @@ class _Predicted:
     done: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # channels already calibrated
 
 
-def _predicted(seg: Segmenter, datasets: Sequence[Dataset]) -> list[_Predicted]:
-    """Every image of the datasets predicted once, with the ground truth of the channels it annotates."""
+def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
+               predictions: dict[Path, torch.Tensor]) -> list[_Predicted]:
+    """Every image of the datasets predicted once (or taken from `predictions`), with the ground truth
+    of the channels it annotates."""
     out = []
     for dataset in datasets:
         channels = channel_map(dataset.classes, seg.classes, dataset.root)
         for item in dataset.items:
             image, labels = read_pair(item)
-            probs = seg.predict(image)
+            probs = predictions[item.image].to(seg.device) if item.image in predictions else seg.predict(image)
             with torch.inference_mode():
                 masks = seg.class_masks(probs).cpu().numpy()
             targets = channels.targets(labels)
@@ -155,11 +159,13 @@ def _score(seg: Segmenter, images: list[_Predicted], channel: str, separation: d
     return (float(np.mean(f1)), float(np.mean(pq))) if f1 else (0.0, 0.0)
 
 
-def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset]) -> dict[str, Any]:
+def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
+                         predictions: dict[Path, torch.Tensor] | None = None) -> dict[str, Any]:
     """Set the model's separation parameters, per instance class (nuclei first), to those of the grid
     with the best mean object F1 (then PQ) on `datasets` (validation or training images, never test
-    images); returns each class's choice and score."""
-    images = _predicted(seg, datasets)
+    images); returns each class's choice and score. Images in `predictions` (image path ->
+    probabilities, e.g. from the threshold sweep just before) are not predicted again."""
+    images = _predicted(seg, datasets, predictions or {})
     report: dict[str, Any] = {}
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
         seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)

@@ -432,10 +432,11 @@ def _finish(seg: Segmenter, data: TrainingData, state: LoopState, opts: TrainOpt
     """Keep the best epoch's weights, choose the threshold when asked, and record how the run went."""
     if state.best_state is not None:
         seg.model.load_state_dict(state.best_state)
+    predictions: dict[Path, torch.Tensor] = {}  # the threshold sweep's, reused to choose the separation
     if opts.calibrate_threshold:
-        _calibrate(seg, data, opts.seed)
+        _calibrate(seg, data, opts.seed, predictions)
     if seg.instance_classes:
-        _calibrate_separation(seg, data, opts.seed)
+        _calibrate_separation(seg, data, opts.seed, predictions)
     history = state.history
     seg.training_info.update(
         epochs_run=len(history), best_epoch=state.best_epoch if data.val is not None else len(history),
@@ -452,23 +453,24 @@ def _save(seg: Segmenter, history: list[dict[str, Any]], out: Path, ckpt_path: P
     ckpt_path.unlink(missing_ok=True)
 
 
-def _calibrate(seg: Segmenter, data: TrainingData, seed: int) -> None:
+def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:
     """Set the threshold (per class) that maximises the mean IoU on the validation images (else on
     up to CALIBRATION_IMAGES training images of each dataset)."""
     where = "validation images" if data.val is not None else "training images (no --val)"
     images_for_threshold = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
-    seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where)
+    seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where, predictions)
     chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
     log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
 
 
-def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int) -> None:
+def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int,
+                          predictions: dict[Path, torch.Tensor]) -> None:
     """Choose the instance separation (per instance class: peak height, growth, nuclei as cell seeds) with the
     best object F1 on the validation images (else on up to CALIBRATION_IMAGES training images of each
     dataset)."""
     where = "validation images" if data.val is not None else "training images (no --val)"
     chosen_on = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
-    seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on), "chosen_on": where}
+    seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on, predictions), "chosen_on": where}
     log.info("instance separation chosen on the %s (best mean object F1): %s", where,
              "; ".join(f"{c} h {p['h']:g}, {p['grow']}" + (", nuclei as seeds" if p["nucleus_seeds"] else "")
                        for c, p in seg.separation.items()))

@@ -215,6 +215,26 @@ def test_an_instance_model_records_its_distance_channel_and_watershed(instance_m
     assert seg.predict(np.zeros((64, 64, 3), np.uint8)).shape == (2, 64, 64)
 
 
+def test_the_end_of_instance_training_predicts_each_validation_image_once(disc_sets, tmp_path, monkeypatch):
+    """The threshold sweep's predictions are reused to choose the separation."""
+    import segmenter.training as training
+    from segmenter.base import Segmenter
+
+    predicted: list[tuple[int, ...]] = []
+    real_finish, real_predict = training._finish, Segmenter.predict
+
+    def counting_finish(*args, **kwargs):
+        monkeypatch.setattr(Segmenter, "predict", lambda self, image, *a, **k: predicted.append(image.shape)
+                            or real_predict(self, image, *a, **k))
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_finish", counting_finish)
+    result = invoke(["-q", "train", disc_sets["train"], "--val", disc_sets["val"], "--instances",
+                     "--out", tmp_path / "m.pt", *TINY, "--epochs", "1", "--steps-per-epoch", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert len(predicted) == len(open_dataset(disc_sets["val"]))
+
+
 def test_a_plain_model_file_has_no_instance_keys(tiny_model):
     content = torch.load(tiny_model, map_location="cpu", weights_only=True)
     assert "instances" not in content["config"] and "separation" not in content

@@ -361,3 +361,13 @@ def test_overlapping_tissue_boxes_merge_only_when_one_box_costs_no_more():
     assert sorted(merge_overlapping(diagonal, cheaper_only=True)) == diagonal
     assert merge_overlapping(diagonal) == [(0, 0, 160, 160)]
     assert merge_overlapping([(0, 0, 100, 100), (10, 10, 100, 100)], cheaper_only=True) == [(0, 0, 110, 110)]
+
+
+def test_a_slide_is_previewed_once_for_the_scope_check_and_tissue_detection(tiny_model, slide, tmp_path, monkeypatch):
+    from segmenter.wsi.slide import PREVIEW_SIDE, SlideReader
+
+    sides: list[int] = []
+    real = SlideReader.thumbnail
+    monkeypatch.setattr(SlideReader, "thumbnail", lambda self, side, *a: sides.append(side) or real(self, side, *a))
+    assert run(["segment", str(tiny_model), str(slide), "--out", str(tmp_path / "s.geojson"), *SMALL]).exit_code == 0
+    assert sides.count(PREVIEW_SIDE) == 1, sides

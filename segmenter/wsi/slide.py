@@ -4,6 +4,7 @@ white; readers hold no open handle when pickled, so a Dask worker reopens the fi
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.01  # relative slack when matching downsamples (DICOM levels are 2.0003x, 4.002x...)
 THUMBNAIL_BLOCK = 4096  # level pixels read at once when building a thumbnail (bounded memory)
+PREVIEW_SIDE = 1024  # the overview that decides a slide's modality
 NO_RESOLUTION_HINT = "; give a downsample or level instead"
 REDUCERS = {"mean": None, "min": np.min, "max": np.max}  # thumbnail pooling ("mean": plain resize)
 
@@ -58,6 +60,12 @@ class SlideReader(abc.ABC):
         """
         self._check_region(x, y, w, h, level)
         return self._read(int(x), int(y), int(w), int(h), int(level))
+
+    @functools.cached_property
+    def preview(self) -> np.ndarray:
+        """The whole slide at most PREVIEW_SIDE pixels long, read once: the scope check and tissue
+        detection both judge the slide's modality on it."""
+        return self.thumbnail(PREVIEW_SIDE)[0]
 
     def thumbnail(self, max_side: int, pool: int = 1, reduce: str = "mean") -> tuple[np.ndarray, float]:
         """The whole slide as an RGB image whose longer side is <= max_side, and its downsample

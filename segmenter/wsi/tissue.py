@@ -111,8 +111,7 @@ def slide_tissue_mask(slide: SlideReader, max_side: int = 2048, detail: float = 
     """
     if not detail > 0:
         raise CysegError(f"tissue detail {detail} must be > 0 level-0 pixels")
-    preview, _ = slide.thumbnail(min(max_side, 1024))
-    method = _method(method, preview)
+    method = _method(method, slide.preview)
     pool = max(1, round(max(slide.width, slide.height) / max_side / detail))
     thumbnail, downsample = slide.thumbnail(max_side, pool, "max" if method == "fluorescence" else "min")
     return tissue_mask(thumbnail, downsample, method=method, **kwargs)
