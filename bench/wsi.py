@@ -93,12 +93,13 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
     kept = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
     computed = 0
     for task in tasks:
-        for bx, by, bw, bh in task.boxes:  # what inference covers
+        boxes = [(0, 0, task.w, task.h)] if task.boxes is None else task.boxes  # None: a dense window, whole
+        for bx, by, bw, bh in boxes:  # what inference covers
             x0, y0 = task.x + bx, task.y + by
             kept[y0 // 8:(y0 + bh) // 8 + 1, x0 // 8:(x0 + bw) // 8 + 1] = True
-        small = [b for b in task.boxes if packable(b, opts.tile)]
+        small = [b for b in boxes if packable(b, opts.tile)]
         computed += sum(s.width * s.height for s in pack(small, opts.tile, seg.multiple))
-        computed += sum(b[2] * b[3] for b in task.boxes if not packable(b, opts.tile))
+        computed += sum(b[2] * b[3] for b in boxes if not packable(b, opts.tile))
     n_tiles, n_skipped = sum(t.tiles for t in tasks), sum(t.skipped for t in tasks)
     lost = 0
     for p in placements:

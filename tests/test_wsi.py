@@ -371,3 +371,18 @@ def test_a_slide_is_previewed_once_for_the_scope_check_and_tissue_detection(tiny
     monkeypatch.setattr(SlideReader, "thumbnail", lambda self, side, *a: sides.append(side) or real(self, side, *a))
     assert run(["segment", str(tiny_model), str(slide), "--out", str(tmp_path / "s.geojson"), *SMALL]).exit_code == 0
     assert sides.count(PREVIEW_SIDE) == 1, sides
+
+
+def test_a_window_dense_with_tissue_is_inferred_whole_and_a_sparse_one_by_boxes():
+    from segmenter.wsi.tissue import TissueMask
+    from segmenter.wsi.windows import Region, plan_windows
+
+    opts = WsiOptions(tile=256, overlap=32, window_size=1024, window_overlap=96)
+    dense = np.zeros((64, 128), bool)
+    dense[:, :64] = True  # the left window is all tissue, the right one holds a single cell
+    dense[30, 100] = True
+    tissue = TissueMask(dense, 16.0)
+    tasks = plan_windows(window_topology(2048, 1024, opts), Region(0, 0, 2048, 1024), opts, tissue, 16)
+    assert tasks[0].boxes is None and tasks[0].skipped == 0
+    sparse = tasks[1]  # level-0 x 928..1952: the dense window's edge and the cell, boxed
+    assert (1600 - 928 - 64, 480 - 64, 16 + 128, 16 + 128) in sparse.boxes and sparse.skipped > 0

@@ -19,7 +19,7 @@ from segmenter.tiling import box_weights
 from segmenter.wsi.cache import WindowResult
 from segmenter.wsi.objects import owned_objects
 from segmenter.wsi.packing import Box, pack, packable
-from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups
+from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
 from transforms.chain import chain_radius
 
 if TYPE_CHECKING:
@@ -106,18 +106,22 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
     if boxes is None:
         return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample), **tiling)
     probs = torch.zeros((seg.n_outputs, ah, aw), device=seg.device)
-    weight = torch.zeros((ah, aw), device=seg.device)
+    blended = any(intersects(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    weight = torch.zeros((ah, aw), device=seg.device) if blended else None
     for box in boxes:
         bx, by, bw, bh = box
         box_probs = small.pop(box, None)
         if box_probs is None:
             box_probs = seg.predict(read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample),
                                     **tiling)
-        w = box_weights(bh, bw, opts.tissue_margin, seg.device)
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
+        if weight is None:
+            probs[:, rows, cols] = box_probs
+            continue
+        w = box_weights(bh, bw, opts.tissue_margin, seg.device)
         probs[:, rows, cols].addcmul_(box_probs, w)
         weight[rows, cols] += w
-    return probs.div_(weight.clamp_(min=torch.finfo(weight.dtype).tiny))
+    return probs if weight is None else probs.div_(weight.clamp_(min=torch.finfo(weight.dtype).tiny))
 
 
 def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+# a window whose tissue boxes hold at least this share of its pixels is inferred whole (tiled): boxes
+# that cover most of it, several overlapping, would compute more than its tiles do
+DENSE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, to
 def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
                  tissue: TissueMask | None, multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
-    `process_window` lays them, for a network whose sides must be multiples of `multiple`)."""
+    `process_window` lays them, for a network whose sides must be multiples of `multiple`); a window
+    dense with tissue (DENSE_SHARE) gets no boxes and is inferred whole."""
     tasks = []
     for wid in range(1, topology.tile_count + 1):
         tile = topology.tile(wid)
@@ -178,7 +182,11 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         boxes, skipped = None, 0
         if tissue is not None:
             boxes = tissue_boxes(tissue, region, (x, y, w, h), opts)
-            skipped = sum(not any(_intersects((tx, ty, tw, th), b) for b in boxes) for ty, th in ys for tx, tw in xs)
+            if sum(bw * bh for _, _, bw, bh in boxes) >= DENSE_SHARE * w * h:
+                boxes = None  # tissue almost everywhere: whole tiles cost less than the boxes
+            else:
+                skipped = sum(not any(intersects((tx, ty, tw, th), b) for b in boxes)
+                              for ty, th in ys for tx, tw in xs)
         top, bottom, left, right = topology.tile_neighbours(wid)
         sides = (left is not None, top is not None, right is not None, bottom is not None)
         tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped,
@@ -186,7 +194,8 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
     return tasks
 
 
-def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+def intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes (x, y, w, h) share a pixel."""
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
@@ -239,7 +248,7 @@ def merge_overlapping(boxes: list[tuple[int, int, int, int]],
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
-                if not _intersects(a, b):
+                if not intersects(a, b):
                     continue
                 x0, y0 = min(a[0], b[0]), min(a[1], b[1])
                 union = (x0, y0, max(a[0] + a[2], b[0] + b[2]) - x0, max(a[1] + a[3], b[1] + b[3]) - y0)
