@@ -74,7 +74,6 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
     on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled with the
     boxes' glass: scattered cells then cost what their pixels cost, not one underfilled forward
     pass each. Each box keeps its own tissue margin of real surroundings."""
-    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch, "tta": opts.tta, "amp": opts.amp}
     out: dict[Box, torch.Tensor] = {}
     for sheet in pack([b for b in task.boxes or [] if packable(b, opts.tile)], opts.tile, seg.multiple):
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
@@ -83,7 +82,7 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
         canvas[:] = _glass(pieces)
         for ((_, _, bw, bh), (sx, sy)), pixels in zip(sheet.places, pieces, strict=True):
             canvas[sy:sy + bh, sx:sx + bw] = pixels
-        probs = seg.predict(canvas, **tiling)
+        probs = seg.predict(canvas, **opts.tiling())
         for box, (sx, sy) in sheet.places:
             out[box] = probs[:, sy:sy + box[3], sx:sx + box[2]].clone()
     return out
@@ -102,9 +101,9 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
     boxes only (zero elsewhere; blended where boxes overlap), small boxes taken (and dropped) from
     `small`."""
     ax, ay, aw, ah = area
-    tiling = {"tile": opts.tile, "overlap": opts.overlap, "batch": opts.batch, "tta": opts.tta, "amp": opts.amp}
     if boxes is None:
-        return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample), **tiling)
+        return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample),
+                           **opts.tiling())
     probs = torch.zeros((seg.n_outputs, ah, aw), device=seg.device)
     blended = any(intersects(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     weight = torch.zeros((ah, aw), device=seg.device) if blended else None
@@ -113,7 +112,7 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
         box_probs = small.pop(box, None)
         if box_probs is None:
             box_probs = seg.predict(read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample),
-                                    **tiling)
+                                    **opts.tiling())
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
         if weight is None:
             probs[:, rows, cols] = box_probs

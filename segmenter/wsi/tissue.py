@@ -144,9 +144,15 @@ def _grown_into(signal: np.ndarray, faint: np.ndarray) -> np.ndarray:
     it, while faint specks on their own stay glass."""
     _, labels = cv2.connectedComponents((signal | faint).astype(np.uint8), connectivity=8)
     keep = np.zeros(labels.max() + 1, bool)
-    keep[np.unique(labels[signal])] = True
+    return _keep_seeded(keep, labels, signal)[labels]
+
+
+def _keep_seeded(keep: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """`keep` (one flag per component label) with every component holding a seed pixel set, and the
+    background (label 0) cleared."""
+    keep[np.unique(labels[seeds])] = True
     keep[0] = False
-    return keep[labels]
+    return keep
 
 
 def _clean(signal: np.ndarray, strong: np.ndarray, min_area_px: int, dilate_px: int) -> np.ndarray:
@@ -155,9 +161,7 @@ def _clean(signal: np.ndarray, strong: np.ndarray, min_area_px: int, dilate_px: 
     mask = cv2.morphologyEx(signal.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     if min_area_px > 1:
         _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
-        keep[np.unique(labels[strong & (mask > 0)])] = True
-        keep[0] = False
+        keep = _keep_seeded(stats[:, cv2.CC_STAT_AREA] >= min_area_px, labels, strong & (mask > 0))
         mask = keep[labels].astype(np.uint8)
     if dilate_px > 0:
         size = 2 * dilate_px + 1

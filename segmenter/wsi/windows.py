@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -47,6 +47,10 @@ class WsiOptions:
     min_area: float | None = None  # level-0 px²; None: the model's smallest object (Segmenter.min_area)
     merge_tolerance: float = 1.0
     instances: bool = True  # separate touching objects (models trained with instances); False: connected regions
+
+    def tiling(self) -> dict[str, Any]:
+        """The keyword arguments `Segmenter.predict` takes from these options."""
+        return {"tile": self.tile, "overlap": self.overlap, "batch": self.batch, "tta": self.tta, "amp": self.amp}
 
     def check(self) -> None:
         """Reject combinations that cannot work."""
