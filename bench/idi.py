@@ -9,23 +9,29 @@ those five; glas: the official train/test split) and each seed s:
                   removed at random (`remove_objects`, seeded by (s, p)), and a model is trained on
                   those masks: this is iteration 1 of (c), whose model is trained exactly like
                   `cyseg train` (fresh weights drawn with seed s, same options);
-  (c) IDI K       `cyseg improve` on the incomplete masks with K+1 iterations; "IDI K" is the model
-                  of iteration K+1, trained on the dataset version improved K times. Its default
-                  rule (`--mode objects`); `--idi-args '--mode or'` measures the method's OR.
+  (c) IDI K       `cyseg improve` on the incomplete masks with up to K+1 iterations; "IDI K" is the
+                  model of iteration K+1, trained on the dataset version improved K times. Its default
+                  rule (`--mode objects`); `--idi-args '--mode or'` measures the method's OR. It stops
+                  when the validation IoU stops rising; "IDI" is the iteration it names best.
+
+A share `--val-fraction` of the training images (drawn per seed) is held out as the validation set
+of every model: complete masks for (a), the same removal as the training masks for (b) and (c).
 
 All models are scored on the test split with `cyseg evaluate` (IoU and Dice at the model's
 threshold, full resolution). By default every IDI iteration trains from fresh weights
 (`--from-scratch`), so (a), (b) and every IDI K get the same training budget and only the data
 differ; `--warm-start` uses the method's continued training instead. The summary gives mean ± std
 over seeds and, at p = 0.5, the fraction of the IoU lost between (a) and (b) that IDI recovers,
-(IoU_IDI - IoU_b) / (IoU_a - IoU_b), and whether it reaches one half. CPU time (this process and
+(IoU_IDI - IoU_b) / (IoU_a - IoU_b), whether it reaches one half, whether IDI ends below (b) by more
+than (b)'s std over seeds, and how many models collapsed (test IoU < 0.001). CPU time (this process and
 its children) is recorded per stage. Every run starts from an empty work folder and writes its
 results file whole: no model, data set or evaluation of an earlier run is reused, so every figure
 was measured by the code version the file records.
 
     python bench/idi.py [--datasets miccai15,glas] [--p 0.25,0.5,0.75] [--seeds 3] [--iterations 3]
-                        [--epochs 30] [--steps-per-epoch 20] [--batch 8] [--crop 256] [--n 16] [--depth 5]
-                        [--warm-start] [--device auto] [--work bench/work/idi] [--out bench/results/idi.json]
+                        [--val-fraction 0.2] [--epochs 30] [--steps-per-epoch 20] [--batch 8] [--crop 256]
+                        [--n 16] [--depth 5] [--warm-start] [--device auto] [--work bench/work/idi]
+                        [--out bench/results/idi.json]
     python bench/idi.py --quick [--out /tmp/idi_quick.json]   # the whole pipeline on a tiny budget
 """
 from __future__ import annotations
@@ -62,6 +68,7 @@ from bench.common import (  # noqa: E402
 )
 
 RESULTS = ROOT / "bench" / "results" / "idi.json"
+COLLAPSED = 1e-3  # a test IoU below this: the model predicts (next to) nothing
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
          "batch": 2, "crop": 64, "n": 4, "depth": 3, "workers": 0, "device": "cpu"}
 
@@ -188,43 +195,64 @@ def evaluate(model: Path, test: Path, out: Path, args: argparse.Namespace, log: 
     return {"iou": s["iou_mean"], "dice": s["dice_mean"], "n_test": s["n_images"], "eval_cpu_s": cpu}
 
 
-def one_p(dataset: str, train: Path, test: Path, seed: int, p: float, args: argparse.Namespace, work: Path,
-          log: Path) -> dict[str, Any]:
-    """One seed at one p: the incomplete masks, `cyseg improve` on them, and the test scores of its
-    iteration-1 model (incomplete) and of IDI 1..K."""
+def carve_validation(train: Path, out: Path, fraction: float, seed: int) -> tuple[Path, Path]:
+    """(training, validation) folders of links under `out`: round(fraction * n) of the n items of
+    `train` (at least one), drawn with `seed`, held out as the validation set."""
+    stems = stems_of(train)
+    n_val = min(len(stems) - 1, max(1, round(fraction * len(stems))))
+    held = set(np.random.default_rng([seed, 7]).choice(stems, n_val, replace=False).tolist())
+    return (link_dataset(out / "train", train, [s for s in stems if s not in held]),
+            link_dataset(out / "val", train, sorted(held)))
+
+
+def one_p(dataset: str, split: tuple[Path, Path], test: Path, seed: int, p: float, args: argparse.Namespace,
+          work: Path, log: Path) -> dict[str, Any]:
+    """One seed at one p: the incomplete masks (training and validation), `cyseg improve` on them
+    (stopping when the validation IoU stops rising), and the test scores of its iteration-1 model
+    (incomplete), of every IDI K it ran, and of the iteration it names best (`idi`)."""
+    train, val = split
     tag = f"p{p:g}"
     runs = work / "runs" / dataset / f"seed{seed}" / tag
     incomplete = work / "data" / dataset / "incomplete" / tag / f"seed{seed}"
-    data = incomplete_dataset(train, incomplete, p, seed)
+    data = incomplete_dataset(train, incomplete / "train", p, seed)
+    incomplete_dataset(val, incomplete / "val", p, seed)
     idi_out = runs / "idi"
-    cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete), "--iterations", str(args.iterations + 1),
-           "--out", str(idi_out), *train_args(args, seed),
+    cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete / "train"), "--val", str(incomplete / "val"),
+           "--iterations", str(args.iterations + 1), "--out", str(idi_out), *train_args(args, seed),
            "--warm-start" if args.warm_start else "--from-scratch", *args.idi_args]
     cpu = run(cmd, log)
-    report = json.loads((idi_out / "report.json").read_text())["iterations"]
-    entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report,
-                             "training_masks_vs_complete": [mask_quality(incomplete, train)] + [
-                                 mask_quality(idi_out / f"iter{k}", train) for k in range(1, args.iterations + 1)]}
+    report = json.loads((idi_out / "report.json").read_text())
+    ran = len(report["iterations"])
+    entry: dict[str, Any] = {"removal": data, "improve_cpu_s": cpu, "iterations": report["iterations"],
+                             "best_iteration": report["best_iteration"], "stopped_early": report["stopped_early"],
+                             "training_masks_vs_complete": [mask_quality(incomplete / "train", train)] + [
+                                 mask_quality(idi_out / f"iter{k}", train) for k in range(1, ran)]}
     entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / "eval_iter1", args, log)
-    for k in range(1, args.iterations + 1):
+    for k in range(1, ran):
         model = idi_out / "models" / f"iter{k + 1}.pt"
         entry[f"idi_K{k}"] = evaluate(model, test, runs / f"eval_iter{k + 1}", args, log)
+    best = report["best_iteration"]
+    entry["idi"] = {**(entry["incomplete"] if best == 1 else entry[f"idi_K{best - 1}"]), "K": best - 1}
     return entry
 
 
 def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Namespace, work: Path,
              log: Path) -> dict[str, Any]:
-    """All runs of one data set and seed: full, and per p incomplete + IDI 1..K."""
+    """All runs of one data set and seed: full, and per p incomplete + IDI, all with the same
+    validation images carved from the training images (complete masks for full, incomplete for the others)."""
+    split = carve_validation(train, work / "data" / dataset / f"seed{seed}", args.val_fraction, seed)
     full_model = work / "runs" / dataset / f"seed{seed}" / "full" / "model.pt"
     full_model.parent.mkdir(parents=True)
-    cpu = run([*_cli("cyseg"), "-q", "train", str(train), "--out", str(full_model), *train_args(args, seed)], log)
+    cpu = run([*_cli("cyseg"), "-q", "train", str(split[0]), "--val", str(split[1]), "--out", str(full_model),
+               *train_args(args, seed)], log)
     out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, full_model.parent / "eval", args, log),
                                                    "train_cpu_s": cpu}, "p": {}}
     for p in args.p:
-        entry = out["p"][f"p{p:g}"] = one_p(dataset, train, test, seed, p, args, work, log)
+        entry = out["p"][f"p{p:g}"] = one_p(dataset, split, test, seed, p, args, work, log)
         print(f"{dataset:9s} seed {seed} p{p:g} full IoU {out['full']['iou']:.4f}  incomplete "
               f"{entry['incomplete']['iou']:.4f}  " + "  ".join(
-                  f"IDI{k} {entry[f'idi_K{k}']['iou']:.4f}" for k in range(1, args.iterations + 1)), flush=True)
+                  f"IDI{k} {entry[f'idi_K{k}']['iou']:.4f}" for k in range(1, args.iterations + 1)
+                  if f"idi_K{k}" in entry) + f"  chosen K={entry['idi']['K']} {entry['idi']['iou']:.4f}", flush=True)
     return out
 
 
@@ -245,14 +273,19 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             "recovery": {}}
         lost = full["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
         entry["iou_lost"] = lost
-        for k in range(1, args.iterations + 1):
-            key = f"idi_K{k}"
-            entry[key] = {m: _ms([r["p"][tag][key][m] for r in per_seed]) for m in ("iou", "dice")}
+        for key in ("idi", *(f"idi_K{k}" for k in range(1, args.iterations + 1))):
+            ran = [r["p"][tag][key] for r in per_seed if key in r["p"][tag]]
+            if not ran:
+                continue
+            entry[key] = {m: _ms([r[m] for r in ran]) for m in ("iou", "dice")}
             gained = entry[key]["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
-            entry["recovery"][key] = gained / lost if lost > 0 else None
-        valid = {k: v for k, v in entry["recovery"].items() if v is not None}
-        entry["best_K"] = max(valid, key=valid.get) if valid else None
-        entry["recovers_half"] = (valid[entry["best_K"]] >= 0.5) if valid else None
+            entry["recovery"][key] = gained / lost if lost > 0 and len(ran) == len(per_seed) else None
+        entry["chosen_K"] = [r["p"][tag]["idi"]["K"] for r in per_seed]
+        entry["recovers_half"] = None if entry["recovery"]["idi"] is None else entry["recovery"]["idi"] >= 0.5
+        entry["never_below"] = (entry["idi"]["iou"]["mean"]
+                                >= entry["incomplete"]["iou"]["mean"] - entry["incomplete"]["iou"]["std"])
+        entry["collapsed_models"] = sum(1 for r in per_seed for key, v in r["p"][tag].items()
+                                        if (key == "incomplete" or key.startswith("idi_K")) and v["iou"] < COLLAPSED)
         if lost <= 0:
             entry["note"] = "no IoU lost between full and incomplete masks: recovery undefined"
         result["p"][tag] = entry
@@ -272,6 +305,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the training images held out as validation (epoch, threshold, IDI stop)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--warm-start", action="store_true",
@@ -303,7 +338,9 @@ def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, A
         "benchmark": "idi", "quick": args.quick,
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
         "protocol": "(a) full masks, (b) p of the objects removed (= IDI iteration 1), (c) IDI K = model of "
-                    "iteration K+1; test IoU at the model threshold via cyseg evaluate",
+                    "iteration K+1, and IDI = the iteration `cyseg improve` names best when it stops (validation "
+                    "IoU no longer rising); validation images carved from the training images (complete masks for "
+                    "a, incomplete for b and c); test IoU at the model threshold via cyseg evaluate",
         "datasets": {}}
     for dataset in args.datasets.split(","):
         train, test = splits(dataset, work / "data")
@@ -326,10 +363,12 @@ def print_summary(results: dict[str, Any], out_path: Path) -> None:
         for tag, e in r["p"].items():
             idi = "  ".join(f"IDI{k[5:]} {e[k]['iou']['mean']:.4f} ± {e[k]['iou']['std']:.4f}"
                             for k in e if k.startswith("idi_K"))
-            rec = "  ".join(f"{k[4:]}: {v:.2f}" if v is not None else f"{k[4:]}: n/a" for k, v in e["recovery"].items())
+            rec = "  ".join(f"{k}: {v:.2f}" if v is not None else f"{k}: n/a" for k, v in e["recovery"].items())
             print(f"  {tag:6s} ({e['fraction_objects_removed']['mean']:.2f} of objects removed) incomplete "
-                  f"{e['incomplete']['iou']['mean']:.4f} ± {e['incomplete']['iou']['std']:.4f}  {idi}")
-            print(f"         recovery of the lost IoU {rec}; >= half: {e['recovers_half']}"
+                  f"{e['incomplete']['iou']['mean']:.4f} ± {e['incomplete']['iou']['std']:.4f}  {idi}  "
+                  f"chosen (K={e['chosen_K']}) {e['idi']['iou']['mean']:.4f} ± {e['idi']['iou']['std']:.4f}")
+            print(f"         recovery of the lost IoU {rec}; >= half: {e['recovers_half']}; never below: "
+                  f"{e['never_below']}; collapsed models: {e['collapsed_models']}"
                   + (f" ({e['note']})" if "note" in e else ""))
     run = results["run"]
     print(f"CPU {run['cpu_s'] / 60:.1f} min, wall {run['wall_s'] / 60:.1f} min; results in {out_path}")

@@ -606,6 +606,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
                    "expert mask OR prediction (its false positives join the labels).")
 @click.option("--confidence", type=float, default=0.7, show_default=True,
               help="--mode objects: the least mean probability of an added object.")
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="With --val: run the next iteration only while the validation IoU is still rising.")
 @click.option("--warm-start/--from-scratch", default=True, show_default=True,
               help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh "
                    "weights.")
@@ -626,18 +628,23 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
                     amp: bool, **kwargs) -> None:
     """Iterative data improvement of the incompletely annotated dataset DIR: each iteration trains a
     U-Net on the current version, predicts every crop and writes a new version whose masks are the
-    original annotation OR the post-processed prediction (annotated pixels are never removed)."""
-    from cyseg.improve import ImproveOptions, run_improve
+    original annotation grown by the prediction (--mode; annotated pixels are never removed). Prints
+    the best version's folder (by validation IoU with --val, else the last)."""
+    from cyseg.improve import ImproveOptions, best_iteration, run_improve
     from cyseg.models import resolve_model
 
     opts = ImproveOptions(model=None if start is None else str(resolve_model(start)),
                           val=None if val is None else str(val), only_kind=only_kind, amp=amp,
                           progress=_progress(), **kwargs)
-    for row in run_improve(data, out, opts):
+    rows = run_improve(data, out, opts)
+    for row in rows:
         scores = "" if row["val_iou"] is None else f"  val IoU {row['val_iou']:.4f} Dice {row['val_dice']:.4f}"
         click.echo(f"iteration {row['iteration']}: foreground {row['fg_before']:.4f} -> {row['fg_after']:.4f}, "
                    f"{row['pixels_added']} px added to the annotation, {row['masks_changed']} masks changed{scores}")
-    click.echo(str(out / f"iter{opts.iterations}"))
+    best = best_iteration(rows)
+    if len(rows) < opts.iterations:
+        click.echo(f"stopped after iteration {len(rows)}: the validation IoU stopped rising; best iteration {best}")
+    click.echo(str(out / f"iter{best}"))
 
 
 @cli.command("suggest")

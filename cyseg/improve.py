@@ -43,6 +43,12 @@ continues an interrupted training from its checkpoint (OUT/models/iter<k>.ckpt),
 everything after the first unfinished iteration. A larger K continues a finished run. The options
 that change the results are stored in OUT/improve.json; a rerun with other options is refused.
 
+Early stop: with `--val` (a validation set carved from the training images: its incomplete masks
+still rank models, since the objects missing from them are independent of what the model finds),
+an iteration runs only while the validation IoU is still rising: once iteration k scores no higher
+than an earlier one, k+1..K are not run. OUT/report.json names the best iteration (`best_iteration`,
+`best`: its model and the dataset version it grew); without `--val`, all K run and the last is named.
+
 OUT/report.json and OUT/report.csv hold one row per iteration (see `ITERATION_FIELDS`).
 """
 from __future__ import annotations
@@ -128,6 +134,7 @@ class ImproveOptions:
     zoom: float = 0.0
     mode: str = "objects"
     confidence: float = 0.7
+    early_stop: bool = True
     amp: bool = True
     progress: bool = True
 
@@ -170,7 +177,7 @@ class ImproveOptions:
     def fingerprint(self, data: Path, data_hash: str, start_hash: str | None) -> dict[str, Any]:
         """What must be equal for a rerun to continue the same run (not iterations, workers, device)."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("iterations", "workers", "device", "progress", "amp", "model", "val")}
+                if k not in ("iterations", "workers", "device", "progress", "amp", "model", "val", "early_stop")}
         keep["only_kind"] = sorted(self.only_kind)
         keep["min_probability"] = self.floor
         start = None if self.model is None else str(Path(self.model).resolve())
@@ -286,7 +293,12 @@ def _idi_overlay(image: np.ndarray, gt: np.ndarray, added: np.ndarray, gap: int 
 
 
 def _write_report(out: Path, data: Path, rows: list[dict[str, Any]], opts: ImproveOptions) -> None:
+    best = best_iteration(rows)
     report = {"input": str(data.resolve()), "out": str(out.resolve()), "iterations": rows,
+              "best_iteration": best,
+              "best": None if best is None else {"model": str(_model_path(out, best).resolve()),
+                                                 "dataset": str(_version(out, best).resolve())},
+              "stopped_early": opts.early_stop and stalled(rows) and len(rows) < opts.iterations,
               "options": {**dataclasses.asdict(opts), "only_kind": list(opts.only_kind), "min_probability": opts.floor},
               "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     with atomic_path(out / "report.json") as tmp:
@@ -310,11 +322,33 @@ def run_improve(data: Path, out: Path, opts: ImproveOptions) -> list[dict[str, A
     truth = {item.stem: read_mask(item.mask).astype(bool) for item in dataset.items}
     area = typical_area(list(truth.values()))
     for k in range(first, opts.iterations + 1):
+        if opts.early_stop and stalled(_rows(out, k - 1)):
+            log.info("iteration %d: not run, validation IoU stopped rising at iteration %d", k, k - 1)
+            break
         _iterate(k, data, out, dataset, truth, selected, opts, area)
         _write_report(out, data, _rows(out, opts.iterations), opts)
     rows = _rows(out, opts.iterations)
     _write_report(out, data, rows, opts)
     return rows
+
+
+def stalled(rows: list[dict[str, Any]]) -> bool:
+    """Whether the last iteration's validation IoU is no higher than an earlier one's (False without
+    validation scores or with fewer than two iterations)."""
+    scores = [r["val_iou"] for r in rows]
+    if len(scores) < 2 or any(s is None for s in scores):
+        return False
+    return scores[-1] <= max(scores[:-1])
+
+
+def best_iteration(rows: list[dict[str, Any]]) -> int | None:
+    """The iteration whose model has the best validation IoU (the earliest among ties); the last
+    one without validation scores; None before any."""
+    if not rows:
+        return None
+    if any(r["val_iou"] is None for r in rows):
+        return rows[-1]["iteration"]
+    return max(rows, key=lambda r: (r["val_iou"], -r["iteration"]))["iteration"]
 
 
 def _check_inputs(data: Path, out: Path, dataset: Dataset, opts: ImproveOptions) -> tuple[list[str], str | None]:

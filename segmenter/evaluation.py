@@ -6,6 +6,7 @@ A model with named classes is scored per class, each on the images whose dataset
 carry the class, its summaries are per class, and its thresholds are calibrated per class."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -29,10 +30,12 @@ if TYPE_CHECKING:
     from segmenter.base import Segmenter
 
 SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))
+LOW_SWEEP = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)  # the collapse guard's thresholds
 Data = str | os.PathLike | Dataset | Sequence[Dataset]
 # on_image(stem, class (None for the unnamed foreground), image, truth, masks by threshold)
 Predictions = dict[Path, torch.Tensor]  # image path -> (C, H, W) probabilities
 OnImage = Callable[[str, str | None, np.ndarray, np.ndarray, dict[float, np.ndarray]], None]
+log = logging.getLogger(__name__)
 
 
 def check_thresholds(thresholds: Sequence[float]) -> None:
@@ -169,21 +172,60 @@ def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str,
     """Set the model's threshold (per class for named classes) to the sweep value with the best mean
     IoU of the post-processed masks on `data` (validation or training images, never test images:
     that would flatter the test score); ties go to the value nearest 0.5. `predictions` receives
-    the images' probabilities (see `evaluate_dataset`)."""
+    the images' probabilities (see `evaluate_dataset`). A class collapsed below the sweep is
+    guarded (`_guard_collapse`)."""
     datasets = datasets_of(data)
-    summary = summarise(evaluate_dataset(seg, datasets, SWEEP, predictions=predictions))
+    rows = evaluate_dataset(seg, datasets, SWEEP, predictions=predictions)
+    guarded = _guard_collapse(seg, datasets, rows, chosen_on)
+    summary = summarise(rows)
     n_images = sum(len(d) for d in datasets)
+    extra = {"collapse_guard": guarded} if guarded else {}
     if not seg.classes:
         best = _best(summary)
         seg.set_threshold(best["threshold"])
-        return {"threshold": best["threshold"], "chosen_on": chosen_on, "n_images": n_images,
+        return {"threshold": best["threshold"], "chosen_on": chosen_on, "n_images": n_images, **extra,
                 "sweep": [{k: r[k] for k in ("threshold", "iou_mean", "dice_mean")} for r in summary]}
     for name in seg.classes:
-        rows = [r for r in summary if r["class"] == name]
-        if rows:
-            seg.set_threshold(_best(rows)["threshold"], name)
-    return {"thresholds": dict(seg.thresholds), "chosen_on": chosen_on, "n_images": n_images,
+        of_class = [r for r in summary if r["class"] == name]
+        if of_class:
+            seg.set_threshold(_best(of_class)["threshold"], name)
+    return {"thresholds": dict(seg.thresholds), "chosen_on": chosen_on, "n_images": n_images, **extra,
             "sweep": [{k: r[k] for k in ("class", "threshold", "iou_mean", "dice_mean")} for r in summary]}
+
+
+def collapsed_classes(rows: list[dict[str, Any]]) -> list[str | None]:
+    """The classes (None: the unnamed foreground) predicted empty at every threshold of `rows` on
+    images whose masks hold some of them: a model collapsed to background."""
+    out = []
+    for name in dict.fromkeys(r.get("class") for r in rows):
+        of_class = [r for r in rows if r.get("class") == name]
+        annotated = max(r["tp"] + r["fn"] for r in of_class)
+        if annotated and not any(r["tp"] + r["fp"] for r in of_class):
+            out.append(name)
+    return out
+
+
+def _guard_collapse(seg: Segmenter, datasets: list[Dataset], rows: list[dict[str, Any]],
+                    chosen_on: str) -> list[str | None]:
+    """Training on sparse foreground can leave every probability below the sweep (an empty
+    prediction at any of its thresholds). For such classes, `rows` gains the rows of LOW_SWEEP
+    (the images are predicted once more), so that the model's ranking of the pixels still serves;
+    a class empty even there is refused (CysegError). Returns the guarded classes."""
+    collapsed = collapsed_classes(rows)
+    if not collapsed:
+        return []
+    low = [r for r in evaluate_dataset(seg, datasets, LOW_SWEEP) if r.get("class") in collapsed]
+    dead = collapsed_classes(low)
+    if dead:
+        what = "foreground" if dead[0] is None else f"class {dead[0]}"
+        raise CysegError(f"training collapsed: the model predicts no {what} on the {chosen_on} at any threshold "
+                         f"down to {min(LOW_SWEEP)}, where their masks hold some; train again with another --seed, "
+                         "more --epochs or a lower --lr")
+    log.warning("the model predicts no %s on the %s at any threshold of 0.1..0.9 (collapsed towards background); "
+                "its threshold is chosen among %s instead", ", ".join(c or "foreground" for c in collapsed),
+                chosen_on, ", ".join(map(str, LOW_SWEEP)))
+    rows += low
+    return collapsed
 
 
 def _best(summary: list[dict[str, Any]]) -> dict[str, Any]:

@@ -252,10 +252,42 @@ def test_interrupted_training_resumes_to_the_same_result(improved, tmp_path, ihc
 def test_a_larger_k_continues_a_finished_run(improved, tmp_path, ihc_dataset):
     out = tmp_path / "run"
     shutil.copytree(improved.out, out)
-    run_improve(improved.data, out, "--iterations", "3", "--val", ihc_dataset.val, "--mode", "or")
+    run_improve(improved.data, out, "--iterations", "3", "--val", ihc_dataset.val, "--mode", "or", "--no-early-stop")
     assert json.loads((out / "iter3" / "dataset.json").read_text())["parent"] == str((out / "iter2").resolve())
     assert (out / "iter2" / "dataset.json").read_text() == (improved.out / "iter2" / "dataset.json").read_text()
     assert [r["iteration"] for r in json.loads((out / "report.json").read_text())["iterations"]] == [1, 2, 3]
+
+
+def test_stall_and_best_iteration_follow_the_validation_iou():
+    from cyseg.improve import best_iteration, stalled
+
+    rows = [{"iteration": k, "val_iou": v} for k, v in enumerate((0.5, 0.6, 0.6), start=1)]
+    assert not stalled(rows[:1]) and not stalled(rows[:2]) and stalled(rows)
+    assert best_iteration(rows) == 2  # the earliest of the tied best
+    assert stalled([{"iteration": 1, "val_iou": 0.5}, {"iteration": 2, "val_iou": 0.4}])
+    no_val = [{"iteration": k, "val_iou": None} for k in (1, 2)]
+    assert not stalled(no_val) and best_iteration(no_val) == 2
+    assert best_iteration([]) is None
+
+
+def test_improve_stops_when_the_validation_iou_stops_rising(ihc_dataset, tmp_path, monkeypatch):
+    import cyseg.improve as improve
+
+    scores = iter([0.5, 0.4, 0.3])  # iteration 2 scores lower: iteration 3 must not run
+    monkeypatch.setattr(improve, "mean_scores", lambda seg, data: {"iou": (v := next(scores)), "dice": v})
+    out = tmp_path / "run"
+    result = invoke(["-q", "improve", ihc_dataset.train, "--out", out, *TINY_IDI, "--iterations", "3",
+                     "--val", ihc_dataset.val])
+    assert result.exit_code == 0, result.stdout + result.stderr + repr(result.exception)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["iteration"] for r in report["iterations"]] == [1, 2]
+    assert not (out / "iter3").exists() and not (out / "models" / "iter3.pt").exists()
+    assert report["stopped_early"] and report["best_iteration"] == 1
+    assert report["best"] == {"model": str((out / "models" / "iter1.pt").resolve()),
+                              "dataset": str((out / "iter1").resolve())}
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "stopped after iteration 2: the validation IoU stopped rising; best iteration 1"
+    assert lines[-1] == str(out / "iter1")
 
 
 def test_objects_rule_adds_only_confident_object_sized_predictions_away_from_the_expert():
