@@ -4,7 +4,8 @@ Pool-based simulation, per data set and seed s: the pool is the training images 
 the expert's answers, revealed only for the images "annotated" so far); the test images are scored
 after every round.
 
-  round 1   a seeded random `--start` fraction of the pool is labelled; a model is trained on it;
+  round 1   a seeded random `--start` fraction of the pool is labelled; a model is trained on it
+            (one model, the same for both strategies);
   round r   `--step` more of the pool is labelled, chosen either
               random   at random (seeded by s and r), or
               suggest  by `cyseg suggest` with round r-1's model on the pool (labelled images have
@@ -112,6 +113,7 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     start = sorted(random.Random(seed).sample(pool, n_start))
     full = train_and_score(link_dataset(work / "full" / "data", source, pool), test, work / "full", seed, options)
     out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
+    first = train_and_score(link_dataset(work / "round1" / "data", source, start), test, work / "round1", seed, options)
     for strategy in STRATEGIES:
         labelled, rounds, previous = list(start), [], None
         for r in range(1, args.rounds + 1):
@@ -123,7 +125,8 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
                 else:
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
                     labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, here / "suggested")
-            scored = train_and_score(link_dataset(here / "data", source, labelled), test, here, seed, options)
+            scored = first if r == 1 else train_and_score(link_dataset(here / "data", source, labelled), test, here,
+                                                          seed, options)
             previous = scored["model"]
             rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
                            "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
