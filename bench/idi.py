@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +172,16 @@ def _cli(name: str) -> list[str]:
 
 
 def run(cmd: list[str], log: Path) -> float:
-    """Run a command (output appended to `log`); returns its CPU seconds."""
-    cpu0 = children_cpu()
+    """Run a command (output appended to `log`); returns its own CPU seconds (right beside other runs too)."""
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        result = subprocess.run(cmd, check=False, stdout=fh, stderr=fh)
-    if result.returncode != 0:
-        raise SystemExit(f"command failed (exit {result.returncode}), see {log}: {' '.join(cmd)}")
-    return children_cpu() - cpu0
+        process = subprocess.Popen(cmd, stdout=fh, stderr=fh)
+        _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"command failed (exit {code}), see {log}: {' '.join(cmd)}")
+    return usage.ru_utime + usage.ru_stime
 
 
 def train_args(args: argparse.Namespace, seed: int) -> list[str]:
@@ -247,8 +249,11 @@ def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Na
                *train_args(args, seed)], log)
     out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, full_model.parent / "eval", args, log),
                                                    "train_cpu_s": cpu}, "p": {}}
+    out["cpu_s"] = cpu + out["full"]["eval_cpu_s"]
     for p in args.p:
         entry = out["p"][f"p{p:g}"] = one_p(dataset, split, test, seed, p, args, work, log)
+        out["cpu_s"] += entry["improve_cpu_s"] + sum(v["eval_cpu_s"] for k, v in entry.items()
+                                                     if k == "incomplete" or k.startswith("idi_K"))
         print(f"{dataset:9s} seed {seed} p{p:g} full IoU {out['full']['iou']:.4f}  incomplete "
               f"{entry['incomplete']['iou']:.4f}  " + "  ".join(
                   f"IDI{k} {entry[f'idi_K{k}']['iou']:.4f}" for k in range(1, args.iterations + 1)
@@ -308,6 +313,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the training images held out as validation (epoch, threshold, IDI stop)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(data set, seed) runs at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--warm-start", action="store_true",
                         help="IDI iterations continue the previous model (the method) instead of fresh weights")
@@ -331,9 +338,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, Any]:
-    """Every data set and seed from scratch in `work`; the results file is rewritten after each data set."""
+    """Every data set and seed from scratch in `work`, `--jobs` (data set, seed) runs at a time; the
+    results file is rewritten as each finishes (with every data set all of whose seeds are done)."""
     code, cpu0, wall0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
-    log = work / "commands.log"
     results: dict[str, Any] = {
         "benchmark": "idi", "quick": args.quick,
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
@@ -342,15 +349,26 @@ def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, A
                     "IoU no longer rising); validation images carved from the training images (complete masks for "
                     "a, incomplete for b and c); test IoU at the model threshold via cyseg evaluate",
         "datasets": {}}
-    for dataset in args.datasets.split(","):
-        train, test = splits(dataset, work / "data")
-        t0, c0 = time.perf_counter(), children_cpu()
-        per_seed = [one_seed(dataset, train, test, s, args, work, log) for s in range(args.seeds)]
-        results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed, "seeds": args.seeds,
-                                        "p_values": args.p, "iterations": args.iterations,
-                                        "cpu_s": children_cpu() - c0, "wall_s": time.perf_counter() - t0}
-        results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - wall0)
-        write_results(out_path, results)
+    datasets = args.datasets.split(",")
+    data = {dataset: splits(dataset, work / "data") for dataset in datasets}
+    (work / "logs").mkdir()
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the work runs in child processes
+        futures = {pool.submit(one_seed, dataset, *data[dataset], seed, args, work,
+                               work / "logs" / f"{dataset}_seed{seed}.log"): (dataset, seed)
+                   for dataset in datasets for seed in range(args.seeds)}
+        for future in as_completed(futures):
+            runs[futures[future]] = future.result()
+            for dataset in datasets:
+                if dataset not in results["datasets"] and all((dataset, s) in runs for s in range(args.seeds)):
+                    per_seed = [runs[(dataset, s)] for s in range(args.seeds)]
+                    results["datasets"][dataset] = {**aggregate(per_seed, args), "runs": per_seed,
+                                                    "seeds": args.seeds, "p_values": args.p,
+                                                    "iterations": args.iterations,
+                                                    "cpu_s": sum(r["cpu_s"] for r in per_seed)}
+            results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
+                                        time.perf_counter() - wall0)
+            write_results(out_path, {**results, "complete": len(runs) == len(futures)})
     return results
 
 

@@ -431,24 +431,36 @@ def idi_command(settings: Results) -> str:
             f"--steps-per-epoch {settings['steps_per_epoch']} --batch {settings['batch']} --crop {settings['crop']}")
 
 
+def _ran(s: Results, key: str) -> str:
+    """mean ± std test IoU of one IDI stage, with the number of seeds when not every seed ran it."""
+    if key not in s:
+        return "–"
+    iou = s[key]["iou"]
+    n = iou["n"]
+    return pm(iou["mean"], iou["std"]) + ("" if n == len(s["chosen_K"]) else f" ({n} seeds)")
+
+
 def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]:
     """Test IoU of one dataset per fraction p of objects removed."""
     full = summary["full"]["iou"]
     rows = []
     for p, s in summary["p"].items():
-        ks = [f"idi_K{k}" for k in range(1, iterations + 1)]
+        recovered = s["recovery"].get("idi")
         rows.append([dataset, p.removeprefix("p"), pct(s["fraction_objects_removed"]["mean"]),
                      pm(full["mean"], full["std"]), pm(s["incomplete"]["iou"]["mean"], s["incomplete"]["iou"]["std"]),
-                     *(pm(s[k]["iou"]["mean"], s[k]["iou"]["std"]) for k in ks),
-                     ", ".join(pct(s["recovery"][k]) for k in ks)])
+                     *(_ran(s, f"idi_K{k}") for k in range(1, iterations + 1)),
+                     f"{_ran(s, 'idi')} (K = {', '.join(map(str, s['chosen_K']))})",
+                     "–" if recovered is None else pct(recovered), "yes" if s["never_below"] else "**no**",
+                     str(s["collapsed_models"])])
     return rows
 
 
 def mask_agreement_rows(dataset: str, summary: Results) -> list[list[str]]:
-    """The training masks of every dataset version against the complete annotation, mean over seeds."""
+    """The training masks of every dataset version every seed made against the complete annotation,
+    mean over seeds."""
     rows = []
     for p in summary["p"]:
-        versions = list(zip(*(run["p"][p]["training_masks_vs_complete"] for run in summary["runs"]), strict=True))
+        versions = list(zip(*(run["p"][p]["training_masks_vs_complete"] for run in summary["runs"]), strict=False))
         cells = [" / ".join(f"{sum(v[m] for v in version) / len(version):.2f}" for m in ("iou", "precision", "recall"))
                  for version in versions]
         rows.append([dataset, p.removeprefix("p"), *cells])
@@ -462,25 +474,29 @@ def idi_section(data: Results | None) -> Lines:
     settings, k = data["settings"], data["settings"]["iterations"]
     datasets = data["datasets"]
     steps = settings["epochs"] * settings["steps_per_epoch"]
-    versions = max(len(r) for s in datasets.values() for run in s["runs"]
-                   for r in (v["training_masks_vs_complete"] for v in run["p"].values()))
+    agreement = [row for name, s in datasets.items() for row in mask_agreement_rows(name, s)]
+    versions = max(len(row) for row in agreement) - 2
+    rule = " ".join(settings["idi_args"]) or "the default rule, `--mode objects`"
     return ["## Iterative data improvement", "",
             "`bench/idi.py` removes a fraction p of the annotated objects at random from complete training masks "
-            f"and compares: {data['protocol']}. Test IoU, mean ± std over {settings['seeds']} seeds; every model gets "
-            f"the same reduced budget ({steps} steps of {settings['batch']} random {settings['crop']}² crops, fresh "
-            "weights), so the full-mask models sit below the accuracy table. \"Recovered\" is the share of the IoU "
-            "lost to the removal that IDI wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses "
-            f"more. Measured on {machine(data.get('cpu_threads'))}. Reproduce with `{idi_command(settings)}`. "
-            "Source: `bench/results/idi.json`.", "",
+            f"and compares: {data['protocol']}. IDI runs `cyseg improve` with {rule}. Test IoU, mean ± std over "
+            f"{settings['seeds']} seeds; every model gets the same reduced budget ({steps} steps of "
+            f"{settings['batch']} random {settings['crop']}² crops, fresh weights), so the full-mask models sit below "
+            "the accuracy table. \"Recovered\" is the share of the IoU lost to the removal that the IDI model "
+            "`cyseg improve` chose wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses more. "
+            "\"Not below\": the chosen model's mean is no lower than (b)'s mean minus (b)'s std over seeds. "
+            "\"Collapsed\": models of the row with a test IoU below 0.001. IDI K columns average the seeds whose "
+            f"run went that far. Measured on {machine(data.get('cpu_threads'))}. Reproduce with "
+            f"`{idi_command(settings)}`. Source: `bench/results/idi.json`.", "",
             *table(["data", "p", "objects removed", "full masks (a)", "incomplete (b)",
-                    *(f"IDI K={i}" for i in range(1, k + 1)), "recovered, K=1.."],
+                    *(f"IDI K={i}" for i in range(1, k + 1)), "IDI chosen (K per seed)", "recovered", "not below",
+                    "collapsed"],
                    (row for name, s in datasets.items() for row in idi_rows(name, s, k))), "",
-            "The training masks of each dataset version (0: the incomplete masks, then one per improvement) against "
-            "the complete annotation: IoU / precision / recall, mean over seeds. Each improvement ORs the model's "
-            "prediction into the masks, so recall can only grow while the model's false positives lower precision.",
+            "The training masks of each dataset version (0: the incomplete masks, then one per improvement that "
+            "every seed ran) against the complete annotation: IoU / precision / recall, mean over seeds.",
             "",
             *table(["data", "p", *(f"version {i}" for i in range(versions))],
-                   (row for name, s in datasets.items() for row in mask_agreement_rows(name, s))), ""]
+                   (row + ["–"] * (versions + 2 - len(row)) for row in agreement)), ""]
 
 
 # ---------------------------------------------------------------------------- docs/benchmarks.md
@@ -594,12 +610,15 @@ def wsi_results(data: Results | None) -> list[list[str]]:
 
 
 def idi_results(data: Results | None) -> list[list[str]]:
-    """README results row: the share of lost IoU one IDI iteration recovers, at p = 0.5."""
+    """README results row: the share of lost IoU the chosen IDI model recovers, at p = 0.5."""
     if data is None:
         return []
-    shares = [f"{name} {pct(s['p']['p0.5']['recovery']['idi_K1'])}" for name, s in data["datasets"].items()
-              if "p0.5" in s["p"]]
-    return [["incomplete masks, IDI", "half the objects removed, one improvement", "recovers " + ", ".join(shares)]]
+    shares = [f"{name} {pct(s['p']['p0.5']['recovery']['idi'])}" for name, s in data["datasets"].items()
+              if "p0.5" in s["p"] and s["p"]["p0.5"]["recovery"].get("idi") is not None]
+    if not shares:
+        return []
+    return [["incomplete masks, IDI", "half the objects removed, stopped on validation",
+             "recovers " + ", ".join(shares)]]
 
 
 def results_block(results: dict[str, Results | None]) -> Lines:
