@@ -184,6 +184,21 @@ def test_a_pale_rim_joins_its_cell_and_a_pale_speck_stays_glass():
     assert not mask[95, 95] and not mask[5, 5]
 
 
+def test_noisy_glass_does_not_join_into_one_faint_region():
+    """Glass whose noise spreads wider than half the margin: half of it is fainter than a low
+    percentile + margin / 2, and those pixels would link every cell into one slide-wide region; the
+    faint level counts from the glass's median, so only the cells (and their rims) are tissue."""
+    rng = np.random.default_rng(3)
+    thumb = glass(400, 400, rng, noise=7)
+    cells = np.zeros((400, 400), bool)
+    for y, x in rng.integers(20, 380, (12, 2)):
+        cv2.circle(thumb, (int(x), int(y)), 6, (150, 120, 160), -1)
+        cv2.circle(cells.view(np.uint8), (int(x), int(y)), 6, 1, -1)
+    mask = tissue_mask(thumb, 1.0, method="brightfield", dilate_px=0).mask
+    assert mask[cells].mean() > 0.95
+    assert mask.mean() < 3 * cells.mean(), f"{mask.mean():.1%} of the glass marked tissue"
+
+
 def test_mask_geometry_fraction_and_margin():
     mask = np.zeros((10, 10), bool)
     mask[5, 7] = True  # level-0 pixels x 70..79, y 50..59

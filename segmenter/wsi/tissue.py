@@ -128,14 +128,18 @@ def _method(method: str, thumbnail: np.ndarray) -> str:
 
 def _above(values: np.ndarray, reference: float, margin: float, band: float,
            name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values > threshold, values > floor + band, values > reference + margin / 2), where floor =
+    """(values > threshold, values > floor + band, values > glass + margin / 2), where floor =
     reference + margin and the threshold is Otsu's clipped to [floor, floor + band]: never inside the
     background's noise, never far into faint tissue. The second mask marks pixels clearly above the
-    background, the third faint ones (tissue only where they touch the first: `_grown_into`)."""
+    background, the third faint ones (tissue only where they touch the first: `_grown_into`), measured
+    from the glass's median (the values up to the floor): on noisy glass, half the margin above a low
+    percentile would mark half the glass faint, and the faint pixels would join into one slide-wide region."""
     floor = reference + margin
     threshold = float(np.clip(threshold_otsu(values) if np.ptp(values) > 0 else floor, floor, floor + band))
-    log.debug("%s: background %.3f, threshold %.3f", name, reference, threshold)
-    return values > threshold, values > floor + band, values > reference + margin / 2
+    glass = values[values <= floor]
+    faint = max(reference, float(np.median(glass)) if glass.size else reference) + margin / 2
+    log.debug("%s: background %.3f, threshold %.3f, faint above %.3f", name, reference, threshold, faint)
+    return values > threshold, values > floor + band, values > faint
 
 
 def _grown_into(signal: np.ndarray, faint: np.ndarray) -> np.ndarray:
