@@ -232,12 +232,17 @@ class Segmenter:
         return image
 
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
-                batch: int | None = None, tta: bool | None = None, amp: bool | None = None) -> torch.Tensor:
+                batch: int | None = None, tta: bool | None = None, amp: bool | None = None,
+                into: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
         or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended, at the
         model's working resolution (tile sizes count network pixels). With `tta` every tile is the
         mean over its 8 rotations/reflections (8x the compute); with `amp` the network computes in
-        the device's native reduced precision (segmenter.precision), the rest in float32."""
+        the device's native reduced precision (segmenter.precision), the rest in float32.
+
+        With `into` (C, H, W), e.g. a view of a slide area's canvas, the probabilities (times `scale`
+        (H, W) when given) are added to it and it is returned, without a result tensor of their own
+        when the network works at the image's resolution."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -251,9 +256,14 @@ class Segmenter:
                 with autocast(self.device, amp):
                     return self.probabilities(self.to_input(t), net)
 
+            size = (x.shape[1], x.shape[2])
+            direct = self.resolution == 1
             probs = predict_tiled(with_tta(forward, tta), to_network(x, self.resolution), self.n_outputs, tile,
-                                  overlap, batch, self.multiple)
-            return to_image(probs, (x.shape[1], x.shape[2]))
+                                  overlap, batch, self.multiple, into if direct else None, scale if direct else None)
+            if into is None or direct:
+                return to_image(probs, size)
+            probs = to_image(probs, size)
+            return into.add_(probs) if scale is None else into.addcmul_(probs, scale)
 
     def set_threshold(self, threshold: float, name: str | None = None) -> None:
         """The probability threshold used by `segment` (and stored in the model file): of class

@@ -86,29 +86,40 @@ def predict_tiled(
     overlap: int,
     batch: int,
     multiple: int = 1,
+    into: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run `forward` (N,C,h,w -> N,n_out,h,w probabilities) over a (C, H, W) image; return (n_out, H, W).
 
     Each pixel's value is the weighted mean of the tiles covering it; weights ramp (cubically) to
     near zero at tile borders that face another tile, where predictions lack context.
+
+    With `into` (a (n_out, H, W) tensor, e.g. a view of a larger canvas) the probabilities, times
+    `scale` (H, W) when given, are added to it and it is returned: no image-sized result of its own.
     """
     _, height, width = image.shape
     ys = tile_spans(height, tile, overlap, multiple)
     xs = tile_spans(width, tile, overlap, multiple)
     if len(ys) == 1 and len(xs) == 1:
-        return forward(image[None])[0]
+        probs = forward(image[None])[0]
+        if into is None:
+            return probs
+        return into.add_(probs) if scale is None else into.addcmul_(probs, scale)
     device = image.device
     wy, wx = _weights(ys, device), _weights(xs, device)
     groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for i, (_, h) in enumerate(ys):
         for j, (_, w) in enumerate(xs):
             groups[(h, w)].append((i, j))
-    acc = torch.zeros((n_out, height, width), device=device)
+    acc = torch.zeros((n_out, height, width), device=device) if into is None else into
     for (h, w), members in groups.items():
         for b in range(0, len(members), batch):
             chunk = members[b:b + batch]
             probs = forward(torch.stack([image[:, ys[i][0]:ys[i][0] + h, xs[j][0]:xs[j][0] + w] for i, j in chunk]))
             for (i, j), p in zip(chunk, probs, strict=True):
                 y, x = ys[i][0], xs[j][0]
-                acc[:, y:y + h, x:x + w].addcmul_(p, wy[i][:, None] * wx[j][None, :])
+                weight = wy[i][:, None] * wx[j][None, :]
+                if scale is not None:
+                    weight = weight * scale[y:y + h, x:x + w]
+                acc[:, y:y + h, x:x + w].addcmul_(p, weight)
     return acc

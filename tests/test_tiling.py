@@ -91,3 +91,47 @@ def test_box_weights_rise_from_every_border_over_the_margin():
     assert w[20, 30] == 1 and w[10:30, 10:50].min() == 1
     assert w[0, 30] < 0.01 and w[20, 0] < 0.01 and w[39, 59] < 1e-4 and w.min() > 0
     assert torch.all(w[:20, 30].diff() >= 0)  # rises towards the middle
+
+
+@pytest.mark.parametrize("side", [40, 150])  # one tile, several
+def test_prediction_added_into_a_canvas_view_equals_the_pasted_one(side):
+    """`into`: the tiles accumulate straight into a view of a larger canvas (the slide engine's
+    large boxes); unscaled into zeros it is bit-identical to pasting the result, scaled it is the
+    result times the scale."""
+    torch.manual_seed(0)
+    image = torch.rand(3, side, side + 7)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(conv(x))
+
+    with torch.no_grad():
+        alone = predict_tiled(forward, image, 2, 64, 16, 4)
+        canvas = torch.zeros(2, side + 10, side + 20)
+        view = canvas[:, 5:5 + side, 3:3 + side + 7]
+        assert predict_tiled(forward, image, 2, 64, 16, 4, into=view).data_ptr() == view.data_ptr()
+        assert torch.equal(view, alone)
+        view.zero_()
+        assert not canvas.any()  # nothing written outside the view
+        scale = torch.rand(side, side + 7)
+        scaled = torch.ones(2, side, side + 7)
+        predict_tiled(forward, image, 2, 64, 16, 4, into=scaled, scale=scale)
+        torch.testing.assert_close(scaled, 1 + alone * scale)
+
+
+@pytest.mark.parametrize("resolution", [1.0, 0.5])
+def test_segmenter_predict_into_matches_predict(resolution):
+    """`Segmenter.predict(into=, scale=)` adds what `predict` returns, at the image's resolution or not."""
+    from unet import UNetSegmenter
+
+    seg = UNetSegmenter({"depth": 2, "n": 4, "resolution": resolution}, device="cpu")
+    image = np.random.default_rng(0).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    tiling = {"tile": 64, "overlap": 16, "batch": 2}
+    alone = seg.predict(image, **tiling)
+    into = torch.zeros_like(alone)
+    seg.predict(image, **tiling, into=into)
+    assert torch.equal(into, alone)
+    scale = torch.rand(96, 120)
+    into = torch.zeros_like(alone)
+    seg.predict(image, **tiling, into=into, scale=scale)
+    torch.testing.assert_close(into, alone * scale)

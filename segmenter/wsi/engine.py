@@ -109,17 +109,18 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
     weight = torch.zeros((ah, aw), device=seg.device) if blended else None
     for box in boxes:
         bx, by, bw, bh = box
-        box_probs = small.pop(box, None)
-        if box_probs is None:
-            box_probs = seg.predict(read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample),
-                                    **opts.tiling())
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
-        if weight is None:
+        w = None if weight is None else box_weights(bh, bw, opts.tissue_margin, seg.device)
+        box_probs = small.pop(box, None)
+        if box_probs is None:  # predicted straight into the canvas: no box-sized result beside it
+            seg.predict(read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample),
+                        **opts.tiling(), into=probs[:, rows, cols], scale=w)
+        elif w is None:
             probs[:, rows, cols] = box_probs
-            continue
-        w = box_weights(bh, bw, opts.tissue_margin, seg.device)
-        probs[:, rows, cols].addcmul_(box_probs, w)
-        weight[rows, cols] += w
+        else:
+            probs[:, rows, cols].addcmul_(box_probs, w)
+        if weight is not None:
+            weight[rows, cols] += w
     return probs if weight is None else probs.div_(weight.clamp_(min=torch.finfo(weight.dtype).tiny))
 
 
