@@ -193,6 +193,23 @@ def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str,
             "sweep": [{k: r[k] for k in ("class", "threshold", "iou_mean", "dice_mean")} for r in summary]}
 
 
+def guard_fixed_threshold(seg: Segmenter, data: Data, chosen_on: str,
+                          predictions: Predictions | None = None) -> dict[str, Any] | None:
+    """For a model trained with a fixed threshold: None when it predicts some foreground at that
+    threshold on `data`'s images whose masks hold some; else (collapsed towards background) it is
+    calibrated instead (`calibrate_threshold`, with its own guard) and the calibration is returned."""
+    datasets = datasets_of(data)
+    chosen = chosen_thresholds(seg)
+    rows = at_thresholds(evaluate_dataset(seg, datasets, sorted(set(chosen.values())), predictions=predictions),
+                         chosen)
+    collapsed = collapsed_classes(rows)
+    if not collapsed:
+        return None
+    log.warning("the model predicts no %s on the %s at its threshold (collapsed towards background); its threshold "
+                "is calibrated instead", ", ".join(c or "foreground" for c in collapsed), chosen_on)
+    return {**calibrate_threshold(seg, datasets, chosen_on), "fixed_threshold_collapsed": collapsed}
+
+
 def collapsed_classes(rows: list[dict[str, Any]]) -> list[str | None]:
     """The classes (None: the unnamed foreground) predicted empty at every threshold of `rows` on
     images whose masks hold some of them: a model collapsed to background."""

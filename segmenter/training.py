@@ -33,7 +33,7 @@ from tqdm import tqdm
 from segmenter.checkpoint import LoopState, checkpoint_path, read_checkpoint, write_checkpoint
 from segmenter.classes import ChannelMap, channel_map, listed
 from segmenter.errors import CysegError
-from segmenter.evaluation import calibrate_threshold, mean_scores
+from segmenter.evaluation import calibrate_threshold, guard_fixed_threshold, mean_scores
 from segmenter.history import write_history
 from segmenter.instances import calibrate_separation, load_instances
 from segmenter.io.dataset import (
@@ -435,6 +435,8 @@ def _finish(seg: Segmenter, data: TrainingData, state: LoopState, opts: TrainOpt
     predictions: dict[Path, torch.Tensor] = {}  # the threshold sweep's, reused to choose the separation
     if opts.calibrate_threshold:
         _calibrate(seg, data, opts.seed, predictions)
+    else:
+        _guard_threshold(seg, data, opts.seed, predictions)
     if seg.instance_classes:
         _calibrate_separation(seg, data, opts.seed, predictions)
     history = state.history
@@ -461,6 +463,16 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[
     seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where, predictions)
     chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
     log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
+
+
+def _guard_threshold(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:
+    """A fixed threshold at which the model predicts nothing where the masks hold foreground (a
+    collapse towards background) is replaced by a calibrated one (`guard_fixed_threshold`)."""
+    where = "validation images" if data.val is not None else "training images (no --val)"
+    images = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
+    guarded = guard_fixed_threshold(seg, images, where, predictions)
+    if guarded is not None:
+        seg.training_info["threshold"] = guarded
 
 
 def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int,

@@ -46,3 +46,25 @@ def test_a_model_that_predicts_nothing_is_refused(ihc_dataset):
     with pytest.raises(CysegError, match=r"^training collapsed: the model predicts no foreground on the "
                                          r"validation images at any threshold down to 0\.001.*another --seed"):
         calibrate_threshold(with_probabilities(0.0), ihc_dataset.val, "validation images")
+
+
+def test_a_fixed_threshold_above_every_probability_is_replaced(ihc_dataset):
+    """A model trained with a fixed threshold (`cyseg improve`, `train --threshold 0.5`) that predicts
+    nothing at it is calibrated instead; one that predicts something keeps its threshold."""
+    from types import SimpleNamespace
+
+    from segmenter.evaluation import guard_fixed_threshold
+    from segmenter.io.dataset import open_dataset
+    from segmenter.training import _guard_threshold
+
+    healthy = with_probabilities(0.6)
+    assert guard_fixed_threshold(healthy, ihc_dataset.val, "validation images") is None
+    assert healthy.threshold == 0.5
+
+    seg = with_probabilities(0.3)
+    data = SimpleNamespace(val=[open_dataset(ihc_dataset.val)], datasets=[])
+    predictions: dict = {}
+    _guard_threshold(seg, data, 0, predictions)
+    assert seg.threshold < 0.3
+    assert seg.training_info["threshold"]["fixed_threshold_collapsed"] == [None]
+    assert len(predictions) == len(data.val[0].items)  # kept for the instance separation
