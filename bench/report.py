@@ -66,7 +66,7 @@ def minutes(seconds: float) -> str:
 def machine(threads: int | None, device: str = "cpu") -> str:
     """The machine a result was measured on, as its JSON records it."""
     where = "the CPU, no GPU" if device == "cpu" else device
-    return f"{where}, {threads} threads" if threads else where
+    return f"{where}, {threads} thread{'s' * (threads != 1)}" if threads else where
 
 
 def not_run(title: str, command: str) -> Lines:
@@ -437,7 +437,7 @@ def _ran(s: Results, key: str) -> str:
         return "–"
     iou = s[key]["iou"]
     n = iou["n"]
-    return pm(iou["mean"], iou["std"]) + ("" if n == len(s["chosen_K"]) else f" ({n} seeds)")
+    return pm(iou["mean"], iou["std"]) + ("" if n == len(s["chosen_K"]) else f" ({n} seed{'s' * (n != 1)})")
 
 
 def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]:
@@ -537,6 +537,18 @@ def active_section(data: Results | None) -> Lines:
             *(active_outcome(d, v["summary"]) for d, v in datasets.items()), ""]
 
 
+def active_results(data: Results | None) -> list[list[str]]:
+    """README results row: the labelled share at which each strategy reaches 98 % of the full-data IoU."""
+    if data is None or data.get("quick"):
+        return []
+    rows = []
+    for name, v in data["datasets"].items():
+        reached = {k: v["summary"][k]["fraction_reaching_target"] for k in ("suggest", "random")}
+        rows.append([f"active learning, {name}", "labels needed for 98 % of the full-data IoU",
+                     ", ".join(f"{k} {'never' if f is None else pct(f)}" for k, f in reached.items())])
+    return rows
+
+
 SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("accuracy.json", accuracy_section),
     ("accuracy.json", generalisation_section),
@@ -624,7 +636,8 @@ def idi_results(data: Results | None) -> list[list[str]]:
 def results_block(results: dict[str, Results | None]) -> Lines:
     """The README's short results table."""
     rows = [*accuracy_results(results["accuracy.json"]), *throughput_results(results["throughput_cpu.json"]),
-            *wsi_results(results["wsi_cpu.json"]), *idi_results(results["idi.json"])]
+            *wsi_results(results["wsi_cpu.json"]), *idi_results(results["idi.json"]),
+            *active_results(results["active.json"])]
     return table(["benchmark", "setting", "result"], rows)
 
 
@@ -638,7 +651,8 @@ def replace_block(text: str, name: str, body: Lines) -> str:
 
 def readme_text(current: str) -> str:
     """README.md with its generated blocks rewritten."""
-    results = {name: load(name) for name in ("accuracy.json", "throughput_cpu.json", "wsi_cpu.json", "idi.json")}
+    results = {name: load(name) for name in ("accuracy.json", "throughput_cpu.json", "wsi_cpu.json", "idi.json",
+                                             "active.json")}
     text = replace_block(current, "shipped-model", shipped_model_block(load("default_model.json")))
     return replace_block(text, "results", results_block(results))
 
