@@ -43,9 +43,10 @@ continues an interrupted training from its checkpoint (OUT/models/iter<k>.ckpt),
 everything after the first unfinished iteration. A larger K continues a finished run. The options
 that change the results are stored in OUT/improve.json; a rerun with other options is refused.
 
-Early stop: with `--val` (a validation set carved from the training images: its incomplete masks
-still rank models, since the objects missing from them are independent of what the model finds),
-an iteration runs only while the validation IoU is still rising: once iteration k scores no higher
+Early stop: with `--val` (a validation set carved from the training images; its incomplete masks
+count a found but unannotated object as a false positive, so they reward recovered objects less than
+complete masks would and the stop errs on the side of stopping early), an iteration runs only while
+the validation IoU is still rising: once iteration k scores no higher
 than an earlier one, k+1..K are not run. OUT/report.json names the best iteration (`best_iteration`,
 `best`: its model and the dataset version it grew); without `--val`, all K run and the last is named.
 
