@@ -146,12 +146,20 @@ def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequ
     cmd += ["--name", name] if name is not None else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     t0 = time.perf_counter()
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time, even beside other runs
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise subprocess.CalledProcessError(process.returncode, cmd)
-    return usage.ru_utime + usage.ru_stime, time.perf_counter() - t0
+    code, cpu = run_child(cmd, stdout=subprocess.DEVNULL, env=env)
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+    return cpu, time.perf_counter() - t0
+
+
+def run_child(cmd: list[str], **popen: Any) -> tuple[int, float]:
+    """Run `cmd` (keyword arguments go to `subprocess.Popen`) to its end; returns its exit code and
+    its own CPU seconds (user + system), right even while other runs go on beside it."""
+    import os
+
+    process = subprocess.Popen(cmd, **popen)
+    _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
 
 
 def apply_quick(args: Any, quick: dict[str, Any], argv: Sequence[str]) -> None:

@@ -41,7 +41,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +62,7 @@ from bench.common import (  # noqa: E402
     code_version,
     fresh_dir,
     link_dataset,
+    run_child,
     run_record,
     stems_of,
     write_results,
@@ -176,12 +176,10 @@ def run(cmd: list[str], log: Path) -> float:
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
-        process = subprocess.Popen(cmd, stdout=fh, stderr=fh)
-        _, status, usage = os.wait4(process.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+        code, cpu = run_child(cmd, stdout=fh, stderr=fh)
     if code != 0:
         raise SystemExit(f"command failed (exit {code}), see {log}: {' '.join(cmd)}")
-    return usage.ru_utime + usage.ru_stime
+    return cpu
 
 
 def train_args(args: argparse.Namespace, seed: int) -> list[str]:

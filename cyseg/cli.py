@@ -630,7 +630,7 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
     U-Net on the current version, predicts every crop and writes a new version whose masks are the
     original annotation grown by the prediction (--mode; annotated pixels are never removed). Prints
     the best version's folder (by validation IoU with --val, else the last)."""
-    from cyseg.improve import ImproveOptions, best_iteration, run_improve
+    from cyseg.improve import ImproveOptions, best_iteration, run_improve, stopped_early
     from cyseg.models import resolve_model
 
     opts = ImproveOptions(model=None if start is None else str(resolve_model(start)),
@@ -642,7 +642,7 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
         click.echo(f"iteration {row['iteration']}: foreground {row['fg_before']:.4f} -> {row['fg_after']:.4f}, "
                    f"{row['pixels_added']} px added to the annotation, {row['masks_changed']} masks changed{scores}")
     best = best_iteration(rows)
-    if len(rows) < opts.iterations:
+    if stopped_early(rows, opts):
         click.echo(f"stopped after iteration {len(rows)}: the validation IoU stopped rising; best iteration {best}")
     click.echo(str(out / f"iter{best}"))
 

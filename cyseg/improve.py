@@ -299,7 +299,7 @@ def _write_report(out: Path, data: Path, rows: list[dict[str, Any]], opts: Impro
               "best_iteration": best,
               "best": None if best is None else {"model": str(_model_path(out, best).resolve()),
                                                  "dataset": str(_version(out, best).resolve())},
-              "stopped_early": opts.early_stop and stalled(rows) and len(rows) < opts.iterations,
+              "stopped_early": stopped_early(rows, opts),
               "options": {**dataclasses.asdict(opts), "only_kind": list(opts.only_kind), "min_probability": opts.floor},
               "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     with atomic_path(out / "report.json") as tmp:
@@ -340,6 +340,11 @@ def stalled(rows: list[dict[str, Any]]) -> bool:
     if len(scores) < 2 or any(s is None for s in scores):
         return False
     return scores[-1] <= max(scores[:-1])
+
+
+def stopped_early(rows: list[dict[str, Any]], opts: ImproveOptions) -> bool:
+    """Whether the early stop ended the run before its K iterations."""
+    return opts.early_stop and stalled(rows) and len(rows) < opts.iterations
 
 
 def best_iteration(rows: list[dict[str, Any]]) -> int | None:

@@ -458,9 +458,8 @@ def _save(seg: Segmenter, history: list[dict[str, Any]], out: Path, ckpt_path: P
 def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:
     """Set the threshold (per class) that maximises the mean IoU on the validation images (else on
     up to CALIBRATION_IMAGES training images of each dataset)."""
-    where = "validation images" if data.val is not None else "training images (no --val)"
-    images_for_threshold = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
-    seg.training_info["threshold"] = calibrate_threshold(seg, images_for_threshold, where, predictions)
+    images, where = _choice_images(data, seed)
+    seg.training_info["threshold"] = calibrate_threshold(seg, images, where, predictions)
     chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
     log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
 
@@ -468,9 +467,7 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[
 def _guard_threshold(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:
     """A fixed threshold at which the model predicts nothing where the masks hold foreground (a
     collapse towards background) is replaced by a calibrated one (`guard_fixed_threshold`)."""
-    where = "validation images" if data.val is not None else "training images (no --val)"
-    images = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
-    guarded = guard_fixed_threshold(seg, images, where, predictions)
+    guarded = guard_fixed_threshold(seg, *_choice_images(data, seed), predictions)
     if guarded is not None:
         seg.training_info["threshold"] = guarded
 
@@ -480,12 +477,20 @@ def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int,
     """Choose the instance separation (per instance class: peak height, growth, nuclei as cell seeds) with the
     best object F1 on the validation images (else on up to CALIBRATION_IMAGES training images of each
     dataset)."""
-    where = "validation images" if data.val is not None else "training images (no --val)"
-    chosen_on = data.val or [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets]
+    chosen_on, where = _choice_images(data, seed)
     seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on, predictions), "chosen_on": where}
     log.info("instance separation chosen on the %s (best mean object F1): %s", where,
              "; ".join(f"{c} h {p['h']:g}, {p['grow']}" + (", nuclei as seeds" if p["nucleus_seeds"] else "")
                        for c, p in seg.separation.items()))
+
+
+def _choice_images(data: TrainingData, seed: int) -> tuple[list[Dataset], str]:
+    """The images the threshold and the separation are chosen on, and what they are: the validation
+    images, else up to CALIBRATION_IMAGES training images of each dataset (the same ones every time,
+    so their predictions can be reused)."""
+    if data.val is not None:
+        return data.val, "validation images"
+    return [_sample(d, CALIBRATION_IMAGES, seed) for d in data.datasets], "training images (no --val)"
 
 
 def _sample(dataset: Dataset, n: int, seed: int) -> Dataset:
