@@ -601,13 +601,17 @@ def demo_command(out: Path, model: str, device: str) -> None:
 @click.option("--min-probability", type=float, default=None,
               help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
 @click.option("--mode", type=click.Choice(["objects", "or"]), default="objects", show_default=True,
-              help="How predictions join the expert masks: objects, only whole predicted objects away from every "
+              help="How predictions join the expert masks: objects, only predicted objects away from every "
                    "expert annotation, confident (--confidence) and of the expert objects' size; or, the method's "
                    "expert mask OR prediction (its false positives join the labels).")
-@click.option("--confidence", type=float, default=0.7, show_default=True,
-              help="--mode objects: the least mean probability of an added object.")
+@click.option("--confidence", default="auto", show_default=True, callback=_auto_or(float, lambda _name, number: number),
+              metavar="P|auto",
+              help="--mode objects: the least mean probability of an added object; auto: the model's own level on "
+                   "the expert's objects (the lower quartile of their mean probabilities), as a model trained on "
+                   "incomplete masks doubts every object.")
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
-              help="With --val: run the next iteration only while the validation IoU is still rising.")
+              help="With --val: run the next iteration only while the validation IoU (objects the rule would add "
+                   "there counted as unknown, not as false positives) is still rising.")
 @click.option("--warm-start/--from-scratch", default=True, show_default=True,
               help="Start iteration k>1 from the previous iteration's model (the method), or from --model / fresh "
                    "weights.")

@@ -12,8 +12,10 @@ Iteration k = 1..K:
 2. **predict** every selected training item (all items, or those whose dataset.json kind is one of
    `--only-kind`) and post-process the probabilities with the IDI chain (below).
 3. **grow the labels** from the ORIGINAL ground truth by `--mode` (`cyseg.idi_rules`): `objects` (the
-   default) adds only confident, object-sized predicted objects away from every expert annotation;
-   `or` is the method's ground truth OR prediction. Annotated pixels are never removed; relative to
+   default) adds only predicted objects away from every expert annotation, of the expert objects'
+   size, and as confident as the model is on the expert's own objects (the level is taken over all
+   selected items, so every item is predicted before any is written); `or` is the method's ground
+   truth OR prediction. Annotated pixels are never removed; relative to
    the previous version, pixels a former iteration added may be withdrawn when the newer model no
    longer predicts them (the rule starts from the original masks, not from the previous version).
    Unselected items are copied byte for byte.
@@ -43,12 +45,15 @@ continues an interrupted training from its checkpoint (OUT/models/iter<k>.ckpt),
 everything after the first unfinished iteration. A larger K continues a finished run. The options
 that change the results are stored in OUT/improve.json; a rerun with other options is refused.
 
-Early stop: with `--val` (a validation set carved from the training images; its incomplete masks
-count a found but unannotated object as a false positive, so they reward recovered objects less than
-complete masks would and the stop errs on the side of stopping early), an iteration runs only while
-the validation IoU is still rising: once iteration k scores no higher
-than an earlier one, k+1..K are not run. OUT/report.json names the best iteration (`best_iteration`,
-`best`: its model and the dataset version it grew); without `--val`, all K run and the last is named.
+Early stop: with `--val` (a validation set carved from the training images), an iteration runs only
+while the validation IoU is still rising: once iteration k scores no higher than an earlier one,
+k+1..K are not run. The validation masks are incomplete too, so a model that finds an object the
+expert did not annotate there would be charged a false positive for it, and the improved models,
+which find more, would look worse than they are. The validation IoU therefore counts the objects the
+growth rule would add there (with the training images' confidence level) as unknown, neither right
+nor wrong; `val_iou_strict` counts them as false positives. OUT/report.json names the best
+iteration (`best_iteration`, `best`: its model and the dataset version it grew); without `--val`,
+all K run and the last is named.
 
 OUT/report.json and OUT/report.csv hold one row per iteration (see `ITERATION_FIELDS`).
 """
@@ -69,10 +74,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cyseg.idi_rules import GrowthRule, grow, typical_area
+from cyseg.idi_rules import Candidates, GrowthRule, candidates, expert_means, typical_area
+from metrics import dice, jaccard
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError, ModelFileError
-from segmenter.evaluation import mean_scores
 from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import (
     Dataset,
@@ -103,7 +108,8 @@ RULES = {"or": "mask = original ground truth OR post-processed prediction (selec
 ITERATION_FIELDS = (
     "iteration", "trained_on", "model", "start", "items", "items_selected",
     "fg_before", "fg_after", "pixels_added", "pixels_added_vs_previous", "pixels_removed_vs_previous",
-    "masks_changed", "masks_differing_from_gt", "val_iou", "val_dice", "train_seconds", "train_cpu_seconds",
+    "masks_changed", "masks_differing_from_gt", "confidence_level", "val_iou", "val_dice", "val_iou_strict",
+    "val_unknown_px", "train_seconds", "train_cpu_seconds",
 )
 DEFAULT_N, DEFAULT_DEPTH = 16, 5
 
@@ -134,7 +140,7 @@ class ImproveOptions:
     colour: bool = False
     zoom: float = 0.0
     mode: str = "objects"
-    confidence: float = 0.7
+    confidence: float | None = None  # None: the model's level on the expert's objects
     early_stop: bool = True
     amp: bool = True
     progress: bool = True
@@ -447,7 +453,6 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
     seg, start = _trained_model(k, prev, out, opts)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
-    scores = mean_scores(seg, open_dataset(opts.val)) if opts.val is not None else None
     previous = {item.stem: item for item in open_dataset(prev).items}
     writer = DatasetWriter(
         _version(out, k), source=dataset.manifest.get("source"), parent=str(prev.resolve()), iteration=k,
@@ -457,16 +462,18 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
                "only_kind": list(opts.only_kind) or None})
     with writer:
         (writer.tmp / "added").mkdir()
-        stats = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts, area)
+        stats, level = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts, area)
+        writer.manifest["growth"]["confidence_level"] = level
+        scores = None if opts.val is None else val_scores(seg, open_dataset(opts.val), opts.rule, area, level)
         row = {
             "iteration": k, "trained_on": str(prev.resolve()), "model": str(model_path.resolve()), "start": start,
             "items": len(dataset.items), "items_selected": len(selected),
             "fg_before": stats["before"] / stats["pixels"], "fg_after": stats["after"] / stats["pixels"],
             "pixels_added": stats["added"], "pixels_added_vs_previous": stats["added_prev"],
             "pixels_removed_vs_previous": stats["removed_prev"], "masks_changed": stats["changed"],
-            "masks_differing_from_gt": stats["differ_gt"],
-            "val_iou": None if scores is None else scores["iou"],
-            "val_dice": None if scores is None else scores["dice"],
+            "masks_differing_from_gt": stats["differ_gt"], "confidence_level": level,
+            **{f"val_{key}": None if scores is None else scores[key]
+               for key in ("iou", "dice", "iou_strict", "unknown_px")},
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
         }
         writer.manifest["idi"] = {"stats": row}
@@ -494,20 +501,25 @@ def _trained_model(k: int, prev: Path, out: Path, opts: ImproveOptions) -> tuple
 
 
 def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset, truth: dict[str, np.ndarray],
-                 previous: dict[str, Item], chosen: set[str], opts: ImproveOptions, area: float) -> dict[str, int]:
+                 previous: dict[str, Item], chosen: set[str], opts: ImproveOptions,
+                 area: float) -> tuple[dict[str, int], float]:
     """Write every item into the new version, the chosen ones with their mask grown by the model;
-    returns the pixel and mask counts of the report row."""
+    returns the pixel and mask counts of the report row and the confidence level used."""
+    found: dict[str, tuple[Candidates, dict[str, Any]]] = {}
+    means = [np.zeros(0)]
+    for item in tqdm([i for i in dataset.items if i.stem in chosen], desc=f"IDI {k}: predicting", unit="image",
+                     disable=not opts.progress, leave=False):
+        found[item.stem], expert = _predicted(seg, item, truth[item.stem], opts, area)
+        means.append(expert)
+    level = 0.0 if opts.mode == "or" else opts.rule.level(np.concatenate(means))
     stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
                            "differ_gt"), 0)
-    for item in tqdm(dataset.items, desc=f"IDI {k}: predicting", unit="image", disable=not opts.progress,
-                     leave=False):
+    for item in dataset.items:
         gt = truth[item.stem]
         prev_mask = gt if k == 1 else read_mask(previous[item.stem].mask, gt.shape).astype(bool)
-        if item.stem in chosen:
-            new = _grow_item(k, seg, writer, item, gt, opts, area)
-        else:
+        new = _write_grown(writer, item, gt, found[item.stem], level, k) if item.stem in found else gt
+        if item.stem not in found:
             writer.copy(item)
-            new = gt
         added = int((new & ~gt).sum())
         stats["pixels"] += gt.size
         stats["before"] += int(prev_mask.sum())
@@ -517,25 +529,54 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
         stats["removed_prev"] += int((prev_mask & ~new).sum())
         stats["changed"] += int(not np.array_equal(new, prev_mask))
         stats["differ_gt"] += int(added > 0)
-    return stats
+    return stats, level
 
 
-def _grow_item(k: int, seg: Segmenter, writer: DatasetWriter, item: Item, gt: np.ndarray,
-               opts: ImproveOptions, area: float) -> np.ndarray:
-    """Copy `item` into the new version with its mask grown by the post-processed prediction as
-    `opts.rule` says (and, when that adds pixels, its picture in added/); returns the new mask."""
-    image = read_image(item.image)
-    probs = seg.predict(image)
+def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions,
+               area: float) -> tuple[tuple[Candidates, dict[str, Any]], np.ndarray]:
+    """What the model could add to one mask (the whole post-processed prediction for `--mode or`,
+    else `idi_rules.candidates`) with its record, and the mean probability on each expert object."""
+    probs = seg.predict(read_image(item.image))
     with torch.inference_mode():
         pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
-    pred = pred.cpu().numpy()
-    new = grow(gt, pred, probs[0].float().cpu().numpy(), opts.rule, area)
+    pred, probs_np = pred.cpu().numpy(), probs[0].float().cpu().numpy()
+    if opts.mode == "or":
+        found = Candidates([np.flatnonzero(pred)], np.ones(1))
+    else:
+        found = candidates(gt, pred, probs_np, opts.rule, area)
+    return (found, {"threshold_used": tau, "predicted_px": int(pred.sum())}), expert_means(gt, probs_np)
+
+
+def _write_grown(writer: DatasetWriter, item: Item, gt: np.ndarray, found: tuple[Candidates, dict[str, Any]],
+                 level: float, k: int) -> np.ndarray:
+    """Copy `item` into the new version with the candidates at or above `level` added to its mask
+    (and, when that adds pixels, its picture in added/); returns the new mask."""
+    new = gt | found[0].added(gt.shape, level)
     added = new & ~gt
-    writer.copy(item, meta={"idi": {"iteration": k, "threshold_used": tau, "predicted_px": int(pred.sum()),
-                                    "added_px": int(added.sum())}})
+    writer.copy(item, meta={"idi": {"iteration": k, **found[1], "added_px": int(added.sum())}})
     if added.any():
         written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"
         written.unlink()
         write_png(writer.tmp / "masks" / f"{item.stem}.png", new.astype(np.uint8) * 255)
-        write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(image, gt, added))
+        write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(read_image(item.image), gt, added))
     return new
+
+
+def val_scores(seg: Segmenter, val: Dataset, rule: GrowthRule, area: float, level: float) -> dict[str, float]:
+    """Mean IoU and Dice of the model's masks on the incompletely annotated validation images, the
+    objects the growth rule would add there (found but not annotated, see `idi_rules`) counted as
+    unknown rather than false positives; `iou_strict` counts them, `unknown_px` their pixels."""
+    rows = []
+    for item in val.items:
+        image = read_image(item.image)
+        gt = read_mask(item.mask, image.shape[:2]).astype(bool)
+        probs = seg.predict(image)
+        with torch.inference_mode():
+            mask = seg.masks_from_probabilities(probs).cpu().numpy().astype(bool)
+        unknown = (np.zeros_like(gt) if rule.mode == "or" else
+                   candidates(gt, mask, probs[0].float().cpu().numpy(), rule, area).added(gt.shape, level))
+        kept = mask & ~unknown
+        rows.append((jaccard(kept, gt), dice(kept, gt), jaccard(mask, gt), int(unknown.sum())))
+    iou, dice_, strict, unknown_px = np.array(rows).T
+    return {"iou": float(iou.mean()), "dice": float(dice_.mean()), "iou_strict": float(strict.mean()),
+            "unknown_px": int(unknown_px.sum())}

@@ -274,7 +274,8 @@ def test_improve_stops_when_the_validation_iou_stops_rising(ihc_dataset, tmp_pat
     import cyseg.improve as improve
 
     scores = iter([0.5, 0.4, 0.3])  # iteration 2 scores lower: iteration 3 must not run
-    monkeypatch.setattr(improve, "mean_scores", lambda seg, data: {"iou": (v := next(scores)), "dice": v})
+    monkeypatch.setattr(improve, "val_scores", lambda seg, data, rule, area, level: {
+        "iou": (v := next(scores)), "dice": v, "iou_strict": v, "unknown_px": 0})
     out = tmp_path / "run"
     result = invoke(["-q", "improve", ihc_dataset.train, "--out", out, *TINY_IDI, "--iterations", "3",
                      "--val", ihc_dataset.val])
@@ -293,27 +294,49 @@ def test_improve_stops_when_the_validation_iou_stops_rising(ihc_dataset, tmp_pat
 def test_objects_rule_adds_only_confident_object_sized_predictions_away_from_the_expert():
     from cyseg.idi_rules import GrowthRule, grow, typical_area
 
-    gt = np.zeros((40, 60), bool)
-    gt[5:11, 5:11] = True  # an expert object of 36 px
+    gt = np.zeros((60, 80), np.uint8)
+    for x in (10, 60):
+        cv2.circle(gt, (x, 10), 6, 1, -1)  # expert objects
+    gt = gt.astype(bool)
     pred = np.zeros_like(gt)
-    pred[4:12, 4:13] = True  # the expert object, predicted wider: only its outline would move
-    pred[20:26, 20:26] = True  # a missed object, confident: added
-    pred[20:26, 40:46] = True  # a missed object, unsure: not added
+    pred[2:19, 2:19] = True  # the first expert object, predicted wider: only its outline would move
+    missed, unsure = np.zeros((60, 80), np.uint8), np.zeros((60, 80), np.uint8)
+    cv2.circle(missed, (12, 35), 6, 1, -1)
+    cv2.circle(unsure, (40, 35), 6, 1, -1)
+    missed, unsure = missed.astype(bool), unsure.astype(bool)
+    pred |= missed | unsure
+    pred[28:40, 24:30] = True  # a bridge joining the two missed objects: opened away
     pred[2:3, 30:32] = True  # a speck: not added
-    pred[30:40, 0:60] = True  # a sheet 600 px: not added
-    probs = np.where(pred, 0.9, 0.05).astype(np.float32)
-    probs[20:26, 40:46] = 0.5
+    pred[50:60, 0:80] = True  # a sheet of 800 px, over 8 times the expert's median object: not added
+    probs = np.where(pred, 0.4, 0.05).astype(np.float32)
+    probs[gt | missed] = 0.6  # the model's level on the expert's objects, and on the missed one
     area = typical_area([gt])
-    assert area == 36
     new = grow(gt, pred, probs, GrowthRule(), area)
-    expected = gt.copy()
-    expected[20:26, 20:26] = True
-    assert np.array_equal(new, expected)
+    added = new & ~gt
+    assert (new & gt).sum() == gt.sum() and not (added & ~missed).any()
+    assert added.sum() >= 0.8 * missed.sum()  # the opening only rounds its outline
     assert np.array_equal(grow(gt, pred, probs, GrowthRule("or"), area), gt | pred)  # the method
-    assert np.array_equal(grow(gt, pred, probs, GrowthRule(confidence=0.4), area), expected | (probs == 0.5))
+    assert (grow(gt, pred, probs, GrowthRule(confidence=0.3), area) & unsure).sum() >= 0.8 * unsure.sum()
     assert np.array_equal(grow(gt, pred, probs, GrowthRule(), 0.0), gt)  # no expert object: nothing to size by
+    assert np.array_equal(grow(np.zeros_like(gt), pred, probs, GrowthRule(), area), np.zeros_like(gt))
     with pytest.raises(CysegError, match="--confidence 2"):
         GrowthRule(confidence=2).check()
+
+
+def test_confidence_level_is_the_models_own_on_the_expert_objects():
+    """Auto confidence: the lower quartile of the expert objects' mean probabilities; a number overrides it."""
+    from cyseg.idi_rules import GrowthRule, expert_means
+
+    gt = np.zeros((20, 50), bool)
+    probs = np.zeros((20, 50), np.float32)
+    for i, level in enumerate((0.2, 0.4, 0.6, 0.8, 1.0)):
+        gt[5:10, 10 * i:10 * i + 5] = True
+        probs[5:10, 10 * i:10 * i + 5] = level
+    means = expert_means(gt, probs)
+    assert np.allclose(sorted(means), [0.2, 0.4, 0.6, 0.8, 1.0])
+    assert GrowthRule().level(means) == pytest.approx(0.4)
+    assert GrowthRule(confidence=0.7).level(means) == 0.7
+    assert GrowthRule().level([]) == 1.0  # no expert object: nothing is as sure as one
 
 
 def test_default_improvement_never_moves_expert_outlines(mixed, tmp_path):
