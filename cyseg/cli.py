@@ -695,7 +695,8 @@ def suggest_command(model: str, source: Path | None, count: int, out: Path, size
                     cytomine_api: str) -> None:
     """Suggest what to annotate next: rank the images of INPUT (a folder; in a dataset folder those
     without a mask) or the tissue tiles of a slide (INPUT, or --cytomine-image ID) by the model's
-    uncertainty there, spread so that the COUNT suggestions are not neighbours of one hard case."""
+    uncertainty there: of the 2 x COUNT most uncertain, the COUNT that together resemble most of the
+    others (typical of what is left, not neighbours of one hard case)."""
     from cyseg.models import resolve_model
     from cyseg.suggest_cmd import SuggestOptions, run_suggest_cytomine, run_suggest_local
 

@@ -1,10 +1,12 @@
 """Active learning: which images, or which tissue tiles of a slide, an expert should
 annotate next. Each candidate is scored by the model's uncertainty there: how much its predictions
 under the symmetries of the square disagree (`tta`, the spread MONAI Label's TTA strategy measures)
-or the entropy of their mean (`entropy`); suggestions are then picked greedily by uncertainty
-times distance to those already picked (an uncertainty-weighted k-centre over a small description of
-each candidate: colours and predicted classes on a coarse grid), so that K suggestions are not K
-neighbours of one hard case."""
+or the entropy of their mean (`entropy`). Suggestions then follow suggestive annotation (Yang et al.,
+MICCAI 2017, on GlaS): among the 2K most uncertain candidates, K are picked greedily to cover the
+whole pool best (each candidate counts by its similarity to the nearest pick, over a small description
+of each candidate: colours and predicted classes on a coarse grid). Uncertainty alone favours the
+pool's oddest images, which teach the model little about the rest; coverage keeps the K suggestions
+typical of the pool and unlike each other."""
 from __future__ import annotations
 
 import math
@@ -39,8 +41,9 @@ class Candidate:
 
 @dataclass
 class Suggestion:
-    """A chosen candidate, its rank (1 first) and score: its uncertainty times its distance to the
-    suggestions ranked before it (in standardised description units; 1 for the first)."""
+    """A chosen candidate, its rank (1 first), its score (how much of the pool it newly covers: the
+    gain in summed similarity, in candidates) and its distance to the suggestions ranked before it
+    (in standardised description units; 1 for the first)."""
 
     candidate: Candidate
     rank: int
@@ -103,26 +106,40 @@ def check_count(count: int, candidates: int) -> None:
                          "lower --count (or give more images / a smaller --size)")
 
 
-def select(candidates: Sequence[Candidate], count: int) -> list[Suggestion]:
-    """`count` suggestions: first the most uncertain candidate, then each time the one with the
-    largest uncertainty x distance to the nearest suggestion already made (standardised descriptions)."""
+def select(candidates: Sequence[Candidate], count: int, shortlist: float = 2.0) -> list[Suggestion]:
+    """`count` suggestions: of the `shortlist` x `count` most uncertain candidates, greedily the one
+    that adds most to the pool's coverage each time. Coverage sums, over every candidate, its
+    similarity 1 / (1 + distance) to the nearest suggestion (standardised descriptions)."""
     check_count(count, len(candidates))
+    certainty = np.array([c.uncertainty for c in candidates])
+    short = np.argsort(-certainty, kind="stable")[:max(count, round(shortlist * count))]
+    distances = _distances(candidates, short)  # (shortlist, all candidates)
+    similar = 1.0 / (1.0 + distances)
+    free = np.ones(len(short), bool)
+    covered = np.zeros(len(candidates))
+    nearest = np.full(len(short), np.inf)
+    chosen: list[Suggestion] = []
+    for rank in range(1, count + 1):
+        gain = np.where(free, np.maximum(similar - covered, 0).sum(axis=1), -np.inf)
+        j = int(np.argmax(gain))
+        i = int(short[j])
+        chosen.append(Suggestion(candidates[i], rank, float(gain[j]),
+                                 float(nearest[j]) if np.isfinite(nearest[j]) else 1.0))
+        free[j] = False
+        covered = np.maximum(covered, similar[j])
+        nearest = np.minimum(nearest, distances[:, i])
+    return chosen
+
+
+def _distances(candidates: Sequence[Candidate], rows: np.ndarray) -> np.ndarray:
+    """The distances from the candidates `rows` to every candidate, between standardised
+    descriptions, in units of a typical one-per-feature spread."""
+    from scipy.spatial.distance import cdist
+
     features = np.stack([c.description for c in candidates]).astype(np.float64)
     spread = features.std(axis=0)
     features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1)
-    scale = math.sqrt(features.shape[1])  # distances in units of a typical one-per-feature spread
-    certainty = np.array([c.uncertainty for c in candidates])
-    nearest = np.full(len(candidates), np.inf)
-    free = np.ones(len(candidates), bool)
-    chosen: list[Suggestion] = []
-    for rank in range(1, count + 1):
-        distance = np.where(np.isfinite(nearest), nearest / scale, 1.0)
-        value = np.where(free, certainty * distance, -np.inf)
-        i = int(np.argmax(value))
-        chosen.append(Suggestion(candidates[i], rank, float(value[i]), float(distance[i])))
-        free[i] = False
-        nearest = np.minimum(nearest, np.linalg.norm(features - features[i], axis=1))
-    return chosen
+    return cdist(features[rows], features) / math.sqrt(features.shape[1])
 
 
 def score_all(candidates: Sequence[Candidate], pixels: Callable[[Candidate], np.ndarray], seg: Segmenter,

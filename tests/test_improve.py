@@ -168,6 +168,8 @@ def test_report_has_every_field_and_consistent_numbers(improved):
         assert row["masks_changed"] == sum(not np.array_equal(new[s], prev[s]) for s in gt)
         assert row["items"] == row["items_selected"] == 6
         assert 0 <= row["val_iou"] <= 1 and 0 <= row["val_dice"] <= 1
+        assert row["val_iou"] >= row["val_iou_strict"] - 1e-12  # unknown pixels were all false positives
+        assert 0 <= row["confidence_level"] <= 1
         assert row["fg_after"] >= sum(m.sum() for m in gt.values()) / total
         prev = new
 
@@ -337,6 +339,41 @@ def test_confidence_level_is_the_models_own_on_the_expert_objects():
     assert GrowthRule().level(means) == pytest.approx(0.4)
     assert GrowthRule(confidence=0.7).level(means) == 0.7
     assert GrowthRule().level([]) == 1.0  # no expert object: nothing is as sure as one
+
+
+def test_validation_counts_objects_the_rule_would_add_as_unknown(tmp_path):
+    """The early stop's IoU: a found, unannotated, object-sized and confident object is neither right
+    nor wrong; a speck and the outline past the expert's are still false positives."""
+    from cyseg.idi_rules import GrowthRule
+    from cyseg.improve import val_scores
+    from metrics import jaccard
+
+    gt = np.zeros((40, 80), np.uint8)
+    cv2.circle(gt, (15, 20), 8, 1, -1)
+    found = gt.copy()
+    cv2.circle(found, (15, 20), 9, 1, -1)  # the annotated object, one pixel wider
+    cv2.circle(found, (55, 20), 8, 1, -1)  # an object the expert did not annotate
+    found[2:4, 70:72] = 1  # a speck
+    write_rgb(tmp_path / "val" / "images" / "a.png", np.full((40, 80, 3), 200, np.uint8))
+    write_grey(tmp_path / "val" / "masks" / "a.png", gt * 255)
+
+    class Found:  # stands in for a model that predicts `found` with probability 0.9
+        def predict(self, image):
+            return torch.from_numpy(np.where(found > 0, 0.9, 0.05).astype(np.float32))[None]
+
+        def masks_from_probabilities(self, probs):
+            return (probs[0] > 0.5).to(torch.uint8)
+
+    area = float(gt.sum())
+    scores = val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule(), area, level=0.8)
+    unknown = np.zeros_like(gt)
+    cv2.circle(unknown, (55, 20), 8, 1, -1)
+    assert 0.95 * unknown.sum() <= scores["unknown_px"] <= unknown.sum()  # the opening rounds its outline
+    inter, union = int((found & gt).sum()), int((found | gt).sum())
+    assert scores["iou"] == pytest.approx(inter / (union - scores["unknown_px"]))
+    assert scores["iou_strict"] == pytest.approx(jaccard(found, gt)) and scores["iou_strict"] < scores["iou"] < 1
+    assert val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule(), area, level=0.95)["unknown_px"] == 0
+    assert val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule("or"), area, 0.0)["unknown_px"] == 0
 
 
 def test_default_improvement_never_moves_expert_outlines(mixed, tmp_path):
