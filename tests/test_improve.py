@@ -414,7 +414,8 @@ def test_normalised_threshold_is_a_probability_level_not_a_z_score():
 
 
 @pytest.mark.parametrize("case", ["missing", "k0", "model_missing", "model_mismatch", "out_inside", "kind_absent",
-                                  "options_changed", "foreign_out", "bad_threshold"])
+                                  "options_changed", "foreign_out", "bad_threshold", "bad_confidence",
+                                  "word_confidence"])
 def test_improve_bad_input_is_one_line_exit_2(case, improved, mixed, tmp_path):
     out = tmp_path / "out"
     args = ["improve", mixed, "--out", out, *TINY_IDI, "--iterations", "1"]
@@ -445,6 +446,12 @@ def test_improve_bad_input_is_one_line_exit_2(case, improved, mixed, tmp_path):
     elif case == "bad_threshold":
         args += ["--threshold", "1.5"]
         needles = ("--threshold",)
+    elif case == "bad_confidence":
+        args += ["--confidence", "1.5"]
+        needles = ("--confidence 1.5", "auto")
+    elif case == "word_confidence":
+        args += ["--confidence", "high"]
+        needles = ("--confidence 'high'", "auto")
     before = tree_digest(improved.out)
     one_line_error(invoke(args), "cyseg", *needles)
     if case not in ("foreign_out", "options_changed"):
