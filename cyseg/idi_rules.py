@@ -117,9 +117,12 @@ def candidates(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: G
         return Candidates([], np.zeros(0))
     means = np.bincount(labels.ravel(), weights=probs.ravel(), minlength=n) / np.maximum(areas, 1)
     flat = labels.ravel()
-    order = np.argsort(flat, kind="stable")
-    starts = np.searchsorted(flat[order], sized)
-    return Candidates([order[s:s + areas[i]] for s, i in zip(starts, sized, strict=True)], means[sized])
+    wanted = np.zeros(n, bool)
+    wanted[sized] = True
+    pixels = np.flatnonzero(wanted[flat])
+    pixels = pixels[np.argsort(flat[pixels], kind="stable")]
+    bounds = np.cumsum(areas[sized])[:-1]
+    return Candidates(np.split(pixels, bounds), means[sized])
 
 
 def grow(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: GrowthRule, area: float,
