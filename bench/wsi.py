@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_results  # noqa: E402
+from bench.common import children_cpu, code_version, run_record, write_results  # noqa: E402
 from bench.cytology import cytology_layout, describe_cytology  # noqa: E402
 from bench.mosaic import Placement, describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
@@ -374,6 +374,7 @@ def run_header(args: argparse.Namespace, device: str, placements: list[Placement
 
 def main() -> None:
     args = parse_args()
+    code, cpu0, t0 = code_version(), time.process_time(), time.perf_counter()
     model_path, seg = load_model(args.model)
     device, precision = str(seg.device), precision_name(seg.device)
     work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
@@ -390,7 +391,8 @@ def main() -> None:
                 for fill in fills}
     result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
               "skipping": loss, **whole, "targets": TARGETS,
-              "cytology": {**cytology, "targets": CYTOLOGY_TARGETS}}
+              "cytology": {**cytology, "targets": CYTOLOGY_TARGETS},
+              "run": run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)}
     out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
     write_results(out, result)
     print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")
