@@ -538,13 +538,15 @@ def active_section(data: Results | None) -> Lines:
 
 
 def active_results(data: Results | None) -> list[list[str]]:
-    """README results row: the labelled share at which each strategy reaches 98 % of the full-data IoU."""
+    """README results row: the labelled share at which each strategy reaches the run's target share
+    of the full-data IoU."""
     if data is None or data.get("quick"):
         return []
     rows = []
     for name, v in data["datasets"].items():
         reached = {k: v["summary"][k]["fraction_reaching_target"] for k in ("suggest", "random")}
-        rows.append([f"active learning, {name}", "labels needed for 98 % of the full-data IoU",
+        rows.append([f"active learning, {name}", f"labels needed for {pct(data['settings']['target'])} of the "
+                     "full-data IoU",
                      ", ".join(f"{k} {'never' if f is None else pct(f)}" for k, f in reached.items())])
     return rows
 

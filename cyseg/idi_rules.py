@@ -58,7 +58,10 @@ class GrowthRule:
 
     def level(self, expert_means: list[float] | np.ndarray) -> float:
         """The least mean probability of an added object: `confidence`, else the `quantile` of the
-        expert objects' mean probabilities (1.0, adding nothing, when there are none)."""
+        expert objects' mean probabilities (1.0, adding nothing, when there are none); 0 for `or`,
+        which adds every predicted pixel."""
+        if self.mode == "or":
+            return 0.0
         if self.confidence is not None:
             return float(self.confidence)
         return float(np.quantile(expert_means, self.quantile)) if len(expert_means) else 1.0
@@ -125,14 +128,10 @@ def candidates(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: G
     return Candidates(np.split(pixels, bounds), means[sized])
 
 
-def grow(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: GrowthRule, area: float,
-         level: float | None = None) -> np.ndarray:
-    """The new (H, W) bool mask from the expert mask `gt`, the post-processed prediction and its
-    probabilities (H, W), by `rule`; `level` is the confidence level (`GrowthRule.level`; default:
-    the rule's, from this mask's own expert objects)."""
-    gt, predicted = gt.astype(bool), predicted.astype(bool)
+def addable(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: GrowthRule, area: float) -> Candidates:
+    """What `rule` could add to the expert mask `gt` from the post-processed prediction and its
+    probabilities (H, W): the whole prediction for `or` (the method), else `candidates`; the mask
+    becomes `gt | addable(...).added(shape, rule.level(...))`."""
     if rule.mode == "or":
-        return gt | predicted
-    if level is None:
-        level = rule.level(expert_means(gt, probs))
-    return gt | candidates(gt, predicted, probs, rule, area).added(gt.shape, level)
+        return Candidates([np.flatnonzero(predicted)], np.ones(1))
+    return candidates(gt, predicted, probs, rule, area)

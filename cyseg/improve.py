@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cyseg.idi_rules import Candidates, GrowthRule, candidates, expert_means, typical_area
+from cyseg.idi_rules import Candidates, GrowthRule, addable, candidates, expert_means, typical_area
 from metrics import dice, jaccard
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError, ModelFileError
@@ -511,15 +511,17 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
                      disable=not opts.progress, leave=False):
         found[item.stem], expert = _predicted(seg, item, truth[item.stem], opts, area)
         means.append(expert)
-    level = 0.0 if opts.mode == "or" else opts.rule.level(np.concatenate(means))
+    level = opts.rule.level(np.concatenate(means))
     stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
                            "differ_gt"), 0)
     for item in dataset.items:
         gt = truth[item.stem]
         prev_mask = gt if k == 1 else read_mask(previous[item.stem].mask, gt.shape).astype(bool)
-        new = _write_grown(writer, item, gt, found[item.stem], level, k) if item.stem in found else gt
-        if item.stem not in found:
+        if item.stem in found:
+            new = _write_grown(writer, item, gt, found[item.stem], level, k)
+        else:
             writer.copy(item)
+            new = gt
         added = int((new & ~gt).sum())
         stats["pixels"] += gt.size
         stats["before"] += int(prev_mask.sum())
@@ -534,16 +536,13 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
 
 def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions,
                area: float) -> tuple[tuple[Candidates, dict[str, Any]], np.ndarray]:
-    """What the model could add to one mask (the whole post-processed prediction for `--mode or`,
-    else `idi_rules.candidates`) with its record, and the mean probability on each expert object."""
+    """What the model could add to one mask (`idi_rules.addable`) with its record, and the mean
+    probability on each expert object."""
     probs = seg.predict(read_image(item.image))
     with torch.inference_mode():
         pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
     pred, probs_np = pred.cpu().numpy(), probs[0].float().cpu().numpy()
-    if opts.mode == "or":
-        found = Candidates([np.flatnonzero(pred)], np.ones(1))
-    else:
-        found = candidates(gt, pred, probs_np, opts.rule, area)
+    found = addable(gt, pred, probs_np, opts.rule, area)
     return (found, {"threshold_used": tau, "predicted_px": int(pred.sum())}), expert_means(gt, probs_np)
 
 

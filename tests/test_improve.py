@@ -293,8 +293,15 @@ def test_improve_stops_when_the_validation_iou_stops_rising(ihc_dataset, tmp_pat
     assert lines[-1] == str(out / "iter1")
 
 
+def grow(gt: np.ndarray, pred: np.ndarray, probs: np.ndarray, rule, area: float) -> np.ndarray:
+    """One mask grown by `rule` at the level of its own expert objects, as `cyseg improve` grows a dataset."""
+    from cyseg.idi_rules import addable, expert_means
+
+    return gt | addable(gt, pred, probs, rule, area).added(gt.shape, rule.level(expert_means(gt, probs)))
+
+
 def test_objects_rule_adds_only_confident_object_sized_predictions_away_from_the_expert():
-    from cyseg.idi_rules import GrowthRule, grow, typical_area
+    from cyseg.idi_rules import GrowthRule, typical_area
 
     gt = np.zeros((60, 80), np.uint8)
     for x in (10, 60):
@@ -339,6 +346,7 @@ def test_confidence_level_is_the_models_own_on_the_expert_objects():
     assert GrowthRule().level(means) == pytest.approx(0.4)
     assert GrowthRule(confidence=0.7).level(means) == 0.7
     assert GrowthRule().level([]) == 1.0  # no expert object: nothing is as sure as one
+    assert GrowthRule("or").level(means) == 0.0  # the method adds every predicted pixel
 
 
 def test_validation_counts_objects_the_rule_would_add_as_unknown(tmp_path):
