@@ -233,7 +233,8 @@ class Segmenter:
 
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
                 batch: int | None = None, tta: bool | None = None, amp: bool | None = None,
-                into: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+                into: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                multiple: int = 1) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
         or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended, at the
         model's working resolution (tile sizes count network pixels). With `tta` every tile is the
@@ -242,7 +243,8 @@ class Segmenter:
 
         With `into` (C, H, W), e.g. a view of a slide area's canvas, the probabilities (times `scale`
         (H, W) when given) are added to it and it is returned, without a result tensor of their own
-        when the network works at the image's resolution."""
+        when the network works at the image's resolution. Tiles of a tiled image have sides that are
+        multiples of `multiple` (and of the network's own)."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -259,7 +261,8 @@ class Segmenter:
             size = (x.shape[1], x.shape[2])
             direct = self.resolution == 1
             probs = predict_tiled(with_tta(forward, tta), to_network(x, self.resolution), self.n_outputs, tile,
-                                  overlap, batch, self.multiple, into if direct else None, scale if direct else None)
+                                  overlap, batch, math.lcm(self.multiple, multiple), into if direct else None,
+                                  scale if direct else None)
             if into is None or direct:
                 return to_image(probs, size)
             probs = to_image(probs, size)

@@ -135,3 +135,17 @@ def test_segmenter_predict_into_matches_predict(resolution):
     into = torch.zeros_like(alone)
     seg.predict(image, **tiling, into=into, scale=scale)
     torch.testing.assert_close(into, alone * scale)
+
+
+def test_segmenter_predict_tiles_in_multiples_asked_for():
+    """`multiple=`: every forward pass of a tiled image has sides that are multiples of it (the slide
+    engine's shared shapes), and the result still covers the image."""
+    from unet import UNetSegmenter
+
+    seg = UNetSegmenter({"depth": 2, "n": 4}, device="cpu")
+    shapes: list[tuple[int, int]] = []
+    seg.model.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[2:])))
+    image = np.random.default_rng(0).integers(0, 255, (200, 330, 3), dtype=np.uint8)
+    probs = seg.predict(image, tile=128, overlap=16, batch=1, multiple=32)
+    assert probs.shape[1:] == (200, 330)
+    assert shapes and all(h % 32 == 0 and w % 32 == 0 and max(h, w) <= 128 for h, w in shapes)

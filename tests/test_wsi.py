@@ -354,6 +354,22 @@ def test_small_boxes_are_packed_side_by_side_onto_sheets_of_one_tile():
     assert sum(s.width * s.height for s in sheets) < 1.5 * area  # shelves waste little
 
 
+@pytest.mark.parametrize("box, window, expected", [
+    ((300, 40, 700, 500), (3600, 4000), (266, 34, 768, 512)),  # grown evenly to multiples of 128
+    ((0, 0, 513, 640), (3600, 4000), (0, 0, 640, 640)),  # kept inside at the near edges
+    ((2990, 3400, 600, 590), (3600, 4000), (2960, 3360, 640, 640)),  # and at the far edges
+    ((100, 100, 1500, 700), (3600, 4000), (100, 66, 1500, 768)),  # a side longer than the tile is tiled
+    ((50, 0, 600, 990), (3600, 1000), (30, 0, 640, 990)),  # no room in the window for 1024
+])
+def test_large_boxes_are_predicted_on_shared_shapes_within_the_window(box, window, expected):
+    from segmenter.wsi.engine import forward_box
+
+    x, y, w, h = forward_box(box, 1024, 128, *window)
+    assert (x, y, w, h) == expected
+    assert x <= box[0] and y <= box[1] and x + w >= box[0] + box[2] and y + h >= box[1] + box[3]
+    assert min(x, y) >= 0 and x + w <= window[0] and y + h <= window[1]
+
+
 def test_overlapping_tissue_boxes_merge_only_when_one_box_costs_no_more():
     from segmenter.wsi.windows import merge_overlapping
 

@@ -22,6 +22,10 @@ from segmenter.wsi.packing import Box, pack, packable
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
 from transforms.chain import chain_radius
 
+# forward passes on a CPU pay again for each new input shape (kernels built and cached per shape, and
+# the caches grow with every shape): sheets and boxes rounded up to multiples of this share a few
+SHAPE_STEP = 128
+
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
     from segmenter.wsi.slide import SlideReader
@@ -74,8 +78,10 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
     on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled with the
     boxes' glass: scattered cells then cost what their pixels cost, not one underfilled forward
     pass each. Each box keeps its own tissue margin of real surroundings."""
+    sheets = pack([b for b in task.boxes or [] if packable(b, opts.tile)], opts.tile,
+                  math.lcm(seg.multiple, SHAPE_STEP))
     out: dict[Box, torch.Tensor] = {}
-    for sheet in pack([b for b in task.boxes or [] if packable(b, opts.tile)], opts.tile, seg.multiple):
+    for sheet in sheets:
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
                   for (bx, by, bw, bh), _ in sheet.places]
         canvas = np.empty((sheet.height, sheet.width, 3), np.uint8)
@@ -112,9 +118,8 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
         w = None if weight is None else box_weights(bh, bw, opts.tissue_margin, seg.device)
         box_probs = small.pop(box, None)
-        if box_probs is None:  # predicted straight into the canvas: no box-sized result beside it
-            seg.predict(read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample),
-                        **opts.tiling(), into=probs[:, rows, cols], scale=w)
+        if box_probs is None:
+            _predict_box(seg, reader, region, task, opts, box, probs[:, rows, cols], w)
         elif w is None:
             probs[:, rows, cols] = box_probs
         else:
@@ -122,6 +127,38 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
         if weight is not None:
             weight[rows, cols] += w
     return probs if weight is None else probs.div_(weight.clamp_(min=torch.finfo(weight.dtype).tiny))
+
+
+def _predict_box(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask, opts: WsiOptions,
+                 box: Box, into: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Add a large box's probabilities (times `scale`) into its view of the canvas, predicted on
+    the box grown to a shape shared with other boxes (`forward_box`; the extra rim is real slide
+    around it) and cut back, or straight into the canvas when no growth was needed."""
+    fx, fy, fw, fh = forward_box(box, opts.tile, SHAPE_STEP, task.w, task.h)
+    pixels = read_box(reader, region, task.x + fx, task.y + fy, fw, fh, opts.downsample)
+    if (fw, fh) == box[2:]:
+        seg.predict(pixels, **opts.tiling(), into=into, scale=scale, multiple=SHAPE_STEP)
+        return
+    x, y = box[0] - fx, box[1] - fy
+    probs = seg.predict(pixels, **opts.tiling(), multiple=SHAPE_STEP)[:, y:y + box[3], x:x + box[2]]
+    if scale is None:
+        into.add_(probs)
+    else:
+        into.addcmul_(probs, scale)
+
+
+def forward_box(box: Box, tile: int, step: int, width: int, height: int) -> Box:
+    """The box a large box is predicted on: each side up to `tile` rounded up to a multiple of
+    `step` (longer sides are tiled in multiples of it), grown evenly around the box and shifted to
+    stay within the window (`width` x `height`), which a side longer than it cannot."""
+    def axis(start: int, size: int, limit: int) -> tuple[int, int]:
+        grown = size if size > tile else -(-size // step) * step
+        if grown > limit:
+            return start, size
+        return min(max(0, start - (grown - size) // 2), limit - grown), grown
+
+    (x, w), (y, h) = axis(box[0], box[2], width), axis(box[1], box[3], height)
+    return x, y, w, h
 
 
 def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
