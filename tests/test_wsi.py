@@ -370,6 +370,29 @@ def test_large_boxes_are_predicted_on_shared_shapes_within_the_window(box, windo
     assert min(x, y) >= 0 and x + w <= window[0] and y + h <= window[1]
 
 
+def test_foreground_groups_hold_each_component_whole_and_each_pixel_once():
+    import cv2
+
+    from segmenter.wsi.engine import foreground_groups
+
+    rng = np.random.default_rng(3)
+    foreground = np.zeros((203, 317), bool)
+    for _ in range(40):  # blobs, some touching, some cut by the array's edges
+        y, x, r = rng.integers(-5, 208), rng.integers(-5, 322), rng.integers(2, 12)
+        yy, xx = np.ogrid[:203, :317]
+        foreground |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+    owner = np.zeros(foreground.shape, int)
+    for k, ((x, y, w, h), member) in enumerate(foreground_groups(foreground, 16), start=1):
+        assert member.shape == (h, w) and x % 16 == 0 and y % 16 == 0 and x + w <= 317 and y + h <= 203
+        view = owner[y:y + h, x:x + w]
+        assert not (view[member] > 0).any()  # no pixel in two groups
+        view[member] = k
+    assert (owner[foreground] > 0).all()
+    _, components = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8)
+    for c in range(1, components.max() + 1):
+        assert len(np.unique(owner[components == c])) == 1  # a component lies whole in one group
+
+
 def test_overlapping_tissue_boxes_merge_only_when_one_box_costs_no_more():
     from segmenter.wsi.windows import merge_overlapping
 

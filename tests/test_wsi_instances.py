@@ -143,6 +143,39 @@ def test_windows_neither_cut_nor_duplicate_objects_on_a_real_mosaic(cell_nucleus
                    for a, b in pairs if a < b), cls
 
 
+def test_objects_separated_group_by_group_equal_those_of_the_whole_area(cell_nucleus_model):
+    """The engine separates an area's instances one group of nearby foreground at a time; the objects
+    are those of the whole area at once (touching discs with a distance peak each, some split)."""
+    import torch
+
+    import segmenter.wsi.engine as engine
+    from segmenter.instances import instance_labels
+    from segmenter.wsi.windows import WindowTask
+    from unet import load_segmenter
+
+    seg = load_segmenter(cell_nucleus_model)
+    assert seg.instance_classes
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:240, :300]
+    inside, distance = np.zeros((240, 300), np.float32), np.zeros((240, 300), np.float32)
+    for _ in range(30):
+        y, x, r = rng.integers(0, 240), rng.integers(0, 300), rng.integers(5, 15)
+        d = np.sqrt((yy - y) ** 2 + (xx - x) ** 2)
+        inside = np.maximum(inside, (d <= r).astype(np.float32))
+        distance = np.maximum(distance, np.clip(1 - d / r, 0, 1))
+    probs = torch.from_numpy(np.stack([inside] * seg.n_classes + [distance] * len(seg.instance_classes)))
+    area = (0, 0, 300, 240)
+    task = WindowTask(index=0, x=0, y=0, w=300, h=240, own=area, tiles=1, boxes=None)
+    grouped = engine._area_objects(seg, probs, task, area, WsiOptions())
+    masks = seg.class_masks(probs).numpy()
+    objects = instance_labels(seg, masks, probs.numpy())
+    whole = [item for c, label in enumerate(seg.labels)
+             for item in owned_objects(objects[seg.channels[c]], probs.numpy()[c], area, task, label)]
+    components = cv2.connectedComponents((inside > 0).astype(np.uint8), connectivity=8)[0] - 1
+    assert len(whole) > len(seg.labels) * components  # touching discs were split
+    assert sorted(p.wkt for p, _ in grouped) == sorted(p.wkt for p, _ in whole)
+
+
 def test_cell_objects_hold_their_nucleus_and_regions_per_class(cell_nucleus_model, mosaic, tmp_path):
     out, masks = tmp_path / "cells.geojson", tmp_path / "mask.png"
     result = invoke(["-q", "segment", cell_nucleus_model, mosaic, "--as-slide", "--out", out, "--window-size", 512,

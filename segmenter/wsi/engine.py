@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -25,6 +26,8 @@ from transforms.chain import chain_radius
 # forward passes on a CPU pay again for each new input shape (kernels built and cached per shape, and
 # the caches grow with every shape): sheets and boxes rounded up to multiples of this share a few
 SHAPE_STEP = 128
+# instances are separated group by group of foreground that touches at this coarser scale
+GROUP_CELL = 16
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -182,10 +185,36 @@ def _owned_polygons(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area:
 def _area_objects(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: tuple[int, int, int, int],
                   opts: WsiOptions) -> list[tuple[Polygon, dict[str, Any]]]:
     """Separate the instances of an area (all of it: objects reach into the overlap) and keep those
-    the window owns (`segmenter.wsi.objects`)."""
+    the window owns (`segmenter.wsi.objects`), one group of nearby foreground at a time
+    (`foreground_groups`): objects are separated within their own connected foreground, so this
+    gives the objects of the whole area for work that follows the objects, not the glass between."""
     with torch.inference_mode():
         masks = seg.class_masks(probs, opts.threshold).cpu().numpy()
         probs_np = probs.cpu().numpy()
-    objects = instance_labels(seg, masks, probs_np)
-    return [located for c, label in enumerate(seg.labels)
-            for located in owned_objects(objects[seg.channels[c]], probs_np[c], area, task, label)]
+    ax, ay, _, _ = area
+    located: list[tuple[Polygon, dict[str, Any]]] = []
+    for (x, y, w, h), member in foreground_groups(masks.any(axis=0), GROUP_CELL):
+        rows, cols = slice(y, y + h), slice(x, x + w)
+        objects = instance_labels(seg, masks[:, rows, cols] * member, probs_np[:, rows, cols])
+        located += [item for c, label in enumerate(seg.labels)
+                    for item in owned_objects(objects[seg.channels[c]], probs_np[c, rows, cols],
+                                              (ax + x, ay + y, w, h), task, label)]
+    return located
+
+
+def foreground_groups(foreground: np.ndarray, cell: int) -> Iterator[tuple[Box, np.ndarray]]:
+    """The groups of a (H, W) foreground mask that touch at 1/`cell` resolution: each group's box
+    and which of the box's pixels belong to it (bool, box-sized). Every 8-connected component of the
+    foreground lies whole in one group, and no pixel is in two."""
+    height, width = foreground.shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.zeros((rows * cell, cols * cell), bool)
+    padded[:height, :width] = foreground
+    coarse = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3)).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(coarse, connectivity=8)
+    for g in range(1, n):
+        gx, gy, gw, gh = (int(v) for v in stats[g, :4])
+        x, y = gx * cell, gy * cell
+        w, h = min(gw * cell, width - x), min(gh * cell, height - y)
+        member = (labels[gy:gy + gh, gx:gx + gw] == g).repeat(cell, axis=0).repeat(cell, axis=1)[:h, :w]
+        yield (x, y, w, h), member
