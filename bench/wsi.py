@@ -45,8 +45,8 @@ from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
-from segmenter.wsi.engine import SHAPE_STEP, forward_box  # noqa: E402
-from segmenter.wsi.packing import pack, packable  # noqa: E402
+from segmenter.wsi.engine import SHAPE_STEP, box_sheets, forward_box  # noqa: E402
+from segmenter.wsi.packing import packable  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
 from segmenter.wsi.tissue import slide_tissue_mask  # noqa: E402
@@ -99,8 +99,7 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
         for bx, by, bw, bh in boxes:  # what inference covers
             x0, y0 = task.x + bx, task.y + by
             kept[y0 // 8:(y0 + bh) // 8 + 1, x0 // 8:(x0 + bw) // 8 + 1] = True
-        small = [b for b in boxes if packable(b, opts.tile)]
-        computed += sum(s.width * s.height for s in pack(small, opts.tile, math.lcm(seg.multiple, SHAPE_STEP)))
+        computed += sum(s.width * s.height for s in box_sheets(boxes, opts.tile, seg.multiple))
         computed += sum(math.prod(forward_box(b, opts.tile, SHAPE_STEP, task.w, task.h)[2:])
                         for b in boxes if not packable(b, opts.tile))
     n_tiles, n_skipped = sum(t.tiles for t in tasks), sum(t.skipped for t in tasks)

@@ -19,7 +19,7 @@ from segmenter.polygons import mask_to_polygons
 from segmenter.tiling import box_weights
 from segmenter.wsi.cache import WindowResult
 from segmenter.wsi.objects import owned_objects
-from segmenter.wsi.packing import Box, pack, packable
+from segmenter.wsi.packing import Box, Sheet, pack, packable
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
 from transforms.chain import chain_radius
 
@@ -81,10 +81,8 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
     on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled with the
     boxes' glass: scattered cells then cost what their pixels cost, not one underfilled forward
     pass each. Each box keeps its own tissue margin of real surroundings."""
-    sheets = pack([b for b in task.boxes or [] if packable(b, opts.tile)], opts.tile,
-                  math.lcm(seg.multiple, SHAPE_STEP))
     out: dict[Box, torch.Tensor] = {}
-    for sheet in sheets:
+    for sheet in box_sheets(task.boxes or [], opts.tile, seg.multiple):
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
                   for (bx, by, bw, bh), _ in sheet.places]
         canvas = np.empty((sheet.height, sheet.width, 3), np.uint8)
@@ -95,6 +93,12 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
         for box, (sx, sy) in sheet.places:
             out[box] = probs[:, sy:sy + box[3], sx:sx + box[2]].clone()
     return out
+
+
+def box_sheets(boxes: list[Box], tile: int, multiple: int) -> list[Sheet]:
+    """The sheets a window's small boxes are predicted on: packed (`segmenter.wsi.packing`), sides
+    rounded up to multiples of SHAPE_STEP (and of the network's `multiple`)."""
+    return pack([b for b in boxes if packable(b, tile)], tile, math.lcm(multiple, SHAPE_STEP))
 
 
 def _glass(pieces: list[np.ndarray]) -> np.ndarray:
