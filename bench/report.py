@@ -337,7 +337,25 @@ def cytology_lines(data: Results | None) -> Lines:
             "with skipping. Targets at 5 %: " + ", ".join(f"{k} {v}" for k, v in targets.items()) + ".", "",
             *table(["cells", "placed", "context", "floor (bare time)", "inferred", "skipping off / on", "lost",
                     "masks differ", "peak off / on", "100k × 170k slide"],
-                   (cytology_row(fill, entry) for fill, entry in data.items() if fill.startswith("fill_"))), ""]
+                   (cytology_row(fill, entry) for fill, entry in data.items() if fill.startswith("fill_"))), "",
+            *full_size_lines(data)]
+
+
+def full_size_lines(data: Results) -> Lines:
+    """Whether the per-slide arithmetic holds on a full-size slide, whose overview mask is coarse."""
+    entries = {fill: e["full_size_overview"] for fill, e in data.items()
+               if fill.startswith("fill_") and "full_size_overview" in e}
+    if not entries:
+        return []
+    d = next(iter(entries.values()))["overview_downsample"]
+    return ["A 100,000 × 170,000-pixel slide's overview tissue mask has one pixel per "
+            f"{d:.0f} level-0 pixels, far coarser than a cell; the boxes are fitted on window masks at 8 px "
+            "instead (`SlideTissue.window_mask`). Built through such an overview, the boxes cover " +
+            ", ".join(f"{pct(e['area_inferred_fraction'], 1)} at {pct(float(fill.removeprefix('fill_')))}"
+                      for fill, e in entries.items()) +
+            " of these slides (as above), where boxes fitted on the overview itself would cover " +
+            ", ".join(pct(e["overview_only_area_inferred_fraction"], 1) for e in entries.values()) +
+            ": that is what lets the last column's arithmetic hold for a full-size slide.", ""]
 
 
 # ---------------------------------------------------------------------------- instances.json

@@ -221,3 +221,43 @@ def test_bad_arguments():
         tissue_mask(thumb[..., 0], 4.0)
     with pytest.raises(CysegError, match="downsample 0 must be > 0"):
         tissue_mask(thumb, 0)
+
+
+def test_window_masks_fit_boxes_to_the_cells_whatever_the_slide_size(tmp_path):
+    """On a slide as large as a scan, the overview mask is one pixel per 80+ level-0 pixels; the boxes
+    skipping infers are fitted on window masks at FINE_RESOLUTION instead, so they are the same
+    whether the overview is fine or as coarse as a 100,000 x 170,000 slide's."""
+    from segmenter.wsi.tissue import FINE_RESOLUTION, slide_tissue
+    from segmenter.wsi.windows import Region, WsiOptions, plan_windows, window_topology
+
+    image = glass(3072, 4096, np.random.default_rng(3))
+    cells = [(500, 400), (2300, 700), (3500, 2600), (1200, 2000), (2050, 1500)]  # centres, 40 px discs
+    for cx, cy in cells:
+        cv2.circle(image, (cx, cy), 20, (120, 60, 140), -1)
+    opts = WsiOptions(tile=512, overlap=64, window_size=2048, window_overlap=128)
+    region = Region(0, 0, 4096, 3072)
+    with open_slide(write_pyramid(tmp_path / "cells.tif", image, compression="jpeg")) as slide:
+        fine, coarse = slide_tissue(slide, max_side=512), slide_tissue(slide, max_side=48)
+        assert fine.overview.downsample == FINE_RESOLUTION and coarse.overview.downsample == pytest.approx(4096 / 48)
+        topology = window_topology(4096, 3072, opts)
+        plans = [plan_windows(topology, region, opts, tissue, 16) for tissue in (fine, coarse)]
+        overview_only = plan_windows(topology, region, opts, coarse.overview, 16)
+    assert [t.boxes for t in plans[0]] == [t.boxes for t in plans[1]]
+    for task in plans[1]:
+        # a cell's 40 px, the margin on each side, its pale JPEG rim
+        assert all(max(bw, bh) <= 40 + 2 * opts.tissue_margin + 10 * FINE_RESOLUTION for *_, bw, bh in task.boxes)
+        assert all(any(bx <= cx - task.x - 20 and cx - task.x + 20 <= bx + bw and by <= cy - task.y - 20 and
+                       cy - task.y + 20 <= by + bh for bx, by, bw, bh in task.boxes)
+                   for cx, cy in cells if task.x + 20 <= cx <= task.x + task.w - 20 and
+                   task.y + 20 <= cy <= task.y + task.h - 20)
+    area = [sum(bw * bh for t in plan for _, _, bw, bh in t.boxes) for plan in (plans[1], overview_only)]
+    assert area[1] > 3 * area[0]  # what the coarse overview alone would have inferred
+
+
+def test_a_mask_placed_at_an_origin_is_read_there():
+    mask = np.zeros((4, 4), bool)
+    mask[1, 2] = True  # level-0 x 1000 + 16..23, y 2000 + 8..15
+    tissue = TissueMask(mask, 8.0, (1000.0, 2000.0))
+    assert tissue.fraction(1016, 2008, 8, 8) == 1.0 and tissue.any_in(1016, 2008, 8, 8)
+    assert not tissue.any_in(16, 8, 8, 8) and tissue.fraction(1000, 2000, 32, 32) == 1 / 16
+    assert tissue.window_mask(0, 0, 10, 10) is tissue

@@ -122,11 +122,11 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
 def _plan_slide(seg: Segmenter, model_path: Path, reader: SlideReader, opts: WsiOptions, region_text: str | None,
                cache_root: Path | None) -> SlidePlan:
     """The region to segment, the tissue in it (when background is skipped), its windows and their cache."""
-    from segmenter.wsi.tissue import slide_tissue_mask
+    from segmenter.wsi.tissue import slide_tissue
 
     region = parse_region(region_text, reader.width, reader.height)
-    tissue = slide_tissue_mask(reader) if opts.skip_background else None
-    covered = None if tissue is None else tissue.fraction(region.x, region.y, region.w, region.h)
+    tissue = slide_tissue(reader) if opts.skip_background else None
+    covered = None if tissue is None else tissue.overview.fraction(region.x, region.y, region.w, region.h)
     if covered is not None and covered > MOST:
         log.warning("%s: tissue detection finds tissue on %.0f %% of the %s: cytology slides are mostly glass, so "
                     "this may be a dark-background (fluorescence) slide or a full tissue section; check the result",

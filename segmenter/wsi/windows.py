@@ -19,7 +19,7 @@ from segmenter.errors import CysegError
 from segmenter.tiling import tile_spans
 
 if TYPE_CHECKING:
-    from segmenter.wsi.tissue import TissueMask
+    from segmenter.wsi.tissue import SlideTissue, TissueMask
 
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, to
 
 
 def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
-                 tissue: TissueMask | None, multiple: int) -> list[WindowTask]:
+                 tissue: SlideTissue | TissueMask | None, multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
     `process_window` lays them, for a network whose sides must be multiples of `multiple`); a window
     dense with tissue (DENSE_SHARE) gets no boxes and is inferred whole."""
@@ -185,7 +185,7 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
         boxes, skipped = None, 0
         if tissue is not None:
-            boxes = tissue_boxes(tissue, region, (x, y, w, h), opts)
+            boxes = tissue_boxes(window_tissue(tissue, region, (x, y, w, h), opts), region, (x, y, w, h), opts)
             if sum(bw * bh for _, _, bw, bh in boxes) >= DENSE_SHARE * w * h:
                 boxes = None  # tissue almost everywhere: whole tiles cost less than the boxes
             else:
@@ -203,6 +203,16 @@ def intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bo
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def window_tissue(tissue: SlideTissue | TissueMask, region: Region, window: tuple[int, int, int, int],
+                  opts: WsiOptions) -> TissueMask:
+    """The tissue mask of a window (processing pixels relative to the region) grown by the tissue
+    margin, at the slide's fine resolution (`SlideTissue.window_mask`)."""
+    x, y, w, h = window
+    ds, grow = opts.downsample, opts.tissue_margin
+    return tissue.window_mask(region.x + (x - grow) * ds, region.y + (y - grow) * ds, (w + 2 * grow) * ds,
+                              (h + 2 * grow) * ds)
+
+
 def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int],
                  opts: WsiOptions) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
@@ -216,13 +226,13 @@ def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int
     work: a thinner one changes more masks at box edges, a wider one infers more glass (bench/wsi.py
     measures the context cells need and both effects: docs/benchmarks.md, "Whole slides")."""
     x, y, w, h = window
-    ds, d = opts.downsample, tissue.downsample
+    ds, d, (ox, oy) = opts.downsample, tissue.downsample, tissue.origin
     grow = opts.tissue_margin  # processing pixels
     # the window grown by the margin, in mask pixels (level-0 = region origin + processing px x ds)
-    mx0 = max(0, math.floor((region.x + (x - grow) * ds) / d))
-    my0 = max(0, math.floor((region.y + (y - grow) * ds) / d))
-    mx1 = min(tissue.mask.shape[1], math.ceil((region.x + (x + w + grow) * ds) / d))
-    my1 = min(tissue.mask.shape[0], math.ceil((region.y + (y + h + grow) * ds) / d))
+    mx0 = max(0, math.floor((region.x + (x - grow) * ds - ox) / d))
+    my0 = max(0, math.floor((region.y + (y - grow) * ds - oy) / d))
+    mx1 = min(tissue.mask.shape[1], math.ceil((region.x + (x + w + grow) * ds - ox) / d))
+    my1 = min(tissue.mask.shape[0], math.ceil((region.y + (y + h + grow) * ds - oy) / d))
     if mx1 <= mx0 or my1 <= my0:
         return []
     piece = tissue.mask[my0:my1, mx0:mx1].astype(np.uint8)
@@ -230,10 +240,10 @@ def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
         # mask pixels -> window-relative processing pixels, grown, clipped to the window
-        bx0 = math.floor(((mx0 + cx) * d - region.x) / ds) - x - grow
-        by0 = math.floor(((my0 + cy) * d - region.y) / ds) - y - grow
-        bx1 = math.ceil(((mx0 + cx + cw) * d - region.x) / ds) - x + grow
-        by1 = math.ceil(((my0 + cy + ch) * d - region.y) / ds) - y + grow
+        bx0 = math.floor(((mx0 + cx) * d + ox - region.x) / ds) - x - grow
+        by0 = math.floor(((my0 + cy) * d + oy - region.y) / ds) - y - grow
+        bx1 = math.ceil(((mx0 + cx + cw) * d + ox - region.x) / ds) - x + grow
+        by1 = math.ceil(((my0 + cy + ch) * d + oy - region.y) / ds) - y + grow
         bx0, by0, bx1, by1 = max(0, bx0), max(0, by0), min(w, bx1), min(h, by1)
         if bx1 > bx0 and by1 > by0:
             boxes.append((bx0, by0, bx1 - bx0, by1 - by0))
