@@ -63,10 +63,10 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
         areas = [((0, 0, task.w, task.h), task.boxes)]
     else:
         areas = box_groups(task.boxes, radius + 2, task.w, task.h)
-    small = _small_box_probabilities(seg, reader, region, task, opts) if task.boxes else {}
+    packed = _packed_box_probabilities(seg, reader, region, task, opts) if task.boxes else {}
     located: list[tuple[Polygon, dict[str, Any]]] = []
     for area, boxes in areas:
-        probs = _area_probabilities(seg, reader, region, task, opts, area, boxes, small)
+        probs = _area_probabilities(seg, reader, region, task, opts, area, boxes, packed)
         if opts.instances and seg.instance_classes:
             located += _area_objects(seg, probs, task, area, opts)
         else:
@@ -75,12 +75,12 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
                         task.skipped, time.perf_counter() - start)
 
 
-def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
-                             opts: WsiOptions) -> dict[Box, torch.Tensor]:
-    """Probabilities (C, h, w) of each small tissue box of the window, predicted packed side by side
-    on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled with the
-    boxes' glass: scattered cells then cost what their pixels cost, not one underfilled forward
-    pass each. Each box keeps its own tissue margin of real surroundings."""
+def _packed_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
+                              opts: WsiOptions) -> dict[Box, torch.Tensor]:
+    """Probabilities (C, h, w) of each tissue box of the window that fits in a tile, predicted packed
+    side by side on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled
+    with the boxes' glass: scattered cells then cost what their pixels cost, not one underfilled
+    forward pass each. Each box keeps its own tissue margin of real surroundings."""
     out: dict[Box, torch.Tensor] = {}
     for sheet in box_sheets(task.boxes or [], opts.tile, seg.multiple):
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
@@ -96,8 +96,9 @@ def _small_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region
 
 
 def box_sheets(boxes: list[Box], tile: int, multiple: int) -> list[Sheet]:
-    """The sheets a window's small boxes are predicted on: packed (`segmenter.wsi.packing`), sides
-    rounded up to multiples of SHAPE_STEP (and of the network's `multiple`)."""
+    """The sheets a window's boxes that fit in a tile are predicted on: packed
+    (`segmenter.wsi.packing`), sides rounded up to multiples of SHAPE_STEP (and of the network's
+    `multiple`)."""
     return pack([b for b in boxes if packable(b, tile)], tile, math.lcm(multiple, SHAPE_STEP))
 
 
@@ -109,10 +110,10 @@ def _glass(pieces: list[np.ndarray]) -> np.ndarray:
 
 
 def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask, opts: WsiOptions,
-                        area: Box, boxes: list[Box] | None, small: dict[Box, torch.Tensor]) -> torch.Tensor:
+                        area: Box, boxes: list[Box] | None, packed: dict[Box, torch.Tensor]) -> torch.Tensor:
     """Probabilities (C, h, w) over an area of the window: inferred on the whole area, or on its
-    boxes only (zero elsewhere; blended where boxes overlap), small boxes taken (and dropped) from
-    `small`."""
+    boxes only (zero elsewhere; blended where boxes overlap), packed boxes taken (and dropped) from
+    `packed`."""
     ax, ay, aw, ah = area
     if boxes is None:
         return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample),
@@ -124,7 +125,7 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
         bx, by, bw, bh = box
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
         w = None if weight is None else box_weights(bh, bw, opts.tissue_margin, seg.device)
-        box_probs = small.pop(box, None)
+        box_probs = packed.pop(box, None)
         if box_probs is None:
             _predict_box(seg, reader, region, task, opts, box, probs[:, rows, cols], w)
         elif w is None:

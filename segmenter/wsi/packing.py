@@ -1,8 +1,11 @@
-"""Small tissue boxes packed side by side onto sheets of one tile: scattered cells then share forward
-passes, which on a CPU cost several times more per pixel for one small box than for a full tile."""
+"""Tissue boxes packed side by side onto sheets of one tile: scattered cells then share forward
+passes, which on a CPU cost several times more per pixel for one small box than for a full tile.
+The packing is rectpack's MaxRects (best short side fit), the usual heuristic for tight packings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rectpack import MaxRectsBssf, PackingBin, PackingMode, newPacker
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -17,28 +20,26 @@ class Sheet:
 
 
 def packable(box: Box, tile: int) -> bool:
-    """Whether a box is small enough to share a sheet (both sides within half a tile)."""
-    return max(box[2], box[3]) <= tile // 2
+    """Whether a box fits on a sheet (both sides within one tile)."""
+    return max(box[2], box[3]) <= tile
 
 
 def pack(boxes: list[Box], tile: int, multiple: int = 1) -> list[Sheet]:
-    """Shelf packing: the boxes, tallest first, left to right in rows on sheets at most `tile` square,
-    side by side without gaps; each sheet trimmed to what it holds, sides rounded up to `multiple`."""
-    sheets: list[Sheet] = []
-    places: list[tuple[Box, tuple[int, int]]] = []
-    x = y = row = 0
-    for box in sorted(boxes, key=lambda b: (-b[3], -b[2], b[1], b[0])):
-        w, h = box[2], box[3]
-        if x + w > tile:
-            x, y, row = 0, y + row, 0
-        if y + h > tile:
-            sheets.append(_sheet(places, multiple))
-            places, x, y, row = [], 0, 0, 0
-        places.append((box, (x, y)))
-        x, row = x + w, max(row, h)
-    if places:
-        sheets.append(_sheet(places, multiple))
-    return sheets
+    """The boxes on as few sheets of at most `tile` square as MaxRects finds, side by side without
+    gaps or rotation (largest first, each sheet chosen for the best fit); each sheet trimmed to
+    what it holds, sides rounded up to `multiple`. The same boxes always give the same sheets."""
+    if not boxes:
+        return []
+    order = sorted(boxes)
+    packer = newPacker(mode=PackingMode.Offline, bin_algo=PackingBin.BBF, pack_algo=MaxRectsBssf, rotation=False)
+    for i, (_, _, w, h) in enumerate(order):
+        packer.add_rect(w, h, rid=i)
+    packer.add_bin(tile, tile, count=len(order))
+    packer.pack()
+    sheets: dict[int, list[tuple[Box, tuple[int, int]]]] = {}
+    for sheet, x, y, _, _, i in packer.rect_list():
+        sheets.setdefault(sheet, []).append((order[i], (x, y)))
+    return [_sheet(places, multiple) for _, places in sorted(sheets.items())]
 
 
 def _sheet(places: list[tuple[Box, tuple[int, int]]], multiple: int) -> Sheet:
