@@ -152,18 +152,20 @@ def monai_throughput(seg: Segmenter, slide_path: Path, region: Region) -> float 
     return region.w * region.h / 1e6 / (time.perf_counter() - start)
 
 
-def mask_agreement(a: Path, b: Path, size: int) -> dict:
-    """How far the polygons of two runs on the same slide differ: pixels inside one run's polygons
-    and not the other's, as a fraction of the second run's foreground, and the Dice of the two."""
+def run_mask(path: Path, size: int) -> np.ndarray:
+    """The foreground (any class) of a run's GeoJSON on a size x size slide, at level 0."""
     from shapely.geometry import shape
 
     from segmenter.wsi.segment import low_resolution_mask
 
-    def mask(path: Path) -> np.ndarray:
-        polygons = [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
-        return low_resolution_mask(polygons, Region(0, 0, size, size), 1.0) > 0
+    polygons = [shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+    return low_resolution_mask(polygons, Region(0, 0, size, size), 1.0) > 0
 
-    ma, mb = mask(a), mask(b)
+
+def mask_agreement(a: Path, b: Path, size: int) -> dict:
+    """How far the polygons of two runs on the same slide differ: pixels inside one run's polygons
+    and not the other's, as a fraction of the second run's foreground, and the Dice of the two."""
+    ma, mb = run_mask(a, size), run_mask(b, size)
     both, fa, fb = int(np.count_nonzero(ma & mb)), int(np.count_nonzero(ma)), int(np.count_nonzero(mb))
     return {"differing_px": fa + fb - 2 * both, "differing_fraction_of_fg": (fa + fb - 2 * both) / max(fb, 1),
             "dice": 2 * both / max(fa + fb, 1)}
@@ -310,6 +312,17 @@ def context_needed(seg: Segmenter, placements: list[Placement], size: int, sampl
             "mean_differing_fraction_by_margin": {m: float(np.mean(v)) for m, v in differ.items()}}
 
 
+def truth_dice(folder: Path, placements: list[Placement], size: int) -> dict[str, float]:
+    """Dice of the skipping and unskipped runs' foreground with the slide's true cells: whether the
+    pixels where the two runs differ cost accuracy."""
+    truth = render(placements, 0, 0, size, size, "mask") > 0
+    dice = {}
+    for key, name in (("skip", "skip"), ("no_skip", "noskip")):
+        found = run_mask(folder / f"{name}.geojson", size)
+        dice[key] = 2 * int(np.count_nonzero(found & truth)) / max(int(found.sum()) + int(truth.sum()), 1)
+    return dice
+
+
 def full_size_boxes(slide: Path, placements: list[Placement], seg: Segmenter, size: int) -> dict[str, Any]:
     """The boxes skipping infers when the slide's overview mask is as coarse as a 100,000 x 170,000
     slide's (one pixel per FULL_SLIDE_SIDE / 2048 level-0 pixels): fitted on the fine window masks, as
@@ -371,6 +384,9 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
     folder.mkdir()
     whole = whole_slide(model, slide, size, folder)
     skip = whole["whole_slide_skip"]
+    truth = truth_dice(folder, placements, size)
+    print(f"cytology {fill:.0%}: Dice with the true cells {truth['skip']:.4f} skipping, {truth['no_skip']:.4f} not",
+          flush=True)
     minutes = FULL_SLIDE_MP / skip["mp_per_s"] / 60
     print(f"cytology {fill:.0%}: a 100,000 x 170,000 slide at {skip['mp_per_s']:.2f} MP/s takes {minutes:.0f} min",
           flush=True)
@@ -382,7 +398,8 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
             "context": context, **floor,
             "pixels_computed_fraction": loss["pixels_computed_fraction"],
             "inferred_vs_floor": loss["pixels_computed_fraction"] / max(floor["floor_area_fraction"], 1e-9),
-            "skipping": loss, "full_size_overview": full_size, **whole, "full_slide_minutes": minutes,
+            "skipping": loss, "full_size_overview": full_size, "dice_vs_truth": truth, **whole,
+            "full_slide_minutes": minutes,
             "full_slide_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['mp_per_s']:.3f} MP/s / 60"}
 
 

@@ -298,8 +298,8 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
 @click.option("--magnification", type=float, default=None,
               help="Slides: process at this objective power, e.g. 20. [default: level 0]")
 @click.option("--skip-background/--no-skip-background", default=True, show_default=True,
-              help="Slides: segment only tiles with tissue/cells in a low-resolution mask (Otsu on saturation "
-                   "and optical density).")
+              help="Slides: segment only boxes around the tissue/cells of a tissue mask (Otsu on saturation "
+                   "and optical density, learned on the slide's overview, 8 level-0 px per mask pixel).")
 @click.option("--tissue-margin", type=int, default=64, show_default=True,
               help="Slides: background within this many pixels of detected tissue is segmented too, as the context "
                    "the network needs to predict the tissue's edge as it would inside the slide.")

@@ -1,6 +1,7 @@
-"""Background skipping: a low-resolution mask of everything that is not empty glass.
+"""Background skipping: a mask of everything that is not empty glass, learned on the slide's
+low-resolution overview and read window by window at a fixed resolution (`SlideTissue`).
 
-Cytology slides are mostly glass; tiles with no tissue are not segmented. Skipping must never
+Cytology slides are mostly glass; only boxes around the tissue are segmented. Skipping must never
 drop cells (target: < 1 % of the true foreground in skipped tiles), so every choice here errs on
 the side of keeping: thresholds are pulled towards the glass, any stained *or* dark pixel counts,
 a mask pixel is the darkest of the finer pixels it covers (an isolated cell is not averaged into
