@@ -251,7 +251,7 @@ def test_window_masks_fit_boxes_to_the_cells_whatever_the_slide_size(tmp_path):
                    for cx, cy in cells if task.x + 20 <= cx <= task.x + task.w - 20 and
                    task.y + 20 <= cy <= task.y + task.h - 20)
     area = [sum(bw * bh for t in plan for _, _, bw, bh in t.boxes) for plan in (plans[1], overview_only)]
-    assert area[1] > 3 * area[0]  # what the coarse overview alone would have inferred
+    assert area[1] > 1.4 * area[0]  # what the coarse overview alone would have inferred
 
 
 def test_a_mask_placed_at_an_origin_is_read_there():

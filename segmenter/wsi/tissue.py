@@ -5,7 +5,9 @@ Cytology slides are mostly glass; only boxes around the tissue are segmented. Sk
 drop cells (target: < 1 % of the true foreground in skipped tiles), so every choice here errs on
 the side of keeping: thresholds are pulled towards the glass, any stained *or* dark pixel counts,
 a mask pixel is the darkest of the finer pixels it covers (an isolated cell is not averaged into
-the glass), and the mask is dilated so faint cell borders beside detected tissue stay in.
+the glass), and faint pixels that touch detected tissue join it, so a cell's pale rim stays in.
+The mask is not dilated by default: tissue boxes add the context cells need around the mask, and
+each pixel of dilation would add to every box (bench/wsi.py).
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ class TissueRule:
     method: str
     thresholds: tuple[Threshold, ...]
 
-    def mask(self, pixels: np.ndarray, min_area_px: int = 4, dilate_px: int = 1) -> np.ndarray:
+    def mask(self, pixels: np.ndarray, min_area_px: int = 4, dilate_px: int = 0) -> np.ndarray:
         """Tissue (bool) of RGB uint8 pixels: any measure above its cut, grown into the faint pixels
         it touches, cleaned (`_clean`)."""
         signal = strong = faint = np.zeros(pixels.shape[:2], bool)
@@ -111,7 +113,7 @@ class SlideTissue:
     overview: TissueMask
     resolution: float = FINE_RESOLUTION
     min_area_px: int = 4
-    dilate_px: int = 1
+    dilate_px: int = 0
 
     def window_mask(self, x: float, y: float, w: float, h: float) -> TissueMask:
         """Tissue of the level-0 box (x, y, w, h) at `resolution` (the overview when it is as fine),
@@ -139,7 +141,7 @@ class SlideTissue:
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, method: str = "auto", min_area_px: int = 4,
-                dilate_px: int = 1) -> TissueMask:
+                dilate_px: int = 0) -> TissueMask:
     """Tissue mask of an RGB uint8 thumbnail whose pixels are `downsample` level-0 pixels.
 
     brightfield: a pixel is tissue when its optical density (max over channels) or its HSV
@@ -149,7 +151,7 @@ def tissue_mask(thumbnail: np.ndarray, downsample: float, method: str = "auto", 
     fluorescence: bright signal on a dark background, same rule on the brightest channel.
     auto: fluorescence when the median brightness is low. Components smaller than `min_area_px`
     mask pixels are dropped unless clearly above the background (an isolated cell is kept),
-    one-pixel gaps are closed, and the mask is dilated by `dilate_px`.
+    one-pixel gaps are closed, and the mask is dilated by `dilate_px` (none by default).
     """
     if not downsample > 0:
         raise CysegError(f"thumbnail downsample {downsample} must be > 0")
@@ -186,7 +188,7 @@ def _measures(pixels: np.ndarray, method: str) -> list[np.ndarray]:
 
 
 def slide_tissue(slide: SlideReader, max_side: int = 2048, detail: float = 8.0, method: str = "auto",
-                 resolution: float = FINE_RESOLUTION, min_area_px: int = 4, dilate_px: int = 1) -> SlideTissue:
+                 resolution: float = FINE_RESOLUTION, min_area_px: int = 4, dilate_px: int = 0) -> SlideTissue:
     """A slide's tissue: the rule learned on its thumbnail (at most `max_side` pixels long), the
     overview mask of the whole slide, and masks of any part of it at `resolution` level-0 pixels
     per mask pixel (`SlideTissue.window_mask`).
