@@ -115,10 +115,31 @@ def miccai_by_magnification(split: Any, work: Path) -> list[Path]:
                     mpp=MICCAI_MPP[m], name=f"{NAMES['miccai15']}, {m} training tiles") for m in stems]
 
 
-def score(model: Path, parts: dict[str, Parts], part: str, work: Path) -> dict[str, dict[str, Any]]:
+def score(model: Path, parts: dict[str, Parts], part: str, work: Path,
+          extra: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """source -> class -> pixel and instance scores of `cyseg evaluate` (the model's thresholds, no sweep)."""
     return {source: class_scores(cli_evaluate(model, getattr(p, part), work / "eval" / model.stem / f"{part}_{source}",
-                                              ["--no-sweep"])) for source, p in parts.items()}
+                                              ["--no-sweep", *extra])) for source, p in parts.items()}
+
+
+def rescore_float32(work: Path) -> None:
+    """Score the shipped model on the recorded test images once more in float32 (`--no-amp`), beside
+    the build's figures (computed in the build machine's precision), as `test_float32`: what a CPU
+    without bfloat16 computes; the accuracy-floor test compares with the record of its own precision."""
+    record = json.loads(RESULTS.read_text())
+    if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
+        sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    parts = source_parts(fresh_dir(work) / "data")
+    for source, p in parts.items():
+        if p.stems["test"] != record["split"][source]["test_stems"]:
+            sys.exit(f"the {source} test split differs from the recorded one")
+    test = score(SHIPPED["default"], parts, "test", work, ("--no-amp",))
+    report(test)
+    record["test_float32"] = test
+    record["rescore_float32_run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
+                                               time.perf_counter() - t0)
+    write_results(RESULTS, record)
 
 
 def merit(scores: dict[str, dict[str, Any]]) -> float:
@@ -164,7 +185,12 @@ def main() -> None:
     parser.add_argument("--install", action="store_true", help="copy the chosen model over cyseg/models/default.pt")
     parser.add_argument("--train-options", default="", help="extra `cyseg train` options after each recipe's (a "
                         "smoke run: '--epochs 1 --steps-per-epoch 2'); recorded in the results")
+    parser.add_argument("--rescore-float32", action="store_true", help="train nothing: score the shipped model on "
+                        "the recorded test images in float32 and add them to the results as test_float32")
     args = parser.parse_args()
+    if args.rescore_float32:
+        rescore_float32(args.work)
+        return
     code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
     work = fresh_dir(args.work)
     parts = source_parts(work / "data")

@@ -20,7 +20,7 @@ from conftest import REPO, invoke
 
 from cyseg.models import SHIPPED
 
-MARGIN = 0.02  # the same model and images give the same figure here; other CPUs compute in float32, not bfloat16
+MARGIN = 0.02  # the same model, images and precision give the same figure here (`recorded_test`)
 GAIN = 0.5  # Dice a short training must add to the untrained network's (which predicts next to nothing)
 RESULTS = REPO / "bench" / "results" / "default_model.json"
 # The short training: a small U-Net at the smears' resolution, 120 steps of 4 crops of 96².
@@ -44,6 +44,16 @@ def recorded() -> dict:
     return record
 
 
+def recorded_test(record: dict) -> dict:
+    """The recorded test figures of the precision this CPU computes in: a CPU without bfloat16 runs the
+    network in float32, which moves a few borderline splits of overlapping cells (a few of isbi2014's 56
+    test cells); `bench/default_model.py --rescore-float32` records those figures as test_float32."""
+    from segmenter.precision import precision_name
+
+    float32 = precision_name(torch.device("cpu")) == "float32"
+    return record["test_float32"] if float32 and "test_float32" in record else record["test"]
+
+
 @pytest.mark.parametrize("source", ["miccai15", "wbc", "urothelial", "isbi2014"])
 def test_shipped_model_keeps_its_test_scores(shared_data, recorded, source, tmp_path):
     from bench.default_model import source_parts
@@ -55,7 +65,7 @@ def test_shipped_model_keeps_its_test_scores(shared_data, recorded, source, tmp_
                      "--device", "cpu"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     now = class_scores(json.loads((tmp_path / "eval" / "summary.json").read_text()))
-    for name, built in recorded["test"][source].items():
+    for name, built in recorded_test(recorded)[source].items():
         for key in ("dice", "object_f1"):
             floor = built[key] - MARGIN
             assert now[name][key] >= floor, \
