@@ -36,15 +36,8 @@ if TYPE_CHECKING:
 
 def read_box(reader: SlideReader, region: Region, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
     """Pixels of a box (processing pixels, relative to the region) at the processing resolution,
-    read from the best pyramid level."""
-    level = reader.level_for_downsample(downsample)
-    level_ds = reader.level_downsamples[level]
-    lw = max(1, math.ceil(w * downsample / level_ds))
-    lh = max(1, math.ceil(h * downsample / level_ds))
-    pixels = reader.read(region.x + round(x * downsample), region.y + round(y * downsample), lw, lh, level)
-    if (lw, lh) != (w, h):
-        pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
-    return pixels
+    read from the best pyramid level (`SlideReader.read_at`)."""
+    return reader.read_at(region.x + round(x * downsample), region.y + round(y * downsample), w, h, downsample)
 
 
 def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,

@@ -61,6 +61,16 @@ class SlideReader(abc.ABC):
         self._check_region(x, y, w, h, level)
         return self._read(int(x), int(y), int(w), int(h), int(level))
 
+    def read_at(self, x: int, y: int, w: int, h: int, downsample: float) -> np.ndarray:
+        """RGB uint8 array (h, w, 3) of w x h pixels at `downsample` level-0 pixels per pixel, whose
+        top-left corner is (x, y) in level-0 pixels: read from the best level (`level_for_downsample`)
+        and resized to the asked size (INTER_AREA) where that level is finer."""
+        level = self.level_for_downsample(downsample)
+        level_ds = self.level_downsamples[level]
+        lw, lh = max(1, math.ceil(w * downsample / level_ds)), max(1, math.ceil(h * downsample / level_ds))
+        pixels = self.read(x, y, lw, lh, level)
+        return pixels if (lw, lh) == (w, h) else cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
+
     @functools.cached_property
     def preview(self) -> np.ndarray:
         """The whole slide at most PREVIEW_SIDE pixels long, read once: the scope check and tissue

@@ -128,16 +128,9 @@ class SlideTissue:
         if x1 <= x0 or y1 <= y0:
             return TissueMask(np.zeros((0, 0), bool), res)
         hx0, hy0, hx1, hy1 = max(0, x0 - HALO), max(0, y0 - HALO), min(cols, x1 + HALO), min(rows, y1 + HALO)
-        mask = self.rule.mask(self._pixels(hx0, hy0, hx1 - hx0, hy1 - hy0), self.min_area_px, self.dilate_px)
+        pixels = self.reader.read_at(round(hx0 * res), round(hy0 * res), hx1 - hx0, hy1 - hy0, res)
+        mask = self.rule.mask(pixels, self.min_area_px, self.dilate_px)
         return TissueMask(mask[y0 - hy0:y1 - hy0, x0 - hx0:x1 - hx0], res, (x0 * res, y0 * res))
-
-    def _pixels(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """RGB pixels of a box given in mask pixels, read from the best level and resized to it."""
-        level = self.reader.level_for_downsample(self.resolution)
-        ds = self.reader.level_downsamples[level]
-        lw, lh = max(1, math.ceil(w * self.resolution / ds)), max(1, math.ceil(h * self.resolution / ds))
-        pixels = self.reader.read(round(x * self.resolution), round(y * self.resolution), lw, lh, level)
-        return pixels if (lw, lh) == (w, h) else cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def tissue_mask(thumbnail: np.ndarray, downsample: float, method: str = "auto", min_area_px: int = 4,
