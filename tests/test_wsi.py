@@ -427,3 +427,19 @@ def test_a_window_dense_with_tissue_is_inferred_whole_and_a_sparse_one_by_boxes(
     assert tasks[0].boxes is None and tasks[0].skipped == 0
     sparse = tasks[1]  # level-0 x 928..1952: the dense window's edge and the cell, boxed
     assert (1600 - 928 - 64, 480 - 64, 16 + 128, 16 + 128) in sparse.boxes and sparse.skipped > 0
+
+
+def test_tissue_in_the_part_a_neighbour_owns_is_boxed_by_that_neighbour_only():
+    from segmenter.wsi.tissue import TissueMask
+    from segmenter.wsi.windows import OWNED_SLACK, Region, intersects, plan_windows
+
+    opts = WsiOptions(tile=256, overlap=32, window_size=1024, window_overlap=96)
+    cells = np.zeros((64, 128), bool)  # 16 level-0 px per mask pixel; windows own up to x = 976
+    cells[10, 60] = True  # x 960..976: owned by the left window, within the right one's slack
+    cells[30, 63] = True  # x 1008..1024: inside the left window, in the part the right one owns
+    assert 976 + OWNED_SLACK <= 1008
+    left, right = plan_windows(window_topology(2048, 1024, opts), Region(0, 0, 2048, 1024), opts,
+                               TissueMask(cells, 16.0), 16)[:2]
+    assert (960 - 64, 160 - 64, 1024 - 896, 144) in left.boxes  # clipped at the window's edge
+    assert not any(intersects(box, (1008, 480, 16, 16)) for box in left.boxes)
+    assert sorted(right.boxes) == [(0, 160 - 64, 976 - 928 + 64, 144), (1008 - 928 - 64, 480 - 64, 144, 144)]

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # a window whose tissue boxes hold at least this share of its pixels is inferred whole (tiled): boxes
 # that cover most of it, several overlapping, would compute more than its tiles do
 DENSE_SHARE = 0.5
+# tissue this far (processing px) beyond the part a window owns, on a side it shares, is left to the
+# neighbour that owns it: the objects there are the neighbour's, and predicted foreground reaches
+# only a few pixels past the tissue mask
+OWNED_SLACK = 16
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,9 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
         boxes, skipped = None, 0
         if tissue is not None:
-            boxes = tissue_boxes(window_tissue(tissue, region, (x, y, w, h), opts), region, (x, y, w, h), opts)
+            claimed = _claimed((x0, y0, x1, y1), topology.tile_neighbours(wid), w, h, opts.tissue_margin)
+            boxes = tissue_boxes(window_tissue(tissue, region, (x, y, w, h), opts), region, (x, y, w, h), opts,
+                                 claimed)
             if sum(bw * bh for _, _, bw, bh in boxes) >= DENSE_SHARE * w * h:
                 boxes = None  # tissue almost everywhere: whole tiles cost less than the boxes
             else:
@@ -196,6 +202,18 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped,
                                 sides))
     return tasks
+
+
+def _claimed(owned: tuple[int, int, int, int], neighbours: tuple[Any, Any, Any, Any], width: int, height: int,
+             margin: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), window-relative: the box a piece of tissue must reach for the window to box
+    it. It is the owned part grown by OWNED_SLACK on the sides shared with a neighbour, and reaches
+    past the window and its tissue margin on the others."""
+    top, bottom, left, right = neighbours
+    x0, y0, x1, y1 = owned
+    far = margin + 1
+    return (x0 - OWNED_SLACK if left else -far, y0 - OWNED_SLACK if top else -far,
+            x1 + OWNED_SLACK if right else width + far, y1 + OWNED_SLACK if bottom else height + far)
 
 
 def intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -213,8 +231,8 @@ def window_tissue(tissue: SlideTissue | TissueMask, region: Region, window: tupl
                               (h + 2 * grow) * ds)
 
 
-def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int],
-                 opts: WsiOptions) -> list[tuple[int, int, int, int]]:
+def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int, int], opts: WsiOptions,
+                 claimed: tuple[int, int, int, int] | None = None) -> list[tuple[int, int, int, int]]:
     """Boxes (x, y, w, h, window-relative processing pixels) that cover the window's tissue.
 
     Each connected piece of the tissue mask (a cell, a cluster, a fragment) that reaches the window
@@ -239,15 +257,22 @@ def tissue_boxes(tissue: TissueMask, region: Region, window: tuple[int, int, int
     n, _, stats, _ = cv2.connectedComponentsWithStats(piece, connectivity=8)
     boxes = []
     for cx, cy, cw, ch, _ in stats[1:n]:
-        # mask pixels -> window-relative processing pixels, grown, clipped to the window
-        bx0 = math.floor(((mx0 + cx) * d + ox - region.x) / ds) - x - grow
-        by0 = math.floor(((my0 + cy) * d + oy - region.y) / ds) - y - grow
-        bx1 = math.ceil(((mx0 + cx + cw) * d + ox - region.x) / ds) - x + grow
-        by1 = math.ceil(((my0 + cy + ch) * d + oy - region.y) / ds) - y + grow
-        bx0, by0, bx1, by1 = max(0, bx0), max(0, by0), min(w, bx1), min(h, by1)
+        # the piece in window-relative processing pixels; its box grown by the margin, clipped to the window
+        tx0 = math.floor(((mx0 + cx) * d + ox - region.x) / ds) - x
+        ty0 = math.floor(((my0 + cy) * d + oy - region.y) / ds) - y
+        tx1 = math.ceil(((mx0 + cx + cw) * d + ox - region.x) / ds) - x
+        ty1 = math.ceil(((my0 + cy + ch) * d + oy - region.y) / ds) - y
+        if claimed is not None and not intersects((tx0, ty0, tx1 - tx0, ty1 - ty0), _as_box(claimed)):
+            continue
+        bx0, by0, bx1, by1 = max(0, tx0 - grow), max(0, ty0 - grow), min(w, tx1 + grow), min(h, ty1 + grow)
         if bx1 > bx0 and by1 > by0:
             boxes.append((bx0, by0, bx1 - bx0, by1 - by0))
     return sorted(merge_overlapping(boxes, cheaper_only=True))
+
+
+def _as_box(corners: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) -> (x, y, w, h)."""
+    return corners[0], corners[1], corners[2] - corners[0], corners[3] - corners[1]
 
 
 def merge_overlapping(boxes: list[tuple[int, int, int, int]],
