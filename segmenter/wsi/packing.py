@@ -1,11 +1,13 @@
 """Tissue boxes packed side by side onto sheets of one tile: scattered cells then share forward
 passes, which on a CPU cost several times more per pixel for one small box than for a full tile.
-The packing is rectpack's MaxRects (best short side fit), the usual heuristic for tight packings."""
+The packing is rectpack's MaxRects, the usual heuristic for tight packings, placing each box
+bottom-left: a sheet's boxes gather in one corner, so the last, partly filled sheet of a window trims
+small."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rectpack import MaxRectsBssf, PackingBin, PackingMode, newPacker
+from rectpack import MaxRectsBl, PackingBin, PackingMode, newPacker
 
 Box = tuple[int, int, int, int]  # x, y, w, h
 
@@ -31,7 +33,7 @@ def pack(boxes: list[Box], tile: int, multiple: int = 1) -> list[Sheet]:
     if not boxes:
         return []
     order = sorted(boxes)
-    packer = newPacker(mode=PackingMode.Offline, bin_algo=PackingBin.BBF, pack_algo=MaxRectsBssf, rotation=False)
+    packer = newPacker(mode=PackingMode.Offline, bin_algo=PackingBin.BBF, pack_algo=MaxRectsBl, rotation=False)
     for i, (_, _, w, h) in enumerate(order):
         packer.add_rect(w, h, rid=i)
     packer.add_bin(tile, tile, count=len(order))
