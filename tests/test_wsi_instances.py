@@ -69,6 +69,28 @@ def test_each_object_is_kept_once_and_whole_whatever_the_windows():
     assert all(props["class"] == "cell" and "cut" not in props for _, props in joined)
 
 
+def test_an_object_two_windows_separate_differently_is_kept_once():
+    # window 1 merges a and b into one object centred in window 2's part, so it drops the pair; window 2
+    # splits them and owns only b: a must come from what window 2 saw, once
+    opts = WsiOptions(tile=128, overlap=16, window_size=256, window_overlap=64)
+    topology = window_topology(448, 256, opts)
+    tasks = plan_windows(topology, Region(0, 0, 448, 256), opts, None, 16)
+    assert len(tasks) == 2 and tasks[0].own[2] == 224
+    split = np.zeros((256, 448), np.int32)
+    split[100:140, 200:222], split[100:140, 224:254] = 1, 2
+    merged = np.where(split > 0, 1, 0).astype(np.int32)
+    windows = []
+    for task, labels in zip(tasks, (merged, split), strict=True):
+        crop = labels[task.y:task.y + task.h, task.x:task.x + task.w]
+        windows.append((task.index, owned_objects(crop, np.ones(crop.shape, np.float32), (0, 0, task.w, task.h),
+                                                  task, "cell")))
+    joined = join_objects(windows, topology, opts.merge_tolerance)
+    truth = label_polygons(split)
+    assert len(joined) == 2
+    assert all(best_iou(polygon, [p for p, _ in joined]) > 0.99 for polygon, _ in truth.values())
+    assert all("seen" not in props for _, props in joined)
+
+
 # ---------------------------------------------------------------- a cell + nucleus model on real tiles
 
 def write_cell_nucleus_set(root: Path, ihc: np.ndarray, boxes: list[tuple[int, int]]) -> Path:

@@ -5,6 +5,10 @@ A window labels its objects on its whole extent, overlap included. An object tha
 side the window shares with a neighbour is complete there; the window keeps it when the centre of
 its bounding box lies in the part the window owns (up to the middle of each overlap). An object
 narrower than the overlap is complete in the window that owns its centre, so each is kept once.
+Windows may separate touching objects differently: one that merged two cells drops the pair when its
+centre falls in the neighbour's part, while the neighbour split them and keeps only its own. So a
+window also hands over the complete objects it does not own (`seen`); one that no kept object covers
+is kept from there, the largest first, and no object is lost at a window border.
 An object that touches a shared side is cut there: the window keeps only the part of it inside its
 owned box, as a fragment; fragments that another window kept whole are dropped, and the rest are
 joined across window borders with SLDC's merger; an object that lies mostly inside a larger one
@@ -26,6 +30,7 @@ from segmenter.polygons import clean, clean_many
 from segmenter.wsi.windows import WindowTask
 
 COVERED = 0.5  # a fragment this much inside another window's whole object of its class is that object
+UNCLAIMED = 0.1  # a seen object with less than this share of its area under kept objects is kept
 JOINED = -1  # the window of an object joined from several windows' fragments
 
 Located = tuple[Polygon, dict[str, Any]]
@@ -35,7 +40,9 @@ def owned_objects(labels: np.ndarray, probs: np.ndarray, area: tuple[int, int, i
                   label: str) -> list[Located]:
     """The objects of an area's int32 `labels` (relative to the window, offset `area`) that the window
     keeps: whole when complete and centred in its owned box, clipped to that box (`cut`) when they
-    touch a shared side. Coordinates: processing pixels relative to the region."""
+    touch a shared side; the complete ones centred elsewhere are handed over as `seen` (kept by
+    `join_objects` only where no other window kept them). Coordinates: processing pixels relative to
+    the region."""
     ax, ay, _, _ = area
     slices = ndimage.find_objects(labels)
     objects = label_polygons(labels, probs)
@@ -50,8 +57,9 @@ def owned_objects(labels: np.ndarray, probs: np.ndarray, area: tuple[int, int, i
         polygon = affinity.translate(polygon, xoff=ax, yoff=ay)
         if not cut:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-            if ox <= cx < ox + ow and oy <= cy < oy + oh:
-                out.append((_to_region(polygon, task), {**props, "class": label}))
+            mine = ox <= cx < ox + ow and oy <= cy < oy + oh
+            out.append((_to_region(polygon, task), {**props, "class": label} if mine else
+                        {**props, "class": label, "seen": True}))
             continue
         for part in clean(polygon.intersection(owned)):
             out.append((_to_region(part, task), {**props, "area": float(part.area), "class": label, "cut": True}))
@@ -67,7 +75,10 @@ def join_objects(windows: Sequence[tuple[int, list[Located]]], topology: sldc.Ti
     """Every window's objects of one class as the slide's: fragments that lie mostly in another
     window's whole object dropped, the others merged across window borders (their mean probability
     weighted by area); then any object lying mostly inside a larger one of another window dropped (a
-    window that saw only part of a large object may have split it differently)."""
+    window that saw only part of a large object may have split it differently); last the seen
+    objects no kept object covers (`_unclaimed`)."""
+    seen = [(p, props) for _, located in windows for p, props in located if props.get("seen")]
+    windows = [(wid, [item for item in located if not item[1].get("seen")]) for wid, located in windows]
     whole = [(wid, p, props) for wid, located in windows for p, props in located if not props.get("cut")]
     whole_polygons = [p for _, p, _ in whole]
     tree = STRtree(whole_polygons) if whole else None
@@ -93,7 +104,21 @@ def join_objects(windows: Sequence[tuple[int, list[Located]]], topology: sldc.Ti
             joined += [(JOINED, polygon, {**props, "area": float(polygon.area),
                                           **({} if mean is None else {"mean_probability": mean})})
                        for polygon in polygons]
-    return _without_nested(joined + whole)
+    return _unclaimed(_without_nested(joined + whole), seen)
+
+
+def _unclaimed(kept: list[Located], seen: list[Located]) -> list[Located]:
+    """`kept` plus the seen objects that less than UNCLAIMED of lies under kept objects (largest first,
+    each then counting as kept): the objects every window that owns them split or merged otherwise."""
+    polygons = [p for p, _ in kept]
+    tree = STRtree(polygons) if polygons else None
+    added: list[Located] = []
+    for polygon, props in sorted(seen, key=lambda item: -item[0].area):
+        near = [] if tree is None else [polygons[int(i)] for i in tree.query(polygon, predicate="intersects")]
+        near += [p for p, _ in added if p.intersects(polygon)]
+        if sum(other.intersection(polygon).area for other in near) < UNCLAIMED * polygon.area:
+            added.append((polygon, {k: v for k, v in props.items() if k != "seen"}))
+    return kept + added
 
 
 def _without_nested(objects: list[tuple[int, Polygon, dict[str, Any]]]) -> list[Located]:
