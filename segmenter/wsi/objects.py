@@ -58,8 +58,7 @@ def owned_objects(labels: np.ndarray, probs: np.ndarray, area: tuple[int, int, i
         if not cut:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             mine = ox <= cx < ox + ow and oy <= cy < oy + oh
-            out.append((_to_region(polygon, task), {**props, "class": label} if mine else
-                        {**props, "class": label, "seen": True}))
+            out.append((_to_region(polygon, task), {**props, "class": label, **({} if mine else {"seen": True})}))
             continue
         for part in clean(polygon.intersection(owned)):
             out.append((_to_region(part, task), {**props, "area": float(part.area), "class": label, "cut": True}))
@@ -110,6 +109,8 @@ def join_objects(windows: Sequence[tuple[int, list[Located]]], topology: sldc.Ti
 def _unclaimed(kept: list[Located], seen: list[Located]) -> list[Located]:
     """`kept` plus the seen objects that less than UNCLAIMED of lies under kept objects (largest first,
     each then counting as kept): the objects every window that owns them split or merged otherwise."""
+    if not seen:
+        return kept
     polygons = [p for p, _ in kept]
     tree = STRtree(polygons) if polygons else None
     added: list[Located] = []
