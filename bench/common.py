@@ -91,12 +91,16 @@ CODE_PATHS = ("cyseg", "cydata", "segmenter", "unet", "transforms", "metrics", "
 def code_version() -> dict[str, Any]:
     """The code a result was measured with: the git commit, and when the packages or bench/ differ
     from it (uncommitted edits, new files), a SHA-256 of that difference. Two results with the same
-    commit and the same `dirty_sha256` (None: clean) ran the same code."""
+    commit and the same `dirty_sha256` (None: clean) ran the same code. A tree copied without its
+    git folder takes the commit from $CYSEG_SOURCE_COMMIT."""
     import hashlib
+    import os
 
     def git(*args: str) -> bytes:
         return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
 
+    if not (ROOT / ".git").exists():  # a copy of the tree (e.g. on a GPU machine): its commit comes from outside
+        return {"commit": os.environ.get("CYSEG_SOURCE_COMMIT"), "dirty_sha256": None, "git_checkout": False}
     digest = hashlib.sha256(git("diff", "HEAD", "--", *CODE_PATHS))
     untracked = git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS).decode().split()
     for name in sorted(untracked):

@@ -406,7 +406,8 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
 def run_header(args: argparse.Namespace, device: str, placements: list[Placement], model_path: Path,
                region: Region, precision: str) -> dict[str, Any]:
     """The results file's description of the run: machine, slide, model, region and precision."""
-    return {"benchmark": "wsi", "device": device, "cpu_threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {"benchmark": "wsi", "device": device, "gpu": gpu, "cpu_threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
                       "description": describe(args.size, args.size, placements)},
@@ -427,15 +428,18 @@ def main() -> None:
     print_forwards(precision, bare, compared)
     loss = skipping_loss(slide, placements, seg)
     whole = whole_slide(args.model, slide, args.size, work)
-    fills = [float(f) for f in args.cytology_fills.split(",") if f.strip()]
-    cytology = {f"fill_{fill:g}": cytology_slide(args.model, seg, args.size, fill, work, bare["bare_forward_mp_s"])
-                for fill in fills}
-    result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
-              "skipping": loss, **whole, "targets": TARGETS,
-              "cytology": {**cytology, "targets": CYTOLOGY_TARGETS},
-              "run": run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)}
     out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
+    partial = out.with_name(f"{out.stem}.partial.json")  # what a stopped run measured; the report never reads it
+    result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
+              "skipping": loss, **whole, "targets": TARGETS, "cytology": {"targets": CYTOLOGY_TARGETS}}
+    write_results(partial, result)
+    for fill in (float(f) for f in args.cytology_fills.split(",") if f.strip()):
+        result["cytology"][f"fill_{fill:g}"] = cytology_slide(args.model, seg, args.size, fill, work,
+                                                             bare["bare_forward_mp_s"])
+        write_results(partial, result)
+    result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
     write_results(out, result)
+    partial.unlink()
     print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")
 
 
