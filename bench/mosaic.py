@@ -12,6 +12,7 @@ from segmenter.io.dataset import read_mask
 from segmenter.io.images import read_image
 
 GLASS = np.array([236, 232, 238], dtype=np.uint8)
+TILE_FOLDERS = {"miccai15": SHARED_DATA / "miccai15", "GlaS": SHARED_DATA / "glas" / "train"}
 
 
 @dataclass
@@ -26,10 +27,16 @@ class Placement:
     paint: np.ndarray | None = None
 
 
+def tile_sources() -> str:
+    """Where `real_tiles` takes its tiles from, as the slide's description names it."""
+    found = [name for name, folder in TILE_FOLDERS.items() if (folder / "images").is_dir()]
+    return ", ".join(found) or "scikit-image's IHC sample in 256-px crops, as ../shared/data is missing"
+
+
 def real_tiles(limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, binary mask) pairs from miccai15 and GlaS train, or scikit-image's IHC crops."""
     pairs = []
-    for folder in (SHARED_DATA / "miccai15", SHARED_DATA / "glas" / "train"):
+    for folder in TILE_FOLDERS.values():
         for path in sorted((folder / "images").glob("*.png")) if folder.is_dir() else []:
             image = read_image(path)
             pairs.append((image, read_mask(folder / "masks" / path.name, image.shape[:2])))
@@ -96,5 +103,5 @@ def foreground_total(placements: list[Placement]) -> int:
 def describe(width: int, height: int, placements: list[Placement]) -> str:
     """The slide's ImageDescription: says it was built, from what."""
     return (f"BUILT by cyseg bench/mosaic.py: {width}x{height} mosaic of {len(placements)} real annotated tiles "
-            f"(miccai15, GlaS) on empty glass-coloured background; not a scanned slide")
+            f"({tile_sources()}) on empty glass-coloured background; not a scanned slide")
 

@@ -15,7 +15,7 @@
 The slides are BUILT from real annotated tiles and cells (bench/mosaic.py, bench/cytology.py) as
 pyramidal tiled TIFFs.
 
-    python bench/wsi.py [--size 16384] [--fill 0.08] [--cytology-fills 0.01,0.05,0.15] [--model default]
+    python bench/wsi.py [--size 16384] [--fill 0.08] [--cytology-fills 0.01,0.05,0.15] [--model default] [--workers N]
                         [--out bench/results/wsi_cpu.json]
 """
 from __future__ import annotations
@@ -171,11 +171,13 @@ def mask_agreement(a: Path, b: Path, size: int) -> dict:
             "dice": 2 * both / max(fa + fb, 1)}
 
 
-def cli_run(model: str, slide: Path, out: Path, skip: bool) -> dict:
-    """A real `cyseg segment` process on the whole slide: seconds and its own peak RSS (measured by a
-    wrapper process, so earlier runs do not count)."""
+def cli_run(model: str, slide: Path, out: Path, skip: bool, workers: int = 0) -> dict:
+    """A real `cyseg segment` process on the whole slide (its windows over `workers` Dask processes,
+    0: in-process): seconds and peak RSS, measured by a wrapper process so earlier runs do not count
+    (with workers: the largest single process)."""
     command = [sys.executable, "-m", "cyseg.cli", "-q", "segment", model, str(slide), "--out", str(out),
-               "--cache", str(out.parent / f"cache-{skip}"), "--skip-background" if skip else "--no-skip-background"]
+               "--cache", str(out.parent / f"cache-{skip}"), "--skip-background" if skip else "--no-skip-background",
+               "--workers", str(workers)]
     wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     start = time.perf_counter()
@@ -195,6 +197,8 @@ def parse_args() -> argparse.Namespace:
                         help="cell fractions of the cytology-shaped slides ('' : none)")
     parser.add_argument("--region", type=int, default=4096)
     parser.add_argument("--model", default="default")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="Dask worker processes of the whole-slide `cyseg segment` runs (0: in-process)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
@@ -258,13 +262,13 @@ def skipping_loss(slide: Path, placements: list[Placement], seg: Segmenter) -> d
     return loss
 
 
-def whole_slide(model: str, slide: Path, size: int, work: Path) -> dict[str, Any]:
+def whole_slide(model: str, slide: Path, size: int, work: Path, workers: int) -> dict[str, Any]:
     """`cyseg segment` on the whole slide with and without background skipping, and how far the two
     runs' masks differ."""
-    with_skip = cli_run(model, slide, work / "skip.geojson", skip=True)
+    with_skip = cli_run(model, slide, work / "skip.geojson", skip=True, workers=workers)
     print(f"whole slide with skipping: {with_skip['seconds']:.0f} s, peak RSS {with_skip['peak_rss_mb']} MB",
           flush=True)
-    without = cli_run(model, slide, work / "noskip.geojson", skip=False)
+    without = cli_run(model, slide, work / "noskip.geojson", skip=False, workers=workers)
     print(f"whole slide without skipping: {without['seconds']:.0f} s, peak RSS {without['peak_rss_mb']} MB",
           flush=True)
     agreement = mask_agreement(work / "skip.geojson", work / "noskip.geojson", size)
@@ -359,7 +363,8 @@ def render_mask_small(placements: list[Placement], size: int, scale: int) -> np.
     return out
 
 
-def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Path, bare_mp_s: float) -> dict[str, Any]:
+def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Path, bare_mp_s: float,
+                   workers: int) -> dict[str, Any]:
     """Build one cytology-shaped slide and measure skipping on it as on the mosaic."""
     slide = work / f"cytology-{fill:g}.tif"
     t0 = time.perf_counter()
@@ -382,7 +387,7 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
           f"({full_size['overview_only_area_inferred_fraction']:.1%} if fitted on the overview)", flush=True)
     folder = work / f"cytology-{fill:g}"
     folder.mkdir()
-    whole = whole_slide(model, slide, size, folder)
+    whole = whole_slide(model, slide, size, folder, workers)
     skip = whole["whole_slide_skip"]
     truth = truth_dice(folder, placements, size)
     print(f"cytology {fill:.0%}: Dice with the true cells {truth['skip']:.4f} skipping, {truth['no_skip']:.4f} not",
@@ -408,6 +413,7 @@ def run_header(args: argparse.Namespace, device: str, placements: list[Placement
     """The results file's description of the run: machine, slide, model, region and precision."""
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     return {"benchmark": "wsi", "device": device, "gpu": gpu, "cpu_threads": torch.get_num_threads(),
+            "segment_workers": args.workers,
             "platform": platform.platform(),
             "slide": {"size": [args.size, args.size], "tiles_placed": len(placements), "fill": args.fill,
                       "description": describe(args.size, args.size, placements)},
@@ -427,7 +433,7 @@ def main() -> None:
     compared = region_comparison(seg, model_path, slide, region, bare["bare_forward_mp_s"])
     print_forwards(precision, bare, compared)
     loss = skipping_loss(slide, placements, seg)
-    whole = whole_slide(args.model, slide, args.size, work)
+    whole = whole_slide(args.model, slide, args.size, work, args.workers)
     out = args.out or ROOT / "bench" / "results" / f"wsi_{device.split(':')[0]}.json"
     partial = out.with_name(f"{out.stem}.partial.json")  # what a stopped run measured; the report never reads it
     result = {**run_header(args, device, placements, model_path, region, precision), **bare, **compared,
@@ -435,7 +441,7 @@ def main() -> None:
     write_results(partial, result)
     for fill in (float(f) for f in args.cytology_fills.split(",") if f.strip()):
         result["cytology"][f"fill_{fill:g}"] = cytology_slide(args.model, seg, args.size, fill, work,
-                                                             bare["bare_forward_mp_s"])
+                                                             bare["bare_forward_mp_s"], args.workers)
         write_results(partial, result)
     result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
     write_results(out, result)
