@@ -23,3 +23,13 @@ def test_cells_fill_the_asked_fraction_without_overlapping():
     gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2) - (sides[:, None] + sides[None]) / 2
     np.fill_diagonal(gaps, np.inf)
     assert (gaps.min(axis=1) < 0.25 * sides).sum() >= 2  # some cells sit next to a neighbour: clusters
+
+
+def test_the_mosaic_says_it_was_built_from_ihc_crops_without_the_real_tiles(monkeypatch, tmp_path):
+    from bench import mosaic
+
+    monkeypatch.setattr(mosaic, "TILE_FOLDERS", {"miccai15": tmp_path / "absent"})
+    tiles = mosaic.real_tiles()
+    assert len(tiles) == 4 and tiles[0][0].shape == (256, 256, 3)
+    text = mosaic.describe(1024, 1024, [])
+    assert "IHC" in text and "miccai15" not in text
