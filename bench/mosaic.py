@@ -4,6 +4,7 @@ ground-truth mask, so the benchmark can measure how much foreground background-s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,17 +28,22 @@ class Placement:
     paint: np.ndarray | None = None
 
 
+def present_tile_folders() -> dict[str, Path]:
+    """The folders of TILE_FOLDERS that hold images: the ones `real_tiles` reads."""
+    return {name: folder for name, folder in TILE_FOLDERS.items() if (folder / "images").is_dir()}
+
+
 def tile_sources() -> str:
     """Where `real_tiles` takes its tiles from, as the slide's description names it."""
-    found = [name for name, folder in TILE_FOLDERS.items() if (folder / "images").is_dir()]
-    return ", ".join(found) or "scikit-image's IHC sample in 256-px crops, as ../shared/data is missing"
+    return (", ".join(present_tile_folders())
+            or "scikit-image's IHC sample in 256-px crops, as ../shared/data is missing")
 
 
 def real_tiles(limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, binary mask) pairs from miccai15 and GlaS train, or scikit-image's IHC crops."""
     pairs = []
-    for folder in TILE_FOLDERS.values():
-        for path in sorted((folder / "images").glob("*.png")) if folder.is_dir() else []:
+    for folder in present_tile_folders().values():
+        for path in sorted((folder / "images").glob("*.png")):
             image = read_image(path)
             pairs.append((image, read_mask(folder / "masks" / path.name, image.shape[:2])))
     if not pairs:

@@ -400,7 +400,7 @@ def wsi_gpu_section(data: Results | None) -> Lines:
     """wsi_cuda*.json: bench/wsi.py on a lent GPU, in-process and over Dask workers."""
     if data is None:
         return not_run("Whole slides on a GPU", "python bench/wsi.py (on a CUDA machine)")
-    runs = [run for run in (load(name) for name in GPU_RUNS) if run is not None]
+    runs = {name: run for name in GPU_RUNS if (run := load(name)) is not None}
     return ["### Whole slides on a GPU", "",
             f"`bench/wsi.py` run on a lent {data['gpu']} ({data['cpu_threads']} CPU threads), one run each, on "
             "cytology slides built from the same cells as above. The network is far faster there than the engine "
@@ -409,9 +409,9 @@ def wsi_gpu_section(data: Results | None) -> Lines:
             "arithmetic for a 100,000 × 170,000-pixel slide at the throughput measured with skipping. "
             "Reproduce with `python bench/wsi.py --out bench/results/wsi_cuda.json` on a CUDA machine (add "
             "`--workers 8 --out bench/results/wsi_cuda_workers.json`). Sources: "
-            + ", ".join(f"`bench/results/{name}`" for name in GPU_RUNS if load(name) is not None) + ".", "",
+            + ", ".join(f"`bench/results/{name}`" for name in runs) + ".", "",
             *table(["run", "measure", "result", "100k × 170k slide"],
-                   (row for run in runs for row in gpu_run_rows(run))), ""]
+                   (row for run in runs.values() for row in gpu_run_rows(run))), ""]
 
 
 # ---------------------------------------------------------------------------- instances.json
