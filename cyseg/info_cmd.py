@@ -18,7 +18,8 @@ def model_card(seg: Segmenter, path: Path) -> dict[str, Any]:
             "architecture": {"arch": seg.arch, **seg.config}, "working_resolution": seg.resolution,
             "classes": list(seg.labels), "instances": list(seg.instance_classes),
             "thresholds": dict(seg.thresholds) if seg.classes else {seg.labels[0]: seg.threshold},
-            "separation": {c: dict(v) for c, v in seg.separation.items()}, "scope": model_scope(seg),
+            "separation": {c: dict(v) for c, v in seg.separation.items()}, "min_area": seg.min_areas(None),
+            "scope": model_scope(seg),
             "training": {k: info.get(k) for k in ("n_images", "dataset", "best_epoch", "best_val_iou", "finished")}}
 
 
@@ -43,6 +44,8 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     lines += ["thresholds  " + ", ".join(f"{name} {t:g}" for name, t in card["thresholds"].items()),
               *(f"separation  {c}: " + ", ".join(f"{k} {v}" for k, v in p.items())
                 for c, p in card["separation"].items()),
+              "min area    " + ", ".join(f"{name} {area:g} px²" for name, area in card["min_area"].items())
+              + " (smaller objects are dropped as specks)",
               f"network     {card['architecture'].get('arch')} depth {card['architecture'].get('depth')}, "
               f"n {card['architecture'].get('n')}, at {card['working_resolution']:g}x the images' resolution",
               f"training    {training.get('n_images')} images, best epoch {training.get('best_epoch')}, validation "

@@ -159,7 +159,7 @@ def _segment_in_memory(seg: Segmenter, files: list[Path], folder: Path, threshol
 
     def write_outputs(path: Path, image: np.ndarray, masks: np.ndarray, probs: np.ndarray) -> None:
         by_class, shown = {}, image
-        objects = instance_labels(seg, masks, probs)
+        objects = instance_labels(seg, masks, probs, min_areas=min_areas)
         for c, label in enumerate(seg.labels):
             write_png(folder / "masks" / f"{_mask_name(seg, path.stem, label)}.png", masks[c] * 255)
             write_png(folder / "labels" / f"{_mask_name(seg, path.stem, label)}.png",

@@ -67,7 +67,7 @@ class Segmenter:
                  class_weights: Sequence[float] | None = None, preprocess: dict[str, Any] | None = None,
                  postprocess: list[dict[str, Any]] | None = None, threshold: float = 0.5,
                  inference: dict[str, int] | None = None, thresholds: dict[str, float] | None = None,
-                 separation: dict[str, dict[str, Any]] | None = None):
+                 separation: dict[str, dict[str, Any]] | None = None, min_area: dict[str, float] | None = None):
         self.config = _with_classes(config)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model: nn.Module = self.build_model(self.config).to(self.device)
@@ -87,6 +87,7 @@ class Segmenter:
             raise CysegError(str(exc)) from exc
         self.thresholds = _class_thresholds(self.classes, thresholds, self.threshold)
         self.separation = _separation(self.instance_classes, separation)
+        self.min_area = _min_area(self.labels, min_area)
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False,
                           "amp": True, **(inference or {})}
         # channels-last convolutions: the layout oneDNN's fastest CPU kernels and CUDA's tensor
@@ -186,15 +187,16 @@ class Segmenter:
         return round(math.pi / 4 * (size / SPECK_RATIO) ** 2, 1)
 
     def min_areas(self, asked: float | None) -> dict[str, float]:
-        """Per class (`labels`), the area below which its polygons are dropped: `asked` for every
-        class, or each class's `smallest_object` for None (auto)."""
+        """Per class (`labels`), the area below which its objects are dropped: `asked` for every
+        class, or for None (auto) the one chosen on validation images (`min_area`) where the model
+        records it, else the class's `smallest_object`."""
         if asked is not None:
             return dict.fromkeys(self.labels, float(asked))
-        areas = {label: self.smallest_object(label) for label in self.labels}
-        if not all(areas.values()):
+        specks = {label: self.smallest_object(label) for label in self.labels if label not in self.min_area}
+        if not all(specks.values()):
             log.info("the model does not record the size of its training objects of %s: no such polygon is dropped "
-                     "as a speck (give --min-area)", ", ".join(k for k, v in areas.items() if not v))
-        return areas
+                     "as a speck (give --min-area)", ", ".join(k for k, v in specks.items() if not v))
+        return {label: self.min_area.get(label, specks.get(label, 0.0)) for label in self.labels}
 
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -342,6 +344,7 @@ class Segmenter:
             "training": self.training_info,
             **({"thresholds": dict(self.thresholds)} if self.classes else {}),
             **({"separation": {c: dict(v) for c, v in self.separation.items()}} if self.instance_classes else {}),
+            **({"min_area": dict(self.min_area)} if self.min_area else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -361,7 +364,7 @@ class Segmenter:
             seg = cls(content["config"], device=device, class_weights=content.get("class_weights"),
                         preprocess=content["preprocess"], postprocess=content["postprocess"],
                         threshold=content["threshold"], thresholds=content.get("thresholds"),
-                        separation=content.get("separation"))
+                        separation=content.get("separation"), min_area=content.get("min_area"))
             seg.model.load_state_dict(content["state_dict"])
         except CysegError as exc:
             raise ModelFileError(f"{source} holds an unusable configuration ({exc}); "
@@ -413,6 +416,18 @@ def _separation(instances: tuple[str, ...], given: dict[str, dict[str, Any]] | N
         return {c: dataclasses.asdict(Separation(**given.get(c, {})).check()) for c in instances}
     except (TypeError, ValueError) as exc:
         raise CysegError(f"unusable instance separation parameters ({exc})") from exc
+
+
+def _min_area(labels: tuple[str, ...], given: dict[str, float] | None) -> dict[str, float]:
+    """The object areas (px²) chosen per class (`labels`), each a number >= 0 of a class the model has."""
+    given = dict(given or {})
+    for label, area in given.items():
+        if label not in labels:
+            raise CysegError(f"a minimum object area is given for {label!r}, which the model does not predict "
+                             f"({listed(labels)})")
+        if not isinstance(area, (int, float)) or area < 0:
+            raise CysegError(f"the minimum object area of {label!r} is {area!r}; it must be a number >= 0")
+    return {label: float(area) for label, area in given.items()}
 
 
 def _class_thresholds(classes: tuple[str, ...], given: dict[str, float] | None, default: float) -> dict[str, float]:

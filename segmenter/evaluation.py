@@ -109,7 +109,8 @@ def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, pro
                      instances_at: dict[str | None, float], read_truth: list[tuple[Any, np.ndarray]]) -> None:
     """Add one image's instance scores to its rows at each scored class's `instances_at` threshold."""
     masks = torch.stack([smoothed[c] > instances_at[name] for c, name in enumerate(seg.classes or (None,))])
-    predicted = instance_labels(seg, masks.to(torch.uint8).cpu().numpy(), probs.cpu().numpy())
+    predicted = instance_labels(seg, masks.to(torch.uint8).cpu().numpy(), probs.cpu().numpy(),
+                               min_areas=seg.min_areas(None))
     for c, name in scored:
         channel = seg.channels[c]
         truth = truth_instances(item, channel, (targets[:, :, c] > 0).astype(np.uint8))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,10 +13,11 @@ import torch
 
 from metrics.glas import glas_detection, object_dice, object_hausdorff
 from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_quality
+from segmenter.base import SPECK_RATIO
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
 from segmenter.io.instances import read_instances, warn_disconnected
-from transforms.instances import GROWTHS, Separation, connected_instances, separate
+from transforms.instances import GROWTHS, Separation, connected_instances, drop_small, separate
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,27 +26,32 @@ if TYPE_CHECKING:
 
 # the separations tried on the validation images: peak heights and growths
 H_VALUES = (0.1, 0.2, 0.3, 0.4)
+# the minimum object widths tried there, as fractions of the class's typical object (the speck rule's first)
+MIN_WIDTHS = (1 / SPECK_RATIO, 0.0, 1 / 3, 1 / 2)
 
 
 def instance_labels(seg: Segmenter, masks: np.ndarray, probs: np.ndarray,
                     separation: dict[str, dict[str, Any]] | None = None,
-                    done: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                    done: dict[str, np.ndarray] | None = None,
+                    min_areas: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
     """{channel: int32 labels} from a segmenter's (C, H, W) 0/1 class masks and its (C + K, H, W)
     probabilities: split around cores for its instance classes (nuclei first: they may seed the cells),
-    connected components for the others. `separation` overrides the model's parameters; `done`
-    holds channels already separated with them."""
+    connected components for the others, without the objects under `min_areas` (per class label, as
+    `Segmenter.min_areas` gives; none dropped without it). `separation` overrides the model's
+    parameters; `done` holds channels already separated with them."""
     separation = {**seg.separation, **(separation or {})}
+    smallest = {c: (min_areas or {}).get(label, 0.0) for c, label in zip(seg.channels, seg.labels, strict=True)}
     out: dict[str, np.ndarray] = dict(done or {})
     order = sorted(set(seg.channels) - set(out), key=lambda c: c != "nucleus")
     for channel in order:
         mask = masks[seg.channels.index(channel)]
         if channel not in seg.instance_classes:
-            out[channel] = connected_instances(mask)
+            out[channel] = drop_small(connected_instances(mask), smallest[channel])
             continue
         params = Separation(**separation[channel])
         distance = probs[seg.n_classes + seg.instance_classes.index(channel)]
         seeds = out.get("nucleus") if params.nucleus_seeds and channel == "cell" else None
-        out[channel] = separate(mask, distance, params, seeds)
+        out[channel] = drop_small(separate(mask, distance, params, seeds), smallest[channel])
     return {c: out[c] for c in seg.channels}
 
 
@@ -148,35 +154,50 @@ def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
     return out
 
 
-def _score(seg: Segmenter, images: list[_Predicted], channel: str, separation: dict[str, dict[str, Any]]) -> tuple:
-    """(mean object F1, mean PQ) of one channel's objects over the images that annotate it."""
+def _score(found: list[tuple[np.ndarray, np.ndarray]], min_area: float) -> tuple[float, float]:
+    """(mean object F1, mean PQ) of (predicted, true) object pairs once the predicted objects under
+    `min_area` are dropped."""
     f1, pq = [], []
-    for image in images:
-        if channel in image.truth:
-            predicted = instance_labels(seg, image.masks, image.probs, separation, image.done)[channel]
-            f1.append(object_f1(predicted, image.truth[channel]).f1)
-            pq.append(panoptic_quality(predicted, image.truth[channel]).pq)
+    for predicted, truth in found:
+        kept = drop_small(predicted, min_area)
+        f1.append(object_f1(kept, truth).f1)
+        pq.append(panoptic_quality(kept, truth).pq)
     return (float(np.mean(f1)), float(np.mean(pq))) if f1 else (0.0, 0.0)
+
+
+def candidate_areas(seg: Segmenter, label: str) -> list[float]:
+    """The minimum object areas (px²) tried for a class: objects narrower than each of MIN_WIDTHS of
+    its typical training object (the speck size first, so that it wins ties); 0 alone when the model
+    does not record that size."""
+    speck = seg.smallest_object(label)
+    return [round(speck * (width * SPECK_RATIO) ** 2, 1) for width in MIN_WIDTHS] if speck else [0.0]
 
 
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
                          predictions: dict[Path, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Set the model's separation parameters, per instance class (nuclei first), to those of the grid
-    with the best mean object F1 (then PQ) on `datasets` (validation or training images, never test
-    images); returns each class's choice and score. Images in `predictions` (image path ->
-    probabilities, e.g. from the threshold sweep just before) are not predicted again."""
+    """Set the model's separation parameters and minimum object area, per instance class (nuclei
+    first), to those of the grid with the best mean object F1 (then PQ) on `datasets` (validation or
+    training images, never test images); returns each class's choice and score. Images in
+    `predictions` (image path -> probabilities, e.g. from the threshold sweep just before) are not
+    predicted again."""
     images = _predicted(seg, datasets, predictions or {})
     report: dict[str, Any] = {}
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
+        label = seg.labels[seg.channels.index(channel)]
         seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)
-        best, best_score = None, (-1.0, -1.0)
+        best, best_score = (None, 0.0), (-1.0, -1.0)
         for h, grow, nucleus_seeds in itertools.product(H_VALUES, GROWTHS, seeds):
             params = dataclasses.asdict(Separation(h, grow, nucleus_seeds))
-            score = _score(seg, images, channel, {channel: params})
-            if score > best_score:
-                best, best_score = params, score
-        seg.separation[channel] = best
+            found = [(instance_labels(seg, image.masks, image.probs, {channel: params}, image.done)[channel],
+                      image.truth[channel]) for image in images if channel in image.truth]
+            for area in candidate_areas(seg, label):
+                score = _score(found, area)
+                if score > best_score:
+                    best, best_score = (params, area), score
+        seg.separation[channel], seg.min_area[label] = best
         for image in images:
-            image.done[channel] = instance_labels(seg, image.masks, image.probs, done=image.done)[channel]
-        report[channel] = {**best, "object_f1": round(best_score[0], 4), "pq": round(best_score[1], 4)}
+            image.done[channel] = instance_labels(seg, image.masks, image.probs, done=image.done,
+                                                  min_areas=seg.min_areas(None))[channel]
+        report[channel] = {**best[0], "min_area": best[1], "object_f1": round(best_score[0], 4),
+                           "pq": round(best_score[1], 4)}
     return report

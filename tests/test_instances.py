@@ -16,13 +16,15 @@ from conftest import TINY, invoke
 from skimage.morphology import h_maxima
 
 from segmenter.cells import cell_features
-from segmenter.errors import DatasetError
+from segmenter.errors import DatasetError, ModelFileError
+from segmenter.instances import MIN_WIDTHS, candidate_areas, instance_labels
 from segmenter.io.dataset import open_dataset
 from transforms.instances import (
     Separation,
     assign_nuclei,
     connected_instances,
     distance_target,
+    drop_small,
     markers,
     separate,
 )
@@ -107,6 +109,17 @@ def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():
     cells = separate(foreground, flat, Separation(), seeds=nuclei)
     assert cells.max() == 3
     assert cells[40, 30] != cells[40, 86] and cells[40, 160] not in (0, cells[40, 30], cells[40, 86])
+
+
+def test_drop_small_removes_the_specks_and_renumbers_the_rest_in_order():
+    labels = np.zeros((20, 20), np.int32)
+    labels[0:5, 0:5] = 3  # 25 px
+    labels[10:12, 10:12] = 1  # 4 px: a speck at 5
+    labels[15:20, 0:4] = 7  # 20 px
+    kept = drop_small(labels, 5)
+    assert kept.dtype == np.int32 and sorted(np.unique(kept).tolist()) == [0, 1, 2]
+    assert (kept[0:5, 0:5] == 1).all() and (kept[15:20, 0:4] == 2).all() and not kept[10:12, 10:12].any()
+    assert (drop_small(labels, 0) == labels).all() and not drop_small(labels, 26).any()
 
 
 def test_each_nucleus_goes_to_the_cell_it_overlaps_most():
@@ -215,6 +228,36 @@ def test_an_instance_model_records_its_distance_channel_and_watershed(instance_m
     assert seg.predict(np.zeros((64, 64, 3), np.uint8)).shape == (2, 64, 64)
 
 
+def test_an_instance_model_chooses_its_least_object_area_on_validation_images(instance_model):
+    content = torch.load(instance_model, map_location="cpu", weights_only=True)
+    seg = load_segmenter(instance_model, device="cpu")
+    assert content["training"]["separation"]["foreground"]["min_area"] == content["min_area"]["cell"]
+    assert len(MIN_WIDTHS) > 1 and content["min_area"]["cell"] in candidate_areas(seg, "cell")
+    assert seg.min_areas(None) == {"cell": content["min_area"]["cell"]}
+    result = invoke(["info", instance_model])
+    assert f"min area    cell {content['min_area']['cell']:g} px²" in result.stdout
+
+
+def test_instance_labels_drop_the_objects_under_the_models_least_area(instance_model):
+    seg = load_segmenter(instance_model, device="cpu")
+    seg.min_area["cell"] = 50.0
+    mask = np.zeros((1, 64, 64), np.uint8)
+    mask[0, 10:30, 10:30] = 1  # 400 px: an object
+    mask[0, 50:55, 50:55] = 1  # 25 px: a speck
+    probs = np.concatenate([mask, mask], axis=0).astype(np.float32)
+    assert instance_labels(seg, mask, probs)["foreground"].max() == 2
+    kept = instance_labels(seg, mask, probs, min_areas=seg.min_areas(None))["foreground"]
+    assert kept.max() == 1 and kept[20, 20] == 1 and not kept[52, 52]
+
+
+def test_a_model_file_with_a_least_area_for_an_unknown_class_is_refused(instance_model, tmp_path):
+    content = torch.load(instance_model, map_location="cpu", weights_only=True)
+    content["min_area"] = {"nucleus": 10.0}
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="minimum object area is given for 'nucleus'"):
+        load_segmenter(tmp_path / "bad.pt", device="cpu")
+
+
 def test_the_end_of_instance_training_predicts_each_validation_image_once(disc_sets, tmp_path, monkeypatch):
     """The threshold sweep's predictions are reused to choose the separation."""
     import segmenter.training as training
@@ -254,6 +297,16 @@ def test_segment_writes_label_images_and_cell_objects(instance_model, disc_sets,
             props = feature["properties"]
             assert props["objectType"] == "cell" and props["classification"]["name"] == "cell"
             assert set(props["measurements"]) == {"Cell: Area px^2", "Cell: Mean probability"}
+
+
+def test_segment_label_images_leave_out_the_objects_its_polygons_drop(instance_model, disc_sets, tmp_path):
+    out = tmp_path / "seg"
+    result = invoke(["segment", instance_model, disc_sets["val"], "--out", out, "--device", "cpu",
+                     "--min-area", "1000000"])
+    assert result.exit_code == 0, result.output
+    labels = cv2.imread(str(out / "labels" / "d00.png"), cv2.IMREAD_UNCHANGED)
+    assert cv2.imread(str(out / "masks" / "d00.png"), cv2.IMREAD_UNCHANGED).any() and not labels.any()
+    assert json.loads((out / "geojson" / "d00.geojson").read_text())["features"] == []
 
 
 def test_evaluate_reports_instance_scores(instance_model, disc_sets, tmp_path):

@@ -170,6 +170,20 @@ def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str
     return grown
 
 
+def drop_small(labels: np.ndarray, min_area: float) -> np.ndarray:
+    """int32 labels without the objects of fewer than `min_area` pixels (specks: what the polygons
+    drop too), the others renumbered 1..N in their order."""
+    labels = np.asarray(labels)
+    if min_area <= 0 or not labels.any():
+        return labels.astype(np.int32, copy=False)
+    areas = np.bincount(labels.ravel())
+    kept = areas >= min_area
+    kept[0] = False
+    number = np.zeros(areas.size, np.int32)
+    number[kept] = np.arange(1, int(kept.sum()) + 1)
+    return number[labels]
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The sorted distinct values of an array, by one sort (NumPy 2's `np.unique` hashes, which is
     many times slower on millions of distinct values)."""
