@@ -226,15 +226,17 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
     return images, masks, maps
 
 
-def class_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap]) -> dict[str, float]:
+def class_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap],
+                       resolution: float = 1.0) -> dict[str, float]:
     """Per class (`seg.labels`), the typical size of its annotated objects (`planning.object_size`) in
-    the images whose dataset annotates it: what tells a class's specks from its objects."""
+    the images whose dataset annotates it, in pixels of the images (`masks` are at `resolution` times
+    theirs): what tells a class's specks from its objects, in the pixels polygons and scores count."""
     of_class: list[list[np.ndarray]] = [[] for _ in seg.labels]
     for mask, m in zip(masks, maps, strict=True):
         targets = m.targets(mask)
         for c in np.flatnonzero(m.known):
             of_class[c].append(targets[:, :, c] > 0)
-    return {label: round(object_size(found), 1) for label, found in zip(seg.labels, of_class, strict=True)}
+    return {label: round(object_size(found) / resolution, 1) for label, found in zip(seg.labels, of_class, strict=True)}
 
 
 def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:
@@ -338,7 +340,7 @@ def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[
         **({"dataset_classes": {str(d.root.resolve()): list(d.classes) for d in data.datasets}} if seg.classes else {}),
         "validation": _paths(data.val),
         "options": {**asdict(opts), "crop": data.crop}, "object_size_px": round(data.object_size, 1),
-        "object_size_px_by_class": class_object_sizes(seg, data.masks, data.maps),
+        "object_size_px_by_class": class_object_sizes(seg, data.masks, data.maps, opts.resolution),
         "scope": training_scope(data.datasets, seg.labels),
         "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),

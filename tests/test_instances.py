@@ -238,6 +238,17 @@ def test_an_instance_model_chooses_its_least_object_area_on_validation_images(in
     assert f"min area    cell {content['min_area']['cell']:g} px²" in result.stdout
 
 
+def test_object_sizes_are_recorded_in_image_pixels_whatever_the_working_resolution(disc_sets, tmp_path):
+    sizes = {}
+    for resolution in ("1", "0.5"):
+        out = tmp_path / f"r{resolution}.pt"
+        result = invoke(["-q", "train", disc_sets["train"], "--out", out, *TINY, "--epochs", "1",
+                         "--steps-per-epoch", "1", "--resolution", resolution])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        sizes[resolution] = load_segmenter(out, device="cpu").training_info["object_size_px_by_class"]["cell"]
+    assert sizes["0.5"] == pytest.approx(sizes["1"], rel=0.05)
+
+
 def test_instance_labels_drop_the_objects_under_the_models_least_area(instance_model):
     seg = load_segmenter(instance_model, device="cpu")
     seg.min_area["cell"] = 50.0
