@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     write_results,
 )
 from bench.instances import SPLITS, Source, class_scores, write_dataset  # noqa: E402
+from bench.instances import merit as class_merit  # noqa: E402
 from cyseg.models import SHIPPED  # noqa: E402
 from segmenter.io.atomic import atomic_path  # noqa: E402
 
@@ -144,8 +145,7 @@ def rescore_float32(work: Path) -> None:
 
 def merit(scores: dict[str, dict[str, Any]]) -> float:
     """The recipe choice's figure: the mean over sources and classes of pixel Dice and object F1."""
-    values = [(s["dice"] + s["object_f1"]) / 2 for classes in scores.values() for s in classes.values()]
-    return sum(values) / len(values)
+    return class_merit({f"{source}/{name}": s for source, classes in scores.items() for name, s in classes.items()})
 
 
 def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list[str]) -> dict[str, Any]:

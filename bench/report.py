@@ -420,12 +420,14 @@ def _score(value: float | None, digits: int = 3) -> str:
 
 
 def instance_rows(data: Results) -> list[list[str]]:
-    """One row per data set and class: its split, pixel Dice and instance scores on the test images."""
+    """One row per data set and class: its split, recipe, pixel Dice and instance scores on the test images."""
     rows = []
     for dataset, entry in data.items():
-        split = entry["split"]
+        split, tried = entry["split"], entry.get("candidates", {})
+        recipe = entry.get("chosen", "defaults") + (f" (of {len(tried)})" if len(tried) > 1 else "")
         for name, scores in entry["test"].items():
-            rows.append([dataset, name, f"{split['fit']} / {split['val']} / {split['test']}", _score(scores["dice"]),
+            rows.append([dataset, name, f"{split['fit']} / {split['val']} / {split['test']}", recipe,
+                         _score(scores["dice"]),
                          _score(scores["object_f1"]), _score(scores["aji"]), _score(scores["pq"]),
                          _score(scores["object_dice"]), _score(scores["object_hausdorff"], 1),
                          minutes(entry["train_cpu_s"])])
@@ -448,21 +450,27 @@ def instances_section(data: Results | None) -> Lines:
         return not_run("Instances", "python bench/instances.py")
     runs = [entry["run"] for entry in data.values()]
     lines = ["## Instances", "",
-             "`bench/instances.py` trains one `cyseg train --instances` model per data set (seed 0, the training "
-             "defaults) on the fit images; the validation images choose the epoch, each class's threshold and the "
-             "watershed's parameters; the test images are scored once by `cyseg evaluate`. Object F1 counts a "
+             "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; the "
+             "training defaults, and on GlaS also stain/colour jitter with scale augmentation) on the fit images; "
+             "the validation images choose the recipe (mean of Dice and object F1), the epoch, each class's "
+             "threshold, the watershed's parameters and the least object area; the test images are scored once "
+             "by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
              f"Measured on {machine(runs[0]['cpu_threads'])}, "
              f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
              "Reproduce with `python bench/instances.py`. Source: `bench/results/instances.json`.", "",
-             *table(["data", "class", "fit / val / test", "Dice", "object F1", "AJI", "PQ", "object Dice",
+             *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
                      "object Hausdorff", "training"], instance_rows(data)), ""]
     if "glas" in data:
         lines += ["GlaS test (80 images: test A and B together), against the published figures weighted as our "
                   "images mix them; F1 as the challenge counts it (a prediction covering more than half of its "
                   "gland, pooled over the images):", "",
                   *table(["method", "object F1", "object Dice", "object Hausdorff"], glas_rows(data)), ""]
+    earlier = [d for d, entry in data.items() if "candidates" not in entry]
+    if earlier:
+        lines += [f"Measured with the earlier protocol (one recipe, no least object area chosen, specks scored as "
+                  f"objects): {', '.join(earlier)} (`python bench/instances.py --datasets {','.join(earlier)}`).", ""]
     missing = [d for d in ("glas", "isbi2014", "wbc", "urothelial", "miccai15") if d not in data]
     if missing:
         lines += [f"Not measured yet: {', '.join(missing)} (`python bench/instances.py --datasets "

@@ -114,3 +114,20 @@ def test_shipped_model_docs_follow_the_current_protocol():
     assert line.startswith("The shipped model was trained with `cyseg train --instances --zoom 0.8` on 192 wbc, 8")
     assert "for nuclei, wbc 0.900, miccai15 0.900; for whole cells, wbc 0.900" in line
     assert report.default_model_section({"held_out_scores": {}})[-2].startswith("Not measured yet")
+
+
+def test_instance_docs_name_each_recipe_and_the_runs_of_the_earlier_protocol():
+    """Each data set's row names the recipe its validation images chose; entries of the one-recipe
+    protocol (no least object area chosen) are named as such."""
+    scores = {"n_images": 5, "threshold": 0.5, "dice": 0.9, "object_f1": 0.8, "aji": 0.7, "pq": 0.6,
+              "object_dice": 0.85, "object_hausdorff": 12.0}
+    entry = {"split": {"fit": 68, "val": 17, "test": 80}, "test": {"foreground": scores}, "train_cpu_s": 600.0,
+             "run": {"cpu_threads": 2, "cpu_s": 700.0}}
+    data = {"glas": {**entry, "chosen": "colour-zoom", "candidates": {"defaults": {}, "colour-zoom": {}},
+                     "glas": {"object_f1": 0.8, "object_dice": 0.85, "object_hausdorff": 12.0,
+                              "published_weighted_60_20": {"DCAN": {"object_f1": 0.863, "object_dice": 0.868}}}},
+            "miccai15": entry}
+    text = "\n".join(report.instances_section(data))
+    assert "| glas | foreground | 68 / 17 / 80 | colour-zoom (of 2) | 0.900 | 0.800 |" in text
+    assert "| miccai15 | foreground | 68 / 17 / 80 | defaults | 0.900 |" in text
+    assert "earlier protocol (one recipe, no least object area chosen, specks scored as objects): miccai15 (" in text
