@@ -188,15 +188,21 @@ class Segmenter:
 
     def min_areas(self, asked: float | None) -> dict[str, float]:
         """Per class (`labels`), the area below which its objects are dropped: `asked` for every
-        class, or for None (auto) the one chosen on validation images (`min_area`) where the model
-        records it, else the class's `smallest_object`."""
+        class, else `auto_min_areas` (logging the classes without one)."""
         if asked is not None:
             return dict.fromkeys(self.labels, float(asked))
-        specks = {label: self.smallest_object(label) for label in self.labels if label not in self.min_area}
-        if not all(specks.values()):
+        areas = self.auto_min_areas()
+        unknown = [label for label, area in areas.items() if not area and label not in self.min_area]
+        if unknown:
             log.info("the model does not record the size of its training objects of %s: no such polygon is dropped "
-                     "as a speck (give --min-area)", ", ".join(k for k, v in specks.items() if not v))
-        return {label: self.min_area.get(label, specks.get(label, 0.0)) for label in self.labels}
+                     "as a speck (give --min-area)", ", ".join(unknown))
+        return areas
+
+    def auto_min_areas(self) -> dict[str, float]:
+        """Per class (`labels`), the least object area (px² of the images the model was trained on):
+        the one chosen on validation images (`min_area`) where the model records it, else the class's
+        `smallest_object`."""
+        return {label: self.min_area.get(label, self.smallest_object(label)) for label in self.labels}
 
     # ---- inference ----------------------------------------------------------------------------
     def to_input(self, images: torch.Tensor) -> torch.Tensor:

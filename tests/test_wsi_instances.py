@@ -188,14 +188,26 @@ def test_objects_separated_group_by_group_equal_those_of_the_whole_area(cell_nuc
     probs = torch.from_numpy(np.stack([inside] * seg.n_classes + [distance] * len(seg.instance_classes)))
     area = (0, 0, 300, 240)
     task = WindowTask(index=0, x=0, y=0, w=300, h=240, own=area, tiles=1, boxes=None)
-    grouped = engine._area_objects(seg, probs, task, area, WsiOptions())
     masks = seg.class_masks(probs).numpy()
-    objects = instance_labels(seg, masks, probs.numpy())
-    whole = [item for c, label in enumerate(seg.labels)
-             for item in owned_objects(objects[seg.channels[c]], probs.numpy()[c], area, task, label)]
     components = cv2.connectedComponents((inside > 0).astype(np.uint8), connectivity=8)[0] - 1
+    for opts in (WsiOptions(), WsiOptions(min_area=0.0)):
+        grouped = engine._area_objects(seg, probs, task, area, opts)
+        objects = instance_labels(seg, masks, probs.numpy(), min_areas=opts.working_min_areas(seg))
+        whole = [item for c, label in enumerate(seg.labels)
+                 for item in owned_objects(objects[seg.channels[c]], probs.numpy()[c], area, task, label)]
+        assert sorted(p.wkt for p, _ in grouped) == sorted(p.wkt for p, _ in whole)
     assert len(whole) > len(seg.labels) * components  # touching discs were split
-    assert sorted(p.wkt for p, _ in grouped) == sorted(p.wkt for p, _ in whole)
+    assert engine._area_objects(seg, probs, task, area, WsiOptions(min_area=4 * 300 * 240)) == []
+
+
+def test_the_least_object_areas_come_down_from_level_0_or_from_the_model(cell_nucleus_model):
+    from unet import load_segmenter
+
+    seg = load_segmenter(cell_nucleus_model)
+    seg.min_area = {"nucleus": 30.0}  # chosen for nuclei only: cells fall back to the speck rule
+    assert WsiOptions(min_area=400.0, downsample=2.0).working_min_areas(seg) == {"cell": 100.0, "nucleus": 100.0}
+    assert WsiOptions(downsample=2.0).working_min_areas(seg) == {"cell": seg.smallest_object("cell"),
+                                                                 "nucleus": 30.0}
 
 
 def test_cell_objects_hold_their_nucleus_and_regions_per_class(cell_nucleus_model, mosaic, tmp_path):

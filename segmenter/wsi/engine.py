@@ -185,7 +185,8 @@ def _area_objects(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: t
     """Separate the instances of an area (all of it: objects reach into the overlap) and keep those
     the window owns (`segmenter.wsi.objects`), one group of nearby foreground at a time
     (`foreground_groups`): objects are separated within their own connected foreground, so this
-    gives the objects of the whole area for work that follows the objects, not the glass between."""
+    gives the objects of the whole area for work that follows the objects, not the glass between.
+    Objects under the least areas are dropped before any is kept (specks seed no cell)."""
     with torch.inference_mode():
         masks = seg.class_masks(probs, opts.threshold).cpu().numpy()
         probs_np = probs.cpu().numpy()
@@ -193,7 +194,8 @@ def _area_objects(seg: Segmenter, probs: torch.Tensor, task: WindowTask, area: t
     located: list[tuple[Polygon, dict[str, Any]]] = []
     for (x, y, w, h), member in foreground_groups(masks.any(axis=0), GROUP_CELL):
         rows, cols = slice(y, y + h), slice(x, x + w)
-        objects = instance_labels(seg, masks[:, rows, cols] * member, probs_np[:, rows, cols])
+        objects = instance_labels(seg, masks[:, rows, cols] * member, probs_np[:, rows, cols],
+                                  min_areas=opts.working_min_areas(seg))
         located += [item for c, label in enumerate(seg.labels)
                     for item in owned_objects(objects[seg.channels[c]], probs_np[c, rows, cols],
                                               (ax + x, ay + y, w, h), task, label)]

@@ -19,6 +19,7 @@ from segmenter.errors import CysegError
 from segmenter.tiling import tile_spans
 
 if TYPE_CHECKING:
+    from segmenter.base import Segmenter
     from segmenter.wsi.tissue import SlideTissue, TissueMask
 
 
@@ -55,6 +56,14 @@ class WsiOptions:
     def tiling(self) -> dict[str, Any]:
         """The keyword arguments `Segmenter.predict` takes from these options."""
         return {"tile": self.tile, "overlap": self.overlap, "batch": self.batch, "tta": self.tta, "amp": self.amp}
+
+    def working_min_areas(self, seg: Segmenter) -> dict[str, float]:
+        """Per class, the least object area in processing pixels: `min_area` brought down from level 0,
+        or the model's own (`Segmenter.auto_min_areas`, in the pixels it was trained on, which the
+        processing resolution matches)."""
+        if self.min_area is not None:
+            return dict.fromkeys(seg.labels, self.min_area / self.downsample ** 2)
+        return seg.auto_min_areas()
 
     def check(self) -> None:
         """Reject combinations that cannot work."""
