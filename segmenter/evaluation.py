@@ -107,10 +107,12 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
 def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, probs: torch.Tensor,
                      smoothed: torch.Tensor, targets: np.ndarray, scored: list[tuple[int, str | None]],
                      instances_at: dict[str | None, float], read_truth: list[tuple[Any, np.ndarray]]) -> None:
-    """Add one image's instance scores to its rows at each scored class's `instances_at` threshold."""
+    """Add one image's instance scores to its rows at each scored class's `instances_at` threshold,
+    without the objects under the least area the model chose on validation images (`min_area`; a
+    model without one is scored on all its objects: its speck rule came from no validation)."""
     masks = torch.stack([smoothed[c] > instances_at[name] for c, name in enumerate(seg.classes or (None,))])
     predicted = instance_labels(seg, masks.to(torch.uint8).cpu().numpy(), probs.cpu().numpy(),
-                               min_areas=seg.min_areas(None))
+                               min_areas=seg.min_area)
     for c, name in scored:
         channel = seg.channels[c]
         truth = truth_instances(item, channel, (targets[:, :, c] > 0).astype(np.uint8))
