@@ -49,7 +49,7 @@ class WsiOptions:
     tissue_margin: int = 64  # bench/wsi.py measures the context a cell needs (docs/benchmarks.md)
     threshold: float | None = None
     simplify: float = 1.0
-    min_area: float | None = None  # level-0 px²; None: the model's smallest object (Segmenter.min_area)
+    min_area: float | None = None  # level-0 px²; None: the model's own (Segmenter.auto_min_areas)
     merge_tolerance: float = 1.0
     instances: bool = True  # separate touching objects (models trained with instances); False: connected regions
 
