@@ -185,19 +185,20 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
         label = seg.labels[seg.channels.index(channel)]
         seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)
+        areas = candidate_areas(seg, label)
         best, best_score = (None, 0.0), (-1.0, -1.0)
         for h, grow, nucleus_seeds in itertools.product(H_VALUES, GROWTHS, seeds):
             params = dataclasses.asdict(Separation(h, grow, nucleus_seeds))
             found = [(instance_labels(seg, image.masks, image.probs, {channel: params}, image.done)[channel],
                       image.truth[channel]) for image in images if channel in image.truth]
-            for area in candidate_areas(seg, label):
+            for area in areas:
                 score = _score(found, area)
                 if score > best_score:
                     best, best_score = (params, area), score
         seg.separation[channel], seg.min_area[label] = best
         for image in images:
             image.done[channel] = instance_labels(seg, image.masks, image.probs, done=image.done,
-                                                  min_areas=seg.min_areas(None))[channel]
+                                                  min_areas=seg.auto_min_areas())[channel]
         report[channel] = {**best[0], "min_area": best[1], "object_f1": round(best_score[0], 4),
                            "pq": round(best_score[1], 4)}
     return report

@@ -480,17 +480,11 @@ def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int,
     object area) with the best object F1 on the validation images (else on up to CALIBRATION_IMAGES
     training images of each dataset)."""
     chosen_on, where = _choice_images(data, seed)
-    seg.training_info["separation"] = {**calibrate_separation(seg, chosen_on, predictions), "chosen_on": where}
+    chosen = calibrate_separation(seg, chosen_on, predictions)
+    seg.training_info["separation"] = {**chosen, "chosen_on": where}
     log.info("instance separation chosen on the %s (best mean object F1): %s", where,
              "; ".join(f"{c} h {p['h']:g}, {p['grow']}" + (", nuclei as seeds" if p["nucleus_seeds"] else "")
-                       + f", objects from {area:g} px²"
-                       for (c, p), area in zip(seg.separation.items(), _instance_areas(seg), strict=True)))
-
-
-def _instance_areas(seg: Segmenter) -> list[float]:
-    """The least object area of each instance class, in `seg.separation`'s order."""
-    areas = seg.min_areas(None)
-    return [areas[seg.labels[seg.channels.index(c)]] for c in seg.separation]
+                       + f", objects from {p['min_area']:g} px²" for c, p in chosen.items()))
 
 
 def _choice_images(data: TrainingData, seed: int) -> tuple[list[Dataset], str]:
