@@ -121,8 +121,8 @@ def fresh_dir(path: Path) -> Path:
 
 def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, Any]:
     """The provenance every results file carries: the code version taken when the run started
-    (`code_version()`), the command line, the machine's threads, and the run's CPU seconds (this
-    process and its children) and wall seconds."""
+    (`code_version()`), the command line, the machine's threads and CPU (its model and the instruction
+    set torch's kernels use), and the run's CPU seconds (this process and its children) and wall seconds."""
     import datetime
     import os
     import sys
@@ -131,7 +131,17 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
 
     return {"code": code, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_s": cpu_s, "wall_s": wall_s, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "cpu_s": cpu_s, "wall_s": wall_s, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "cpu": {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (None elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequence[str],

@@ -15,8 +15,10 @@ GlaS is left out: a gland is neither a cell nor a nucleus, so it would blur what
 
 Each candidate recipe (`CANDIDATES`, on top of `BASE`: stain/colour jitter and scale augmentation
 for every one) is trained once (seed 0) on all training folders at once with `--val` on every
-validation folder; both run side by side, one CPU thread each (training is a pure function of its
-seed at a given thread count, so the rebuild is bit-identical). The recipe with the best validation
+validation folder; both run side by side, one CPU thread each, in float32 (`--no-amp`: a CPU with
+bfloat16 would otherwise train in it). Training is then a pure function of its seed, so the rebuild
+is bit-identical on CPUs of the same instruction set (the convolution kernels' summation order
+follows it; the results record the CPU). The recipe with the best validation
 score (the mean over sources and classes of pixel Dice and object F1) is the model; only it is
 scored on the test images, once. Results: bench/results/default_model.json. `--install` copies the
 chosen model over the shipped one (atomically) and its training curves over
@@ -61,7 +63,7 @@ STAINS = {"miccai15": "H&E", "wbc": "rapid Romanowsky-type (blood smear)", "urot
 NAMES = {"miccai15": "MICCAI 2015 H&E nuclei", "wbc": "Zheng 2018 blood smears (wbc/dataset1)",
          "urothelial": "urothelial urine cytology", "isbi2014": "ISBI 2014 synthetic Pap smears"}
 MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these magnifications
-BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "60", "--resolution", "1", "--colour"]
+BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "60", "--resolution", "1", "--colour", "--no-amp"]
 # crops drawn by image area (tissue tiles are a small share of the area) or from every training folder
 # equally often (the miccai15 tiles then make up two folders of five)
 CANDIDATES = {"zoom0.4": ["--zoom", "0.4"], "zoom0.4-balanced": ["--zoom", "0.4", "--balance"]}

@@ -127,11 +127,13 @@ def load_instances(seg: Segmenter, datasets: Sequence[Dataset],
 
 @dataclasses.dataclass
 class _Predicted:
-    """One validation image: the model's masks and probabilities, and its ground-truth objects per channel."""
+    """One validation image: the model's masks and probabilities, its ground-truth objects per
+    channel, and the index of the dataset it comes from."""
 
     masks: np.ndarray
     probs: np.ndarray
     truth: dict[str, np.ndarray]
+    source: int
     done: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # channels already calibrated
 
 
@@ -140,7 +142,7 @@ def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
     """Every image of the datasets predicted once (or taken from `predictions`), with the ground truth
     of the channels it annotates."""
     out = []
-    for dataset in datasets:
+    for source, dataset in enumerate(datasets):
         channels = channel_map(dataset.classes, seg.classes, dataset.root)
         for item in dataset.items:
             image, labels = read_pair(item)
@@ -150,19 +152,22 @@ def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
             targets = channels.targets(labels)
             truth = {c: truth_instances(item, c, (targets[:, :, i] > 0).astype(np.uint8))
                      for i, c in enumerate(seg.channels) if channels.known[i]}
-            out.append(_Predicted(masks, probs.cpu().numpy(), truth))
+            out.append(_Predicted(masks, probs.cpu().numpy(), truth, source))
     return out
 
 
-def _score(found: list[tuple[np.ndarray, np.ndarray]], min_area: float) -> tuple[float, float]:
-    """(mean object F1, mean PQ) of (predicted, true) object pairs once the predicted objects under
-    `min_area` are dropped."""
-    f1, pq = [], []
-    for predicted, truth in found:
+def _score(found: list[tuple[np.ndarray, np.ndarray, int]], min_area: float) -> tuple[float, float]:
+    """(object F1, PQ) of (predicted, true objects, source dataset) triples once the predicted objects
+    under `min_area` are dropped: the mean over source datasets of each one's mean over its images,
+    so that a source with few images (a scale or stain of its own) weighs as much as a large one."""
+    by_source: dict[int, list[tuple[float, float]]] = {}
+    for predicted, truth, source in found:
         kept = drop_small(predicted, min_area)
-        f1.append(object_f1(kept, truth).f1)
-        pq.append(panoptic_quality(kept, truth).pq)
-    return (float(np.mean(f1)), float(np.mean(pq))) if f1 else (0.0, 0.0)
+        by_source.setdefault(source, []).append((object_f1(kept, truth).f1, panoptic_quality(kept, truth).pq))
+    if not by_source:
+        return 0.0, 0.0
+    f1, pq = np.mean([np.mean(scores, axis=0) for scores in by_source.values()], axis=0)
+    return float(f1), float(pq)
 
 
 def candidate_areas(seg: Segmenter, label: str) -> list[float]:
@@ -176,10 +181,10 @@ def candidate_areas(seg: Segmenter, label: str) -> list[float]:
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
                          predictions: dict[Path, torch.Tensor] | None = None) -> dict[str, Any]:
     """Set the model's separation parameters and minimum object area, per instance class (nuclei
-    first), to those of the grid with the best mean object F1 (then PQ) on `datasets` (validation or
-    training images, never test images); returns each class's choice and score. Images in
-    `predictions` (image path -> probabilities, e.g. from the threshold sweep just before) are not
-    predicted again."""
+    first), to those of the grid with the best object F1 (then PQ; `_score`: each dataset weighs the
+    same) on `datasets` (validation or training images, never test images); returns each class's
+    choice and score. Images in `predictions` (image path -> probabilities, e.g. from the threshold
+    sweep just before) are not predicted again."""
     images = _predicted(seg, datasets, predictions or {})
     report: dict[str, Any] = {}
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
@@ -190,7 +195,7 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
         for h, grow, nucleus_seeds in itertools.product(H_VALUES, GROWTHS, seeds):
             params = dataclasses.asdict(Separation(h, grow, nucleus_seeds))
             found = [(instance_labels(seg, image.masks, image.probs, {channel: params}, image.done)[channel],
-                      image.truth[channel]) for image in images if channel in image.truth]
+                      image.truth[channel], image.source) for image in images if channel in image.truth]
             for area in areas:
                 score = _score(found, area)
                 if score > best_score:

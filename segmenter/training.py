@@ -226,17 +226,28 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
     return images, masks, maps
 
 
-def class_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap],
-                       resolution: float = 1.0) -> dict[str, float]:
-    """Per class (`seg.labels`), the typical size of its annotated objects (`planning.object_size`) in
-    the images whose dataset annotates it, in pixels of the images (`masks` are at `resolution` times
-    theirs): what tells a class's specks from its objects, in the pixels polygons and scores count."""
-    of_class: list[list[np.ndarray]] = [[] for _ in seg.labels]
-    for mask, m in zip(masks, maps, strict=True):
+def class_object_sizes(labels: tuple[str, ...], by_folder: dict[Any, dict[str, float]]) -> dict[str, float]:
+    """Per class (`labels`), the typical size of its annotated objects in the training folder where
+    they are smallest (`by_folder`: `folder_object_sizes`): what tells a class's specks from its
+    objects, so that a class drawn from sources of different scales keeps the smallest source's."""
+    return {label: min((sizes[label] for sizes in by_folder.values() if sizes.get(label)), default=0.0)
+            for label in labels}
+
+
+def folder_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap], folders: list[int],
+                        resolution: float = 1.0) -> dict[int, dict[str, float]]:
+    """{training folder index (`folders`: each mask's): {class it annotates: typical object size}}:
+    the equivalent diameter of the object holding the median foreground pixel (`planning.object_size`),
+    in pixels of the images (`masks` are at `resolution` times theirs), the pixels polygons and
+    scores count."""
+    of_folder: dict[int, dict[str, list[np.ndarray]]] = {}
+    for mask, m, folder in zip(masks, maps, folders, strict=True):
         targets = m.targets(mask)
+        found = of_folder.setdefault(folder, {})
         for c in np.flatnonzero(m.known):
-            of_class[c].append(targets[:, :, c] > 0)
-    return {label: round(object_size(found) / resolution, 1) for label, found in zip(seg.labels, of_class, strict=True)}
+            found.setdefault(seg.labels[c], []).append(targets[:, :, c] > 0)
+    return {folder: {label: round(object_size(found) / resolution, 1) for label, found in classes.items()}
+            for folder, classes in of_folder.items()}
 
 
 def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:
@@ -331,6 +342,15 @@ def _paths(datasets: list[Dataset] | None) -> str | list[str] | None:
     return paths[0] if len(paths) == 1 else paths
 
 
+def _object_sizes(seg: Segmenter, data: TrainingData, resolution: float) -> dict[str, Any]:
+    """The model file's record of its objects' typical sizes: per class (the speck rule's) and per
+    training folder."""
+    by_folder = folder_object_sizes(seg, data.masks, data.maps, _folder_of_each_image(data.datasets), resolution)
+    return {"object_size_px_by_class": class_object_sizes(seg.labels, by_folder),
+            "object_size_px_by_folder": {str(data.datasets[i].root.resolve()): sizes
+                                         for i, sizes in sorted(by_folder.items())}}
+
+
 def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[str, Any]:
     """What the model file records of how it was trained (completed by `_finish`)."""
     return {
@@ -340,7 +360,7 @@ def _provenance(seg: Segmenter, data: TrainingData, opts: TrainOptions) -> dict[
         **({"dataset_classes": {str(d.root.resolve()): list(d.classes) for d in data.datasets}} if seg.classes else {}),
         "validation": _paths(data.val),
         "options": {**asdict(opts), "crop": data.crop}, "object_size_px": round(data.object_size, 1),
-        "object_size_px_by_class": class_object_sizes(seg, data.masks, data.maps, opts.resolution),
+        **_object_sizes(seg, data, opts.resolution),
         "scope": training_scope(data.datasets, seg.labels),
         "versions": _versions(), "device": str(seg.device),
         "precision": precision_name(seg.device, opts.amp),
