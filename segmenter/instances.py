@@ -156,7 +156,7 @@ def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
     return out
 
 
-def _score(found: list[tuple[np.ndarray, np.ndarray, int]], min_area: float) -> tuple[float, float]:
+def balanced_score(found: list[tuple[np.ndarray, np.ndarray, int]], min_area: float) -> tuple[float, float]:
     """(object F1, PQ) of (predicted, true objects, source dataset) triples once the predicted objects
     under `min_area` are dropped: the mean over source datasets of each one's mean over its images,
     so that a source with few images (a scale or stain of its own) weighs as much as a large one."""
@@ -181,7 +181,7 @@ def candidate_areas(seg: Segmenter, label: str) -> list[float]:
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
                          predictions: dict[Path, torch.Tensor] | None = None) -> dict[str, Any]:
     """Set the model's separation parameters and minimum object area, per instance class (nuclei
-    first), to those of the grid with the best object F1 (then PQ; `_score`: each dataset weighs the
+    first), to those of the grid with the best object F1 (then PQ; `balanced_score`: each dataset weighs the
     same) on `datasets` (validation or training images, never test images); returns each class's
     choice and score. Images in `predictions` (image path -> probabilities, e.g. from the threshold
     sweep just before) are not predicted again."""
@@ -197,7 +197,7 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
             found = [(instance_labels(seg, image.masks, image.probs, {channel: params}, image.done)[channel],
                       image.truth[channel], image.source) for image in images if channel in image.truth]
             for area in areas:
-                score = _score(found, area)
+                score = balanced_score(found, area)
                 if score > best_score:
                     best, best_score = (params, area), score
         seg.separation[channel], seg.min_area[label] = best

@@ -17,7 +17,7 @@ from skimage.morphology import h_maxima
 
 from segmenter.cells import cell_features
 from segmenter.errors import DatasetError, ModelFileError
-from segmenter.instances import MIN_WIDTHS, candidate_areas, instance_labels
+from segmenter.instances import MIN_WIDTHS, balanced_score, candidate_areas, instance_labels
 from segmenter.io.dataset import open_dataset
 from transforms.instances import (
     Separation,
@@ -247,6 +247,44 @@ def test_object_sizes_are_recorded_in_image_pixels_whatever_the_working_resoluti
         assert result.exit_code == 0, result.output + repr(result.exception)
         sizes[resolution] = load_segmenter(out, device="cpu").training_info["object_size_px_by_class"]["cell"]
     assert sizes["0.5"] == pytest.approx(sizes["1"], rel=0.05)
+
+
+def enlarged(source: Path, root: Path, factor: int) -> Path:
+    """A copy of a `write_discs` dataset with its images, masks and instance labels `factor` times larger."""
+    for sub in ("images", "masks", "masks_instance"):
+        (root / sub).mkdir(parents=True)
+        for path in (source / sub).iterdir():
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(root / sub / path.name), cv2.resize(image, None, fx=factor, fy=factor,
+                                                               interpolation=cv2.INTER_NEAREST))
+    (root / "dataset.json").write_text((source / "dataset.json").read_text())
+    return root
+
+
+def test_a_class_from_sources_of_two_scales_takes_its_specks_from_the_smaller(disc_sets, tmp_path):
+    """Pooled, the large source's objects hold most foreground and would set the speck size; every
+    object of the small source would then be a speck."""
+    large = enlarged(disc_sets["train"], tmp_path / "large", 4)
+    out = tmp_path / "two.pt"
+    result = invoke(["-q", "train", disc_sets["train"], large, "--out", out, *TINY, "--epochs", "1",
+                     "--steps-per-epoch", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    info = load_segmenter(out, device="cpu").training_info
+    by_folder = info["object_size_px_by_folder"]
+    small_size = by_folder[str(disc_sets["train"].resolve())]["cell"]
+    assert by_folder[str(large.resolve())]["cell"] == pytest.approx(4 * small_size, rel=0.05)
+    assert info["object_size_px_by_class"] == {"cell": small_size}
+
+
+def test_the_separation_score_weighs_each_validation_source_the_same():
+    """Three images of one source found perfectly and one of another found not at all: 0.5, not 0.75."""
+    objects = np.zeros((16, 16), np.int32)
+    objects[2:8, 2:8] = 1
+    missed = np.zeros_like(objects)
+    found = [(objects, objects, 0)] * 3 + [(missed, objects, 1)]
+    assert balanced_score(found, 0.0) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert balanced_score(found[:3], 0.0) == (1.0, 1.0)
+    assert balanced_score(found, 100.0) == (0.0, 0.0)  # the 36-px objects are under the least area
 
 
 def test_instance_labels_drop_the_objects_under_the_models_least_area(instance_model):
