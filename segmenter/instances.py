@@ -181,10 +181,10 @@ def candidate_areas(seg: Segmenter, label: str) -> list[float]:
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
                          predictions: dict[Path, torch.Tensor] | None = None) -> dict[str, Any]:
     """Set the model's separation parameters and minimum object area, per instance class (nuclei
-    first), to those of the grid with the best object F1 (then PQ; `balanced_score`: each dataset weighs the
-    same) on `datasets` (validation or training images, never test images); returns each class's
-    choice and score. Images in `predictions` (image path -> probabilities, e.g. from the threshold
-    sweep just before) are not predicted again."""
+    first), to those of the grid with the best object F1 (then PQ; `balanced_score`: each dataset
+    weighs the same) on `datasets` (validation or training images, never test images); returns each
+    class's choice and score. Images in `predictions` (image path -> probabilities, e.g. from the
+    threshold sweep just before) are not predicted again."""
     images = _predicted(seg, datasets, predictions or {})
     report: dict[str, Any] = {}
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):

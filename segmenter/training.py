@@ -226,7 +226,7 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
     return images, masks, maps
 
 
-def class_object_sizes(labels: tuple[str, ...], by_folder: dict[Any, dict[str, float]]) -> dict[str, float]:
+def class_object_sizes(labels: tuple[str, ...], by_folder: dict[int, dict[str, float]]) -> dict[str, float]:
     """Per class (`labels`), the typical size of its annotated objects in the training folder where
     they are smallest (`by_folder`: `folder_object_sizes`): what tells a class's specks from its
     objects, so that a class drawn from sources of different scales keeps the smallest source's."""
