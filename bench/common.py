@@ -84,8 +84,11 @@ def write_results(path: Path, result: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(result, indent=2))
 
 
-#: What a benchmark's figures depend on: the packages it runs and the benchmark scripts themselves.
-CODE_PATHS = ("cyseg", "cydata", "segmenter", "unet", "transforms", "metrics", "bench")
+#: What a benchmark's figures depend on: the packages it runs and the benchmark scripts themselves,
+#: not what benchmarks write there (a run that measures several data sets writes each one's results
+#: before measuring the next).
+CODE_PATHS = ("cyseg", "cydata", "segmenter", "unet", "transforms", "metrics", "bench",
+              ":(exclude)bench/results", ":(exclude)bench/work")
 
 
 def code_version() -> dict[str, Any]:

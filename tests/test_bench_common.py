@@ -1,0 +1,33 @@
+"""bench/common.py's code version: a result names the commit it ran, and whether the packages or
+the benchmark scripts differed from it; the results benchmarks write are not code."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import bench.common as common
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True,
+                   capture_output=True)
+
+
+def test_written_results_leave_the_code_clean_and_edited_scripts_do_not(tmp_path, monkeypatch):
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "run.py").write_text("print(1)\n")
+    (tmp_path / "bench" / "results" / "run.json").write_text("{}\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "first")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    assert common.code_version()["dirty_sha256"] is None
+    (tmp_path / "bench" / "results" / "run.json").write_text('{"wbc": 1}\n')  # a first data set's results
+    (tmp_path / "bench" / "work").mkdir()
+    (tmp_path / "bench" / "work" / "model.pt").write_bytes(b"\0")
+    assert common.code_version()["dirty_sha256"] is None
+    (tmp_path / "bench" / "run.py").write_text("print(2)\n")
+    edited = common.code_version()["dirty_sha256"]
+    assert edited is not None
+    (tmp_path / "bench" / "new.py").write_text("print(3)\n")
+    assert common.code_version()["dirty_sha256"] not in (None, edited)
