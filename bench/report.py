@@ -69,6 +69,23 @@ def machine(threads: int | None, device: str = "cpu") -> str:
     return f"{where}, {threads} thread{'s' * (threads != 1)}" if threads else where
 
 
+def kernels(run: Results) -> str:
+    """The instruction set torch's CPU kernels used, when the run recorded it: timings and training
+    precision move with it (bfloat16 is native with AVX512-BF16 and emulated, so not used, with AVX2)."""
+    cpu = run.get("cpu") or {}
+    return f" ({cpu['kernels']} kernels)" if cpu.get("kernels") else ""
+
+
+def run_kernels(data: Results) -> str:
+    """Which entries' runs used which CPU kernels, when they differ (runs that did not record it: '?')."""
+    found: dict[str, list[str]] = {}
+    for name, entry in data.items():
+        found.setdefault((entry["run"].get("cpu") or {}).get("kernels") or "?", []).append(name)
+    if len(found) < 2:
+        return kernels(next(iter(data.values()))["run"])
+    return " (" + "; ".join(f"{kind} kernels: {', '.join(names)}" for kind, names in found.items()) + ")"
+
+
 def not_run(title: str, command: str) -> Lines:
     """The section of a benchmark whose results file is absent."""
     return [f"## {title}", "", f"Not measured yet: `{command}` writes its results.", ""]
@@ -302,7 +319,7 @@ def wsi_section(data: Results | None) -> Lines:
             f"`{Path(data['model']).name}` in {data['precision']}: the engine and MONAI on its densest "
             f"{region['w']}×{region['h']} region (interleaved, best of two each), then the whole slide with and "
             "without skipping, each in its own `cyseg segment` process. "
-            f"Measured on {machine(data['cpu_threads'], data['device'])}, one run. "
+            f"Measured on {machine(data['cpu_threads'], data['device'])}{kernels(data['run'])}, one run. "
             f"Reproduce with `python bench/wsi.py --size {size[0]} --fill {data['slide']['fill']}`. "
             "Source: `bench/results/wsi_cpu.json`.", "",
             *table(["measure", "result", "target"], wsi_rows(data)), "", *cytology_lines(data.get("cytology"))]
@@ -457,7 +474,7 @@ def instances_section(data: Results | None) -> Lines:
              "by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
-             f"Measured on {machine(runs[0]['cpu_threads'])}, "
+             f"Measured on {machine(runs[0]['cpu_threads'])}{run_kernels(data)}, "
              f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
              "Reproduce with `python bench/instances.py`. Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
