@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import rasterio.features
+from affine import Affine
 from shapely.geometry import Polygon
 from shapely.strtree import STRtree
 
@@ -26,9 +27,12 @@ def label_polygons(labels: np.ndarray, probs: np.ndarray | None = None, simplify
     left out. The mean probability is over the object's pixels."""
     labels = np.asarray(labels, np.int32)
     inside = labels > 0
-    if not inside.any():
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if not rows.size:
         return {}
-    traced = list(rasterio.features.shapes(labels, mask=inside, connectivity=8))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # traced on the objects' box only
+    traced = list(rasterio.features.shapes(np.ascontiguousarray(labels[box]), mask=np.ascontiguousarray(inside[box]),
+                                           connectivity=8, transform=Affine.translation(cols[0], rows[0])))
     cleaned = clean_many(polygons_from_rings([geom["coordinates"] for geom, _ in traced]), simplify)
     mean = None
     if probs is not None:

@@ -107,41 +107,64 @@ def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarra
     0.8, ... (LEVEL_STEP apart) from the top down with connected components. A region appearing at
     a level is a peak; where regions meet at a lower level, all but the highest of them are dropped
     unless they stand at least `h` above it. Each kept peak is marked by its region at its own level.
-    Linear passes, unlike the exact h-maxima's sorting reconstruction."""
+    Linear passes, unlike the exact h-maxima's sorting reconstruction, each on the box of the pixels
+    at its level or above (the high levels hold the small cores only)."""
     steps = round(1 / LEVEL_STEP)
     quantised = np.where(foreground, np.clip(np.floor(distance * steps + 1e-6), 0, steps - 1), 0).astype(np.uint8)
-    painted = np.zeros(foreground.shape, np.int32).ravel()
+    row_top, column_top = quantised.max(axis=1, initial=0), quantised.max(axis=0, initial=0)
+    painted = np.zeros(quantised.size, np.int32)
     peak, pixel, kept = [np.inf], [0], [False]  # per peak (index 0: none): its level, one pixel, kept or not
-    for k in range(steps - 1, 0, -1):
-        n, regions = cv2.connectedComponents((quantised >= k).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        regions = regions.ravel()
+    for k in range(min(int(quantised.max(initial=0)), steps - 1), 0, -1):
+        box = _level_box(row_top, column_top, k)
+        level = quantised[box]
+        n, regions = cv2.connectedComponents((level >= k).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
         reached = np.zeros(n, bool)
-        reached[regions[np.asarray(pixel, np.int64)[np.flatnonzero(kept)]]] = True
+        reached[_regions_at(regions, box, np.asarray(pixel, np.int64)[np.flatnonzero(kept)], quantised.shape)] = True
         reached[0] = True
-        band = np.flatnonzero(quantised.ravel() == k)  # a new peak's region lies wholly at this level
-        band = band[~reached[regions[band]]]
+        band = np.flatnonzero(level.ravel() == k)  # a new peak's region lies wholly at this level
+        band_regions = regions.ravel()[band]
+        band, band_regions = band[~reached[band_regions]], band_regions[~reached[band_regions]]
         if band.size:
             first = np.full(n, band.size, np.int64)
-            np.minimum.at(first, regions[band], np.arange(band.size))
+            np.minimum.at(first, band_regions, np.arange(band.size))
             new = np.flatnonzero(first < band.size)
             number = np.zeros(n, np.int32)
             number[new] = np.arange(len(peak), len(peak) + new.size)
-            painted[band] = number[regions[band]]
+            ys, xs = np.divmod(band, level.shape[1])
+            band = np.ravel_multi_index((ys + box[0].start, xs + box[1].start), quantised.shape)
+            painted[band] = number[band_regions]
             peak += [k / steps] * new.size
             pixel += band[first[new]].tolist()
             kept += [True] * new.size
-        _drop_low_peaks(regions, k / steps, h, np.asarray(peak), np.asarray(pixel, np.int64), kept)
+        alive = np.flatnonzero(kept)
+        _drop_low_peaks(_regions_at(regions, box, np.asarray(pixel, np.int64)[alive], quantised.shape), alive,
+                        k / steps, h, np.asarray(peak), kept)
     survivors = np.asarray(kept)
     number = np.zeros(survivors.size, np.int32)
     number[survivors] = np.arange(1, int(survivors.sum()) + 1)
     return number[painted].reshape(foreground.shape)
 
 
-def _drop_low_peaks(regions: np.ndarray, level: float, h: float, peak: np.ndarray, pixel: np.ndarray,
+def _level_box(row_top: np.ndarray, column_top: np.ndarray, k: int) -> tuple[slice, slice]:
+    """The box of the pixels at level `k` or above (from each row's and column's top level), its
+    corner moved to even coordinates: connected components then number the regions as on the
+    whole array (OpenCV labels 2x2 blocks in scan order), and the peaks keep their numbers."""
+    rows, columns = np.flatnonzero(row_top >= k), np.flatnonzero(column_top >= k)
+    return slice(int(rows[0]) // 2 * 2, int(rows[-1]) + 1), slice(int(columns[0]) // 2 * 2, int(columns[-1]) + 1)
+
+
+def _regions_at(regions: np.ndarray, box: tuple[slice, slice], flat: np.ndarray,
+                shape: tuple[int, ...]) -> np.ndarray:
+    """The regions (labels of the box `box`) holding the whole array's pixels `flat` (indices into
+    an array of `shape`, inside the box)."""
+    ys, xs = np.unravel_index(flat, shape)
+    return regions[ys - box[0].start, xs - box[1].start]
+
+
+def _drop_low_peaks(region_of: np.ndarray, alive: np.ndarray, level: float, h: float, peak: np.ndarray,
                     kept: list[bool]) -> None:
-    """Where kept peaks share a region at `level`, drop all but the highest unless they stand `h` above it."""
-    alive = np.flatnonzero(kept)
-    region_of = regions[pixel[alive]]
+    """Where the kept peaks `alive` (in regions `region_of` at `level`) share a region, drop all but
+    the highest unless they stand `h` above it."""
     heights = peak[alive]
     order = np.lexsort((-heights, region_of))
     highest = np.r_[True, region_of[order][1:] != region_of[order][:-1]]
