@@ -10,7 +10,9 @@
 4. the same on slides shaped like cytology (bench/cytology.py: real cells cut out by their masks,
    scattered on glass, single and in small clusters) at each of `--cytology-fills`, under
    `cytology` in the results, with the time a 100,000 x 170,000-pixel slide would take at that
-   fill (its area over the measured throughput with skipping: arithmetic, not a run).
+   fill (its area over the measured throughput with skipping: arithmetic, not a run), where each
+   run's time went (reading and the network, the objects, the rest) and the bound the floor sets:
+   the skipping run with its reading and network replaced by the bare network on the floor alone.
 
 The slides are BUILT from real annotated tiles and cells (bench/mosaic.py, bench/cytology.py) as
 pyramidal tiled TIFFs.
@@ -354,6 +356,33 @@ def inference_floor(placements: list[Placement], size: int, context: int, bare_m
     return {"floor_area_fraction": fraction, "floor_bare_seconds": fraction * size * size / 1e6 / bare_mp_s}
 
 
+def time_split(run: dict[str, Any], in_process: bool) -> dict[str, float | None]:
+    """Where a whole-slide run's seconds went: reading pixels and running the network, separating
+    and tracing objects, and the rest (process start, tissue detection, joining windows, writing),
+    which is only the difference of the two clocks when the windows ran in the process."""
+    summary = run["summary"]
+    rest = run["seconds"] - summary["window_seconds"] if in_process else None
+    return {"inference_s": summary["inference_seconds"], "objects_s": summary["object_seconds"], "rest_s": rest}
+
+
+def floor_bound(whole: dict[str, Any], floor: dict[str, Any], in_process: bool) -> dict[str, Any]:
+    """What skipping could give at best: the skipping run with its reading and network replaced by
+    the bare network on the floor's pixels alone, all else as measured: the speed-up over the run
+    without skipping and the time of a 100,000 x 170,000-pixel slide."""
+    skip, noskip = whole["whole_slide_skip"], whole["whole_slide_no_skip"]
+    split = {"skip": time_split(skip, in_process), "no_skip": time_split(noskip, in_process)}
+    if not in_process:
+        return {"time_split": split}
+    best = skip["seconds"] - split["skip"]["inference_s"] + floor["floor_bare_seconds"]
+    minutes = FULL_SLIDE_MP / skip["summary"]["megapixels"] * best / 60
+    return {"time_split": split,
+            "inference_speedup": split["no_skip"]["inference_s"] / max(split["skip"]["inference_s"], 1e-9),
+            "skip_speedup_at_floor": noskip["seconds"] / best, "full_slide_minutes_at_floor": minutes,
+            "full_slide_at_floor_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['summary']['megapixels']:.1f} MP x "
+                                              f"({skip['seconds']:.1f} - {split['skip']['inference_s']:.1f} + "
+                                              f"{floor['floor_bare_seconds']:.1f}) s / 60"}
+
+
 def render_mask_small(placements: list[Placement], size: int, scale: int) -> np.ndarray:
     """The cells' mask at 1/`scale` (uint8 0/1): a pixel is set when any cell pixel falls in it."""
     out = np.zeros((size // scale + 1, size // scale + 1), np.uint8)
@@ -395,6 +424,14 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
     minutes = FULL_SLIDE_MP / skip["mp_per_s"] / 60
     print(f"cytology {fill:.0%}: a 100,000 x 170,000 slide at {skip['mp_per_s']:.2f} MP/s takes {minutes:.0f} min",
           flush=True)
+    bound = floor_bound(whole, floor, workers == 0)
+    if "skip_speedup_at_floor" in bound:
+        split = bound["time_split"]
+        print(f"cytology {fill:.0%}: reading + network {split['no_skip']['inference_s']:.0f} s -> "
+              f"{split['skip']['inference_s']:.0f} s ({bound['inference_speedup']:.1f}x), objects "
+              f"{split['no_skip']['objects_s']:.0f} s -> {split['skip']['objects_s']:.0f} s; at the floor skipping "
+              f"would be {bound['skip_speedup_at_floor']:.1f}x faster and a full slide "
+              f"{bound['full_slide_minutes_at_floor']:.0f} min", flush=True)
     return {"cells": len(placements), "cell_fraction": foreground_total(placements) / size ** 2,
             "skip_speedup": whole["skip_speedup"], "area_inferred_fraction": loss["area_inferred_fraction"],
             "gt_foreground_lost_fraction": loss["gt_foreground_lost_fraction"],
@@ -405,7 +442,7 @@ def cytology_slide(model: str, seg: Segmenter, size: int, fill: float, work: Pat
             "inferred_vs_floor": loss["pixels_computed_fraction"] / max(floor["floor_area_fraction"], 1e-9),
             "skipping": loss, "full_size_overview": full_size, "dice_vs_truth": truth, **whole,
             "full_slide_minutes": minutes,
-            "full_slide_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['mp_per_s']:.3f} MP/s / 60"}
+            "full_slide_arithmetic": f"{FULL_SLIDE_MP:.0f} MP / {skip['mp_per_s']:.3f} MP/s / 60", **bound}
 
 
 def run_header(args: argparse.Namespace, device: str, placements: list[Placement], model_path: Path,

@@ -74,6 +74,9 @@ def test_slide_polygons_match_the_crop_prediction(tiny_model, slide, mosaic, tmp
     assert summary["windows"] == window_topology(1536, 1024, WsiOptions(window_size=512,
                                                                         window_overlap=96)).tile_count == 12
     assert summary["tiles_skipped"] == 0
+    assert 0 < summary["inference_seconds"] < summary["window_seconds"] <= summary["seconds"]
+    assert summary["object_seconds"] == pytest.approx(summary["window_seconds"] - summary["inference_seconds"],
+                                                      abs=0.002)
     polygons = polygons_of(out)
     assert polygons and all(p.is_valid for p in polygons)
     for feature in collection["features"]:
@@ -325,10 +328,13 @@ def test_chain_radius():
 
 def test_window_results_round_trip_through_the_cache_format() -> None:
     holed = Polygon([(0, 0), (50, 0), (50, 40), (0, 40)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
-    result = WindowResult(7, [holed, box(60, 5, 70.5, 9)], [{"area": 1900.0}, {"area": 42.0}], 4, 1, 0.25)
+    result = WindowResult(7, [holed, box(60, 5, 70.5, 9)], [{"area": 1900.0}, {"area": 42.0}], 4, 1, 0.25, 0.125)
     back = WindowResult.from_json(json.loads(json.dumps(result.to_json())))
     assert [p.equals_exact(q, 0) for p, q in zip(back.polygons, result.polygons, strict=True)] == [True, True]
-    assert (back.index, back.props, back.tiles, back.skipped, back.seconds) == (7, result.props, 4, 1, 0.25)
+    assert (back.index, back.props, back.tiles, back.skipped, back.seconds, back.inference_seconds) == \
+        (7, result.props, 4, 1, 0.25, 0.125)
+    older = {k: v for k, v in result.to_json().items() if k != "inference_seconds"}  # a cache written before the split
+    assert WindowResult.from_json(older).inference_seconds == 0.0
     empty = WindowResult.from_json(json.loads(json.dumps(WindowResult(2, [], [], 1, 1, 0.0).to_json())))
     assert empty.polygons == [] and empty.index == 2
 

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WindowResult:
-    """Polygons of the pixels a window owns, in processing pixels relative to the region."""
+    """Polygons of the pixels a window owns, in processing pixels relative to the region; the
+    seconds the window took, of which `inference_seconds` reading pixels and running the network
+    (the rest: separating, tracing and keeping its objects)."""
 
     index: int
     polygons: list[Polygon]
@@ -29,16 +31,17 @@ class WindowResult:
     tiles: int
     skipped: int
     seconds: float
+    inference_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         polygons = shapely.to_wkb(np.asarray(self.polygons, dtype=object), hex=True).tolist()
         return {"index": self.index, "polygons": polygons, "props": self.props, "tiles": self.tiles,
-                "skipped": self.skipped, "seconds": self.seconds}
+                "skipped": self.skipped, "seconds": self.seconds, "inference_seconds": self.inference_seconds}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WindowResult:
         return cls(data["index"], list(shapely.from_wkb(data["polygons"])), data["props"],
-                   data["tiles"], data["skipped"], data["seconds"])
+                   data["tiles"], data["skipped"], data["seconds"], data.get("inference_seconds", 0.0))
 
 
 def cache_key(slide_id: str, model_digest: str, region: Region, opts: WsiOptions) -> str:

@@ -43,7 +43,8 @@ def read_box(reader: SlideReader, region: Region, x: int, y: int, w: int, h: int
 def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
                    opts: WsiOptions) -> WindowResult:
     """Segment one window: read and infer the whole window, or only its tissue boxes (tiled,
-    batched, blended), post-process on the device, keep the owned part, trace its polygons.
+    batched, blended), post-process on the device, keep the owned part, trace its polygons; timed
+    in all and in reading and inference.
 
     With tissue boxes and a local post-processing chain, each group of boxes is post-processed and
     traced on its own area (the boxes plus background beyond the chain's reach): the same polygons
@@ -57,15 +58,18 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
     else:
         areas = box_groups(task.boxes, radius + 2, task.w, task.h)
     packed = _packed_box_probabilities(seg, reader, region, task, opts) if task.boxes else {}
+    inference = time.perf_counter() - start
     located: list[tuple[Polygon, dict[str, Any]]] = []
     for area, boxes in areas:
+        begun = time.perf_counter()
         probs = _area_probabilities(seg, reader, region, task, opts, area, boxes, packed)
+        inference += time.perf_counter() - begun
         if opts.instances and seg.instance_classes:
             located += _area_objects(seg, probs, task, area, opts)
         else:
             located += _owned_polygons(seg, probs, task, area, opts)
     return WindowResult(task.index, [p for p, _ in located], [props for _, props in located], task.tiles,
-                        task.skipped, time.perf_counter() - start)
+                        task.skipped, time.perf_counter() - start, inference)
 
 
 def _packed_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,

@@ -24,7 +24,8 @@ def merge_classes(results: list[WindowResult], topology: sldc.TileTopology, opts
     results = sorted(results, key=lambda r: r.index)
     out: list[tuple[Polygon, dict[str, Any]]] = []
     for label in labels:
-        mine = [WindowResult(r.index, *_of_class(r, label), r.tiles, r.skipped, r.seconds) for r in results]
+        mine = [WindowResult(r.index, *_of_class(r, label), r.tiles, r.skipped, r.seconds,
+                             r.inference_seconds) for r in results]
         if separated:
             joined = join_objects([(r.index, list(zip(r.polygons, r.props, strict=True))) for r in mine], topology,
                                   opts.merge_tolerance)

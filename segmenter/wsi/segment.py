@@ -106,6 +106,7 @@ def segment_slide(seg: Segmenter, model_path: Path, reader: SlideReader, out: Pa
         "tissue_fraction": None if plan.tissue_fraction is None else round(plan.tissue_fraction, 4),
         "foreground_fraction": round(foreground, 4),
         "seconds": round(seconds, 3), "megapixels": region.w * region.h / 1e6,
+        **_window_seconds(results),
         "mp_per_s": round(region.w * region.h / 1e6 / seconds, 3),
     }
     _warn_if_implausible(reader, foreground)
@@ -136,6 +137,16 @@ def _plan_slide(seg: Segmenter, model_path: Path, reader: SlideReader, opts: Wsi
     digest = file_digest(model_path)
     cache = WindowCache(None if cache_root is None else cache_root / cache_key(reader.identity(), digest, region, opts))
     return SlidePlan(region, topology, tasks, digest, cache, covered)
+
+
+def _window_seconds(results: list[WindowResult]) -> dict[str, float]:
+    """What the windows cost, summed over them (more than the run's seconds when windows run side by
+    side; a cached window counts what it cost when computed): in all, in reading pixels and running
+    the network, and in the rest (separating, tracing and keeping objects: work that follows the
+    cells, not the glass)."""
+    total, inference = sum(r.seconds for r in results), sum(r.inference_seconds for r in results)
+    return {"window_seconds": round(total, 3), "inference_seconds": round(inference, 3),
+            "object_seconds": round(total - inference, 3)}
 
 
 def _warn_if_implausible(reader: SlideReader, foreground: float) -> None:
