@@ -69,18 +69,24 @@ def machine(threads: int | None, device: str = "cpu") -> str:
     return f"{where}, {threads} thread{'s' * (threads != 1)}" if threads else where
 
 
+def kernel_name(run: Results) -> str | None:
+    """The instruction set torch's CPU kernels used (e.g. AVX2, AVX512), when the run recorded it:
+    timings and training precision move with it (bfloat16 is native with AVX512-BF16 and emulated,
+    so not used, with AVX2)."""
+    return (run.get("cpu") or {}).get("kernels")
+
+
 def kernels(run: Results) -> str:
-    """The instruction set torch's CPU kernels used, when the run recorded it: timings and training
-    precision move with it (bfloat16 is native with AVX512-BF16 and emulated, so not used, with AVX2)."""
-    cpu = run.get("cpu") or {}
-    return f" ({cpu['kernels']} kernels)" if cpu.get("kernels") else ""
+    """The run's CPU kernels as a parenthesis after the machine, or nothing when not recorded."""
+    name = kernel_name(run)
+    return f" ({name} kernels)" if name else ""
 
 
 def run_kernels(data: Results) -> str:
     """Which entries' runs used which CPU kernels, when they differ (runs that did not record it: '?')."""
     found: dict[str, list[str]] = {}
     for name, entry in data.items():
-        found.setdefault((entry["run"].get("cpu") or {}).get("kernels") or "?", []).append(name)
+        found.setdefault(kernel_name(entry["run"]) or "?", []).append(name)
     if len(found) < 2:
         return kernels(next(iter(data.values()))["run"])
     return " (" + "; ".join(f"{kind} kernels: {', '.join(names)}" for kind, names in found.items()) + ")"

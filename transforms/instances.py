@@ -114,7 +114,7 @@ def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarra
     row_top, column_top = quantised.max(axis=1, initial=0), quantised.max(axis=0, initial=0)
     painted = np.zeros(quantised.size, np.int32)
     peak, pixel, kept = [np.inf], [0], [False]  # per peak (index 0: none): its level, one pixel, kept or not
-    for k in range(min(int(quantised.max(initial=0)), steps - 1), 0, -1):
+    for k in range(min(int(row_top.max(initial=0)), steps - 1), 0, -1):
         box = _level_box(row_top, column_top, k)
         level = quantised[box]
         n, regions = cv2.connectedComponents((level >= k).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
@@ -123,7 +123,8 @@ def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarra
         reached[0] = True
         band = np.flatnonzero(level.ravel() == k)  # a new peak's region lies wholly at this level
         band_regions = regions.ravel()[band]
-        band, band_regions = band[~reached[band_regions]], band_regions[~reached[band_regions]]
+        fresh = ~reached[band_regions]
+        band, band_regions = band[fresh], band_regions[fresh]
         if band.size:
             first = np.full(n, band.size, np.int64)
             np.minimum.at(first, band_regions, np.arange(band.size))
