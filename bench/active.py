@@ -20,7 +20,8 @@ random at every round on the mean, and the labelled fraction at which each strat
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
-                           [--epochs 15] [--steps-per-epoch 20] [--views 4] [--work DIR] [--out JSON]
+                           [--epochs 15] [--steps-per-epoch 20] [--views 4] [--jobs 1] [--work DIR]
+                           [--out JSON]
     python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
 
 Data: glas = GlaS official train (pool, 85 images) / test (80); wbc = wbc/dataset1, a seeded 60
@@ -35,6 +36,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--views", type=int, default=4, help="`cyseg suggest --views`")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
     parser.add_argument("--out", type=Path, default=None,
                         help="[default: bench/results/active.json; --quick: active_quick.json in --work]")
@@ -217,7 +221,10 @@ def main() -> None:
     results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": {
         k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}, "datasets": {}}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        per_seed = [one_seed(dataset, seed, args, work / dataset / f"seed{seed}") for seed in range(args.seeds)]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the work runs in child processes
+            runs = [pool.submit(one_seed, dataset, seed, args, work / dataset / f"seed{seed}")
+                    for seed in range(args.seeds)]
+            per_seed = [run.result() for run in runs]
         summary = summarise(per_seed)
         results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "

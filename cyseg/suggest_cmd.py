@@ -73,21 +73,23 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".geojson")
 
 
-def crop_candidates(seg: Segmenter, source: Path, allow_mismatch: bool) -> list[Candidate]:
-    """The images of a folder not annotated yet (in a dataset folder: those without a mask), each a
-    candidate box over the whole image; a CysegError when the dataset's classes do not match the model's."""
+def crop_candidates(seg: Segmenter, source: Path, allow_mismatch: bool) -> tuple[list[Candidate], list[Candidate]]:
+    """The images of a folder not annotated yet (in a dataset folder: those without a mask) and those
+    annotated already, each a candidate box over the whole image; a CysegError when the dataset's
+    classes do not match the model's."""
     files = list_images(source)
     masks = source / "masks"
     if (source / "images").is_dir():
         manifest = read_manifest(source)
         channel_map(declared_classes(manifest, source), seg.classes, source)
     annotated = {p.stem for p in masks.iterdir() if p.is_file()} if masks.is_dir() else set()
-    files = [p for p in files if p.stem not in annotated]
-    if not files:
+    todo = [p for p in files if p.stem not in annotated]
+    if not todo:
         raise CysegError(f"every image of {source} has a mask already: nothing left to suggest; give a folder "
                          "with images not annotated yet")
-    check_crop_sample(seg, files, allow_mismatch)
-    return [Candidate(path.name, (0, 0, *_size(path))) for path in files]
+    check_crop_sample(seg, todo, allow_mismatch)
+    return ([Candidate(path.name, (0, 0, *_size(path))) for path in todo],
+            [Candidate(path.name, (0, 0, *_size(path))) for path in files if path.stem in annotated])
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -132,15 +134,20 @@ def slide_candidates(seg: Segmenter, reader: SlideReader, annotated: Iterable[An
 
 
 def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candidate], np.ndarray],
-            opts: SuggestOptions, progress: bool) -> list[Suggestion]:
-    """Score every candidate, then pick `opts.count` of them."""
+            opts: SuggestOptions, progress: bool, annotated: list[Candidate] | None = None) -> list[Suggestion]:
+    """Score every candidate (and describe the `annotated` images, whose look-alikes they cover), then
+    pick `opts.count` of the candidates."""
     check_count(opts.count, len(candidates))  # before the scoring's minutes
-    log.info("scoring %d candidate(s) under %d symmetries (%s)", len(candidates), opts.views, opts.measure)
+    annotated = annotated or []
+    log.info("scoring %d candidate(s) and %d annotated image(s) under %d symmetries (%s)", len(candidates),
+             len(annotated), opts.views, opts.measure)
 
     def bar(items: Iterable[Candidate]) -> Iterable[Candidate]:
-        return tqdm(items, total=len(candidates), desc="scoring", unit="candidate", disable=not progress)
+        return tqdm(items, total=len(candidates) + len(annotated), desc="scoring", unit="image",
+                    disable=not progress)
 
-    return select(score_all(candidates, pixels, seg, opts.views, opts.measure, bar), opts.count)
+    scored = score_all([*candidates, *annotated], pixels, seg, opts.views, opts.measure, bar)
+    return select(scored[:len(candidates)], opts.count, scored[len(candidates):])
 
 
 def suggestions_geojson(suggestions: list[Suggestion], extra: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +197,8 @@ def run_suggest_local(seg: Segmenter, source: Path, out: Path, opts: SuggestOpti
             raise CysegError("--annotated is for slides; in a dataset folder the images with a mask are the "
                              "annotated ones")
         folder = source.parent if source.is_file() else source
-        candidates = crop_candidates(seg, source, opts.allow_mismatch)
-        chosen = suggest(seg, candidates, lambda c: read_image(_image_path(folder, c.source)), opts, progress)
+        candidates, done = crop_candidates(seg, source, opts.allow_mismatch)
+        chosen = suggest(seg, candidates, lambda c: read_image(_image_path(folder, c.source)), opts, progress, done)
         extra = {"folder": source.name}
     return (chosen, *write_outputs(chosen, out, {**extra, **_settings(opts)}))
 

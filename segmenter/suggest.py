@@ -1,16 +1,20 @@
 """Active learning: which images, or which tissue tiles of a slide, an expert should
 annotate next. Each candidate is scored by the model's uncertainty there: how much its predictions
 under the symmetries of the square disagree (`tta`, the spread MONAI Label's TTA strategy measures)
-or the entropy of their mean (`entropy`). Suggestions then follow suggestive annotation (Yang et al.,
-MICCAI 2017, on GlaS): among the 2K most uncertain candidates, K are picked greedily to cover the
-whole pool best (each candidate counts by its similarity to the nearest pick, over a small description
-of each candidate: colours and predicted classes on a coarse grid). Uncertainty alone favours the
-pool's oddest images, which teach the model little about the rest; coverage keeps the K suggestions
-typical of the pool and unlike each other."""
+or the entropy of their mean (`entropy`). The K suggestions then cover the pool's uncertainty best:
+greedily, each pick is the candidate whose likeness to the candidates still uncovered, weighted by
+their uncertainty, is largest (a facility-location choice, as in representative sampling for
+low-budget active learning: k-medoids-like picks beat random and pure uncertainty when few images
+are labelled), and what is annotated already covers its look-alikes from the start. Likeness
+compares what the model's encoder sees (its deepest feature map, averaged over the image and the
+symmetries, so it does not depend on where things lie) and the image's colour statistics.
+Uncertainty alone favours the pool's oddest images, which teach the model little about the rest;
+coverage keeps the K suggestions typical of the pool, unlike each other and unlike what the
+experts have already drawn."""
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +29,6 @@ if TYPE_CHECKING:
 
 MEASURES = ("tta", "entropy")
 MAX_VIEWS = 8
-GRID = 4  # the description's coarse grid: GRID x GRID cells of colour and of each class's probability
 
 
 @dataclass
@@ -41,14 +44,43 @@ class Candidate:
 
 @dataclass
 class Suggestion:
-    """A chosen candidate, its rank (1 first), its score (how much of the pool it newly covers: the
-    gain in summed similarity, in candidates) and its distance to the suggestions ranked before it
-    (in standardised description units; 1 for the first)."""
+    """A chosen candidate, its rank (1 first), its score (how much of the pool's uncertainty it newly
+    covers, in units of the mean candidate's) and its distance to the nearest suggestion ranked
+    before it or annotated image (in standardised description units; 1 for a first pick with
+    nothing annotated)."""
 
     candidate: Candidate
     rank: int
     score: float
     distance: float
+
+
+@contextmanager
+def deepest_features(seg: Segmenter) -> Iterator[list[np.ndarray]]:
+    """While open, each forward pass of the segmenter's inference network appends the channel means
+    of its smallest feature map (the encoder's deepest level, most channels on a tie): what the
+    network sees in the input, wherever it lies in it."""
+    net = seg.inference_model()
+    found: list[np.ndarray] = []
+    deepest: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}
+
+    def inner(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4:
+            key = (output.shape[2] * output.shape[3], -output.shape[1])
+            if "best" not in deepest or key < deepest["best"][0]:
+                deepest["best"] = (key, output.float().mean(dim=(0, 2, 3)))
+
+    def outer(_module: torch.nn.Module, _inputs: object, _output: object) -> None:
+        if "best" in deepest:
+            found.append(deepest.pop("best")[1].cpu().numpy())
+
+    handles = [m.register_forward_hook(inner) for m in net.modules() if m is not net]
+    handles.append(net.register_forward_hook(outer))
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def symmetry_views(seg: Segmenter, image: np.ndarray, views: int) -> np.ndarray:
@@ -79,21 +111,21 @@ def uncertainty(views: np.ndarray, measure: str) -> float:
     raise CysegError(f"--measure {measure!r} is not known; use one of {', '.join(MEASURES)}")
 
 
-def description(image: np.ndarray, views: np.ndarray) -> np.ndarray:
-    """What a candidate looks like, for diversity: its mean Lab colour and each class's mean
-    probability on a GRID x GRID grid."""
-    lab = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2LAB).astype(np.float32) / 255
-    colour = cv2.resize(lab, (GRID, GRID), interpolation=cv2.INTER_AREA).ravel()
-    mean = views.mean(axis=0)
-    classes = [cv2.resize(c, (GRID, GRID), interpolation=cv2.INTER_AREA).ravel() for c in mean]
-    return np.concatenate([colour, *classes]).astype(np.float32)
+def description(image: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
+    """What a candidate looks like, for likeness: the mean of its deepest feature maps' channel means
+    (`deepest_features`, one per forward pass) and the mean and spread of its Lab colour."""
+    lab = cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    colour = np.concatenate([lab.mean(axis=0), lab.std(axis=0)]) / 255
+    deep = np.mean(features, axis=0) if features else np.zeros(0, np.float32)
+    return np.concatenate([deep, colour]).astype(np.float32)
 
 
 def score_candidate(seg: Segmenter, candidate: Candidate, image: np.ndarray, views: int, measure: str) -> Candidate:
     """The candidate with its uncertainty and description measured on its pixels `image`."""
-    predicted = symmetry_views(seg, image, views)
+    with deepest_features(seg) as features:
+        predicted = symmetry_views(seg, image, views)
     candidate.uncertainty = uncertainty(predicted, measure)
-    candidate.description = description(image, predicted)
+    candidate.description = description(image, features)
     return candidate
 
 
@@ -106,40 +138,43 @@ def check_count(count: int, candidates: int) -> None:
                          "lower --count (or give more images / a smaller --size)")
 
 
-def select(candidates: Sequence[Candidate], count: int, shortlist: float = 2.0) -> list[Suggestion]:
-    """`count` suggestions: of the `shortlist` x `count` most uncertain candidates, greedily the one
-    that adds most to the pool's coverage each time. Coverage sums, over every candidate, its
-    similarity 1 / (1 + distance) to the nearest suggestion (standardised descriptions)."""
+def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Candidate] = ()) -> list[Suggestion]:
+    """`count` suggestions, greedily the candidate that adds most to the coverage of the pool's
+    uncertainty: the sum over candidates of their uncertainty times their likeness to the nearest
+    pick or `annotated` image (likeness exp(-d²/2s²) of the standardised descriptions' distance d,
+    s the median distance between them, so that every pool has a scale of its own)."""
     check_count(count, len(candidates))
-    certainty = np.array([c.uncertainty for c in candidates])
-    short = np.argsort(-certainty, kind="stable")[:max(count, round(shortlist * count))]
-    distances = _distances(candidates, short)  # (shortlist, all candidates)
-    similar = 1.0 / (1.0 + distances)
-    free = np.ones(len(short), bool)
-    covered = np.zeros(len(candidates))
-    nearest = np.full(len(short), np.inf)
+    distances = _distances([*candidates, *annotated])
+    n = len(candidates)
+    scale = np.median(distances[np.triu_indices(len(distances), 1)]) if len(distances) > 1 else 1.0
+    like = np.exp(-0.5 * (distances / (scale if scale > 0 else 1.0)) ** 2)
+    weight = np.array([c.uncertainty for c in candidates], np.float64)
+    weight = weight / weight.mean() if weight.mean() > 0 else np.ones(n)
+    covered = like[:n, n:].max(axis=1, initial=0.0)
+    nearest = distances[:n, n:].min(axis=1, initial=np.inf)
+    free = np.ones(n, bool)
     chosen: list[Suggestion] = []
     for rank in range(1, count + 1):
-        gain = np.where(free, np.maximum(similar - covered, 0).sum(axis=1), -np.inf)
+        gain = np.where(free, (np.maximum(like[:n, :n] - covered[None, :], 0) * weight[None, :]).sum(axis=1),
+                        -np.inf)
         j = int(np.argmax(gain))
-        i = int(short[j])
-        chosen.append(Suggestion(candidates[i], rank, float(gain[j]),
+        chosen.append(Suggestion(candidates[j], rank, float(gain[j]),
                                  float(nearest[j]) if np.isfinite(nearest[j]) else 1.0))
         free[j] = False
-        covered = np.maximum(covered, similar[j])
-        nearest = np.minimum(nearest, distances[:, i])
+        covered = np.maximum(covered, like[j, :n])
+        nearest = np.minimum(nearest, distances[j, :n])
     return chosen
 
 
-def _distances(candidates: Sequence[Candidate], rows: np.ndarray) -> np.ndarray:
-    """The distances from the candidates `rows` to every candidate, between standardised
-    descriptions, in units of a typical one-per-feature spread."""
+def _distances(items: Sequence[Candidate]) -> np.ndarray:
+    """The distances between every pair of items, between standardised descriptions, in units of a
+    typical one-per-feature spread."""
     from scipy.spatial.distance import cdist
 
-    features = np.stack([c.description for c in candidates]).astype(np.float64)
+    features = np.stack([c.description for c in items]).astype(np.float64)
     spread = features.std(axis=0)
     features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1)
-    return cdist(features[rows], features) / math.sqrt(features.shape[1])
+    return cdist(features, features) / np.sqrt(max(features.shape[1], 1))
 
 
 def score_all(candidates: Sequence[Candidate], pixels: Callable[[Candidate], np.ndarray], seg: Segmenter,

@@ -64,13 +64,43 @@ def test_selection_spreads_over_unlike_candidates():
 
 
 def test_selection_prefers_the_typical_to_the_odd_among_the_uncertain():
-    """The most uncertain candidate is an outlier; among the uncertain, the one like most of the pool
-    (which teaches the model about the rest) comes first. Calm candidates are never suggested."""
+    """The most uncertain candidate is an outlier; the uncertain one like most of the pool (which
+    teaches the model about the rest) comes first. Calm candidates are never suggested."""
     crowd = [candidate(f"crowd{i}", 0.1, [i * 0.01, 0]) for i in range(10)]
     pool = [candidate("odd", 1.0, [20, 20]), candidate("typical", 0.9, [0.05, 0.01]), *crowd]
     chosen = select(pool, 1)
     assert chosen[0].candidate.source == "typical"
-    assert [s.candidate.source for s in select(pool, 2)] == ["typical", "odd"]  # the shortlist holds 4
+    assert [s.candidate.source for s in select(pool, 2)] == ["typical", "odd"]
+
+
+def test_annotated_images_cover_their_look_alikes():
+    """The most uncertain candidate would come first, but an annotated image looks just like it: the
+    pick goes where nothing annotated covers the pool, and its distance is to the annotated image."""
+    pool = [candidate("like-done", 1.0, [0, 0]), candidate("like-done-2", 0.9, [0.1, 0]),
+            candidate("elsewhere", 0.8, [5, 5]), candidate("elsewhere-2", 0.7, [5.1, 5])]
+    assert select(pool, 1)[0].candidate.source.startswith("like-done")
+    chosen = select(pool, 1, [candidate("done", 0.0, [0.05, 0])])
+    assert chosen[0].candidate.source == "elsewhere"
+    assert 1.5 < chosen[0].distance < 2.5  # about two standardised spreads from the annotated image
+
+
+def test_the_deepest_feature_map_describes_what_the_network_sees(tiny_model):
+    """One vector per forward pass, as long as the encoder's deepest level is wide, the same wherever
+    the content lies (channel means), and the hooks gone afterwards."""
+    from segmenter.suggest import deepest_features
+    from unet import load_segmenter
+
+    seg = load_segmenter(tiny_model, device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), np.uint8)
+    with deepest_features(seg) as features:
+        seg.predict(image)
+        seg.predict(np.ascontiguousarray(image[:, ::-1]))
+    net = seg.inference_model()
+    assert len(features) == 2 and features[0].shape == (net.n * 2 ** (net.depth - 1),)
+    assert np.allclose(features[0], features[1], atol=0.05 * np.abs(features[0]).max())
+    seg.predict(image)
+    assert len(features) == 2
 
 
 def test_selection_refuses_more_than_the_candidates():
@@ -99,7 +129,8 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
     assert [r["rank"] for r in table] == ["1", "2", "3"]
     assert all(r["source"].startswith("new") for r in table) and len({r["source"] for r in table}) == 3
     scores = [float(r["score"]) for r in table]
-    assert all(s >= 0 for s in scores) and float(table[0]["distance"]) == 1.0
+    # the first pick's distance is to the nearest annotated image (the pool has some), not the 1 of none
+    assert all(s >= 0 for s in scores) and 0 < float(table[0]["distance"]) < 10 and float(table[0]["distance"]) != 1
     collection = json.loads((tmp_path / "s.geojson").read_text())
     assert [f["properties"]["rank"] for f in collection["features"]] == [1, 2, 3]
     assert all(shape(f["geometry"]).area > 0 for f in collection["features"])
