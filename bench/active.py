@@ -5,16 +5,20 @@ the expert's answers, revealed only for the images "annotated" so far); the test
 after every round.
 
   round 1   a seeded random `--start` fraction of the pool is labelled; a model is trained on it
-            (one model, the same for both strategies);
+            (one model, the same for every strategy);
   round r   `--step` more of the pool is labelled, chosen either
               random   at random (seeded by s and r), or
-              suggest  by `cyseg suggest` with round r-1's model on the pool (labelled images have
-                       a mask and are left out, as an annotator's folder would be),
+              suggest  by `cyseg suggest --uncertainty-weight W` with round r-1's model on the pool
+                       (labelled images have a mask: left out of the candidates, as an annotator's
+                       folder would be, and covering their look-alikes); one strategy per `--weights`
+                       value (`suggest_w<W>` when there are several),
             and a fresh model is trained on all labelled images with the same budget as every
             other round (same epochs, steps, batch and crop: only the labels differ);
   full      one model trained on the whole pool with that budget: the reference.
 
-Each model is scored with `cyseg evaluate` on the test images (IoU at the model's threshold). The
+Each model is scored with `cyseg evaluate` on the test images (IoU at the model's threshold), or with
+`--holdout F` on a seeded fraction F of the pool held out from it (validation images carved from the
+training images: where the suggest settings are chosen, `bench/results/active_validation.json`). The
 summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON.
@@ -59,7 +63,6 @@ from bench.common import (  # noqa: E402
     write_results,
 )
 
-STRATEGIES = ("random", "suggest")
 TARGET = 0.98  # fraction of the full-data IoU a strategy must reach
 QUICK = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 1, "steps_per_epoch": 2, "batch": 2, "crop": 96,
          "views": 2, "start": 0.05, "step": 0.05}
@@ -90,10 +93,10 @@ def pool_folder(out: Path, source: Path, pool: list[str], labelled: list[str]) -
     return out
 
 
-def suggested(model: Path, pool: Path, count: int, views: int, out: Path) -> list[str]:
+def suggested(model: Path, pool: Path, count: int, views: int, weight: float, out: Path) -> list[str]:
     """The stems `cyseg suggest` picks from the pool folder."""
     subprocess.run(["cyseg", "-q", "suggest", str(model), str(pool), "--count", str(count), "--views", str(views),
-                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+                    "--uncertainty-weight", f"{weight:g}", "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
     with open(out.with_suffix(".csv"), newline="") as handle:
         return [Path(row["source"]).stem for row in csv.DictReader(handle)]
 
@@ -106,9 +109,26 @@ def train_and_score(data: Path, test: Path, work: Path, seed: int, options: list
     return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"], "train_cpu_s": cpu}
 
 
+def strategies(weights: list[float]) -> dict[str, float | None]:
+    """Each strategy's `cyseg suggest --uncertainty-weight` (None: random): `suggest` for one weight,
+    `suggest_w<weight>` for each of several."""
+    named = {"suggest": weights[0]} if len(weights) == 1 else {f"suggest_w{w:g}": w for w in weights}
+    return {"random": None, **named}
+
+
+def holdout(pool: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(pool, held-out) with a seeded `fraction` of the pool held out: the validation images on which
+    `--holdout` scores every round instead of the test images."""
+    held = sorted(random.Random(12345).sample(pool, max(1, round(fraction * len(pool)))))
+    return [s for s in pool if s not in held], held
+
+
 def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Both strategies' rounds and the full-data reference for one seed."""
+    """Every strategy's rounds and the full-data reference for one seed."""
     source, pool, test_source, test_stems = pools(dataset)
+    if args.holdout:
+        pool, test_stems = holdout(pool, args.holdout)
+        test_source = source
     test = link_dataset(work / "test", test_source, test_stems)
     options = train_options(args)
     n_start, n_step = max(1, round(args.start * len(pool))), max(1, round(args.step * len(pool)))
@@ -116,17 +136,18 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     full = train_and_score(link_dataset(work / "full" / "data", source, pool), test, work / "full", seed, options)
     out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
     first = train_and_score(link_dataset(work / "round1" / "data", source, start), test, work / "round1", seed, options)
-    for strategy in STRATEGIES:
+    for strategy, weight in strategies(args.weights).items():
         labelled, rounds, previous = list(start), [], None
         for r in range(1, args.rounds + 1):
             here = work / strategy / f"round{r}"
             if r > 1:
                 rest = [s for s in pool if s not in labelled]
-                if strategy == "random":
+                if weight is None:
                     labelled += sorted(random.Random(seed * 1000 + r).sample(rest, min(n_step, len(rest))))
                 else:
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
-                    labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, here / "suggested")
+                    labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weight,
+                                          here / "suggested")
             scored = first if r == 1 else train_and_score(link_dataset(here / "data", source, labelled), test, here,
                                                           seed, options)
             previous = scored["model"]
@@ -144,21 +165,26 @@ def train_options(args: argparse.Namespace) -> list[str]:
             "--crop", str(args.crop), "--workers", "0"]
 
 
-def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std test IoU per strategy and round, suggest vs random per round, and the labelled
-    fraction at which each strategy reaches TARGET x the full-data IoU (on the means)."""
+def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Mean ± std IoU per strategy and round, each suggest strategy vs random per round, the labelled
+    fraction at which each strategy reaches TARGET x the full-data IoU (on the means), and the suggest
+    strategy with the best mean IoU over the rounds after the first."""
     full = float(np.mean([s["full"]["iou"] for s in per_seed]))
     out: dict[str, Any] = {"full_iou_mean": full, "target_iou": TARGET * full}
-    for strategy in STRATEGIES:
+    for strategy in names:
         curve = []
         for i, first in enumerate(per_seed[0][strategy]):
             ious = [s[strategy][i]["iou"] for s in per_seed]
             curve.append({"round": first["round"], "fraction": first["fraction"], "iou_mean": float(np.mean(ious)),
                           "iou_std": float(np.std(ious))})
         reached = next((c["fraction"] for c in curve if c["iou_mean"] >= TARGET * full), None)
-        out[strategy] = {"curve": curve, "fraction_reaching_target": reached}
-    pairs = zip(out["suggest"]["curve"], out["random"]["curve"], strict=True)
-    out["suggest_beats_random_every_round"] = all(s["iou_mean"] > r["iou_mean"] for s, r in list(pairs)[1:])
+        out[strategy] = {"curve": curve, "fraction_reaching_target": reached,
+                         "mean_iou_after_round_1": float(np.mean([c["iou_mean"] for c in curve[1:]]))}
+    suggests = [n for n in names if n != "random"]
+    for name in suggests:
+        pairs = list(zip(out[name]["curve"], out["random"]["curve"], strict=True))[1:]
+        out[f"{name}_beats_random_every_round"] = all(s["iou_mean"] > r["iou_mean"] for s, r in pairs)
+    out["best_suggest"] = max(suggests, key=lambda n: out[n]["mean_iou_after_round_1"])
     return out
 
 
@@ -173,7 +199,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         summary = results["datasets"][dataset]["summary"]
-        for strategy in STRATEGIES:
+        for strategy in [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]:
             curve = summary[strategy]["curve"]
             x = [c["fraction"] for c in curve]
             ax.errorbar(x, [c["iou_mean"] for c in curve], yerr=[c["iou_std"] for c in curve], label=strategy,
@@ -198,6 +224,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--views", type=int, default=4, help="`cyseg suggest --views`")
+    parser.add_argument("--weights", default="1",
+                        help="`cyseg suggest --uncertainty-weight` of each suggest strategy (comma-separated)")
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="score every round on this seeded fraction of the pool, held out, instead of the test "
+                             "images (choosing the suggest settings without the test images)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
@@ -209,8 +240,10 @@ def parse_args() -> argparse.Namespace:
         apply_quick(args, QUICK, sys.argv[1:])
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
+    args.weights = [float(w) for w in str(args.weights).split(",") if w.strip()]
     if args.out is None:
-        args.out = args.work / "active_quick.json" if args.quick else ROOT / "bench" / "results" / "active.json"
+        name = "active_validation.json" if args.holdout else "active.json"
+        args.out = args.work / "active_quick.json" if args.quick else ROOT / "bench" / "results" / name
     return args
 
 
@@ -225,11 +258,11 @@ def main() -> None:
             runs = [pool.submit(one_seed, dataset, seed, args, work / dataset / f"seed{seed}")
                     for seed in range(args.seeds)]
             per_seed = [run.result() for run in runs]
-        summary = summarise(per_seed)
+        summary = summarise(per_seed, list(strategies(args.weights)))
         results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
-              + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in STRATEGIES)
-              + f"; suggest beats random at every round: {summary['suggest_beats_random_every_round']}", flush=True)
+              + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in strategies(args.weights))
+              + f"; best suggest strategy: {summary['best_suggest']}", flush=True)
     results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
     write_results(args.out, results)
     plot(results, args.out.with_suffix(".png"))

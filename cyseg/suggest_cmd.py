@@ -25,7 +25,16 @@ from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import declared_classes, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
-from segmenter.suggest import MAX_VIEWS, MEASURES, Candidate, Suggestion, check_count, score_all, select
+from segmenter.suggest import (
+    MAX_VIEWS,
+    MEASURES,
+    Candidate,
+    Suggestion,
+    check_count,
+    check_uncertainty_weight,
+    score_all,
+    select,
+)
 from segmenter.wsi.candidates import slide_tiles
 from segmenter.wsi.engine import read_box
 from segmenter.wsi.slide import SlideReader
@@ -38,8 +47,9 @@ CSV_FIELDS = ("rank", "source", "x", "y", "width", "height", "score", "uncertain
 
 @dataclass
 class SuggestOptions:
-    """How candidates are made and scored: `count` suggestions, slide tiles of `size` level-0 pixels
-    (at most `limit` of them scored, a `seed`ed sample), `views` symmetries, uncertainty `measure`."""
+    """How candidates are made, scored and chosen: `count` suggestions, slide tiles of `size` level-0
+    pixels (at most `limit` of them scored, a `seed`ed sample), `views` symmetries, uncertainty
+    `measure`, and how much uncertainty weighs in the choice (`segmenter.suggest.select`)."""
 
     count: int
     size: int = 1024
@@ -50,6 +60,7 @@ class SuggestOptions:
     mpp: float | None = None
     magnification: float | None = None
     allow_mismatch: bool = False
+    uncertainty_weight: float = 1.0
 
     def check(self) -> SuggestOptions:
         """Itself, or a CysegError naming the option out of range (before any work)."""
@@ -59,6 +70,7 @@ class SuggestOptions:
             raise CysegError(f"--views {self.views} must be between 2 and {MAX_VIEWS} (symmetries of the square)")
         if self.measure not in MEASURES:
             raise CysegError(f"--measure {self.measure!r} is not known; use one of {', '.join(MEASURES)}")
+        check_uncertainty_weight(self.uncertainty_weight)
         if self.size < 16 or self.limit < 1:
             raise CysegError(f"--size {self.size} must be at least 16 pixels and --max-candidates {self.limit} "
                              "at least 1")
@@ -147,7 +159,7 @@ def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candi
                     disable=not progress)
 
     scored = score_all([*candidates, *annotated], pixels, seg, opts.views, opts.measure, bar)
-    return select(scored[:len(candidates)], opts.count, scored[len(candidates):])
+    return select(scored[:len(candidates)], opts.count, scored[len(candidates):], opts.uncertainty_weight)
 
 
 def suggestions_geojson(suggestions: list[Suggestion], extra: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +221,7 @@ def _image_path(folder: Path, name: str) -> Path:
 
 def _settings(opts: SuggestOptions) -> dict[str, Any]:
     return {"measure": opts.measure, "views": opts.views, "count": opts.count, "size": opts.size,
-            "coordinates": "level-0 pixels, top-left origin"}
+            "uncertainty_weight": opts.uncertainty_weight, "coordinates": "level-0 pixels, top-left origin"}
 
 
 def run_suggest_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: Path, opts: SuggestOptions, upload: bool,

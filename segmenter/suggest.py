@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MEASURES = ("tta", "entropy")
 MAX_VIEWS = 8
+MAX_UNCERTAINTY_WEIGHT = 4.0
 
 
 @dataclass
@@ -138,17 +139,27 @@ def check_count(count: int, candidates: int) -> None:
                          "lower --count (or give more images / a smaller --size)")
 
 
-def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Candidate] = ()) -> list[Suggestion]:
-    """`count` suggestions, greedily the candidate that adds most to the coverage of the pool's
-    uncertainty: the sum over candidates of their uncertainty times their likeness to the nearest
-    pick or `annotated` image (likeness exp(-d²/2s²) of the standardised descriptions' distance d,
-    s the median distance between them, so that every pool has a scale of its own)."""
+def check_uncertainty_weight(weight: float) -> None:
+    """A CysegError unless 0 <= `weight` <= MAX_UNCERTAINTY_WEIGHT."""
+    if not 0 <= weight <= MAX_UNCERTAINTY_WEIGHT:
+        raise CysegError(f"--uncertainty-weight {weight} is outside [0, {MAX_UNCERTAINTY_WEIGHT:g}]; 0 covers the "
+                         "pool alone, 1 its uncertainty")
+
+
+def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Candidate] = (),
+           uncertainty_weight: float = 1.0) -> list[Suggestion]:
+    """`count` suggestions, greedily the candidate that adds most to the coverage of the pool: the
+    sum over candidates of their weight (uncertainty to the power `uncertainty_weight`: 0 counts every
+    candidate alike) times their likeness to the nearest pick or `annotated` image (likeness
+    exp(-d²/2s²) of the standardised descriptions' distance d, s the median distance between them,
+    so that every pool has a scale of its own)."""
     check_count(count, len(candidates))
+    check_uncertainty_weight(uncertainty_weight)
     distances = _distances([*candidates, *annotated])
     n = len(candidates)
     scale = np.median(distances[np.triu_indices(len(distances), 1)]) if len(distances) > 1 else 1.0
     like = np.exp(-0.5 * (distances / (scale if scale > 0 else 1.0)) ** 2)
-    weight = np.array([c.uncertainty for c in candidates], np.float64)
+    weight = np.array([c.uncertainty for c in candidates], np.float64) ** uncertainty_weight
     weight = weight / weight.mean() if weight.mean() > 0 else np.ones(n)
     covered = like[:n, n:].max(axis=1, initial=0.0)
     nearest = distances[:n, n:].min(axis=1, initial=np.inf)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.active import pool_folder, summarise
+from bench.active import holdout, pool_folder, strategies, summarise
 
 
 def seed(full: float, random: list[float], suggest: list[float]) -> dict:
@@ -16,15 +16,15 @@ def seed(full: float, random: list[float], suggest: list[float]) -> dict:
 
 def test_summary_finds_where_each_strategy_reaches_the_target():
     per_seed = [seed(0.80, [0.50, 0.70, 0.79], [0.50, 0.795, 0.80]), seed(0.82, [0.52, 0.72, 0.81], [0.52, 0.80, 0.81])]
-    summary = summarise(per_seed)
+    summary = summarise(per_seed, ["random", "suggest"])
     assert summary["full_iou_mean"] == pytest.approx(0.81) and summary["target_iou"] == pytest.approx(0.7938)
     assert summary["suggest"]["fraction_reaching_target"] == pytest.approx(0.2)  # mean 0.7975 >= 0.7938
     assert summary["random"]["fraction_reaching_target"] == pytest.approx(0.3)
     assert summary["suggest"]["curve"][1]["iou_mean"] == pytest.approx(0.7975)
     assert summary["suggest_beats_random_every_round"]
     worse = [seed(0.8, [0.5, 0.7, 0.79], [0.5, 0.69, 0.8])]
-    assert not summarise(worse)["suggest_beats_random_every_round"]
-    assert summarise(worse)["random"]["fraction_reaching_target"] == pytest.approx(0.3)
+    assert not summarise(worse, ["random", "suggest"])["suggest_beats_random_every_round"]
+    assert summarise(worse, ["random", "suggest"])["random"]["fraction_reaching_target"] == pytest.approx(0.3)
 
 
 def test_the_annotators_folder_holds_every_image_and_only_the_labelled_masks(tmp_path):
@@ -36,3 +36,21 @@ def test_the_annotators_folder_holds_every_image_and_only_the_labelled_masks(tmp
     folder = pool_folder(tmp_path / "pool", source, ["a", "b", "c"], ["b"])
     assert sorted(p.name for p in (folder / "images").iterdir()) == ["a.png", "b.png", "c.png"]
     assert [p.name for p in (folder / "masks").iterdir()] == ["b.png"]
+
+
+def test_several_weights_are_strategies_of_their_own_and_the_best_is_named():
+    assert strategies([1.0]) == {"random": None, "suggest": 1.0}
+    assert strategies([0.0, 1.0]) == {"random": None, "suggest_w0": 0.0, "suggest_w1": 1.0}
+    curves = {"random": [0.5, 0.7, 0.72], "suggest_w0": [0.5, 0.71, 0.73], "suggest_w1": [0.5, 0.74, 0.71]}
+    per_seed = [{"full": {"iou": 0.8}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
+                                                 for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
+    summary = summarise(per_seed, ["random", "suggest_w0", "suggest_w1"])
+    assert summary["suggest_w0_beats_random_every_round"] and not summary["suggest_w1_beats_random_every_round"]
+    assert summary["best_suggest"] == "suggest_w1"  # the best mean after round 1 (0.725), though not every round
+
+
+def test_the_holdout_is_seeded_and_never_in_the_pool():
+    pool = [f"{i:03d}" for i in range(85)]
+    kept, held = holdout(pool, 0.2)
+    assert len(held) == 17 and not set(kept) & set(held) and sorted(kept + held) == pool
+    assert holdout(pool, 0.2) == (kept, held)
