@@ -669,6 +669,32 @@ def active_section(data: Results | None) -> Lines:
             *(active_outcome(d, v["summary"]) for d, v in datasets.items()), ""]
 
 
+def active_validation_section(data: Results | None) -> Lines:
+    """active_validation.json: the suggest settings compared on validation images held out of the pool."""
+    if data is None or data.get("quick"):
+        return []
+    settings, datasets = data["settings"], data["datasets"]
+    lines = ["### Choosing how much uncertainty weighs", "",
+             f"The same simulation with {pct(settings['holdout'])} of each pool held out (seeded) and scored instead "
+             f"of the test images, {settings['seeds']} seeds, {settings['rounds']} rounds, one suggest strategy per "
+             "`cyseg suggest --uncertainty-weight` (0: coverage of the pool alone; 1: coverage of its uncertainty); "
+             "the weight with the best mean validation IoU over the rounds after the first is the default. "
+             f"Measured on {machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation.json`.",
+             ""]
+    for name, v in datasets.items():
+        summary = v["summary"]
+        names = [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]
+        rounds = zip(*(summary[k]["curve"] for k in names), strict=True)
+        lines += [*table(["data set", "round", "labelled", *(f"{k}: validation IoU" for k in names)],
+                         ([name, str(r[0]["round"]), pct(r[0]["fraction"]),
+                           *(pm(c["iou_mean"], c["iou_std"]) for c in r)] for r in rounds)), "",
+                  f"- {name}: best {summary['best_suggest']} (mean after round 1: "
+                  + ", ".join(f"{k} {summary[k]['mean_iou_after_round_1']:.3f}" for k in names) + "); above random "
+                  "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
+                                                 for k in names if k != "random"), ""]
+    return lines
+
+
 def active_results(data: Results | None) -> list[list[str]]:
     """README results row: the labelled share at which each strategy reaches the run's target share
     of the full-data IoU."""
@@ -694,6 +720,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("wsi_instances_cpu.json", wsi_instances_section),
     ("idi.json", idi_section),
     ("active.json", active_section),
+    ("active_validation.json", active_validation_section),
 ]
 
 

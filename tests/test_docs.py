@@ -131,3 +131,18 @@ def test_instance_docs_name_each_recipe_and_the_runs_of_the_earlier_protocol():
     assert "| glas | foreground | 68 / 17 / 80 | colour-zoom (of 2) | 0.900 | 0.800 |" in text
     assert "| miccai15 | foreground | 68 / 17 / 80 | defaults | 0.900 |" in text
     assert "earlier protocol (one recipe, no least object area chosen, specks scored as objects): miccai15 (" in text
+
+
+def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
+    """The validation comparison names every strategy per round and the weight it chose."""
+    from bench.active import summarise
+
+    curves = {"random": [0.5, 0.70, 0.71], "suggest_w0": [0.5, 0.72, 0.73], "suggest_w1": [0.5, 0.69, 0.74]}
+    per_seed = [{"full": {"iou": 0.75}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
+                                                  for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
+    data = {"settings": {"holdout": 0.2, "seeds": 1, "rounds": 3}, "run": {"cpu_threads": 1},
+            "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
+    text = "\n".join(report.active_validation_section(data))
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
+    assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
+    assert report.active_validation_section(None) == []

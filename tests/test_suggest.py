@@ -138,6 +138,10 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
                      tmp_path / "e", *FAST])
     assert result.exit_code == 0, result.output
     assert sorted(r["source"] for r in rows(tmp_path / "e.csv")) == [f"new{i}.png" for i in range(4)]
+    result = invoke(["-q", "suggest", tiny_model, pool, "--count", "2", "--uncertainty-weight", "0", "--out",
+                     tmp_path / "c", *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c.geojson").read_text())["properties"]["uncertainty_weight"] == 0
 
 
 def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_dataset, tmp_path):
@@ -148,6 +152,8 @@ def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_datase
                    "has a mask already")
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, "--device", "cpu",
                            "--views", "9"]), "--views 9 must be between 2 and 8")
+    one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST,
+                           "--uncertainty-weight", "-1"]), "--uncertainty-weight -1.0 is outside [0, 4]")
     (pool / "dataset.json").write_text(json.dumps({"classes": ["nucleus"]}))
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST]),
                    "declares classes", "one unnamed foreground")
