@@ -21,7 +21,9 @@ Each model is scored with `cyseg evaluate` on the test images (IoU at the model'
 training images: where the suggest settings are chosen, `bench/results/active_validation.json`). The
 summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
-98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON.
+98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON. The data sets
+of an earlier results file measured with the same settings stay in it beside this run's, each with
+its own run record.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
                            [--epochs 15] [--steps-per-epoch 20] [--views 4] [--jobs 1] [--work DIR]
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import subprocess
 import sys
@@ -247,19 +250,40 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+#: the settings two runs must share for their data sets to sit in one results file (with their defaults
+#: for files written before the setting existed)
+COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
+              "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0}
+
+
+def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The data sets of an earlier results file measured with the same settings (each with its own
+    run record), kept beside this run's; none when the settings differ or there is no such file."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("quick") or any(earlier["settings"].get(k, default) != settings[k]
+                                   for k, default in COMPARABLE.items()):
+        return {}
+    return {name: {**entry, "run": entry.get("run", earlier["run"])} for name, entry in earlier["datasets"].items()}
+
+
 def main() -> None:
     args = parse_args()
     code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
     work = fresh_dir(args.work)
-    results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": {
-        k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}, "datasets": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}
+    results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": settings,
+                               "datasets": earlier_datasets(args.out, settings)}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+        d_cpu, d_t0 = time.process_time() + children_cpu(), time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the work runs in child processes
             runs = [pool.submit(one_seed, dataset, seed, args, work / dataset / f"seed{seed}")
                     for seed in range(args.seeds)]
             per_seed = [run.result() for run in runs]
         summary = summarise(per_seed, list(strategies(args.weights)))
-        results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary}
+        results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary, "run": run_record(
+            code, time.process_time() + children_cpu() - d_cpu, time.perf_counter() - d_t0)}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
               + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in strategies(args.weights))
               + f"; best suggest strategy: {summary['best_suggest']}", flush=True)

@@ -2,6 +2,8 @@
 IoU, the round-by-round comparison; and the annotator's folder `cyseg suggest` reads."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.active import holdout, pool_folder, strategies, summarise
@@ -54,3 +56,17 @@ def test_the_holdout_is_seeded_and_never_in_the_pool():
     kept, held = holdout(pool, 0.2)
     assert len(held) == 17 and not set(kept) & set(held) and sorted(kept + held) == pool
     assert holdout(pool, 0.2) == (kept, held)
+
+
+def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
+    from bench.active import COMPARABLE, earlier_datasets
+
+    settings = dict.fromkeys(COMPARABLE, 1) | {"weights": [1.0], "holdout": 0.0, "jobs": 2}
+    old_settings = {k: v for k, v in settings.items() if k not in ("weights", "holdout", "jobs")}
+    path = tmp_path / "active.json"
+    path.write_text(json.dumps({"quick": False, "settings": old_settings, "run": {"code": "a"},
+                                "datasets": {"glas": {"summary": {}}}}))
+    assert earlier_datasets(path, settings) == {"glas": {"summary": {}, "run": {"code": "a"}}}
+    assert earlier_datasets(path, settings | {"epochs": 2}) == {}
+    assert earlier_datasets(path, settings | {"weights": [0.0]}) == {}
+    assert earlier_datasets(tmp_path / "missing.json", settings) == {}
