@@ -130,11 +130,12 @@ def annotated_regions(path: Path | None) -> list[Any]:
 
 
 def slide_candidates(seg: Segmenter, reader: SlideReader, annotated: Iterable[Any], opts: SuggestOptions
-                     ) -> tuple[list[Candidate], Callable[[Candidate], np.ndarray]]:
-    """The slide's candidate tissue tiles and how to read one at the processing resolution."""
+                     ) -> tuple[list[Candidate], list[Candidate], Callable[[Candidate], np.ndarray]]:
+    """The slide's candidate tissue tiles, its tiles touching the `annotated` regions, and how to read
+    one at the processing resolution."""
     downsample = resolution(reader, opts.mpp, opts.magnification)
     check_slide(seg, reader, downsample, opts.allow_mismatch)
-    tiles = slide_tiles(reader, slide_tissue_mask(reader), opts.size, annotated, opts.limit, opts.seed)
+    tiles, done = slide_tiles(reader, slide_tissue_mask(reader), opts.size, annotated, opts.limit, opts.seed)
     whole = Region(0, 0, reader.width, reader.height)
 
     def pixels(c: Candidate) -> np.ndarray:
@@ -142,7 +143,7 @@ def slide_candidates(seg: Segmenter, reader: SlideReader, annotated: Iterable[An
         return read_box(reader, whole, round(x / downsample), round(y / downsample), max(1, round(w / downsample)),
                         max(1, round(h / downsample)), downsample)
 
-    return tiles, pixels
+    return tiles, done, pixels
 
 
 def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candidate], np.ndarray],
@@ -201,8 +202,8 @@ def run_suggest_local(seg: Segmenter, source: Path, out: Path, opts: SuggestOpti
         raise CysegError(f"input {source} does not exist; give a folder of images or a slide file")
     if is_slide(source):
         with open_slide(source) as reader:
-            candidates, pixels = slide_candidates(seg, reader, annotated_regions(annotated), opts)
-            chosen = suggest(seg, candidates, pixels, opts, progress)
+            candidates, done, pixels = slide_candidates(seg, reader, annotated_regions(annotated), opts)
+            chosen = suggest(seg, candidates, pixels, opts, progress, done)
             extra = {"slide": source.name, "width": reader.width, "height": reader.height}
     else:
         if annotated is not None:
@@ -250,8 +251,8 @@ def run_suggest_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: P
         chosen = _planned(plan, settings) if upload else None
         if chosen is None:
             annotated = [a.geometry for a in cytomine.annotations(info, project=info.project)]
-            candidates, pixels = slide_candidates(seg, reader, annotated, opts)
-            chosen = suggest(seg, candidates, pixels, opts, progress)
+            candidates, done, pixels = slide_candidates(seg, reader, annotated, opts)
+            chosen = suggest(seg, candidates, pixels, opts, progress, done)
         result = None
         if upload:
             from shapely.geometry import box

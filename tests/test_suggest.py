@@ -193,6 +193,9 @@ def test_slide_tiles_follow_the_tissue_and_avoid_annotated_regions(tiny_model, s
     assert result.exit_code == 0, result.output + repr(result.exception)
     rest = [shape(f["geometry"]) for f in json.loads((tmp_path / "rest.geojson").read_text())["features"]]
     assert len(rest) == 8 and not any(b.intersects(box(10, 10, 500, 500)) for b in rest)
+    # the annotated tissue tiles are described too: the first pick's distance is to the nearest of them
+    assert float(rows(tmp_path / "rest.csv")[0]["distance"]) != 1.0
+    assert float(rows(tmp_path / "all.csv")[0]["distance"]) == 1.0
     one_line_error(invoke([*args, "--count", "9", "--annotated", annotated, "--out", tmp_path / "x"]),
                    "--count 9 is more than the 8 candidate")
 

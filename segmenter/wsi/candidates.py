@@ -1,5 +1,6 @@
 """The candidates `cyseg suggest` scores on a slide (`segmenter.suggest`): the squares of a grid over
-its tissue, away from the regions annotated already."""
+its tissue, away from the regions annotated already; the squares that touch those regions describe
+what is annotated, whose look-alikes need no suggestion."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -16,10 +17,11 @@ MIN_TISSUE = 0.05  # a tile is a candidate when tissue covers at least this frac
 
 
 def slide_tiles(reader: SlideReader, tissue: TissueMask, size: int, excluded: Iterable[Any],
-                limit: int, seed: int) -> list[Candidate]:
-    """The candidate tiles of a slide: the `size`-pixel grid squares (level 0) inside the slide that
-    tissue covers by MIN_TISSUE or more and that touch no `excluded` region (annotated already); a
-    seeded sample of `limit` of them when there are more. A CysegError when the slide has none."""
+                limit: int, seed: int) -> tuple[list[Candidate], list[Candidate]]:
+    """(candidates, annotated) tiles of a slide: the `size`-pixel grid squares (level 0) inside the
+    slide that tissue covers by MIN_TISSUE or more, split by whether they touch an `excluded` region
+    (annotated already); a seeded sample of `limit` of each when there are more. A CysegError when
+    no candidate is left."""
     from shapely.geometry import box
     from shapely.strtree import STRtree
 
@@ -30,20 +32,24 @@ def slide_tiles(reader: SlideReader, tissue: TissueMask, size: int, excluded: It
                          "give a smaller --size")
     excluded = [g for g in excluded if g is not None and not g.is_empty]
     tree = STRtree(excluded) if excluded else None
-    tiles, annotated = [], 0
+    tiles: list[Candidate] = []
+    annotated: list[Candidate] = []
     for y in range(0, reader.height - size + 1, size):
         for x in range(0, reader.width - size + 1, size):
             if tissue.fraction(x, y, size, size) < MIN_TISSUE:
                 continue
-            if tree is not None and len(tree.query(box(x, y, x + size, y + size), predicate="intersects")):
-                annotated += 1
-                continue
-            tiles.append(Candidate(str(reader.path), (x, y, size, size)))
+            touched = tree is not None and len(tree.query(box(x, y, x + size, y + size), predicate="intersects"))
+            (annotated if touched else tiles).append(Candidate(str(reader.path), (x, y, size, size)))
     if not tiles:
-        why = f" ({annotated} tissue tile(s) are annotated already)" if annotated else ""
+        why = f" ({len(annotated)} tissue tile(s) are annotated already)" if annotated else ""
         raise CysegError(f"slide {reader.path} has no tissue tile of {size} px left to suggest{why}; check the "
                          "slide (a blank slide?) or give a smaller --size")
-    if len(tiles) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(tiles), limit, replace=False))
-        tiles = [tiles[i] for i in keep]
-    return tiles
+    return _sample(tiles, limit, seed), _sample(annotated, limit, seed)
+
+
+def _sample(tiles: list[Candidate], limit: int, seed: int) -> list[Candidate]:
+    """The tiles, or a seeded sample of `limit` of them in their grid order when there are more."""
+    if len(tiles) <= limit:
+        return tiles
+    keep = np.sort(np.random.default_rng(seed).choice(len(tiles), limit, replace=False))
+    return [tiles[i] for i in keep]
