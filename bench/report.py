@@ -696,17 +696,18 @@ def active_validation_section(data: Results | None) -> Lines:
 
 
 def active_results(data: Results | None) -> list[list[str]]:
-    """README results row: the labelled share at which each strategy reaches the run's target share
-    of the full-data IoU."""
+    """README results row: per data set, the labelled share at which each strategy reaches the run's
+    target share of the full-data IoU, and whether suggest led random at every round."""
     if data is None or data.get("quick"):
         return []
-    rows = []
+    parts = []
     for name, v in data["datasets"].items():
         reached = {k: v["summary"][k]["fraction_reaching_target"] for k in ("suggest", "random")}
-        rows.append([f"active learning, {name}", f"labels needed for {pct(data['settings']['target'])} of the "
-                     "full-data IoU",
-                     ", ".join(f"{k} {'never' if f is None else pct(f)}" for k, f in reached.items())])
-    return rows
+        lead = "yes" if v["summary"]["suggest_beats_random_every_round"] else "no"
+        parts.append(f"{name}: " + ", ".join(f"{k} {'never' if f is None else pct(f)}" for k, f in reached.items())
+                     + f" (suggest above random at every round: {lead})")
+    return [["active learning", f"labels needed for {pct(data['settings']['target'])} of the full-data IoU",
+             "; ".join(parts)]]
 
 
 SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
