@@ -661,7 +661,8 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
 @click.option("--size", type=int, default=1024, show_default=True,
               help="Slides: side of the square tiles suggested (level-0 pixels), on a grid over the tissue.")
 @click.option("--max-candidates", "limit", type=int, default=300, show_default=True,
-              help="Slides: score at most this many tissue tiles (a seeded sample of them when there are more).")
+              help="Slides: score at most this many tissue tiles (a seeded sample of them when there are more); "
+                   "slides and folders: describe at most this many of the annotated tiles or images.")
 @click.option("--views", type=int, default=4, show_default=True,
               help="Symmetries of the square (2-8) each candidate is predicted under; the cost is one prediction "
                    "per view.")

@@ -32,6 +32,7 @@ from segmenter.suggest import (
     Suggestion,
     check_count,
     check_uncertainty_weight,
+    sample,
     score_all,
     select,
 )
@@ -85,10 +86,10 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".geojson")
 
 
-def crop_candidates(seg: Segmenter, source: Path, allow_mismatch: bool) -> tuple[list[Candidate], list[Candidate]]:
+def crop_candidates(seg: Segmenter, source: Path, opts: SuggestOptions) -> tuple[list[Candidate], list[Candidate]]:
     """The images of a folder not annotated yet (in a dataset folder: those without a mask) and those
-    annotated already, each a candidate box over the whole image; a CysegError when the dataset's
-    classes do not match the model's."""
+    annotated already (a seeded sample of `opts.limit` of them), each a candidate box over the whole
+    image; a CysegError when the dataset's classes do not match the model's."""
     files = list_images(source)
     masks = source / "masks"
     if (source / "images").is_dir():
@@ -99,9 +100,14 @@ def crop_candidates(seg: Segmenter, source: Path, allow_mismatch: bool) -> tuple
     if not todo:
         raise CysegError(f"every image of {source} has a mask already: nothing left to suggest; give a folder "
                          "with images not annotated yet")
-    check_crop_sample(seg, todo, allow_mismatch)
-    return ([Candidate(path.name, (0, 0, *_size(path))) for path in todo],
-            [Candidate(path.name, (0, 0, *_size(path))) for path in files if path.stem in annotated])
+    check_crop_sample(seg, todo, opts.allow_mismatch)
+    done = sample([path for path in files if path.stem in annotated], opts.limit, opts.seed)
+    return [_whole_image(path) for path in todo], [_whole_image(path) for path in done]
+
+
+def _whole_image(path: Path) -> Candidate:
+    """An image as one candidate box over all of it."""
+    return Candidate(path.name, (0, 0, *_size(path)))
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -210,7 +216,7 @@ def run_suggest_local(seg: Segmenter, source: Path, out: Path, opts: SuggestOpti
             raise CysegError("--annotated is for slides; in a dataset folder the images with a mask are the "
                              "annotated ones")
         folder = source.parent if source.is_file() else source
-        candidates, done = crop_candidates(seg, source, opts.allow_mismatch)
+        candidates, done = crop_candidates(seg, source, opts)
         chosen = suggest(seg, candidates, lambda c: read_image(_image_path(folder, c.source)), opts, progress, done)
         extra = {"folder": source.name}
     return (chosen, *write_outputs(chosen, out, {**extra, **_settings(opts)}))

@@ -144,6 +144,20 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
     assert json.loads((tmp_path / "c.geojson").read_text())["properties"]["uncertainty_weight"] == 0
 
 
+def test_annotated_images_described_are_a_seeded_sample_of_max_candidates(tiny_model, pool):
+    from cyseg.suggest_cmd import SuggestOptions, crop_candidates
+    from unet import load_segmenter
+
+    seg = load_segmenter(tiny_model, device="cpu")
+    todo, done = crop_candidates(seg, pool, SuggestOptions(count=1))
+    assert sorted(c.source for c in todo) == [f"new{i}.png" for i in range(4)] and len(done) == 2
+    assert all(c.box[2] > 0 and c.box[3] > 0 for c in done)
+    _, few = crop_candidates(seg, pool, SuggestOptions(count=1, limit=1))
+    assert len(few) == 1 and {c.source for c in few} <= {c.source for c in done}
+    assert [c.source for c in crop_candidates(seg, pool, SuggestOptions(count=1, limit=1))[1]] == \
+        [c.source for c in few]
+
+
 def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_dataset, tmp_path):
     out = tmp_path / "s"
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "5", "--out", out, *FAST]),

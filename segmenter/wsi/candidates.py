@@ -6,10 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from segmenter.errors import CysegError
-from segmenter.suggest import Candidate
+from segmenter.suggest import Candidate, sample
 from segmenter.wsi.slide import SlideReader
 from segmenter.wsi.tissue import TissueMask
 
@@ -44,12 +42,4 @@ def slide_tiles(reader: SlideReader, tissue: TissueMask, size: int, excluded: It
         why = f" ({len(annotated)} tissue tile(s) are annotated already)" if annotated else ""
         raise CysegError(f"slide {reader.path} has no tissue tile of {size} px left to suggest{why}; check the "
                          "slide (a blank slide?) or give a smaller --size")
-    return _sample(tiles, limit, seed), _sample(annotated, limit, seed)
-
-
-def _sample(tiles: list[Candidate], limit: int, seed: int) -> list[Candidate]:
-    """The tiles, or a seeded sample of `limit` of them in their grid order when there are more."""
-    if len(tiles) <= limit:
-        return tiles
-    keep = np.sort(np.random.default_rng(seed).choice(len(tiles), limit, replace=False))
-    return [tiles[i] for i in keep]
+    return sample(tiles, limit, seed), sample(annotated, limit, seed)
