@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +153,10 @@ def slide_candidates(seg: Segmenter, reader: SlideReader, annotated: Iterable[An
 
 
 def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candidate], np.ndarray],
-            opts: SuggestOptions, progress: bool, annotated: list[Candidate] | None = None) -> list[Suggestion]:
+            opts: SuggestOptions, progress: bool, annotated: Sequence[Candidate] = ()) -> list[Suggestion]:
     """Score every candidate (and describe the `annotated` images, whose look-alikes they cover), then
     pick `opts.count` of the candidates."""
     check_count(opts.count, len(candidates))  # before the scoring's minutes
-    annotated = annotated or []
     log.info("scoring %d candidate(s) and %d annotated image(s) under %d symmetries (%s)", len(candidates),
              len(annotated), opts.views, opts.measure)
 
