@@ -47,8 +47,8 @@ from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
+from segmenter.wsi.cores import core_pixels  # noqa: E402
 from segmenter.wsi.engine import SHAPE_STEP, box_sheets, forward_box  # noqa: E402
-from segmenter.wsi.packing import packable  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
 from segmenter.wsi.tissue import SlideTissue, TissueMask, slide_tissue  # noqa: E402
@@ -88,35 +88,56 @@ def densest_region(placements, size: int, side: int) -> Region:
 
 def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptions,
                     tissue: SlideTissue | TissueMask | None = None) -> dict:
-    """Ground-truth foreground pixels that fall outside the tissue boxes inference covers, the share of
-    the slide the boxes cover, and the pixels the network computes on them (boxes that overlap count
-    twice, small boxes as the sheets they are packed on; as a share of the slide's). The tissue is the
-    engine's (`slide_tissue`) unless given."""
+    """Ground-truth foreground pixels where the engine keeps no prediction (outside the cores of the
+    boxes packed on sheets and outside the boxes predicted alone), the share of the slide the tissue
+    boxes cover, and the pixels the network computes on them (boxes that overlap count twice, packed
+    boxes as the sheets they are on; as a share of the slide's). The tissue is the engine's
+    (`slide_tissue`) unless given."""
     reader = open_slide(slide_path)
     tissue = slide_tissue(reader) if tissue is None else tissue
     region = Region(0, 0, reader.width, reader.height)
     topology = window_topology(reader.width, reader.height, opts)
     tasks = plan_windows(topology, region, opts, tissue, seg.multiple)
-    kept = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
+    covered = np.zeros((reader.height // 8 + 1, reader.width // 8 + 1), bool)
+    kept = np.zeros_like(covered)
     computed = 0
     for task in tasks:
         boxes = [(0, 0, task.w, task.h)] if task.boxes is None else task.boxes  # None: a dense window, whole
-        for bx, by, bw, bh in boxes:  # what inference covers
-            x0, y0 = task.x + bx, task.y + by
-            kept[y0 // 8:(y0 + bh) // 8 + 1, x0 // 8:(x0 + bw) // 8 + 1] = True
-        computed += sum(s.width * s.height for s in box_sheets(boxes, opts.tile, seg.multiple))
+        sheets = box_sheets(task, opts.tile, opts.tissue_margin, seg.multiple)
+        packed = {b for sheet in sheets for b, _ in sheet.places}
+        cores = dict(zip(task.boxes or [], task.cores or [], strict=False))
+        for bx, by, bw, bh in boxes:
+            _mark(covered, np.ones((bh, bw), bool), task.x + bx, task.y + by)
+            kept_px = core_pixels(cores[bx, by, bw, bh], bw, bh, opts.tissue_margin) \
+                if (bx, by, bw, bh) in packed else np.ones((bh, bw), bool)
+            _mark(kept, kept_px, task.x + bx, task.y + by)
+        computed += sum(s.width * s.height for s in sheets)
         computed += sum(math.prod(forward_box(b, opts.tile, SHAPE_STEP, task.w, task.h)[2:])
-                        for b in boxes if not packable(b, opts.tile))
+                        for b in boxes if b not in packed)
     n_tiles, n_skipped = sum(t.tiles for t in tasks), sum(t.skipped for t in tasks)
     lost = 0
     for p in placements:
         ys, xs = np.nonzero(p.mask)
         lost += int((~kept[(p.y + ys) // 8, (p.x + xs) // 8]).sum())
     total = foreground_total(placements)
-    return {"tiles": n_tiles, "tiles_skipped": n_skipped, "area_inferred_fraction": float(kept.mean()),
+    return {"tiles": n_tiles, "tiles_skipped": n_skipped, "area_inferred_fraction": float(covered.mean()),
             "pixels_computed_fraction": computed / (reader.width * reader.height),
             "gt_foreground_px": total, "gt_foreground_lost_px": lost,
             "gt_foreground_lost_fraction": lost / max(total, 1)}
+
+
+def _mark(cells: np.ndarray, mask: np.ndarray, x: int, y: int, step: int = 8) -> None:
+    """Set the cells (`step` pixels a side) of a level-0 grid that any pixel of `mask`, placed at
+    (x, y), covers."""
+    h, w = mask.shape
+    ox, oy = x % step, y % step
+    rows, cols = -(-(h + oy) // step), -(-(w + ox) // step)
+    padded = np.zeros((rows * step, cols * step), bool)
+    padded[oy:oy + h, ox:ox + w] = mask
+    hit = padded.reshape(rows, step, cols, step).any(axis=(1, 3))
+    r0, c0 = y // step, x // step
+    rows, cols = min(rows, cells.shape[0] - r0), min(cols, cells.shape[1] - c0)
+    cells[r0:r0 + rows, c0:c0 + cols] |= hit[:rows, :cols]
 
 
 def cyseg_region_throughput(seg: Segmenter, model_path: Path, slide_path: Path, region: Region, skip: bool) -> float:

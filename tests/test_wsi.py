@@ -340,26 +340,78 @@ def test_window_results_round_trip_through_the_cache_format() -> None:
 
 
 
-def test_boxes_are_packed_side_by_side_onto_sheets_of_one_tile():
-    from segmenter.wsi.packing import pack, packable
+def _scattered_cells(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[np.ndarray]]:
+    """A 4096² tissue mask (1 px = 8 level-0 px) of round cells and small clusters, with the
+    engine's boxes and cores for one 4096² window of it (margin 64)."""
+    import cv2
 
-    rng = np.random.default_rng(0)
-    corners, sides = rng.integers(0, 3000, (60, 2)), rng.integers(20, 400, (60, 2))
-    boxes = [(int(x), int(y), int(w), int(h)) for (x, y), (w, h) in zip(corners, sides, strict=True)]
-    boxes.append((7, 9, 512, 300))  # a box as wide as a sheet
-    assert all(packable(b, 512) for b in boxes) and not packable((0, 0, 513, 10), 512)
-    sheets = pack(boxes, 512, multiple=16)
-    assert pack(list(reversed(boxes)), 512, multiple=16) == sheets and pack([], 512) == []
-    placed = [(box, at) for sheet in sheets for box, at in sheet.places]
-    assert sorted(box for box, _ in placed) == sorted(boxes)
+    from segmenter.wsi.cores import box_cores
+    from segmenter.wsi.tissue import TissueMask
+    from segmenter.wsi.windows import Region, tissue_boxes
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((512, 512), np.uint8)
+    for x, y, r in zip(rng.integers(20, 490, n), rng.integers(20, 490, n), rng.integers(3, 14, n), strict=True):
+        cv2.circle(mask, (int(x), int(y)), int(r), 1, -1)
+    tissue, opts = TissueMask(mask.astype(bool), 8.0), WsiOptions()
+    boxes = tissue_boxes(tissue, Region(0, 0, 4096, 4096), (0, 0, 4096, 4096), opts)
+    cores = box_cores(tissue, Region(0, 0, 4096, 4096), (0, 0, 4096, 4096), boxes, opts, 1024)
+    return mask, boxes, cores
+
+
+def test_boxes_are_packed_onto_sheets_by_their_cores_never_touching():
+    from scipy import ndimage
+
+    from segmenter.wsi.packing import GRID, border, pack, packable
+
+    mask, boxes, cores = _scattered_cells(60, 0)
+    assert all(c is not None and packable(c, 1024, 64) for c in cores)
+    assert not packable(np.ones((64, 3), bool), 1024, 64)  # taller than a sheet within its border
+    sheets = pack(boxes, cores, 1024, 64, multiple=128)
+    assert pack(list(reversed(boxes)), list(reversed(cores)), 1024, 64, multiple=128) == sheets
+    assert pack([], [], 1024, 64) == []
+    assert sorted(b for s in sheets for b, _ in s.places) == sorted(boxes)
+    core_of = dict(zip(boxes, cores, strict=True))
     for sheet in sheets:
-        assert sheet.width <= 512 and sheet.height <= 512 and sheet.width % 16 == 0 and sheet.height % 16 == 0
-        cover = np.zeros((sheet.height, sheet.width), int)
-        for (_, _, w, h), (x, y) in sheet.places:
-            cover[y:y + h, x:x + w] += 1
-        assert cover.max() == 1  # no two boxes share a pixel
-    area = sum(b[2] * b[3] for b in boxes)
-    assert sum(s.width * s.height for s in sheets) < 1.2 * area  # MaxRects wastes little
+        assert sheet.width <= 1024 and sheet.height <= 1024 and sheet.width % 128 == 0 and sheet.height % 128 == 0
+        owner = np.zeros((sheet.height // GRID, sheet.width // GRID), int)
+        tissue = np.zeros((sheet.height, sheet.width), int)  # each box's own tissue, numbered
+        for k, ((bx, by, bw, bh), (x, y)) in enumerate(sheet.places, start=1):
+            core = core_of[(bx, by, bw, bh)]
+            rows, cols = np.nonzero(core)  # cores start half a margin before their boxes
+            rows, cols = rows + (y - border(64)) // GRID, cols + (x - border(64)) // GRID
+            assert rows.min() >= 2 and cols.min() >= 2  # half a margin to the sheet's edges
+            assert (owner[rows, cols] == 0).all()  # no two cores share a cell
+            owner[rows, cols] = k
+            own = np.kron(mask[by // 8:(by + bh) // 8, bx // 8:(bx + bw) // 8], np.ones((8, 8), np.uint8))
+            ys, xs = np.nonzero(own)
+            assert ys.min() + y >= 64 and xs.min() + x >= 64  # a full margin to the sheet's edges
+            tissue[ys + y, xs + x] = k
+        for k in range(1, len(sheet.places) + 1):  # foreign tissue lies a margin away (to a mask pixel)
+            away = ndimage.distance_transform_edt(tissue != k)
+            assert away[(tissue > 0) & (tissue != k)].min(initial=np.inf) >= 64 - 8
+        assert border(64) == 32
+    rectangles = sum(w * h for _, _, w, h in boxes)
+    assert sum(s.width * s.height for s in sheets) < rectangles  # less than any packing of the boxes themselves
+
+
+def test_a_box_core_is_its_own_tissue_grown_by_half_the_margin():
+    from segmenter.wsi.cores import box_cores, core_pixels
+    from segmenter.wsi.packing import GRID, border
+    from segmenter.wsi.tissue import TissueMask
+    from segmenter.wsi.windows import Region
+
+    mask = np.zeros((64, 64), bool)
+    mask[10:14, 10:14] = True  # a cell at level-0 pixels 80..112 (8 px per mask pixel)
+    mask[10:14, 40:44] = True  # another cell, outside the box
+    box = (80 - 64, 80 - 64, 32 + 128, 32 + 128)
+    (core,) = box_cores(TissueMask(mask, 8.0), Region(0, 0, 512, 512), (0, 0, 512, 512), [box], WsiOptions(), 1024)
+    assert core.shape == (-(-(box[3] + 2 * border(64)) // GRID), -(-(box[2] + 2 * border(64)) // GRID))
+    pixels = core_pixels(core, box[2], box[3], 64)
+    assert pixels[64:96, 64:96].all() and pixels[64 - 32:96 + 32, 80].all()  # the cell and half a margin
+    assert not pixels[:64 - 32 - GRID].any() and not pixels[96 + 32 + GRID:].any()  # no further
+    assert box_cores(TissueMask(mask, 8.0), Region(0, 0, 512, 512), (0, 0, 512, 512), [(0, 0, 1100, 50)],
+                     WsiOptions(), 1024) == [None]  # longer than a tile: never packed
 
 
 @pytest.mark.parametrize("box, window, expected", [

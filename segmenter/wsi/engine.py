@@ -18,6 +18,7 @@ from segmenter.instances import instance_labels
 from segmenter.polygons import mask_to_polygons
 from segmenter.tiling import box_weights
 from segmenter.wsi.cache import WindowResult
+from segmenter.wsi.cores import core_pixels, grown_cells
 from segmenter.wsi.objects import owned_objects
 from segmenter.wsi.packing import Box, Sheet, pack, packable
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
@@ -73,30 +74,69 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
 
 
 def _packed_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
-                              opts: WsiOptions) -> dict[Box, torch.Tensor]:
-    """Probabilities (C, h, w) of each tissue box of the window that fits in a tile, predicted packed
-    side by side on sheets of one tile (`segmenter.wsi.packing`), the sheet's spare corners filled
-    with the boxes' glass: scattered cells then cost what their pixels cost, not one underfilled
-    forward pass each. Each box keeps its own tissue margin of real surroundings."""
-    out: dict[Box, torch.Tensor] = {}
-    for sheet in box_sheets(task.boxes or [], opts.tile, seg.multiple):
+                              opts: WsiOptions) -> dict[Box, tuple[torch.Tensor, torch.Tensor]]:
+    """Probabilities (C, h, w) of each tissue box of the window whose core fits in a tile, with its
+    core as a (h, w) mask: predicted packed on sheets of one tile by their cores
+    (`segmenter.wsi.packing`), zero outside the core. Scattered cells then cost what they and their
+    context cover, not one underfilled forward pass each, nor the rectangles around them."""
+    out: dict[Box, tuple[torch.Tensor, torch.Tensor]] = {}
+    cores = dict(zip(task.boxes or [], task.cores or [], strict=False))
+    for sheet in box_sheets(task, opts.tile, opts.tissue_margin, seg.multiple):
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
                   for (bx, by, bw, bh), _ in sheet.places]
-        canvas = np.empty((sheet.height, sheet.width, 3), np.uint8)
-        canvas[:] = _glass(pieces)
-        for ((_, _, bw, bh), (sx, sy)), pixels in zip(sheet.places, pieces, strict=True):
-            canvas[sy:sy + bh, sx:sx + bw] = pixels
+        masks = [core_pixels(cores[box], box[2], box[3], opts.tissue_margin) for box, _ in sheet.places]
+        canvas = _sheet_canvas(sheet, pieces, [cores[box] for box, _ in sheet.places], masks, opts.tissue_margin)
         probs = seg.predict(canvas, **opts.tiling())
-        for box, (sx, sy) in sheet.places:
-            out[box] = probs[:, sy:sy + box[3], sx:sx + box[2]].clone()
+        for (box, at), mask in zip(sheet.places, masks, strict=True):
+            core = torch.from_numpy(mask).to(seg.device)
+            out[box] = (_cut(probs, at, box[2], box[3]).mul_(core), core)
     return out
 
 
-def box_sheets(boxes: list[Box], tile: int, multiple: int) -> list[Sheet]:
-    """The sheets a window's boxes that fit in a tile are predicted on: packed
+def box_sheets(task: WindowTask, tile: int, margin: int, multiple: int) -> list[Sheet]:
+    """The sheets a window's boxes whose cores fit in a tile are predicted on: packed by their cores
     (`segmenter.wsi.packing`), sides rounded up to multiples of SHAPE_STEP (and of the network's
-    `multiple`)."""
-    return pack([b for b in boxes if packable(b, tile)], tile, math.lcm(multiple, SHAPE_STEP))
+    `multiple`). A window planned without cores packs nothing."""
+    pairs = [(box, core) for box, core in zip(task.boxes or [], task.cores or [], strict=False)
+             if core is not None and packable(core, tile, margin)]
+    return pack([b for b, _ in pairs], [c for _, c in pairs], tile, margin, math.lcm(multiple, SHAPE_STEP))
+
+
+def _sheet_canvas(sheet: Sheet, pieces: list[np.ndarray], cores: list[np.ndarray], masks: list[np.ndarray],
+                  margin: int) -> np.ndarray:
+    """A sheet's pixels: glass, then each box's own pixels within a margin of its tissue (its core
+    grown by half a margin), then each core on top, so that no box's surroundings hide another's
+    tissue."""
+    canvas = np.empty((sheet.height, sheet.width, 3), np.uint8)
+    canvas[:] = _glass(pieces)
+    rings = [core_pixels(grown_cells(core, math.ceil(margin / 2)), p.shape[1], p.shape[0], margin)
+             for core, p in zip(cores, pieces, strict=True)]
+    for layer in (rings, masks):
+        for (_, at), pixels, mask in zip(sheet.places, pieces, layer, strict=True):
+            _paste(canvas, pixels, mask, at)
+    return canvas
+
+
+def _overlap(at: tuple[int, int], width: int, height: int, shape: tuple[int, ...]) -> tuple[slice, slice, slice, slice]:
+    """Where a box placed at `at` meets a sheet of `shape` (rows, cols, ...): the sheet's rows and
+    columns, then the box's."""
+    x, y = at
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(shape[1], x + width), min(shape[0], y + height)
+    return slice(y0, y1), slice(x0, x1), slice(y0 - y, y1 - y), slice(x0 - x, x1 - x)
+
+
+def _paste(canvas: np.ndarray, pixels: np.ndarray, mask: np.ndarray, at: tuple[int, int]) -> None:
+    """Copy a box's pixels under `mask` onto the sheet at `at` (clipped to the sheet)."""
+    rows, cols, box_rows, box_cols = _overlap(at, pixels.shape[1], pixels.shape[0], canvas.shape)
+    cv2.copyTo(pixels[box_rows, box_cols], mask[box_rows, box_cols].view(np.uint8), canvas[rows, cols])
+
+
+def _cut(probs: torch.Tensor, at: tuple[int, int], width: int, height: int) -> torch.Tensor:
+    """A box's (C, height, width) view of a sheet's probabilities, zero where it reaches past it."""
+    rows, cols, box_rows, box_cols = _overlap(at, width, height, tuple(probs.shape[1:]))
+    out = probs.new_zeros((probs.shape[0], height, width))
+    out[:, box_rows, box_cols] = probs[:, rows, cols]
+    return out
 
 
 def _glass(pieces: list[np.ndarray]) -> np.ndarray:
@@ -107,10 +147,11 @@ def _glass(pieces: list[np.ndarray]) -> np.ndarray:
 
 
 def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask, opts: WsiOptions,
-                        area: Box, boxes: list[Box] | None, packed: dict[Box, torch.Tensor]) -> torch.Tensor:
+                        area: Box, boxes: list[Box] | None,
+                        packed: dict[Box, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Probabilities (C, h, w) over an area of the window: inferred on the whole area, or on its
     boxes only (zero elsewhere; blended where boxes overlap), packed boxes taken (and dropped) from
-    `packed`."""
+    `packed`, each on its core only."""
     ax, ay, aw, ah = area
     if boxes is None:
         return seg.predict(read_box(reader, region, task.x + ax, task.y + ay, aw, ah, opts.downsample),
@@ -122,12 +163,13 @@ def _area_probabilities(seg: Segmenter, reader: SlideReader, region: Region, tas
         bx, by, bw, bh = box
         rows, cols = slice(by - ay, by - ay + bh), slice(bx - ax, bx - ax + bw)
         w = None if weight is None else box_weights(bh, bw, opts.tissue_margin, seg.device)
-        box_probs = packed.pop(box, None)
+        box_probs, core = packed.pop(box, (None, None))
         if box_probs is None:
             _predict_box(seg, reader, region, task, opts, box, probs[:, rows, cols], w)
         elif w is None:
             probs[:, rows, cols] = box_probs
         else:
+            w = w * core
             probs[:, rows, cols].addcmul_(box_probs, w)
         if weight is not None:
             weight[rows, cols] += w

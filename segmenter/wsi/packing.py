@@ -1,52 +1,135 @@
-"""Tissue boxes packed side by side onto sheets of one tile: scattered cells then share forward
-passes, which on a CPU cost several times more per pixel for one small box than for a full tile.
-The packing is rectpack's MaxRects, the usual heuristic for tight packings, placing each box
-bottom-left: a sheet's boxes gather in one corner, so the last, partly filled sheet of a window trims
-small."""
+"""Tissue boxes packed onto sheets of one tile by their shapes: scattered cells then share forward
+passes (on a CPU one small box costs several times more per pixel than a full tile), and a sheet
+holds what the cells need rather than the rectangles around them.
+
+Each box carries its core (`segmenter.wsi.cores`): its tissue grown by half the tissue margin, on a
+grid of GRID-pixel cells. Cores never overlap on a sheet and stay half a margin inside its edges, so
+every tissue pixel keeps a full margin of its own surroundings and the nearest foreign tissue lies a
+margin away or more, as across glass; only the glass around the cores is shared. Each core goes,
+largest first, to the first sheet with room, where it grows the sheet least or reaches least far
+down; a few orders and both rules are tried, and the smallest total area wins."""
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from rectpack import MaxRectsBl, PackingBin, PackingMode, newPacker
+import cv2
+import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, w, h
+GRID = 16  # pixels per side of the cells cores are drawn and packed on
 
 
 @dataclass(frozen=True)
 class Sheet:
-    """One image of `width` x `height` pixels holding boxes, each at its (x, y) on the sheet."""
+    """One image of `width` x `height` pixels holding boxes, each box's top-left corner at (x, y) on
+    the sheet; a box may reach past the sheet's edges, its core never does."""
 
     width: int
     height: int
     places: tuple[tuple[Box, tuple[int, int]], ...]
 
 
-def packable(box: Box, tile: int) -> bool:
-    """Whether a box fits on a sheet (both sides within one tile)."""
-    return max(box[2], box[3]) <= tile
+def border(margin: int) -> int:
+    """Pixels kept free along a sheet's edges: half the tissue margin, rounded up to whole cells."""
+    return -(-math.ceil(margin / 2) // GRID) * GRID
 
 
-def pack(boxes: list[Box], tile: int, multiple: int = 1) -> list[Sheet]:
-    """The boxes on as few sheets of at most `tile` square as MaxRects finds, side by side without
-    gaps or rotation (largest first, each sheet chosen for the best fit); each sheet trimmed to
-    what it holds, sides rounded up to `multiple`. The same boxes always give the same sheets."""
+def core_bounds(core: np.ndarray) -> tuple[int, int, int, int]:
+    """The cells (x0, y0, x1, y1) a core spans within its grid."""
+    rows, cols = np.nonzero(core.any(axis=1))[0], np.nonzero(core.any(axis=0))[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def packable(core: np.ndarray, tile: int, margin: int) -> bool:
+    """Whether a box's core fits on a sheet of one tile (within the sheet's border)."""
+    if not core.any():
+        return False
+    x0, y0, x1, y1 = core_bounds(core)
+    room = (tile - 2 * border(margin)) // GRID
+    return max(x1 - x0, y1 - y0) <= room
+
+
+_ORDERS: tuple[Callable[[np.ndarray], tuple[int, ...]], ...] = (
+    lambda c: (-int(c.sum()),),  # the most cells first
+    lambda c: (-c.size,),  # the largest extent first
+    lambda c: (-c.shape[0], -c.shape[1]),  # the tallest first
+    lambda c: (-max(c.shape), -c.size),  # the longest first
+)
+
+
+def pack(boxes: list[Box], cores: list[np.ndarray], tile: int, margin: int, multiple: int = 1) -> list[Sheet]:
+    """The boxes on sheets of at most `tile` square by their cores (each `packable`), the cheapest of
+    a few greedy orders; each sheet trimmed to what it holds, sides rounded up to `multiple`. The
+    same boxes always give the same sheets."""
     if not boxes:
         return []
-    order = sorted(boxes)
-    packer = newPacker(mode=PackingMode.Offline, bin_algo=PackingBin.BBF, pack_algo=MaxRectsBl, rotation=False)
-    for i, (_, _, w, h) in enumerate(order):
-        packer.add_rect(w, h, rid=i)
-    packer.add_bin(tile, tile, count=len(order))
-    packer.pack()
-    sheets: dict[int, list[tuple[Box, tuple[int, int]]]] = {}
-    for sheet, x, y, _, _, i in packer.rect_list():
-        sheets.setdefault(sheet, []).append((order[i], (x, y)))
-    return [_sheet(places, multiple) for _, places in sorted(sheets.items())]
+    pieces = [(box, *_cropped(core)) for box, core in sorted(zip(boxes, cores, strict=True), key=lambda bc: bc[0])]
+    room, edge = (tile - 2 * border(margin)) // GRID, border(margin)
+    best: list[Sheet] | None = None
+    for order, lowest in itertools.product(_ORDERS, (False, True)):
+        ranked = sorted(pieces, key=lambda p: order(p[1]))  # stable: ties keep the boxes' order
+        sheets = [_sheet(placed, edge, multiple) for placed in _place(ranked, room, lowest)]
+        if best is None or sum(s.width * s.height for s in sheets) < sum(s.width * s.height for s in best):
+            best = sheets
+    return best or []
 
 
-def _sheet(places: list[tuple[Box, tuple[int, int]]], multiple: int) -> Sheet:
-    """A sheet just large enough for its boxes."""
-    width = max(px + box[2] for box, (px, _) in places)
-    height = max(py + box[3] for box, (_, py) in places)
+def _cropped(core: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """A core cut to the cells its tissue spans, with where that cut starts in the box's grid."""
+    x0, y0, x1, y1 = core_bounds(core)
+    return np.ascontiguousarray(core[y0:y1, x0:x1], dtype=np.float32), (x0, y0)
+
+
+Placed = tuple[Box, tuple[int, int], tuple[int, int]]  # a box, its cut's offset in its grid, the cell it starts at
+
+
+def _place(pieces: list[tuple[Box, np.ndarray, tuple[int, int]]], room: int,
+           lowest: bool) -> list[tuple[list[Placed], tuple[int, int]]]:
+    """Greedy placement on sheets of `room` x `room` cells: each piece on the first sheet with room,
+    where it grows that sheet's extent least, or with `lowest` where its bottom is highest. Returns
+    each sheet's pieces and extent (rows, cols)."""
+    occupied: list[np.ndarray] = []
+    sheets: list[tuple[list[Placed], tuple[int, int]]] = []
+    for box, cut, offset in pieces:
+        for s, grid in enumerate(occupied):
+            spot = _best_spot(grid, cut, sheets[s][1], lowest)
+            if spot is not None:
+                break
+        else:
+            occupied.append(np.zeros((room, room), np.float32))
+            sheets.append(([], (0, 0)))
+            s, spot = len(occupied) - 1, (0, 0)
+        (y, x), (h, w) = spot, cut.shape
+        occupied[s][y:y + h, x:x + w] += cut
+        members, (rows, cols) = sheets[s]
+        sheets[s] = ([*members, (box, offset, (x, y))], (max(rows, y + h), max(cols, x + w)))
+    return sheets
+
+
+def _best_spot(grid: np.ndarray, cut: np.ndarray, extent: tuple[int, int], lowest: bool) -> tuple[int, int] | None:
+    """Where (row, col) a cut fits on a sheet's occupied cells without overlap, growing the sheet's
+    extent least or, with `lowest`, reaching least far down (then topmost, then leftmost); None if
+    nowhere."""
+    overlap = cv2.matchTemplate(grid, cut, cv2.TM_CCORR)
+    free = np.argwhere(overlap < 0.5)
+    if not len(free):
+        return None
+    h, w = cut.shape
+    grown = np.maximum(extent[0], free[:, 0] + h) * np.maximum(extent[1], free[:, 1] + w)
+    cost = free[:, 0] + h if lowest else grown
+    best = np.lexsort((free[:, 1], free[:, 0], cost))[0]
+    return int(free[best, 0]), int(free[best, 1])
+
+
+def _sheet(placed: tuple[list[Placed], tuple[int, int]], edge: int, multiple: int) -> Sheet:
+    """A sheet just large enough for its cores and its border, sides rounded up to `multiple`;
+    each box's origin on it."""
+    members, (rows, cols) = placed
     up = lambda v: -(-v // multiple) * multiple  # noqa: E731
-    return Sheet(up(width), up(height), tuple(places))
+    # a core's grid starts `edge` before its box; the sheet's border is another `edge`
+    places = tuple((box, (2 * edge + (cx - ox) * GRID, 2 * edge + (cy - oy) * GRID))
+                   for box, (ox, oy), (cx, cy) in members)
+    return Sheet(up(cols * GRID + 2 * edge), up(rows * GRID + 2 * edge), places)

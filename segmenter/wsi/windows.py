@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -17,6 +17,7 @@ from shapely.geometry import Polygon
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
 from segmenter.tiling import tile_spans
+from segmenter.wsi.cores import box_cores
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -120,6 +121,7 @@ class WindowTask:
     boxes: list[tuple[int, int, int, int]] | None
     skipped: int = 0
     sides: tuple[bool, bool, bool, bool] = (False, False, False, False)  # a neighbour (left, top, right, bottom)
+    cores: list[np.ndarray | None] | None = field(default=None, compare=False, repr=False)  # per box (cores.py)
 
 
 class _Extent(sldc.Image):
@@ -186,8 +188,9 @@ def near_cuts(polygons: list[Polygon], topology: sldc.TileTopology, wid: int, to
 def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
                  tissue: SlideTissue | TissueMask | None, multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
-    `process_window` lays them, for a network whose sides must be multiples of `multiple`); a window
-    dense with tissue (DENSE_SHARE) gets no boxes and is inferred whole."""
+    `process_window` lays them, for a network whose sides must be multiples of `multiple`), and the
+    tissue boxes with their cores (`segmenter.wsi.cores`); a window dense with tissue (DENSE_SHARE)
+    gets no boxes and is inferred whole."""
     tasks = []
     for wid in range(1, topology.tile_count + 1):
         tile = topology.tile(wid)
@@ -196,20 +199,21 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         x0, y0, x1, y1 = x0 - x, y0 - y, x1 - x, y1 - y
         ys = tile_spans(h, opts.tile, opts.overlap, multiple)
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
-        boxes, skipped = None, 0
+        boxes, skipped, cores = None, 0, None
         if tissue is not None:
             claimed = _claimed((x0, y0, x1, y1), topology.tile_neighbours(wid), w, h, opts.tissue_margin)
-            boxes = tissue_boxes(window_tissue(tissue, region, (x, y, w, h), opts), region, (x, y, w, h), opts,
-                                 claimed)
+            mask = window_tissue(tissue, region, (x, y, w, h), opts)
+            boxes = tissue_boxes(mask, region, (x, y, w, h), opts, claimed)
             if sum(bw * bh for _, _, bw, bh in boxes) >= DENSE_SHARE * w * h:
                 boxes = None  # tissue almost everywhere: whole tiles cost less than the boxes
             else:
                 skipped = sum(not any(intersects((tx, ty, tw, th), b) for b in boxes)
                               for ty, th in ys for tx, tw in xs)
+                cores = box_cores(mask, region, (x, y, w, h), boxes, opts, opts.tile)
         top, bottom, left, right = topology.tile_neighbours(wid)
         sides = (left is not None, top is not None, right is not None, bottom is not None)
         tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped,
-                                sides))
+                                sides, cores))
     return tasks
 
 
