@@ -47,7 +47,7 @@ from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
-from segmenter.wsi.cores import core_pixels  # noqa: E402
+from segmenter.wsi.cores import cell_pixels  # noqa: E402
 from segmenter.wsi.engine import SHAPE_STEP, box_sheets, forward_box  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
@@ -103,12 +103,12 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
     computed = 0
     for task in tasks:
         boxes = [(0, 0, task.w, task.h)] if task.boxes is None else task.boxes  # None: a dense window, whole
-        sheets = box_sheets(task, opts.tile, opts.tissue_margin, seg.multiple)
+        sheets = box_sheets(task, opts.tile, seg.multiple)
         packed = {b for sheet in sheets for b, _ in sheet.places}
-        cores = dict(zip(task.boxes or [], task.cores or [], strict=False))
+        shapes = dict(zip(task.boxes or [], task.shapes or [], strict=False))
         for bx, by, bw, bh in boxes:
             _mark(covered, np.ones((bh, bw), bool), task.x + bx, task.y + by)
-            kept_px = core_pixels(cores[bx, by, bw, bh], bw, bh, opts.tissue_margin) \
+            kept_px = cell_pixels(shapes[bx, by, bw, bh].core, bw, bh) \
                 if (bx, by, bw, bh) in packed else np.ones((bh, bw), bool)
             _mark(kept, kept_px, task.x + bx, task.y + by)
         computed += sum(s.width * s.height for s in sheets)

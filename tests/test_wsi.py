@@ -340,12 +340,12 @@ def test_window_results_round_trip_through_the_cache_format() -> None:
 
 
 
-def _scattered_cells(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[np.ndarray]]:
+def _scattered_cells(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list]:
     """A 4096² tissue mask (1 px = 8 level-0 px) of round cells and small clusters, with the
-    engine's boxes and cores for one 4096² window of it (margin 64)."""
+    engine's boxes and shapes for one 4096² window of it (margin 64)."""
     import cv2
 
-    from segmenter.wsi.cores import box_cores
+    from segmenter.wsi.cores import box_shapes
     from segmenter.wsi.tissue import TissueMask
     from segmenter.wsi.windows import Region, tissue_boxes
 
@@ -355,63 +355,83 @@ def _scattered_cells(n: int, seed: int) -> tuple[np.ndarray, list[tuple[int, int
         cv2.circle(mask, (int(x), int(y)), int(r), 1, -1)
     tissue, opts = TissueMask(mask.astype(bool), 8.0), WsiOptions()
     boxes = tissue_boxes(tissue, Region(0, 0, 4096, 4096), (0, 0, 4096, 4096), opts)
-    cores = box_cores(tissue, Region(0, 0, 4096, 4096), (0, 0, 4096, 4096), boxes, opts, 1024)
-    return mask, boxes, cores
+    shapes = box_shapes(tissue, Region(0, 0, 4096, 4096), (0, 0, 4096, 4096), boxes, opts, 1024)
+    return mask, boxes, shapes
 
 
-def test_boxes_are_packed_onto_sheets_by_their_cores_never_touching():
+def _own(tissue: np.ndarray) -> np.ndarray:
+    """The pieces of a box's tissue that do not reach its sides (the others' tissue reaches in)."""
     from scipy import ndimage
 
-    from segmenter.wsi.packing import GRID, border, pack, packable
+    labels, _ = ndimage.label(tissue, np.ones((3, 3)))
+    edges = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
+    return (labels > 0) & ~np.isin(labels, list(edges))
 
-    mask, boxes, cores = _scattered_cells(60, 0)
-    assert all(c is not None and packable(c, 1024, 64) for c in cores)
-    assert not packable(np.ones((64, 3), bool), 1024, 64)  # taller than a sheet within its border
-    sheets = pack(boxes, cores, 1024, 64, multiple=128)
-    assert pack(list(reversed(boxes)), list(reversed(cores)), 1024, 64, multiple=128) == sheets
-    assert pack([], [], 1024, 64) == []
+
+def test_boxes_are_packed_onto_sheets_by_their_shapes_keeping_others_tissue_a_margin_away():
+    from scipy import ndimage
+
+    from segmenter.wsi.packing import GRID, BoxShape, pack, packable
+
+    mask, boxes, shapes = _scattered_cells(60, 0)
+    assert all(s is not None and packable(s, 1024) for s in shapes)
+    assert not packable(BoxShape(np.ones((65, 3), bool), np.ones((65, 3), bool)), 1024)  # taller than a sheet
+    sheets = pack(boxes, shapes, 1024, multiple=128)
+    assert pack(list(reversed(boxes)), list(reversed(shapes)), 1024, multiple=128) == sheets
+    assert pack([], [], 1024) == []
     assert sorted(b for s in sheets for b, _ in s.places) == sorted(boxes)
-    core_of = dict(zip(boxes, cores, strict=True))
+    shape_of = dict(zip(boxes, shapes, strict=True))
     for sheet in sheets:
         assert sheet.width <= 1024 and sheet.height <= 1024 and sheet.width % 128 == 0 and sheet.height % 128 == 0
         owner = np.zeros((sheet.height // GRID, sheet.width // GRID), int)
-        tissue = np.zeros((sheet.height, sheet.width), int)  # each box's own tissue, numbered
+        tissue = np.zeros((sheet.height, sheet.width), int)  # each box's tissue a margin inside it, numbered
         for k, ((bx, by, bw, bh), (x, y)) in enumerate(sheet.places, start=1):
-            core = core_of[(bx, by, bw, bh)]
-            rows, cols = np.nonzero(core)  # cores start half a margin before their boxes
-            rows, cols = rows + (y - border(64)) // GRID, cols + (x - border(64)) // GRID
-            assert rows.min() >= 2 and cols.min() >= 2  # half a margin to the sheet's edges
-            assert (owner[rows, cols] == 0).all()  # no two cores share a cell
-            owner[rows, cols] = k
-            own = np.kron(mask[by // 8:(by + bh) // 8, bx // 8:(bx + bw) // 8], np.ones((8, 8), np.uint8))
-            ys, xs = np.nonzero(own)
-            assert ys.min() + y >= 64 and xs.min() + x >= 64  # a full margin to the sheet's edges
+            shape = shape_of[bx, by, bw, bh]
+            rows, cols = np.nonzero(shape.ring)
+            assert (rows + y // GRID).min() >= 0 and (cols + x // GRID).min() >= 0  # rings stay on the sheet
+            assert (rows + y // GRID).max() < owner.shape[0] and (cols + x // GRID).max() < owner.shape[1]
+            rows, cols = np.nonzero(shape.core)
+            assert (owner[rows + y // GRID, cols + x // GRID] == 0).all()  # no two cores share a cell
+            owner[rows + y // GRID, cols + x // GRID] = k
+            ys, xs = np.nonzero(np.kron(_own(mask[by // 8:(by + bh) // 8, bx // 8:(bx + bw) // 8]), np.ones((8, 8))))
             tissue[ys + y, xs + x] = k
-        for k in range(1, len(sheet.places) + 1):  # foreign tissue lies a margin away (to a mask pixel)
+        for k in range(1, len(sheet.places) + 1):  # others' tissue lies a margin away (to a mask pixel)
             away = ndimage.distance_transform_edt(tissue != k)
             assert away[(tissue > 0) & (tissue != k)].min(initial=np.inf) >= 64 - 8
-        assert border(64) == 32
     rectangles = sum(w * h for _, _, w, h in boxes)
     assert sum(s.width * s.height for s in sheets) < rectangles  # less than any packing of the boxes themselves
 
 
 def test_a_box_core_is_its_own_tissue_grown_by_half_the_margin():
-    from segmenter.wsi.cores import box_cores, core_pixels
-    from segmenter.wsi.packing import GRID, border
+    from segmenter.wsi.cores import WHOLE_SHARE, box_shapes, cell_pixels
+    from segmenter.wsi.packing import GRID
     from segmenter.wsi.tissue import TissueMask
     from segmenter.wsi.windows import Region
 
     mask = np.zeros((64, 64), bool)
     mask[10:14, 10:14] = True  # a cell at level-0 pixels 80..112 (8 px per mask pixel)
-    mask[10:14, 40:44] = True  # another cell, outside the box
+    mask[10:14, 30:40] = True  # another box's cell reaching into this box from its right side
     box = (80 - 64, 80 - 64, 32 + 128, 32 + 128)
-    (core,) = box_cores(TissueMask(mask, 8.0), Region(0, 0, 512, 512), (0, 0, 512, 512), [box], WsiOptions(), 1024)
-    assert core.shape == (-(-(box[3] + 2 * border(64)) // GRID), -(-(box[2] + 2 * border(64)) // GRID))
-    pixels = core_pixels(core, box[2], box[3], 64)
-    assert pixels[64:96, 64:96].all() and pixels[64 - 32:96 + 32, 80].all()  # the cell and half a margin
-    assert not pixels[:64 - 32 - GRID].any() and not pixels[96 + 32 + GRID:].any()  # no further
-    assert box_cores(TissueMask(mask, 8.0), Region(0, 0, 512, 512), (0, 0, 512, 512), [(0, 0, 1100, 50)],
-                     WsiOptions(), 1024) == [None]  # longer than a tile: never packed
+    region, window = Region(0, 0, 512, 512), (0, 0, 512, 512)
+    (shape,) = box_shapes(TissueMask(mask, 8.0), region, window, [box], WsiOptions(), 1024)
+    assert shape.core.shape == (-(-box[3] // GRID), -(-box[2] // GRID)) == shape.ring.shape
+    core, ring = cell_pixels(shape.core, box[2], box[3]), cell_pixels(shape.ring, box[2], box[3])
+    assert core[64:96, 64:96].all() and core[64 - 32:96 + 32, 80].all()  # the cell and half a margin
+    assert not core[:64 - 32 - GRID].any() and not core[96 + 32 + GRID:].any()  # no further
+    assert not core[80, 96 + 32 + GRID:].any()  # the other box's cell is not this one's
+    assert ring[64 - 64:96 + 64, 80].all() and (ring >= core).all()  # the ring: the full margin around the cell
+    ring_mask = np.zeros((64, 64), bool)
+    ring_mask[10:14, 10:14], ring_mask[12, 6:18] = True, True  # a cell with a lumen: its hull's holes are its own
+    ring_mask[11:13, 11:13] = False
+    (holed,) = box_shapes(TissueMask(ring_mask, 8.0), region, window, [box], WsiOptions(), 1024)
+    assert cell_pixels(holed.core, box[2], box[3])[80, 80]
+    full = np.zeros((128, 128), bool)
+    full[10:90, 10:90] = True  # tissue filling most of its box: kept whole
+    big = (80 - 64, 80 - 64, 640 + 128, 640 + 128)
+    (whole,) = box_shapes(TissueMask(full, 8.0), Region(0, 0, 1024, 1024), (0, 0, 1024, 1024), [big], WsiOptions(),
+                          1024)
+    assert whole.core.all() and whole.ring.all() and WHOLE_SHARE < 1
+    assert box_shapes(TissueMask(mask, 8.0), region, window, [(0, 0, 1100, 50)], WsiOptions(), 1024) == [None]
 
 
 @pytest.mark.parametrize("box, window, expected", [

@@ -18,7 +18,7 @@ from segmenter.instances import instance_labels
 from segmenter.polygons import mask_to_polygons
 from segmenter.tiling import box_weights
 from segmenter.wsi.cache import WindowResult
-from segmenter.wsi.cores import core_pixels, grown_cells
+from segmenter.wsi.cores import cell_pixels
 from segmenter.wsi.objects import owned_objects
 from segmenter.wsi.packing import Box, Sheet, pack, packable
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
@@ -75,43 +75,40 @@ def process_window(seg: Segmenter, reader: SlideReader, region: Region, task: Wi
 
 def _packed_box_probabilities(seg: Segmenter, reader: SlideReader, region: Region, task: WindowTask,
                               opts: WsiOptions) -> dict[Box, tuple[torch.Tensor, torch.Tensor]]:
-    """Probabilities (C, h, w) of each tissue box of the window whose core fits in a tile, with its
-    core as a (h, w) mask: predicted packed on sheets of one tile by their cores
+    """Probabilities (C, h, w) of each tissue box of the window whose shape fits in a tile, with its
+    core as a (h, w) mask: predicted packed on sheets of one tile by their shapes
     (`segmenter.wsi.packing`), zero outside the core. Scattered cells then cost what they and their
     context cover, not one underfilled forward pass each, nor the rectangles around them."""
     out: dict[Box, tuple[torch.Tensor, torch.Tensor]] = {}
-    cores = dict(zip(task.boxes or [], task.cores or [], strict=False))
-    for sheet in box_sheets(task, opts.tile, opts.tissue_margin, seg.multiple):
+    shapes = dict(zip(task.boxes or [], task.shapes or [], strict=False))
+    for sheet in box_sheets(task, opts.tile, seg.multiple):
         pieces = [read_box(reader, region, task.x + bx, task.y + by, bw, bh, opts.downsample)
                   for (bx, by, bw, bh), _ in sheet.places]
-        masks = [core_pixels(cores[box], box[2], box[3], opts.tissue_margin) for box, _ in sheet.places]
-        canvas = _sheet_canvas(sheet, pieces, [cores[box] for box, _ in sheet.places], masks, opts.tissue_margin)
-        probs = seg.predict(canvas, **opts.tiling())
-        for (box, at), mask in zip(sheet.places, masks, strict=True):
+        cores = [cell_pixels(shapes[box].core, box[2], box[3]) for box, _ in sheet.places]
+        rings = [cell_pixels(shapes[box].ring, box[2], box[3]) for box, _ in sheet.places]
+        probs = seg.predict(_sheet_canvas(sheet, pieces, rings, cores), **opts.tiling())
+        for (box, at), mask in zip(sheet.places, cores, strict=True):
             core = torch.from_numpy(mask).to(seg.device)
             out[box] = (_cut(probs, at, box[2], box[3]).mul_(core), core)
     return out
 
 
-def box_sheets(task: WindowTask, tile: int, margin: int, multiple: int) -> list[Sheet]:
-    """The sheets a window's boxes whose cores fit in a tile are predicted on: packed by their cores
-    (`segmenter.wsi.packing`), sides rounded up to multiples of SHAPE_STEP (and of the network's
-    `multiple`). A window planned without cores packs nothing."""
-    pairs = [(box, core) for box, core in zip(task.boxes or [], task.cores or [], strict=False)
-             if core is not None and packable(core, tile, margin)]
-    return pack([b for b, _ in pairs], [c for _, c in pairs], tile, margin, math.lcm(multiple, SHAPE_STEP))
+def box_sheets(task: WindowTask, tile: int, multiple: int) -> list[Sheet]:
+    """The sheets a window's boxes whose shapes fit in a tile are predicted on: packed by their
+    shapes (`segmenter.wsi.packing`), sides rounded up to multiples of SHAPE_STEP (and of the
+    network's `multiple`). A window planned without shapes packs nothing."""
+    pairs = [(box, shape) for box, shape in zip(task.boxes or [], task.shapes or [], strict=False)
+             if shape is not None and packable(shape, tile)]
+    return pack([b for b, _ in pairs], [s for _, s in pairs], tile, math.lcm(multiple, SHAPE_STEP))
 
 
-def _sheet_canvas(sheet: Sheet, pieces: list[np.ndarray], cores: list[np.ndarray], masks: list[np.ndarray],
-                  margin: int) -> np.ndarray:
-    """A sheet's pixels: glass, then each box's own pixels within a margin of its tissue (its core
-    grown by half a margin), then each core on top, so that no box's surroundings hide another's
-    tissue."""
+def _sheet_canvas(sheet: Sheet, pieces: list[np.ndarray], rings: list[np.ndarray],
+                  cores: list[np.ndarray]) -> np.ndarray:
+    """A sheet's pixels: glass, then each box's own pixels on its ring, then each core on top, so
+    that no box's surroundings hide another's tissue."""
     canvas = np.empty((sheet.height, sheet.width, 3), np.uint8)
     canvas[:] = _glass(pieces)
-    rings = [core_pixels(grown_cells(core, math.ceil(margin / 2)), p.shape[1], p.shape[0], margin)
-             for core, p in zip(cores, pieces, strict=True)]
-    for layer in (rings, masks):
+    for layer in (rings, cores):
         for (_, at), pixels, mask in zip(sheet.places, pieces, layer, strict=True):
             _paste(canvas, pixels, mask, at)
     return canvas

@@ -2,16 +2,16 @@
 passes (on a CPU one small box costs several times more per pixel than a full tile), and a sheet
 holds what the cells need rather than the rectangles around them.
 
-Each box carries its core (`segmenter.wsi.cores`): its tissue grown by half the tissue margin, on a
-grid of GRID-pixel cells. Cores never overlap on a sheet and stay half a margin inside its edges, so
-every tissue pixel keeps a full margin of its own surroundings and the nearest foreign tissue lies a
-margin away or more, as across glass; only the glass around the cores is shared. Each core goes,
-largest first, to the first sheet with room, where it grows the sheet least or reaches least far
-down; a few orders and both rules are tried, and the smallest total area wins."""
+Each box carries its shape (`segmenter.wsi.cores`) on a grid of GRID-pixel cells over the box: its
+core, the tissue it predicts grown by half the tissue margin, and its ring, the core grown by half
+a margin more: the real surroundings its tissue needs. Cores never overlap on a sheet and rings stay
+on it, so every tissue pixel keeps a full margin of its own surroundings and the nearest foreign
+tissue lies a margin away or more, as across glass; only glass is shared. Each shape goes, largest
+first, to the first sheet with room, where it grows the sheet least or reaches least far down; a few
+orders and both rules are tried, and the smallest total area wins."""
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,68 +19,69 @@ import cv2
 import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, w, h
-GRID = 16  # pixels per side of the cells cores are drawn and packed on
+GRID = 16  # pixels per side of the cells shapes are drawn and packed on
+
+
+@dataclass(frozen=True)
+class BoxShape:
+    """A box's core and ring: bool grids of GRID-pixel cells over the box (see the module)."""
+
+    core: np.ndarray
+    ring: np.ndarray
+
+    def bounds(self) -> tuple[int, int, int, int]:
+        """The cells (x0, y0, x1, y1) the ring spans."""
+        rows, cols = np.nonzero(self.ring.any(axis=1))[0], np.nonzero(self.ring.any(axis=0))[0]
+        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 @dataclass(frozen=True)
 class Sheet:
     """One image of `width` x `height` pixels holding boxes, each box's top-left corner at (x, y) on
-    the sheet; a box may reach past the sheet's edges, its core never does."""
+    the sheet; a box may reach past the sheet's edges, its ring never does."""
 
     width: int
     height: int
     places: tuple[tuple[Box, tuple[int, int]], ...]
 
 
-def border(margin: int) -> int:
-    """Pixels kept free along a sheet's edges: half the tissue margin, rounded up to whole cells."""
-    return -(-math.ceil(margin / 2) // GRID) * GRID
-
-
-def core_bounds(core: np.ndarray) -> tuple[int, int, int, int]:
-    """The cells (x0, y0, x1, y1) a core spans within its grid."""
-    rows, cols = np.nonzero(core.any(axis=1))[0], np.nonzero(core.any(axis=0))[0]
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def packable(core: np.ndarray, tile: int, margin: int) -> bool:
-    """Whether a box's core fits on a sheet of one tile (within the sheet's border)."""
-    if not core.any():
+def packable(shape: BoxShape, tile: int) -> bool:
+    """Whether a box's ring fits on a sheet of one tile."""
+    if not shape.core.any():
         return False
-    x0, y0, x1, y1 = core_bounds(core)
-    room = (tile - 2 * border(margin)) // GRID
-    return max(x1 - x0, y1 - y0) <= room
+    x0, y0, x1, y1 = shape.bounds()
+    return max(x1 - x0, y1 - y0) <= tile // GRID
 
 
 _ORDERS: tuple[Callable[[np.ndarray], tuple[int, ...]], ...] = (
-    lambda c: (-int(c.sum()),),  # the most cells first
+    lambda c: (-int(c.sum()),),  # the most core cells first
     lambda c: (-c.size,),  # the largest extent first
     lambda c: (-c.shape[0], -c.shape[1]),  # the tallest first
     lambda c: (-max(c.shape), -c.size),  # the longest first
 )
 
 
-def pack(boxes: list[Box], cores: list[np.ndarray], tile: int, margin: int, multiple: int = 1) -> list[Sheet]:
-    """The boxes on sheets of at most `tile` square by their cores (each `packable`), the cheapest of
-    a few greedy orders; each sheet trimmed to what it holds, sides rounded up to `multiple`. The
+def pack(boxes: list[Box], shapes: list[BoxShape], tile: int, multiple: int = 1) -> list[Sheet]:
+    """The boxes on sheets of at most `tile` square by their shapes (each `packable`), the cheapest
+    of a few greedy orders; each sheet trimmed to what it holds, sides rounded up to `multiple`. The
     same boxes always give the same sheets."""
     if not boxes:
         return []
-    pieces = [(box, *_cropped(core)) for box, core in sorted(zip(boxes, cores, strict=True), key=lambda bc: bc[0])]
-    room, edge = (tile - 2 * border(margin)) // GRID, border(margin)
+    pieces = [(box, *_cut(shape)) for box, shape in sorted(zip(boxes, shapes, strict=True), key=lambda bs: bs[0])]
     best: list[Sheet] | None = None
     for order, lowest in itertools.product(_ORDERS, (False, True)):
         ranked = sorted(pieces, key=lambda p: order(p[1]))  # stable: ties keep the boxes' order
-        sheets = [_sheet(placed, edge, multiple) for placed in _place(ranked, room, lowest)]
+        sheets = [_sheet(placed, multiple) for placed in _place(ranked, tile // GRID, lowest)]
         if best is None or sum(s.width * s.height for s in sheets) < sum(s.width * s.height for s in best):
             best = sheets
     return best or []
 
 
-def _cropped(core: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """A core cut to the cells its tissue spans, with where that cut starts in the box's grid."""
-    x0, y0, x1, y1 = core_bounds(core)
-    return np.ascontiguousarray(core[y0:y1, x0:x1], dtype=np.float32), (x0, y0)
+def _cut(shape: BoxShape) -> tuple[np.ndarray, tuple[int, int]]:
+    """A box's core cut to the cells its ring spans (float32, for matchTemplate), with where the
+    cut starts in the box's grid."""
+    x0, y0, x1, y1 = shape.bounds()
+    return np.ascontiguousarray(shape.core[y0:y1, x0:x1], dtype=np.float32), (x0, y0)
 
 
 Placed = tuple[Box, tuple[int, int], tuple[int, int]]  # a box, its cut's offset in its grid, the cell it starts at
@@ -124,12 +125,9 @@ def _best_spot(grid: np.ndarray, cut: np.ndarray, extent: tuple[int, int], lowes
     return int(free[best, 0]), int(free[best, 1])
 
 
-def _sheet(placed: tuple[list[Placed], tuple[int, int]], edge: int, multiple: int) -> Sheet:
-    """A sheet just large enough for its cores and its border, sides rounded up to `multiple`;
-    each box's origin on it."""
+def _sheet(placed: tuple[list[Placed], tuple[int, int]], multiple: int) -> Sheet:
+    """A sheet just large enough for its rings, sides rounded up to `multiple`; each box's origin on it."""
     members, (rows, cols) = placed
     up = lambda v: -(-v // multiple) * multiple  # noqa: E731
-    # a core's grid starts `edge` before its box; the sheet's border is another `edge`
-    places = tuple((box, (2 * edge + (cx - ox) * GRID, 2 * edge + (cy - oy) * GRID))
-                   for box, (ox, oy), (cx, cy) in members)
-    return Sheet(up(cols * GRID + 2 * edge), up(rows * GRID + 2 * edge), places)
+    places = tuple((box, ((cx - ox) * GRID, (cy - oy) * GRID)) for box, (ox, oy), (cx, cy) in members)
+    return Sheet(up(cols * GRID), up(rows * GRID), places)

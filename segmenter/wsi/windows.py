@@ -17,7 +17,8 @@ from shapely.geometry import Polygon
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE
 from segmenter.errors import CysegError
 from segmenter.tiling import tile_spans
-from segmenter.wsi.cores import box_cores
+from segmenter.wsi.cores import box_shapes
+from segmenter.wsi.packing import BoxShape
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -121,7 +122,7 @@ class WindowTask:
     boxes: list[tuple[int, int, int, int]] | None
     skipped: int = 0
     sides: tuple[bool, bool, bool, bool] = (False, False, False, False)  # a neighbour (left, top, right, bottom)
-    cores: list[np.ndarray | None] | None = field(default=None, compare=False, repr=False)  # per box (cores.py)
+    shapes: list[BoxShape | None] | None = field(default=None, compare=False, repr=False)  # per box (cores.py)
 
 
 class _Extent(sldc.Image):
@@ -189,7 +190,7 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
                  tissue: SlideTissue | TissueMask | None, multiple: int) -> list[WindowTask]:
     """One task per window, with ownership boxes and per-tile tissue flags (tiles laid out as
     `process_window` lays them, for a network whose sides must be multiples of `multiple`), and the
-    tissue boxes with their cores (`segmenter.wsi.cores`); a window dense with tissue (DENSE_SHARE)
+    tissue boxes with their shapes (`segmenter.wsi.cores`); a window dense with tissue (DENSE_SHARE)
     gets no boxes and is inferred whole."""
     tasks = []
     for wid in range(1, topology.tile_count + 1):
@@ -199,7 +200,7 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
         x0, y0, x1, y1 = x0 - x, y0 - y, x1 - x, y1 - y
         ys = tile_spans(h, opts.tile, opts.overlap, multiple)
         xs = tile_spans(w, opts.tile, opts.overlap, multiple)
-        boxes, skipped, cores = None, 0, None
+        boxes, skipped, shapes = None, 0, None
         if tissue is not None:
             claimed = _claimed((x0, y0, x1, y1), topology.tile_neighbours(wid), w, h, opts.tissue_margin)
             mask = window_tissue(tissue, region, (x, y, w, h), opts)
@@ -209,11 +210,11 @@ def plan_windows(topology: sldc.TileTopology, region: Region, opts: WsiOptions,
             else:
                 skipped = sum(not any(intersects((tx, ty, tw, th), b) for b in boxes)
                               for ty, th in ys for tx, tw in xs)
-                cores = box_cores(mask, region, (x, y, w, h), boxes, opts, opts.tile)
+                shapes = box_shapes(mask, region, (x, y, w, h), boxes, opts, opts.tile)
         top, bottom, left, right = topology.tile_neighbours(wid)
         sides = (left is not None, top is not None, right is not None, bottom is not None)
         tasks.append(WindowTask(wid, x, y, w, h, (x0, y0, x1 - x0, y1 - y0), len(ys) * len(xs), boxes, skipped,
-                                sides, cores))
+                                sides, shapes))
     return tasks
 
 
