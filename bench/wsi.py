@@ -47,7 +47,7 @@ from cyseg.models import resolve_model  # noqa: E402
 from segmenter.allocator import freeze_loaded_objects, keep_freed_memory  # noqa: E402
 from segmenter.base import DEFAULT_BATCH, DEFAULT_OVERLAP, DEFAULT_TILE, Segmenter  # noqa: E402
 from segmenter.precision import autocast, precision_name  # noqa: E402
-from segmenter.wsi.cores import cell_pixels  # noqa: E402
+from segmenter.wsi.cores import cell_pixels, cells_any  # noqa: E402
 from segmenter.wsi.engine import SHAPE_STEP, box_sheets, forward_box  # noqa: E402
 from segmenter.wsi.pyramid import write_pyramid_streaming  # noqa: E402
 from segmenter.wsi.readers import open_slide  # noqa: E402
@@ -129,14 +129,9 @@ def lost_foreground(slide_path: Path, placements, seg: Segmenter, opts: WsiOptio
 def _mark(cells: np.ndarray, mask: np.ndarray, x: int, y: int, step: int = 8) -> None:
     """Set the cells (`step` pixels a side) of a level-0 grid that any pixel of `mask`, placed at
     (x, y), covers."""
-    h, w = mask.shape
-    ox, oy = x % step, y % step
-    rows, cols = -(-(h + oy) // step), -(-(w + ox) // step)
-    padded = np.zeros((rows * step, cols * step), bool)
-    padded[oy:oy + h, ox:ox + w] = mask
-    hit = padded.reshape(rows, step, cols, step).any(axis=(1, 3))
+    hit = cells_any(np.pad(mask, ((y % step, 0), (x % step, 0))), step)
     r0, c0 = y // step, x // step
-    rows, cols = min(rows, cells.shape[0] - r0), min(cols, cells.shape[1] - c0)
+    rows, cols = min(hit.shape[0], cells.shape[0] - r0), min(hit.shape[1], cells.shape[1] - c0)
     cells[r0:r0 + rows, c0:c0 + cols] |= hit[:rows, :cols]
 
 

@@ -25,6 +25,7 @@ from segmenter.io.atomic import atomic_path
 from segmenter.io.dataset import declared_classes, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
+from segmenter.subsets import sample
 from segmenter.suggest import (
     MAX_VIEWS,
     MEASURES,
@@ -32,7 +33,6 @@ from segmenter.suggest import (
     Suggestion,
     check_count,
     check_uncertainty_weight,
-    sample,
     score_all,
     select,
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 MEASURES = ("tta", "entropy")
 MAX_VIEWS = 8
 MAX_UNCERTAINTY_WEIGHT = 4.0
-T = TypeVar("T")
 
 
 @dataclass
@@ -187,15 +186,6 @@ def _distances(items: Sequence[Candidate]) -> np.ndarray:
     spread = features.std(axis=0)
     features = (features - features.mean(axis=0)) / np.where(spread > 0, spread, 1)
     return (cdist(features, features) / np.sqrt(max(features.shape[1], 1))).astype(np.float32)
-
-
-def sample(items: list[T], limit: int, seed: int) -> list[T]:
-    """The items (candidates, annotated images), or a seeded sample of `limit` of them, in their
-    order, when there are more."""
-    if len(items) <= limit:
-        return items
-    keep = np.sort(np.random.default_rng(seed).choice(len(items), limit, replace=False))
-    return [items[i] for i in keep]
 
 
 def score_all(candidates: Sequence[Candidate], pixels: Callable[[Candidate], np.ndarray], seg: Segmenter,

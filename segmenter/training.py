@@ -54,6 +54,7 @@ from segmenter.precision import autocast, precision_name
 from segmenter.resolution import check_resolution, resample_pair
 from segmenter.sampler import CropSampler, channel_stats
 from segmenter.scope import training_scope
+from segmenter.subsets import sample
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -518,7 +519,4 @@ def _choice_images(data: TrainingData, seed: int) -> tuple[list[Dataset], str]:
 
 def _sample(dataset: Dataset, n: int, seed: int) -> Dataset:
     """At most `n` items of `dataset`, drawn with `seed`."""
-    if len(dataset) <= n:
-        return dataset
-    picked = np.random.default_rng(seed).choice(len(dataset), n, replace=False)
-    return dataclasses.replace(dataset, items=[dataset.items[i] for i in sorted(picked)])
+    return dataset if len(dataset) <= n else dataclasses.replace(dataset, items=sample(dataset.items, n, seed))

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from segmenter.errors import CysegError
-from segmenter.suggest import Candidate, sample
+from segmenter.subsets import sample
+from segmenter.suggest import Candidate
 from segmenter.wsi.slide import SlideReader
 from segmenter.wsi.tissue import TissueMask
 

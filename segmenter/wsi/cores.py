@@ -60,7 +60,7 @@ def _core(tissue: TissueMask, region: Region, window: Box, box: Box, downsample:
         own[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = _own_tissue(tissue.mask[sy0:sy1, sx0:sx1].astype(np.uint8),
                                                                   inner)
     grown = cv2.dilate(own, disc, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return _cells(grown[np.ix_(rows - y0, cols - x0)].astype(bool))
+    return cells_any(grown[np.ix_(rows - y0, cols - x0)].astype(bool), GRID)
 
 
 def _own_tissue(tissue: np.ndarray, inner: tuple[bool, bool, bool, bool]) -> np.ndarray:
@@ -80,18 +80,19 @@ def _own_tissue(tissue: np.ndarray, inner: tuple[bool, bool, bool, bool]) -> np.
     return own
 
 
-def _cells(pixels: np.ndarray) -> np.ndarray:
-    """A (h, w) bool mask as GRID-pixel cells: a cell is True if any of its pixels is."""
-    h, w = pixels.shape
-    rows, cols = -(-h // GRID), -(-w // GRID)
-    padded = np.zeros((rows * GRID, cols * GRID), bool)
-    padded[:h, :w] = pixels
-    return padded.reshape(rows, GRID, cols, GRID).any(axis=(1, 3))
+def cells_any(mask: np.ndarray, cell: int) -> np.ndarray:
+    """A (h, w) bool mask as a grid of `cell`-pixel cells (the last row and column may hold fewer
+    pixels): a cell is True if any of its pixels is."""
+    h, w = mask.shape
+    rows, cols = -(-h // cell), -(-w // cell)
+    padded = np.zeros((rows * cell, cols * cell), bool)
+    padded[:h, :w] = mask
+    return padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
 
 
-def cell_pixels(cells: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A grid of GRID-pixel cells as a (height, width) bool pixel mask."""
-    return cells.repeat(GRID, axis=0).repeat(GRID, axis=1)[:height, :width]
+def cell_pixels(cells: np.ndarray, width: int, height: int, cell: int = GRID) -> np.ndarray:
+    """A grid of `cell`-pixel cells as a (height, width) bool pixel mask."""
+    return cells.repeat(cell, axis=0).repeat(cell, axis=1)[:height, :width]
 
 
 def grown_cells(cells: np.ndarray, pixels: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from segmenter.instances import instance_labels
 from segmenter.polygons import mask_to_polygons
 from segmenter.tiling import box_weights
 from segmenter.wsi.cache import WindowResult
-from segmenter.wsi.cores import cell_pixels
+from segmenter.wsi.cores import cell_pixels, cells_any
 from segmenter.wsi.objects import owned_objects
 from segmenter.wsi.packing import Box, Sheet, pack, packable
 from segmenter.wsi.windows import Region, WindowTask, WsiOptions, box_groups, intersects
@@ -250,14 +250,11 @@ def foreground_groups(foreground: np.ndarray, cell: int) -> Iterator[tuple[Box, 
     and which of the box's pixels belong to it (bool, box-sized). Every 8-connected component of the
     foreground lies whole in one group, and no pixel is in two."""
     height, width = foreground.shape
-    rows, cols = -(-height // cell), -(-width // cell)
-    padded = np.zeros((rows * cell, cols * cell), bool)
-    padded[:height, :width] = foreground
-    coarse = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3)).view(np.uint8)
+    coarse = cells_any(foreground, cell).view(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(coarse, connectivity=8)
     for g in range(1, n):
         gx, gy, gw, gh = (int(v) for v in stats[g, :4])
         x, y = gx * cell, gy * cell
         w, h = min(gw * cell, width - x), min(gh * cell, height - y)
-        member = (labels[gy:gy + gh, gx:gx + gw] == g).repeat(cell, axis=0).repeat(cell, axis=1)[:h, :w]
+        member = cell_pixels(labels[gy:gy + gh, gx:gx + gw] == g, w, h, cell)
         yield (x, y, w, h), member
