@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 
 import albumentations as A
+import numpy as np
 from tqdm import tqdm
 
 from segmenter.augment import method_augmenter
 from segmenter.errors import CysegError
-from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair
+from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair, read_unknown
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ def augment_dataset(src: str | os.PathLike, steps: int, seed: int = 0, colour: b
         for item in tqdm(dataset.items, desc="augment", unit="item",
                          disable=None if progress is None else not progress):
             image, mask = read_pair(item)
+            unknown = read_unknown(item, mask.shape)
+            stacked = mask if unknown is None else np.dstack([mask, unknown.astype(np.uint8)])
             writer.copy(item)
             for k in range(1, steps + 1):
-                result = augmenter(image=image, mask=mask)
+                result = augmenter(image=image, mask=stacked)
+                labels = result["mask"] if unknown is None else result["mask"][:, :, 0]
                 stem = f"{item.stem}_aug{k}"
                 # item meta (slide, kind, ...) is kept so that `split --by-slide` works on the result
-                writer.add(stem, result["image"], result["mask"],
-                           meta={**item.meta, "source": item.stem, "augmentation": k})
+                writer.add(stem, result["image"], labels, meta={**item.meta, "source": item.stem, "augmentation": k},
+                           unknown=None if unknown is None else result["mask"][:, :, 1] > 0)
     log.info("wrote %s (%d items)", out, len(dataset) * (steps + 1))
     return out

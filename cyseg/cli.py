@@ -609,6 +609,10 @@ def demo_command(out: Path, model: str, device: str) -> None:
               help="--mode objects: the least mean probability of an added object; auto: the model's own level on "
                    "the expert's objects (the lower quartile of their mean probabilities), as a model trained on "
                    "incomplete masks doubts every object.")
+@click.option("--unsure", type=click.Choice(["background", "unknown"]), default="background", show_default=True,
+              help="--mode objects: what the model predicted away from the expert annotations but the rule did not "
+                   "add (not confident enough, not of the objects' size) is, for the next model, background; or "
+                   "unknown, left out of its loss (written as unknown/ maps in the dataset version).")
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
               help="With --val: run the next iteration only while the validation IoU (objects the rule would add "
                    "there counted as unknown, not as false positives) is still rising.")

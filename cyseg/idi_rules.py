@@ -18,10 +18,18 @@
   probabilities on real objects sit well below any fixed level; measured against the expert's
   objects, a missed object looks like them and a false positive looks less sure. Expert pixels
   are never removed.
+
+What the rule leaves out is background by default (`unsure="background"`). With `unsure="unknown"`
+the pixels the model predicted away from the expert annotations that were not added (objects below
+the confidence level or outside the size range, the rims and bridges the opening dropped), grown by
+the opening's radius (the extent of an object the model doubts is uncertain on the scale of the
+objects), are written as unknown (the dataset's `unknown/` maps): the next model is taught neither
+that they are background nor that they are objects, so a missed object the model was unsure of no
+longer teaches it to doubt the class, and its doubtful finds are not learnt either.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -30,6 +38,7 @@ from segmenter.errors import CysegError
 from segmenter.planning import object_areas
 
 MODES = ("objects", "or")
+UNSURE = ("background", "unknown")
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,14 @@ class GrowthRule:
     margin: int = 2
     size_range: float = 8.0
     opening: float = 0.4
+    unsure: str = "background"
 
     def check(self) -> GrowthRule:
         """Itself, or a CysegError naming the option out of range."""
         if self.mode not in MODES:
             raise CysegError(f"--mode {self.mode!r} is not known; use one of {', '.join(MODES)}")
+        if self.unsure not in UNSURE:
+            raise CysegError(f"--unsure {self.unsure!r} is not known; use one of {', '.join(UNSURE)}")
         if self.confidence is not None and not 0.0 <= self.confidence <= 1.0:
             raise CysegError(f"--confidence {self.confidence} is outside [0, 1]; choose e.g. 0.7, or auto")
         if not 0.0 <= self.quantile <= 1.0:
@@ -69,10 +81,16 @@ class GrowthRule:
 
 @dataclass
 class Candidates:
-    """The objects a prediction could add to one mask: their flat pixel indices and mean probabilities."""
+    """The objects a prediction could add to one mask: their flat pixel indices and mean probabilities;
+    for a rule that marks the unsure pixels unknown, also the predicted pixels away from the expert
+    annotations (`away`) and the pixels near them (`near`), (H, W) bool, and how far (px) the unsure
+    pixels are grown (`grow`)."""
 
     pixels: list[np.ndarray]
     means: np.ndarray
+    away: np.ndarray | None = field(default=None, repr=False)
+    near: np.ndarray | None = field(default=None, repr=False)
+    grow: int = 0
 
     def added(self, shape: tuple[int, int], level: float) -> np.ndarray:
         """(H, W) bool: the candidates whose mean probability reaches `level`."""
@@ -81,6 +99,18 @@ class Candidates:
             if mean >= level:
                 out[pixels] = True
         return out.reshape(shape)
+
+    def unsure(self, shape: tuple[int, int], level: float) -> np.ndarray:
+        """(H, W) bool: the predicted pixels away from the expert annotations that `added(shape, level)`
+        leaves out, grown by `grow` px, but neither on an added object nor near an expert one (the
+        expert's outline and what was added stay labelled); none when `away` was not kept."""
+        if self.away is None or self.near is None:
+            return np.zeros(shape, bool)
+        added = self.added(shape, level)
+        left = self.away & ~added
+        if not left.any():
+            return left
+        return (cv2.dilate(left.astype(np.uint8), _disc(self.grow)) > 0) & ~self.near & ~added
 
 
 def typical_area(masks: list[np.ndarray]) -> float:
@@ -111,13 +141,14 @@ def candidates(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: G
     near = cv2.dilate(gt.astype(np.uint8), _disc(rule.margin)) > 0
     away = (predicted.astype(bool) & ~near).astype(np.uint8)
     radius = max(1, round(rule.opening * np.sqrt(area / np.pi)))
+    kept = (away > 0, near, radius) if rule.unsure == "unknown" else (None, None, 0)
     away = cv2.morphologyEx(away, cv2.MORPH_OPEN, _disc(radius))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(away, connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
     sized = np.flatnonzero((areas >= area / rule.size_range) & (areas <= area * rule.size_range))
     sized = sized[sized > 0]
     if sized.size == 0:
-        return Candidates([], np.zeros(0))
+        return Candidates([], np.zeros(0), *kept)
     means = np.bincount(labels.ravel(), weights=probs.ravel(), minlength=n) / np.maximum(areas, 1)
     flat = labels.ravel()
     wanted = np.zeros(n, bool)
@@ -125,7 +156,7 @@ def candidates(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: G
     pixels = np.flatnonzero(wanted[flat])
     pixels = pixels[np.argsort(flat[pixels], kind="stable")]
     bounds = np.cumsum(areas[sized])[:-1]
-    return Candidates(np.split(pixels, bounds), means[sized])
+    return Candidates(np.split(pixels, bounds), means[sized], *kept)
 
 
 def addable(gt: np.ndarray, predicted: np.ndarray, probs: np.ndarray, rule: GrowthRule, area: float) -> Candidates:

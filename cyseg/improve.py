@@ -15,7 +15,9 @@ Iteration k = 1..K:
    default) adds only predicted objects away from every expert annotation, of the expert objects'
    size, and as confident as the model is on the expert's own objects (the level is taken over all
    selected items, so every item is predicted before any is written); `or` is the method's ground
-   truth OR prediction. Annotated pixels are never removed; relative to
+   truth OR prediction. With `--unsure unknown`, what the model predicted there but the rule did not
+   add is marked unknown (unknown/ maps), left out of the next model's loss instead of taught as
+   background. Annotated pixels are never removed; relative to
    the previous version, pixels a former iteration added may be withdrawn when the newer model no
    longer predicts them (the rule starts from the original masks, not from the previous version).
    Unselected items are copied byte for byte.
@@ -87,6 +89,7 @@ from segmenter.io.dataset import (
     manifest_hash,
     open_dataset,
     read_mask,
+    read_unknown,
 )
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image, write_png
@@ -108,8 +111,8 @@ RULES = {"or": "mask = original ground truth OR post-processed prediction (selec
 ITERATION_FIELDS = (
     "iteration", "trained_on", "model", "start", "items", "items_selected",
     "fg_before", "fg_after", "pixels_added", "pixels_added_vs_previous", "pixels_removed_vs_previous",
-    "masks_changed", "masks_differing_from_gt", "confidence_level", "val_iou", "val_dice", "val_iou_strict",
-    "val_unknown_px", "train_seconds", "train_cpu_seconds",
+    "masks_changed", "masks_differing_from_gt", "pixels_unknown", "confidence_level", "val_iou", "val_dice",
+    "val_iou_strict", "val_unknown_px", "train_seconds", "train_cpu_seconds",
 )
 DEFAULT_N, DEFAULT_DEPTH = 16, 5
 
@@ -141,6 +144,7 @@ class ImproveOptions:
     zoom: float = 0.0
     mode: str = "objects"
     confidence: float | None = None  # None: the model's level on the expert's objects
+    unsure: str = "background"  # or "unknown": predicted, not added, left out of the next loss
     early_stop: bool = True
     amp: bool = True
     progress: bool = True
@@ -148,7 +152,7 @@ class ImproveOptions:
     @property
     def rule(self) -> GrowthRule:
         """How the prediction joins the expert masks (`cyseg.idi_rules`)."""
-        return GrowthRule(self.mode, self.confidence)
+        return GrowthRule(self.mode, self.confidence, unsure=self.unsure)
 
     @property
     def floor(self) -> float:
@@ -170,6 +174,9 @@ class ImproveOptions:
             if value is not None and value < 1:
                 raise CysegError(f"--{name} must be >= 1 (got {value})")
         self.rule.check()
+        if self.mode == "or" and self.unsure != "background":
+            raise CysegError("--unsure unknown needs --mode objects (--mode or adds every predicted pixel, so "
+                             "none is left unsure); drop one of them")
         self.train_options(1, None).check()
 
     def train_options(self, iteration: int, out: Path | None, resume: bool = False,
@@ -471,7 +478,8 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
             "fg_before": stats["before"] / stats["pixels"], "fg_after": stats["after"] / stats["pixels"],
             "pixels_added": stats["added"], "pixels_added_vs_previous": stats["added_prev"],
             "pixels_removed_vs_previous": stats["removed_prev"], "masks_changed": stats["changed"],
-            "masks_differing_from_gt": stats["differ_gt"], "confidence_level": level,
+            "masks_differing_from_gt": stats["differ_gt"], "pixels_unknown": stats["unknown"],
+            "confidence_level": level,
             **{f"val_{key}": None if scores is None else scores[key]
                for key in ("iou", "dice", "iou_strict", "unknown_px")},
             "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
@@ -513,15 +521,16 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
         means.append(expert)
     level = opts.rule.level(np.concatenate(means))
     stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
-                           "differ_gt"), 0)
+                           "differ_gt", "unknown"), 0)
     for item in dataset.items:
         gt = truth[item.stem]
         prev_mask = gt if k == 1 else read_mask(previous[item.stem].mask, gt.shape).astype(bool)
         if item.stem in found:
-            new = _write_grown(writer, item, gt, found[item.stem], level, k)
+            new, unknown = _write_grown(writer, item, gt, found[item.stem], level, k)
         else:
             writer.copy(item)
-            new = gt
+            new, unknown = gt, 0
+        stats["unknown"] += unknown
         added = int((new & ~gt).sum())
         stats["pixels"] += gt.size
         stats["before"] += int(prev_mask.sum())
@@ -547,18 +556,25 @@ def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions,
 
 
 def _write_grown(writer: DatasetWriter, item: Item, gt: np.ndarray, found: tuple[Candidates, dict[str, Any]],
-                 level: float, k: int) -> np.ndarray:
+                 level: float, k: int) -> tuple[np.ndarray, int]:
     """Copy `item` into the new version with the candidates at or above `level` added to its mask
-    (and, when that adds pixels, its picture in added/); returns the new mask."""
+    (and, when that adds pixels, its picture in added/) and, for `--unsure unknown`, the predicted
+    pixels left out marked unknown beside any the item had; returns the new mask and its unknown pixels."""
     new = gt | found[0].added(gt.shape, level)
     added = new & ~gt
-    writer.copy(item, meta={"idi": {"iteration": k, **found[1], "added_px": int(added.sum())}})
+    unsure = found[0].unsure(gt.shape, level)
+    writer.copy(item, meta={"idi": {"iteration": k, **found[1], "added_px": int(added.sum()),
+                                    "unknown_px": int(unsure.sum())}})
+    if unsure.any():
+        before = read_unknown(item, gt.shape)
+        unsure = unsure if before is None else (unsure | before) & ~new
+        writer.write_unknown(item.stem, unsure)
     if added.any():
         written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"
         written.unlink()
         write_png(writer.tmp / "masks" / f"{item.stem}.png", new.astype(np.uint8) * 255)
         write_png(writer.tmp / "added" / f"{item.stem}.png", _idi_overlay(read_image(item.image), gt, added))
-    return new
+    return new, int(unsure.sum())
 
 
 def val_scores(seg: Segmenter, val: Dataset, rule: GrowthRule, area: float, level: float) -> dict[str, float]:

@@ -21,7 +21,7 @@ from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.classes import VOCABULARY, channel_map
 from segmenter.errors import CysegError
 from segmenter.instances import instance_labels, instance_scores, truth_instances
-from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair, read_unknown
 from segmenter.io.instances import warn_disconnected
 from segmenter.pipeline import read_ahead
 from transforms.chain import build_on, without_threshold
@@ -83,8 +83,8 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
     smooth = build_on(seg.device, without_threshold(seg.postprocess))
     rows: list[dict[str, Any]] = []
     read_truth: list[tuple[Any, np.ndarray]] = []
-    with closing(read_ahead(dataset.items, read_pair)) as pairs:  # the next pair is read beside the network
-        for item, (image, labels) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
+    with closing(read_ahead(dataset.items, _read_scored)) as pairs:  # the next pair is read beside the network
+        for item, (image, labels, unknown) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                           disable=not progress, leave=False):
             probs = seg.predict(image)
             if predictions is not None:
@@ -95,7 +95,7 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
                 for c, name in scored:
                     truth = (targets[:, :, c] > 0).astype(np.uint8)
                     masks = _score_channel(rows, item.stem, name, smoothed[c], truth, thresholds, seg.device,
-                                           keep_masks=on_image is not None)
+                                           keep_masks=on_image is not None, unknown=unknown)
                     if on_image is not None:
                         on_image(item.stem, name, image, truth, masks)
                 if instances_at is not None:
@@ -123,13 +123,24 @@ def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, pro
         row.update(instance_scores(predicted[channel], truth))
 
 
+def _read_scored(item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """An item's image, mask labels and unknown pixels (`read_unknown`)."""
+    image, labels = read_pair(item)
+    return image, labels, read_unknown(item, labels.shape)
+
+
 def _score_channel(rows: list[dict[str, Any]], stem: str, name: str | None, smoothed: torch.Tensor, truth: np.ndarray,
-                   thresholds: Sequence[float], device: torch.device, keep_masks: bool) -> dict[float, np.ndarray]:
-    """Append one row per threshold for one image and class; returns the masks when asked to keep them."""
+                   thresholds: Sequence[float], device: torch.device, keep_masks: bool,
+                   unknown: np.ndarray | None = None) -> dict[float, np.ndarray]:
+    """Append one row per threshold for one image and class, the `unknown` pixels (nobody labelled
+    them) counted neither right nor wrong; returns the masks when asked to keep them."""
     truth_t = torch.from_numpy(truth).to(device) > 0
+    labelled = None if unknown is None else torch.from_numpy(~unknown).to(device)
+    if labelled is not None:
+        truth_t &= labelled
     masks: dict[float, np.ndarray] = {}
     for t in thresholds:
-        pred = smoothed > t
+        pred = smoothed > t if labelled is None else (smoothed > t) & labelled
         tp = int((pred & truth_t).sum())
         fp = int((pred & ~truth_t).sum())
         fn = int((~pred & truth_t).sum())

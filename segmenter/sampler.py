@@ -42,14 +42,19 @@ class CropSampler(torch.utils.data.Dataset):
     class targets, computed on the augmented crop.
 
     An image is drawn with probability proportional to its area; with `groups` (a group index per
-    image, e.g. its dataset folder) every group is drawn equally often and, within a group, by area."""
+    image, e.g. its dataset folder) every group is drawn equally often and, within a group, by area.
+
+    With `unknown` (per image: (H, W) bool of the pixels nobody labelled, or None) and any image
+    having such pixels, the map travels with the mask too and `known` becomes per pixel,
+    (C [+ K], crop, crop): 0 on the unknown pixels, which the loss leaves out."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, zoom: float = 0.0,
                  maps: Sequence[ChannelMap] | None = None,
                  instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-                 groups: Sequence[int] | None = None):
+                 groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
+        self.unknown = list(unknown) if unknown is not None and any(u is not None for u in unknown) else None
         self.zoom = zoom
         self.maps = list(maps) if maps is not None else [channel_map((), (), "")] * len(masks)
         self.instances = list(instances) if instances is not None else None
@@ -70,9 +75,7 @@ class CropSampler(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.choice(len(self.images), p=self.p))
-        image, mask = self.images[k], self.masks[k]
-        if self.instances is not None:  # labels and instance ids cropped and augmented as one mask
-            mask = np.concatenate([mask[:, :, None].astype(np.uint16), self.instances[k][0]], axis=2)
+        image, mask = self.images[k], self._stacked_mask(k)
         side = self._side(rng)
         h, w = mask.shape[:2]
         if h < side or w < side:
@@ -88,11 +91,33 @@ class CropSampler(torch.utils.data.Dataset):
         self.aug.set_random_seed(int(rng.integers(2**31)))
         out = self.aug(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))
         x_t = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1)
-        channels = self.maps[k]
+        channels, mask = self.maps[k], out["mask"]
+        labelled = None
+        if self.unknown is not None:  # the last layer is the unknown map
+            mask = mask.reshape(*mask.shape[:2], -1)
+            labelled = torch.from_numpy(mask[:, :, -1] == 0)
+            mask = mask[:, :, :-1] if self.instances is not None else mask[:, :, 0]
         if self.instances is not None:
-            return x_t, *self._with_distances(out["mask"], channels, self.instances[k][1])
-        target = torch.from_numpy(channels.targets(out["mask"])).permute(2, 0, 1)
-        return x_t, target, torch.from_numpy(channels.known)
+            target, known = self._with_distances(mask, channels, self.instances[k][1])
+        else:
+            target, known = torch.from_numpy(channels.targets(mask)).permute(2, 0, 1), torch.from_numpy(channels.known)
+        if labelled is not None:
+            known = known[:, None, None] * labelled[None].float()
+        return x_t, target, known
+
+    def _stacked_mask(self, k: int) -> np.ndarray:
+        """Image k's mask labels, with its instance ids and then its unknown map as further layers
+        when the sampler has them, so that one crop and augmentation moves them all."""
+        layers = [self.masks[k]]
+        if self.instances is not None:
+            layers = [layers[0][:, :, None].astype(np.uint16), self.instances[k][0]]
+        if self.unknown is not None:
+            unknown = self.unknown[k]
+            layers.append(np.zeros(self.masks[k].shape, np.uint8) if unknown is None else unknown.astype(np.uint8))
+        if len(layers) == 1:
+            return layers[0]
+        dtype = np.uint16 if self.instances is not None else np.uint8
+        return np.concatenate([layer.reshape(*layer.shape[:2], -1).astype(dtype) for layer in layers], axis=2)
 
     @staticmethod
     def _with_distances(stacked: np.ndarray, channels: ChannelMap,

@@ -42,6 +42,7 @@ from segmenter.io.dataset import (
     manifest_hash,
     open_dataset,
     read_pair,
+    read_unknown,
 )
 from segmenter.planning import (
     DEFAULT_CROP,
@@ -121,6 +122,7 @@ class TrainingData:
     masks: list[np.ndarray]
     maps: list[ChannelMap]
     instances: list[tuple[np.ndarray, np.ndarray]] | None  # per image: (H, W, K) labels, (K,) annotated
+    unknown: list[np.ndarray | None]  # per image: (H, W) bool, the pixels nobody labelled (None: every one is)
     val: list[Dataset] | None
     dataset_hash: str
     object_size: float
@@ -141,7 +143,7 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
-                          _folder_of_each_image(data.datasets) if opts.balance else None)
+                          _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -179,12 +181,15 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
     """Read and check every dataset, bring the training images to the working resolution and plan
     the crop and the epochs; returns the data and the options with the planned values filled in."""
     datasets = [open_dataset(folder) for folder in _folders(train_dir)]
-    images, masks, maps = _load_arrays(seg, datasets)  # reads and checks every pair first
+    images, masks, maps, unknown = _load_arrays(seg, datasets)  # reads and checks every pair first
     instances = load_instances(seg, datasets, [m.shape[:2] for m in masks]) if seg.instance_classes else None
     resolution, size = _working_resolution(seg, masks, opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         images[i], masks[i] = resample_pair(image, mask, resolution)
+        if unknown[i] is not None and resolution != 1:
+            side = (masks[i].shape[1], masks[i].shape[0])
+            unknown[i] = cv2.resize(unknown[i].view(np.uint8), side, interpolation=cv2.INTER_NEAREST) > 0
         if instances is not None and resolution != 1:
             side = (masks[i].shape[1], masks[i].shape[0])
             stack = cv2.resize(instances[i][0], side, interpolation=cv2.INTER_NEAREST)
@@ -200,7 +205,7 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
         opts = dataclasses.replace(opts, epochs=plan_epochs(crop))
         log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
                  DEFAULT_EPOCHS, DEFAULT_CROP)
-    return TrainingData(datasets, images, masks, maps, instances, val, dataset_hash, size, crop), opts
+    return TrainingData(datasets, images, masks, maps, instances, unknown, val, dataset_hash, size, crop), opts
 
 
 def _folder_of_each_image(datasets: list[Dataset]) -> list[int]:
@@ -209,10 +214,11 @@ def _folder_of_each_image(datasets: list[Dataset]) -> list[int]:
 
 
 def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarray], list[np.ndarray],
-                                                                   list[ChannelMap]]:
-    """Every image and mask of the datasets at the images' resolution, and how each mask's labels
-    become the model's targets; refuses a dataset that annotates none of the model's classes."""
-    images, masks, maps = [], [], []
+                                                                   list[ChannelMap], list[np.ndarray | None]]:
+    """Every image and mask of the datasets at the images' resolution, how each mask's labels
+    become the model's targets, and each image's unknown pixels (None: all labelled); refuses a
+    dataset that annotates none of the model's classes."""
+    images, masks, maps, unknown = [], [], [], []
     for dataset in datasets:
         channels = channel_map(dataset.classes, seg.classes, dataset.root)
         ignored = [c for c in dataset.classes if c not in seg.classes]
@@ -224,7 +230,8 @@ def _load_arrays(seg: Segmenter, datasets: list[Dataset]) -> tuple[list[np.ndarr
             images.append(image)
             masks.append(mask)
             maps.append(channels)
-    return images, masks, maps
+            unknown.append(read_unknown(item, mask.shape))
+    return images, masks, maps, unknown
 
 
 def class_object_sizes(labels: tuple[str, ...], by_folder: dict[int, dict[str, float]]) -> dict[str, float]:
@@ -426,7 +433,8 @@ def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tenso
         raise CysegError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
     with torch.no_grad():
         c = seg.n_classes  # the class channels (the distance channels that may follow are not masks)
-        pred, truth, counted = logits.detach()[:, :c] > 0, target[:, :c] > 0.5, known[:, :c, None, None] > 0
+        counted = (known if known.dim() == 4 else known[:, :, None, None])[:, :c] > 0
+        pred, truth = logits.detach()[:, :c] > 0, target[:, :c] > 0.5
         inter = (pred & truth & counted).sum().item()
         union = ((pred | truth) & counted).sum().item()
     return loss.item(), 1.0 if union == 0 else inter / union

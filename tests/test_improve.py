@@ -423,7 +423,7 @@ def test_normalised_threshold_is_a_probability_level_not_a_z_score():
 
 @pytest.mark.parametrize("case", ["missing", "k0", "model_missing", "model_mismatch", "out_inside", "kind_absent",
                                   "options_changed", "foreign_out", "bad_threshold", "bad_confidence",
-                                  "word_confidence"])
+                                  "word_confidence", "unsure_with_or"])
 def test_improve_bad_input_is_one_line_exit_2(case, improved, mixed, tmp_path):
     out = tmp_path / "out"
     args = ["improve", mixed, "--out", out, *TINY_IDI, "--iterations", "1"]
@@ -460,6 +460,9 @@ def test_improve_bad_input_is_one_line_exit_2(case, improved, mixed, tmp_path):
     elif case == "word_confidence":
         args += ["--confidence", "high"]
         needles = ("--confidence 'high'", "auto")
+    elif case == "unsure_with_or":
+        args += ["--mode", "or", "--unsure", "unknown"]
+        needles = ("--unsure unknown needs --mode objects",)
     before = tree_digest(improved.out)
     one_line_error(invoke(args), "cyseg", *needles)
     if case not in ("foreign_out", "options_changed"):

@@ -31,9 +31,10 @@ class UNetSegmenter(Segmenter):
                     n=config["n"], upsampling=config["upsampling"])
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-        """Class-weighted BCE + soft Dice of the class channels; with partial labels (`known` not all 1)
-        each class is averaged over the items that annotate it, and the classes no item of the batch
-        annotates are left out. A model with instances adds the distance channels' error (`_distance_loss`)."""
+        """Class-weighted BCE + soft Dice of the class channels; with partial labels (`known` (N, C) not
+        all 1) each class is averaged over the items that annotate it, and the classes no item of the
+        batch annotates are left out; with unknown pixels (`known` (N, C, H, W)) those pixels are left
+        out (`_pixel_loss`). A model with instances adds the distance channels' error (`_distance_loss`)."""
         if self.instance_classes:
             c = self.n_classes
             known = torch.ones(target.shape[:2], device=logits.device) if known is None else known
@@ -44,6 +45,8 @@ class UNetSegmenter(Segmenter):
     def _class_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
         """The class channels' loss (see `loss`)."""
         if known is not None and not bool(known.all()):
+            if known.dim() == 4:
+                return self._pixel_loss(logits, target, known)
             return self._partial_loss(logits, target, known)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
         per_class_bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
@@ -61,6 +64,17 @@ class UNetSegmenter(Segmenter):
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32) * (counted > 0)
         return (per_class * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
+    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """The loss above counting only the pixels with `known` (N, C, H, W) 1: each class's BCE is
+        averaged over its known pixels of the batch and the soft Dice sees neither the predictions nor
+        the targets of the others, so the loss does not depend on the logits there."""
+        known = known.to(device=logits.device, dtype=torch.float32)
+        weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
+        bce_map = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+        per_class_bce = (bce_map * known).sum(dim=(0, 2, 3)) / known.sum(dim=(0, 2, 3)).clamp(min=1)
+        bce = (per_class_bce * weights).sum() / weights.sum()
+        return bce + dice_loss(torch.sigmoid(logits.float()) * known, target * known, weights=self.class_weights)
+
     @staticmethod
     def _distance_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         """Squared error of the predicted (sigmoid) distance to the normalised distance target, per
@@ -70,9 +84,12 @@ class UNetSegmenter(Segmenter):
         known = known.to(device=logits.device, dtype=torch.float32)
         error = (torch.sigmoid(logits.float()) - target) ** 2
         inside = (target > 0).float()
-        n_in, n_out = inside.sum(dim=(2, 3)), (1 - inside).sum(dim=(2, 3))
+        outside = 1 - inside
+        if known.dim() == 4:  # unknown pixels are neither inside nor outside; a pair counts if any is known
+            inside, outside, known = inside * known, outside * known, (known.sum(dim=(2, 3)) > 0).float()
+        n_in, n_out = inside.sum(dim=(2, 3)), outside.sum(dim=(2, 3))
         mean_in = (error * inside).sum(dim=(2, 3)) / n_in.clamp(min=1)
-        mean_out = (error * (1 - inside)).sum(dim=(2, 3)) / n_out.clamp(min=1)
+        mean_out = (error * outside).sum(dim=(2, 3)) / n_out.clamp(min=1)
         per_pair = (mean_in + mean_out) / ((n_in > 0).float() + (n_out > 0).float()).clamp(min=1)
         return (per_pair * known).sum() / known.sum().clamp(min=1)
 

@@ -1,5 +1,8 @@
-"""The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json, and optional
-instance labels in masks_instance/ (`segmenter.io.instances`).
+"""The dataset folder (DESIGN §3): images/<stem>.png, masks/<stem>.png, dataset.json, optional
+instance labels in masks_instance/ (`segmenter.io.instances`), and optional unknown/<stem>.png: 0/255
+maps of the pixels nobody labelled (255), which are neither foreground nor background for any class:
+training leaves them out of the loss and evaluation out of the scores (`cyseg improve --unsure unknown`
+writes them for what its model found but was unsure of).
 
 dataset.json's "classes" lists the classes the masks annotate (`segmenter.classes`): none (the key
 absent) for 0/255 masks of one unnamed foreground; ["cell"] or ["nucleus"] for 0/255 masks of that
@@ -29,6 +32,7 @@ from segmenter.io.images import IMAGE_SUFFIXES, decode_file, read_image, write_p
 from segmenter.io.instances import instance_paths
 
 FORMAT = "cyseg-dataset/1"
+UNKNOWN_FOLDER = "unknown"
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 
 
@@ -43,6 +47,7 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
     instances: dict[str, Path] = field(default_factory=dict)  # channel (class or FOREGROUND) -> labels
+    unknown: Path | None = None  # unknown/<stem>.png: the pixels nobody labelled
 
     @property
     def kind(self) -> str | None:
@@ -138,9 +143,37 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
     classes = declared_classes(manifest, root)
     entries = manifest.get("items", {})
     labelled = instance_paths(root, list(images), manifest, classes)
-    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes, labelled[stem])
-             for stem, path in images.items()]
+    unknown = _unknown_paths(root, images)
+    items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes, labelled[stem],
+                  unknown.get(stem)) for stem, path in images.items()]
     return Dataset(root, items, manifest, classes)
+
+
+def _unknown_paths(root: Path, images: dict[str, Path]) -> dict[str, Path]:
+    """{stem: unknown/<stem>.png} of the images that have one; a DatasetError for a map without its image."""
+    folder = root / UNKNOWN_FOLDER
+    if not folder.is_dir():
+        return {}
+    maps = _index(folder, (".png",))
+    stray = sorted(set(maps) - set(images))
+    if stray:
+        raise DatasetError(f"{maps[stray[0]]} has no image images/{stray[0]}.png; remove it or add the image")
+    return maps
+
+
+def read_unknown(item: Item, shape: tuple[int, int]) -> np.ndarray | None:
+    """(H, W) bool: the item's pixels nobody labelled (unknown/<stem>.png: 255 unknown, 0 labelled);
+    None when it has no such map. A map of another size or with other values is a DatasetError."""
+    if item.unknown is None:
+        return None
+    values = decode_file(item.unknown, "unknown-pixel map", "re-export it as a 0/255 PNG")
+    if values.ndim != 2 or values.dtype != np.uint8 or not np.isin(values, (0, 255)).all():
+        raise DatasetError(f"{item.unknown} must be a single-channel 8-bit PNG of 0 (labelled) and 255 "
+                           "(unknown); re-export it")
+    if values.shape != tuple(shape):
+        raise DatasetError(f"{item.unknown} is {values.shape[1]}x{values.shape[0]} but its image is "
+                           f"{shape[1]}x{shape[0]}; export the map at the image's size")
+    return values > 0
 
 
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None,
@@ -187,7 +220,7 @@ def manifest_hash(dataset: Dataset) -> str:
     training data."""
     digest = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode())
     for item in dataset.items:
-        for path in (item.image, item.mask, *item.instances.values()):
+        for path in (item.image, item.mask, *item.instances.values(), item.unknown):
             if path is not None:
                 digest.update(path.name.encode())
                 digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -223,16 +256,28 @@ class DatasetWriter:
             "items": {},
         }
 
-    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, meta: dict[str, Any] | None = None) -> None:
+    def add(self, stem: str, image: np.ndarray, mask: np.ndarray | None, meta: dict[str, Any] | None = None,
+            unknown: np.ndarray | None = None) -> None:
         """Add one crop with its manifest entry; the mask (labels as `read_mask` gives them, or 0/255)
-        is stored in the encoding of the dataset's classes (0/255 for one class)."""
+        is stored in the encoding of the dataset's classes (0/255 for one class), and the pixels
+        nobody labelled (`unknown`, bool), when there are any, in unknown/."""
         if mask is not None and mask.shape[:2] != image.shape[:2]:
             raise CysegError(f"mask for {stem} is {mask.shape[1]}x{mask.shape[0]} but image is "
                              f"{image.shape[1]}x{image.shape[0]}")
         write_png(self.tmp / "images" / f"{stem}.png", image)
         if mask is not None:
             write_png(self.tmp / "masks" / f"{stem}.png", encode(mask, self.classes))
+        self.write_unknown(stem, unknown)
         self.manifest["items"][stem] = {k: v for k, v in (meta or {}).items() if v is not None}
+
+    def write_unknown(self, stem: str, unknown: np.ndarray | None) -> None:
+        """Store an item's unknown pixels (bool (H, W)) as unknown/<stem>.png, replacing any copied
+        map; an item with none gets no file."""
+        path = self.tmp / UNKNOWN_FOLDER / f"{stem}.png"
+        path.unlink(missing_ok=True)
+        if unknown is not None and unknown.any():
+            path.parent.mkdir(exist_ok=True)
+            write_png(path, unknown.astype(np.uint8) * 255)
 
     def copy(self, item: Item, stem: str | None = None, meta: dict[str, Any] | None = None) -> None:
         """Copy an existing item's files unchanged (no re-encoding); `meta` adds to its manifest entry."""
@@ -240,6 +285,9 @@ class DatasetWriter:
         shutil.copyfile(item.image, self.tmp / "images" / f"{stem}{item.image.suffix.lower()}")
         if item.mask is not None:
             shutil.copyfile(item.mask, self.tmp / "masks" / f"{stem}{item.mask.suffix.lower()}")
+        if item.unknown is not None:
+            (self.tmp / UNKNOWN_FOLDER).mkdir(exist_ok=True)
+            shutil.copyfile(item.unknown, self.tmp / UNKNOWN_FOLDER / f"{stem}.png")
         self.manifest["items"][stem] = {**item.meta, **{k: v for k, v in (meta or {}).items() if v is not None}}
 
     def close(self) -> Path:
