@@ -18,15 +18,17 @@ A share `--val-fraction` of the training images (drawn per seed) is held out as 
 of every model: complete masks for (a), the same removal as the training masks for (b) and (c).
 
 All models are scored on the test split with `cyseg evaluate` (IoU and Dice at the model's
-threshold, full resolution). By default every IDI iteration trains from fresh weights
-(`--from-scratch`), so (a), (b) and every IDI K get the same training budget and only the data
-differ; `--warm-start` uses the method's continued training instead. The summary gives mean ± std
-over seeds and, at p = 0.5, the fraction of the IoU lost between (a) and (b) that IDI recovers,
-(IoU_IDI - IoU_b) / (IoU_a - IoU_b), whether it reaches one half, whether IDI ends below (b) by more
-than (b)'s std over seeds, and how many models collapsed (test IoU < 0.001). CPU time (this process and
-its children) is recorded per stage. Every run starts from an empty work folder and writes its
-results file whole: no model, data set or evaluation of an earlier run is reused, so every figure
-was measured by the code version the file records.
+threshold, full resolution), and also on the validation images' complete masks (`val_iou`): the
+figures a change to the IDI method is chosen on (`val_recovery`: the recovery on them). By default
+every IDI iteration trains from fresh weights (`--from-scratch`), so (a), (b) and every IDI K get
+the same training budget and only the data differ; `--warm-start` uses the method's continued
+training instead. The summary gives mean ± std over seeds and, at p = 0.5, the fraction of the IoU
+lost between (a) and (b) that IDI recovers, (IoU_IDI - IoU_b) / (IoU_a - IoU_b), whether it reaches
+one half, whether IDI ends below (b) by more than (b)'s std over seeds, and how many models
+collapsed (test IoU < 0.001). CPU time (this process and its children) is recorded per stage. Every
+run starts from an empty work folder and writes its results file whole: no model, data set or
+evaluation of an earlier run is reused, so every figure was measured by the code version the file
+records.
 
     python bench/idi.py [--datasets miccai15,glas] [--p 0.25,0.5,0.75] [--seeds 3] [--iterations 3]
                         [--val-fraction 0.2] [--epochs 30] [--steps-per-epoch 20] [--batch 8] [--crop 256]
@@ -195,6 +197,14 @@ def evaluate(model: Path, test: Path, out: Path, args: argparse.Namespace, log: 
     return {"iou": s["iou_mean"], "dice": s["dice_mean"], "n_test": s["n_images"], "eval_cpu_s": cpu}
 
 
+def scored(model: Path, test: Path, val: Path, out: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    """`evaluate` on the test images, with the IoU on the validation images' complete masks beside it
+    (`val_iou`: what a change to the method is chosen on, never the test figures)."""
+    result = evaluate(model, test, out, args, log)
+    result["val_iou"] = evaluate(model, val, out.with_name(out.name + "_val"), args, log)["iou"]
+    return result
+
+
 def carve_validation(train: Path, out: Path, fraction: float, seed: int) -> tuple[Path, Path]:
     """(training, validation) folders of links under `out`: round(fraction * n) of the n items of
     `train` (at least one), drawn with `seed`, held out as the validation set."""
@@ -227,10 +237,9 @@ def one_p(dataset: str, split: tuple[Path, Path], test: Path, seed: int, p: floa
                              "best_iteration": report["best_iteration"], "stopped_early": report["stopped_early"],
                              "training_masks_vs_complete": [mask_quality(incomplete / "train", train)] + [
                                  mask_quality(idi_out / f"iter{k}", train) for k in range(1, ran)]}
-    entry["incomplete"] = evaluate(idi_out / "models" / "iter1.pt", test, runs / "eval_iter1", args, log)
-    for k in range(1, ran):
-        model = idi_out / "models" / f"iter{k + 1}.pt"
-        entry[f"idi_K{k}"] = evaluate(model, test, runs / f"eval_iter{k + 1}", args, log)
+    for k in range(ran):
+        entry["incomplete" if k == 0 else f"idi_K{k}"] = scored(idi_out / "models" / f"iter{k + 1}.pt", test, val,
+                                                               runs / f"eval_iter{k + 1}", args, log)
     best = report["best_iteration"]
     entry["idi"] = {**(entry["incomplete"] if best == 1 else entry[f"idi_K{best - 1}"]), "K": best - 1}
     return entry
@@ -245,8 +254,8 @@ def one_seed(dataset: str, train: Path, test: Path, seed: int, args: argparse.Na
     full_model.parent.mkdir(parents=True)
     cpu = run([*_cli("cyseg"), "-q", "train", str(split[0]), "--val", str(split[1]), "--out", str(full_model),
                *train_args(args, seed)], log)
-    out: dict[str, Any] = {"seed": seed, "full": {**evaluate(full_model, test, full_model.parent / "eval", args, log),
-                                                   "train_cpu_s": cpu}, "p": {}}
+    out: dict[str, Any] = {"seed": seed, "full": {**scored(full_model, test, split[1], full_model.parent / "eval",
+                                                           args, log), "train_cpu_s": cpu}, "p": {}}
     out["cpu_s"] = cpu + out["full"]["eval_cpu_s"]
     for p in args.p:
         entry = out["p"][f"p{p:g}"] = one_p(dataset, split, test, seed, p, args, work, log)
@@ -264,15 +273,26 @@ def _ms(values: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std()), "n": len(values)}
 
 
+def _val_recovery(full: dict[str, Any], incomplete: dict[str, Any], idi: dict[str, Any]) -> float | None:
+    """The share of the validation IoU lost between (a) and (b) that `idi` recovers; None when not measured."""
+    if not all("val_iou" in x for x in (full, incomplete, idi)):
+        return None
+    lost = full["val_iou"]["mean"] - incomplete["val_iou"]["mean"]
+    gained = idi["val_iou"]["mean"] - incomplete["val_iou"]["mean"]
+    return gained / lost if lost > 0 and idi["val_iou"]["n"] == incomplete["val_iou"]["n"] else None
+
+
 def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    full = {m: _ms([r["full"][m] for r in per_seed]) for m in ("iou", "dice")}
+    full = {m: _ms([r["full"][m] for r in per_seed]) for m in ("iou", "dice", "val_iou")
+            if all(m in r["full"] for r in per_seed)}
     result: dict[str, Any] = {"full": full, "p": {}}
     for p in args.p:
         tag = f"p{p:g}"
         entry: dict[str, Any] = {
             "fraction_objects_removed": _ms([r["p"][tag]["removal"]["fraction_objects_removed"] for r in per_seed]),
             "fraction_pixels_removed": _ms([r["p"][tag]["removal"]["fraction_pixels_removed"] for r in per_seed]),
-            "incomplete": {m: _ms([r["p"][tag]["incomplete"][m] for r in per_seed]) for m in ("iou", "dice")},
+            "incomplete": {m: _ms([r["p"][tag]["incomplete"][m] for r in per_seed]) for m in ("iou", "dice", "val_iou")
+                           if all(m in r["p"][tag]["incomplete"] for r in per_seed)},
             "recovery": {}}
         lost = full["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
         entry["iou_lost"] = lost
@@ -280,9 +300,10 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             ran = [r["p"][tag][key] for r in per_seed if key in r["p"][tag]]
             if not ran:
                 continue
-            entry[key] = {m: _ms([r[m] for r in ran]) for m in ("iou", "dice")}
+            entry[key] = {m: _ms([r[m] for r in ran]) for m in ("iou", "dice", "val_iou") if all(m in r for r in ran)}
             gained = entry[key]["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
             entry["recovery"][key] = gained / lost if lost > 0 and len(ran) == len(per_seed) else None
+            entry.setdefault("val_recovery", {})[key] = _val_recovery(full, entry["incomplete"], entry[key])
         entry["chosen_K"] = [r["p"][tag]["idi"]["K"] for r in per_seed]
         entry["recovers_half"] = None if entry["recovery"]["idi"] is None else entry["recovery"]["idi"] >= 0.5
         entry["never_below"] = (entry["idi"]["iou"]["mean"]
@@ -345,7 +366,8 @@ def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, A
         "protocol": "(a) full masks, (b) p of the objects removed (= IDI iteration 1), (c) IDI K = model of "
                     "iteration K+1, and IDI = the iteration `cyseg improve` names best when it stops (validation "
                     "IoU no longer rising); validation images carved from the training images (complete masks for "
-                    "a, incomplete for b and c); test IoU at the model threshold via cyseg evaluate",
+                    "a, incomplete for b and c); test IoU at the model threshold via cyseg evaluate; val_iou: the "
+                    "models on the validation images' complete masks (for choosing the method, not the test)",
         "datasets": {}}
     datasets = args.datasets.split(",")
     data = {dataset: splits(dataset, work / "data") for dataset in datasets}
