@@ -561,7 +561,8 @@ def idi_command(settings: Results) -> str:
     """The bench/idi.py command line of a run's settings."""
     return (f"python bench/idi.py --datasets {settings['datasets']} --p {','.join(f'{p:g}' for p in settings['p'])} "
             f"--seeds {settings['seeds']} --iterations {settings['iterations']} --epochs {settings['epochs']} "
-            f"--steps-per-epoch {settings['steps_per_epoch']} --batch {settings['batch']} --crop {settings['crop']}")
+            f"--steps-per-epoch {settings['steps_per_epoch']} --batch {settings['batch']} --crop {settings['crop']}"
+            + (f" --idi-args '{' '.join(settings['idi_args'])}'" if settings.get("idi_args") else ""))
 
 
 def _ran(s: Results, key: str) -> str:
@@ -578,12 +579,13 @@ def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]
     full = summary["full"]["iou"]
     rows = []
     for p, s in summary["p"].items():
-        recovered = s["recovery"].get("idi")
+        recovered, on_val = s["recovery"].get("idi"), s.get("val_recovery", {}).get("idi")
         rows.append([dataset, p.removeprefix("p"), pct(s["fraction_objects_removed"]["mean"]),
                      pm(full["mean"], full["std"]), pm(s["incomplete"]["iou"]["mean"], s["incomplete"]["iou"]["std"]),
                      *(_ran(s, f"idi_K{k}") for k in range(1, iterations + 1)),
                      f"{_ran(s, 'idi')} (K = {', '.join(map(str, s['chosen_K']))})",
-                     "–" if recovered is None else pct(recovered), "yes" if s["never_below"] else "**no**",
+                     "–" if recovered is None else pct(recovered), "–" if on_val is None else pct(on_val),
+                     "yes" if s["never_below"] else "**no**",
                      str(s["collapsed_models"])])
     return rows
 
@@ -616,14 +618,16 @@ def idi_section(data: Results | None) -> Lines:
             f"{settings['seeds']} seeds; every model gets the same reduced budget ({steps} steps of "
             f"{settings['batch']} random {settings['crop']}² crops, fresh weights), so the full-mask models sit below "
             "the accuracy table. \"Recovered\" is the share of the IoU lost to the removal that the IDI model "
-            "`cyseg improve` chose wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses more. "
+            "`cyseg improve` chose wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses more; "
+            "\"on validation\" is the same share on the validation images' complete masks, the figure a change to "
+            "the method is chosen on. "
             "\"Not below\": the chosen model's mean is no lower than (b)'s mean minus (b)'s std over seeds. "
             "\"Collapsed\": models of the row with a test IoU below 0.001. IDI K columns average the seeds whose "
             f"run went that far. Measured on {machine(data.get('cpu_threads'))}. Reproduce with "
             f"`{idi_command(settings)}`. Source: `bench/results/idi.json`.", "",
             *table(["data", "p", "objects removed", "full masks (a)", "incomplete (b)",
-                    *(f"IDI K={i}" for i in range(1, k + 1)), "IDI chosen (K per seed)", "recovered", "not below",
-                    "collapsed"],
+                    *(f"IDI K={i}" for i in range(1, k + 1)), "IDI chosen (K per seed)", "recovered", "on validation",
+                    "not below", "collapsed"],
                    (row for name, s in datasets.items() for row in idi_rows(name, s, k))), "",
             "The training masks of each dataset version (0: the incomplete masks, then one per improvement that "
             "every seed ran) against the complete annotation: IoU / precision / recall, mean over seeds.",

@@ -580,7 +580,8 @@ def _write_grown(writer: DatasetWriter, item: Item, gt: np.ndarray, found: tuple
 def val_scores(seg: Segmenter, val: Dataset, rule: GrowthRule, area: float, level: float) -> dict[str, float]:
     """Mean IoU and Dice of the model's masks on the incompletely annotated validation images, the
     objects the growth rule would add there (found but not annotated, see `idi_rules`) counted as
-    unknown rather than false positives; `iou_strict` counts them, `unknown_px` their pixels."""
+    unknown rather than false positives, as are the pixels the images' own unknown/ maps mark;
+    `iou_strict` counts the objects, `unknown_px` the pixels of both."""
     rows = []
     for item in val.items:
         image = read_image(item.image)
@@ -590,6 +591,9 @@ def val_scores(seg: Segmenter, val: Dataset, rule: GrowthRule, area: float, leve
             mask = seg.masks_from_probabilities(probs).cpu().numpy().astype(bool)
         unknown = (np.zeros_like(gt) if rule.mode == "or" else
                    candidates(gt, mask, probs[0].float().cpu().numpy(), rule, area).added(gt.shape, level))
+        marked = read_unknown(item, gt.shape)
+        if marked is not None:
+            unknown, gt, mask = unknown | marked, gt & ~marked, mask & ~marked
         kept = mask & ~unknown
         rows.append((jaccard(kept, gt), dice(kept, gt), jaccard(mask, gt), int(unknown.sum())))
     iou, dice_, strict, unknown_px = np.array(rows).T

@@ -382,6 +382,12 @@ def test_validation_counts_objects_the_rule_would_add_as_unknown(tmp_path):
     assert scores["iou_strict"] == pytest.approx(jaccard(found, gt)) and scores["iou_strict"] < scores["iou"] < 1
     assert val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule(), area, level=0.95)["unknown_px"] == 0
     assert val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule("or"), area, 0.0)["unknown_px"] == 0
+    marked = np.zeros_like(gt)
+    marked[:, 64:] = 255  # the images' own unknown pixels: the speck's column is not scored
+    write_grey(tmp_path / "val" / "unknown" / "a.png", marked)
+    cut = val_scores(Found(), open_dataset(tmp_path / "val"), GrowthRule(), area, level=0.95)
+    assert cut["unknown_px"] == 40 * 16
+    assert cut["iou"] == pytest.approx(jaccard(found[:, :64], gt[:, :64]))
 
 
 def test_default_improvement_never_moves_expert_outlines(mixed, tmp_path):
