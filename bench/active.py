@@ -65,6 +65,7 @@ from bench.common import (  # noqa: E402
     stems_of,
     write_results,
 )
+from bench.report import strategy_names  # noqa: E402
 
 TARGET = 0.98  # fraction of the full-data IoU a strategy must reach
 QUICK = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 1, "steps_per_epoch": 2, "batch": 2, "crop": 96,
@@ -202,7 +203,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         summary = results["datasets"][dataset]["summary"]
-        for strategy in [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]:
+        for strategy in strategy_names(summary):
             curve = summary[strategy]["curve"]
             x = [c["fraction"] for c in curve]
             ax.errorbar(x, [c["iou_mean"] for c in curve], yerr=[c["iou_std"] for c in curve], label=strategy,

@@ -36,6 +36,11 @@ GENERALISATION = ("miccai15_mag",)
 
 
 # ---------------------------------------------------------------------------- reading and formatting
+def strategy_names(summary: Results) -> list[str]:
+    """The strategies of an active-learning summary (bench/active.py): its entries holding a curve."""
+    return [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]
+
+
 def load(name: str) -> Results | None:
     """A results file of bench/results, or None when that benchmark has not been run."""
     path = RESULTS / name
@@ -688,7 +693,7 @@ def active_validation_section(data: Results | None) -> Lines:
              ""]
     for name, v in datasets.items():
         summary = v["summary"]
-        names = [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]
+        names = strategy_names(summary)
         rounds = zip(*(summary[k]["curve"] for k in names), strict=True)
         lines += [*table(["data set", "round", "labelled", *(f"{k}: validation IoU" for k in names)],
                          ([name, str(r[0]["round"]), pct(r[0]["fraction"]),
