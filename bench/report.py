@@ -480,7 +480,8 @@ def instance_rows(data: Results) -> list[list[str]]:
     rows = []
     for dataset, entry in data.items():
         split, tried = entry["split"], entry.get("candidates", {})
-        recipe = entry.get("chosen", "defaults") + (f" (of {len(tried)})" if len(tried) > 1 else "")
+        recipe = (entry.get("chosen", "defaults") + (f" (of {len(tried)})" if len(tried) > 1 else "")
+                  + {True: ", TTA", False: ", no TTA"}.get(entry.get("tta"), ""))
         for name, scores in entry["test"].items():
             rows.append([dataset, name, f"{split['fit']} / {split['val']} / {split['test']}", recipe,
                          _score(scores["dice"]),
@@ -507,9 +508,10 @@ def instances_section(data: Results | None) -> Lines:
     runs = [entry["run"] for entry in data.values()]
     lines = ["## Instances", "",
              "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; the "
-             "training defaults, and on GlaS also stain/colour jitter with scale augmentation) on the fit images; "
+             "training defaults, and on GlaS also the recipes `RECIPES` names there) on the fit images; "
              "the validation images choose the recipe (mean of Dice and object F1), the epoch, each class's "
-             "threshold, the watershed's parameters and the least object area; the test images are scored once "
+             "threshold, the watershed's parameters, the least object area and, where the recipe column says "
+             "so, whether test-time augmentation (`--tta`) is used; the test images are scored once "
              "by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
