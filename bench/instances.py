@@ -72,10 +72,11 @@ PUBLISHED = {
 }
 TEST_A, TEST_B = 60, 20
 # the recipes tried per data set (`cyseg train` options beside --instances; elsewhere the training
-# defaults alone): the working resolution planned from the glands' size leaves the gaps between
-# touching glands a few pixels wide, so a finer one is weighed against it on the validation images
-# (stain/colour jitter with scale augmentation lost to the defaults there in an earlier run)
-RECIPES = {"glas": {"defaults": [], "resolution-0.6": ["--resolution", "0.6"]}}
+# defaults alone): the working resolution planned from the glands' size (0.4 at depth 5) leaves the
+# gaps between touching glands a few pixels wide; one more level doubles the receptive field, so the
+# planner brings the glands in at 0.8 and the gaps twice as wide (earlier runs: stain/colour jitter
+# with scale augmentation, and 0.6 at depth 5 with less context per gland, lost on validation)
+RECIPES = {"glas": {"defaults": [], "depth-6": ["--depth", "6"]}}
 
 
 class Split(NamedTuple):
