@@ -20,7 +20,7 @@ from tqdm import tqdm
 from metrics.torch_metrics import dice_score, jaccard_score
 from segmenter.classes import VOCABULARY, channel_map
 from segmenter.errors import CysegError
-from segmenter.instances import instance_labels, instance_scores, truth_instances
+from segmenter.instances import instance_labels, instance_scores, outside_unknown, truth_instances
 from segmenter.io.dataset import Dataset, Item, open_dataset, read_pair, read_unknown
 from segmenter.io.instances import warn_disconnected
 from segmenter.pipeline import read_ahead
@@ -99,17 +99,20 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
                     if on_image is not None:
                         on_image(item.stem, name, image, truth, masks)
                 if instances_at is not None:
-                    _score_instances(rows, seg, item, probs, smoothed, targets, scored, instances_at, read_truth)
+                    _score_instances(rows, seg, item, probs, smoothed, targets, scored, instances_at, read_truth,
+                                     unknown)
     warn_disconnected(read_truth)
     return rows
 
 
 def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, probs: torch.Tensor,
                      smoothed: torch.Tensor, targets: np.ndarray, scored: list[tuple[int, str | None]],
-                     instances_at: dict[str | None, float], read_truth: list[tuple[Any, np.ndarray]]) -> None:
+                     instances_at: dict[str | None, float], read_truth: list[tuple[Any, np.ndarray]],
+                     unknown: np.ndarray | None = None) -> None:
     """Add one image's instance scores to its rows at each scored class's `instances_at` threshold,
     without the objects under the least area the model chose on validation images (`min_area`; a
-    model without one is scored on all its objects: its speck rule came from no validation)."""
+    model without one is scored on all its objects: its speck rule came from no validation), and
+    without the objects, found or true, lying mostly on the image's `unknown` pixels."""
     masks = torch.stack([smoothed[c] > instances_at[name] for c, name in enumerate(seg.classes or (None,))])
     predicted = instance_labels(seg, masks.to(torch.uint8).cpu().numpy(), probs.cpu().numpy(),
                                min_areas=seg.min_area)
@@ -120,7 +123,7 @@ def _score_instances(rows: list[dict[str, Any]], seg: Segmenter, item: Item, pro
             read_truth.append((item.instances[channel], truth))
         row = next(r for r in reversed(rows) if r["image"] == item.stem and r.get("class") == name
                    and r["threshold"] == instances_at[name])
-        row.update(instance_scores(predicted[channel], truth))
+        row.update(instance_scores(outside_unknown(predicted[channel], unknown), outside_unknown(truth, unknown)))
 
 
 def _read_scored(item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -83,6 +83,18 @@ def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float
             "object_hausdorff": None if not np.isfinite(hausdorff) else hausdorff}
 
 
+def outside_unknown(labels: np.ndarray, unknown: np.ndarray | None) -> np.ndarray:
+    """Instance labels without the objects lying mostly (over half their pixels) on `unknown` pixels:
+    nobody labelled there, so such an object is neither found, missed nor a false positive."""
+    if unknown is None or not unknown.any():
+        return labels
+    n = int(labels.max()) + 1
+    total = np.bincount(labels.ravel(), minlength=n)
+    dropped = 2 * np.bincount(labels[unknown], minlength=n) > total
+    dropped[0] = False
+    return np.where(dropped[labels], 0, labels).astype(labels.dtype)
+
+
 def summarise_instances(rows: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
     """The mean of each instance score over the rows (the Hausdorff distance over the finite ones),
     `object_f1_pooled`, the F1 of the objects of every image counted together, and

@@ -261,3 +261,31 @@ def test_improve_with_unsure_unknown_writes_the_unknown_maps(tiny_model, ihc_dat
     assert first["pixels_unknown"] == total > 0
     meta = json.loads((out / "iter1" / "dataset.json").read_text())["items"]
     assert sum(m["idi"]["unknown_px"] for m in meta.values()) == total
+
+
+def test_objects_lying_mostly_on_unknown_pixels_are_not_scored():
+    from segmenter.instances import outside_unknown
+
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:8, 2:8] = 1  # all unknown
+    labels[10:16, 2:8] = 2  # a third unknown: kept
+    labels[2:8, 20:26] = 3  # half unknown: kept (not over half)
+    unknown = np.zeros((20, 30), bool)
+    unknown[:, :4] = True
+    unknown[2:8, 2:8] = True
+    unknown[2:8, 20:23] = True
+    assert sorted(np.unique(outside_unknown(labels, unknown)).tolist()) == [0, 2, 3]
+    assert outside_unknown(labels, None) is labels
+
+
+def test_instance_scores_leave_out_the_objects_nobody_labelled(tiny_model, ihc_dataset, tmp_path):
+    from segmenter.evaluation import evaluate_dataset
+    from unet import load_segmenter
+
+    seg = load_segmenter(tiny_model, device="cpu")
+    shapes = {item.stem: read_unknown_shape(item) for item in open_dataset(ihc_dataset.val).items}
+    everywhere = with_unknown(ihc_dataset.val, tmp_path / "all", {s: np.ones(v, bool) for s, v in shapes.items()})
+    rows = evaluate_dataset(seg, everywhere, [0.5], instances_at={None: 0.5})
+    assert all(r["objects_tp"] + r["objects_fp"] + r["objects_fn"] == 0 for r in rows)
+    full = evaluate_dataset(seg, ihc_dataset.val, [0.5], instances_at={None: 0.5})
+    assert sum(r["objects_tp"] + r["objects_fp"] + r["objects_fn"] for r in full) > 0
