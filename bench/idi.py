@@ -273,13 +273,14 @@ def _ms(values: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std()), "n": len(values)}
 
 
-def _val_recovery(full: dict[str, Any], incomplete: dict[str, Any], idi: dict[str, Any]) -> float | None:
-    """The share of the validation IoU lost between (a) and (b) that `idi` recovers; None when not measured."""
-    if not all("val_iou" in x for x in (full, incomplete, idi)):
+def _recovery(full: dict[str, Any], incomplete: dict[str, Any], idi: dict[str, Any], metric: str) -> float | None:
+    """The share of `metric` lost between (a) and (b) that `idi` recovers, (idi - b) / (a - b); None
+    when it was not measured on all three, when nothing was lost, or when not every seed ran `idi`."""
+    if not all(metric in x for x in (full, incomplete, idi)):
         return None
-    lost = full["val_iou"]["mean"] - incomplete["val_iou"]["mean"]
-    gained = idi["val_iou"]["mean"] - incomplete["val_iou"]["mean"]
-    return gained / lost if lost > 0 and idi["val_iou"]["n"] == incomplete["val_iou"]["n"] else None
+    lost = full[metric]["mean"] - incomplete[metric]["mean"]
+    gained = idi[metric]["mean"] - incomplete[metric]["mean"]
+    return gained / lost if lost > 0 and idi[metric]["n"] == incomplete[metric]["n"] else None
 
 
 def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -301,9 +302,8 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
             if not ran:
                 continue
             entry[key] = {m: _ms([r[m] for r in ran]) for m in ("iou", "dice", "val_iou") if all(m in r for r in ran)}
-            gained = entry[key]["iou"]["mean"] - entry["incomplete"]["iou"]["mean"]
-            entry["recovery"][key] = gained / lost if lost > 0 and len(ran) == len(per_seed) else None
-            entry.setdefault("val_recovery", {})[key] = _val_recovery(full, entry["incomplete"], entry[key])
+            entry["recovery"][key] = _recovery(full, entry["incomplete"], entry[key], "iou")
+            entry.setdefault("val_recovery", {})[key] = _recovery(full, entry["incomplete"], entry[key], "val_iou")
         entry["chosen_K"] = [r["p"][tag]["idi"]["K"] for r in per_seed]
         entry["recovers_half"] = None if entry["recovery"]["idi"] is None else entry["recovery"]["idi"] >= 0.5
         entry["never_below"] = (entry["idi"]["iou"]["mean"]

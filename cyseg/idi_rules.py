@@ -100,13 +100,13 @@ class Candidates:
                 out[pixels] = True
         return out.reshape(shape)
 
-    def unsure(self, shape: tuple[int, int], level: float) -> np.ndarray:
-        """(H, W) bool: the predicted pixels away from the expert annotations that `added(shape, level)`
-        leaves out, grown by `grow` px, but neither on an added object nor near an expert one (the
-        expert's outline and what was added stay labelled); none when `away` was not kept."""
+    def unsure(self, added: np.ndarray) -> np.ndarray:
+        """(H, W) bool: the predicted pixels away from the expert annotations that the `added` mask
+        (`added(shape, level)`) leaves out, grown by `grow` px, but neither on an added object nor near
+        an expert one (the expert's outline and what was added stay labelled); none when `away` was
+        not kept."""
         if self.away is None or self.near is None:
-            return np.zeros(shape, bool)
-        added = self.added(shape, level)
+            return np.zeros(added.shape, bool)
         left = self.away & ~added
         if not left.any():
             return left

@@ -560,14 +560,16 @@ def _write_grown(writer: DatasetWriter, item: Item, gt: np.ndarray, found: tuple
     """Copy `item` into the new version with the candidates at or above `level` added to its mask
     (and, when that adds pixels, its picture in added/) and, for `--unsure unknown`, the predicted
     pixels left out marked unknown beside any the item had; returns the new mask and its unknown pixels."""
-    new = gt | found[0].added(gt.shape, level)
+    grown = found[0].added(gt.shape, level)
+    new = gt | grown
     added = new & ~gt
-    unsure = found[0].unsure(gt.shape, level)
-    writer.copy(item, meta={"idi": {"iteration": k, **found[1], "added_px": int(added.sum()),
-                                    "unknown_px": int(unsure.sum())}})
+    unsure = found[0].unsure(grown)
     if unsure.any():
         before = read_unknown(item, gt.shape)
         unsure = unsure if before is None else (unsure | before) & ~new
+    writer.copy(item, meta={"idi": {"iteration": k, **found[1], "added_px": int(added.sum()),
+                                    "unknown_px": int(unsure.sum())}})
+    if unsure.any():
         writer.write_unknown(item.stem, unsure)
     if added.any():
         written = writer.tmp / "masks" / f"{item.stem}{item.mask.suffix.lower()}"

@@ -187,11 +187,10 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         images[i], masks[i] = resample_pair(image, mask, resolution)
+        side = (masks[i].shape[1], masks[i].shape[0])
         if unknown[i] is not None and resolution != 1:
-            side = (masks[i].shape[1], masks[i].shape[0])
             unknown[i] = cv2.resize(unknown[i].view(np.uint8), side, interpolation=cv2.INTER_NEAREST) > 0
         if instances is not None and resolution != 1:
-            side = (masks[i].shape[1], masks[i].shape[0])
             stack = cv2.resize(instances[i][0], side, interpolation=cv2.INTER_NEAREST)
             instances[i] = (stack.reshape(*masks[i].shape, -1), instances[i][1])
     if opts.resolution != 1:

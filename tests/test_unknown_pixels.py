@@ -231,14 +231,15 @@ def test_unsure_pixels_are_what_was_predicted_away_from_the_expert_and_not_added
     rule = GrowthRule(unsure="unknown")
     found = candidates(gt, pred, probs, rule, area)
     level = rule.level(expert_means(gt, probs))
-    added, unsure = found.added(gt.shape, level), found.unsure(gt.shape, level)
+    added = found.added(gt.shape, level)
+    unsure = found.unsure(added)
     assert added[missed].mean() > 0.8 and not (added & doubted).any()
     assert unsure[doubted].all() and not (unsure & (added | gt)).any()
     found_away = (doubted | missed).astype(np.uint8)  # the doubted object, and the rim the opening cut off the added
     grown = cv2.dilate(found_away, np.ones((2 * found.grow + 3,) * 2, np.uint8)) > 0
     assert not (unsure & ~grown).any()  # grown by at most the opening's radius
     background = candidates(gt, pred, probs, GrowthRule(), area)
-    assert not background.unsure(gt.shape, level).any()
+    assert not background.unsure(background.added(gt.shape, level)).any()
 
 
 def test_improve_with_unsure_unknown_writes_the_unknown_maps(tiny_model, ihc_dataset, tmp_path):
