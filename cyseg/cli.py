@@ -104,6 +104,9 @@ def _training_loop_options(command: Callable) -> Callable:
                      help="Scale augmentation: each crop is magnified by a factor drawn log-uniformly in "
                           "[1/(1+Z), 1+Z] (0.4: 0.71-1.4x), so the model meets objects at other scanning "
                           "magnifications. 0: off, as in the method."),
+        click.option("--elastic/--no-elastic", default=False, show_default=True,
+                     help="Add smooth random warps (elastic deformation, a few pixels at the working "
+                          "resolution) to the method's flips, rotations and translations; off: as in the method."),
     ]
     for option in reversed(options):
         command = option(command)

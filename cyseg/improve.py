@@ -142,6 +142,7 @@ class ImproveOptions:
     device: str = "auto"
     colour: bool = False
     zoom: float = 0.0
+    elastic: bool = False
     mode: str = "objects"
     confidence: float | None = None  # None: the model's level on the expert's objects
     unsure: str = "background"  # or "unknown": predicted, not added, left out of the next loss
@@ -184,7 +185,7 @@ class ImproveOptions:
         return TrainOptions(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch=self.batch, crop=self.crop,
                             resolution=self.resolution if self.resolution is not None else resolution,
                             lr=self.lr, seed=self.seed + iteration - 1, workers=self.workers, colour=self.colour,
-                            zoom=self.zoom,
+                            zoom=self.zoom, elastic=self.elastic,
                             out=None if out is None else str(out), name=f"IDI iteration {iteration}", resume=resume,
                             amp=self.amp, progress=self.progress)
 

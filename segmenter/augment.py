@@ -1,5 +1,6 @@
 """The method's augmenters (flips, 90-degree rotations, +-15 % translation) on albumentations, plus
-optional colour and stain variation; shared by `cyseg train` (online) and `cydata augment` (offline).
+optional elastic deformation and colour and stain variation; shared by `cyseg train` (online) and
+`cydata augment` (offline).
 
 imgaug, the thesis' library, does not import on NumPy 2; albumentations offers the same operations.
 """
@@ -24,6 +25,18 @@ def geometric(translate: float = 0.15, border_mode: int = cv2.BORDER_REFLECT_101
     ]
 
 
+# elastic deformation: a displacement field smoothed over ELASTIC_SIGMA px, a few px on average
+# (albumentations scales the smoothed noise by ELASTIC_ALPHA)
+ELASTIC_ALPHA, ELASTIC_SIGMA = 600.0, 20.0
+
+
+def elastic() -> list[A.BasicTransform]:
+    """Smooth random warps of the crop (as the U-Net paper trained on few images), so irregular
+    outlines and touching objects meet the network in shapes the training images do not hold."""
+    return [A.ElasticTransform(alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA, border_mode=cv2.BORDER_REFLECT_101,
+                               mask_interpolation=cv2.INTER_NEAREST, p=0.5)]
+
+
 def photometric(strength: float = 1.0) -> list[A.BasicTransform]:
     """Colour and stain variation, so a model trained on one lab's staining transfers to another's."""
     s = strength
@@ -36,7 +49,9 @@ def photometric(strength: float = 1.0) -> list[A.BasicTransform]:
     ]
 
 
-def method_augmenter(colour: bool = False, translate: float = 0.15, seed: int | None = None) -> A.Compose:
-    """The method's geometric augmenters, optionally followed by colour/stain jitter."""
-    ops = geometric(translate) + (photometric() if colour else [])
+def method_augmenter(colour: bool = False, translate: float = 0.15, seed: int | None = None,
+                     warp: bool = False) -> A.Compose:
+    """The method's geometric augmenters, optionally followed by elastic deformation (`warp`) and
+    colour/stain jitter."""
+    ops = geometric(translate) + (elastic() if warp else []) + (photometric() if colour else [])
     return A.Compose(ops, seed=seed)

@@ -46,13 +46,17 @@ class CropSampler(torch.utils.data.Dataset):
 
     With `unknown` (per image: (H, W) bool of the pixels nobody labelled, or None) and any image
     having such pixels, the map travels with the mask too and `known` becomes per pixel,
-    (C [+ K], crop, crop): 0 on the unknown pixels, which the loss leaves out."""
+    (C [+ K], crop, crop): 0 on the unknown pixels, which the loss leaves out.
+
+    With `elastic` the augmentation also warps each crop (`segmenter.augment.elastic`), its mask
+    layers by nearest neighbour."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, zoom: float = 0.0,
                  maps: Sequence[ChannelMap] | None = None,
                  instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-                 groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None):
+                 groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None,
+                 elastic: bool = False):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.unknown = list(unknown) if unknown is not None and any(u is not None for u in unknown) else None
         self.zoom = zoom
@@ -60,7 +64,7 @@ class CropSampler(torch.utils.data.Dataset):
         self.instances = list(instances) if instances is not None else None
         self.epoch = 0
         self.p = image_weights([m.shape[0] * m.shape[1] for m in masks], groups)
-        self.aug = method_augmenter(colour=colour, translate=translate)
+        self.aug = method_augmenter(colour=colour, translate=translate, warp=elastic)
 
     def __len__(self) -> int:
         return self.length

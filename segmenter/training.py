@@ -85,6 +85,7 @@ class TrainOptions:
     colour: bool = False
     translate: float = 0.15
     zoom: float = 0.0  # 0: no scale augmentation (the method); Z: crops magnified by 1/(1+Z)..(1+Z)
+    elastic: bool = False  # smooth random warps of the crops on top of the method's augmentation
     balance: bool = False  # crops drawn from every training folder equally often, not by image area
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
@@ -143,7 +144,8 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
-                          _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown)
+                          _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown,
+                          opts.elastic)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)

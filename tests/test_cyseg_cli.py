@@ -139,12 +139,13 @@ def test_same_seed_gives_identical_weights(tmp_path, ihc_dataset):
     assert not same_weights(a["state_dict"], c["state_dict"])
 
 
-def test_zoom_reaches_the_training_and_is_recorded(tmp_path, ihc_dataset):
-    train(ihc_dataset.train, tmp_path / "z.pt", "--zoom", "0.5", "--epochs", "1")
+def test_zoom_and_elastic_reach_the_training_and_are_recorded(tmp_path, ihc_dataset):
+    train(ihc_dataset.train, tmp_path / "z.pt", "--zoom", "0.5", "--elastic", "--epochs", "1")
     options = load(tmp_path / "z.pt")["training"]["options"]
-    assert options["zoom"] == 0.5
+    assert options["zoom"] == 0.5 and options["elastic"] is True
     train(ihc_dataset.train, tmp_path / "plain.pt", "--epochs", "1")
-    assert load(tmp_path / "plain.pt")["training"]["options"]["zoom"] == 0.0
+    options = load(tmp_path / "plain.pt")["training"]["options"]
+    assert options["zoom"] == 0.0 and options["elastic"] is False
 
 
 def test_a_given_threshold_is_stored_as_it_is(tmp_path, ihc_dataset):

@@ -1,9 +1,10 @@
 """Training crops: the scale augmentation (`--zoom`) magnifies crops within its range, keeps the
-image and its mask aligned, and leaves the method's sampling unchanged when off; `--balance` draws
-every dataset folder equally often."""
+image and its mask aligned, and leaves the method's sampling unchanged when off; `--elastic` warps
+image and mask together; `--balance` draws every dataset folder equally often."""
 import numpy as np
 import pytest
 
+from segmenter.augment import method_augmenter
 from segmenter.sampler import CropSampler, image_weights
 
 SQUARE = 32  # side of the checkerboard squares
@@ -17,9 +18,9 @@ def checkerboard(height: int = 600, width: int = 600) -> tuple[np.ndarray, np.nd
     return image, mask
 
 
-def sampler(zoom: float, crop: int = 128, length: int = 64) -> CropSampler:
+def sampler(zoom: float, crop: int = 128, length: int = 64, elastic: bool = False) -> CropSampler:
     image, mask = checkerboard()
-    return CropSampler([image], [mask], crop, length, seed=3, colour=False, translate=0.0, zoom=zoom)
+    return CropSampler([image], [mask], crop, length, seed=3, colour=False, translate=0.0, zoom=zoom, elastic=elastic)
 
 
 def square_side(target: np.ndarray) -> float:
@@ -62,6 +63,26 @@ def test_zoom_is_reproducible():
     a, b = sampler(0.5), sampler(0.5)
     for i in (0, 7, 31):
         assert (a[i][0] == b[i][0]).all() and (a[i][1] == b[i][1]).all()
+
+
+def test_elastic_warps_image_and_mask_together():
+    plain, warped = sampler(0.0), sampler(0.0, elastic=True)
+    moved = []
+    for i in range(32):
+        x, target, _ = warped[i]
+        assert ((x[0].numpy() > 130) == (target[0].numpy() > 0.5)).mean() > 0.98
+        moved.append(float((target != plain[i][1]).float().mean()))
+    assert 8 <= sum(m > 0 for m in moved) <= 24  # half the crops warped, each by a few pixels at the edges
+    assert 0.005 < max(moved) < 0.3
+
+
+def test_elastic_moves_labels_without_blending_them():
+    image, mask = checkerboard(128, 128)
+    labels = np.where(mask > 0, 200, 3).astype(np.uint16)
+    augment = method_augmenter(translate=0.0, warp=True)
+    for seed in range(8):
+        augment.set_random_seed(seed)
+        assert set(np.unique(augment(image=image, mask=labels)["mask"])) <= {3, 200}
 
 
 def test_images_are_drawn_by_area_unless_balanced():
