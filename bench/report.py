@@ -507,8 +507,8 @@ def instances_section(data: Results | None) -> Lines:
         return not_run("Instances", "python bench/instances.py")
     runs = [entry["run"] for entry in data.values()]
     lines = ["## Instances", "",
-             "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; the "
-             "training defaults, and on GlaS also the other recipes listed in `bench/instances.py`) on the fit images; "
+             "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; on GlaS "
+             "the recipes `bench/instances.py` lists, elsewhere the training defaults) on the fit images; "
              "the validation images choose the recipe (mean of Dice and object F1), the epoch, each class's "
              "threshold, the watershed's parameters, the least object area and, where the recipe column says "
              "so, whether test-time augmentation (`--tta`) is used; the test images are scored once "
