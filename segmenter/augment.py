@@ -30,7 +30,7 @@ def geometric(translate: float = 0.15, border_mode: int = cv2.BORDER_REFLECT_101
 ELASTIC_ALPHA, ELASTIC_SIGMA = 600.0, 20.0
 
 
-def elastic() -> list[A.BasicTransform]:
+def elastic_warps() -> list[A.BasicTransform]:
     """Smooth random warps of the crop (as the U-Net paper trained on few images), so irregular
     outlines and touching objects meet the network in shapes the training images do not hold."""
     return [A.ElasticTransform(alpha=ELASTIC_ALPHA, sigma=ELASTIC_SIGMA, border_mode=cv2.BORDER_REFLECT_101,
@@ -50,8 +50,8 @@ def photometric(strength: float = 1.0) -> list[A.BasicTransform]:
 
 
 def method_augmenter(colour: bool = False, translate: float = 0.15, seed: int | None = None,
-                     warp: bool = False) -> A.Compose:
-    """The method's geometric augmenters, optionally followed by elastic deformation (`warp`) and
-    colour/stain jitter."""
-    ops = geometric(translate) + (elastic() if warp else []) + (photometric() if colour else [])
+                     elastic: bool = False) -> A.Compose:
+    """The method's geometric augmenters, optionally followed by elastic deformation and colour/stain
+    jitter."""
+    ops = geometric(translate) + (elastic_warps() if elastic else []) + (photometric() if colour else [])
     return A.Compose(ops, seed=seed)

@@ -48,7 +48,7 @@ class CropSampler(torch.utils.data.Dataset):
     having such pixels, the map travels with the mask too and `known` becomes per pixel,
     (C [+ K], crop, crop): 0 on the unknown pixels, which the loss leaves out.
 
-    With `elastic` the augmentation also warps each crop (`segmenter.augment.elastic`), its mask
+    With `elastic` the augmentation also warps each crop (`segmenter.augment.elastic_warps`), its mask
     layers by nearest neighbour."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
@@ -64,7 +64,7 @@ class CropSampler(torch.utils.data.Dataset):
         self.instances = list(instances) if instances is not None else None
         self.epoch = 0
         self.p = image_weights([m.shape[0] * m.shape[1] for m in masks], groups)
-        self.aug = method_augmenter(colour=colour, translate=translate, warp=elastic)
+        self.aug = method_augmenter(colour=colour, translate=translate, elastic=elastic)
 
     def __len__(self) -> int:
         return self.length

@@ -145,7 +145,7 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
                           _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown,
-                          opts.elastic)
+                          elastic=opts.elastic)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)

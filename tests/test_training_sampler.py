@@ -79,7 +79,7 @@ def test_elastic_warps_image_and_mask_together():
 def test_elastic_moves_labels_without_blending_them():
     image, mask = checkerboard(128, 128)
     labels = np.where(mask > 0, 200, 3).astype(np.uint16)
-    augment = method_augmenter(translate=0.0, warp=True)
+    augment = method_augmenter(translate=0.0, elastic=True)
     for seed in range(8):
         augment.set_random_seed(seed)
         assert set(np.unique(augment(image=image, mask=labels)["mask"])) <= {3, 200}
