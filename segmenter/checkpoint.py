@@ -65,11 +65,13 @@ RUN_OPTIONS = ("epochs", "steps_per_epoch", "batch", "crop", "lr", "min_lr_ratio
                "elastic", "amp")
 
 
-def read_checkpoint(path: Path | None, options: dict[str, Any], dataset: str,
-                    new_options: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: Path | None, options: dict[str, Any], dataset: str, new_options: bool = False,
+                    defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint at `path`, refused unless it was made on this dataset with this seed and
     resolution (continuing another run's state would silently train something else), and with the
-    same run options unless `new_options` allows changing them."""
+    same run options unless `new_options` allows changing them. A run option the checkpoint does not
+    record was added to cyseg after it was written, so its run had that option's value in `defaults`
+    (an option's default is the behaviour from before it existed)."""
     if path is None or not path.exists():
         raise CysegError(f"--resume given but no checkpoint {path} exists; run without --resume")
     checkpoint = _load(path)
@@ -78,6 +80,7 @@ def read_checkpoint(path: Path | None, options: dict[str, Any], dataset: str,
             (options["seed"], options["resolution"], dataset):
         raise CysegError(f"checkpoint {path} was made with another dataset, seed or resolution; delete it or "
                          "use the same options")
+    made = {**{name: value for name, value in (defaults or {}).items() if name in RUN_OPTIONS}, **made}
     changed = [name for name in RUN_OPTIONS if made.get(name) != options[name]]
     if changed and not new_options:
         raise CysegError(f"checkpoint {path} was made with {_flags(made, changed)}, not {_flags(options, changed)}; "

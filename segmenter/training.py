@@ -140,7 +140,8 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     ckpt_path = checkpoint_path(opts.out) if opts.out else None
     resumed = None
     if opts.resume:
-        resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options)
+        resumed = read_checkpoint(ckpt_path, asdict(opts), data.dataset_hash, opts.resume_with_new_options,
+                                  defaults=asdict(TrainOptions()))
     _start_weights(seg, resumed, data.images, opts.resolution)
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,

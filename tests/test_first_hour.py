@@ -91,6 +91,29 @@ def test_an_interrupted_training_says_how_to_resume_and_refuses_changed_options(
     assert out.is_file() and not out.with_suffix(".ckpt").exists()
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_its_default(ihc_dataset, tmp_path, monkeypatch):
+    import torch
+    from conftest import TINY
+
+    out = tmp_path / "model.pt"
+    with monkeypatch.context() as patch:
+        _interrupt_in_epoch_2(patch)
+        assert invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY]).exit_code == 130
+    ckpt = out.with_suffix(".ckpt")
+    older = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for newer_option in ("elastic", "zoom"):
+        del older["options"][newer_option]
+    torch.save(older, ckpt)
+    changed = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, "--elastic", "--resume"])
+    assert changed.exit_code == 2 and not out.exists()
+    assert changed.stderr.strip() == (
+        f"cyseg: error: checkpoint {ckpt} was made with --no-elastic, not --elastic; resume with the same options, "
+        "or add --resume-with-new-options to continue with the new ones")
+    resumed = invoke(["-q", "train", ihc_dataset.train, "--out", out, *TINY, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert out.is_file() and not ckpt.exists()
+
+
 class PickledCode:
     """An object torch can only restore by running code: what a foreign training script saves."""
 
