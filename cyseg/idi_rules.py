@@ -11,7 +11,9 @@
   agreement with complete annotations favoured over giving them back); each remaining connected
   object is a candidate. A candidate is
   added when its area lies within [1/`size_range`, `size_range`] times the median area of the
-  expert's objects (not a speck, not a merged sheet) and its mean probability reaches the
+  expert's objects (not a speck, not a sheet over the image; the range is wide because missed
+  objects that touch come out of the prediction as one, glands and nucleus clusters among them) and
+  its mean probability reaches the
   confidence level. The level is `confidence` when given; by default it is the model's own
   confidence on what the expert did annotate: the `quantile` of the expert objects' mean
   probabilities. A model trained on incomplete masks learns to doubt the whole class, so its
@@ -49,7 +51,7 @@ class GrowthRule:
     confidence: float | None = None
     quantile: float = 0.25
     margin: int = 2
-    size_range: float = 8.0
+    size_range: float = 32.0
     opening: float = 0.4
     unsure: str = "background"
 

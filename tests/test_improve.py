@@ -303,27 +303,34 @@ def grow(gt: np.ndarray, pred: np.ndarray, probs: np.ndarray, rule, area: float)
 def test_objects_rule_adds_only_confident_object_sized_predictions_away_from_the_expert():
     from cyseg.idi_rules import GrowthRule, typical_area
 
-    gt = np.zeros((60, 80), np.uint8)
+    gt = np.zeros((160, 80), np.uint8)
     for x in (10, 60):
         cv2.circle(gt, (x, 10), 6, 1, -1)  # expert objects
     gt = gt.astype(bool)
     pred = np.zeros_like(gt)
     pred[2:19, 2:19] = True  # the first expert object, predicted wider: only its outline would move
-    missed, unsure = np.zeros((60, 80), np.uint8), np.zeros((60, 80), np.uint8)
+    missed, unsure = np.zeros(gt.shape, np.uint8), np.zeros(gt.shape, np.uint8)
     cv2.circle(missed, (12, 35), 6, 1, -1)
     cv2.circle(unsure, (40, 35), 6, 1, -1)
     missed, unsure = missed.astype(bool), unsure.astype(bool)
+    cluster = np.zeros_like(gt)
+    cluster[50:70, 0:60] = True  # 1200 px: a clump of touching missed objects, ~10 times the median object
+    missed |= cluster
     pred |= missed | unsure
     pred[28:40, 24:30] = True  # a bridge joining the two missed objects: opened away
     pred[2:3, 30:32] = True  # a speck: not added
-    pred[50:60, 0:80] = True  # a sheet of 800 px, over 8 times the expert's median object: not added
+    sheet = np.zeros_like(gt)
+    sheet[80:160, 0:80] = True  # 6400 px, over 32 times the expert's median object: not added
+    pred |= sheet
     probs = np.where(pred, 0.4, 0.05).astype(np.float32)
-    probs[gt | missed] = 0.6  # the model's level on the expert's objects, and on the missed one
+    probs[gt | missed | sheet] = 0.6  # the model's level on the expert's objects, the missed ones and the sheet
     area = typical_area([gt])
     new = grow(gt, pred, probs, GrowthRule(), area)
     added = new & ~gt
     assert (new & gt).sum() == gt.sum() and not (added & ~missed).any()
-    assert added.sum() >= 0.8 * missed.sum()  # the opening only rounds its outline
+    assert (added & ~cluster).sum() >= 0.8 * (missed & ~cluster).sum()  # the opening only rounds its outline
+    assert (added & cluster).sum() >= 0.9 * cluster.sum()
+    assert not (grow(gt, pred, probs, GrowthRule(size_range=8), area) & cluster).any()  # within 8 times only
     assert np.array_equal(grow(gt, pred, probs, GrowthRule("or"), area), gt | pred)  # the method
     assert (grow(gt, pred, probs, GrowthRule(confidence=0.3), area) & unsure).sum() >= 0.8 * unsure.sum()
     assert np.array_equal(grow(gt, pred, probs, GrowthRule(), 0.0), gt)  # no expert object: nothing to size by
