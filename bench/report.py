@@ -626,8 +626,44 @@ def idi_unsure_section(data: Results | None) -> Lines:
             "default if, on the validation images' complete masks, the chosen IDI never ended below (b) and "
             "recovered at least half of the lost IoU at p = 0.5 on both data sets (rule fixed before the run); it "
             "recovers less than half on GlaS there, so the default stays background. Its test figures, read after "
-            "that choice:", "",
+            f"that choice (commit {data['run']['code']['commit'][:7]}, before the rule's size range was widened to "
+            "the one chosen above):", "",
             *idi_lines(data, None, "idi_unsure.json")]
+
+
+def idi_rules_section(data: Results | None) -> Lines:
+    """idi_rules.json: the masks each variant of the growth rule grows, against the complete annotation."""
+    if data is None:
+        return []
+    settings = data["settings"]
+    rows = [[dataset, p.removeprefix("p"), name, pm(v["iou"]["mean"], v["iou"]["std"]),
+             f"{v['precision']['mean']:.3f}", f"{v['recall']['mean']:.3f}"]
+            for dataset, by_p in data["summary"].items() for p, variants in by_p.items()
+            for name, v in variants.items()]
+    return ["### How the growth rule's settings are chosen", "",
+            "`bench/idi_rules.py` trains the iteration-1 model of `bench/idi.py` (same split, removal, budget "
+            f"and seed; {settings['seeds']} seeds), predicts the training images once and grows their incomplete "
+            "masks by every variant of the `--mode objects` rule (one setting changed from the default at a time, "
+            "and the method's OR), as `cyseg improve` grows them. The grown masks are compared with the complete "
+            "annotation of the same training images, pooled: IoU (mean ± std over seeds), precision (how much of "
+            "the mask is real foreground) and recall. The test images play no part. Settings are chosen on the "
+            "IoU at p = 0.5, watching the precision: a rule that adds the model's false positives teaches the "
+            f"next model them. Measured on {machine(data.get('cpu_threads'))}. Reproduce with "
+            f"`python bench/idi_rules.py --datasets {settings['datasets']} --p "
+            f"{','.join(f'{p:g}' for p in settings['p'])} --seeds {settings['seeds']}`. "
+            "Source: `bench/results/idi_rules.json`.", "",
+            *table(["data", "p", "rule", "IoU", "precision", "recall"], rows), "",
+            *(idi_rules_outcome(dataset, p, variants, data["run"]["code"]["commit"])
+              for dataset, by_p in data["summary"].items() for p, variants in by_p.items()), ""]
+
+
+def idi_rules_outcome(dataset: str, p: str, variants: Results, commit: str) -> str:
+    """One line: the default rule's IoU beside the best variant's."""
+    name, best = max(variants.items(), key=lambda kv: kv[1]["iou"]["mean"])
+    default = variants["default"]
+    return (f"- {dataset}, p = {p.removeprefix('p')}: the default (the rule at commit {commit[:7]}) "
+            f"{default['iou']['mean']:.3f}, precision {default['precision']['mean']:.3f}; the best variant, "
+            f"{name}, {best['iou']['mean']:.3f}, precision {best['precision']['mean']:.3f}")
 
 
 def idi_lines(data: Results, title: str | None, source: str) -> Lines:
@@ -751,6 +787,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("instances.json", instances_section),
     ("wsi_instances_cpu.json", wsi_instances_section),
     ("idi.json", idi_section),
+    ("idi_rules.json", idi_rules_section),
     ("idi_unsure.json", idi_unsure_section),
     ("active.json", active_section),
     ("active_validation.json", active_validation_section),
