@@ -605,7 +605,8 @@ def demo_command(out: Path, model: str, device: str) -> None:
               help="With --normalize, the lowest probability level a map may be cut at. [default: threshold/2]")
 @click.option("--mode", type=click.Choice(["objects", "or"]), default="objects", show_default=True,
               help="How predictions join the expert masks: objects, only predicted objects away from every "
-                   "expert annotation, confident (--confidence) and of the expert objects' size; or, the method's "
+                   "expert annotation, confident (--confidence) and within 1/32..32 times the expert objects' median "
+                   "area (touching objects merge in a prediction); or, the method's "
                    "expert mask OR prediction (its false positives join the labels).")
 @click.option("--confidence", default="auto", show_default=True, callback=_auto_or(float, lambda _name, number: number),
               metavar="P|auto",
@@ -614,7 +615,7 @@ def demo_command(out: Path, model: str, device: str) -> None:
                    "incomplete masks doubts every object.")
 @click.option("--unsure", type=click.Choice(["background", "unknown"]), default="background", show_default=True,
               help="--mode objects: what the model predicted away from the expert annotations but the rule did not "
-                   "add (not confident enough, not of the objects' size) is, for the next model, background; or "
+                   "add (not confident enough, outside the size range) is, for the next model, background; or "
                    "unknown, left out of its loss (written as unknown/ maps in the dataset version).")
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
               help="With --val: run the next iteration only while the validation IoU (objects the rule would add "

@@ -12,15 +12,14 @@ Iteration k = 1..K:
 2. **predict** every selected training item (all items, or those whose dataset.json kind is one of
    `--only-kind`) and post-process the probabilities with the IDI chain (below).
 3. **grow the labels** from the ORIGINAL ground truth by `--mode` (`cyseg.idi_rules`): `objects` (the
-   default) adds only predicted objects away from every expert annotation, of the expert objects'
-   size, and as confident as the model is on the expert's own objects (the level is taken over all
-   selected items, so every item is predicted before any is written); `or` is the method's ground
-   truth OR prediction. With `--unsure unknown`, what the model predicted there but the rule did not
-   add is marked unknown (unknown/ maps), left out of the next model's loss instead of taught as
-   background. Annotated pixels are never removed; relative to
-   the previous version, pixels a former iteration added may be withdrawn when the newer model no
-   longer predicts them (the rule starts from the original masks, not from the previous version).
-   Unselected items are copied byte for byte.
+   default) adds only predicted objects away from every expert annotation, within 1/32..32 times the
+   expert objects' median area, and as confident as the model is on the expert's own objects (the level
+   is taken over all selected items, so every item is predicted before any is written); `or` is the
+   method's ground truth OR prediction. With `--unsure unknown`, what the model predicted there but the
+   rule did not add is marked unknown (unknown/ maps), left out of the next model's loss instead of
+   taught as background. Annotated pixels are never removed; relative to the previous version, pixels a
+   former iteration added may be withdrawn when the newer model no longer predicts them (the rule starts
+   from the original masks, not from the previous version). Unselected items are copied byte for byte.
 4. **write** the new version OUT/iter<k>/ (images copied unchanged, masks as PNG: never JPEG,
    whose artefacts would change the labels) through `DatasetWriter`, so it appears only when
    complete. Its dataset.json records the parent (previous version), the iteration, the model
