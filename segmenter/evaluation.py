@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 SWEEP = tuple(round(0.1 * i, 1) for i in range(1, 10))
 LOW_SWEEP = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)  # the collapse guard's thresholds
+#: a class predicted on less than this share of its annotated pixels counts as predicted empty (collapsed)
+NEAR_EMPTY = 0.05
 Data = str | os.PathLike | Dataset | Sequence[Dataset]
 # on_image(stem, class (None for the unnamed foreground), image, truth, masks by threshold)
 Predictions = dict[Path, torch.Tensor]  # image path -> (C, H, W) probabilities
@@ -212,8 +214,8 @@ def calibrate_threshold(seg: Segmenter, data: Data, chosen_on: str,
 
 def guard_fixed_threshold(seg: Segmenter, data: Data, chosen_on: str,
                           predictions: Predictions | None = None) -> dict[str, Any] | None:
-    """For a model trained with a fixed threshold: None when it predicts some foreground at that
-    threshold on `data`'s images whose masks hold some; else (collapsed towards background) it is
+    """For a model trained with a fixed threshold: None when it predicts foreground at that threshold
+    on `data`'s images whose masks hold some (`collapsed_classes`); else (collapsed towards background) it is
     calibrated instead (`calibrate_threshold`, with its own guard) and the calibration is returned."""
     datasets = datasets_of(data)
     chosen = chosen_thresholds(seg)
@@ -222,29 +224,35 @@ def guard_fixed_threshold(seg: Segmenter, data: Data, chosen_on: str,
     collapsed = collapsed_classes(rows)
     if not collapsed:
         return None
-    log.warning("the model predicts no %s on the %s at its threshold (collapsed towards background); its threshold "
-                "is calibrated instead", ", ".join(c or "foreground" for c in collapsed), chosen_on)
+    log.warning("the model predicts (next to) no %s on the %s at its threshold (collapsed towards background); "
+                "its threshold is calibrated instead", ", ".join(c or "foreground" for c in collapsed), chosen_on)
     return {**calibrate_threshold(seg, datasets, chosen_on), "fixed_threshold_collapsed": collapsed}
 
 
 def collapsed_classes(rows: list[dict[str, Any]]) -> list[str | None]:
-    """The classes (None: the unnamed foreground) predicted empty at every threshold of `rows` on
-    images whose masks hold some of them: a model collapsed to background."""
+    """The classes (None: the unnamed foreground) that, at every threshold of `rows`, are predicted
+    on fewer pixels than NEAR_EMPTY of the pixels their masks annotate (none annotated: never
+    collapsed): a model collapsed towards background, whose prediction is empty or a few specks."""
     out = []
     for name in dict.fromkeys(r.get("class") for r in rows):
-        of_class = [r for r in rows if r.get("class") == name]
-        annotated = max(r["tp"] + r["fn"] for r in of_class)
-        if annotated and not any(r["tp"] + r["fp"] for r in of_class):
+        predicted: dict[float, int] = {}
+        annotated: dict[float, int] = {}
+        for r in rows:
+            if r.get("class") == name:
+                predicted[r["threshold"]] = predicted.get(r["threshold"], 0) + r["tp"] + r["fp"]
+                annotated[r["threshold"]] = annotated.get(r["threshold"], 0) + r["tp"] + r["fn"]
+        if max(annotated.values()) and all(predicted[t] < NEAR_EMPTY * annotated[t] for t in predicted):
             out.append(name)
     return out
 
 
 def _guard_collapse(seg: Segmenter, datasets: list[Dataset], rows: list[dict[str, Any]],
                     chosen_on: str) -> list[str | None]:
-    """Training on sparse foreground can leave every probability below the sweep (an empty
-    prediction at any of its thresholds). For such classes, `rows` gains the rows of LOW_SWEEP
-    (the images are predicted once more), so that the model's ranking of the pixels still serves;
-    a class empty even there is refused (CysegError). Returns the guarded classes."""
+    """Training on sparse foreground can leave every probability below the sweep (an empty or
+    near-empty prediction at any of its thresholds, `collapsed_classes`). For such classes, `rows`
+    gains the rows of LOW_SWEEP (the images are predicted once more), so that the model's ranking of
+    the pixels still serves; a class (next to) empty even there is refused (CysegError). Returns the
+    guarded classes."""
     collapsed = collapsed_classes(rows)
     if not collapsed:
         return []
@@ -252,12 +260,12 @@ def _guard_collapse(seg: Segmenter, datasets: list[Dataset], rows: list[dict[str
     dead = collapsed_classes(low)
     if dead:
         what = "foreground" if dead[0] is None else f"class {dead[0]}"
-        raise CysegError(f"training collapsed: the model predicts no {what} on the {chosen_on} at any threshold "
-                         f"down to {min(LOW_SWEEP)}, where their masks hold some; train again with another --seed, "
-                         "more --epochs or a lower --lr")
-    log.warning("the model predicts no %s on the %s at any threshold of 0.1..0.9 (collapsed towards background); "
-                "its threshold is chosen among %s instead", ", ".join(c or "foreground" for c in collapsed),
-                chosen_on, ", ".join(map(str, LOW_SWEEP)))
+        raise CysegError(f"training collapsed: the model predicts (next to) no {what} on the {chosen_on} at any "
+                         f"threshold down to {min(LOW_SWEEP)}, where their masks hold some; train again with "
+                         "another --seed, more --epochs or a lower --lr")
+    log.warning("the model predicts (next to) no %s on the %s at any threshold of 0.1..0.9 (collapsed towards "
+                "background); its threshold is chosen among %s instead",
+                ", ".join(c or "foreground" for c in collapsed), chosen_on, ", ".join(map(str, LOW_SWEEP)))
     rows += low
     return collapsed
 

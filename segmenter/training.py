@@ -498,8 +498,8 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[
 
 
 def _guard_threshold(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:
-    """A fixed threshold at which the model predicts nothing where the masks hold foreground (a
-    collapse towards background) is replaced by a calibrated one (`guard_fixed_threshold`)."""
+    """A fixed threshold at which the model predicts (next to) nothing where the masks hold foreground
+    (a collapse towards background) is replaced by a calibrated one (`guard_fixed_threshold`)."""
     guarded = guard_fixed_threshold(seg, *_choice_images(data, seed), predictions)
     if guarded is not None:
         seg.training_info["threshold"] = guarded

@@ -27,6 +27,14 @@ def test_collapsed_classes_needs_annotated_pixels_and_no_prediction():
     assert collapsed_classes(named) == ["cell"]
 
 
+def test_a_few_specks_where_much_is_annotated_count_as_collapsed():
+    """Under NEAR_EMPTY of the annotated pixels at every threshold, pooled over the images."""
+    image = {"threshold": 0.5, "tp": 3, "fp": 1, "fn": 97}  # 4 predicted, 100 annotated
+    assert collapsed_classes([image, {**image, "tp": 0, "fp": 0, "fn": 100}]) == [None]  # 4 of 200
+    assert collapsed_classes([image, {**image, "threshold": 0.1, "tp": 10, "fn": 90}]) == []  # 11 % at 0.1
+    assert collapsed_classes([image, {**image, "tp": 20, "fn": 80}]) == []  # 24 of 200 at 0.5
+
+
 def test_a_model_below_the_sweep_gets_a_lower_threshold(ihc_dataset):
     seg = with_probabilities(0.03)
     info = calibrate_threshold(seg, ihc_dataset.val, "validation images")
@@ -43,7 +51,7 @@ def test_a_healthy_model_is_calibrated_on_the_sweep_alone(ihc_dataset):
 
 
 def test_a_model_that_predicts_nothing_is_refused(ihc_dataset):
-    with pytest.raises(CysegError, match=r"^training collapsed: the model predicts no foreground on the "
+    with pytest.raises(CysegError, match=r"^training collapsed: the model predicts \(next to\) no foreground on the "
                                          r"validation images at any threshold down to 0\.001.*another --seed"):
         calibrate_threshold(with_probabilities(0.0), ihc_dataset.val, "validation images")
 
