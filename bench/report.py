@@ -684,7 +684,8 @@ def idi_lines(data: Results, title: str | None, source: str) -> Lines:
             "\"on validation\" is the same share on the validation images' complete masks, the figure a change to "
             "the method is chosen on. "
             "\"Not below\": the chosen model's mean is no lower than (b)'s mean minus (b)'s std over seeds. "
-            "\"Collapsed\": models of the row with a test IoU below 0.001. IDI K columns average the seeds whose "
+            f"\"Collapsed\": models of the row {data.get('collapsed_definition', 'with a test IoU below 0.001')}. "
+            "IDI K columns average the seeds whose "
             f"run went that far. Measured on {machine(data.get('cpu_threads'))}. Reproduce with "
             f"`{idi_command(settings)}`. Source: `bench/results/{source}`.", "",
             *table(["data", "p", "objects removed", "full masks (a)", "incomplete (b)",
