@@ -47,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ from bench.common import (  # noqa: E402
 from segmenter.evaluation import NEAR_EMPTY  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "idi.json"
-COLLAPSED = ("predicted on fewer than NEAR_EMPTY (5 %) of the annotated test pixels, as the collapse guard of "
+COLLAPSED = (f"predicted on fewer than {NEAR_EMPTY * 100:g} % of the annotated test pixels, as the collapse guard of "
              "`segmenter.evaluation` counts a class collapsed")
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "iterations": 1, "epochs": 1, "steps_per_epoch": 2,
          "batch": 2, "crop": 64, "n": 4, "depth": 3, "workers": 0, "device": "cpu"}
@@ -153,16 +154,29 @@ def incomplete_dataset(train: Path, out: Path, p: float, seed: int) -> dict[str,
     return removal
 
 
+def incomplete_split(split: tuple[Path, Path], out: Path, p: float, seed: int) -> tuple[Path, dict[str, Any]]:
+    """`out`/train and `out`/val: the (training, validation) folders of `split` with the same removal
+    (`incomplete_dataset`); returns `out` and the training folder's removal statistics."""
+    removal = incomplete_dataset(split[0], out / "train", p, seed)
+    incomplete_dataset(split[1], out / "val", p, seed)
+    return out, removal
+
+
 def mask_quality(candidate: Path, truth: Path) -> dict[str, float]:
     """Pixel agreement of a dataset version's masks with the complete annotation (all images pooled):
     IoU, precision (how much of the mask is real foreground) and recall (how much of the real
     foreground the mask holds). Shows what each IDI iteration did to the training data."""
     from segmenter.io.dataset import read_mask
 
+    return pooled_agreement((read_mask(candidate / "masks" / f"{stem}.png") > 0,
+                             read_mask(truth / "masks" / f"{stem}.png") > 0) for stem in stems_of(truth))
+
+
+def pooled_agreement(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """IoU, precision and recall of (mask, complete mask) bool pairs, all pixels pooled (1.0 where a
+    denominator is empty)."""
     inter = cand = true = 0
-    for stem in stems_of(truth):
-        gt = read_mask(truth / "masks" / f"{stem}.png") > 0
-        mask = read_mask(candidate / "masks" / f"{stem}.png") > 0
+    for mask, gt in pairs:
         inter, cand, true = inter + int((gt & mask).sum()), cand + int(mask.sum()), true + int(gt.sum())
     union = cand + true - inter
     return {"iou": inter / union if union else 1.0, "precision": inter / cand if cand else 1.0,
@@ -227,9 +241,7 @@ def one_p(dataset: str, split: tuple[Path, Path], test: Path, seed: int, p: floa
     train, val = split
     tag = f"p{p:g}"
     runs = work / "runs" / dataset / f"seed{seed}" / tag
-    incomplete = work / "data" / dataset / "incomplete" / tag / f"seed{seed}"
-    data = incomplete_dataset(train, incomplete / "train", p, seed)
-    incomplete_dataset(val, incomplete / "val", p, seed)
+    incomplete, data = incomplete_split(split, work / "data" / dataset / "incomplete" / tag / f"seed{seed}", p, seed)
     idi_out = runs / "idi"
     cmd = [*_cli("cyseg"), "-q", "improve", str(incomplete / "train"), "--val", str(incomplete / "val"),
            "--iterations", str(args.iterations + 1), "--out", str(idi_out), *train_args(args, seed),
@@ -321,6 +333,19 @@ def aggregate(per_seed: list[dict[str, Any]], args: argparse.Namespace) -> dict[
     return result
 
 
+def add_budget_options(parser: argparse.ArgumentParser, epochs: int, crop: int) -> None:
+    """The options `train_args` and `carve_validation` read: every model's training budget and size,
+    and the validation share."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=crop)
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the training images held out as validation (epoch, threshold, IDI stop)")
+
+
 def parse_args() -> argparse.Namespace:
     """The command line, checked; --quick fills in the tiny budget for what was not given."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,14 +353,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--p", default="0.25,0.5,0.75", help="fractions of objects removed, comma-separated")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3, help="IDI K evaluated for K = 1..this")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--steps-per-epoch", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of the training images held out as validation (epoch, threshold, IDI stop)")
+    add_budget_options(parser, epochs=30, crop=256)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1,
                         help="(data set, seed) runs at a time; give each its threads with OMP_NUM_THREADS")

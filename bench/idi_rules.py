@@ -33,7 +33,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import apply_quick, children_cpu, code_version, fresh_dir, run_record, write_results  # noqa: E402
-from bench.idi import _cli, _ms, carve_validation, incomplete_dataset, run, splits, train_args  # noqa: E402
+from bench.idi import (  # noqa: E402
+    _cli,
+    _ms,
+    add_budget_options,
+    carve_validation,
+    incomplete_split,
+    pooled_agreement,
+    run,
+    splits,
+    train_args,
+)
 
 RESULTS = ROOT / "bench" / "results" / "idi_rules.json"
 QUICK = {"datasets": "miccai15", "p": "0.5", "seeds": 1, "epochs": 1, "steps_per_epoch": 2, "batch": 2, "crop": 64}
@@ -52,35 +62,27 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def train_incomplete(dataset: str, train: Path, seed: int, p: float, args: argparse.Namespace,
                      work: Path) -> tuple[Path, Path, Path, float]:
     """(incomplete training folder, complete training folder, iteration-1 model, its training CPU s)."""
-    fit, val = carve_validation(train, work / "data" / dataset / f"seed{seed}", args.val_fraction, seed)
-    incomplete = work / "data" / dataset / "incomplete" / f"p{p:g}" / f"seed{seed}"
-    incomplete_dataset(fit, incomplete / "train", p, seed)
-    incomplete_dataset(val, incomplete / "val", p, seed)
+    split = carve_validation(train, work / "data" / dataset / f"seed{seed}", args.val_fraction, seed)
+    incomplete, _ = incomplete_split(split, work / "data" / dataset / "incomplete" / f"p{p:g}" / f"seed{seed}", p, seed)
     model = work / "models" / dataset / f"seed{seed}_p{p:g}.pt"
     model.parent.mkdir(parents=True, exist_ok=True)
     cpu = run([*_cli("cyseg"), "-q", "train", str(incomplete / "train"), "--val", str(incomplete / "val"),
                "--out", str(model), *train_args(args, seed)], work / "logs" / f"{model.stem}_{dataset}.log")
-    return incomplete / "train", fit, model, cpu
+    return incomplete / "train", split[0], model, cpu
 
 
 def predictions(model: Path, incomplete: Path, complete: Path) -> list[tuple[np.ndarray, ...]]:
     """Per training image: (incomplete mask, complete mask, probabilities, `cyseg improve`'s post-processed mask)."""
-    import torch
-
-    from cyseg.improve import ImproveOptions, idi_postprocess
+    from cyseg.improve import ImproveOptions, idi_prediction
     from segmenter.io.dataset import open_dataset, read_mask
-    from segmenter.io.images import read_image
     from unet import load_segmenter
 
     seg, opts = load_segmenter(model, device="cpu"), ImproveOptions(iterations=1)
     out = []
     for item in open_dataset(incomplete).items:
         gt = read_mask(item.mask).astype(bool)
-        probs = seg.predict(read_image(item.image))
-        with torch.inference_mode():
-            mask, _ = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
-        out.append((gt, read_mask(complete / "masks" / item.mask.name, gt.shape) > 0,
-                    probs[0].float().cpu().numpy(), mask.cpu().numpy()))
+        mask, probs, _ = idi_prediction(seg, item.image, opts)
+        out.append((gt, read_mask(complete / "masks" / item.mask.name, gt.shape) > 0, probs, mask))
     return out
 
 
@@ -92,12 +94,9 @@ def grown_quality(images: list[tuple[np.ndarray, ...]], changes: dict[str, Any])
     area = typical_area([gt for gt, *_ in images])
     found = [addable(gt, pred, probs, rule, area) for gt, _, probs, pred in images]
     level = rule.level(np.concatenate([expert_means(gt, probs) for gt, _, probs, _ in images]))
-    inter = grown = true = 0
-    for (gt, full, _, _), cand in zip(images, found, strict=True):
-        mask = gt | cand.added(gt.shape, level)
-        inter, grown, true = inter + int((mask & full).sum()), grown + int(mask.sum()), true + int(full.sum())
-    return {"iou": inter / max(grown + true - inter, 1), "precision": inter / max(grown, 1),
-            "recall": inter / max(true, 1), "level": level}
+    agreement = pooled_agreement((gt | cand.added(gt.shape, level), full)
+                                 for (gt, full, _, _), cand in zip(images, found, strict=True))
+    return {**agreement, "level": level}
 
 
 def one_run(dataset: str, train: Path, seed: int, p: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -125,13 +124,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--datasets", default="miccai15,glas")
     parser.add_argument("--p", default="0.5", help="fractions of objects removed, comma-separated")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=12, help="bench/idi.py's budget by default")
-    parser.add_argument("--steps-per-epoch", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=128)
-    parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    add_budget_options(parser, epochs=12, crop=128)  # the budget of bench/idi.py's recorded run
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (OMP_NUM_THREADS each)")
     parser.add_argument("--work", type=Path, default=None, help="[default: bench/work/idi_rules] emptied first")
     parser.add_argument("--out", type=Path, default=None, help="[default: bench/results/idi_rules.json]")

@@ -543,14 +543,20 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
     return stats, level
 
 
+def idi_prediction(seg: Segmenter, image: Path, opts: ImproveOptions) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """One training image as an IDI iteration sees it: the (H, W) bool mask of the IDI post-processing
+    (`idi_postprocess`), the (H, W) float32 probabilities and the level the mask was cut at."""
+    probs = seg.predict(read_image(image))
+    with torch.inference_mode():
+        pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
+    return pred.cpu().numpy(), probs[0].float().cpu().numpy(), tau
+
+
 def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions,
                area: float) -> tuple[tuple[Candidates, dict[str, Any]], np.ndarray]:
     """What the model could add to one mask (`idi_rules.addable`) with its record, and the mean
     probability on each expert object."""
-    probs = seg.predict(read_image(item.image))
-    with torch.inference_mode():
-        pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
-    pred, probs_np = pred.cpu().numpy(), probs[0].float().cpu().numpy()
+    pred, probs_np, tau = idi_prediction(seg, item.image, opts)
     found = addable(gt, pred, probs_np, opts.rule, area)
     return (found, {"threshold_used": tau, "predicted_px": int(pred.sum())}), expert_means(gt, probs_np)
 
