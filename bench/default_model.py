@@ -15,10 +15,11 @@ GlaS is left out: a gland is neither a cell nor a nucleus, so it would blur what
 
 Each candidate recipe (`CANDIDATES`, on top of `BASE`: stain/colour jitter and scale augmentation
 for every one) is trained once (seed 0) on all training folders at once with `--val` on every
-validation folder; both run side by side, one CPU thread each, in float32 (`--no-amp`: a CPU with
-bfloat16 would otherwise train in it). Training is then a pure function of its seed, so the rebuild
-is bit-identical on CPUs of the same instruction set (the convolution kernels' summation order
-follows it; the results record the CPU). The recipe with the best validation
+validation folder; both run side by side, one CPU thread each, in the CPU's native precision
+(bfloat16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere). Training is then a pure function of its
+seed, so the rebuild is bit-identical on CPUs of the same instruction set (the convolution kernels'
+summation order and precision follow it; the results record the CPU). The recipes weighed in earlier
+runs and their validation scores are in the git history of the results. The recipe with the best validation
 score (the mean over sources and classes of pixel Dice and object F1) is the model; only it is
 scored on the test images, once. Results: bench/results/default_model.json. `--install` copies the
 chosen model over the shipped one (atomically) and its training curves over
@@ -63,10 +64,11 @@ STAINS = {"miccai15": "H&E", "wbc": "rapid Romanowsky-type (blood smear)", "urot
 NAMES = {"miccai15": "MICCAI 2015 H&E nuclei", "wbc": "Zheng 2018 blood smears (wbc/dataset1)",
          "urothelial": "urothelial urine cytology", "isbi2014": "ISBI 2014 synthetic Pap smears"}
 MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these magnifications
-BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "60", "--resolution", "1", "--colour", "--no-amp"]
-# crops drawn by image area (tissue tiles are a small share of the area) or from every training folder
-# equally often (the miccai15 tiles then make up two folders of five)
-CANDIDATES = {"zoom0.4": ["--zoom", "0.4"], "zoom0.4-balanced": ["--zoom", "0.4", "--balance"]}
+# crops from every training folder equally often (the miccai15 tiles make up two folders of five)
+BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "120", "--resolution", "1", "--colour", "--zoom", "0.4",
+        "--balance"]
+# nuclei are the weaker class on every source: the second recipe doubles their share of the loss
+CANDIDATES = {"120-epochs": [], "120-epochs-nucleus-x2": ["--class-weights", "1,2"]}
 SEED = 0
 THREADS = 1  # per candidate; the candidates run side by side
 RESULTS = ROOT / "bench" / "results" / "default_model.json"
