@@ -147,6 +147,24 @@ def rescore_float32(work: Path) -> None:
     write_results(RESULTS, record)
 
 
+def install_recorded(work: Path) -> None:
+    """Install the model the recorded run (made without --install) chose, from its work folder, once
+    it is checked to be that model (size and best epoch); the results then say it is installed."""
+    record = json.loads(RESULTS.read_text())
+    model = work / f"{record['chosen']}.pt"
+    if record.get("installed"):
+        sys.exit(f"{RESULTS} is already installed")
+    if not model.is_file() or model.stat().st_size != record["model_bytes"]:
+        sys.exit(f"{model} is not the model {RESULTS} chose: rerun bench/default_model.py --install")
+    best_epoch = torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
+    if best_epoch != record["candidates"][record["chosen"]]["best_epoch"]:
+        sys.exit(f"{model} stopped at epoch {best_epoch}, not the recorded one: rerun with --install")
+    install(model)
+    record["installed"] = True
+    record["install_run"] = run_record(code_version(), 0.0, 0.0) | {"from": str(model)}
+    write_results(RESULTS, record)
+
+
 def merit(scores: dict[str, dict[str, Any]]) -> float:
     """The recipe choice's figure: the mean over sources and classes of pixel Dice and object F1."""
     return class_merit({f"{source}/{name}": s for source, classes in scores.items() for name, s in classes.items()})
@@ -191,7 +209,12 @@ def main() -> None:
                         "smoke run: '--epochs 1 --steps-per-epoch 2'); recorded in the results")
     parser.add_argument("--rescore-float32", action="store_true", help="train nothing: score the shipped model on "
                         "the recorded test images in float32 and add them to the results as test_float32")
+    parser.add_argument("--install-recorded", action="store_true", help="train nothing: install the model the "
+                        "recorded run (made without --install) chose, from its --work folder")
     args = parser.parse_args()
+    if args.install_recorded:
+        install_recorded(args.work)
+        return
     if args.rescore_float32:
         rescore_float32(args.work)
         return
