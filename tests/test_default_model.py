@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import REPO
 
@@ -43,3 +44,46 @@ def test_shipped_model_records_its_recipe_and_scope():
     assert scope["mpp_range"] == [0.25, 0.5] and "H&E" in scope["stains"]
     assert sum(d["images"] for d in scope["data"]) == sum(p["fit"] for p in record["split"].values())
     assert SHIPPED["default"].stat().st_size == record["model_bytes"] < 10 * 1024 * 1024
+
+
+def _recorded_run(tmp_path, monkeypatch, installed: bool = False):
+    """A results file whose chosen model is a small real checkpoint in a work folder; the shipped
+    model and curves redirected into tmp_path."""
+    import bench.default_model as dm
+    from cyseg.models import SHIPPED as shipped
+
+    work = tmp_path / "work"
+    work.mkdir(parents=True)
+    model = work / "recipe.pt"
+    torch.save({"training": {"best_epoch": 7}}, model)
+    model.with_suffix(".curves.png").write_bytes(b"png")
+    results = tmp_path / "default_model.json"
+    results.write_text(json.dumps({"chosen": "recipe", "installed": installed, "model_bytes": model.stat().st_size,
+                                   "candidates": {"recipe": {"best_epoch": 7}}}))
+    monkeypatch.setattr(dm, "RESULTS", results)
+    monkeypatch.setattr(dm, "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setitem(shipped, "default", tmp_path / "default.pt")
+    return dm, work, model, results
+
+
+def test_install_recorded_ships_the_chosen_model(tmp_path, monkeypatch):
+    dm, work, model, results = _recorded_run(tmp_path, monkeypatch)
+    dm.install_recorded(work)
+    assert (tmp_path / "default.pt").read_bytes() == model.read_bytes()
+    record = json.loads(results.read_text())
+    assert record["installed"] and record["install_run"]["from"] == str(model)
+
+
+def test_install_recorded_refuses_another_model(tmp_path, monkeypatch):
+    dm, work, model, _ = _recorded_run(tmp_path, monkeypatch)
+    torch.save({"training": {"best_epoch": 8}}, model)
+    with pytest.raises(SystemExit, match="stopped at epoch 8, not the recorded one"):
+        dm.install_recorded(work)
+    model.write_bytes(b"other")
+    with pytest.raises(SystemExit, match=r"is not the model .* chose"):
+        dm.install_recorded(work)
+    assert not (tmp_path / "default.pt").exists()
+    dm, work, _, _ = _recorded_run(tmp_path / "again", monkeypatch, installed=True)
+    with pytest.raises(SystemExit, match="already installed"):
+        dm.install_recorded(work)
