@@ -97,6 +97,17 @@ def run_kernels(data: Results) -> str:
     return " (" + "; ".join(f"{kind} kernels: {', '.join(names)}" for kind, names in found.items()) + ")"
 
 
+def run_machine(data: Results) -> str:
+    """The machine of every entry's run, naming which entries used how many threads when they differ."""
+    found: dict[int | None, list[str]] = {}
+    for name, entry in data.items():
+        found.setdefault(entry["run"].get("cpu_threads"), []).append(name)
+    if len(found) < 2:
+        return machine(next(iter(found)))
+    return machine(None) + ", " + "; ".join(f"{threads} thread{'s' * (threads != 1)}: {', '.join(names)}"
+                                           for threads, names in found.items())
+
+
 def not_run(title: str, command: str) -> Lines:
     """The section of a benchmark whose results file is absent."""
     return [f"## {title}", "", f"Not measured yet: `{command}` writes its results.", ""]
@@ -515,7 +526,7 @@ def instances_section(data: Results | None) -> Lines:
              "by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
-             f"Measured on {machine(runs[0]['cpu_threads'])}{run_kernels(data)}, "
+             f"Measured on {run_machine(data)}{run_kernels(data)}, "
              f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
              "Reproduce with `python bench/instances.py`. Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",

@@ -146,3 +146,11 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
     assert report.active_validation_section(None) == []
+
+
+def test_machine_line_names_the_thread_count_of_each_run():
+    one = {"cpu_threads": 1}
+    assert report.run_machine({"a": {"run": one}, "b": {"run": one}}) == "the CPU, no GPU, 1 thread"
+    mixed = report.run_machine({"glas": {"run": one}, "wbc": {"run": {"cpu_threads": 2}},
+                                "miccai15": {"run": {"cpu_threads": 2}}})
+    assert mixed == "the CPU, no GPU, 1 thread: glas; 2 threads: wbc, miccai15"
