@@ -147,6 +147,11 @@ def rescore_float32(work: Path) -> None:
     write_results(RESULTS, record)
 
 
+def best_epoch(model: Path) -> int:
+    """The epoch a model file was kept at (its training record)."""
+    return torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
+
+
 def install_recorded(work: Path) -> None:
     """Install the model the recorded run (made without --install) chose, from its work folder, once
     it is checked to be that model (size and best epoch); the results then say it is installed."""
@@ -156,12 +161,13 @@ def install_recorded(work: Path) -> None:
         sys.exit(f"{RESULTS} is already installed")
     if not model.is_file() or model.stat().st_size != record["model_bytes"]:
         sys.exit(f"{model} is not the model {RESULTS} chose: rerun bench/default_model.py --install")
-    best_epoch = torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
-    if best_epoch != record["candidates"][record["chosen"]]["best_epoch"]:
-        sys.exit(f"{model} stopped at epoch {best_epoch}, not the recorded one: rerun with --install")
+    if best_epoch(model) != record["candidates"][record["chosen"]]["best_epoch"]:
+        sys.exit(f"{model} stopped at epoch {best_epoch(model)}, not the recorded one: rerun with --install")
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
     install(model)
     record["installed"] = True
-    record["install_run"] = run_record(code_version(), 0.0, 0.0) | {"from": str(model)}
+    record["install_run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
+                                       time.perf_counter() - t0) | {"from": str(model)}
     write_results(RESULTS, record)
 
 
@@ -178,8 +184,8 @@ def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list
     cpu, wall = cli_train([f for p in parts.values() for f in p.fit], model, SEED, options,
                           val=[p.val for p in parts.values()], name=name, threads=THREADS)
     val = score(model, parts, "val", work)
-    best_epoch = torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
-    entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall, "best_epoch": best_epoch,
+    entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall,
+             "best_epoch": best_epoch(model),
              "val": val, "val_merit": merit(val)}
     print(f"{label:10s} validation merit {entry['val_merit']:.4f}, {cpu / 60:.1f} CPU-min", flush=True)
     return entry

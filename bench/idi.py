@@ -25,8 +25,8 @@ the same training budget and only the data differ; `--warm-start` uses the metho
 training instead. The summary gives mean ± std over seeds and, at p = 0.5, the fraction of the IoU
 lost between (a) and (b) that IDI recovers, (IoU_IDI - IoU_b) / (IoU_a - IoU_b), whether it reaches
 one half, whether IDI ends below (b) by more than (b)'s std over seeds, and how many models
-collapsed (predicted on fewer than 5 % of the annotated test pixels, the training's collapse guard's
-share). CPU time (this process and its children) is recorded per stage. Every
+collapsed (predicted on fewer than `segmenter.evaluation.NEAR_EMPTY` of the annotated test pixels, the
+training's collapse guard's share). CPU time (this process and its children) is recorded per stage. Every
 run starts from an empty work folder and writes its results file whole: no model, data set or
 evaluation of an earlier run is reused, so every figure was measured by the code version the file
 records.

@@ -87,11 +87,17 @@ def kernels(run: Results) -> str:
     return f" ({name} kernels)" if name else ""
 
 
+def entries_by(data: Results, key: Callable[[Results], Any]) -> dict[Any, list[str]]:
+    """The entries' names grouped by `key` of their run record, in the entries' order."""
+    found: dict[Any, list[str]] = {}
+    for name, entry in data.items():
+        found.setdefault(key(entry["run"]), []).append(name)
+    return found
+
+
 def run_kernels(data: Results) -> str:
     """Which entries' runs used which CPU kernels, when they differ (runs that did not record it: '?')."""
-    found: dict[str, list[str]] = {}
-    for name, entry in data.items():
-        found.setdefault(kernel_name(entry["run"]) or "?", []).append(name)
+    found = entries_by(data, lambda run: kernel_name(run) or "?")
     if len(found) < 2:
         return kernels(next(iter(data.values()))["run"])
     return " (" + "; ".join(f"{kind} kernels: {', '.join(names)}" for kind, names in found.items()) + ")"
@@ -99,9 +105,7 @@ def run_kernels(data: Results) -> str:
 
 def run_machine(data: Results) -> str:
     """The machine of every entry's run, naming which entries used how many threads when they differ."""
-    found: dict[int | None, list[str]] = {}
-    for name, entry in data.items():
-        found.setdefault(entry["run"].get("cpu_threads"), []).append(name)
+    found = entries_by(data, lambda run: run.get("cpu_threads"))
     if len(found) < 2:
         return machine(next(iter(found)))
     return machine(None) + ", " + "; ".join(f"{threads} thread{'s' * (threads != 1)}: {', '.join(names)}"
