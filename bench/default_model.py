@@ -23,11 +23,14 @@ runs and their validation scores are in the git history of the results. The reci
 score (the mean over sources and classes of pixel Dice and object F1) is the model; only it is
 scored on the test images, once. Results: bench/results/default_model.json. `--install` copies the
 chosen model over the shipped one (atomically) and its training curves over
-docs/default_model_curves.png. Every run starts from an empty work folder.
+docs/default_model_curves.png. `--rebuild` trains the shipped model's recorded recipe once more and
+compares the weights, bit for bit (bench/results/default_model_rebuild.json). Every run starts from
+an empty work folder.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import shutil
@@ -72,6 +75,7 @@ CANDIDATES = {"120-epochs": [], "120-epochs-nucleus-x2": ["--class-weights", "1,
 SEED = 0
 THREADS = 1  # per candidate; the candidates run side by side
 RESULTS = ROOT / "bench" / "results" / "default_model.json"
+REBUILD = ROOT / "bench" / "results" / "default_model_rebuild.json"
 NAME = ("cyseg default v2: cells and nuclei as instances (cell = whole cell, nucleus) in brightfield microscopy; "
         "trained on MICCAI 2015 H&E nuclei, Zheng 2018 blood smears, urothelial urine cytology, ISBI 2014 "
         "synthetic Pap smears; U-Net n=16 depth 5, cyseg train {args}; epoch, thresholds, separation and recipe "
@@ -171,6 +175,54 @@ def install_recorded(work: Path) -> None:
     write_results(RESULTS, record)
 
 
+def weights_digest(model: Path) -> str:
+    """sha256 over a model file's weights (names, dtypes, shapes and bytes, in order): what a rebuild must reproduce."""
+    digest = hashlib.sha256()
+    for name, tensor in torch.load(model, map_location="cpu", weights_only=True)["state_dict"].items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weight_difference(model: Path, reference: Path) -> float:
+    """The largest absolute difference between two model files' floating-point weights (one architecture)."""
+    ours, theirs = (torch.load(m, map_location="cpu", weights_only=True)["state_dict"] for m in (model, reference))
+    return max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in theirs
+               if theirs[k].is_floating_point())
+
+
+def rebuild(work: Path) -> None:
+    """Train the shipped model's recorded recipe once more, from an empty work folder, and compare its
+    weights with the shipped model's: bench/results/default_model_rebuild.json (replaced when rerun)."""
+    record = json.loads(RESULTS.read_text())
+    if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
+        sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
+    chosen = record["chosen"]
+    if shlex.join([*BASE, *CANDIDATES.get(chosen, ["(no longer a candidate)"])]) != record["candidates"][chosen][
+            "train_args"]:
+        sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
+    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    work = fresh_dir(work)
+    entry = train_candidate(chosen, work, source_parts(work / "data"), [])
+    model = work / f"{chosen}.pt"
+    shipped = weights_digest(SHIPPED["default"])
+    result = {
+        "benchmark": "default_model_rebuild",
+        "protocol": f"the recorded recipe {chosen!r} trained once more from an empty work folder, as "
+                    "bench/default_model.py trains it; its weights compared with the shipped model's",
+        "recipe": chosen, "recorded_run": record["run"], "candidate": entry,
+        "recorded_best_epoch": record["candidates"][chosen]["best_epoch"],
+        "recorded_val_merit": record["candidates"][chosen]["val_merit"],
+        "weights_sha256": {"rebuilt": weights_digest(model), "shipped": shipped},
+        "max_abs_weight_difference": weight_difference(model, SHIPPED["default"]),
+    }
+    result["identical"] = result["weights_sha256"]["rebuilt"] == shipped
+    result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    write_results(REBUILD, result)
+    print(f"rebuilt {chosen}: weights {'identical to' if result['identical'] else 'differ from'} the shipped "
+          f"model's (largest difference {result['max_abs_weight_difference']:.3g})", flush=True)
+
+
 def merit(scores: dict[str, dict[str, Any]]) -> float:
     """The recipe choice's figure: the mean over sources and classes of pixel Dice and object F1."""
     return class_merit({f"{source}/{name}": s for source, classes in scores.items() for name, s in classes.items()})
@@ -217,7 +269,12 @@ def main() -> None:
                         "the recorded test images in float32 and add them to the results as test_float32")
     parser.add_argument("--install-recorded", action="store_true", help="train nothing: install the model the "
                         "recorded run (made without --install) chose, from its --work folder")
+    parser.add_argument("--rebuild", action="store_true", help="train the shipped model's recorded recipe once more "
+                        "and compare its weights with the shipped ones (bench/results/default_model_rebuild.json)")
     args = parser.parse_args()
+    if args.rebuild:
+        rebuild(args.work)
+        return
     if args.install_recorded:
         install_recorded(args.work)
         return

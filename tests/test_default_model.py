@@ -87,3 +87,32 @@ def test_install_recorded_refuses_another_model(tmp_path, monkeypatch):
     dm, work, _, _ = _recorded_run(tmp_path / "again", monkeypatch, installed=True)
     with pytest.raises(SystemExit, match="already installed"):
         dm.install_recorded(work)
+
+
+def test_weights_digest_tells_a_single_changed_weight(tmp_path):
+    from bench.default_model import weight_difference, weights_digest
+
+    weights = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(3)}
+    first, same, other = (tmp_path / f"{n}.pt" for n in ("first", "same", "other"))
+    torch.save({"state_dict": weights, "training": {"finished": 1}}, first)
+    torch.save({"state_dict": {k: v.clone() for k, v in weights.items()}, "training": {"finished": 2}}, same)
+    changed = {k: v.clone() for k, v in weights.items()}
+    changed["a.weight"][1, 2] += 0.25
+    torch.save({"state_dict": changed}, other)
+    assert weights_digest(first) == weights_digest(same)  # the weights decide, not the rest of the file
+    assert weight_difference(same, first) == 0.0
+    assert weights_digest(other) != weights_digest(first)
+    assert weight_difference(other, first) == pytest.approx(0.25)
+
+
+def test_rebuild_refuses_a_recipe_changed_since_the_record(tmp_path, monkeypatch):
+    dm, work, _, results = _recorded_run(tmp_path, monkeypatch, installed=True)
+    (tmp_path / "default.pt").write_bytes(b"x" * 5)
+    record = json.loads(results.read_text())
+    results.write_text(json.dumps(record | {"model_bytes": 5, "candidates": {"recipe": {"train_args": "--epochs 1"}}}))
+    with pytest.raises(SystemExit, match="the recipe 'recipe' changed since"):
+        dm.rebuild(work)
+    results.write_text(json.dumps(record | {"model_bytes": 6}))
+    with pytest.raises(SystemExit, match="does not describe"):
+        dm.rebuild(work)
+    assert (work / "recipe.pt").is_file()  # refused before the work folder is emptied
