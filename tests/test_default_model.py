@@ -92,7 +92,8 @@ def test_install_recorded_refuses_another_model(tmp_path, monkeypatch):
 def test_weights_digest_tells_a_single_changed_weight(tmp_path):
     from bench.default_model import weight_difference, weights_digest
 
-    weights = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(3)}
+    weights = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a.bias": torch.zeros(2),
+               "bn.num_batches_tracked": torch.tensor(3)}
     first, same, other = (tmp_path / f"{n}.pt" for n in ("first", "same", "other"))
     torch.save({"state_dict": weights, "training": {"finished": 1}}, first)
     torch.save({"state_dict": {k: v.clone() for k, v in weights.items()}, "training": {"finished": 2}}, same)
