@@ -194,6 +194,12 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--threshold", default="auto", show_default=True, callback=_train_threshold, metavar="T|auto",
               help="Probability threshold stored in the model; auto: after training, the value of the sweep "
                    "0.1..0.9 with the best mean IoU on --val (without --val: on up to 64 training images).")
+@click.option("--settings-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="MODEL",
+              help="Adopt MODEL's thresholds, instance separation and least object areas (chosen on its --val "
+                   "images) instead of choosing them: the final refit on every annotated image, validation images "
+                   "included, with the settings chosen before. MODEL must have the same classes. [default: none, "
+                   "chosen after training]")
 @click.option("--erode-k", type=int, default=3, show_default=True, help="Post-processing erode-dilate kernel side.")
 @click.option("--erode-iterations", type=int, default=1, show_default=True, help="Erode-dilate iterations (0: off).")
 @click.option("--smoothing-k", type=int, default=3, show_default=True,

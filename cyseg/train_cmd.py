@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
+from segmenter.adopt import check_same_classes
 from segmenter.checkpoint import checkpoint_path
 from segmenter.classes import FOREGROUND, check_names, listed, model_classes
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
 from segmenter.io.dataset import open_dataset
 from transforms.chain import default_chain
-from unet import UNetSegmenter
+from unet import UNetSegmenter, load_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,18 @@ def interrupted_message(out: Path) -> str:
 def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: int, upsampling: str,
               classes: str | None, class_weights: str | None, threshold: float | None, erode_k: int,
               erode_iterations: int, smoothing_k: int, device: str, instances: bool = False,
-              **options) -> UNetSegmenter:
+              settings_from: Path | None = None, **options) -> UNetSegmenter:
     """Train and save; returns the trained segmenter. A `threshold` of None is chosen after training
-    (per class) by a sweep on `val` (on the training images without it). With `instances` the model
-    also learns the distance channels that separate touching objects."""
+    (per class) by a sweep on `val` (on the training images without it), unless `settings_from` names a
+    model whose thresholds and separation are adopted. With `instances` the model also learns the
+    distance channels that separate touching objects."""
     check_out(out)
     names = training_classes(parse_classes(classes), data)
     separated = instance_classes(names, data) if instances else []
-    calibrate = threshold is None
+    if settings_from is not None and threshold is not None:
+        raise CysegError(f"--threshold {threshold} and --settings-from {settings_from} both set the threshold; "
+                         "give one of them")
+    calibrate = threshold is None and settings_from is None
     threshold = 0.5 if threshold is None else threshold
     torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
     config = {"depth": depth, "n": n, "upsampling": upsampling, **({"classes": list(names)} if names else {}),
@@ -102,6 +107,9 @@ def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: in
     seg = UNetSegmenter(config, device=device, class_weights=parse_weights(class_weights, max(1, len(names))),
                         threshold=threshold, postprocess=default_chain(threshold, erode_k, erode_iterations,
                                                                        smoothing_k))
+    if settings_from is not None:
+        check_same_classes(seg, load_segmenter(settings_from, device="cpu"), str(settings_from))
+        options["settings_from"] = str(settings_from)
     log.info("training a U-Net (n=%d, depth=%d, %s) on %s, classes %s%s, device %s", n, depth, upsampling,
              ", ".join(map(str, data)), ", ".join(names) or "one unnamed foreground",
              f" (instances: {listed(separated)})" if separated else "", seg.device)

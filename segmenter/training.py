@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from segmenter.adopt import adopt_settings
 from segmenter.checkpoint import LoopState, checkpoint_path, read_checkpoint, write_checkpoint
 from segmenter.classes import ChannelMap, channel_map, listed
 from segmenter.errors import CysegError
@@ -89,6 +90,7 @@ class TrainOptions:
     balance: bool = False  # crops drawn from every training folder equally often, not by image area
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
+    settings_from: str | None = None  # a model file whose thresholds, separation and least areas are adopted
     out: str | None = None
     name: str | None = None
     resume: bool = False
@@ -466,11 +468,13 @@ def _finish(seg: Segmenter, data: TrainingData, state: LoopState, opts: TrainOpt
     if state.best_state is not None:
         seg.model.load_state_dict(state.best_state)
     predictions: dict[Path, torch.Tensor] = {}  # the threshold sweep's, reused to choose the separation
+    if opts.settings_from:
+        _adopt(seg, opts.settings_from)
     if opts.calibrate_threshold:
         _calibrate(seg, data, opts.seed, predictions)
     else:
         _guard_threshold(seg, data, opts.seed, predictions)
-    if seg.instance_classes:
+    if seg.instance_classes and not opts.settings_from:
         _calibrate_separation(seg, data, opts.seed, predictions)
     history = state.history
     seg.training_info.update(
@@ -495,6 +499,18 @@ def _calibrate(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[
     seg.training_info["threshold"] = calibrate_threshold(seg, images, where, predictions)
     chosen = ", ".join(f"{name} {t:.1f}" for name, t in seg.thresholds.items()) or f"{seg.threshold:.1f}"
     log.info("threshold %s chosen on the %s: best mean IoU of the sweep 0.1..0.9", chosen, where)
+
+
+def _adopt(seg: Segmenter, source: str) -> None:
+    """Take the thresholds, separation and least object areas the model file `source` chose on its
+    validation images (the refit on every image, validation ones included, keeps those choices)."""
+    adopted = adopt_settings(seg, type(seg).load(source, device="cpu"), source)
+    seg.training_info["settings_from"] = adopted
+    seg.training_info["threshold"] = {k: v for k, v in adopted.items() if k in ("threshold", "thresholds", "chosen_on")}
+    if seg.instance_classes:
+        seg.training_info["separation"] = {**adopted["separation"], "chosen_on": adopted["chosen_on"]}
+    log.info("thresholds, separation and least object areas adopted from %s (chosen on its %s)", source,
+             adopted["chosen_on"])
 
 
 def _guard_threshold(seg: Segmenter, data: TrainingData, seed: int, predictions: dict[Path, torch.Tensor]) -> None:

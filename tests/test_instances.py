@@ -238,6 +238,34 @@ def test_an_instance_model_chooses_its_least_object_area_on_validation_images(in
     assert f"min area    cell {content['min_area']['cell']:g} px²" in result.stdout
 
 
+def test_a_refit_adopts_the_settings_its_validated_model_chose(instance_model, disc_sets, tmp_path):
+    out = tmp_path / "refit.pt"
+    result = invoke(["-q", "train", disc_sets["train"], disc_sets["val"], "--instances", "--out", out, *TINY,
+                     "--settings-from", instance_model])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    refit, validated = (torch.load(m, map_location="cpu", weights_only=True) for m in (out, instance_model))
+    for key in ("threshold", "separation", "min_area"):
+        assert refit[key] == validated[key]
+    training = refit["training"]
+    assert training["options"]["settings_from"] == str(instance_model)
+    assert training["threshold"]["chosen_on"] == f"validation images of {instance_model}"
+    assert training["separation"]["chosen_on"] == f"validation images of {instance_model}"
+    assert training["settings_from"]["from"] == str(instance_model)
+
+
+def test_settings_from_a_model_of_other_classes_or_beside_a_threshold_is_one_line(instance_model, tiny_model,
+                                                                                  disc_sets, tmp_path):
+    out = tmp_path / "refit.pt"
+    cases = {(tiny_model, "--instances"): "give a model trained with the same --classes and --instances",
+             (instance_model, "--threshold", "0.5", "--instances"): "both set the threshold; give one of them",
+             (disc_sets["train"] / "dataset.json", "--instances"): "is not a PyTorch file"}
+    for (model, *options), message in cases.items():
+        result = invoke(["train", disc_sets["train"], "--out", out, *TINY, "--settings-from", model, *options])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not out.exists()
+
+
 def test_object_sizes_are_recorded_in_image_pixels_whatever_the_working_resolution(disc_sets, tmp_path):
     sizes = {}
     for resolution in ("1", "0.5"):
