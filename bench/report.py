@@ -496,7 +496,8 @@ def instance_rows(data: Results) -> list[list[str]]:
     for dataset, entry in data.items():
         split, tried = entry["split"], entry.get("candidates", {})
         recipe = (entry.get("chosen", "defaults") + (f" (of {len(tried)})" if len(tried) > 1 else "")
-                  + {True: ", TTA", False: ", no TTA"}.get(entry.get("tta"), ""))
+                  + {True: ", TTA", False: ", no TTA"}.get(entry.get("tta"), "")
+                  + (", refit on fit + val" if "refit" in entry else ""))
         for name, scores in entry["test"].items():
             rows.append([dataset, name, f"{split['fit']} / {split['val']} / {split['test']}", recipe,
                          _score(scores["dice"]),
@@ -516,6 +517,12 @@ def glas_rows(data: Results) -> list[list[str]]:
     return rows
 
 
+def refit_command(data: Results) -> str:
+    """' (--refit for ...)' naming the data sets whose test model was a refit on fit + val, else ''."""
+    refitted = [dataset for dataset, entry in data.items() if "refit" in entry]
+    return f" (`--datasets {','.join(refitted)} --refit` for {', '.join(refitted)})" if refitted else ""
+
+
 def instances_section(data: Results | None) -> Lines:
     """instances.json: object F1, AJI, PQ and the GlaS object figures per data set and class."""
     if not data:
@@ -526,13 +533,16 @@ def instances_section(data: Results | None) -> Lines:
              "the recipes `bench/instances.py` lists, elsewhere the training defaults) on the fit images; "
              "the validation images choose the recipe (mean of Dice and object F1), the epoch, each class's "
              "threshold, the watershed's parameters, the least object area and, where the recipe column says "
-             "so, whether test-time augmentation (`--tta`) is used; the test images are scored once "
-             "by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
+             "so, whether test-time augmentation (`--tta`) is used; where it says \"refit\", the chosen recipe "
+             "was then trained once more on the fit and validation images together, with the settings validation "
+             "chose (`cyseg train --settings-from`), and only that model met the test images; the test images are "
+             "scored once by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
              f"Measured on {run_machine(data)}{run_kernels(data)}, "
              f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
-             "Reproduce with `python bench/instances.py`. Source: `bench/results/instances.json`.", "",
+             f"Reproduce with `python bench/instances.py`{refit_command(data)}. "
+             "Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
                      "object Hausdorff", "training"], instance_rows(data)), ""]
     if "glas" in data:

@@ -154,3 +154,14 @@ def test_machine_line_names_the_thread_count_of_each_run():
     mixed = report.run_machine({"glas": {"run": one}, "wbc": {"run": {"cpu_threads": 2}},
                                 "miccai15": {"run": {"cpu_threads": 2}}})
     assert mixed == "the CPU, no GPU, 1 thread: glas; 2 threads: wbc, miccai15"
+
+
+def test_instances_rows_and_command_say_which_test_model_was_a_refit():
+    scores = {"dice": 0.9, "object_f1": 0.8, "aji": 0.7, "pq": 0.6, "object_dice": 0.8, "object_hausdorff": 50.0}
+    entry = {"split": {"fit": 68, "val": 17, "test": 80}, "chosen": "120-epochs", "tta": True,
+             "test": {"foreground": scores}, "train_cpu_s": 60.0}
+    data = {"glas": {**entry, "refit": {"images": "fit + val"}}, "wbc": entry}
+    recipes = {row[0]: row[3] for row in report.instance_rows(data)}
+    assert recipes == {"glas": "120-epochs, TTA, refit on fit + val", "wbc": "120-epochs, TTA"}
+    assert report.refit_command(data) == " (`--datasets glas --refit` for glas)"
+    assert report.refit_command({"wbc": entry}) == ""
