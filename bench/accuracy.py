@@ -32,7 +32,6 @@ import json
 import random
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,13 +44,11 @@ from bench.common import (  # noqa: E402
     MICCAI_40X,
     MICCAI_TEST,
     SHARED_DATA,
-    children_cpu,
+    RunClock,
     cli_evaluate,
     cli_train,
-    code_version,
     fresh_dir,
     link_dataset,
-    run_record,
     scores,
     stems_of,
     write_results,
@@ -230,7 +227,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def benchmark(dataset: str, seeds: int, work: Path) -> dict[str, Any]:
     """Validation, choice and test of one data set, from an empty work folder; its results entry."""
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     work = fresh_dir(work / dataset)
     plan = PLANS[dataset](work / "data", seeds)
     table, chosen = validate(dataset, plan, work)
@@ -243,7 +240,7 @@ def benchmark(dataset: str, seeds: int, work: Path) -> dict[str, Any]:
     entry = {"protocol": "recipe and TTA chosen by validation Dice (one seed) on images carved from the training "
                          "set; the chosen recipe retrained on the whole training set and the test images scored once",
              "split": plan.split, "validation": table, "chosen": chosen, "test": {**aggregate(runs), "runs": runs}}
-    entry["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    entry["run"] = clock.record()
     test = entry["test"]
     print(f"{dataset:12s} test Dice {test['dice_mean']:.4f} ± {test['dice_std']:.4f}  IoU {test['iou_mean']:.4f} ± "
           f"{test['iou_std']:.4f}  ({test['n_runs']} runs)", flush=True)

@@ -42,7 +42,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,14 +53,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     SHARED_DATA,
+    RunClock,
     apply_quick,
-    children_cpu,
     cli_evaluate,
     cli_train,
-    code_version,
     fresh_dir,
     link_dataset,
-    run_record,
     stems_of,
     write_results,
 )
@@ -271,24 +268,23 @@ def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     work = fresh_dir(args.work)
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}
     results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": settings,
                                "datasets": earlier_datasets(args.out, settings)}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
-        d_cpu, d_t0 = time.process_time() + children_cpu(), time.perf_counter()
+        d_clock = RunClock(clock.code)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the work runs in child processes
             runs = [pool.submit(one_seed, dataset, seed, args, work / dataset / f"seed{seed}")
                     for seed in range(args.seeds)]
             per_seed = [run.result() for run in runs]
         summary = summarise(per_seed, list(strategies(args.weights)))
-        results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary, "run": run_record(
-            code, time.process_time() + children_cpu() - d_cpu, time.perf_counter() - d_t0)}
+        results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary, "run": d_clock.record()}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
               + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in strategies(args.weights))
               + f"; best suggest strategy: {summary['best_suggest']}", flush=True)
-    results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    results["run"] = clock.record()
     write_results(args.out, results)
     plot(results, args.out.with_suffix(".png"))
     print(f"results in {args.out}")

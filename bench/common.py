@@ -138,6 +138,25 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
             "cpu": {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}}
 
 
+class RunClock:
+    """A benchmark run from its start: the code version then (`code_version()`, or `code` when a
+    run measures a part of a longer one), and the CPU seconds (this process and its finished
+    children) and wall seconds since; `record()` is the run's `run_record`."""
+
+    def __init__(self, code: dict[str, Any] | None = None):
+        import time
+
+        self.code = code if code is not None else code_version()
+        self.cpu0, self.wall0 = time.process_time() + children_cpu(), time.perf_counter()
+
+    def record(self) -> dict[str, Any]:
+        """The run's provenance and its CPU and wall seconds so far."""
+        import time
+
+        return run_record(self.code, time.process_time() + children_cpu() - self.cpu0,
+                          time.perf_counter() - self.wall0)
+
+
 def _cpu_model() -> str | None:
     """The CPU's model name as Linux reports it (None elsewhere)."""
     try:

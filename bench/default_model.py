@@ -35,7 +35,6 @@ import json
 import shlex
 import shutil
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,12 +47,10 @@ sys.path.insert(0, str(ROOT))
 from bench.common import (  # noqa: E402
     MICCAI_40X,
     SHARED_DATA,
-    children_cpu,
+    RunClock,
     cli_evaluate,
     cli_train,
-    code_version,
     fresh_dir,
-    run_record,
     write_results,
 )
 from bench.instances import SPLITS, Source, class_scores, write_dataset  # noqa: E402
@@ -138,7 +135,7 @@ def rescore_float32(work: Path) -> None:
     record = json.loads(RESULTS.read_text())
     if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
         sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     parts = source_parts(fresh_dir(work) / "data")
     for source, p in parts.items():
         if p.stems["test"] != record["split"][source]["test_stems"]:
@@ -146,8 +143,7 @@ def rescore_float32(work: Path) -> None:
     test = score(SHIPPED["default"], parts, "test", work, ("--no-amp",))
     report(test)
     record["test_float32"] = test
-    record["rescore_float32_run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
-                                               time.perf_counter() - t0)
+    record["rescore_float32_run"] = clock.record()
     write_results(RESULTS, record)
 
 
@@ -167,11 +163,10 @@ def install_recorded(work: Path) -> None:
         sys.exit(f"{model} is not the model {RESULTS} chose: rerun bench/default_model.py --install")
     if best_epoch(model) != record["candidates"][record["chosen"]]["best_epoch"]:
         sys.exit(f"{model} stopped at epoch {best_epoch(model)}, not the recorded one: rerun with --install")
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     install(model)
     record["installed"] = True
-    record["install_run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
-                                       time.perf_counter() - t0) | {"from": str(model)}
+    record["install_run"] = clock.record() | {"from": str(model)}
     write_results(RESULTS, record)
 
 
@@ -201,7 +196,7 @@ def rebuild(work: Path) -> None:
     if shlex.join([*BASE, *CANDIDATES.get(chosen, ["(no longer a candidate)"])]) != record["candidates"][chosen][
             "train_args"]:
         sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     work = fresh_dir(work)
     entry = train_candidate(chosen, work, source_parts(work / "data"), [])
     model = work / f"{chosen}.pt"
@@ -217,7 +212,7 @@ def rebuild(work: Path) -> None:
         "max_abs_weight_difference": weight_difference(model, SHIPPED["default"]),
     }
     result["identical"] = result["weights_sha256"]["rebuilt"] == shipped
-    result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    result["run"] = clock.record()
     write_results(REBUILD, result)
     print(f"rebuilt {chosen}: weights {'identical to' if result['identical'] else 'differ from'} the shipped "
           f"model's (largest difference {result['max_abs_weight_difference']:.3g})", flush=True)
@@ -281,7 +276,7 @@ def main() -> None:
     if args.rescore_float32:
         rescore_float32(args.work)
         return
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     work = fresh_dir(args.work)
     parts = source_parts(work / "data")
     extra = shlex.split(args.train_options)
@@ -305,7 +300,7 @@ def main() -> None:
         "candidates": candidates, "chosen": chosen, "test": test,
         "model_bytes": model.stat().st_size, "installed": args.install,
     }
-    result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    result["run"] = clock.record()
     write_results(RESULTS, result)
     if args.install:
         install(model)

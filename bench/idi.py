@@ -46,7 +46,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -61,13 +60,11 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     MICCAI_TEST,
     SHARED_DATA,
+    RunClock,
     apply_quick,
-    children_cpu,
-    code_version,
     fresh_dir,
     link_dataset,
     run_child,
-    run_record,
     stems_of,
     write_results,
 )
@@ -382,7 +379,7 @@ def parse_args() -> argparse.Namespace:
 def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, Any]:
     """Every data set and seed from scratch in `work`, `--jobs` (data set, seed) runs at a time; the
     results file is rewritten as each finishes (with every data set all of whose seeds are done)."""
-    code, cpu0, wall0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     results: dict[str, Any] = {
         "benchmark": "idi", "quick": args.quick,
         "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
@@ -409,8 +406,7 @@ def run_all(args: argparse.Namespace, work: Path, out_path: Path) -> dict[str, A
                                                     "seeds": args.seeds, "p_values": args.p,
                                                     "iterations": args.iterations,
                                                     "cpu_s": sum(r["cpu_s"] for r in per_seed)}
-            results["run"] = run_record(code, time.process_time() + children_cpu() - cpu0,
-                                        time.perf_counter() - wall0)
+            results["run"] = clock.record()
             write_results(out_path, {**results, "complete": len(runs) == len(futures)})
     return results
 

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import apply_quick, children_cpu, code_version, fresh_dir, run_record, write_results  # noqa: E402
+from bench.common import RunClock, apply_quick, fresh_dir, write_results  # noqa: E402
 from bench.idi import (  # noqa: E402
     _cli,
     _ms,
@@ -143,7 +142,7 @@ def main() -> None:
                                    else ROOT / "bench" / "work" / "idi_rules"))
     out_path = args.out or (work / "idi_rules.json" if args.quick else RESULTS)
     (work / "logs").mkdir()
-    code, cpu0, wall0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     trains = {dataset: splits(dataset, work / "data")[0] for dataset in args.datasets.split(",")}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda job: one_run(*job, args, work),
@@ -151,7 +150,7 @@ def main() -> None:
     results = {"benchmark": "idi_rules", "quick": args.quick,
                "settings": {k: v for k, v in vars(args).items() if k not in ("work", "out")},
                "variants": VARIANTS, "summary": summarise(runs), "runs": runs,
-               "run": run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - wall0)}
+               "run": clock.record()}
     write_results(out_path, results)
     for dataset, by_p in results["summary"].items():
         for p, variants in by_p.items():

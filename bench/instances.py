@@ -39,7 +39,6 @@ import json
 import random
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,12 +55,10 @@ from bench.common import (  # noqa: E402
     MICCAI_40X,
     MICCAI_TEST,
     SHARED_DATA,
-    children_cpu,
+    RunClock,
     cli_evaluate,
     cli_train,
-    code_version,
     fresh_dir,
-    run_record,
     stems_of,
     write_results,
 )
@@ -231,7 +228,7 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
     """Split, train each recipe with instances (validation-chosen settings), keep the recipe with
     the best validation merit (with `with_refit`, retrained on fit + validation images with those
     settings), score its test images once."""
-    code, cpu0, t0 = code_version(), time.process_time() + children_cpu(), time.perf_counter()
+    clock = RunClock()
     work = fresh_dir(work / dataset)
     split = SPLITS[dataset](work / "data")
     recipes = RECIPES.get(dataset, {"defaults": []})
@@ -271,7 +268,7 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
                          "object_dice": scores["object_dice"],
                          "object_hausdorff": scores["object_hausdorff"],
                          "published_weighted_60_20": published_weighted()}
-    entry["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    entry["run"] = clock.record()
     return entry
 
 

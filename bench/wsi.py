@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import children_cpu, code_version, run_record, write_results  # noqa: E402
+from bench.common import RunClock, write_results  # noqa: E402
 from bench.cytology import cytology_layout, describe_cytology  # noqa: E402
 from bench.mosaic import Placement, describe, foreground_total, layout, render  # noqa: E402
 from bench.throughput import bare_forward  # noqa: E402
@@ -475,7 +475,7 @@ def run_header(args: argparse.Namespace, device: str, placements: list[Placement
 
 def main() -> None:
     args = parse_args()
-    code, cpu0, t0 = code_version(), time.process_time(), time.perf_counter()
+    clock = RunClock()
     model_path, seg = load_model(args.model)
     device, precision = str(seg.device), precision_name(seg.device)
     work = Path(tempfile.mkdtemp(prefix="cyseg-wsi-"))
@@ -496,7 +496,7 @@ def main() -> None:
         result["cytology"][f"fill_{fill:g}"] = cytology_slide(args.model, seg, args.size, fill, work,
                                                              bare["bare_forward_mp_s"], args.workers)
         write_results(partial, result)
-    result["run"] = run_record(code, time.process_time() + children_cpu() - cpu0, time.perf_counter() - t0)
+    result["run"] = clock.record()
     write_results(out, result)
     partial.unlink()
     print(f"skip speed-up {result['skip_speedup']:.1f}x; results written to {out}")

@@ -31,3 +31,14 @@ def test_written_results_leave_the_code_clean_and_edited_scripts_do_not(tmp_path
     assert edited is not None
     (tmp_path / "bench" / "new.py").write_text("print(3)\n")
     assert common.code_version()["dirty_sha256"] not in (None, edited)
+
+
+def test_a_run_clock_counts_its_children_cpu_and_keeps_the_code_it_started_with():
+    import sys
+
+    clock = common.RunClock({"commit": "abc", "dirty_sha256": None})
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True)
+    record = clock.record()
+    assert record["code"] == {"commit": "abc", "dirty_sha256": None}
+    assert record["cpu_s"] >= 0.3 and record["wall_s"] >= 0.3
