@@ -258,6 +258,24 @@ def default_model_section(data: Results | None) -> Lines:
                     for row in final_scores_rows(source, classes, data["split"][source]))), ""]
 
 
+def rebuild_section(data: Results | None) -> Lines:
+    """default_model_rebuild.json: whether the shipped model's recipe, trained once more, gave its weights
+    bit for bit (a file of the earlier format, which compared candidates instead, says nothing here)."""
+    if not data or data.get("benchmark") != "default_model_rebuild":
+        return []
+    run, same = data["run"], data["identical"]
+    return ["### Rebuilding it", "",
+            f"`python bench/default_model.py --rebuild` trained the shipped recipe `{data['recipe']}` once more "
+            f"from an empty work folder, on {machine(run['cpu_threads'])}{kernels(run)}: its weights "
+            f"{'equal the shipped model’s bit for bit' if same else 'differ from the shipped model’s'} "
+            f"(SHA-256 of the weights {data['weights_sha256']['rebuilt'][:16]}…, largest difference "
+            f"{data['max_abs_weight_difference']:g}); best epoch {data['candidate']['best_epoch']} (recorded "
+            f"{data['recorded_best_epoch']}), validation merit {data['candidate']['val_merit']:.4f} (recorded "
+            f"{data['recorded_val_merit']:.4f}), {minutes(run['wall_s'])} of wall time. Bit-identity needs the "
+            "instruction set and precision the build used (the convolutions' summation order follows them). "
+            "Source: `bench/results/default_model_rebuild.json`.", ""]
+
+
 # ---------------------------------------------------------------------------- throughput_cpu.json
 def default_tiling() -> tuple[int, int]:
     """The tile side and overlap cyseg uses unless told otherwise."""
@@ -807,6 +825,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("accuracy.json", accuracy_section),
     ("accuracy.json", generalisation_section),
     ("default_model.json", default_model_section),
+    ("default_model_rebuild.json", rebuild_section),
     ("throughput_cpu.json", throughput_section),
     ("wsi_cpu.json", wsi_section),
     ("wsi_cuda.json", wsi_gpu_section),

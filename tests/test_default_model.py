@@ -117,3 +117,12 @@ def test_rebuild_refuses_a_recipe_changed_since_the_record(tmp_path, monkeypatch
     with pytest.raises(SystemExit, match="does not describe"):
         dm.rebuild(work)
     assert (work / "recipe.pt").is_file()  # refused before the work folder is emptied
+
+
+def test_the_rebuild_record_describes_the_shipped_weights():
+    from bench.default_model import REBUILD, weights_digest
+
+    record = json.loads(REBUILD.read_text())
+    assert record["benchmark"] == "default_model_rebuild"
+    assert record["weights_sha256"]["shipped"] == weights_digest(SHIPPED["default"])
+    assert record["identical"] == (record["weights_sha256"]["rebuilt"] == record["weights_sha256"]["shipped"])

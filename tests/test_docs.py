@@ -165,3 +165,14 @@ def test_instances_rows_and_command_say_which_test_model_was_a_refit():
     assert recipes == {"glas": "120-epochs, TTA, refit on fit + val", "wbc": "120-epochs, TTA"}
     assert report.refit_command(data) == " (`--datasets glas --refit` for glas)"
     assert report.refit_command({"wbc": entry}) == ""
+
+
+def test_the_rebuild_section_says_whether_the_weights_came_back():
+    run = {"cpu_threads": 1, "wall_s": 3600.0, "cpu": {"kernels": "AVX512"}}
+    record = {"benchmark": "default_model_rebuild", "recipe": "r", "run": run, "identical": False,
+              "weights_sha256": {"rebuilt": "ab" * 32, "shipped": "cd" * 32}, "max_abs_weight_difference": 1e-3,
+              "candidate": {"best_epoch": 9, "val_merit": 0.8}, "recorded_best_epoch": 10, "recorded_val_merit": 0.81}
+    text = "\n".join(report.rebuild_section(record))
+    assert "differ from the shipped model’s" in text and "best epoch 9 (recorded 10)" in text
+    assert "equal the shipped model’s bit for bit" in "\n".join(report.rebuild_section(record | {"identical": True}))
+    assert report.rebuild_section({"benchmark": "default_model", "candidates": {}}) == []
