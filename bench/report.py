@@ -263,11 +263,12 @@ def rebuild_section(data: Results | None) -> Lines:
     bit for bit (a file of the earlier format, which compared candidates instead, says nothing here)."""
     if not data or data.get("benchmark") != "default_model_rebuild":
         return []
-    run, same = data["run"], data["identical"]
+    run = data["run"]
+    verdict = "equal the shipped model's bit for bit" if data["identical"] else "differ from the shipped model's"
     return ["### Rebuilding it", "",
             f"`python bench/default_model.py --rebuild` trained the shipped recipe `{data['recipe']}` once more "
             f"from an empty work folder, on {machine(run['cpu_threads'])}{kernels(run)}: its weights "
-            f"{'equal the shipped model’s bit for bit' if same else 'differ from the shipped model’s'} "
+            f"{verdict} "
             f"(SHA-256 of the weights {data['weights_sha256']['rebuilt'][:16]}…, largest difference "
             f"{data['max_abs_weight_difference']:g}); best epoch {data['candidate']['best_epoch']} (recorded "
             f"{data['recorded_best_epoch']}), validation merit {data['candidate']['val_merit']:.4f} (recorded "
@@ -918,9 +919,22 @@ def idi_results(data: Results | None) -> list[list[str]]:
              "recovers " + ", ".join(shares)]]
 
 
+def glas_results(data: Results | None) -> list[list[str]]:
+    """README results row: GlaS object F1 and object Dice beside DCAN's, weighted as our test images mix A and B."""
+    if not data or "glas" not in data:
+        return []
+    glas, entry = data["glas"]["glas"], data["glas"]
+    dcan = glas["published_weighted_60_20"]["DCAN"]
+    how = "refit on fit + val" if "refit" in entry else "fit images"
+    return [["instances, GlaS", f"80 test images (A + B), {entry['chosen']}, {how}",
+             f"object F1 {glas['object_f1']:.3f}, object Dice {glas['object_dice']:.3f} (DCAN, 60/20-weighted: "
+             f"{dcan['object_f1']:.3f} / {dcan['object_dice']:.3f})"]]
+
+
 def results_block(results: dict[str, Results | None]) -> Lines:
     """The README's short results table."""
-    rows = [*accuracy_results(results["accuracy.json"]), *throughput_results(results["throughput_cpu.json"]),
+    rows = [*accuracy_results(results["accuracy.json"]), *glas_results(results["instances.json"]),
+            *throughput_results(results["throughput_cpu.json"]),
             *wsi_results(results["wsi_cpu.json"]), *idi_results(results["idi.json"]),
             *active_results(results["active.json"])]
     return table(["benchmark", "setting", "result"], rows)
@@ -936,8 +950,8 @@ def replace_block(text: str, name: str, body: Lines) -> str:
 
 def readme_text(current: str) -> str:
     """README.md with its generated blocks rewritten."""
-    results = {name: load(name) for name in ("accuracy.json", "throughput_cpu.json", "wsi_cpu.json", "idi.json",
-                                             "active.json")}
+    results = {name: load(name) for name in ("accuracy.json", "instances.json", "throughput_cpu.json", "wsi_cpu.json",
+                                             "idi.json", "active.json")}
     text = replace_block(current, "shipped-model", shipped_model_block(load("default_model.json")))
     return replace_block(text, "results", results_block(results))
 

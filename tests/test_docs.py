@@ -173,6 +173,17 @@ def test_the_rebuild_section_says_whether_the_weights_came_back():
               "weights_sha256": {"rebuilt": "ab" * 32, "shipped": "cd" * 32}, "max_abs_weight_difference": 1e-3,
               "candidate": {"best_epoch": 9, "val_merit": 0.8}, "recorded_best_epoch": 10, "recorded_val_merit": 0.81}
     text = "\n".join(report.rebuild_section(record))
-    assert "differ from the shipped model’s" in text and "best epoch 9 (recorded 10)" in text
-    assert "equal the shipped model’s bit for bit" in "\n".join(report.rebuild_section(record | {"identical": True}))
+    assert "differ from the shipped model's" in text and "best epoch 9 (recorded 10)" in text
+    assert "equal the shipped model's bit for bit" in "\n".join(report.rebuild_section(record | {"identical": True}))
     assert report.rebuild_section({"benchmark": "default_model", "candidates": {}}) == []
+
+
+def test_the_readme_glas_row_names_the_training_images_and_dcan():
+    glas = {"object_f1": 0.833, "object_dice": 0.847,
+            "published_weighted_60_20": {"DCAN": {"object_f1": 0.863, "object_dice": 0.868}}}
+    entry = {"chosen": "120-epochs", "glas": glas}
+    (row,) = report.glas_results({"glas": entry | {"refit": {}}})
+    assert "refit on fit + val" in row[1] and row[2] == "object F1 0.833, object Dice 0.847 (DCAN, 60/20-weighted: " \
+                                                        "0.863 / 0.868)"
+    assert "fit images" in report.glas_results({"glas": entry})[0][1]
+    assert report.glas_results({"wbc": entry}) == [] and report.glas_results(None) == []
