@@ -509,7 +509,7 @@ def _adopt(seg: Segmenter, source: str) -> None:
     seg.training_info["threshold"] = {k: v for k, v in adopted.items() if k in ("threshold", "thresholds", "chosen_on")}
     if seg.instance_classes:
         seg.training_info["separation"] = {**adopted["separation"], "chosen_on": adopted["chosen_on"]}
-    log.info("thresholds, separation and least object areas adopted from %s (chosen on its %s)", source,
+    log.info("thresholds, separation and least object areas adopted from %s, as chosen on the %s", source,
              adopted["chosen_on"])
 
 
