@@ -138,6 +138,13 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
             "cpu": {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}}
 
 
+def best_epoch(model: Path) -> int:
+    """The epoch a model file was kept at (its training record)."""
+    import torch
+
+    return torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
+
+
 class RunClock:
     """A benchmark run from its start: the code version then (`code_version()`, or `code` when a
     run measures a part of a longer one), and the CPU seconds (this process and its finished

@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     MICCAI_40X,
     SHARED_DATA,
     RunClock,
+    best_epoch,
     cli_evaluate,
     cli_train,
     fresh_dir,
@@ -128,13 +129,19 @@ def score(model: Path, parts: dict[str, Parts], part: str, work: Path,
                                               ["--no-sweep", *extra])) for source, p in parts.items()}
 
 
+def shipped_record() -> dict[str, Any]:
+    """The results of the run that built the shipped model; exits when they describe another model."""
+    record = json.loads(RESULTS.read_text())
+    if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
+        sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
+    return record
+
+
 def rescore_float32(work: Path) -> None:
     """Score the shipped model on the recorded test images once more in float32 (`--no-amp`), beside
     the build's figures (computed in the build machine's precision), as `test_float32`: what a CPU
     without bfloat16 computes; the accuracy-floor test compares with the record of its own precision."""
-    record = json.loads(RESULTS.read_text())
-    if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
-        sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
+    record = shipped_record()
     clock = RunClock()
     parts = source_parts(fresh_dir(work) / "data")
     for source, p in parts.items():
@@ -145,11 +152,6 @@ def rescore_float32(work: Path) -> None:
     record["test_float32"] = test
     record["rescore_float32_run"] = clock.record()
     write_results(RESULTS, record)
-
-
-def best_epoch(model: Path) -> int:
-    """The epoch a model file was kept at (its training record)."""
-    return torch.load(model, map_location="cpu", weights_only=True)["training"]["best_epoch"]
 
 
 def install_recorded(work: Path) -> None:
@@ -189,12 +191,10 @@ def weight_difference(model: Path, reference: Path) -> float:
 def rebuild(work: Path) -> None:
     """Train the shipped model's recorded recipe once more, from an empty work folder, and compare its
     weights with the shipped model's: bench/results/default_model_rebuild.json (replaced when rerun)."""
-    record = json.loads(RESULTS.read_text())
-    if not record.get("installed") or record.get("model_bytes") != SHIPPED["default"].stat().st_size:
-        sys.exit(f"{RESULTS} does not describe {SHIPPED['default']}: rebuild with --install first")
+    record = shipped_record()
     chosen = record["chosen"]
-    if shlex.join([*BASE, *CANDIDATES.get(chosen, ["(no longer a candidate)"])]) != record["candidates"][chosen][
-            "train_args"]:
+    recorded = record["candidates"][chosen]["train_args"]
+    if chosen not in CANDIDATES or shlex.join([*BASE, *CANDIDATES[chosen]]) != recorded:
         sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
     clock = RunClock()
     work = fresh_dir(work)

@@ -46,7 +46,6 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,6 +55,7 @@ from bench.common import (  # noqa: E402
     MICCAI_TEST,
     SHARED_DATA,
     RunClock,
+    best_epoch,
     cli_evaluate,
     cli_train,
     fresh_dir,
@@ -219,8 +219,7 @@ def refit(split: Split, work: Path, train_args: list[str], validated: Path) -> t
     model = work / "refit.pt"
     cpu, wall = cli_train([split.fit, split.val], model, 0, [*train_args, "--settings-from", str(validated)])
     return model, {"train_args": [*train_args, "--settings-from", validated.name], "images": "fit + val",
-                   "validated_best_epoch": torch.load(validated, map_location="cpu", weights_only=True)["training"][
-                       "best_epoch"],
+                   "validated_best_epoch": best_epoch(validated),
                    "train_cpu_s": cpu, "train_wall_s": wall}
 
 

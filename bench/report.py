@@ -267,8 +267,7 @@ def rebuild_section(data: Results | None) -> Lines:
     verdict = "equal the shipped model's bit for bit" if data["identical"] else "differ from the shipped model's"
     return ["### Rebuilding it", "",
             f"`python bench/default_model.py --rebuild` trained the shipped recipe `{data['recipe']}` once more "
-            f"from an empty work folder, on {machine(run['cpu_threads'])}{kernels(run)}: its weights "
-            f"{verdict} "
+            f"from an empty work folder, on {machine(run['cpu_threads'])}{kernels(run)}: its weights {verdict} "
             f"(SHA-256 of the weights {data['weights_sha256']['rebuilt'][:16]}…, largest difference "
             f"{data['max_abs_weight_difference']:g}); best epoch {data['candidate']['best_epoch']} (recorded "
             f"{data['recorded_best_epoch']}), validation merit {data['candidate']['val_merit']:.4f} (recorded "
