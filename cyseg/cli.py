@@ -185,6 +185,11 @@ def cli(verbose: bool, quiet: bool) -> None:
                    "(masks_instance/ in the DIRs) regresses the distance to the object's boundary, and segment "
                    "splits touching objects around the cores it marks (core level chosen on --val). [default: off, "
                    "objects are the masks' connected regions]")
+@click.option("--gap-weight", type=float, default=0.0, show_default=True, metavar="W",
+              help="With --instances: weigh the background between touching objects up to 1+W in the class loss "
+                   "(U-Net's weight map, Ronneberger et al. 2015: W exp(-(d1+d2)^2 / 2 sigma^2), d1, d2 the distances "
+                   "to the two nearest objects, sigma 5 px at the working resolution), so the narrow gaps that keep "
+                   "touching objects apart are learnt. 0: unweighted, as in the method.")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "

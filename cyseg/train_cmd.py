@@ -14,6 +14,7 @@ from segmenter.classes import FOREGROUND, check_names, listed, model_classes
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
 from segmenter.io.dataset import open_dataset
+from segmenter.training import check_gap_weight
 from transforms.chain import default_chain
 from unet import UNetSegmenter, load_segmenter
 
@@ -96,6 +97,7 @@ def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: in
     check_out(out)
     names = training_classes(parse_classes(classes), data)
     separated = instance_classes(names, data) if instances else []
+    check_gap_weight(options.get("gap_weight", 0.0), separated)
     if settings_from is not None and threshold is not None:
         raise CysegError(f"--threshold {threshold} and --settings-from {settings_from} both set the threshold; "
                          "give one of them")

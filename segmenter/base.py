@@ -104,10 +104,12 @@ class Segmenter:
         """The network for `config`."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """Training loss of logits (N, C, H, W) against targets (N, C, H, W) in {0, 1}; `known` (N, C)
         is 1 where the item's dataset annotates the channel's class and 0 where that class is unknown
-        there (partial labels: left out of the loss); None: every class is known."""
+        there (partial labels: left out of the loss); None: every class is known. `weight` (N, C, H, W),
+        where given, weighs each pixel of the class channels."""
         raise NotImplementedError
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:

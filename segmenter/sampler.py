@@ -13,7 +13,7 @@ import torch
 
 from segmenter.augment import method_augmenter
 from segmenter.classes import ChannelMap, channel_map
-from transforms.instances import distance_target
+from transforms.instances import distance_target, gap_weight
 
 
 @functools.cache
@@ -49,14 +49,18 @@ class CropSampler(torch.utils.data.Dataset):
     (C [+ K], crop, crop): 0 on the unknown pixels, which the loss leaves out.
 
     With `elastic` the augmentation also warps each crop (`segmenter.augment.elastic_warps`), its mask
-    layers by nearest neighbour."""
+    layers by nearest neighbour.
+
+    A sample ends with its per-pixel loss weights (C, crop, crop): with `gap` > 0 and instances, the
+    class channel `gap_channels[i]` of instance class i weighs the gaps between its touching objects
+    (`transforms.instances.gap_weight`), every other pixel 1; without, an empty tensor (no weights)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, length: int,
                  seed: int, colour: bool, translate: float, zoom: float = 0.0,
                  maps: Sequence[ChannelMap] | None = None,
                  instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                  groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None,
-                 elastic: bool = False):
+                 elastic: bool = False, gap: float = 0.0, gap_channels: Sequence[int] = ()):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.unknown = list(unknown) if unknown is not None and any(u is not None for u in unknown) else None
         self.zoom = zoom
@@ -65,6 +69,7 @@ class CropSampler(torch.utils.data.Dataset):
         self.epoch = 0
         self.p = image_weights([m.shape[0] * m.shape[1] for m in masks], groups)
         self.aug = method_augmenter(colour=colour, translate=translate, elastic=elastic)
+        self.gap, self.gap_channels = (gap, list(gap_channels)) if self.instances is not None else (0.0, [])
 
     def __len__(self) -> int:
         return self.length
@@ -76,7 +81,7 @@ class CropSampler(torch.utils.data.Dataset):
         magnification = math.exp(rng.uniform(-math.log1p(self.zoom), math.log1p(self.zoom)))
         return max(2, round(self.crop / magnification))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         k = int(rng.choice(len(self.images), p=self.p))
         image, mask = self.images[k], self._stacked_mask(k)
@@ -107,7 +112,18 @@ class CropSampler(torch.utils.data.Dataset):
             target, known = torch.from_numpy(channels.targets(mask)).permute(2, 0, 1), torch.from_numpy(channels.known)
         if labelled is not None:
             known = known[:, None, None] * labelled[None].float()
-        return x_t, target, known
+        return x_t, target, known, self._gap_weights(mask, channels.known.size)
+
+    def _gap_weights(self, stacked: np.ndarray, n_classes: int) -> torch.Tensor:
+        """(C, crop, crop) loss weights of an augmented crop stacked with its instance labels (empty
+        without `gap`): the gaps between each instance class's objects on its class channel."""
+        if self.gap <= 0:
+            return torch.empty(0)
+        stacked = stacked.reshape(*stacked.shape[:2], -1)
+        weights = np.ones((n_classes, *stacked.shape[:2]), np.float32)
+        for i, channel in enumerate(self.gap_channels):
+            weights[channel] = gap_weight(stacked[:, :, 1 + i], self.gap)
+        return torch.from_numpy(weights)
 
     def _stacked_mask(self, k: int) -> np.ndarray:
         """Image k's mask labels, with its instance ids and then its unknown map as further layers

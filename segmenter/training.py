@@ -68,6 +68,7 @@ CALIBRATION_IMAGES = 64
 # a short epoch's other bookkeeping, so it is not done after every epoch (CSV and JSON are)
 PLOT_EVERY_S = 30
 MAX_ZOOM = 3.0  # --zoom: crops magnified by at most 4x, shrunk by at most 4x
+MAX_GAP_WEIGHT = 100.0  # --gap-weight: beyond this the gaps' pixels would drown the rest of the loss
 Folders = str | os.PathLike | Sequence[str | os.PathLike]
 
 
@@ -87,6 +88,7 @@ class TrainOptions:
     translate: float = 0.15
     zoom: float = 0.0  # 0: no scale augmentation (the method); Z: crops magnified by 1/(1+Z)..(1+Z)
     elastic: bool = False  # smooth random warps of the crops on top of the method's augmentation
+    gap_weight: float = 0.0  # w0 of the gaps between touching objects in the class loss (0: unweighted)
     balance: bool = False  # crops drawn from every training folder equally often, not by image area
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
@@ -148,7 +150,7 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
                           _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown,
-                          elastic=opts.elastic)
+                          elastic=opts.elastic, gap=opts.gap_weight, gap_channels=_gap_channels(seg, opts))
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -171,6 +173,23 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
 
 
 # ---------------------------------------------------------------- plan
+
+def check_gap_weight(gap_weight: float, instance_classes: Sequence[str]) -> None:
+    """Refuse a gap weight out of range, or for a model without instances (nothing says where one
+    object ends)."""
+    if not 0 <= gap_weight <= MAX_GAP_WEIGHT:
+        raise CysegError(f"--gap-weight {gap_weight:g} must be in [0, {MAX_GAP_WEIGHT:g}]; e.g. 10, as U-Net's authors "
+                         "used")
+    if gap_weight > 0 and not instance_classes:
+        raise CysegError(f"--gap-weight {gap_weight:g} weighs the gaps between touching objects, which only instance "
+                         "labels show; add --instances (with masks_instance/ in the DIRs) or drop it")
+
+
+def _gap_channels(seg: Segmenter, opts: TrainOptions) -> list[int]:
+    """The class channel of each instance class, whose touching objects' gaps `opts.gap_weight` weighs."""
+    check_gap_weight(opts.gap_weight, seg.instance_classes)
+    return [seg.channels.index(c) for c in seg.instance_classes]
+
 
 def _folders(folders: Folders | None) -> list[Path]:
     """One folder or several, as a list (empty for None)."""
@@ -405,8 +424,8 @@ def _train_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, state
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", unit="step", leave=False,
                disable=not opts.progress, dynamic_ncols=True)
     try:
-        for x, target, known in bar:
-            loss, iou = _step(seg, state, x, target, known, epoch, opts.amp)
+        for x, target, known, weight in bar:
+            loss, iou = _step(seg, state, x, target, known, weight, epoch, opts.amp)
             losses.append(loss)
             ious.append(iou)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
@@ -419,16 +438,16 @@ def _train_epoch(seg: Segmenter, sampler: CropSampler, loader: DataLoader, state
             "lr": state.optimizer.param_groups[0]["lr"]}
 
 
-def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tensor, known: torch.Tensor, epoch: int,
-          amp: bool) -> tuple[float, float]:
-    """One optimiser step on a batch; returns its loss and the IoU of its logits > 0 with the target
-    over the classes each item's dataset annotates."""
+def _step(seg: Segmenter, state: LoopState, x: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
+          weight: torch.Tensor, epoch: int, amp: bool) -> tuple[float, float]:
+    """One optimiser step on a batch (`weight`: per-pixel loss weights, or empty for none); returns
+    its loss and the IoU of its logits > 0 with the target over the classes each item's dataset annotates."""
     x, target = seg.to_input(x), target.to(seg.device, non_blocking=True)
     known = known.to(seg.device, non_blocking=True)
     state.optimizer.zero_grad(set_to_none=True)
     with autocast(seg.device, amp):
         logits = seg.model(x)
-    loss = seg.loss(logits, target, known)
+    loss = seg.loss(logits, target, known, weight.to(seg.device) if weight.numel() else None)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()

@@ -51,7 +51,7 @@ def test_zoom_rescales_the_objects_and_keeps_the_mask_aligned():
     s = sampler(1.0)
     sizes = []
     for i in range(len(s)):
-        x, target, _ = s[i]
+        x, target, _, _ = s[i]
         assert x.shape == (3, 128, 128) and target.shape == (1, 128, 128)
         bright = x[0].numpy() > 130
         assert (bright == (target[0].numpy() > 0.5)).mean() > 0.9  # resized together (a shift of a few px: ~0.6)
@@ -69,7 +69,7 @@ def test_elastic_warps_image_and_mask_together():
     plain, warped = sampler(0.0), sampler(0.0, elastic=True)
     moved = []
     for i in range(32):
-        x, target, _ = warped[i]
+        x, target, _, _ = warped[i]
         assert ((x[0].numpy() > 130) == (target[0].numpy() > 0.5)).mean() > 0.98
         moved.append(float((target != plain[i][1]).float().mean()))
     assert 8 <= sum(m > 0 for m in moved) <= 24  # half the crops warped, each by a few pixels at the edges

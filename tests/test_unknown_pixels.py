@@ -82,7 +82,7 @@ def test_the_unknown_map_travels_with_the_image_through_crops_and_augmentation()
     mask = (image[:, :, 1] > 100).astype(np.uint8)
     sampler = CropSampler([image], [mask], 64, 16, seed=1, colour=False, translate=0.15, unknown=[unknown])
     for i in range(16):
-        x, target, known = sampler[i]
+        x, target, known, _ = sampler[i]
         assert known.shape == (1, 64, 64)
         inside = x[0].numpy() > 0  # translation may bring in a constant border, which is labelled background
         assert np.array_equal((known[0].numpy() == 0)[inside], (x[0].numpy() > 128)[inside])
@@ -90,7 +90,7 @@ def test_the_unknown_map_travels_with_the_image_through_crops_and_augmentation()
     zoomed = CropSampler([image], [unknown.astype(np.uint8)], 64, 16, seed=1, colour=False, translate=0.15,
                          zoom=0.5, unknown=[unknown])
     for i in range(16):  # magnified with the mask's nearest-neighbour resampling
-        _, target, known = zoomed[i]
+        _, target, known, _ = zoomed[i]
         assert np.array_equal(known[0].numpy() == 0, target[0].numpy() > 0)
 
 

@@ -30,47 +30,52 @@ class UNetSegmenter(Segmenter):
                     depth=config["depth"],
                     n=config["n"], upsampling=config["upsampling"])
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """Class-weighted BCE + soft Dice of the class channels; with partial labels (`known` (N, C) not
         all 1) each class is averaged over the items that annotate it, and the classes no item of the
         batch annotates are left out; with unknown pixels (`known` (N, C, H, W)) those pixels are left
-        out (`_pixel_loss`). A model with instances adds the distance channels' error (`_distance_loss`)."""
+        out (`_pixel_loss`); `weight` (N, C, H, W) weighs each pixel's BCE (the gaps between touching
+        objects). A model with instances adds the distance channels' error (`_distance_loss`)."""
         if self.instance_classes:
             c = self.n_classes
             known = torch.ones(target.shape[:2], device=logits.device) if known is None else known
-            return (self._class_loss(logits[:, :c], target[:, :c], known[:, :c])
+            return (self._class_loss(logits[:, :c], target[:, :c], known[:, :c], weight)
                     + self._distance_loss(logits[:, c:], target[:, c:], known[:, c:]))
-        return self._class_loss(logits, target, known)
+        return self._class_loss(logits, target, known, weight)
 
-    def _class_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
+    def _class_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
         """The class channels' loss (see `loss`)."""
         if known is not None and not bool(known.all()):
             if known.dim() == 4:
-                return self._pixel_loss(logits, target, known)
-            return self._partial_loss(logits, target, known)
+                return self._pixel_loss(logits, target, known, weight)
+            return self._partial_loss(logits, target, known, weight)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
-        per_class_bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(0, 2, 3))
+        per_class_bce = _bce_map(logits, target, weight).mean(dim=(0, 2, 3))
         bce = (per_class_bce * weights).sum() / weights.sum()
         return bce + dice_loss(torch.sigmoid(logits.float()), target, weights=self.class_weights)
 
-    def _partial_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def _partial_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
         """The loss above where only the (item, class) pairs with `known` 1 count: equal to it when
         every pair is known, and independent of the logits' targets where it is not."""
         known = known.to(device=logits.device, dtype=torch.float32)
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(dim=(2, 3))
+        bce = _bce_map(logits, target, weight).mean(dim=(2, 3))
         dice = 1 - per_item_class_soft_dice(torch.sigmoid(logits.float()), target)
         counted = known.sum(dim=0)
         per_class = ((bce + dice) * known).sum(dim=0) / counted.clamp(min=1)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32) * (counted > 0)
         return (per_class * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
-    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
         """The loss above counting only the pixels with `known` (N, C, H, W) 1: each class's BCE is
         averaged over its known pixels of the batch and the soft Dice sees neither the predictions nor
         the targets of the others, so the loss does not depend on the logits there."""
         known = known.to(device=logits.device, dtype=torch.float32)
         weights = torch.tensor(self.class_weights, device=logits.device, dtype=torch.float32)
-        bce_map = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+        bce_map = _bce_map(logits, target, weight)
         per_class_bce = (bce_map * known).sum(dim=(0, 2, 3)) / known.sum(dim=(0, 2, 3)).clamp(min=1)
         bce = (per_class_bce * weights).sum() / weights.sum()
         return bce + dice_loss(torch.sigmoid(logits.float()) * known, target * known, weights=self.class_weights)
@@ -95,3 +100,9 @@ class UNetSegmenter(Segmenter):
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=lr)
+
+
+def _bce_map(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per-pixel binary cross-entropy (float32), times `weight` where given."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    return bce if weight is None else bce * weight.to(bce.device)
