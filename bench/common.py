@@ -135,7 +135,14 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
     return {"code": code, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "cpu_s": cpu_s, "wall_s": wall_s, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu": {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}}
+            "cpu": cpu_record()}
+
+
+def cpu_record() -> dict[str, str | None]:
+    """This machine's CPU as results record it: its model and the instruction set torch's kernels use."""
+    import torch
+
+    return {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}
 
 
 def best_epoch(model: Path) -> int:

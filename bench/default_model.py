@@ -51,6 +51,7 @@ from bench.common import (  # noqa: E402
     best_epoch,
     cli_evaluate,
     cli_train,
+    cpu_record,
     fresh_dir,
     write_results,
 )
@@ -196,6 +197,10 @@ def rebuild(work: Path) -> None:
     recorded = record["candidates"][chosen]["train_args"]
     if chosen not in CANDIDATES or shlex.join([*BASE, *CANDIDATES[chosen]]) != recorded:
         sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
+    built_on, here = record["run"].get("cpu"), cpu_record()
+    if built_on != here:
+        print(f"built on {built_on}, rebuilding on {here}: bfloat16 kernels differ between CPUs, so the weights "
+              "are not expected to be identical", file=sys.stderr, flush=True)
     clock = RunClock()
     work = fresh_dir(work)
     entry = train_candidate(chosen, work, source_parts(work / "data"), [])
@@ -205,7 +210,7 @@ def rebuild(work: Path) -> None:
         "benchmark": "default_model_rebuild",
         "protocol": f"the recorded recipe {chosen!r} trained once more from an empty work folder, as "
                     "bench/default_model.py trains it; its weights compared with the shipped model's",
-        "recipe": chosen, "recorded_run": record["run"], "candidate": entry,
+        "recipe": chosen, "recorded_run": record["run"], "same_cpu": built_on == here, "candidate": entry,
         "recorded_best_epoch": record["candidates"][chosen]["best_epoch"],
         "recorded_val_merit": record["candidates"][chosen]["val_merit"],
         "weights_sha256": {"rebuilt": weights_digest(model), "shipped": shipped},

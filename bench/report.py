@@ -75,16 +75,21 @@ def machine(threads: int | None, device: str = "cpu") -> str:
 
 
 def kernel_name(run: Results) -> str | None:
-    """The instruction set torch's CPU kernels used (e.g. AVX2, AVX512), when the run recorded it:
-    timings and training precision move with it (bfloat16 is native with AVX512-BF16 and emulated,
-    so not used, with AVX2)."""
-    return (run.get("cpu") or {}).get("kernels")
+    """The instruction set torch's CPU kernels used (e.g. AVX2, AVX512) and the CPU's maker and line,
+    when the run recorded them: timings and training precision move with them (bfloat16 is native with
+    AVX512-BF16 or AMX and emulated, so not used, with AVX2; AMD's and Intel's bfloat16 kernels sum in
+    different orders, so the same training gives other weights on each)."""
+    cpu = run.get("cpu") or {}
+    if not cpu.get("kernels"):
+        return None
+    model = " ".join((cpu.get("model") or "").replace("(R)", "").split()[:2])
+    return f"{cpu['kernels']} kernels{', ' + model if model else ''}"
 
 
 def kernels(run: Results) -> str:
     """The run's CPU kernels as a parenthesis after the machine, or nothing when not recorded."""
     name = kernel_name(run)
-    return f" ({name} kernels)" if name else ""
+    return f" ({name})" if name else ""
 
 
 def entries_by(data: Results, key: Callable[[Results], Any]) -> dict[Any, list[str]]:
@@ -100,7 +105,7 @@ def run_kernels(data: Results) -> str:
     found = entries_by(data, lambda run: kernel_name(run) or "?")
     if len(found) < 2:
         return kernels(next(iter(data.values()))["run"])
-    return " (" + "; ".join(f"{kind} kernels: {', '.join(names)}" for kind, names in found.items()) + ")"
+    return " (" + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in found.items()) + ")"
 
 
 def run_machine(data: Results) -> str:
