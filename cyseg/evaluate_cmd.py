@@ -13,7 +13,7 @@ import numpy as np
 
 from segmenter.base import Segmenter
 from segmenter.evaluation import SWEEP, at_thresholds, chosen_thresholds, evaluate_dataset, summarise
-from segmenter.instances import summarise_instances
+from segmenter.instances import ERROR_KINDS, summarise_instances
 from segmenter.io.atomic import atomic_dir
 from segmenter.io.images import write_png
 from segmenter.overlays import comparison_panel
@@ -103,6 +103,11 @@ def _class_report(summary: list[dict[str, Any]], name: str | None, chosen: float
     return {**at_chosen, "sweep": sweep_rows, "best_threshold": max(rows, key=lambda r: r["iou_mean"])["threshold"]}
 
 
+# the kinds of unmatched objects per side, as `cyseg evaluate` names them: fn: missed, merged, ...
+KINDS = {side: tuple(kind.removeprefix(f"{side}_") for kind in ERROR_KINDS if kind.startswith(f"{side}_"))
+         for side in ("fn", "fp")}
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The lines `cyseg evaluate` prints: mean ± std IoU and Dice (one line per class for named classes)."""
     def line(scores: dict[str, Any]) -> str:
@@ -113,5 +118,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                    f"  PQ {objects['pq_mean']:.4f}"))
 
     if "classes" not in report:
-        return [line(report)]
-    return [f"{name}: {line(scores)}" for name, scores in report["classes"].items()]
+        return [line(report), *_error_line(report, "")]
+    return [text for name, scores in report["classes"].items()
+            for text in (f"{name}: {line(scores)}", *_error_line(scores, f"{name}: "))]
+
+
+def _error_line(scores: dict[str, Any], prefix: str) -> list[str]:
+    """Why objects went unmatched (`metrics.object_errors`), as one line when any did."""
+    objects = scores.get("instances") or {}
+    if not objects.get("objects_fn") and not objects.get("objects_fp"):
+        return []
+    kinds = {side: ", ".join(f"{objects[f'objects_{side}_{kind}']} {kind}" for kind in KINDS[side])
+             for side in KINDS}
+    return [f"{prefix}unmatched true objects: {kinds['fn']}; unmatched predictions: {kinds['fp']}"]

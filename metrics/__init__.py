@@ -1,5 +1,6 @@
 """Segmentation scores: Dice and Jaccard in torch (soft for training, hard for evaluation) and numpy; instance
-scores on label images (object F1, panoptic quality, AJI, GlaS detection counts, object Dice and Hausdorff)."""
+scores on label images (object F1, panoptic quality, AJI, GlaS detection counts, object Dice and Hausdorff) and
+the kinds of the objects they leave unmatched (missed, merged, split, ...)."""
 from metrics.glas import glas_detection, object_dice, object_hausdorff
 from metrics.instance_scores import (
     DetectionScores,
@@ -11,6 +12,7 @@ from metrics.instance_scores import (
 )
 from metrics.instances import Matching, Overlaps, match_instances, overlaps, split_disconnected
 from metrics.numpy_metrics import dice, jaccard, mean_std, per_image_dice, per_image_jaccard
+from metrics.object_errors import ObjectErrors, object_errors
 from metrics.torch_metrics import (
     ClassWeights,
     dice_loss,
@@ -26,6 +28,7 @@ __all__ = [
     "ClassWeights",
     "DetectionScores",
     "Matching",
+    "ObjectErrors",
     "Overlaps",
     "PanopticQuality",
     "aggregated_jaccard",
@@ -39,6 +42,7 @@ __all__ = [
     "match_instances",
     "mean_std",
     "object_dice",
+    "object_errors",
     "object_f1",
     "object_hausdorff",
     "overlaps",

@@ -13,6 +13,7 @@ import torch
 
 from metrics.glas import glas_detection, object_dice, object_hausdorff
 from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_quality
+from metrics.object_errors import ObjectErrors, object_errors
 from segmenter.base import SPECK_RATIO
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
@@ -62,21 +63,25 @@ def truth_instances(item: Item, channel: str, truth: np.ndarray) -> np.ndarray:
     return read_instances(path, truth.shape) if path is not None else connected_instances(truth)
 
 
+ERROR_KINDS = tuple(f.name for f in dataclasses.fields(ObjectErrors))  # fn_missed, ..., fp_misshapen
 INSTANCE_SCORES = ("object_f1", "object_precision", "object_recall", "objects_tp", "objects_fp", "objects_fn",
+                   *(f"objects_{kind}" for kind in ERROR_KINDS),
                    "objects_glas_tp", "objects_glas_fp", "objects_glas_fn", "aji", "pq", "dq", "sq", "object_dice",
                    "object_hausdorff")
 
 
 def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | int | None]:
-    """Object F1 (with precision, recall and counts at IoU > 0.5), the GlaS detection counts, AJI, PQ
-    (DQ, SQ) and the GlaS object Dice and Hausdorff (None where it is infinite: objects on one side
-    only) of one image."""
+    """Object F1 (with precision, recall and counts at IoU > 0.5, and the kinds of the unmatched objects:
+    `metrics.object_errors`), the GlaS detection counts, AJI, PQ (DQ, SQ) and the GlaS object Dice and
+    Hausdorff (None where it is infinite: objects on one side only) of one image."""
     detection = object_f1(predicted, truth)
+    errors = dataclasses.asdict(object_errors(predicted, truth))
     quality = panoptic_quality(predicted, truth)
     hausdorff = object_hausdorff(predicted, truth)
     glas_tp, glas_fp, glas_fn = glas_detection(predicted, truth)
     return {"object_f1": detection.f1, "object_precision": detection.precision, "object_recall": detection.recall,
             "objects_tp": detection.tp, "objects_fp": detection.fp, "objects_fn": detection.fn,
+            **{f"objects_{kind}": count for kind, count in errors.items()},
             "objects_glas_tp": glas_tp, "objects_glas_fp": glas_fp, "objects_glas_fn": glas_fn,
             "aji": aggregated_jaccard(predicted, truth), "pq": quality.pq, "dq": quality.dq, "sq": quality.sq,
             "object_dice": object_dice(predicted, truth),

@@ -400,6 +400,24 @@ def test_evaluate_reports_instance_scores(instance_model, disc_sets, tmp_path):
     assert summary["object_f1_mean"] == pytest.approx(np.mean([float(r["object_f1"]) for r in rows]))
 
 
+def test_evaluate_counts_each_kind_and_prints_them_when_objects_go_unmatched(instance_model, disc_sets, tmp_path):
+    result = invoke(["evaluate", instance_model, disc_sets["val"], "--out", tmp_path / "ev", "--no-sweep",
+                     "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for side in ("fn", "fp"):
+        columns = [c for c in rows[0] if c.startswith(f"objects_{side}_")]
+        assert len(columns) == 4
+        assert all(sum(int(r[c]) for c in columns) == int(r[f"objects_{side}"]) for r in rows)
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())["instances"]
+    unmatched = summary["objects_fn"] + summary["objects_fp"]
+    line = next((t for t in result.stdout.splitlines() if t.startswith("unmatched true objects: ")), None)
+    assert (line is not None) == (unmatched > 0)
+    if line:
+        assert f"{summary['objects_fn_merged']} merged" in line and f"{summary['objects_fp_spurious']} spurious" in line
+
+
 def test_evaluate_scores_connected_regions_and_warns_about_shared_ids(tiny_model, tmp_path, caplog):
     data = write_discs(tmp_path / "d", 2, 3)
     labels = cv2.imread(str(data / "masks_instance" / "d00.png"), cv2.IMREAD_UNCHANGED)
