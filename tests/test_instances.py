@@ -98,6 +98,21 @@ def test_touching_discs_split_the_same_by_watershed_and_by_nearest_marker():
         assert (split == np.where(labels == 1, split[40, 30], np.where(labels == 2, split[40, 86], 0))).mean() > 0.98
 
 
+def test_nearest_marker_growth_keeps_each_object_in_one_piece_around_a_bend():
+    u = np.zeros((60, 60), bool)  # a U: two arms joined at the bottom
+    u[:, :10] = u[50:, :] = u[:, 50:] = True
+    seeds = np.zeros(u.shape, np.int32)
+    seeds[:6, :10] = 1  # the top of the left arm
+    seeds[50:, 25:35] = 2  # the middle of the bottom
+    flat = np.where(u, 0.5, 0).astype(np.float32)
+    # straight across the gap, the top of the right arm is nearer the left arm's seed than the bottom's
+    assert np.hypot(50 - 9, 0) < np.hypot(50 - 34, 50 - 0)
+    split = separate(u, flat, Separation(grow="nearest"), seeds=seeds)
+    assert split[0, 55] == split[55, 30] != split[0, 5]
+    for i in np.unique(split[split > 0]):
+        assert cv2.connectedComponents((split == i).astype(np.uint8), connectivity=8)[0] == 2
+
+
 def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():
     labels = touching_discs((80, 200))
     lone = disc(labels.shape, (40, 160), 20)

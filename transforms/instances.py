@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
+from skimage import measure
 from skimage.segmentation import watershed
 
 LEVEL_STEP = 0.1  # the distance levels the markers are found at: 0.9, 0.8, ... 0.1
@@ -197,7 +198,7 @@ def _drop_low_peaks(region_of: np.ndarray, alive: np.ndarray, level: float, h: f
 
 def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str) -> np.ndarray:
     """One component's objects (labels 1..k) grown from its two marks or more: by a watershed on the
-    negated distance, or each pixel to the nearest mark (Euclidean)."""
+    negated distance, or each pixel to the nearest mark (Euclidean; `_in_one_piece`)."""
     ids = distinct(marks[marks > 0])
     number = np.zeros(int(ids[-1]) + 1, np.int32)
     number[ids] = np.arange(1, ids.size + 1)
@@ -209,11 +210,24 @@ def _grow(inside: np.ndarray, marks: np.ndarray, distance: np.ndarray, grow: str
                                                      labelType=cv2.DIST_LABEL_PIXEL)
         mark_of = np.zeros(int(nearest.max()) + 1, np.int32)
         mark_of[nearest[marks > 0]] = marks[marks > 0]
-        grown = np.where(inside, mark_of[nearest], 0)
+        grown = _in_one_piece(np.where(inside, mark_of[nearest], 0), marks, inside)
     unreached = inside & (grown == 0)
     if unreached.any():
         grown = np.where(unreached, connected_instances(unreached) + ids.size, grown)
     return grown
+
+
+def _in_one_piece(grown: np.ndarray, marks: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Objects grown to their nearest mark (Euclidean) with the pieces cut off from their mark (across a
+    bend of a curved object, the nearest mark can lie beyond another object) given to the objects they
+    touch, by flooding from the marked pieces inside the component: every object one connected region."""
+    pieces = measure.label(grown, background=0, connectivity=2)
+    marked = np.zeros(int(pieces.max()) + 1, bool)
+    marked[pieces[marks > 0]] = True
+    if marked[1:].all():
+        return grown
+    kept = np.where(marked[pieces], grown, 0)
+    return watershed(np.zeros(grown.shape, np.uint8), kept, mask=inside, connectivity=2).astype(np.int32)
 
 
 def drop_small(labels: np.ndarray, min_area: float) -> np.ndarray:
