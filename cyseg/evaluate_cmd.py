@@ -109,7 +109,8 @@ KINDS = {side: tuple(kind.removeprefix(f"{side}_") for kind in ERROR_KINDS if ki
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """The lines `cyseg evaluate` prints: mean ± std IoU and Dice (one line per class for named classes)."""
+    """The lines `cyseg evaluate` prints: mean ± std IoU and Dice (one line per class for named classes),
+    then why objects went unmatched (a line per class that has any)."""
     def line(scores: dict[str, Any]) -> str:
         objects = scores.get("instances")
         return (f"IoU {scores['iou_mean']:.4f} ± {scores['iou_std']:.4f}  Dice {scores['dice_mean']:.4f} ± "
@@ -119,8 +120,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
     if "classes" not in report:
         return [line(report), *_error_line(report, "")]
-    return [text for name, scores in report["classes"].items()
-            for text in (f"{name}: {line(scores)}", *_error_line(scores, f"{name}: "))]
+    classes = report["classes"].items()
+    return ([f"{name}: {line(scores)}" for name, scores in classes]
+            + [text for name, scores in classes for text in _error_line(scores, f"{name}: ")])
 
 
 def _error_line(scores: dict[str, Any], prefix: str) -> list[str]:
