@@ -49,8 +49,9 @@ def metadata(seg: Segmenter, model_path: Path) -> dict[str, str]:
             "working_resolution": str(seg.resolution), "size_multiple": str(seg.multiple),
             "input": "float32 RGB 0-255, NCHW, H and W multiples of size_multiple, at working_resolution x the "
                      "images' resolution",
+            "contours": json.dumps(seg.contours),
             "output": "float32 probabilities NCHW: one channel per class, then one normalised distance per "
-                      "instance class"}
+                      "instance class, then (contours true) one contour probability per instance class"}
 
 
 def export_onnx(seg: Segmenter, model_path: Path, out: Path, check_image: np.ndarray) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     lines = [f"model       {card['path']} (sha256 {card['sha256'][:16]}...)",
              f"name        {card['name'] or '(none)'}",
              f"finds       {', '.join(card['classes'])}"
-             + (f"; one object per {', '.join(card['instances'])} (instances)" if card["instances"]
+             + (f"; one object per {', '.join(card['instances'])} (instances"
+                + (", with contours)" if card["architecture"].get("contours") else ")") if card["instances"]
                 else "; connected regions (no instances)")]
     if scope is None:
         lines.append("made for    not recorded (a v1 model file): inputs are not checked against it")

@@ -89,15 +89,18 @@ def interrupted_message(out: Path) -> str:
 def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: int, upsampling: str,
               classes: str | None, class_weights: str | None, threshold: float | None, erode_k: int,
               erode_iterations: int, smoothing_k: int, device: str, instances: bool = False,
-              settings_from: Path | None = None, **options) -> UNetSegmenter:
+              contours: bool = False, settings_from: Path | None = None, **options) -> UNetSegmenter:
     """Train and save; returns the trained segmenter. A `threshold` of None is chosen after training
     (per class) by a sweep on `val` (on the training images without it), unless `settings_from` names a
     model whose thresholds and separation are adopted. With `instances` the model also learns the
-    distance channels that separate touching objects."""
+    distance channels that separate touching objects, and with `contours` their contour bands."""
     check_out(out)
     names = training_classes(parse_classes(classes), data)
     separated = instance_classes(names, data) if instances else []
     check_gap_weight(options.get("gap_weight", 0.0), separated)
+    if contours and not separated:
+        raise CysegError("--contours needs --instances (with masks_instance/ in the DIRs): the contours are those of "
+                         "the instance labels; add --instances or drop --contours")
     if settings_from is not None and threshold is not None:
         raise CysegError(f"--threshold {threshold} and --settings-from {settings_from} both set the threshold; "
                          "give one of them")
@@ -105,7 +108,7 @@ def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: in
     threshold = 0.5 if threshold is None else threshold
     torch.manual_seed(options.get("seed", 0))  # the initial weights are drawn here, so seed them too
     config = {"depth": depth, "n": n, "upsampling": upsampling, **({"classes": list(names)} if names else {}),
-              **({"instances": separated} if separated else {})}
+              **({"instances": separated} if separated else {}), **({"contours": True} if contours else {})}
     seg = UNetSegmenter(config, device=device, class_weights=parse_weights(class_weights, max(1, len(names))),
                         threshold=threshold, postprocess=default_chain(threshold, erode_k, erode_iterations,
                                                                        smoothing_k))
@@ -114,7 +117,7 @@ def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: in
         options["settings_from"] = str(settings_from)
     log.info("training a U-Net (n=%d, depth=%d, %s) on %s, classes %s%s, device %s", n, depth, upsampling,
              ", ".join(map(str, data)), ", ".join(names) or "one unnamed foreground",
-             f" (instances: {listed(separated)})" if separated else "", seg.device)
+             f" (instances: {listed(separated)}{', with contours' * contours})" if separated else "", seg.device)
     seg.fit(data, val or None, out=str(out), calibrate_threshold=calibrate, **options)
     paths = history_paths(out)
     log.info("model written to %s; metrics in %s, %s and %s", out, paths["csv"], paths["json"], paths["png"])

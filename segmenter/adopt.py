@@ -9,18 +9,19 @@ from segmenter.base import Segmenter
 from segmenter.errors import CysegError
 
 
-def _described(classes: list[str], separated: list[str]) -> str:
-    """'classes [...] (instances: [...])' for an error message."""
-    return f"classes {classes or 'foreground'} (instances: {separated or 'none'})"
+def _described(classes: list[str], separated: list[str], contours: bool) -> str:
+    """'classes [...] (instances: [...][, with contours])' for an error message."""
+    return f"classes {classes or 'foreground'} (instances: {separated or 'none'}{', with contours' * contours})"
 
 
 def check_same_classes(seg: Segmenter, reference: Segmenter, source: str) -> None:
-    """A CysegError with the fix unless `reference` predicts and separates the classes `seg` does."""
-    ours = (list(seg.classes), list(seg.instance_classes))
-    theirs = (list(reference.classes), list(reference.instance_classes))
+    """A CysegError with the fix unless `reference` predicts and separates the classes `seg` does, with
+    contours where it has them (its separation may be marked by them)."""
+    ours = (list(seg.classes), list(seg.instance_classes), seg.contours)
+    theirs = (list(reference.classes), list(reference.instance_classes), reference.contours)
     if ours != theirs:
         raise CysegError(f"--settings-from {source} predicts {_described(*theirs)}, this run {_described(*ours)}; "
-                         "give a model trained with the same --classes and --instances")
+                         "give a model trained with the same --classes, --instances and --contours")
 
 
 def adopt_settings(seg: Segmenter, reference: Segmenter, source: str) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Segmenter:
         except ValueError as exc:  # transforms, below this layer, raise plain ValueErrors
             raise CysegError(str(exc)) from exc
         self.thresholds = _class_thresholds(self.classes, thresholds, self.threshold)
-        self.separation = _separation(self.instance_classes, separation)
+        self.separation = _separation(self.instance_classes, separation, self.contours)
         self.min_area = _min_area(self.labels, min_area)
         self.inference = {"tile": DEFAULT_TILE, "overlap": DEFAULT_OVERLAP, "batch": DEFAULT_BATCH, "tta": False,
                           "amp": True, **(inference or {})}
@@ -138,9 +138,20 @@ class Segmenter:
         return tuple(self.config.get("instances", ()))
 
     @property
+    def contours(self) -> bool:
+        """Whether the network also predicts each instance class's contour band (`transforms.instances`)."""
+        return bool(self.config.get("contours", False))
+
+    @property
     def n_outputs(self) -> int:
-        """The network's output channels: the class channels, then one distance channel per instance class."""
-        return self.n_classes + len(self.instance_classes)
+        """The network's output channels (`output_channels`)."""
+        return output_channels(self.config)
+
+    def instance_map(self, probs: Any, channel: str, kind: str) -> Any:
+        """The (H, W) `distance` or `contour` map of instance class `channel` in (C_out, H, W) outputs."""
+        k = len(self.instance_classes)
+        offset = {"distance": self.n_classes, "contour": self.n_classes + k}[kind]
+        return probs[offset + self.instance_classes.index(channel)]
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -410,20 +421,36 @@ def _with_classes(config: dict[str, Any]) -> dict[str, Any]:
             raise CysegError(f"the model's instance classes {instances!r} must list some of its classes "
                              f"({listed(channels)})")
         config["instances"] = [c for c in channels if c in instances]
+    if config.get("contours") and "instances" not in config:
+        raise CysegError("a model with contours needs instance classes; train it with --instances --contours")
     return config
 
 
-def _separation(instances: tuple[str, ...], given: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """The separation parameters of each instance class: the given ones, the defaults for the others."""
+def output_channels(config: dict[str, Any]) -> int:
+    """The network's output channels for a checked `config`: the class channels, then one distance
+    channel per instance class, then (with contours) one contour channel per instance class."""
+    k = len(config.get("instances", ()))
+    return int(config.get("n_classes", 1)) + k * (2 if config.get("contours") else 1)
+
+
+def _separation(instances: tuple[str, ...], given: dict[str, dict[str, Any]] | None,
+                contours: bool) -> dict[str, dict[str, Any]]:
+    """The separation parameters of each instance class: the given ones, the defaults for the others;
+    contour marks only for a model with contours."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(instances))
     if unknown:
         raise CysegError(f"separation parameters are given for {unknown[0]!r}, which the model does not separate "
                          f"({listed(instances) or 'no instance classes'})")
     try:
-        return {c: dataclasses.asdict(Separation(**given.get(c, {})).check()) for c in instances}
+        chosen = {c: dataclasses.asdict(Separation(**given.get(c, {})).check()) for c in instances}
     except (TypeError, ValueError) as exc:
         raise CysegError(f"unusable instance separation parameters ({exc})") from exc
+    marked = [c for c, p in chosen.items() if p["marks"] == "contour"]
+    if marked and not contours:
+        raise CysegError(f"the separation of {marked[0]!r} is marked by contours, which the model does not predict; "
+                         "use a model trained with --contours")
+    return chosen
 
 
 def _min_area(labels: tuple[str, ...], given: dict[str, float] | None) -> dict[str, float]:

@@ -13,7 +13,7 @@ import torch
 
 from segmenter.augment import method_augmenter
 from segmenter.classes import ChannelMap, channel_map
-from transforms.instances import distance_target, gap_weight
+from transforms.instances import contour_target, distance_target, gap_weight
 
 
 @functools.cache
@@ -39,7 +39,8 @@ class CropSampler(torch.utils.data.Dataset):
     With `instances` (per image: (H, W, K) uint16 instance labels of the model's K instance classes,
     and which of them its dataset annotates) the labels travel with the mask through the same crop
     and augmentation, and K distance targets (`transforms.instances.distance_target`) follow the
-    class targets, computed on the augmented crop.
+    class targets, computed on the augmented crop; with `contours`, K contour targets
+    (`transforms.instances.contour_target`) follow those.
 
     An image is drawn with probability proportional to its area; with `groups` (a group index per
     image, e.g. its dataset folder) every group is drawn equally often and, within a group, by area.
@@ -60,7 +61,7 @@ class CropSampler(torch.utils.data.Dataset):
                  maps: Sequence[ChannelMap] | None = None,
                  instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                  groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None,
-                 elastic: bool = False, gap: float = 0.0, gap_channels: Sequence[int] = ()):
+                 elastic: bool = False, gap: float = 0.0, gap_channels: Sequence[int] = (), contours: bool = False):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.unknown = list(unknown) if unknown is not None and any(u is not None for u in unknown) else None
         self.zoom = zoom
@@ -70,6 +71,7 @@ class CropSampler(torch.utils.data.Dataset):
         self.p = image_weights([m.shape[0] * m.shape[1] for m in masks], groups)
         self.aug = method_augmenter(colour=colour, translate=translate, elastic=elastic)
         self.gap, self.gap_channels = (gap, list(gap_channels)) if self.instances is not None else (0.0, [])
+        self.contours = contours and self.instances is not None
 
     def __len__(self) -> int:
         return self.length
@@ -107,7 +109,7 @@ class CropSampler(torch.utils.data.Dataset):
             labelled = torch.from_numpy(mask[:, :, -1] == 0)
             mask = mask[:, :, :-1] if self.instances is not None else mask[:, :, 0]
         if self.instances is not None:
-            target, known = self._with_distances(mask, channels, self.instances[k][1])
+            target, known = self._with_distances(mask, channels, self.instances[k][1], self.contours)
         else:
             target, known = torch.from_numpy(channels.targets(mask)).permute(2, 0, 1), torch.from_numpy(channels.known)
         if labelled is not None:
@@ -140,16 +142,18 @@ class CropSampler(torch.utils.data.Dataset):
         return np.concatenate([layer.reshape(*layer.shape[:2], -1).astype(dtype) for layer in layers], axis=2)
 
     @staticmethod
-    def _with_distances(stacked: np.ndarray, channels: ChannelMap,
-                        known: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class targets then distance targets (C + K, crop, crop), known (C + K,)) of an augmented
-        crop of the mask stacked with its instance labels."""
+    def _with_distances(stacked: np.ndarray, channels: ChannelMap, known: np.ndarray,
+                        contours: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class targets, then distance targets, then with `contours` contour targets (C + K [+ K],
+        crop, crop), known (C + K [+ K],)) of an augmented crop of the mask stacked with its instance labels."""
         stacked = stacked.reshape(*stacked.shape[:2], -1)
         classes = channels.targets(stacked[:, :, 0])
-        distances = [distance_target(stacked[:, :, 1 + i]) for i in range(stacked.shape[2] - 1)]
-        target = np.concatenate([classes, np.stack(distances, axis=2)], axis=2)
+        layers = [stacked[:, :, 1 + i] for i in range(stacked.shape[2] - 1)]
+        maps = [distance_target(layer) for layer in layers] + [contour_target(layer) for layer in layers] * contours
+        target = np.concatenate([classes, np.stack(maps, axis=2)], axis=2)
+        known = np.concatenate([channels.known, known, known[:known.size * contours]])
         return (torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1),
-                torch.from_numpy(np.concatenate([channels.known, known]).astype(np.float32)))
+                torch.from_numpy(known.astype(np.float32)))
 
 
 def image_weights(areas: Sequence[int], groups: Sequence[int] | None) -> np.ndarray:

@@ -57,6 +57,7 @@ from segmenter.resolution import check_resolution, resample_pair
 from segmenter.sampler import CropSampler, channel_stats
 from segmenter.scope import training_scope
 from segmenter.subsets import sample
+from transforms.instances import Separation
 
 if TYPE_CHECKING:
     from segmenter.base import Segmenter
@@ -150,7 +151,8 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
     sampler = CropSampler(data.images, data.masks, data.crop, opts.steps_per_epoch * opts.batch, opts.seed,
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
                           _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown,
-                          elastic=opts.elastic, gap=opts.gap_weight, gap_channels=_gap_channels(seg, opts))
+                          elastic=opts.elastic, gap=opts.gap_weight, gap_channels=_gap_channels(seg, opts),
+                          contours=seg.contours)
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -542,15 +544,19 @@ def _guard_threshold(seg: Segmenter, data: TrainingData, seed: int, predictions:
 
 def _calibrate_separation(seg: Segmenter, data: TrainingData, seed: int,
                           predictions: dict[Path, torch.Tensor]) -> None:
-    """Choose the instance separation (per instance class: peak height, growth, nuclei as cell seeds, least
+    """Choose the instance separation (per instance class: markers, growth, nuclei as cell seeds, least
     object area) with the best object F1 on the validation images (else on up to CALIBRATION_IMAGES
     training images of each dataset)."""
     chosen_on, where = _choice_images(data, seed)
     chosen = calibrate_separation(seg, chosen_on, predictions)
     seg.training_info["separation"] = {**chosen, "chosen_on": where}
     log.info("instance separation chosen on the %s (best mean object F1): %s", where,
-             "; ".join(f"{c} h {p['h']:g}, {p['grow']}" + (", nuclei as seeds" if p["nucleus_seeds"] else "")
-                       + f", objects from {p['min_area']:g} px²" for c, p in chosen.items()))
+             "; ".join(f"{c} {_described(p)}, objects from {p['min_area']:g} px²" for c, p in chosen.items()))
+
+
+def _described(chosen: dict[str, Any]) -> str:
+    """A class's chosen separation (`calibrate_separation`'s report) in words."""
+    return Separation(**{f.name: chosen[f.name] for f in dataclasses.fields(Separation)}).describe()
 
 
 def _choice_images(data: TrainingData, seed: int) -> tuple[list[Dataset], str]:

@@ -271,7 +271,7 @@ def test_a_refit_adopts_the_settings_its_validated_model_chose(instance_model, d
 def test_settings_from_a_model_of_other_classes_or_beside_a_threshold_is_one_line(instance_model, tiny_model,
                                                                                   disc_sets, tmp_path):
     out = tmp_path / "refit.pt"
-    cases = {(tiny_model, "--instances"): "give a model trained with the same --classes and --instances",
+    cases = {(tiny_model, "--instances"): "give a model trained with the same --classes, --instances and --contours",
              (instance_model, "--threshold", "0.5", "--instances"): "both set the threshold; give one of them",
              (disc_sets["train"] / "dataset.json", "--instances"): "is not a PyTorch file"}
     for (model, *options), message in cases.items():

@@ -1,8 +1,9 @@
 """Instances from class masks (CPU, numpy/OpenCV/scikit-image): the normalised distance to the
-instance boundary a model learns to predict (Naylor et al. 2018), the split of touching objects
-around its peaks (h-maxima on quantised levels, in linear passes so that whole slides can afford
-them) grown by a watershed or to the nearest marker, connected components for models without it,
-and the assignment of each nucleus to the cell that holds it."""
+instance boundary a model learns to predict (Naylor et al. 2018) and the contour band it may learn
+beside it (DCAN, Chen et al. 2016), the split of touching objects around the distance's peaks
+(h-maxima on quantised levels, in linear passes so that whole slides can afford them) or around the
+cores the predicted contours cut, grown by a watershed or to the nearest marker, connected components
+for models without them, and the assignment of each nucleus to the cell that holds it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from skimage.segmentation import watershed
 LEVEL_STEP = 0.1  # the distance levels the markers are found at: 0.9, 0.8, ... 0.1
 DEFAULT_H = 0.2
 GROWTHS = ("watershed", "nearest")
+MARKS = ("peaks", "contour")
+DEFAULT_CONTOUR = 0.5
 GAP_SIGMA = 5.0  # px: how far from two objects the gap weight reaches (Ronneberger et al. 2015's sigma)
 
 
@@ -24,11 +27,15 @@ class Separation:
     """How touching objects are split: `h` the least height (in normalised distance, on levels
     LEVEL_STEP apart) by which a peak of the predicted distance stands out to mark its own object;
     `grow` how the markers fill their component (`watershed` on the distance, or each pixel to the
-    `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead."""
+    `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead; `marks`
+    where the markers come from: the distance's `peaks`, or the `contour` cores (the foreground
+    where the predicted contour probability is under `contour`; models trained with contours)."""
 
     h: float = DEFAULT_H
     grow: str = "watershed"
     nucleus_seeds: bool = False
+    marks: str = "peaks"
+    contour: float = DEFAULT_CONTOUR
 
     def check(self) -> Separation:
         """Itself, when its values can separate anything; else a ValueError naming the parameter."""
@@ -36,7 +43,26 @@ class Separation:
             raise ValueError(f"instance separation h {self.h} must be in (0, 1); e.g. {DEFAULT_H}")
         if self.grow not in GROWTHS:
             raise ValueError(f"instance separation grow {self.grow!r} must be one of {', '.join(GROWTHS)}")
+        if self.marks not in MARKS:
+            raise ValueError(f"instance separation marks {self.marks!r} must be one of {', '.join(MARKS)}")
+        if not 0 < self.contour < 1:
+            raise ValueError(f"instance separation contour {self.contour} must be in (0, 1); e.g. {DEFAULT_CONTOUR}")
         return self
+
+    def describe(self) -> str:
+        """One line for logs: where the markers come from, the growth, the seeds."""
+        marks = f"contour cores under {self.contour:g}" if self.marks == "contour" else f"h {self.h:g}"
+        return f"{marks}, {self.grow}" + (", nuclei as seeds" if self.nucleus_seeds else "")
+
+
+def _edges(labels: np.ndarray) -> np.ndarray:
+    """bool (H, W): the pixels with a 4-neighbour of another label (instance or background); the
+    image border is no edge."""
+    padded = np.pad(labels, 1, mode="edge")
+    edge = np.zeros(labels.shape, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy:dy + labels.shape[0], dx:dx + labels.shape[1]] != labels
+    return edge
 
 
 def distance_target(labels: np.ndarray) -> np.ndarray:
@@ -47,17 +73,21 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
     inside = labels > 0
     if not inside.any():
         return np.zeros(labels.shape, np.float32)
-    # a pixel is on an edge when a 4-neighbour belongs to another instance or the background
-    padded = np.pad(labels, 1, mode="edge")
-    edge = np.zeros(labels.shape, bool)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        edge |= padded[dy:dy + labels.shape[0], dx:dx + labels.shape[1]] != labels
-    interior = (inside & ~edge).astype(np.uint8)
+    interior = (inside & ~_edges(labels)).astype(np.uint8)
     distance = cv2.distanceTransform(interior, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) + inside
     ids = distinct(labels[inside])
     peak = np.zeros(int(ids.max()) + 1, np.float32)
     peak[ids] = ndimage.maximum(distance, labels, ids)
     return np.where(inside, distance / np.maximum(peak[labels], 1e-6), 0).astype(np.float32)
+
+
+def contour_target(labels: np.ndarray) -> np.ndarray:
+    """Instance labels (H, W) -> float32 (H, W) 0/1: the contour band, 1 within one pixel of an
+    object's edge pixels (on both sides; between touching objects the band covers both edges), 0
+    elsewhere. What remains of an object without its band is its core, apart from its neighbours'."""
+    labels = np.asarray(labels)
+    edge = _edges(labels) & (labels > 0)
+    return cv2.dilate(edge.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
 
 
 def gap_weight(labels: np.ndarray, w0: float, sigma: float = GAP_SIGMA) -> np.ndarray:
@@ -88,17 +118,22 @@ def connected_instances(mask: np.ndarray) -> np.ndarray:
 
 
 def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separation,
-             seeds: np.ndarray | None = None) -> np.ndarray:
-    """A 0/1 mask and its predicted distance map -> int32 labels. Each connected component is split
-    around its markers (`markers`: the peaks of the distance that stand out by `separation.h`), or
-    around the labels `seeds` (nuclei, for cells) that reach it where given, grown as
-    `separation.grow` says. A component with one marker or none is one object (its component id);
-    only the others are grown, each on its bounding box, so the work follows the touching objects.
-    Objects are numbered 1..N."""
+             seeds: np.ndarray | None = None, contour: np.ndarray | None = None) -> np.ndarray:
+    """A 0/1 mask and its predicted distance map (and contour probability, for `contour` marks) ->
+    int32 labels. Each connected component is split around its markers (`markers`: the peaks of the
+    distance that stand out by `separation.h`, or `contour_markers`), or around the labels `seeds`
+    (nuclei, for cells) that reach it where given, grown as `separation.grow` says. A component with
+    one marker or none is one object (its component id); only the others are grown, each on its
+    bounding box, so the work follows the touching objects. Objects are numbered 1..N."""
     foreground = np.asarray(foreground) > 0
     distance = np.asarray(distance, np.float32)
     n, components, stats, _ = cv2.connectedComponentsWithStats(foreground.astype(np.uint8), connectivity=8)
-    marks = markers(foreground, distance, separation.h)
+    if separation.marks == "contour":
+        if contour is None:
+            raise ValueError("contour marks need the predicted contour; the model has no contour channel")
+        marks = contour_markers(foreground, contour, separation.contour)
+    else:
+        marks = markers(foreground, distance, separation.h)
     if seeds is not None:  # the nuclei mark the components they reach, the peaks the others
         seeds = np.where(foreground, seeds, 0)
         seeded = np.zeros(n, bool)
@@ -167,6 +202,16 @@ def markers(foreground: np.ndarray, distance: np.ndarray, h: float) -> np.ndarra
     number = np.zeros(survivors.size, np.int32)
     number[survivors] = np.arange(1, int(survivors.sum()) + 1)
     return number[painted].reshape(foreground.shape)
+
+
+def contour_markers(foreground: np.ndarray, contour: np.ndarray, level: float) -> np.ndarray:
+    """int32 markers: the cores, the 4-connected regions of the foreground where the predicted contour
+    probability is under `level`, opened by a 3x3 square first so that one- and two-pixel bridges
+    through a faint contour and specks do not mark (DCAN's fusion of object and contour maps)."""
+    core = (np.asarray(foreground) > 0) & (np.asarray(contour) < level)
+    core = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _, marks = cv2.connectedComponents(core, connectivity=4, ltype=cv2.CV_32S)
+    return marks
 
 
 def _level_box(row_top: np.ndarray, column_top: np.ndarray, k: int) -> tuple[slice, slice]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics.torch_metrics import dice_loss, per_item_class_soft_dice
-from segmenter.base import Segmenter
+from segmenter.base import Segmenter, output_channels
 from unet.model import UNet
 
 DEFAULT_CONFIG = {"in_channels": 3, "n_classes": 1, "depth": 5, "n": 16, "upsampling": "transpose"}
@@ -26,7 +26,7 @@ class UNetSegmenter(Segmenter):
 
     @classmethod
     def build_model(cls, config: dict[str, Any]) -> nn.Module:
-        return UNet(in_channels=config["in_channels"], n_classes=config["n_classes"] + len(config.get("instances", ())),
+        return UNet(in_channels=config["in_channels"], n_classes=output_channels(config),
                     depth=config["depth"],
                     n=config["n"], upsampling=config["upsampling"])
 
@@ -36,12 +36,16 @@ class UNetSegmenter(Segmenter):
         all 1) each class is averaged over the items that annotate it, and the classes no item of the
         batch annotates are left out; with unknown pixels (`known` (N, C, H, W)) those pixels are left
         out (`_pixel_loss`); `weight` (N, C, H, W) weighs each pixel's BCE (the gaps between touching
-        objects). A model with instances adds the distance channels' error (`_distance_loss`)."""
+        objects). A model with instances adds the distance channels' error (`_distance_loss`), and with
+        contours the contour channels' (`_contour_loss`)."""
         if self.instance_classes:
-            c = self.n_classes
+            c, d = self.n_classes, self.n_classes + len(self.instance_classes)
             known = torch.ones(target.shape[:2], device=logits.device) if known is None else known
-            return (self._class_loss(logits[:, :c], target[:, :c], known[:, :c], weight)
-                    + self._distance_loss(logits[:, c:], target[:, c:], known[:, c:]))
+            loss = (self._class_loss(logits[:, :c], target[:, :c], known[:, :c], weight)
+                    + self._distance_loss(logits[:, c:d], target[:, c:d], known[:, c:d]))
+            if self.contours:
+                loss = loss + self._contour_loss(logits[:, d:], target[:, d:], known[:, d:])
+            return loss
         return self._class_loss(logits, target, known, weight)
 
     def _class_loss(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None,
@@ -97,6 +101,18 @@ class UNetSegmenter(Segmenter):
         mean_out = (error * outside).sum(dim=(2, 3)) / n_out.clamp(min=1)
         per_pair = (mean_in + mean_out) / ((n_in > 0).float() + (n_out > 0).float()).clamp(min=1)
         return (per_pair * known).sum() / known.sum().clamp(min=1)
+
+    @staticmethod
+    def _contour_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """BCE + soft Dice of the contour bands, per item and channel over its known pixels, averaged over
+        the (item, channel) pairs whose instances are annotated (`known` (N, K) or (N, K, H, W)); the
+        Dice keeps the thin bands from vanishing under the background's weight."""
+        known = known.to(device=logits.device, dtype=torch.float32)
+        pixels = known if known.dim() == 4 else known[:, :, None, None].expand_as(target)
+        pairs = (pixels.sum(dim=(2, 3)) > 0).float()
+        bce = (_bce_map(logits, target, None) * pixels).sum(dim=(2, 3)) / pixels.sum(dim=(2, 3)).clamp(min=1)
+        dice = 1 - per_item_class_soft_dice(torch.sigmoid(logits.float()) * pixels, target * pixels)
+        return ((bce + dice) * pairs).sum() / pairs.sum().clamp(min=1)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=lr)

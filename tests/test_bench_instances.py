@@ -1,0 +1,35 @@
+"""The instance benchmark's recipe choice: the incumbent stays unless a challenger leads it, image
+by image, by more than LEAD_IN_SE paired standard errors."""
+from __future__ import annotations
+
+import pytest
+
+from bench.instances import LEAD_IN_SE, choose_recipe, image_merits, paired_lead
+
+
+def recipe(merits: list[float]) -> dict:
+    per_image = {f"i{k}": m for k, m in enumerate(merits)}
+    return {"val_merit": sum(merits) / len(merits), "val_merit_per_image": per_image}
+
+
+def test_a_noisy_lead_keeps_the_incumbent_and_a_steady_one_replaces_it():
+    incumbent = recipe([0.80, 0.90, 0.70, 0.85])
+    noisy = recipe([0.95, 0.80, 0.75, 0.80])  # better on average, not image by image
+    steady = recipe([0.83, 0.92, 0.74, 0.88])
+    chosen, choice = choose_recipe({"old": incumbent, "noisy": noisy})
+    assert chosen == "old" and choice["incumbent"] == "old" and choice["lead_in_se"] == LEAD_IN_SE
+    assert choice["leads"]["noisy"]["lead"] == pytest.approx(0.0125)
+    chosen, choice = choose_recipe({"old": incumbent, "noisy": noisy, "steady": steady})
+    assert chosen == "steady" and choice["leads"]["steady"]["lead"] > LEAD_IN_SE * choice["leads"]["steady"]["se"]
+    assert choose_recipe({"only": incumbent})[0] == "only"
+
+
+def test_the_lead_pairs_the_images_both_were_scored_on():
+    lead = paired_lead({"a": 0.9, "b": 0.7, "c": 1.0}, {"a": 0.8, "b": 0.6})
+    assert lead["images"] == 2 and lead["lead"] == pytest.approx(0.1) and lead["se"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_an_images_merit_is_the_mean_over_its_classes(tmp_path):
+    csv = tmp_path / "per_image.csv"
+    csv.write_text("image,class,dice,object_f1\na,cell,0.9,0.7\na,nucleus,0.8,0.6\nb,cell,1.0,1.0\n")
+    assert image_merits(csv) == pytest.approx({"a": 0.75, "b": 1.0})
