@@ -2,22 +2,22 @@
 ../shared/data, with every setting chosen on validation images carved from the training images and
 the test images scored once.
 
-    python bench/instances.py [--datasets glas,isbi2014,wbc,urothelial,miccai15] [--refit]
+    python bench/instances.py [--datasets glas,isbi2014,wbc,urothelial,miccai15] [--refit] [--seeds N]
 
-Per data set, one `cyseg train --instances` run (seed 0) per recipe (`RECIPES`; the training defaults
-where a data set has none, several side by side at one thread each) on the fit part with `--val` on
-the validation part: the validation images choose the epoch, each class's threshold and the
-separation's parameters (object F1, then PQ) and the recipe (the mean of pixel Dice and object F1;
-the incumbent, listed first, stays unless a challenger leads it by more than LEAD_IN_SE paired
-standard errors image by image).
+Per data set, one `cyseg train --instances` run per recipe (`RECIPES`; the training defaults where a
+data set has none) and seed (0..N-1), side by side at one thread each when there are several, on the
+fit part with `--val` on the validation part: the validation images choose the epoch, each class's
+threshold and the separation's parameters (object F1, then PQ; seed 0's are kept) and the recipe
+(the mean of pixel Dice and object F1, averaged over the seeds; the incumbent, listed first, stays
+unless a challenger leads it by more than LEAD_IN_SE paired standard errors image by image).
 With `--refit`, the chosen recipe is then trained once more on the fit and validation images together,
 taking the thresholds, separation and least object areas validation chose (`cyseg train
 --settings-from`), and only that model meets the test images (decided before the run, whatever it scores).
 Then `cyseg evaluate` scores the test images once with the chosen model,
 with the pixel Dice per class and the instance scores (object F1 at IoU > 0.5, AJI, PQ, GlaS object
 Dice and Hausdorff; on GlaS also the challenge's own F1, a prediction counting when it covers more
-than half of its gland, pooled over the test images as published). One seed per data set: the CPU
-budget (`run.cpu_s`) is the limit.
+than half of its gland, pooled over the test images as published). The CPU budget (`run.cpu_s`)
+limits the seeds.
 
 Data sets and their splits:
 - glas: the official split (85 train, of which 17 validate; 80 test = test A + test B, not
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shlex
 import sys
@@ -211,14 +212,30 @@ def merit(scores: dict[str, dict[str, Any]]) -> float:
     return sum(values) / len(values)
 
 
-def candidate(split: Split, work: Path, label: str, options: list[str], threads: int | None) -> dict[str, Any]:
-    """Train one recipe on the fit images (validation picks epoch, thresholds, separation); score the
-    validation images."""
-    model = work / f"{label}.pt"
-    cpu, wall = cli_train(split.fit, model, 0, ["--instances", *options], val=split.val, threads=threads)
-    val = class_scores(cli_evaluate(model, split.val, work / f"val-{label}", ["--no-sweep"]))
-    return {"train_args": ["--instances", *options], "train_cpu_s": cpu, "train_wall_s": wall, "val": val,
-            "val_merit": merit(val), "val_merit_per_image": image_merits(work / f"val-{label}" / "per_image.csv")}
+def trained(split: Split, work: Path, label: str, options: list[str], threads: int | None,
+            seed: int) -> dict[str, Any]:
+    """Train one recipe with one seed on the fit images (validation picks epoch, thresholds, separation);
+    score the validation images. Seed 0's model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
+    name = label if seed == 0 else f"{label}-s{seed}"
+    model = work / f"{name}.pt"
+    cpu, wall = cli_train(split.fit, model, seed, ["--instances", *options], val=split.val, threads=threads)
+    val = class_scores(cli_evaluate(model, split.val, work / f"val-{name}", ["--no-sweep"]))
+    return {"train_cpu_s": cpu, "train_wall_s": wall, "val": val, "val_merit": merit(val),
+            "val_merit_per_image": image_merits(work / f"val-{name}" / "per_image.csv")}
+
+
+def candidate(options: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One recipe's record from its runs (seeds 0, 1, ...): seed 0's validation scores, the merit and
+    each image's merit averaged over the seeds (a recipe is chosen on them), and with several seeds
+    each seed's merit."""
+    merits = [run["val_merit_per_image"] for run in runs]
+    entry = {"train_args": ["--instances", *options], "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
+             "train_wall_s": max(r["train_wall_s"] for r in runs), "val": runs[0]["val"],
+             "val_merit": float(np.mean([r["val_merit"] for r in runs])),
+             "val_merit_per_image": {image: float(np.mean([m[image] for m in merits])) for image in merits[0]}}
+    if len(runs) > 1:
+        entry["val_merit_per_seed"] = [r["val_merit"] for r in runs]
+    return entry
 
 
 def image_merits(per_image: Path) -> dict[str, float]:
@@ -260,19 +277,21 @@ def refit(split: Split, work: Path, train_args: list[str], validated: Path) -> t
                    "train_cpu_s": cpu, "train_wall_s": wall}
 
 
-def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bool = False) -> dict[str, Any]:
-    """Split, train each recipe with instances (validation-chosen settings), keep the recipe with
-    the best validation merit (with `with_refit`, retrained on fit + validation images with those
-    settings), score its test images once."""
+def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bool = False,
+              seeds: int = 1) -> dict[str, Any]:
+    """Split, train each recipe with instances (validation-chosen settings) with `seeds` seeds, keep
+    the recipe `choose_recipe` names on the validation merits (with `with_refit`, seed 0's model
+    retrained on fit + validation images with its settings), score its test images once."""
     clock = RunClock()
     work = fresh_dir(work / dataset)
     split = SPLITS[dataset](work / "data")
-    recipes = RECIPES.get(dataset, {"defaults": []})
-    threads = 1 if len(recipes) > 1 else None  # side by side, one thread each
-    with ThreadPoolExecutor(len(recipes)) as pool:
-        futures = {label: pool.submit(candidate, split, work, label, [*options, *train_options], threads)
-                   for label, options in recipes.items()}
-        candidates = {label: future.result() for label, future in futures.items()}
+    recipes = {label: [*options, *train_options] for label, options in RECIPES.get(dataset, {"defaults": []}).items()}
+    jobs = [(label, seed) for label in recipes for seed in range(seeds)]
+    threads = 1 if len(jobs) > 1 else None  # side by side, one thread each, as many as there are cores
+    with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+        futures = {job: pool.submit(trained, split, work, job[0], recipes[job[0]], threads, job[1]) for job in jobs}
+        candidates = {label: candidate(recipes[label], [futures[label, seed].result() for seed in range(seeds)])
+                      for label in recipes}
     chosen, choice = choose_recipe(candidates)
     model = work / f"{chosen}.pt"
     views = _views(model, split, work, candidates[chosen])
@@ -284,9 +303,10 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
               f"AJI {scores['aji']:.4f}  PQ {scores['pq']:.4f}  (recipe {chosen}{', TTA' * views['tta']})", flush=True)
     refit_cpu = refitted[1]["train_cpu_s"] if refitted else 0.0
     entry: dict[str, Any] = {
-        "protocol": "one `cyseg train --instances` run (seed 0) per recipe on the fit images; recipe (validation "
-                    "merit: mean of Dice and object F1; the incumbent, listed first, kept unless a challenger "
-                    f"leads it by more than {LEAD_IN_SE:g} paired standard errors), epoch, thresholds, separation "
+        "protocol": f"`cyseg train --instances` runs (seeds 0..{seeds - 1}) per recipe on the fit images; recipe "
+                    "(validation merit: mean of Dice and object F1, averaged over the seeds; the incumbent, listed "
+                    f"first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired standard errors), "
+                    "seed 0's epoch, thresholds, separation "
                     "parameters and test-time augmentation (by validation merit) chosen on the validation images; "
                     + ("the chosen recipe then retrained on the fit and validation images together with those "
                        "settings (`--settings-from`), and only that model scored; " if refitted else "")
@@ -330,6 +350,9 @@ def main() -> None:
     parser.add_argument("--train-options", default="", help="extra `cyseg train` options (e.g. a short smoke run: "
                         "'--epochs 1 --steps-per-epoch 2'); recorded in the results")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "instances")
+    parser.add_argument("--seeds", type=int, default=1, help="train each recipe with this many seeds (0, 1, ...) "
+                        "and choose the recipe on the merits averaged over them; the settings and the refit are "
+                        "seed 0's")
     parser.add_argument("--refit", action="store_true", help="retrain the chosen recipe on the fit and validation "
                         "images with the settings validation chose, and score that model on the test images")
     args = parser.parse_args()
@@ -341,7 +364,7 @@ def main() -> None:
         raise SystemExit(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for dataset in chosen:
-        results[dataset] = benchmark(dataset, args.work, shlex.split(args.train_options), args.refit)
+        results[dataset] = benchmark(dataset, args.work, shlex.split(args.train_options), args.refit, args.seeds)
         write_results(RESULTS, results)
     print(f"results in {RESULTS}")
 

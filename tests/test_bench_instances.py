@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.instances import LEAD_IN_SE, choose_recipe, image_merits, paired_lead
+from bench.instances import LEAD_IN_SE, candidate, choose_recipe, image_merits, paired_lead
 
 
 def recipe(merits: list[float]) -> dict:
@@ -33,3 +33,16 @@ def test_an_images_merit_is_the_mean_over_its_classes(tmp_path):
     csv = tmp_path / "per_image.csv"
     csv.write_text("image,class,dice,object_f1\na,cell,0.9,0.7\na,nucleus,0.8,0.6\nb,cell,1.0,1.0\n")
     assert image_merits(csv) == pytest.approx({"a": 0.75, "b": 1.0})
+
+
+def test_a_recipe_of_several_seeds_is_chosen_on_each_images_merit_averaged_over_them():
+    runs = [{"train_cpu_s": 10.0, "train_wall_s": 5.0, "val": {"seed": 0}, "val_merit": 0.8,
+             "val_merit_per_image": {"a": 0.7, "b": 0.9}},
+            {"train_cpu_s": 12.0, "train_wall_s": 6.0, "val": {"seed": 1}, "val_merit": 0.9,
+             "val_merit_per_image": {"a": 0.9, "b": 0.9}}]
+    entry = candidate(["--epochs", "3"], runs)
+    assert entry["train_args"] == ["--instances", "--epochs", "3"] and entry["val"] == {"seed": 0}
+    assert entry["val_merit"] == pytest.approx(0.85) and entry["val_merit_per_seed"] == [0.8, 0.9]
+    assert entry["val_merit_per_image"] == pytest.approx({"a": 0.8, "b": 0.9})
+    assert entry["train_cpu_s"] == 22.0 and entry["train_wall_s"] == 6.0
+    assert "val_merit_per_seed" not in candidate([], runs[:1])
