@@ -540,6 +540,24 @@ def glas_rows(data: Results) -> list[list[str]]:
     return rows
 
 
+def recipe_choice_lines(data: Results) -> Lines:
+    """Per data set whose run records a choice rule: each recipe's validation merit, the challengers'
+    paired leads over the incumbent, and which was kept."""
+    lines = []
+    for dataset, entry in data.items():
+        choice = entry.get("choice")
+        if not choice:
+            continue
+        merits = {label: c["val_merit"] for label, c in entry["candidates"].items()}
+        leads = "; ".join(f"`{label}` {merits[label]:.4f}, lead {lead['lead']:+.4f} ± {lead['se']:.4f} "
+                          f"({lead['images']} images)" for label, lead in choice["leads"].items())
+        lines += [f"Recipe choice on {dataset} (validation merit; lead over the incumbent ± its paired standard "
+                  f"error): `{choice['incumbent']}` {merits[choice['incumbent']]:.4f} (incumbent); {leads}. "
+                  f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; kept: "
+                  f"`{entry['chosen']}`.", ""]
+    return lines
+
+
 def refit_command(data: Results) -> str:
     """' (--refit for ...)' naming the data sets whose test model was a refit on fit + val, else ''."""
     refitted = [dataset for dataset, entry in data.items() if "refit" in entry]
@@ -554,8 +572,11 @@ def instances_section(data: Results | None) -> Lines:
     lines = ["## Instances", "",
              "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; on GlaS "
              "the recipes `bench/instances.py` lists, elsewhere the training defaults) on the fit images; "
-             "the validation images choose the recipe (mean of Dice and object F1), the epoch, each class's "
-             "threshold, the watershed's parameters, the least object area and, where the recipe column says "
+             "the validation images choose the recipe (mean of Dice and object F1; where the run records a choice "
+             "rule, the first recipe listed stays unless another leads it by more than the rule's paired standard "
+             "errors, image by image), the epoch, each class's threshold, the separation's parameters (markers: "
+             "the distance's peaks, or the contour cores of models trained with `--contours`; growth), the least "
+             "object area and, where the recipe column says "
              "so, whether test-time augmentation (`--tta`) is used; where it says \"refit\", the chosen recipe "
              "was then trained once more on the fit and validation images together, with the settings validation "
              "chose (`cyseg train --settings-from`), and only that model met the test images; the test images are "
@@ -568,6 +589,7 @@ def instances_section(data: Results | None) -> Lines:
              "Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
                      "object Hausdorff", "training"], instance_rows(data)), ""]
+    lines += recipe_choice_lines(data)
     if "glas" in data:
         lines += ["GlaS test (80 images: test A and B together), against the published figures weighted as our "
                   "images mix them; F1 as the challenge counts it (a prediction covering more than half of its "
