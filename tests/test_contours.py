@@ -195,3 +195,18 @@ def test_contours_without_instances_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert "--contours needs --instances" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
+
+
+def test_an_onnx_export_of_a_contour_model_gives_its_contour_channels_and_says_so(contour_model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    out = tmp_path / "contours.onnx"
+    result = invoke(["export", contour_model[0], "--onnx", out])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["contours"] == "true" and "then (contours true) one contour probability" in meta["output"]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    image = np.full((64, 64, 3), 200, np.uint8)
+    got = session.run(None, {"image": image.transpose(2, 0, 1)[None].astype(np.float32)})[0][0]
+    expected = load_segmenter(contour_model[0], device="cpu").predict(image, amp=False).cpu().numpy()
+    assert got.shape == (3, 64, 64) and np.abs(got - expected).max() < 1e-3
