@@ -18,6 +18,7 @@ from segmenter.cells import label_polygons
 from segmenter.wsi.objects import join_objects, owned_objects
 from segmenter.wsi.windows import Region, WsiOptions, plan_windows, window_topology
 from transforms.instances import connected_instances
+from unet import load_segmenter
 
 CROP = 160
 FAST = ["--tile", "256", "--overlap", "32", "--simplify", "0", "--min-area", "20", "--no-skip-background",
@@ -109,19 +110,33 @@ def write_cell_nucleus_set(root: Path, ihc: np.ndarray, boxes: list[tuple[int, i
     return root
 
 
-@pytest.fixture(scope="module")
-def cell_nucleus_model(tmp_path_factory, ihc_image) -> Path:
-    root = tmp_path_factory.mktemp("cell_nucleus")
-    train = write_cell_nucleus_set(root / "train", ihc_image, TRAIN_BOXES)
-    val = write_cell_nucleus_set(root / "val", ihc_image, VAL_BOXES)
+def train_cell_nucleus(root: Path, ihc: np.ndarray, *options: str) -> Path:
+    """A cell + nucleus instance model trained on IHC crops (`options`: further `cyseg train` options)."""
+    train = write_cell_nucleus_set(root / "train", ihc, TRAIN_BOXES)
+    val = write_cell_nucleus_set(root / "val", ihc, VAL_BOXES)
     out = root / "cn.pt"
     # 6 epochs: enough for separate nuclei; a 3-epoch model paints blobs of many nuclei wider than the window
     # overlap, whose fragments the windows cut and join differently from one whole window
     result = invoke(["-q", "train", train, "--val", val, "--instances", "--out", out, "--n", "8", "--depth", "3",
                      "--crop", "96", "--batch", "4", "--steps-per-epoch", "15", "--epochs", "6", "--lr", "0.01",
-                     "--resolution", "1", "--workers", "0", "--device", "cpu"])
+                     "--resolution", "1", "--workers", "0", "--device", "cpu", *options])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
+
+
+@pytest.fixture(scope="module")
+def cell_nucleus_model(tmp_path_factory, ihc_image) -> Path:
+    return train_cell_nucleus(tmp_path_factory.mktemp("cell_nucleus"), ihc_image)
+
+
+@pytest.fixture(scope="module")
+def contour_marked_model(tmp_path_factory, ihc_image) -> Path:
+    """A cell + nucleus model trained with --contours whose separation is marked by the contour cores."""
+    trained = train_cell_nucleus(tmp_path_factory.mktemp("contours"), ihc_image, "--contours", "--epochs", "10")
+    seg = load_segmenter(trained, device="cpu")
+    for params in seg.separation.values():
+        params.update(marks="contour", contour=0.5, nucleus_seeds=False)
+    return seg.save(trained.with_name("contour-marked.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -143,12 +158,13 @@ def objects_of(path: Path) -> dict[str, list]:
     return out
 
 
-def test_windows_neither_cut_nor_duplicate_objects_on_a_real_mosaic(cell_nucleus_model, mosaic, tmp_path):
+@pytest.mark.parametrize("model", ["cell_nucleus_model", "contour_marked_model"])
+def test_windows_neither_cut_nor_duplicate_objects_on_a_real_mosaic(model, mosaic, tmp_path, request):
     runs = {}
     for name, size, overlap in (("windows", 384, 128), ("whole", 1024, 128)):
         out = tmp_path / f"{name}.geojson"
-        result = invoke(["-q", "segment", cell_nucleus_model, mosaic, "--as-slide", "--out", out, "--window-size",
-                         size, "--window-overlap", overlap, *FAST])
+        result = invoke(["-q", "segment", request.getfixturevalue(model), mosaic, "--as-slide", "--out", out,
+                         "--window-size", size, "--window-overlap", overlap, *FAST])
         assert result.exit_code == 0, result.output
         runs[name] = objects_of(out)
         summary = json.loads(out.read_text())["properties"]["summary"]
