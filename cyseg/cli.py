@@ -188,8 +188,8 @@ def cli(verbose: bool, quiet: bool) -> None:
 @click.option("--contours", is_flag=True,
               help="With --instances: also learn each such class's contour band (DCAN, Chen et al. 2016), one more "
                    "output channel per class; the markers that split touching objects may then be the cores the "
-                   "contours cut instead of the distance's peaks (chosen on --val). Irregular objects such as glands "
-                   "are not split at their narrow waists. [default: off]")
+                   "contours cut instead of the distance's peaks (chosen on --val): cores do not split irregular "
+                   "objects such as glands at their narrow waists, as peaks can. [default: off]")
 @click.option("--gap-weight", type=float, default=0.0, show_default=True, metavar="W",
               help="With --instances: weigh the background between touching objects up to 1+W in the class loss "
                    "(U-Net's weight map, Ronneberger et al. 2015: W exp(-(d1+d2)^2 / 2 sigma^2), d1, d2 the distances "

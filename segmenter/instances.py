@@ -202,7 +202,7 @@ def separations(contours: bool, seeds: Sequence[bool]) -> list[Separation]:
     contours, each contour level (CONTOUR_LEVELS), with each nucleus-seed choice (`seeds`) and growth.
     Growth to the nearest marker only from nuclei: from the distance's peaks it hands every spurious
     peak a Voronoi share of its object, too large for the least area to drop, where the watershed
-    leaves it its small basin (docs/benchmarks.md, GlaS)."""
+    leaves it its small basin."""
     marks = [Separation(h=h) for h in H_VALUES]
     if contours:
         marks += [Separation(marks="contour", contour=level) for level in CONTOUR_LEVELS]

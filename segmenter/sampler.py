@@ -109,7 +109,7 @@ class CropSampler(torch.utils.data.Dataset):
             labelled = torch.from_numpy(mask[:, :, -1] == 0)
             mask = mask[:, :, :-1] if self.instances is not None else mask[:, :, 0]
         if self.instances is not None:
-            target, known = self._with_distances(mask, channels, self.instances[k][1], self.contours)
+            target, known = self._with_instance_targets(mask, channels, self.instances[k][1], self.contours)
         else:
             target, known = torch.from_numpy(channels.targets(mask)).permute(2, 0, 1), torch.from_numpy(channels.known)
         if labelled is not None:
@@ -142,7 +142,7 @@ class CropSampler(torch.utils.data.Dataset):
         return np.concatenate([layer.reshape(*layer.shape[:2], -1).astype(dtype) for layer in layers], axis=2)
 
     @staticmethod
-    def _with_distances(stacked: np.ndarray, channels: ChannelMap, known: np.ndarray,
+    def _with_instance_targets(stacked: np.ndarray, channels: ChannelMap, known: np.ndarray,
                         contours: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(class targets, then distance targets, then with `contours` contour targets (C + K [+ K],
         crop, crop), known (C + K [+ K],)) of an augmented crop of the mask stacked with its instance labels."""
