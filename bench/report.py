@@ -551,8 +551,10 @@ def recipe_choice_lines(data: Results) -> Lines:
         merits = {label: c["val_merit"] for label, c in entry["candidates"].items()}
         leads = "; ".join(f"`{label}` {merits[label]:.4f}, lead {lead['lead']:+.4f} ± {lead['se']:.4f} "
                           f"({lead['images']} images)" for label, lead in choice["leads"].items())
-        lines += [f"Recipe choice on {dataset} (validation merit; lead over the incumbent ± its paired standard "
-                  f"error): `{choice['incumbent']}` {merits[choice['incumbent']]:.4f} (incumbent); {leads}. "
+        seeds = len(next(iter(entry["candidates"].values())).get("val_merit_per_seed", [0]))
+        averaged = f", each averaged over {seeds} seeds" if seeds > 1 else ""
+        lines += [f"Recipe choice on {dataset} (validation merit{averaged}; lead over the incumbent ± its paired "
+                  f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]:.4f} (incumbent); {leads}. "
                   f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; kept: "
                   f"`{entry['chosen']}`.", ""]
     return lines
