@@ -572,8 +572,9 @@ def instances_section(data: Results | None) -> Lines:
         return not_run("Instances", "python bench/instances.py")
     runs = [entry["run"] for entry in data.values()]
     lines = ["## Instances", "",
-             "`bench/instances.py` trains one `cyseg train --instances` model per data set and recipe (seed 0; on GlaS "
-             "the recipes `bench/instances.py` lists, elsewhere the training defaults) on the fit images; "
+             "`bench/instances.py` trains one `cyseg train --instances` model per data set, recipe and seed (seed 0, "
+             "or more where a recipe-choice line below says so; the recipes `bench/instances.py` lists for a data "
+             "set, elsewhere the training defaults) on the fit images; "
              "the validation images choose the recipe (mean of Dice and object F1; where the run records a choice "
              "rule, the first recipe listed stays unless another leads it by more than the rule's paired standard "
              "errors, image by image), the epoch, each class's threshold, the separation's parameters (markers: "

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
-from metrics.instances import Overlaps, best_pairs, match_instances, overlaps
+from metrics.instances import Matching, Overlaps, best_pairs, match_instances, overlaps
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,11 @@ class PanopticQuality:
 def object_f1(pred: ArrayLike, target: ArrayLike, iou_threshold: float = 0.5) -> DetectionScores:
     """Precision, recall and F1 of predicted objects matched one-to-one at IoU > `iou_threshold`; precision is 1
     without predictions, recall 1 without targets, and F1 1 when both are empty."""
-    match = match_instances(pred, target, iou_threshold)
+    return detection_scores(match_instances(pred, target, iou_threshold))
+
+
+def detection_scores(match: Matching) -> DetectionScores:
+    """`object_f1` of a matching already made (one overlap table for several scores)."""
     tp, fp, fn = match.tp, match.fp, match.fn
     precision = tp / match.n_pred if match.n_pred else 1.0
     recall = tp / match.n_target if match.n_target else 1.0
@@ -50,7 +54,11 @@ def object_f1(pred: ArrayLike, target: ArrayLike, iou_threshold: float = 0.5) ->
 def panoptic_quality(pred: ArrayLike, target: ArrayLike, iou_threshold: float = 0.5) -> PanopticQuality:
     """DQ, SQ and PQ of one class at IoU > `iou_threshold` (HoVer-Net's get_fast_pq); all 1 when both images are
     empty, and SQ 0 when nothing matches otherwise."""
-    match = match_instances(pred, target, iou_threshold)
+    return panoptic_scores(match_instances(pred, target, iou_threshold))
+
+
+def panoptic_scores(match: Matching) -> PanopticQuality:
+    """`panoptic_quality` of a matching already made."""
     tp, fp, fn = match.tp, match.fp, match.fn
     if tp + fp + fn == 0:
         return PanopticQuality(1.0, 1.0, 1.0, 0, 0, 0)

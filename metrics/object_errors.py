@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from metrics.instances import match_overlaps, overlaps
+from metrics.instances import Matching, Overlaps, match_overlaps, overlaps
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ def object_errors(pred: ArrayLike, target: ArrayLike, iou_threshold: float = 0.5
     """The kinds of the objects left unmatched at IoU > `iou_threshold` (`ObjectErrors`); their sums
     are `object_f1`'s fn and fp."""
     table = overlaps(pred, target)
-    match = match_overlaps(table, iou_threshold)
+    return errors_of(table, match_overlaps(table, iou_threshold))
+
+
+def errors_of(table: Overlaps, match: Matching) -> ObjectErrors:
+    """`object_errors` of an overlap table and its matching, already made (one table for several scores)."""
     n_target, n_pred = table.target_ids.size, table.pred_ids.size
     inter = table.intersection
     covers = 2 * inter > table.target_areas[table.target_index]  # pair k's prediction covers its target

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from metrics.glas import glas_detection, object_dice, object_hausdorff
-from metrics.instance_scores import aggregated_jaccard, object_f1, panoptic_quality
-from metrics.object_errors import ObjectErrors, object_errors
+from metrics.instance_scores import aggregated_jaccard, detection_scores, panoptic_scores
+from metrics.instances import match_instances, match_overlaps, overlaps
+from metrics.object_errors import ObjectErrors, errors_of
 from segmenter.base import SPECK_RATIO
 from segmenter.classes import channel_map
 from segmenter.io.dataset import Dataset, Item, read_pair
@@ -76,9 +77,10 @@ def instance_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float
     """Object F1 (with precision, recall and counts at IoU > 0.5, and the kinds of the unmatched objects:
     `metrics.object_errors`), the GlaS detection counts, AJI, PQ (DQ, SQ) and the GlaS object Dice and
     Hausdorff (None where it is infinite: objects on one side only) of one image."""
-    detection = object_f1(predicted, truth)
-    errors = dataclasses.asdict(object_errors(predicted, truth))
-    quality = panoptic_quality(predicted, truth)
+    table = overlaps(predicted, truth)
+    match = match_overlaps(table)
+    detection, quality = detection_scores(match), panoptic_scores(match)
+    errors = dataclasses.asdict(errors_of(table, match))
     hausdorff = object_hausdorff(predicted, truth)
     glas_tp, glas_fp, glas_fn = glas_detection(predicted, truth)
     return {"object_f1": detection.f1, "object_precision": detection.precision, "object_recall": detection.recall,
@@ -181,8 +183,8 @@ def balanced_score(found: list[tuple[np.ndarray, np.ndarray, int]], min_area: fl
     so that a source with few images (a scale or stain of its own) weighs as much as a large one."""
     by_source: dict[int, list[tuple[float, float]]] = {}
     for predicted, truth, source in found:
-        kept = drop_small(predicted, min_area)
-        by_source.setdefault(source, []).append((object_f1(kept, truth).f1, panoptic_quality(kept, truth).pq))
+        match = match_instances(drop_small(predicted, min_area), truth)
+        by_source.setdefault(source, []).append((detection_scores(match).f1, panoptic_scores(match).pq))
     if not by_source:
         return 0.0, 0.0
     f1, pq = np.mean([np.mean(scores, axis=0) for scores in by_source.values()], axis=0)
