@@ -69,8 +69,11 @@ MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these 
 # crops from every training folder equally often (the miccai15 tiles make up two folders of five)
 BASE = ["--instances", "--classes", "cell,nucleus", "--epochs", "120", "--resolution", "1", "--colour", "--zoom", "0.4",
         "--balance"]
-# nuclei are the weaker class on every source: the second recipe doubles their share of the loss
-CANDIDATES = {"120-epochs": [], "120-epochs-nucleus-x2": ["--class-weights", "1,2"]}
+# the shipped recipe (nuclei, the weaker class on every source, at twice the loss share), and the same
+# learning each class's contours too: touching nuclei are what it merges on H&E from other organs, and
+# contour cores separated wbc's lobed nuclei (bench/instances.py)
+CANDIDATES = {"120-epochs-nucleus-x2": ["--class-weights", "1,2"],
+              "120-epochs-nucleus-x2-contours": ["--class-weights", "1,2", "--contours"]}
 SEED = 0
 THREADS = 1  # per candidate; the candidates run side by side
 RESULTS = ROOT / "bench" / "results" / "default_model.json"
