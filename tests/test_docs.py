@@ -190,3 +190,14 @@ def test_the_readme_glas_row_names_the_training_images_and_dcan():
                                                         "0.863 / 0.868)"
     assert "fit images" in report.glas_results({"glas": entry})[0][1]
     assert report.glas_results({"wbc": entry}) == [] and report.glas_results(None) == []
+
+
+def test_a_weighing_run_says_its_choice_is_the_shipped_recipe():
+    record = report.load("default_model_weighed.json")
+    text = "\n".join(report.weighed_section(record))
+    assert "nothing was installed" in text and "default_model_weighed.json" in text
+    other = json.loads(json.dumps(record))
+    other["candidates"][other["chosen"]]["train_args"] = "--epochs 1"
+    assert "chose `" in "\n".join(report.weighed_section(other)) and \
+        "not installed" in "\n".join(report.weighed_section(other))
+    assert report.weighed_section(None) == []
