@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # the separations tried on the validation images: peak heights, contour levels (models with contours) and growths
 H_VALUES = (0.1, 0.2, 0.3, 0.4)
 CONTOUR_LEVELS = (0.3, 0.5, 0.7)
+JOINS = (0.0, 1.0, 2.0, 3.0)  # nucleus seeds joined within these many radii (0: each its own), when they seed cells
 # the minimum object widths tried there, as fractions of the class's typical object (the speck rule's first)
 MIN_WIDTHS = (1 / SPECK_RATIO, 0.0, 1 / 3, 1 / 2)
 
@@ -201,15 +202,16 @@ def candidate_areas(seg: Segmenter, label: str) -> list[float]:
 
 def separations(contours: bool, seeds: Sequence[bool]) -> list[Separation]:
     """The separations tried on validation images: each peak height (H_VALUES) and, for a model with
-    contours, each contour level (CONTOUR_LEVELS), with each nucleus-seed choice (`seeds`) and growth.
-    Growth to the nearest marker only from nuclei: from the distance's peaks it hands every spurious
-    peak a Voronoi share of its object, too large for the least area to drop, where the watershed
-    leaves it its small basin."""
+    contours, each contour level (CONTOUR_LEVELS), with each nucleus-seed choice (`seeds`; seeds joined
+    within each of JOINS radii) and growth. Growth to the nearest marker only from nuclei: from the
+    distance's peaks it hands every spurious peak a Voronoi share of its object, too large for the least
+    area to drop, where the watershed leaves it its small basin."""
     marks = [Separation(h=h) for h in H_VALUES]
     if contours:
         marks += [Separation(marks="contour", contour=level) for level in CONTOUR_LEVELS]
-    return [dataclasses.replace(m, grow=grow, nucleus_seeds=seeded)
-            for m, grow, seeded in itertools.product(marks, GROWTHS, seeds) if seeded or grow == "watershed"]
+    return [dataclasses.replace(m, grow=grow, nucleus_seeds=seeded, join=join)
+            for m, grow, seeded in itertools.product(marks, GROWTHS, seeds) if seeded or grow == "watershed"
+            for join in (JOINS if seeded else (0.0,))]
 
 
 def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],

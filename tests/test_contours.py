@@ -12,7 +12,7 @@ from conftest import TINY, invoke
 from test_instances import disc, touching_discs, write_discs
 
 from segmenter.errors import CysegError
-from segmenter.instances import CONTOUR_LEVELS, H_VALUES, instance_labels, separations
+from segmenter.instances import CONTOUR_LEVELS, H_VALUES, JOINS, instance_labels, separations
 from segmenter.sampler import CropSampler
 from transforms.instances import Separation, contour_markers, contour_target, distance_target, separate
 from unet import UNetSegmenter, load_segmenter
@@ -146,8 +146,9 @@ def test_validation_tries_contour_levels_only_for_models_with_contours_and_neare
     assert [(s.marks, s.h, s.grow) for s in plain] == [("peaks", h, "watershed") for h in H_VALUES]
     contoured = separations(True, (False, True))
     assert sorted({s.contour for s in contoured if s.marks == "contour"}) == sorted(CONTOUR_LEVELS)
-    assert len(contoured) == 3 * (len(H_VALUES) + len(CONTOUR_LEVELS))
+    assert len(contoured) == (1 + 2 * len(JOINS)) * (len(H_VALUES) + len(CONTOUR_LEVELS))
     assert all(s.nucleus_seeds for s in contoured if s.grow == "nearest")
+    assert {s.join for s in contoured if s.nucleus_seeds} == set(JOINS) and {s.join for s in plain} == {0.0}
     assert [s for s in contoured if not s.nucleus_seeds][:len(plain)] == plain  # the peaks first: ties go to them
 
 

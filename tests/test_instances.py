@@ -25,6 +25,7 @@ from transforms.instances import (
     connected_instances,
     distance_target,
     drop_small,
+    joined_seeds,
     markers,
     separate,
 )
@@ -124,6 +125,40 @@ def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():
     cells = separate(foreground, flat, Separation(), seeds=nuclei)
     assert cells.max() == 3
     assert cells[40, 30] != cells[40, 86] and cells[40, 160] not in (0, cells[40, 30], cells[40, 86])
+
+
+def test_nuclei_closer_than_join_radii_seed_one_cell_and_farther_ones_their_own():
+    nuclei = np.zeros((80, 200), np.int32)
+    nuclei[disc(nuclei.shape, (40, 24), 6)] = 3  # two lobes of one nucleus, 6 px apart (one radius)
+    nuclei[disc(nuclei.shape, (40, 42), 6)] = 5
+    nuclei[disc(nuclei.shape, (40, 150), 6)] = 8  # another cell's nucleus, 100 px away
+    seeds = joined_seeds(nuclei, 2.0)
+    assert seeds[40, 24] == seeds[40, 42] != seeds[40, 150] and seeds[40, 150] > 0
+    assert np.array_equal(seeds > 0, nuclei > 0)  # the seeds are the nuclei's own pixels
+    assert len(np.unique(joined_seeds(nuclei, 0.5))) == 4  # within half a radius none touch
+    assert joined_seeds(nuclei, 0.0) is nuclei
+
+
+def test_a_cell_with_a_lobed_nucleus_stays_whole_when_its_lobes_are_joined():
+    labels = touching_discs((80, 200))
+    foreground = labels > 0
+    flat = np.where(foreground, 0.5, 0).astype(np.float32)
+    nuclei = np.zeros(labels.shape, np.int32)
+    nuclei[disc(labels.shape, (40, 28), 5)] = 1  # the left cell's nucleus in two lobes
+    nuclei[disc(labels.shape, (40, 40), 5)] = 2
+    nuclei[disc(labels.shape, (40, 86), 6)] = 3
+    split = separate(foreground, flat, Separation(nucleus_seeds=True), seeds=nuclei)
+    assert split.max() == 3  # each lobe took a share of its cell
+    joined = separate(foreground, flat, Separation(nucleus_seeds=True, join=2.0), seeds=nuclei)
+    assert joined.max() == 2 and joined[40, 28] == joined[40, 40] != joined[40, 86]
+
+
+def test_a_join_out_of_range_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="join -1"):
+        Separation(join=-1).check()
+    assert "nuclei joined within 2 radii as seeds" in Separation(nucleus_seeds=True, join=2).describe()
+    old_file = {"h": 0.3, "grow": "nearest", "nucleus_seeds": True, "marks": "peaks", "contour": 0.5}
+    assert Separation(**old_file).join == 0  # separations written before joins existed
 
 
 def test_drop_small_removes_the_specks_and_renumbers_the_rest_in_order():

@@ -19,6 +19,7 @@ DEFAULT_H = 0.2
 GROWTHS = ("watershed", "nearest")
 MARKS = ("peaks", "contour")
 DEFAULT_CONTOUR = 0.5
+MAX_JOIN = 10.0  # nucleus seeds are joined within at most this many times their own radius
 GAP_SIGMA = 5.0  # px: how far from two objects the gap weight reaches (Ronneberger et al. 2015's sigma)
 
 
@@ -27,15 +28,18 @@ class Separation:
     """How touching objects are split: `h` the least height (in normalised distance, on levels
     LEVEL_STEP apart) by which a peak of the predicted distance stands out to mark its own object;
     `grow` how the markers fill their component (`watershed` on the distance, or each pixel to the
-    `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead; `marks`
-    where the markers come from: the distance's `peaks`, or the `contour` cores (the foreground
-    where the predicted contour probability is under `contour`; models trained with contours)."""
+    `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead, nuclei
+    within `join` times their own radius of each other marking one cell (a lobed or fragmented nucleus,
+    a binucleate cell; 0: each nucleus its own cell); `marks` where the markers come from: the
+    distance's `peaks`, or the `contour` cores (the foreground where the predicted contour probability
+    is under `contour`; models trained with contours)."""
 
     h: float = DEFAULT_H
     grow: str = "watershed"
     nucleus_seeds: bool = False
     marks: str = "peaks"
     contour: float = DEFAULT_CONTOUR
+    join: float = 0.0
 
     def check(self) -> Separation:
         """Itself, when its values can separate anything; else a ValueError naming the parameter."""
@@ -47,12 +51,15 @@ class Separation:
             raise ValueError(f"instance separation marks {self.marks!r} must be one of {', '.join(MARKS)}")
         if not 0 < self.contour < 1:
             raise ValueError(f"instance separation contour {self.contour} must be in (0, 1); e.g. {DEFAULT_CONTOUR}")
+        if not 0 <= self.join <= MAX_JOIN:
+            raise ValueError(f"instance separation join {self.join} must be in [0, {MAX_JOIN:g}] nucleus radii; e.g. 2")
         return self
 
     def describe(self) -> str:
         """One line for logs: where the markers come from, the growth, the seeds."""
         marks = f"contour cores under {self.contour:g}" if self.marks == "contour" else f"h {self.h:g}"
-        return f"{marks}, {self.grow}" + (", nuclei as seeds" if self.nucleus_seeds else "")
+        joined = f" joined within {self.join:g} radii" if self.join else ""
+        return f"{marks}, {self.grow}" + (f", nuclei{joined} as seeds" if self.nucleus_seeds else "")
 
 
 def _edges(labels: np.ndarray) -> np.ndarray:
@@ -135,7 +142,7 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
     else:
         marks = markers(foreground, distance, separation.h)
     if seeds is not None:  # the nuclei mark the components they reach, the peaks the others
-        seeds = np.where(foreground, seeds, 0)
+        seeds = np.where(foreground, joined_seeds(seeds, separation.join), 0)
         seeded = np.zeros(n, bool)
         seeded[components[seeds > 0]] = True
         seeded[0] = False
@@ -150,6 +157,20 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
         labels[box][inside] = np.where(part[inside] == 1, k, part[inside] - 1 + count)
         count += int(part.max()) - 1
     return labels
+
+
+def joined_seeds(nuclei: np.ndarray, join: float) -> np.ndarray:
+    """Nucleus labels -> seed labels where nuclei within `join` times their own equivalent radius of
+    another nucleus share one seed (the lobes of one nucleus, its fragments, two nuclei of one cell),
+    so that one cell is not split between them; nuclei farther apart stay seeds of their own. Scale-free:
+    each nucleus reaches by its own size. 0: the nuclei unchanged."""
+    nuclei = np.asarray(nuclei)
+    if join <= 0 or not nuclei.any():
+        return nuclei
+    reach = join * np.sqrt(np.bincount(nuclei.ravel()) / np.pi)
+    gap, (rows, cols) = ndimage.distance_transform_edt(nuclei == 0, return_indices=True)
+    groups, _ = ndimage.label(gap <= reach[nuclei[rows, cols]], structure=np.ones((3, 3), bool))
+    return np.where(nuclei > 0, groups, 0).astype(np.int32)
 
 
 def _marked_twice(components: np.ndarray, marks: np.ndarray, n: int) -> np.ndarray:
