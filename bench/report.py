@@ -239,6 +239,29 @@ def final_scores_rows(source: str, classes: Results, split: Results) -> list[lis
             for name, s in classes.items()]
 
 
+def compact_scores(scores: Results) -> str:
+    """source class Dice / object F1, for every source and class of a scores record."""
+    return "; ".join(f"{source} {name} {s['dice']:.3f}/{_score(s['object_f1'])}"
+                     for source, classes in scores.items() for name, s in classes.items())
+
+
+def recalibration_lines(data: Results) -> Lines:
+    """The shipped model's separation chosen again after its build (`--recalibrate`), when it was."""
+    from transforms.instances import Separation
+
+    again = data.get("recalibration")
+    if not again:
+        return []
+    run, before, built = again["run"], again["before"], data["candidates"][data["chosen"]]["val_merit"]
+    chosen = "; ".join(f"{c}: {Separation(**p).describe()}, objects from {again['min_area'][c]:g} px²"
+                       for c, p in again["separation"].items())
+    return [f"Its separation was then chosen again (`python bench/default_model.py --recalibrate`, commit "
+            f"{run['code']['commit'][:7]}, on {machine(run.get('cpu_threads'))}{kernels(run)}): "
+            f"{again['protocol']}. Chosen: {chosen}. Validation merit {built:.4f} → "
+            f"{again['val_merit']:.4f} (Dice / object F1: {compact_scores(again['val'])}). The test table below is "
+            f"this model's; before it: {compact_scores(before['test'])}.", ""]
+
+
 def default_model_section(data: Results | None) -> Lines:
     """default_model.json: the shipped model's recipe chosen on validation images, scored on test images."""
     data = default_model_results(data)
@@ -255,6 +278,7 @@ def default_model_section(data: Results | None) -> Lines:
             "their mean):", "",
             *table(["recipe", "`cyseg train`", "best epoch", "validation Dice / object F1", "merit", "CPU"],
                    (candidate_row(label, e, chosen) for label, e in data["candidates"].items())), "",
+            *recalibration_lines(data),
             f"The chosen recipe, `{chosen}`, on the test images (scored once, at the thresholds and separation "
             "chosen on validation):", "",
             *table(["source", "class", "training images", "validation images", "test images", "threshold", "Dice",
@@ -279,8 +303,7 @@ def weighed_section(data: Results | None) -> Lines:
     if data is None:
         return []
     chosen, run = data["chosen"], data["run"]
-    test = "; ".join(f"{source} {name} {s['dice']:.3f}/{_score(s['object_f1'])}"
-                     for source, classes in data["test"].items() for name, s in classes.items())
+    test = compact_scores(data["test"])
     return ["### Recipes weighed since", "",
             f"A later run of `python bench/default_model.py` (commit {run['code']['commit'][:7]}, same protocol and "
             f"split, on {machine(run.get('cpu_threads'))}{kernels(run)}) weighed these recipes on the validation "

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # the separations tried on the validation images: peak heights, contour levels (models with contours) and growths
 H_VALUES = (0.1, 0.2, 0.3, 0.4)
 CONTOUR_LEVELS = (0.3, 0.5, 0.7)
-JOINS = (0.0, 1.0, 2.0, 3.0)  # nucleus seeds joined within these many radii (0: each its own), when they seed cells
+JOINS = (0.0, 1.0, 2.0, 3.0)  # seeding nuclei joined across gaps of these many diameters (0: each its own)
 # the minimum object widths tried there, as fractions of the class's typical object (the speck rule's first)
 MIN_WIDTHS = (1 / SPECK_RATIO, 0.0, 1 / 3, 1 / 2)
 
@@ -203,7 +203,7 @@ def candidate_areas(seg: Segmenter, label: str) -> list[float]:
 def separations(contours: bool, seeds: Sequence[bool]) -> list[Separation]:
     """The separations tried on validation images: each peak height (H_VALUES) and, for a model with
     contours, each contour level (CONTOUR_LEVELS), with each nucleus-seed choice (`seeds`; seeds joined
-    within each of JOINS radii) and growth. Growth to the nearest marker only from nuclei: from the
+    across gaps of each of JOINS diameters) and growth. Growth to the nearest marker only from nuclei: from the
     distance's peaks it hands every spurious peak a Voronoi share of its object, too large for the least
     area to drop, where the watershed leaves it its small basin."""
     marks = [Separation(h=h) for h in H_VALUES]

@@ -127,16 +127,18 @@ def test_nuclei_seed_the_cells_and_a_seedless_component_stays_one_object():
     assert cells[40, 30] != cells[40, 86] and cells[40, 160] not in (0, cells[40, 30], cells[40, 86])
 
 
-def test_nuclei_closer_than_join_radii_seed_one_cell_and_farther_ones_their_own():
+def test_nuclei_closer_than_join_diameters_seed_one_cell_and_farther_ones_their_own():
     nuclei = np.zeros((80, 200), np.int32)
-    nuclei[disc(nuclei.shape, (40, 24), 6)] = 3  # two lobes of one nucleus, 6 px apart (one radius)
+    nuclei[disc(nuclei.shape, (40, 24), 6)] = 3  # two lobes of one nucleus, a gap of about half a diameter
     nuclei[disc(nuclei.shape, (40, 42), 6)] = 5
-    nuclei[disc(nuclei.shape, (40, 150), 6)] = 8  # another cell's nucleus, 100 px away
+    nuclei[disc(nuclei.shape, (40, 150), 6)] = 8  # another cell's nucleus, about 9 diameters away
     seeds = joined_seeds(nuclei, 2.0)
     assert seeds[40, 24] == seeds[40, 42] != seeds[40, 150] and seeds[40, 150] > 0
     assert np.array_equal(seeds > 0, nuclei > 0)  # the seeds are the nuclei's own pixels
-    assert len(np.unique(joined_seeds(nuclei, 0.5))) == 4  # within half a radius none touch
+    assert len(np.unique(joined_seeds(nuclei, 0.25))) == 4  # across a quarter of a diameter none join
     assert joined_seeds(nuclei, 0.0) is nuclei
+    nuclei[disc(nuclei.shape, (40, 60), 6)] = 9  # a chain: each gap about half a diameter
+    assert len(np.unique(joined_seeds(nuclei, 1.0)[nuclei > 0])) == 2
 
 
 def test_a_cell_with_a_lobed_nucleus_stays_whole_when_its_lobes_are_joined():
@@ -156,7 +158,7 @@ def test_a_cell_with_a_lobed_nucleus_stays_whole_when_its_lobes_are_joined():
 def test_a_join_out_of_range_is_refused_with_its_name():
     with pytest.raises(ValueError, match="join -1"):
         Separation(join=-1).check()
-    assert "nuclei joined within 2 radii as seeds" in Separation(nucleus_seeds=True, join=2).describe()
+    assert "nuclei joined across 2 diameters as seeds" in Separation(nucleus_seeds=True, join=2).describe()
     old_file = {"h": 0.3, "grow": "nearest", "nucleus_seeds": True, "marks": "peaks", "contour": 0.5}
     assert Separation(**old_file).join == 0  # separations written before joins existed
 

@@ -19,7 +19,7 @@ DEFAULT_H = 0.2
 GROWTHS = ("watershed", "nearest")
 MARKS = ("peaks", "contour")
 DEFAULT_CONTOUR = 0.5
-MAX_JOIN = 10.0  # nucleus seeds are joined within at most this many times their own radius
+MAX_JOIN = 10.0  # nucleus seeds are joined across gaps of at most this many diameters
 GAP_SIGMA = 5.0  # px: how far from two objects the gap weight reaches (Ronneberger et al. 2015's sigma)
 
 
@@ -29,8 +29,8 @@ class Separation:
     LEVEL_STEP apart) by which a peak of the predicted distance stands out to mark its own object;
     `grow` how the markers fill their component (`watershed` on the distance, or each pixel to the
     `nearest` marker); `nucleus_seeds` whether the predicted nuclei mark the cells instead, nuclei
-    within `join` times their own radius of each other marking one cell (a lobed or fragmented nucleus,
-    a binucleate cell; 0: each nucleus its own cell); `marks` where the markers come from: the
+    whose gap is at most `join` times the smaller one's diameter marking one cell (a lobed or fragmented
+    nucleus, a binucleate cell; 0: each nucleus its own cell); `marks` where the markers come from: the
     distance's `peaks`, or the `contour` cores (the foreground where the predicted contour probability
     is under `contour`; models trained with contours)."""
 
@@ -52,13 +52,14 @@ class Separation:
         if not 0 < self.contour < 1:
             raise ValueError(f"instance separation contour {self.contour} must be in (0, 1); e.g. {DEFAULT_CONTOUR}")
         if not 0 <= self.join <= MAX_JOIN:
-            raise ValueError(f"instance separation join {self.join} must be in [0, {MAX_JOIN:g}] nucleus radii; e.g. 2")
+            raise ValueError(f"instance separation join {self.join} must be in [0, {MAX_JOIN:g}] (nucleus diameters); "
+                             "e.g. 2")
         return self
 
     def describe(self) -> str:
         """One line for logs: where the markers come from, the growth, the seeds."""
         marks = f"contour cores under {self.contour:g}" if self.marks == "contour" else f"h {self.h:g}"
-        joined = f" joined within {self.join:g} radii" if self.join else ""
+        joined = f" joined across {self.join:g} diameters" if self.join else ""
         return f"{marks}, {self.grow}" + (f", nuclei{joined} as seeds" if self.nucleus_seeds else "")
 
 
@@ -160,10 +161,11 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
 
 
 def joined_seeds(nuclei: np.ndarray, join: float) -> np.ndarray:
-    """Nucleus labels -> seed labels where nuclei within `join` times their own equivalent radius of
-    another nucleus share one seed (the lobes of one nucleus, its fragments, two nuclei of one cell),
-    so that one cell is not split between them; nuclei farther apart stay seeds of their own. Scale-free:
-    each nucleus reaches by its own size. 0: the nuclei unchanged."""
+    """Nucleus labels -> seed labels where nuclei share one seed when the gap between them is at most
+    `join` times the smaller one's diameter (each reaches `join` times its equivalent radius, up to
+    the line halfway to the other): the lobes of one nucleus, its fragments, two nuclei of one cell, so
+    that one cell is not split between them; nuclei farther apart stay seeds of their own, and chains of
+    close nuclei one seed. Scale-free: each nucleus reaches by its own size. 0: the nuclei unchanged."""
     nuclei = np.asarray(nuclei)
     if join <= 0 or not nuclei.any():
         return nuclei
