@@ -145,16 +145,23 @@ def shipped_record() -> dict[str, Any]:
     return record
 
 
+def recorded_parts(record: dict[str, Any], work: Path) -> dict[str, Parts]:
+    """Every source's folders under `work` (emptied first), once their test images are checked to be the
+    ones `record` scored."""
+    parts = source_parts(fresh_dir(work) / "data")
+    for source, p in parts.items():
+        if p.stems["test"] != record["split"][source]["test_stems"]:
+            sys.exit(f"the {source} test split differs from the recorded one")
+    return parts
+
+
 def rescore_float32(work: Path) -> None:
     """Score the shipped model on the recorded test images once more in float32 (`--no-amp`), beside
     the build's figures (computed in the build machine's precision), as `test_float32`: what a CPU
     without bfloat16 computes; the accuracy-floor test compares with the record of its own precision."""
     record = shipped_record()
     clock = RunClock()
-    parts = source_parts(fresh_dir(work) / "data")
-    for source, p in parts.items():
-        if p.stems["test"] != record["split"][source]["test_stems"]:
-            sys.exit(f"the {source} test split differs from the recorded one")
+    parts = recorded_parts(record, work)
     test = score(SHIPPED["default"], parts, "test", work, ("--no-amp",))
     report(test)
     record["test_float32"] = test
@@ -168,10 +175,7 @@ def recalibrate(work: Path) -> None:
     score the test images once with them and install it: for a separation choice added after the build."""
     record = shipped_record()
     clock = RunClock()
-    parts = source_parts(fresh_dir(work) / "data")
-    for source, p in parts.items():
-        if p.stems["test"] != record["split"][source]["test_stems"]:
-            sys.exit(f"the {source} test split differs from the recorded one")
+    parts = recorded_parts(record, work)
     seg = load_segmenter(SHIPPED["default"])
     before = {"separation": dict(seg.separation), "min_area": dict(seg.min_area)}
     chosen = calibrate_separation(seg, [open_dataset(p.val) for p in parts.values()])

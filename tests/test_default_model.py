@@ -126,3 +126,10 @@ def test_the_rebuild_record_describes_the_shipped_weights():
     assert record["benchmark"] == "default_model_rebuild"
     assert record["weights_sha256"]["shipped"] == weights_digest(SHIPPED["default"])
     assert record["identical"] == (record["weights_sha256"]["rebuilt"] == record["weights_sha256"]["shipped"])
+
+
+def test_recalibrate_refuses_a_record_of_another_model_before_emptying_its_work_folder(tmp_path, monkeypatch):
+    dm, work, _, _ = _recorded_run(tmp_path, monkeypatch, installed=False)
+    with pytest.raises(SystemExit, match="does not describe"):
+        dm.recalibrate(work)
+    assert (work / "recipe.pt").is_file()

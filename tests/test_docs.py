@@ -201,3 +201,11 @@ def test_a_weighing_run_says_its_choice_is_the_shipped_recipe():
     assert "chose `" in "\n".join(report.weighed_section(other)) and \
         "not installed" in "\n".join(report.weighed_section(other))
     assert report.weighed_section(None) == []
+
+
+def test_a_recalibrated_shipped_model_says_what_was_chosen_again_and_the_scores_before():
+    record = report.load("default_model.json")
+    text = "\n".join(report.recalibration_lines(record))
+    if "recalibration" in record:
+        assert "--recalibrate" in text and "Chosen: cell:" in text and "before it:" in text
+    assert report.recalibration_lines({k: v for k, v in record.items() if k != "recalibration"}) == []
