@@ -204,8 +204,14 @@ def test_a_weighing_run_says_its_choice_is_the_shipped_recipe():
 
 
 def test_a_recalibrated_shipped_model_says_what_was_chosen_again_and_the_scores_before():
-    record = report.load("default_model.json")
+    scores = {"wbc": {"cell": {"dice": 0.97, "object_f1": 0.99}}}
+    run = {"code": {"commit": "abcdef0"}, "cpu_threads": 2, "cpu": {"kernels": "AVX512"}}
+    again = {"protocol": "weights unchanged", "run": run, "before": {"val": scores, "test": scores},
+             "separation": {"cell": {"h": 0.1, "grow": "nearest", "nucleus_seeds": True, "join": 2.0}},
+             "min_area": {"cell": 528.3}, "val": scores, "val_merit": 0.98}
+    record = {"chosen": "r", "candidates": {"r": {"val_merit": 0.9}}, "recalibration": again}
     text = "\n".join(report.recalibration_lines(record))
-    if "recalibration" in record:
-        assert "--recalibrate" in text and "Chosen: cell:" in text and "before it:" in text
+    assert "--recalibrate`, commit abcdef0" in text and "Validation merit 0.9000 → 0.9800" in text
+    assert "Chosen: cell: h 0.1, nearest, nuclei joined across 2 diameters as seeds, objects from 528.3 px²" in text
+    assert "before it: wbc cell 0.970/0.990" in text
     assert report.recalibration_lines({k: v for k, v in record.items() if k != "recalibration"}) == []
