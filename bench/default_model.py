@@ -177,7 +177,9 @@ def recalibrate(work: Path) -> None:
     clock = RunClock()
     parts = recorded_parts(record, work)
     seg = load_segmenter(SHIPPED["default"])
-    before = {"separation": dict(seg.separation), "min_area": dict(seg.min_area)}
+    built = record.get("recalibration", {}).get("before") or {  # the build's own choice, however often recalibrated
+        "separation": dict(seg.separation), "min_area": dict(seg.min_area),
+        "val": record["candidates"][record["chosen"]]["val"], "test": record["test"]}
     chosen = calibrate_separation(seg, [open_dataset(p.val) for p in parts.values()])
     seg.training_info["separation"] = {**chosen,
                                        "chosen_on": "validation images (bench/default_model.py --recalibrate)"}
@@ -187,7 +189,7 @@ def recalibrate(work: Path) -> None:
     record["recalibration"] = {
         "protocol": "weights and thresholds unchanged; separation and least object areas chosen again on the "
                     "validation images with the current grid; test images scored once",
-        "before": before | {"val": record["candidates"][record["chosen"]]["val"], "test": record["test"]},
+        "before": built,
         "separation": seg.separation, "min_area": seg.min_area, "val": val, "val_merit": merit(val),
         "run": clock.record()}
     record["test"], record["model_bytes"] = test, model.stat().st_size

@@ -141,6 +141,21 @@ def test_nuclei_closer_than_join_diameters_seed_one_cell_and_farther_ones_their_
     assert len(np.unique(joined_seeds(nuclei, 1.0)[nuclei > 0])) == 2
 
 
+def test_nuclei_of_another_component_never_link_two_of_a_components_nuclei():
+    nuclei = np.zeros((60, 200), np.int32)
+    inside = np.zeros(nuclei.shape, bool)
+    inside[5:15, :] = True  # one long cell: nuclei at its two ends, far apart
+    inside[30:40, 20:180] = True  # a clump below: a chain of close nuclei from end to end
+    nuclei[disc(nuclei.shape, (10, 20), 4)] = 1
+    nuclei[disc(nuclei.shape, (10, 180), 4)] = 2
+    for k, x in enumerate(range(25, 176, 10)):
+        nuclei[disc(nuclei.shape, (35, x), 4)] = 3 + k
+    nuclei = np.where(inside, nuclei, 0)
+    assert joined_seeds(nuclei, 3.0)[10, 20] == joined_seeds(nuclei, 3.0)[10, 180]  # linked through the chain
+    seeds = joined_seeds(nuclei, 3.0, inside)
+    assert seeds[10, 20] != seeds[10, 180] and seeds[35, 25] == seeds[35, 175] > 0
+
+
 def test_a_cell_with_a_lobed_nucleus_stays_whole_when_its_lobes_are_joined():
     labels = touching_discs((80, 200))
     foreground = labels > 0

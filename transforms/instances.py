@@ -143,7 +143,7 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
     else:
         marks = markers(foreground, distance, separation.h)
     if seeds is not None:  # the nuclei mark the components they reach, the peaks the others
-        seeds = np.where(foreground, joined_seeds(seeds, separation.join), 0)
+        seeds = joined_seeds(np.where(foreground, seeds, 0), separation.join, foreground)
         seeded = np.zeros(n, bool)
         seeded[components[seeds > 0]] = True
         seeded[0] = False
@@ -160,18 +160,21 @@ def separate(foreground: np.ndarray, distance: np.ndarray, separation: Separatio
     return labels
 
 
-def joined_seeds(nuclei: np.ndarray, join: float) -> np.ndarray:
+def joined_seeds(nuclei: np.ndarray, join: float, inside: np.ndarray | None = None) -> np.ndarray:
     """Nucleus labels -> seed labels where nuclei share one seed when the gap between them is at most
     `join` times the smaller one's diameter (each reaches `join` times its equivalent radius, up to
     the line halfway to the other): the lobes of one nucleus, its fragments, two nuclei of one cell, so
     that one cell is not split between them; nuclei farther apart stay seeds of their own, and chains of
-    close nuclei one seed. Scale-free: each nucleus reaches by its own size. 0: the nuclei unchanged."""
+    close nuclei one seed. Scale-free: each nucleus reaches by its own size. With `inside` (the cells'
+    foreground) the reach joins only through it, so the nuclei of other components never link two of a
+    component's (and a window sees the same seeds for an object it holds whole). 0: the nuclei unchanged."""
     nuclei = np.asarray(nuclei)
     if join <= 0 or not nuclei.any():
         return nuclei
     reach = join * np.sqrt(np.bincount(nuclei.ravel()) / np.pi)
     gap, (rows, cols) = ndimage.distance_transform_edt(nuclei == 0, return_indices=True)
-    groups, _ = ndimage.label(gap <= reach[nuclei[rows, cols]], structure=np.ones((3, 3), bool))
+    within = gap <= reach[nuclei[rows, cols]]
+    groups, _ = ndimage.label(within if inside is None else within & (inside > 0), structure=np.ones((3, 3), bool))
     return np.where(nuclei > 0, groups, 0).astype(np.int32)
 
 
