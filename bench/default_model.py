@@ -194,8 +194,7 @@ def recalibrate(work: Path) -> None:
         "run": clock.record()}
     record["test"], record["model_bytes"] = test, model.stat().st_size
     record.pop("test_float32", None)  # of the model before: rescore with --rescore-float32
-    with atomic_path(SHIPPED["default"]) as tmp:
-        shutil.copyfile(model, tmp)
+    ship(model)
     write_results(RESULTS, record)
     print(f"installed {SHIPPED['default']} with separation {seg.separation}; rerun --rescore-float32", flush=True)
 
@@ -288,10 +287,15 @@ def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list
     return entry
 
 
-def install(model: Path) -> None:
-    """Put the model and its training curves in place of the shipped ones."""
+def ship(model: Path) -> None:
+    """Put the model file in place of the shipped one (atomically)."""
     with atomic_path(SHIPPED["default"]) as tmp:
         shutil.copyfile(model, tmp)
+
+
+def install(model: Path) -> None:
+    """Put the model and its training curves in place of the shipped ones."""
+    ship(model)
     shutil.copyfile(model.with_suffix(".curves.png"), ROOT / "docs" / "default_model_curves.png")
     print(f"installed {SHIPPED['default']}")
 

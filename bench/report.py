@@ -239,6 +239,12 @@ def final_scores_rows(source: str, classes: Results, split: Results) -> list[lis
             for name, s in classes.items()]
 
 
+def candidates_table(data: Results) -> Lines:
+    """A default_model.py run's candidate recipes with their validation scores, the chosen one marked."""
+    return table(["recipe", "`cyseg train`", "best epoch", "validation Dice / object F1", "merit", "CPU"],
+                 (candidate_row(label, e, data["chosen"]) for label, e in data["candidates"].items()))
+
+
 def compact_scores(scores: Results) -> str:
     """source class Dice / object F1, for every source and class of a scores record."""
     return "; ".join(f"{source} {name} {s['dice']:.3f}/{_score(s['object_f1'])}"
@@ -276,8 +282,7 @@ def default_model_section(data: Results | None) -> Lines:
             "Source: `bench/results/default_model.json`.", "",
             "Candidates, scored on the validation images (pixel Dice / object F1 per source and class; merit: "
             "their mean):", "",
-            *table(["recipe", "`cyseg train`", "best epoch", "validation Dice / object F1", "merit", "CPU"],
-                   (candidate_row(label, e, chosen) for label, e in data["candidates"].items())), "",
+            *candidates_table(data), "",
             *recalibration_lines(data),
             f"The chosen recipe, `{chosen}`, on the test images (scored once, at the thresholds and separation "
             "chosen on validation):", "",
@@ -308,8 +313,7 @@ def weighed_section(data: Results | None) -> Lines:
             f"A later run of `python bench/default_model.py` (commit {run['code']['commit'][:7]}, same protocol and "
             f"split, on {machine(run.get('cpu_threads'))}{kernels(run)}) weighed these recipes on the validation "
             "images:", "",
-            *table(["recipe", "`cyseg train`", "best epoch", "validation Dice / object F1", "merit", "CPU"],
-                   (candidate_row(label, e, chosen) for label, e in data["candidates"].items())), "",
+            *candidates_table(data), "",
             f"Validation chose `{chosen}`{shipped_or_not(data)}. Its model scored, on the test images (Dice / "
             f"object F1): {test}. "
             "Source: `bench/results/default_model_weighed.json`.", ""]

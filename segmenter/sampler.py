@@ -143,7 +143,7 @@ class CropSampler(torch.utils.data.Dataset):
 
     @staticmethod
     def _with_instance_targets(stacked: np.ndarray, channels: ChannelMap, known: np.ndarray,
-                        contours: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                               contours: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(class targets, then distance targets, then with `contours` contour targets (C + K [+ K],
         crop, crop), known (C + K [+ K],)) of an augmented crop of the mask stacked with its instance labels."""
         stacked = stacked.reshape(*stacked.shape[:2], -1)
