@@ -193,7 +193,7 @@ def test_the_readme_glas_row_names_the_training_images_and_dcan():
 
 
 def test_a_weighing_run_says_its_choice_is_the_shipped_recipe():
-    record = report.load("default_model_weighed.json")
+    record = report.load("default_model.json")
     text = "\n".join(report.weighed_section(record))
     assert "nothing was installed" in text and "default_model_weighed.json" in text
     other = json.loads(json.dumps(record))
