@@ -49,7 +49,7 @@ def test_info_says_what_a_trained_model_finds_and_was_made_for(tiny_model):
 def test_info_of_the_shipped_default_says_what_it_finds():
     result = invoke(["info", "default"])
     assert result.exit_code == 0, result.output
-    assert "finds       cell, nucleus; one object per cell, nucleus (instances)" in result.stdout
+    assert "finds       cell, nucleus; one object per cell, nucleus (instances, with contours)" in result.stdout
     assert "modality    brightfield" in result.stdout and "H&E" in result.stdout
     assert "MICCAI 2015 H&E nuclei, 20x training tiles (4 images)" in result.stdout
 
