@@ -251,15 +251,20 @@ def compact_scores(scores: Results) -> str:
                      for source, classes in scores.items() for name, s in classes.items())
 
 
-def recalibration_lines(data: Results) -> Lines:
-    """The shipped model's separation chosen again after its build (`--recalibrate`), when it was."""
+def described(separation: dict[str, Any]) -> str:
+    """A model file's separation parameters as `Separation.describe` words them."""
     from transforms.instances import Separation
 
+    return Separation(**separation).describe()
+
+
+def recalibration_lines(data: Results) -> Lines:
+    """The shipped model's separation chosen again after its build (`--recalibrate`), when it was."""
     again = data.get("recalibration")
     if not again:
         return []
     run, before, built = again["run"], again["before"], data["candidates"][data["chosen"]]["val_merit"]
-    chosen = "; ".join(f"{c}: {Separation(**p).describe()}, objects from {again['min_area'][c]:g} px²"
+    chosen = "; ".join(f"{c}: {described(p)}, objects from {again['min_area'][c]:g} px²"
                        for c, p in again["separation"].items())
     return [f"Its separation was then chosen again (`python bench/default_model.py --recalibrate`, commit "
             f"{run['code']['commit'][:7]}, on {machine(run.get('cpu_threads'))}{kernels(run)}): "
@@ -672,10 +677,15 @@ def instances_section(data: Results | None) -> Lines:
 def wsi_instances_row(label: str, data: Results) -> list[str]:
     """One instance model's cost on the region: MP/s with and without separation, memory."""
     mps, rss, growth = data["mp_per_s"], data["peak_rss_mb"], data["model"].get("separation", {})
-    how = ", ".join(f"{c}: {p['grow']}" for c, p in growth.items())
-    return [label, how, f"{mps['instances']:.2f} / {mps['regions']:.2f} MP/s", pct(data["instances_vs_regions"]),
-            f"{data['objects']['instances']} / {data['objects']['regions']}",
-            f"{rss['instances']:.0f} / {rss['regions']:.0f} MB"]
+    how = "; ".join(f"{c}: {described(p)}" for c, p in growth.items())
+    return [label, how, str(data["cpu_threads"]), f"{mps['instances']:.2f} / {mps['regions']:.2f} MP/s",
+            pct(data["instances_vs_regions"]), f"{counts(data['objects']['instances'])} / "
+            f"{counts(data['objects']['regions'])}", f"{rss['instances']:.0f} / {rss['regions']:.0f} MB"]
+
+
+def counts(objects: dict[str, int]) -> str:
+    """Objects per class, e.g. 'cell 68, nucleus 1288'."""
+    return ", ".join(f"{c} {n}" for c, n in objects.items())
 
 
 def wsi_instances_section(data: Results | None) -> Lines:
@@ -685,14 +695,15 @@ def wsi_instances_section(data: Results | None) -> Lines:
     first = next(iter(data.values()))
     region, targets = first["region"], first["targets"]
     return ["## Instances on whole slides", "",
-            "`bench/wsi_instances.py` runs an instance model (one per row, trained by `bench/instances.py`) on "
+            "`bench/wsi_instances.py` runs an instance model (one per row: `bench/instances.py`'s, or the shipped "
+            "`default`) on "
             f"`bench/wsi.py`'s densest {region['w']}×{region['h']} region with background skipping off, separating "
             "instances (objects kept whole across windows) and not (connected regions), interleaved, best of two "
             f"each; peak memory of a `cyseg segment` process on the region. Targets: instances at "
             f"{targets['instances_vs_regions']} of the regions' throughput, memory {targets['peak_rss_mb']} MB. "
-            f"Measured on {machine(first['cpu_threads'], first['device'])}, one run each. "
+            f"Measured on {machine(None, first['device'])}, one run each, with the CPU threads shown. "
             "Source: `bench/results/wsi_instances_cpu.json`.", "",
-            *table(["model", "growth", "instances / regions", "ratio", "objects", "peak memory"],
+            *table(["model", "separation", "threads", "instances / regions", "ratio", "objects", "peak memory"],
                    (wsi_instances_row(label, entry) for label, entry in data.items())), ""]
 
 

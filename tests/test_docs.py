@@ -215,3 +215,14 @@ def test_a_recalibrated_shipped_model_says_what_was_chosen_again_and_the_scores_
     assert "Chosen: cell: h 0.1, nearest, nuclei joined across 2 diameters as seeds, objects from 528.3 px²" in text
     assert "before it: wbc cell 0.970/0.990" in text
     assert report.recalibration_lines({k: v for k, v in record.items() if k != "recalibration"}) == []
+
+
+def test_an_instance_model_on_whole_slides_reads_as_its_separation_threads_and_objects():
+    entry = {"mp_per_s": {"instances": 1.4, "regions": 1.5}, "peak_rss_mb": {"instances": 1346.0, "regions": 1332.0},
+             "instances_vs_regions": 0.94, "cpu_threads": 1, "objects": {"instances": {"cell": 68, "nucleus": 1288},
+                                                                         "regions": {"cell": 14, "nucleus": 1288}},
+             "model": {"separation": {"cell": {"h": 0.3, "grow": "nearest", "nucleus_seeds": True, "join": 2.0},
+                                      "nucleus": {"h": 0.4}}}}
+    row = report.wsi_instances_row("default", entry)
+    assert row[1] == "cell: h 0.3, nearest, nuclei joined across 2 diameters as seeds; nucleus: h 0.4, watershed"
+    assert row[2] == "1" and row[4] == "94 %" and row[5] == "cell 68, nucleus 1288 / cell 14, nucleus 1288"
