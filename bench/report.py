@@ -297,33 +297,6 @@ def default_model_section(data: Results | None) -> Lines:
                     for row in final_scores_rows(source, classes, data["split"][source]))), ""]
 
 
-def shipped_or_not(data: Results) -> str:
-    """Whether a weighing run's chosen recipe is the shipped model's (then nothing was installed)."""
-    shipped = default_model_results(load("default_model.json"))
-    same = shipped is not None and shipped["candidates"][shipped["chosen"]]["train_args"] == \
-        data["candidates"][data["chosen"]]["train_args"]
-    return (", the shipped recipe, so nothing was installed: the shipped model stays the one above" if same
-            else ", not installed")
-
-
-def weighed_section(data: Results | None) -> Lines:
-    """default_model_weighed.json: a later run of bench/default_model.py whose choice was not shipped (the
-    recipe validation chose is the shipped one), kept for its validation scores of the recipes it weighed."""
-    data = default_model_results(data)
-    if data is None:
-        return []
-    chosen, run = data["chosen"], data["run"]
-    test = compact_scores(data["test"])
-    return ["### Recipes weighed since", "",
-            f"A later run of `python bench/default_model.py` (commit {run['code']['commit'][:7]}, same protocol and "
-            f"split, on {machine(run.get('cpu_threads'))}{kernels(run)}) weighed these recipes on the validation "
-            "images:", "",
-            *candidates_table(data), "",
-            f"Validation chose `{chosen}`{shipped_or_not(data)}. Its model scored, on the test images (Dice / "
-            f"object F1): {test}. "
-            "Source: `bench/results/default_model_weighed.json`.", ""]
-
-
 def rebuild_section(data: Results | None) -> Lines:
     """default_model_rebuild.json: whether the shipped model's recipe, trained once more, gave its weights
     bit for bit (a file of the earlier format, which compared candidates instead, says nothing here)."""
@@ -927,7 +900,6 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("accuracy.json", generalisation_section),
     ("default_model.json", default_model_section),
     ("default_model_rebuild.json", rebuild_section),
-    ("default_model_weighed.json", weighed_section),
     ("throughput_cpu.json", throughput_section),
     ("wsi_cpu.json", wsi_section),
     ("wsi_cuda.json", wsi_gpu_section),

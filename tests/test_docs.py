@@ -192,17 +192,6 @@ def test_the_readme_glas_row_names_the_training_images_and_dcan():
     assert report.glas_results({"wbc": entry}) == [] and report.glas_results(None) == []
 
 
-def test_a_weighing_run_says_its_choice_is_the_shipped_recipe():
-    record = report.load("default_model.json")
-    text = "\n".join(report.weighed_section(record))
-    assert "nothing was installed" in text and "default_model_weighed.json" in text
-    other = json.loads(json.dumps(record))
-    other["candidates"][other["chosen"]]["train_args"] = "--epochs 1"
-    assert "chose `" in "\n".join(report.weighed_section(other)) and \
-        "not installed" in "\n".join(report.weighed_section(other))
-    assert report.weighed_section(None) == []
-
-
 def test_a_recalibrated_shipped_model_says_what_was_chosen_again_and_the_scores_before():
     scores = {"wbc": {"cell": {"dice": 0.97, "object_f1": 0.99}}}
     run = {"code": {"commit": "abcdef0"}, "cpu_threads": 2, "cpu": {"kernels": "AVX512"}}
