@@ -119,10 +119,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                    f"  PQ {objects['pq_mean']:.4f}"))
 
     if "classes" not in report:
-        return [line(report), *_error_line(report, "")]
+        return [line(report), *_unannotated_line(report, "", "foreground"), *_error_line(report, "")]
     classes = report["classes"].items()
     return ([f"{name}: {line(scores)}" for name, scores in classes]
+            + [text for name, scores in classes for text in _unannotated_line(scores, f"{name}: ", name)]
             + [text for name, scores in classes for text in _error_line(scores, f"{name}: ")])
+
+
+def _unannotated_line(scores: dict[str, Any], prefix: str, what: str) -> list[str]:
+    """The images that annotate none of the class (`segmenter.evaluation.unannotated_images`), as one
+    line when there are any: each scores Dice 1 or 0, so the user sees how much of the mean they make."""
+    n = scores.get("n_unannotated")
+    if not n:
+        return []
+    rest = scores["dice_mean_annotated"]
+    return [f"{prefix}{n} of {scores['n_images']} images annotate no {what}: each scores Dice 1 when nothing is "
+            "predicted there, 0 otherwise" + ("" if rest is None else f"; Dice over the others {rest:.4f}")]
 
 
 def _error_line(scores: dict[str, Any], prefix: str) -> list[str]:

@@ -290,5 +290,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
                         "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
                         "tp": sum(r["tp"] for r in sel), "fp": sum(r["fp"] for r in sel),
-                        "fn": sum(r["fn"] for r in sel)})
+                        "fn": sum(r["fn"] for r in sel), **unannotated_images(sel)})
     return out
+
+
+def unannotated_images(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many images annotate none of the class, and the mean Dice over the others: an image without
+    any annotated pixel scores all or nothing (1 when nothing is predicted there, 0 for a single
+    predicted pixel), unlike the graded scores of the others."""
+    annotated = [r["dice"] for r in rows if r["tp"] + r["fn"] > 0]
+    return {"n_unannotated": len(rows) - len(annotated),
+            "dice_mean_annotated": float(np.mean(annotated)) if annotated else None}

@@ -485,6 +485,31 @@ def test_evaluate_counts_each_kind_and_prints_them_when_objects_go_unmatched(ins
         assert f"{summary['objects_fn_merged']} merged" in line and f"{summary['objects_fp_spurious']} spurious" in line
 
 
+def test_evaluate_names_the_images_that_annotate_nothing_and_scores_the_others_apart(tiny_model, tmp_path):
+    data = write_discs(tmp_path / "d", 3, 4)
+    for sub in ("masks", "masks_instance"):
+        cv2.imwrite(str(data / sub / "d00.png"), np.zeros((64, 64), np.uint8))
+    result = invoke(["evaluate", tiny_model, data, "--out", tmp_path / "ev", "--no-sweep", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as fh:
+        dice = {r["image"]: float(r["dice"]) for r in csv.DictReader(fh)}
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n_unannotated"] == 1
+    assert summary["dice_mean_annotated"] == pytest.approx(np.mean([dice["d01"], dice["d02"]]))
+    assert "1 of 3 images annotate no foreground: each scores Dice 1 when nothing is predicted there" in result.stdout
+    assert f"Dice over the others {summary['dice_mean_annotated']:.4f}" in result.stdout
+
+
+def test_images_without_annotation_are_counted_apart_from_the_mean_of_the_others():
+    from segmenter.evaluation import unannotated_images
+
+    rows = [{"tp": 0, "fn": 0, "dice": 0.0}, {"tp": 5, "fn": 1, "dice": 0.8}, {"tp": 0, "fn": 3, "dice": 0.0},
+            {"tp": 0, "fn": 0, "dice": 1.0}]
+    assert unannotated_images(rows) == {"n_unannotated": 2, "dice_mean_annotated": pytest.approx(0.4)}
+    assert unannotated_images(rows[:1]) == {"n_unannotated": 1, "dice_mean_annotated": None}
+    assert unannotated_images(rows[1:2])["n_unannotated"] == 0
+
+
 def test_evaluate_scores_connected_regions_and_warns_about_shared_ids(tiny_model, tmp_path, caplog):
     data = write_discs(tmp_path / "d", 2, 3)
     labels = cv2.imread(str(data / "masks_instance" / "d00.png"), cv2.IMREAD_UNCHANGED)
