@@ -706,6 +706,21 @@ def _ran(s: Results, key: str) -> str:
     return pm(iou["mean"], iou["std"]) + ("" if n == len(s["chosen_K"]) else f" ({n} seed{'s' * (n != 1)})")
 
 
+def loss_within_noise(full: Results, incomplete: Results) -> bool:
+    """Whether the IoU the removal cost, (a) − (b), is under two standard errors of that difference over the
+    seeds: a share of it recovered is then mostly the seeds' noise."""
+    lost = full["mean"] - incomplete["mean"]
+    se = (full["std"] ** 2 / full["n"] + incomplete["std"] ** 2 / incomplete["n"]) ** 0.5
+    return lost < 2 * se
+
+
+def recovered_cell(share: float | None, full: Results, incomplete: Results) -> str:
+    """A recovered share, marked † where the loss it divides is within noise."""
+    if share is None:
+        return "–"
+    return pct(share) + ("†" if loss_within_noise(full, incomplete) else "")
+
+
 def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]:
     """Test IoU of one dataset per fraction p of objects removed."""
     full = summary["full"]["iou"]
@@ -716,7 +731,8 @@ def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]
                      pm(full["mean"], full["std"]), pm(s["incomplete"]["iou"]["mean"], s["incomplete"]["iou"]["std"]),
                      *(_ran(s, f"idi_K{k}") for k in range(1, iterations + 1)),
                      f"{_ran(s, 'idi')} (K = {', '.join(map(str, s['chosen_K']))})",
-                     "–" if recovered is None else pct(recovered), "–" if on_val is None else pct(on_val),
+                     recovered_cell(recovered, full, s["incomplete"]["iou"]),
+                     recovered_cell(on_val, summary["full"]["val_iou"], s["incomplete"]["val_iou"]),
                      "yes" if s["never_below"] else "**no**",
                      str(s["collapsed_models"])])
     return rows
@@ -819,7 +835,8 @@ def idi_lines(data: Results, title: str | None, source: str) -> Lines:
             "the accuracy table. \"Recovered\" is the share of the IoU lost to the removal that the IDI model "
             "`cyseg improve` chose wins back, (IoU_IDI − IoU_b) / (IoU_a − IoU_b); negative when IDI loses more; "
             "\"on validation\" is the same share on the validation images' complete masks, the figure a change to "
-            "the method is chosen on. "
+            "the method is chosen on; † marks a share whose lost IoU is under two standard errors of (a) − (b) "
+            "over the seeds, so that it is mostly noise. "
             "\"Not below\": the chosen model's mean is no lower than (b)'s mean minus (b)'s std over seeds. "
             f"\"Collapsed\": models of the row {data.get('collapsed_definition', 'with a test IoU below 0.001')}. "
             "IDI K columns average the seeds whose "
@@ -1005,8 +1022,11 @@ def idi_results(data: Results | None) -> list[list[str]]:
     """README results row: the share of lost IoU the chosen IDI model recovers, at p = 0.5."""
     if data is None:
         return []
-    shares = [f"{name} {pct(s['p']['p0.5']['recovery']['idi'])}" for name, s in data["datasets"].items()
-              if "p0.5" in s["p"] and s["p"]["p0.5"]["recovery"].get("idi") is not None]
+    shares = [f"{name} {pct(half['recovery']['idi'])}"
+              + (" of a loss within the seeds' noise" if loss_within_noise(s["full"]["iou"], half["incomplete"]["iou"])
+                 else "")
+              for name, s in data["datasets"].items()
+              if (half := s["p"].get("p0.5")) and half["recovery"].get("idi") is not None]
     if not shares:
         return []
     return [["incomplete masks, IDI", "half the objects removed, stopped on validation",

@@ -216,3 +216,18 @@ def test_an_instance_model_on_whole_slides_reads_as_its_separation_threads_and_o
     row = report.wsi_instances_row("default", entry)
     assert row[1] == "cell: h 0.3, nearest, nuclei joined across 2 diameters as seeds; nucleus: h 0.4, watershed"
     assert row[2] == "1" and row[4] == "94 %" and row[5] == "cell 68, nucleus 1288 / cell 14, nucleus 1288"
+
+
+def test_a_recovered_share_of_a_loss_within_noise_is_marked():
+    """A share of the IoU lost to the removal is marked † when that loss is under two standard errors of
+    (a) − (b) over the seeds, and named as noise in the README row."""
+    full = {"mean": 0.743, "std": 0.038, "n": 3}
+    small_loss = {"mean": 0.732, "std": 0.034, "n": 3}
+    real_loss = {"mean": 0.600, "std": 0.034, "n": 3}
+    assert report.loss_within_noise(full, small_loss) and not report.loss_within_noise(full, real_loss)
+    assert report.recovered_cell(1.21, full, small_loss) == "121 %†"
+    assert report.recovered_cell(0.75, full, real_loss) == "75 %"
+    assert report.recovered_cell(None, full, real_loss) == "–"
+    half = {"recovery": {"idi": 1.21}, "incomplete": {"iou": small_loss}}
+    row = report.idi_results({"datasets": {"miccai15": {"full": {"iou": full}, "p": {"p0.5": half}}}})
+    assert row[0][2] == "recovers miccai15 121 % of a loss within the seeds' noise"
