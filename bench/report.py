@@ -714,11 +714,12 @@ def loss_within_noise(full: Results, incomplete: Results) -> bool:
     return lost < 2 * se
 
 
-def recovered_cell(share: float | None, full: Results, incomplete: Results) -> str:
-    """A recovered share, marked † where the loss it divides is within noise."""
+def recovered_cell(share: float | None, full: Results, incomplete: Results, metric: str) -> str:
+    """A recovered share of `metric` (from the (a) and (b) records), marked † where the loss it divides is
+    within noise; the records are read only when there is a share, as runs without one may lack the metric."""
     if share is None:
         return "–"
-    return pct(share) + ("†" if loss_within_noise(full, incomplete) else "")
+    return pct(share) + ("†" if loss_within_noise(full[metric], incomplete[metric]) else "")
 
 
 def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]:
@@ -731,8 +732,8 @@ def idi_rows(dataset: str, summary: Results, iterations: int) -> list[list[str]]
                      pm(full["mean"], full["std"]), pm(s["incomplete"]["iou"]["mean"], s["incomplete"]["iou"]["std"]),
                      *(_ran(s, f"idi_K{k}") for k in range(1, iterations + 1)),
                      f"{_ran(s, 'idi')} (K = {', '.join(map(str, s['chosen_K']))})",
-                     recovered_cell(recovered, full, s["incomplete"]["iou"]),
-                     recovered_cell(on_val, summary["full"]["val_iou"], s["incomplete"]["val_iou"]),
+                     recovered_cell(recovered, summary["full"], s["incomplete"], "iou"),
+                     recovered_cell(on_val, summary["full"], s["incomplete"], "val_iou"),
                      "yes" if s["never_below"] else "**no**",
                      str(s["collapsed_models"])])
     return rows

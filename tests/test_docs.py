@@ -225,9 +225,9 @@ def test_a_recovered_share_of_a_loss_within_noise_is_marked():
     small_loss = {"mean": 0.732, "std": 0.034, "n": 3}
     real_loss = {"mean": 0.600, "std": 0.034, "n": 3}
     assert report.loss_within_noise(full, small_loss) and not report.loss_within_noise(full, real_loss)
-    assert report.recovered_cell(1.21, full, small_loss) == "121 %†"
-    assert report.recovered_cell(0.75, full, real_loss) == "75 %"
-    assert report.recovered_cell(None, full, real_loss) == "–"
+    assert report.recovered_cell(1.21, {"iou": full}, {"iou": small_loss}, "iou") == "121 %†"
+    assert report.recovered_cell(0.75, {"iou": full}, {"iou": real_loss}, "iou") == "75 %"
+    assert report.recovered_cell(None, {}, {}, "val_iou") == "–"
     half = {"recovery": {"idi": 1.21}, "incomplete": {"iou": small_loss}}
     row = report.idi_results({"datasets": {"miccai15": {"full": {"iou": full}, "p": {"p0.5": half}}}})
     assert row[0][2] == "recovers miccai15 121 % of a loss within the seeds' noise"
