@@ -601,8 +601,8 @@ def recipe_choice_lines(data: Results) -> Lines:
         averaged = f", each averaged over {seeds} seeds" if seeds > 1 else ""
         lines += [f"Recipe choice on {dataset} (validation merit{averaged}; lead over the incumbent ± its paired "
                   f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]:.4f} (incumbent); {leads}. "
-                  f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; kept: "
-                  f"`{entry['chosen']}`.", ""]
+                  f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; "
+                  f"{'kept' if entry['chosen'] == choice['incumbent'] else 'chosen'}: `{entry['chosen']}`.", ""]
     return lines
 
 

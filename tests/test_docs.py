@@ -133,6 +133,17 @@ def test_instance_docs_name_each_recipe_and_the_runs_of_the_earlier_protocol():
     assert "earlier protocol (one recipe, no least object area chosen, specks scored as objects): miccai15 (" in text
 
 
+def test_the_recipe_choice_line_says_kept_for_the_incumbent_and_chosen_for_a_challenger():
+    """A challenger that passed the rule is "chosen", an incumbent that stayed is "kept"."""
+    def entry(chosen: str) -> dict[str, Any]:
+        return {"chosen": chosen, "candidates": {"old": {"val_merit": 0.88}, "new": {"val_merit": 0.89}},
+                "choice": {"incumbent": "old", "lead_in_se": 2.0,
+                           "leads": {"new": {"lead": 0.014, "se": 0.006, "images": 17}}}}
+    lines = report.recipe_choice_lines({"a": entry("new"), "b": entry("old")})
+    assert "lead +0.0140 ± 0.0060 (17 images)" in lines[0] and lines[0].endswith("; chosen: `new`.")
+    assert lines[2].endswith("; kept: `old`.")
+
+
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     """The validation comparison names every strategy per round and the weight it chose."""
     from bench.active import summarise
