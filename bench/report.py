@@ -588,7 +588,7 @@ def glas_rows(data: Results) -> list[list[str]]:
 
 def recipe_choice_lines(data: Results) -> Lines:
     """Per data set whose run records a choice rule: each recipe's validation merit, the challengers'
-    paired leads over the incumbent, and which was kept."""
+    paired leads over the incumbent, and which was kept (the incumbent) or chosen (a challenger)."""
     lines = []
     for dataset, entry in data.items():
         choice = entry.get("choice")
