@@ -219,26 +219,34 @@ def merit(scores: dict[str, dict[str, Any]]) -> float:
 def trained(split: Split, work: Path, label: str, options: list[str], threads: int | None,
             seed: int) -> dict[str, Any]:
     """Train one recipe with one seed on the fit images (validation picks epoch, thresholds, separation);
-    score the validation images. Seed 0's model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
+    score the validation images without and with test-time augmentation (`--tta`: the mean over the 8
+    rotations and reflections). Seed 0's model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
     name = label if seed == 0 else f"{label}-s{seed}"
     model = work / f"{name}.pt"
     cpu, wall = cli_train(split.fit, model, seed, ["--instances", *options], val=split.val, threads=threads)
-    val = class_scores(cli_evaluate(model, split.val, work / f"val-{name}", ["--no-sweep"]))
-    return {"train_cpu_s": cpu, "train_wall_s": wall, "val": val, "val_merit": merit(val),
-            "val_merit_per_image": image_merits(work / f"val-{name}" / "per_image.csv")}
+    run: dict[str, Any] = {"train_cpu_s": cpu, "train_wall_s": wall}
+    for view, folder, extra in (("", f"val-{name}", []), ("_tta", f"val-tta-{name}", ["--tta"])):
+        val = class_scores(cli_evaluate(model, split.val, work / folder, ["--no-sweep", *extra]))
+        run |= {f"val{view}": val, f"val_merit{view}": merit(val),
+                f"val_merit_per_image{view}": image_merits(work / folder / "per_image.csv")}
+    return run
 
 
 def candidate(options: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One recipe's record from its runs (seeds 0, 1, ...): seed 0's validation scores, the merit and
-    each image's merit averaged over the seeds (a recipe is chosen on them), and with several seeds
-    each seed's merit."""
-    merits = [run["val_merit_per_image"] for run in runs]
+    """One recipe's record from its runs (seeds 0, 1, ...): whether it is used with test-time
+    augmentation (when that raises its merit averaged over the seeds), seed 0's validation scores
+    without and with it, and in the view used the merit and each image's merit averaged over the
+    seeds (a recipe is chosen on them, as it would meet the test images), and with several seeds each
+    seed's merit."""
+    tta = bool(np.mean([r["val_merit_tta"] for r in runs]) > np.mean([r["val_merit"] for r in runs]))
+    view = "_tta" if tta else ""
+    merits = [run[f"val_merit_per_image{view}"] for run in runs]
     entry = {"train_args": ["--instances", *options], "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
-             "train_wall_s": max(r["train_wall_s"] for r in runs), "val": runs[0]["val"],
-             "val_merit": float(np.mean([r["val_merit"] for r in runs])),
+             "train_wall_s": max(r["train_wall_s"] for r in runs), "tta": tta, "val": runs[0]["val"],
+             "val_tta": runs[0]["val_tta"], "val_merit": float(np.mean([r[f"val_merit{view}"] for r in runs])),
              "val_merit_per_image": {image: float(np.mean([m[image] for m in merits])) for image in merits[0]}}
     if len(runs) > 1:
-        entry["val_merit_per_seed"] = [r["val_merit"] for r in runs]
+        entry["val_merit_per_seed"] = [r[f"val_merit{view}"] for r in runs]
     return entry
 
 
@@ -298,27 +306,28 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
                       for label in recipes}
     chosen, choice = choose_recipe(candidates)
     model = work / f"{chosen}.pt"
-    views = _views(model, split, work, candidates[chosen])
+    tta = candidates[chosen]["tta"]
     refitted = refit(split, work, candidates[chosen]["train_args"], model) if with_refit else None
     final = refitted[0] if refitted else model
-    test = class_scores(cli_evaluate(final, split.test, work / "test", ["--no-sweep", *views["options"]]))
+    test = class_scores(cli_evaluate(final, split.test, work / "test", ["--no-sweep", *["--tta"] * tta]))
     for name, scores in test.items():
         print(f"{dataset:10s} {name:10s} test Dice {scores['dice']:.4f}  object F1 {scores['object_f1']:.4f}  "
-              f"AJI {scores['aji']:.4f}  PQ {scores['pq']:.4f}  (recipe {chosen}{', TTA' * views['tta']})", flush=True)
+              f"AJI {scores['aji']:.4f}  PQ {scores['pq']:.4f}  (recipe {chosen}{', TTA' * tta})", flush=True)
     refit_cpu = refitted[1]["train_cpu_s"] if refitted else 0.0
     entry: dict[str, Any] = {
         "protocol": f"`cyseg train --instances` runs (seeds 0..{seeds - 1}) per recipe on the fit images; recipe "
-                    "(validation merit: mean of Dice and object F1, averaged over the seeds; the incumbent, listed "
-                    f"first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired standard errors), "
-                    "seed 0's epoch, thresholds, separation "
-                    "parameters and test-time augmentation (by validation merit) chosen on the validation images; "
+                    "(validation merit: mean of Dice and object F1, averaged over the seeds, each recipe with "
+                    "test-time augmentation where that raises its merit, as it would meet the test images; the "
+                    f"incumbent, listed first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired "
+                    "standard errors), seed 0's epoch, thresholds and separation parameters chosen on the "
+                    "validation images; "
                     + ("the chosen recipe then retrained on the fit and validation images together with those "
                        "settings (`--settings-from`), and only that model scored; " if refitted else "")
                     + "test images scored once",
         "split": {**{part: len(stems) for part, stems in split.stems.items()}, "val_stems": split.stems["val"]},
         "candidates": candidates, "chosen": chosen, "choice": choice, "train_args": candidates[chosen]["train_args"],
-        "separation": _separation(model), "val": candidates[chosen]["val"], "tta": views["tta"],
-        "val_tta": views["val"], "test": test,
+        "separation": _separation(model), "val": candidates[chosen]["val"], "tta": tta,
+        "val_tta": candidates[chosen]["val_tta"], "test": test,
         "train_cpu_s": sum(c["train_cpu_s"] for c in candidates.values()) + refit_cpu,
         "train_wall_s": max(c["train_wall_s"] for c in candidates.values())}
     if refitted:
@@ -331,14 +340,6 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
                          "published_weighted_60_20": published_weighted()}
     entry["run"] = clock.record()
     return entry
-
-
-def _views(model: Path, split: Split, work: Path, chosen: dict[str, Any]) -> dict[str, Any]:
-    """Whether test-time augmentation (`--tta`: the mean over the 8 rotations and reflections) raises
-    the chosen recipe's validation merit; its validation scores, and the evaluate options to use."""
-    val = class_scores(cli_evaluate(model, split.val, work / "val-tta", ["--no-sweep", "--tta"]))
-    tta = merit(val) > chosen["val_merit"]
-    return {"tta": tta, "val": val, "options": ["--tta"] if tta else []}
 
 
 def _separation(model: Path) -> dict[str, Any]:

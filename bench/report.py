@@ -588,19 +588,21 @@ def glas_rows(data: Results) -> list[list[str]]:
 
 def recipe_choice_lines(data: Results) -> Lines:
     """Per data set whose run records a choice rule: each recipe's validation merit, the challengers'
-    paired leads over the incumbent, and which was kept (the incumbent) or chosen (a challenger)."""
+    paired leads over the incumbent (each recipe's merit "with TTA" where it was weighed with test-time
+    augmentation), and which was kept (the incumbent) or chosen (a challenger)."""
     lines = []
     for dataset, entry in data.items():
         choice = entry.get("choice")
         if not choice:
             continue
-        merits = {label: c["val_merit"] for label, c in entry["candidates"].items()}
-        leads = "; ".join(f"`{label}` {merits[label]:.4f}, lead {lead['lead']:+.4f} ± {lead['se']:.4f} "
+        merits = {label: f"{c['val_merit']:.4f}{' with TTA' * bool(c.get('tta'))}"
+                  for label, c in entry["candidates"].items()}
+        leads = "; ".join(f"`{label}` {merits[label]}, lead {lead['lead']:+.4f} ± {lead['se']:.4f} "
                           f"({lead['images']} images)" for label, lead in choice["leads"].items())
         seeds = len(next(iter(entry["candidates"].values())).get("val_merit_per_seed", [0]))
         averaged = f", each averaged over {seeds} seeds" if seeds > 1 else ""
         lines += [f"Recipe choice on {dataset} (validation merit{averaged}; lead over the incumbent ± its paired "
-                  f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]:.4f} (incumbent); {leads}. "
+                  f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]} (incumbent); {leads}. "
                   f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; "
                   f"{'kept' if entry['chosen'] == choice['incumbent'] else 'chosen'}: `{entry['chosen']}`.", ""]
     return lines

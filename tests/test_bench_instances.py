@@ -37,12 +37,32 @@ def test_an_images_merit_is_the_mean_over_its_classes(tmp_path):
 
 def test_a_recipe_of_several_seeds_is_chosen_on_each_images_merit_averaged_over_them():
     runs = [{"train_cpu_s": 10.0, "train_wall_s": 5.0, "val": {"seed": 0}, "val_merit": 0.8,
-             "val_merit_per_image": {"a": 0.7, "b": 0.9}},
+             "val_merit_per_image": {"a": 0.7, "b": 0.9}, "val_tta": {"seed": 0, "tta": True},
+             "val_merit_tta": 0.7, "val_merit_per_image_tta": {"a": 0.6, "b": 0.8}},
             {"train_cpu_s": 12.0, "train_wall_s": 6.0, "val": {"seed": 1}, "val_merit": 0.9,
-             "val_merit_per_image": {"a": 0.9, "b": 0.9}}]
+             "val_merit_per_image": {"a": 0.9, "b": 0.9}, "val_tta": {"seed": 1, "tta": True},
+             "val_merit_tta": 0.9, "val_merit_per_image_tta": {"a": 0.9, "b": 0.9}}]
     entry = candidate(["--epochs", "3"], runs)
     assert entry["train_args"] == ["--instances", "--epochs", "3"] and entry["val"] == {"seed": 0}
+    assert entry["tta"] is False and entry["val_tta"] == {"seed": 0, "tta": True}
     assert entry["val_merit"] == pytest.approx(0.85) and entry["val_merit_per_seed"] == [0.8, 0.9]
     assert entry["val_merit_per_image"] == pytest.approx({"a": 0.8, "b": 0.9})
     assert entry["train_cpu_s"] == 22.0 and entry["train_wall_s"] == 6.0
     assert "val_merit_per_seed" not in candidate([], runs[:1])
+
+
+def test_a_recipe_is_weighed_with_test_time_augmentation_when_that_raises_its_merit_over_the_seeds():
+    """TTA that helps one seed and hurts the other more is not used; where it helps on average, the
+    recipe's merits (overall, per seed, per image) are those with TTA, as it would meet the test images."""
+    def run(plain: dict[str, float], tta: dict[str, float]) -> dict:
+        return {"train_cpu_s": 1.0, "train_wall_s": 1.0, "val": {}, "val_tta": {},
+                "val_merit": sum(plain.values()) / len(plain), "val_merit_per_image": plain,
+                "val_merit_tta": sum(tta.values()) / len(tta), "val_merit_per_image_tta": tta}
+    mixed = candidate([], [run({"a": 0.8, "b": 0.8}, {"a": 0.9, "b": 0.9}),
+                           run({"a": 0.8, "b": 0.8}, {"a": 0.6, "b": 0.6})])
+    assert mixed["tta"] is False and mixed["val_merit"] == pytest.approx(0.8)
+    helped = candidate([], [run({"a": 0.8, "b": 0.8}, {"a": 0.9, "b": 0.7}),
+                            run({"a": 0.8, "b": 0.6}, {"a": 0.9, "b": 0.8})])
+    assert helped["tta"] is True and helped["val_merit"] == pytest.approx(0.825)
+    assert helped["val_merit_per_seed"] == pytest.approx([0.8, 0.85])
+    assert helped["val_merit_per_image"] == pytest.approx({"a": 0.9, "b": 0.75})

@@ -134,14 +134,18 @@ def test_instance_docs_name_each_recipe_and_the_runs_of_the_earlier_protocol():
 
 
 def test_the_recipe_choice_line_says_kept_for_the_incumbent_and_chosen_for_a_challenger():
-    """A challenger that passed the rule is "chosen", an incumbent that stayed is "kept"."""
+    """A challenger that passed the rule is "chosen", an incumbent that stayed is "kept"; a recipe
+    weighed with test-time augmentation says so beside its merit."""
     def entry(chosen: str) -> dict[str, Any]:
         return {"chosen": chosen, "candidates": {"old": {"val_merit": 0.88}, "new": {"val_merit": 0.89}},
                 "choice": {"incumbent": "old", "lead_in_se": 2.0,
                            "leads": {"new": {"lead": 0.014, "se": 0.006, "images": 17}}}}
-    lines = report.recipe_choice_lines({"a": entry("new"), "b": entry("old")})
-    assert "lead +0.0140 ± 0.0060 (17 images)" in lines[0] and lines[0].endswith("; chosen: `new`.")
+    weighed_with_tta = entry("old")
+    weighed_with_tta["candidates"]["new"]["tta"] = True
+    lines = report.recipe_choice_lines({"a": entry("new"), "b": entry("old"), "c": weighed_with_tta})
+    assert "`new` 0.8900, lead +0.0140 ± 0.0060 (17 images)" in lines[0] and lines[0].endswith("; chosen: `new`.")
     assert lines[2].endswith("; kept: `old`.")
+    assert "`old` 0.8800 (incumbent); `new` 0.8900 with TTA, lead +0.0140" in lines[4]
 
 
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
