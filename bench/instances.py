@@ -8,8 +8,9 @@ Per data set, one `cyseg train --instances` run per recipe (`RECIPES`; the train
 data set has none) and seed (0..N-1), side by side at one thread each when there are several, on the
 fit part with `--val` on the validation part: the validation images choose the epoch, each class's
 threshold and the separation's parameters (object F1, then PQ; seed 0's are kept) and the recipe
-(the mean of pixel Dice and object F1, averaged over the seeds; the incumbent, listed first, stays
-unless a challenger leads it by more than LEAD_IN_SE paired standard errors image by image).
+(the mean of pixel Dice and object F1, averaged over the seeds, each recipe with test-time
+augmentation where that raises its merit, as it will meet the test images; the incumbent, listed
+first, stays unless a challenger leads it by more than LEAD_IN_SE paired standard errors image by image).
 With `--refit`, the chosen recipe is then trained once more on the fit and validation images together,
 taking the thresholds, separation and least object areas validation chose (`cyseg train
 --settings-from`), and only that model meets the test images (decided before the run, whatever it scores).
