@@ -14,11 +14,12 @@ from segmenter.scope import model_scope
 def model_card(seg: Segmenter, path: Path) -> dict[str, Any]:
     """The model's description as JSON-ready data."""
     info = seg.training_info
+    label_of = dict(zip(seg.channels, seg.labels))  # the unnamed foreground's objects are called `cell`
     return {"path": str(path), "sha256": file_digest(path), "name": info.get("name"),
             "architecture": {"arch": seg.arch, **seg.config}, "working_resolution": seg.resolution,
-            "classes": list(seg.labels), "instances": list(seg.instance_classes),
+            "classes": list(seg.labels), "instances": [label_of[c] for c in seg.instance_classes],
             "thresholds": dict(seg.thresholds) if seg.classes else {seg.labels[0]: seg.threshold},
-            "separation": {c: dict(v) for c, v in seg.separation.items()}, "min_area": seg.min_areas(None),
+            "separation": {label_of[c]: dict(v) for c, v in seg.separation.items()}, "min_area": seg.min_areas(None),
             "scope": model_scope(seg),
             "training": {k: info.get(k) for k in ("n_images", "dataset", "best_epoch", "best_val_iou", "finished")}}
 

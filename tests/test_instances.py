@@ -303,6 +303,8 @@ def test_an_instance_model_chooses_its_least_object_area_on_validation_images(in
     assert seg.min_areas(None) == {"cell": content["min_area"]["cell"]}
     result = invoke(["info", instance_model])
     assert f"min area    cell {content['min_area']['cell']:g} px²" in result.stdout
+    assert "finds       cell; one object per cell (instances)" in result.stdout
+    assert "separation  cell: h " in result.stdout
 
 
 def test_a_refit_adopts_the_settings_its_validated_model_chose(instance_model, disc_sets, tmp_path):
