@@ -303,8 +303,14 @@ def test_an_instance_model_chooses_its_least_object_area_on_validation_images(in
     assert seg.min_areas(None) == {"cell": content["min_area"]["cell"]}
     result = invoke(["info", instance_model])
     assert f"min area    cell {content['min_area']['cell']:g} px²" in result.stdout
+
+
+def test_info_names_a_one_class_models_objects_by_their_label_on_every_line(instance_model):
+    result = invoke(["info", instance_model])
     assert "finds       cell; one object per cell (instances)" in result.stdout
-    assert "separation  cell: h " in result.stdout
+    assert "separation  cell: h " in result.stdout and "foreground" not in result.stdout
+    card = json.loads(invoke(["info", instance_model, "--json"]).stdout)
+    assert card["instances"] == ["cell"] and set(card["separation"]) == {"cell"}
 
 
 def test_a_refit_adopts_the_settings_its_validated_model_chose(instance_model, disc_sets, tmp_path):
