@@ -14,7 +14,7 @@ from segmenter.scope import model_scope
 def model_card(seg: Segmenter, path: Path) -> dict[str, Any]:
     """The model's description as JSON-ready data."""
     info = seg.training_info
-    label_of = dict(zip(seg.channels, seg.labels, strict=True))  # the unnamed foreground's objects are called `cell`
+    label_of = seg.label_of
     return {"path": str(path), "sha256": file_digest(path), "name": info.get("name"),
             "architecture": {"arch": seg.arch, **seg.config}, "working_resolution": seg.resolution,
             "classes": list(seg.labels), "instances": [label_of[c] for c in seg.instance_classes],

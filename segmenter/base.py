@@ -158,6 +158,11 @@ class Segmenter:
         """The name of each channel's objects in GeoJSON: its class, `cell` for the unnamed foreground."""
         return self.classes or ("cell",)
 
+    @property
+    def label_of(self) -> dict[str, str]:
+        """{channel: the label its objects carry} (`channels` to `labels`: FOREGROUND's objects are `cell`)."""
+        return dict(zip(self.channels, self.labels, strict=True))
+
     def require_one_class(self, what: str) -> None:
         """Refuse a model of several classes where `what` handles one class only."""
         if self.n_classes != 1:

@@ -44,7 +44,7 @@ def instance_labels(seg: Segmenter, masks: np.ndarray, probs: np.ndarray,
     `Segmenter.min_areas` gives; none dropped without it). `separation` overrides the model's
     parameters; `done` holds channels already separated with them."""
     separation = {**seg.separation, **(separation or {})}
-    smallest = {c: (min_areas or {}).get(label, 0.0) for c, label in zip(seg.channels, seg.labels, strict=True)}
+    smallest = {c: (min_areas or {}).get(label, 0.0) for c, label in seg.label_of.items()}
     out: dict[str, np.ndarray] = dict(done or {})
     order = sorted(set(seg.channels) - set(out), key=lambda c: c != "nucleus")
     for channel in order:
@@ -224,7 +224,7 @@ def calibrate_separation(seg: Segmenter, datasets: Sequence[Dataset],
     images = _predicted(seg, datasets, predictions or {})
     report: dict[str, Any] = {}
     for channel in sorted(seg.instance_classes, key=lambda c: c != "nucleus"):
-        label = seg.labels[seg.channels.index(channel)]
+        label = seg.label_of[channel]
         seeds = (False, True) if channel == "cell" and "nucleus" in seg.channels else (False,)
         areas = candidate_areas(seg, label)
         best, best_score = (None, 0.0), (-1.0, -1.0)
