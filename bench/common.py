@@ -16,6 +16,8 @@ from segmenter.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: the note a benchmark run leaves in its work folder of the code that started it (`mark_started`)
+STARTED = "started.json"
 MICCAI_TEST = ("image02", "image06", "image10", "image13", "image15")  # the test tiles of the issue's split
 MICCAI_40X = tuple(f"image{i:02d}" for i in range(8, 16))  # scanned at 40x; image01-07 at 20x (data README)
 
@@ -200,6 +202,47 @@ def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequ
     if code:
         raise subprocess.CalledProcessError(code, cmd)
     return cpu, time.perf_counter() - t0
+
+
+def resumable_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequence[str], *,
+                    resume: bool = False, val: Path | Sequence[Path] | None = None,
+                    threads: int | None = None) -> dict[str, Any]:
+    """`cli_train` as a record of its CPU and wall seconds. With `resume`, the training an interrupted
+    run left at `model` is kept when its model file is complete (no checkpoint beside it) and continued
+    from its checkpoint otherwise (`cyseg train --resume`); `resumed` then says which, with the epochs
+    and wall seconds that ran before this run (from the model's training history)."""
+    before = _history(model) if resume else []
+    earlier = {"epochs": len(before), "wall_s": round(sum(epoch["seconds"] for epoch in before), 1)}
+    continued = resume and model.with_suffix(".ckpt").is_file()
+    if resume and not continued and model.is_file():
+        return {"train_cpu_s": 0.0, "train_wall_s": 0.0, "resumed": {"kept": True, **earlier}}
+    cpu, wall = cli_train(data, model, seed, [*options, *["--resume"] * continued], val=val, threads=threads)
+    record: dict[str, Any] = {"train_cpu_s": cpu, "train_wall_s": wall}
+    if continued:
+        record["resumed"] = {"kept": False, **earlier}
+    return record
+
+
+def _history(model: Path) -> list[dict[str, Any]]:
+    """The epochs a training has written to `<model>.history.json` so far (none when it has not)."""
+    path = model.with_suffix(".history.json")
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def mark_started(work: Path, clock: RunClock) -> None:
+    """Note in `work` which code started a benchmark run there, for a later `--resume` to record."""
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    (work / STARTED).write_text(json.dumps({"code": clock.code, "started": started, "cpu": cpu_record()}))
+
+
+def interrupted_run(work: Path) -> dict[str, Any]:
+    """What `mark_started` noted of the interrupted run a `--resume` continues in `work`."""
+    marker = work / STARTED
+    if not marker.is_file():
+        raise SystemExit(f"{work} holds no interrupted run of this benchmark (no {STARTED}): run it without --resume")
+    return json.loads(marker.read_text())
 
 
 def run_child(cmd: list[str], **popen: Any) -> tuple[int, float]:

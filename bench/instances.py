@@ -2,7 +2,7 @@
 ../shared/data, with every setting chosen on validation images carved from the training images and
 the test images scored once.
 
-    python bench/instances.py [--datasets glas,isbi2014,wbc,urothelial,miccai15] [--refit] [--seeds N]
+    python bench/instances.py [--datasets glas,isbi2014,wbc,urothelial,miccai15] [--refit] [--seeds N] [--resume]
 
 Per data set, one `cyseg train --instances` run per recipe (`RECIPES`; the training defaults where a
 data set has none) and seed (0..N-1), side by side at one thread each when there are several, on the
@@ -34,6 +34,11 @@ Data sets and their splits:
 
 Results: one entry per data set in bench/results/instances.json (replaced when rerun), with the
 published GlaS figures beside ours.
+
+`--resume` continues a run that was interrupted (a session's end, Ctrl-C) in the same --work folder: its
+finished trainings are kept and the others continue from their checkpoints (`cyseg train --resume`, which
+reaches the weights of an uninterrupted run); every evaluation, the choice and the test run again, and the
+entry's `resumed` names what was taken over and the code the interrupted run started with.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +68,10 @@ from bench.common import (  # noqa: E402
     RunClock,
     best_epoch,
     cli_evaluate,
-    cli_train,
     fresh_dir,
+    interrupted_run,
+    mark_started,
+    resumable_train,
     stems_of,
     write_results,
 )
@@ -218,14 +226,15 @@ def merit(scores: dict[str, dict[str, Any]]) -> float:
 
 
 def trained(split: Split, work: Path, label: str, options: list[str], threads: int | None,
-            seed: int) -> dict[str, Any]:
-    """Train one recipe with one seed on the fit images (validation picks epoch, thresholds, separation);
-    score the validation images without and with test-time augmentation (`--tta`: the mean over the 8
-    rotations and reflections). Seed 0's model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
+            seed: int, resume: bool = False) -> dict[str, Any]:
+    """Train one recipe with one seed on the fit images (validation picks epoch, thresholds, separation;
+    with `resume`, an interrupted run's training kept or continued); score the validation images without
+    and with test-time augmentation (`--tta`: the mean over the 8 rotations and reflections). Seed 0's
+    model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
     name = label if seed == 0 else f"{label}-s{seed}"
     model = work / f"{name}.pt"
-    cpu, wall = cli_train(split.fit, model, seed, ["--instances", *options], val=split.val, threads=threads)
-    run: dict[str, Any] = {"train_cpu_s": cpu, "train_wall_s": wall}
+    run = resumable_train(split.fit, model, seed, ["--instances", *options], resume=resume, val=split.val,
+                          threads=threads)
     for view, folder, extra in (("", f"val-{name}", []), ("_tta", f"val-tta-{name}", ["--tta"])):
         val = class_scores(cli_evaluate(model, split.val, work / folder, ["--no-sweep", *extra]))
         run |= {f"val{view}": val, f"val_merit{view}": merit(val),
@@ -280,35 +289,64 @@ def choose_recipe(candidates: dict[str, dict[str, Any]]) -> tuple[str, dict[str,
     return chosen, {"incumbent": incumbent, "lead_in_se": LEAD_IN_SE, "leads": leads}
 
 
-def refit(split: Split, work: Path, train_args: list[str], validated: Path) -> tuple[Path, dict[str, Any]]:
+def refit(split: Split, work: Path, train_args: list[str], validated: Path,
+          resume: bool = False) -> tuple[Path, dict[str, Any]]:
     """Train the chosen recipe once more on the fit and validation images together (its epochs, the last
     one kept), with the thresholds, separation and least areas the validated model chose (`--settings-from`)."""
     model = work / "refit.pt"
-    cpu, wall = cli_train([split.fit, split.val], model, 0, [*train_args, "--settings-from", str(validated)])
+    run = resumable_train([split.fit, split.val], model, 0, [*train_args, "--settings-from", str(validated)],
+                          resume=resume)
     return model, {"train_args": [*train_args, "--settings-from", validated.name], "images": "fit + val",
-                   "validated_best_epoch": best_epoch(validated),
-                   "train_cpu_s": cpu, "train_wall_s": wall}
+                   "validated_best_epoch": best_epoch(validated), **run}
+
+
+def resumed_split(dataset: str, work: Path) -> Split:
+    """The split an interrupted run wrote to `work`/data, checked against the one this code draws."""
+    drawn = SPLITS[dataset](fresh_dir(work / "split-check"))
+    shutil.rmtree(work / "split-check")
+    found = {part: stems_of(work / "data" / part) for part in drawn.stems}
+    if found != {part: sorted(stems) for part, stems in drawn.stems.items()}:
+        raise SystemExit(f"{work / 'data'} does not hold the split this code draws for {dataset}: "
+                         "run it without --resume")
+    return Split(*(work / "data" / part for part in ("fit", "val", "test")), drawn.stems)
+
+
+def resumed_record(interrupted: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+                   refitted: dict[str, Any] | None) -> dict[str, Any]:
+    """What a `--resume` took over from the interrupted run: its start (code, time, CPU) and, per
+    training kept or continued, the epochs and wall seconds that ran before."""
+    trainings = {label if seed == 0 else f"{label}-s{seed}": record["resumed"]
+                 for label, records in runs.items() for seed, record in enumerate(records) if "resumed" in record}
+    if refitted and "resumed" in refitted:
+        trainings["refit"] = refitted["resumed"]
+    return {"interrupted_run": interrupted, "trainings": trainings}
 
 
 def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bool = False,
-              seeds: int = 1) -> dict[str, Any]:
+              seeds: int = 1, resume: bool = False) -> dict[str, Any]:
     """Split, train each recipe with instances (validation-chosen settings) with `seeds` seeds, keep
     the recipe `choose_recipe` names on the validation merits (with `with_refit`, seed 0's model
-    retrained on fit + validation images with its settings), score its test images once."""
+    retrained on fit + validation images with its settings), score its test images once. With `resume`,
+    continue the run interrupted in `work`: its finished trainings kept, the others continued."""
     clock = RunClock()
-    work = fresh_dir(work / dataset)
-    split = SPLITS[dataset](work / "data")
+    work = work / dataset
+    if resume:
+        interrupted, split = interrupted_run(work), resumed_split(dataset, work)
+    else:
+        mark_started(fresh_dir(work), clock)
+        split = SPLITS[dataset](work / "data")
     recipes = {label: [*options, *train_options] for label, options in RECIPES.get(dataset, {"defaults": []}).items()}
     jobs = [(label, seed) for label in recipes for seed in range(seeds)]
     threads = 1 if len(jobs) > 1 else None  # side by side, one thread each, as many as there are cores
     with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
-        futures = {job: pool.submit(trained, split, work, job[0], recipes[job[0]], threads, job[1]) for job in jobs}
-        candidates = {label: candidate(recipes[label], [futures[label, seed].result() for seed in range(seeds)])
-                      for label in recipes}
+        futures = {job: pool.submit(trained, split, work, job[0], recipes[job[0]], threads, job[1], resume)
+                   for job in jobs}
+        runs = {label: [futures[label, seed].result() for seed in range(seeds)] for label in recipes}
+    candidates = {label: candidate(recipes[label], runs[label]) for label in recipes}
     chosen, choice = choose_recipe(candidates)
     model = work / f"{chosen}.pt"
     tta = candidates[chosen]["tta"]
-    refitted = refit(split, work, candidates[chosen]["train_args"], model) if with_refit else None
+    refitted = refit(split, work, candidates[chosen]["train_args"], model, resume) if with_refit else None
     final = refitted[0] if refitted else model
     test = class_scores(cli_evaluate(final, split.test, work / "test", ["--no-sweep", *["--tta"] * tta]))
     for name, scores in test.items():
@@ -324,7 +362,11 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
                     "validation images; "
                     + ("the chosen recipe then retrained on the fit and validation images together with those "
                        "settings (`--settings-from`), and only that model scored; " if refitted else "")
-                    + "test images scored once",
+                    + "test images scored once"
+                    + ("; resumed (`--resume`) from an interrupted run of this benchmark: the trainings `resumed` "
+                       "lists were kept or continued from their checkpoints (their `train_cpu_s` and "
+                       "`train_wall_s` count this run's part), every evaluation, the choice and the test ran "
+                       "in this run" if resume else ""),
         "split": {**{part: len(stems) for part, stems in split.stems.items()}, "val_stems": split.stems["val"]},
         "candidates": candidates, "chosen": chosen, "choice": choice, "train_args": candidates[chosen]["train_args"],
         "separation": _separation(model), "val": candidates[chosen]["val"], "tta": tta,
@@ -333,6 +375,8 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
         "train_wall_s": max(c["train_wall_s"] for c in candidates.values())}
     if refitted:
         entry["refit"] = refitted[1]
+    if resume:
+        entry["resumed"] = resumed_record(interrupted, runs, refitted[1] if refitted else None)
     if dataset == "glas":
         scores = test["foreground"]
         entry["glas"] = {"object_f1": scores["object_f1_glas"], "object_f1_iou_0.5": scores["object_f1"],
@@ -361,6 +405,9 @@ def main() -> None:
                         "seed 0's")
     parser.add_argument("--refit", action="store_true", help="retrain the chosen recipe on the fit and validation "
                         "images with the settings validation chose, and score that model on the test images")
+    parser.add_argument("--resume", action="store_true", help="continue a run interrupted in --work (the same "
+                        "options): its finished trainings are kept, the others continue from their checkpoints, "
+                        "everything else runs again; the results record what was taken over and from which code")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the instance benchmark needs the real data sets")
@@ -370,7 +417,8 @@ def main() -> None:
         raise SystemExit(f"unknown data set {unknown[0]!r}; choose from {', '.join(DATASETS)}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for dataset in chosen:
-        results[dataset] = benchmark(dataset, args.work, shlex.split(args.train_options), args.refit, args.seeds)
+        results[dataset] = benchmark(dataset, args.work, shlex.split(args.train_options), args.refit, args.seeds,
+                                     args.resume)
         write_results(RESULTS, results)
     print(f"results in {RESULTS}")
 

@@ -42,3 +42,45 @@ def test_a_run_clock_counts_its_children_cpu_and_keeps_the_code_it_started_with(
     record = clock.record()
     assert record["code"] == {"commit": "abc", "dirty_sha256": None}
     assert record["cpu_s"] >= 0.3 and record["wall_s"] >= 0.3
+
+
+def test_a_resumed_training_continues_its_checkpoint_and_a_finished_one_is_kept(ihc_dataset, tmp_path, monkeypatch):
+    import json
+    import os
+    import sys
+
+    from conftest import TINY, invoke
+
+    import segmenter.training as training
+
+    model, options = tmp_path / "model.pt", ["--seed", "0", *TINY]
+    real = training._run_epoch
+
+    def ctrl_c_in_epoch_2(seg, sampler, loader, val, state, epoch, opts):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(seg, sampler, loader, val, state, epoch, opts)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_run_epoch", ctrl_c_in_epoch_2)
+        assert invoke(["-q", "train", ihc_dataset.train, "--out", model, *options]).exit_code == 130
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    continued = common.resumable_train(Path(ihc_dataset.train), model, 0, TINY, resume=True)
+    assert continued["resumed"]["kept"] is False and continued["resumed"]["epochs"] == 1
+    assert continued["train_cpu_s"] > 0 and model.is_file() and not model.with_suffix(".ckpt").exists()
+    kept = common.resumable_train(Path(ihc_dataset.train), model, 0, TINY, resume=True)
+    history = json.loads(model.with_suffix(".history.json").read_text())
+    assert kept == {"train_cpu_s": 0.0, "train_wall_s": 0.0,
+                    "resumed": {"kept": True, "epochs": 2, "wall_s": round(sum(e["seconds"] for e in history), 1)}}
+
+
+def test_a_resume_needs_the_note_of_the_run_it_continues(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match=f"^{tmp_path} holds no interrupted run of this benchmark "
+                                         r"\(no started.json\): run it without --resume$"):
+        common.interrupted_run(tmp_path)
+    clock = common.RunClock({"commit": "abc", "dirty_sha256": None})
+    common.mark_started(tmp_path, clock)
+    noted = common.interrupted_run(tmp_path)
+    assert noted["code"] == {"commit": "abc", "dirty_sha256": None} and noted["started"] and "kernels" in noted["cpu"]

@@ -66,3 +66,25 @@ def test_a_recipe_is_weighed_with_test_time_augmentation_when_that_raises_its_me
     assert helped["tta"] is True and helped["val_merit"] == pytest.approx(0.825)
     assert helped["val_merit_per_seed"] == pytest.approx([0.8, 0.85])
     assert helped["val_merit_per_image"] == pytest.approx({"a": 0.9, "b": 0.75})
+
+
+def test_a_resume_takes_the_interrupted_runs_split_only_when_this_code_draws_the_same(tmp_path, monkeypatch):
+    import bench.instances as instances
+
+    def split_tiny(data):
+        stems = {"fit": ["a", "b"], "val": ["c"], "test": ["d"]}
+        for part, names in stems.items():
+            (data / part / "images").mkdir(parents=True)
+            for name in names:
+                (data / part / "images" / f"{name}.png").write_bytes(b"")
+        return instances.Split(data / "fit", data / "val", data / "test", stems)
+
+    monkeypatch.setitem(instances.SPLITS, "tiny", split_tiny)
+    split_tiny(tmp_path / "data")
+    split = instances.resumed_split("tiny", tmp_path)
+    assert split.val == tmp_path / "data" / "val" and split.stems["fit"] == ["a", "b"]
+    assert not (tmp_path / "split-check").exists()
+    (tmp_path / "data" / "val" / "images" / "c.png").rename(tmp_path / "data" / "fit" / "images" / "c.png")
+    with pytest.raises(SystemExit, match=f"^{tmp_path / 'data'} does not hold the split this code draws for tiny: "
+                                         "run it without --resume$"):
+        instances.resumed_split("tiny", tmp_path)
