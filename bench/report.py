@@ -608,6 +608,23 @@ def recipe_choice_lines(data: Results) -> Lines:
     return lines
 
 
+def resumed_lines(data: Results) -> Lines:
+    """Per data set whose run continued an interrupted one (`--resume`): the interrupted run's code and
+    start, and each training it kept or continued, with the epochs and wall time that ran before."""
+    lines = []
+    for dataset, entry in data.items():
+        resumed = entry.get("resumed")
+        if not resumed:
+            continue
+        before = resumed["interrupted_run"]
+        took = "; ".join(f"`{name}` {'kept' if t['kept'] else 'continued'} ({t['epochs']} epochs, "
+                         f"{minutes(t['wall_s'])} wall before)" for name, t in resumed["trainings"].items())
+        lines += [f"The {dataset} run continued (`--resume`) a run interrupted at `{before['code']['commit'][:7]}` "
+                  f"(started {before['started']}, {before['cpu']['model']}): {took}. Every evaluation, the choice "
+                  "and the test ran in the resumed run; its training column counts the resumed run's CPU only.", ""]
+    return lines
+
+
 def refit_command(data: Results) -> str:
     """' (--refit for ...)' naming the data sets whose test model was a refit on fit + val, else ''."""
     refitted = [dataset for dataset, entry in data.items() if "refit" in entry]
@@ -640,7 +657,7 @@ def instances_section(data: Results | None) -> Lines:
              "Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
                      "object Hausdorff", "training"], instance_rows(data)), ""]
-    lines += recipe_choice_lines(data)
+    lines += recipe_choice_lines(data) + resumed_lines(data)
     if "glas" in data:
         lines += ["GlaS test (80 images: test A and B together), against the published figures weighted as our "
                   "images mix them; F1 as the challenge counts it (a prediction covering more than half of its "

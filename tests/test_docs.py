@@ -148,6 +148,20 @@ def test_the_recipe_choice_line_says_kept_for_the_incumbent_and_chosen_for_a_cha
     assert "`old` 0.8800 (incumbent); `new` 0.8900 with TTA, lead +0.0140" in lines[4]
 
 
+def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
+    """A run that continued an interrupted one says from which code, and which trainings it kept or
+    continued, with what ran before; a run that did not resume says nothing."""
+    resumed = {"interrupted_run": {"code": {"commit": "1a386866f93c"}, "started": "2026-12-06T11:45:35+00:00",
+                                   "cpu": {"model": "AMD EPYC"}},
+               "trainings": {"old": {"kept": True, "epochs": 120, "wall_s": 2076.0},
+                             "new": {"kept": False, "epochs": 12, "wall_s": 600.0}}}
+    lines = report.resumed_lines({"a": {"resumed": resumed}, "b": {}})
+    assert lines == ["The a run continued (`--resume`) a run interrupted at `1a38686` (started "
+                     "2026-12-06T11:45:35+00:00, AMD EPYC): `old` kept (120 epochs, 35 min wall before); `new` "
+                     "continued (12 epochs, 10 min wall before). Every evaluation, the choice and the test ran in the "
+                     "resumed run; its training column counts the resumed run's CPU only.", ""]
+
+
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     """The validation comparison names every strategy per round and the weight it chose."""
     from bench.active import summarise
