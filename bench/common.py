@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from segmenter.history import history_paths
 from segmenter.io.atomic import atomic_path
 from segmenter.io.images import read_image
 
@@ -211,9 +212,11 @@ def resumable_train(data: Path | Sequence[Path], model: Path, seed: int, options
     run left at `model` is kept when its model file is complete (no checkpoint beside it) and continued
     from its checkpoint otherwise (`cyseg train --resume`); `resumed` then says which, with the epochs
     and wall seconds that ran before this run (from the model's training history)."""
+    from segmenter.checkpoint import checkpoint_path  # imports torch: only when a benchmark trains
+
     before = _history(model) if resume else []
     earlier = {"epochs": len(before), "wall_s": round(sum(epoch["seconds"] for epoch in before), 1)}
-    continued = resume and model.with_suffix(".ckpt").is_file()
+    continued = resume and checkpoint_path(str(model)).is_file()
     if resume and not continued and model.is_file():
         return {"train_cpu_s": 0.0, "train_wall_s": 0.0, "resumed": {"kept": True, **earlier}}
     cpu, wall = cli_train(data, model, seed, [*options, *["--resume"] * continued], val=val, threads=threads)
@@ -224,8 +227,8 @@ def resumable_train(data: Path | Sequence[Path], model: Path, seed: int, options
 
 
 def _history(model: Path) -> list[dict[str, Any]]:
-    """The epochs a training has written to `<model>.history.json` so far (none when it has not)."""
-    path = model.with_suffix(".history.json")
+    """The epochs a training has written beside `model` so far (none when it has not)."""
+    path = history_paths(model)["json"]
     return json.loads(path.read_text()) if path.is_file() else []
 
 
