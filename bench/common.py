@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from segmenter.history import history_paths
 from segmenter.io.atomic import atomic_path
 from segmenter.io.images import read_image
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -206,7 +208,7 @@ def cli_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequ
 
 
 def resumable_train(data: Path | Sequence[Path], model: Path, seed: int, options: Sequence[str], *,
-                    resume: bool = False, val: Path | Sequence[Path] | None = None,
+                    resume: bool = False, val: Path | Sequence[Path] | None = None, name: str | None = None,
                     threads: int | None = None) -> dict[str, Any]:
     """`cli_train` as a record of its CPU and wall seconds. With `resume`, the training an interrupted
     run left at `model` is kept when its model file is complete (no checkpoint beside it) and continued
@@ -219,7 +221,8 @@ def resumable_train(data: Path | Sequence[Path], model: Path, seed: int, options
     continued = resume and checkpoint_path(str(model)).is_file()
     if resume and not continued and model.is_file():
         return {"train_cpu_s": 0.0, "train_wall_s": 0.0, "resumed": {"kept": True, **earlier}}
-    cpu, wall = cli_train(data, model, seed, [*options, *["--resume"] * continued], val=val, threads=threads)
+    cpu, wall = cli_train(data, model, seed, [*options, *["--resume"] * continued], val=val, name=name,
+                          threads=threads)
     record: dict[str, Any] = {"train_cpu_s": cpu, "train_wall_s": wall}
     if continued:
         record["resumed"] = {"kept": False, **earlier}
@@ -246,6 +249,42 @@ def interrupted_run(work: Path) -> dict[str, Any]:
     if not marker.is_file():
         raise SystemExit(f"{work} holds no interrupted run of this benchmark (no {STARTED}): run it without --resume")
     return json.loads(marker.read_text())
+
+
+def resumed_data(draw: Callable[[Path], T], work: Path, what: str) -> T:
+    """What `draw` returns for the data an interrupted run wrote to `work`/data, once a fresh draw (into a
+    scratch folder, then removed) is found to hold the same files and dataset.json texts; exits otherwise."""
+    import shutil
+
+    scratch = fresh_dir(work / "split-check")
+    try:
+        drawn = draw(scratch)
+        same = _listing(scratch) == _listing(work / "data")
+    finally:
+        shutil.rmtree(scratch)
+    if not same:
+        raise SystemExit(f"{work / 'data'} does not hold the split this code draws for {what}: run it without --resume")
+    return relocated(drawn, scratch, work / "data")
+
+
+def _listing(folder: Path) -> dict[str, str]:
+    """Every file under `folder` by its relative path: a dataset.json's text, else ''."""
+    return {str(path.relative_to(folder)): path.read_text() if path.name == "dataset.json" else ""
+            for path in folder.rglob("*") if not path.is_dir()} if folder.is_dir() else {}
+
+
+def relocated(value: Any, old: Path, new: Path) -> Any:
+    """`value` (a path, or tuples, lists and dicts of them) with every path under `old` moved under `new`."""
+    if isinstance(value, Path):
+        return new / value.relative_to(old) if value.is_relative_to(old) else value
+    if isinstance(value, tuple):
+        items = [relocated(item, old, new) for item in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [relocated(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {key: relocated(item, old, new) for key, item in value.items()}
+    return value
 
 
 def run_child(cmd: list[str], **popen: Any) -> tuple[int, float]:

@@ -3,7 +3,7 @@ data set in ../shared/data that annotates either, with the real `cyseg train`; i
 thresholds and separation chosen on validation images carved from the training images, and scored
 per source and class on test images that played no part in any choice.
 
-    python bench/default_model.py [--install]
+    python bench/default_model.py [--install] [--resume]
 
 Sources and their splits (bench/instances.py's, fixed and seeded, so the figures compare):
 - miccai15 (nuclei in H&E tissue, 20x and 40x): 8 training tiles (one folder per magnification, each
@@ -26,7 +26,9 @@ chosen model over the shipped one (atomically) and its training curves over
 docs/default_model_curves.png. `--rebuild` trains the shipped model's recorded recipe once more and
 compares the weights, bit for bit (bench/results/default_model_rebuild.json). `--recalibrate` keeps
 the weights and chooses the separation again on the validation images with the current grid (then
-`--rescore-float32`). Every run starts from an empty work folder.
+`--rescore-float32`). Every run starts from an empty work folder, except `--resume`, which continues a run
+interrupted in it (a session's end): finished trainings are kept, the others continue from their
+checkpoints, everything else runs again, and the results say what was taken over.
 """
 from __future__ import annotations
 
@@ -51,9 +53,12 @@ from bench.common import (  # noqa: E402
     RunClock,
     best_epoch,
     cli_evaluate,
-    cli_train,
     cpu_record,
     fresh_dir,
+    interrupted_run,
+    mark_started,
+    resumable_train,
+    resumed_data,
     write_results,
 )
 from bench.instances import SPLITS, Source, class_scores, write_dataset  # noqa: E402
@@ -271,18 +276,19 @@ def merit(scores: dict[str, dict[str, Any]]) -> float:
     return class_merit({f"{source}/{name}": s for source, classes in scores.items() for name, s in classes.items()})
 
 
-def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list[str]) -> dict[str, Any]:
-    """Train one candidate recipe (validation picks epoch, thresholds and separation); score its validation images."""
+def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list[str],
+                    resume: bool = False) -> dict[str, Any]:
+    """Train one candidate recipe (validation picks epoch, thresholds and separation; with `resume`, an
+    interrupted run's training kept or continued); score its validation images."""
     options = [*BASE, *CANDIDATES[label], *extra]
     model = work / f"{label}.pt"
     name = NAME.format(args=shlex.join(options))
-    cpu, wall = cli_train([f for p in parts.values() for f in p.fit], model, SEED, options,
+    run = resumable_train([f for p in parts.values() for f in p.fit], model, SEED, options, resume=resume,
                           val=[p.val for p in parts.values()], name=name, threads=THREADS)
     val = score(model, parts, "val", work)
-    entry = {"train_args": shlex.join(options), "train_cpu_s": cpu, "train_wall_s": wall,
-             "best_epoch": best_epoch(model),
-             "val": val, "val_merit": merit(val)}
-    print(f"{label:10s} validation merit {entry['val_merit']:.4f}, {cpu / 60:.1f} CPU-min", flush=True)
+    entry = {"train_args": shlex.join(options), **run, "best_epoch": best_epoch(model), "val": val,
+             "val_merit": merit(val)}
+    print(f"{label:10s} validation merit {entry['val_merit']:.4f}, {run['train_cpu_s'] / 60:.1f} CPU-min", flush=True)
     return entry
 
 
@@ -320,6 +326,9 @@ def main() -> None:
     parser.add_argument("--recalibrate", action="store_true", help="train nothing: choose the shipped model's "
                         "separation and least areas again on the recorded validation images with the current grid, "
                         "score the test images once and install it (weights unchanged)")
+    parser.add_argument("--resume", action="store_true", help="continue a run interrupted in --work (the same "
+                        "options): its finished trainings are kept, the others continue from their checkpoints, "
+                        "everything else runs again; the results record what was taken over and from which code")
     parser.add_argument("--rebuild", action="store_true", help="train the shipped model's recorded recipe once more "
                         "and compare its weights with the shipped ones (bench/results/default_model_rebuild.json)")
     args = parser.parse_args()
@@ -336,11 +345,15 @@ def main() -> None:
         rescore_float32(args.work)
         return
     clock = RunClock()
-    work = fresh_dir(args.work)
-    parts = source_parts(work / "data")
+    work = args.work
+    if args.resume:
+        interrupted, parts = interrupted_run(work), resumed_data(source_parts, work, "the shipped model's sources")
+    else:
+        mark_started(fresh_dir(work), clock)
+        parts = source_parts(work / "data")
     extra = shlex.split(args.train_options)
     with ThreadPoolExecutor(len(CANDIDATES)) as pool:
-        futures = {label: pool.submit(train_candidate, label, work, parts, extra) for label in CANDIDATES}
+        futures = {label: pool.submit(train_candidate, label, work, parts, extra, args.resume) for label in CANDIDATES}
         candidates = {label: future.result() for label, future in futures.items()}
     chosen = max(candidates, key=lambda label: candidates[label]["val_merit"])
     model = work / f"{chosen}.pt"
@@ -352,13 +365,20 @@ def main() -> None:
                     f"trained once (seed {SEED}, {THREADS} CPU thread) on all training folders with --val on every "
                     "validation folder (best epoch, thresholds, separation); the recipe with the best validation "
                     "merit (mean over sources and classes of Dice and object F1) is chosen and only it is scored "
-                    "on the test images, at its thresholds, without a sweep",
+                    "on the test images, at its thresholds, without a sweep"
+                    + ("; resumed (`--resume`) from an interrupted run of this benchmark: the trainings `resumed` "
+                       "lists were kept or continued from their checkpoints (their `train_cpu_s` and "
+                       "`train_wall_s` count this run's part), every evaluation, the choice and the test ran "
+                       "in this run" if args.resume else ""),
         "seed": SEED, "threads": THREADS,
         "split": {s: {k: len(v) for k, v in p.stems.items()} | {"test_stems": p.stems["test"]}
                   for s, p in parts.items()},
         "candidates": candidates, "chosen": chosen, "test": test,
         "model_bytes": model.stat().st_size, "installed": args.install,
     }
+    if args.resume:
+        result["resumed"] = {"interrupted_run": interrupted,
+                             "trainings": {label: c["resumed"] for label, c in candidates.items() if "resumed" in c}}
     result["run"] = clock.record()
     write_results(RESULTS, result)
     if args.install:

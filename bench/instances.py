@@ -48,7 +48,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +71,7 @@ from bench.common import (  # noqa: E402
     interrupted_run,
     mark_started,
     resumable_train,
+    resumed_data,
     stems_of,
     write_results,
 )
@@ -302,13 +302,7 @@ def refit(split: Split, work: Path, train_args: list[str], validated: Path,
 
 def resumed_split(dataset: str, work: Path) -> Split:
     """The split an interrupted run wrote to `work`/data, checked against the one this code draws."""
-    drawn = SPLITS[dataset](fresh_dir(work / "split-check"))
-    shutil.rmtree(work / "split-check")
-    found = {part: stems_of(work / "data" / part) for part in drawn.stems}
-    if found != {part: sorted(stems) for part, stems in drawn.stems.items()}:
-        raise SystemExit(f"{work / 'data'} does not hold the split this code draws for {dataset}: "
-                         "run it without --resume")
-    return Split(*(work / "data" / part for part in ("fit", "val", "test")), drawn.stems)
+    return resumed_data(SPLITS[dataset], work, dataset)
 
 
 def resumed_record(interrupted: dict[str, Any], runs: dict[str, list[dict[str, Any]]],

@@ -288,6 +288,7 @@ def default_model_section(data: Results | None) -> Lines:
             "Candidates, scored on the validation images (pixel Dice / object F1 per source and class; merit: "
             "their mean):", "",
             *candidates_table(data), "",
+            *(resumed_line("This run", data["resumed"]) if data.get("resumed") else []),
             *recalibration_lines(data),
             f"The chosen recipe, `{chosen}`, on the test images (scored once, at the thresholds and separation "
             "chosen on validation):", "",
@@ -609,20 +610,20 @@ def recipe_choice_lines(data: Results) -> Lines:
 
 
 def resumed_lines(data: Results) -> Lines:
-    """Per data set whose run continued an interrupted one (`--resume`): the interrupted run's code and
-    start, and each training it kept or continued, with the epochs and wall time that ran before."""
-    lines = []
-    for dataset, entry in data.items():
-        resumed = entry.get("resumed")
-        if not resumed:
-            continue
-        before = resumed["interrupted_run"]
-        took = "; ".join(f"`{name}` {'kept' if t['kept'] else 'continued'} ({t['epochs']} epochs, "
-                         f"{minutes(t['wall_s'])} wall before)" for name, t in resumed["trainings"].items())
-        lines += [f"The {dataset} run continued (`--resume`) a run interrupted at `{before['code']['commit'][:7]}` "
-                  f"(started {before['started']}, {before['cpu']['model']}): {took}. Every evaluation, the choice "
-                  "and the test ran in the resumed run; its training column counts the resumed run's CPU only.", ""]
-    return lines
+    """Per data set whose run continued an interrupted one (`--resume`), what it took over."""
+    return [line for dataset, entry in data.items() if entry.get("resumed")
+            for line in resumed_line(f"The {dataset} run", entry["resumed"])]
+
+
+def resumed_line(run: str, resumed: Results) -> Lines:
+    """`run` continued an interrupted run (`--resume`): the interrupted run's code and start, and each
+    training it kept or continued, with the epochs and wall time that ran before."""
+    before = resumed["interrupted_run"]
+    took = "; ".join(f"`{name}` {'kept' if t['kept'] else 'continued'} ({t['epochs']} epochs, "
+                     f"{minutes(t['wall_s'])} wall before)" for name, t in resumed["trainings"].items())
+    return [f"{run} continued (`--resume`) a run interrupted at `{before['code']['commit'][:7]}` "
+            f"(started {before['started']}, {before['cpu']['model']}): {took or 'no training'}. Every evaluation, the "
+            "choice and the test ran in the resumed run; its training column counts the resumed run's CPU only.", ""]
 
 
 def refit_command(data: Results) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import bench.common as common
 
 
@@ -84,3 +86,33 @@ def test_a_resume_needs_the_note_of_the_run_it_continues(tmp_path):
     common.mark_started(tmp_path, clock)
     noted = common.interrupted_run(tmp_path)
     assert noted["code"] == {"commit": "abc", "dirty_sha256": None} and noted["started"] and "kernels" in noted["cpu"]
+
+
+def test_a_resume_takes_an_interrupted_runs_data_only_when_its_files_and_declarations_match(tmp_path):
+    """`resumed_data` returns the draw's folders moved under work/data; a file or a dataset.json that
+    differs from a fresh draw stops the resume, and the scratch draw is always removed."""
+    from typing import NamedTuple
+
+    class Parts(NamedTuple):
+        fit: list[Path]
+        val: Path
+        stems: dict[str, list[str]]
+
+    def draw(data: Path) -> Parts:
+        for part, names in {"fit_20x": ["a"], "fit_40x": ["b"], "val": ["c"]}.items():
+            (data / part / "images").mkdir(parents=True)
+            (data / part / "dataset.json").write_text('{"mpp": 0.5}')
+            for name in names:
+                (data / part / "images" / f"{name}.png").write_bytes(b"")
+        return Parts([data / "fit_20x", data / "fit_40x"], data / "val", {"val": ["c"]})
+
+    draw(tmp_path / "data")
+    parts = common.resumed_data(draw, tmp_path, "tiny")
+    assert parts == Parts([tmp_path / "data" / "fit_20x", tmp_path / "data" / "fit_40x"], tmp_path / "data" / "val",
+                          {"val": ["c"]})
+    assert not (tmp_path / "split-check").exists()
+    (tmp_path / "data" / "val" / "dataset.json").write_text('{"mpp": 0.25}')
+    message = f"^{tmp_path / 'data'} does not hold the split this code draws for tiny: run it without --resume$"
+    with pytest.raises(SystemExit, match=message):
+        common.resumed_data(draw, tmp_path, "tiny")
+    assert not (tmp_path / "split-check").exists()

@@ -137,3 +137,36 @@ def test_recalibrate_refuses_a_record_of_another_model_before_emptying_its_work_
     with pytest.raises(SystemExit, match="does not describe"):
         dm.recalibrate(work)
     assert (work / "recipe.pt").is_file()
+
+
+def test_a_resumed_candidate_continues_its_training_under_its_name_and_says_so(tmp_path, monkeypatch):
+    """With --resume a candidate's training goes through `resumable_train` (kept or continued, named
+    as a fresh one), and its entry carries what ran before; a resume without the interrupted run's note
+    is refused before anything is trained."""
+    import sys
+
+    import bench.default_model as dm
+
+    calls = []
+
+    def resumable(data, model, seed, options, **kwargs):
+        calls.append((model, kwargs))
+        return {"train_cpu_s": 60.0, "train_wall_s": 30.0, "resumed": {"kept": False, "epochs": 12, "wall_s": 600.0}}
+
+    monkeypatch.setattr(dm, "resumable_train", resumable)
+    monkeypatch.setattr(dm, "best_epoch", lambda model: 100)
+    scores = {"wbc": {"cell": {"dice": 0.9, "object_f1": 0.8}}}
+    monkeypatch.setattr(dm, "score", lambda model, parts, part, work: scores)
+    parts = {"wbc": dm.Parts([tmp_path / "fit"], tmp_path / "val", tmp_path / "test", {})}
+    label = next(iter(dm.CANDIDATES))
+    entry = dm.train_candidate(label, tmp_path, parts, [], resume=True)
+    [(model, kwargs)] = calls
+    assert model == tmp_path / f"{label}.pt" and kwargs["resume"] is True and kwargs["val"] == [tmp_path / "val"]
+    assert kwargs["name"].startswith("cyseg default v2") and kwargs["threads"] == dm.THREADS
+    assert entry["resumed"] == {"kept": False, "epochs": 12, "wall_s": 600.0}
+    assert entry["val_merit"] == pytest.approx(0.85) and entry["train_cpu_s"] == 60.0
+    monkeypatch.setattr(sys, "argv", ["default_model.py", "--resume", "--work", str(tmp_path / "none")])
+    monkeypatch.setattr(dm, "SHARED_DATA", tmp_path)
+    with pytest.raises(SystemExit, match="holds no interrupted run of this benchmark"):
+        dm.main()
+    assert len(calls) == 1

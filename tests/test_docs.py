@@ -114,6 +114,13 @@ def test_shipped_model_docs_follow_the_current_protocol():
     assert line.startswith("The shipped model was trained with `cyseg train --instances --zoom 0.8` on 192 wbc, 8")
     assert "for nuclei, wbc 0.900, miccai15 0.900; for whole cells, wbc 0.900" in line
     assert report.default_model_section({"held_out_scores": {}})[-2].startswith("Not measured yet")
+    assert "continued (`--resume`)" not in section_text
+    data["resumed"] = {"interrupted_run": {"code": {"commit": "f15257f00"}, "started": "2026-12-06T17:00:00+00:00",
+                                           "cpu": {"model": "AMD EPYC"}},
+                       "trainings": {"zoom0.8": {"kept": True, "epochs": 120, "wall_s": 3000.0}}}
+    resumed_text = "\n".join(report.default_model_section(data))
+    assert ("This run continued (`--resume`) a run interrupted at `f15257f` (started 2026-12-06T17:00:00+00:00, "
+            "AMD EPYC): `zoom0.8` kept (120 epochs, 50 min wall before).") in resumed_text
 
 
 def test_instance_docs_name_each_recipe_and_the_runs_of_the_earlier_protocol():
