@@ -466,7 +466,8 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
         extra={"original": str(data.resolve()), "model": str(model_path.resolve()),
                "postprocess": chain_description(seg, opts), "threshold": opts.threshold,
                "rule": RULES[opts.mode], "growth": {**dataclasses.asdict(opts.rule), "expert_median_area_px": area},
-               "only_kind": list(opts.only_kind) or None})
+               "only_kind": list(opts.only_kind) or None,
+               **({"read_scale": dataset.read_scale} if dataset.read_scale != 1 else {})})
     with writer:
         (writer.tmp / "added").mkdir()
         stats, level = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts, area)
@@ -517,7 +518,7 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
     means = [np.zeros(0)]
     for item in tqdm([i for i in dataset.items if i.stem in chosen], desc=f"IDI {k}: predicting", unit="image",
                      disable=not opts.progress, leave=False):
-        found[item.stem], expert = _predicted(seg, item, truth[item.stem], opts, area)
+        found[item.stem], expert = _predicted(seg, item, truth[item.stem], opts, area, dataset.read_scale)
         means.append(expert)
     level = opts.rule.level(np.concatenate(means))
     stats = dict.fromkeys(("pixels", "before", "after", "added", "added_prev", "removed_prev", "changed",
@@ -543,20 +544,22 @@ def _grow_labels(k: int, seg: Segmenter, writer: DatasetWriter, dataset: Dataset
     return stats, level
 
 
-def idi_prediction(seg: Segmenter, image: Path, opts: ImproveOptions) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """One training image as an IDI iteration sees it: the (H, W) bool mask of the IDI post-processing
-    (`idi_postprocess`), the (H, W) float32 probabilities and the level the mask was cut at."""
-    probs = seg.predict(read_image(image))
+def idi_prediction(seg: Segmenter, image: Path, opts: ImproveOptions,
+                   read_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """One training image as an IDI iteration sees it (read at `read_scale`, its folder's): the (H, W)
+    bool mask of the IDI post-processing (`idi_postprocess`), the (H, W) float32 probabilities and the
+    level the mask was cut at."""
+    probs = seg.predict(read_image(image), read_scale=read_scale)
     with torch.inference_mode():
         pred, tau = idi_postprocess(seg, probs, opts.threshold, opts.normalize, opts.floor)
     return pred.cpu().numpy(), probs[0].float().cpu().numpy(), tau
 
 
-def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions,
-               area: float) -> tuple[tuple[Candidates, dict[str, Any]], np.ndarray]:
+def _predicted(seg: Segmenter, item: Item, gt: np.ndarray, opts: ImproveOptions, area: float,
+               read_scale: float = 1.0) -> tuple[tuple[Candidates, dict[str, Any]], np.ndarray]:
     """What the model could add to one mask (`idi_rules.addable`) with its record, and the mean
-    probability on each expert object."""
-    pred, probs_np, tau = idi_prediction(seg, item.image, opts)
+    probability on each expert object (the image read at its folder's `read_scale`)."""
+    pred, probs_np, tau = idi_prediction(seg, item.image, opts, read_scale)
     found = addable(gt, pred, probs_np, opts.rule, area)
     return (found, {"threshold_used": tau, "predicted_px": int(pred.sum())}), expert_means(gt, probs_np)
 
@@ -594,7 +597,7 @@ def val_scores(seg: Segmenter, val: Dataset, rule: GrowthRule, area: float, leve
     for item in val.items:
         image = read_image(item.image)
         gt = read_mask(item.mask, image.shape[:2]).astype(bool)
-        probs = seg.predict(image)
+        probs = seg.predict(image, read_scale=val.read_scale)
         with torch.inference_mode():
             mask = seg.masks_from_probabilities(probs).cpu().numpy().astype(bool)
         unknown = (np.zeros_like(gt) if rule.mode == "or" else

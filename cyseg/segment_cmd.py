@@ -9,6 +9,7 @@ touching objects (segmenter.instances) and writes QuPath cell objects (segmenter
 objects are the masks' connected regions, written as annotations as before."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from segmenter.classes import COLOURS
 from segmenter.errors import CysegError
 from segmenter.instances import instance_labels
 from segmenter.io.atomic import atomic_dir
+from segmenter.io.dataset import declared_read_scale, read_manifest
 from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import GREEN, overlay, overlay_objects
 from segmenter.pipeline import BackgroundWriter, read_ahead
@@ -74,6 +76,12 @@ def list_images(source: Path) -> list[Path]:
     return files
 
 
+def folder_read_scale(source: Path) -> float:
+    """The read scale a dataset folder's dataset.json declares (`declared_read_scale`); 1 for an image
+    file or a plain folder of images."""
+    return declared_read_scale(read_manifest(source), source) if (source / "dataset.json").is_file() else 1.0
+
+
 def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path, threshold: float | None,
                       simplify: float, min_area: float | None, overlays: bool, tiling: dict[str, Any],
                       slide_opts: dict[str, Any] | None = None, progress: bool = True,
@@ -82,8 +90,11 @@ def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path,
     image is read and the last one's outputs written in background threads (segmenter.pipeline).
     An image larger than one slide window goes through the whole-slide engine instead, window by
     window, so that memory stays bounded whatever its size (`slide_opts`: the engine's options)."""
+    read_scale = folder_read_scale(source)
     opts = WsiOptions(**{**tiling, "threshold": threshold, "simplify": simplify, "min_area": min_area,
                          **(slide_opts or {})})
+    opts = dataclasses.replace(opts, downsample=opts.downsample / read_scale)
+    tiling = {**tiling, "read_scale": read_scale}
     small, large = _by_size(list_images(source), opts.window_size)
     _check_crops(seg, small, large, opts, allow_mismatch)
     min_areas = seg.min_areas(min_area)

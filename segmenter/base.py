@@ -260,7 +260,7 @@ class Segmenter:
     def predict(self, image: np.ndarray | torch.Tensor, tile: int | None = None, overlap: int | None = None,
                 batch: int | None = None, tta: bool | None = None, amp: bool | None = None,
                 into: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                multiple: int = 1) -> torch.Tensor:
+                multiple: int = 1, read_scale: float = 1.0) -> torch.Tensor:
         """Per-class probabilities (C, H, W) on the model's device for an RGB uint8 image (H, W, 3)
         or a uint8 tensor (3, H, W); images larger than `tile` run tile by tile, blended, at the
         model's working resolution (tile sizes count network pixels). With `tta` every tile is the
@@ -270,7 +270,8 @@ class Segmenter:
         With `into` (C, H, W), e.g. a view of a slide area's canvas, the probabilities (times `scale`
         (H, W) when given) are added to it and it is returned, without a result tensor of their own
         when the network works at the image's resolution. Tiles of a tiled image have sides that are
-        multiples of `multiple` (and of the network's own)."""
+        multiples of `multiple` (and of the network's own). `read_scale` (a dataset folder's, see
+        `declared_read_scale`) multiplies the working resolution for this image."""
         tile = tile or self.inference["tile"]
         overlap = self.inference["overlap"] if overlap is None else overlap
         batch = batch or self.inference["batch"]
@@ -285,8 +286,9 @@ class Segmenter:
                     return self.probabilities(self.to_input(t), net)
 
             size = (x.shape[1], x.shape[2])
-            direct = self.resolution == 1
-            probs = predict_tiled(with_tta(forward, tta), to_network(x, self.resolution), self.n_outputs, tile,
+            resolution = self.resolution * read_scale
+            direct = resolution == 1
+            probs = predict_tiled(with_tta(forward, tta), to_network(x, resolution), self.n_outputs, tile,
                                   overlap, batch, math.lcm(self.multiple, multiple), into if direct else None,
                                   scale if direct else None)
             if into is None or direct:

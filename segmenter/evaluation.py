@@ -88,7 +88,7 @@ def _evaluate_one(seg: Segmenter, dataset: Dataset, thresholds: Sequence[float],
     with closing(read_ahead(dataset.items, _read_scored)) as pairs:  # the next pair is read beside the network
         for item, (image, labels, unknown) in tqdm(pairs, total=len(dataset.items), desc="evaluating", unit="image",
                                           disable=not progress, leave=False):
-            probs = seg.predict(image)
+            probs = seg.predict(image, read_scale=dataset.read_scale)
             if predictions is not None:
                 predictions[item.image] = probs.cpu()
             targets = channels.targets(labels)

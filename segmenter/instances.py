@@ -168,7 +168,8 @@ def _predicted(seg: Segmenter, datasets: Sequence[Dataset],
         channels = channel_map(dataset.classes, seg.classes, dataset.root)
         for item in dataset.items:
             image, labels = read_pair(item)
-            probs = predictions[item.image].to(seg.device) if item.image in predictions else seg.predict(image)
+            probs = (predictions[item.image].to(seg.device) if item.image in predictions
+                     else seg.predict(image, read_scale=dataset.read_scale))
             with torch.inference_mode():
                 masks = seg.class_masks(probs).cpu().numpy()
             targets = channels.targets(labels)

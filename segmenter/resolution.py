@@ -27,16 +27,22 @@ def scaled_size(height: int, width: int, resolution: float) -> tuple[int, int]:
     return max(1, round(height * resolution)), max(1, round(width * resolution))
 
 
+def resample_image(image: np.ndarray, resolution: float) -> np.ndarray:
+    """An (H, W, C) image at `resolution` times its size (area-averaged when shrunk, bilinear when enlarged)."""
+    if resolution == 1:
+        return image
+    h, w = scaled_size(*image.shape[:2], resolution)
+    interpolation = cv2.INTER_AREA if resolution < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(image, (w, h), interpolation=interpolation)
+    return small[:, :, None] if small.ndim == 2 else small
+
+
 def resample_pair(image: np.ndarray, mask: np.ndarray, resolution: float) -> tuple[np.ndarray, np.ndarray]:
-    """A training image (area-averaged when shrunk) and its mask (nearest label) at the working resolution."""
+    """A training image (`resample_image`) and its mask (nearest label) at the working resolution."""
     if resolution == 1:
         return image, mask
     h, w = scaled_size(*mask.shape, resolution)
-    interpolation = cv2.INTER_AREA if resolution < 1 else cv2.INTER_LINEAR
-    small = cv2.resize(image, (w, h), interpolation=interpolation)
-    if small.ndim == 2:
-        small = small[:, :, None]
-    return small, cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    return resample_image(image, resolution), cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def to_network(image: torch.Tensor, resolution: float) -> torch.Tensor:

@@ -53,7 +53,7 @@ from segmenter.planning import (
     plan_resolution,
 )
 from segmenter.precision import autocast, precision_name
-from segmenter.resolution import check_resolution, resample_pair
+from segmenter.resolution import check_resolution, resample_pair, scaled_size
 from segmenter.sampler import CropSampler, channel_stats
 from segmenter.scope import training_scope
 from segmenter.subsets import sample
@@ -209,18 +209,24 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
     datasets = [open_dataset(folder) for folder in _folders(train_dir)]
     images, masks, maps, unknown = _load_arrays(seg, datasets)  # reads and checks every pair first
     instances = load_instances(seg, datasets, [m.shape[:2] for m in masks]) if seg.instance_classes else None
-    resolution, size = _working_resolution(seg, masks, opts.resolution)
+    read_scales = [datasets[folder].read_scale for folder in _folder_of_each_image(datasets)]
+    resolution, size = _working_resolution(seg, _at_read_scale(masks, read_scales), opts.resolution)
     opts = dataclasses.replace(opts, resolution=resolution)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        images[i], masks[i] = resample_pair(image, mask, resolution)
+        factor = resolution * read_scales[i]
+        images[i], masks[i] = resample_pair(image, mask, factor)
         side = (masks[i].shape[1], masks[i].shape[0])
-        if unknown[i] is not None and resolution != 1:
+        if unknown[i] is not None and factor != 1:
             unknown[i] = cv2.resize(unknown[i].view(np.uint8), side, interpolation=cv2.INTER_NEAREST) > 0
-        if instances is not None and resolution != 1:
+        if instances is not None and factor != 1:
             stack = cv2.resize(instances[i][0], side, interpolation=cv2.INTER_NEAREST)
             instances[i] = (stack.reshape(*masks[i].shape, -1), instances[i][1])
     if opts.resolution != 1:
         log.info("the network works at %g x the images' resolution (training crops and predictions)", opts.resolution)
+    for dataset in datasets:
+        if dataset.read_scale != 1:
+            log.info("%s: read at %g x its images' size (its dataset.json's read_scale)", dataset.root,
+                     dataset.read_scale)
     val = [open_dataset(folder) for folder in _folders(val_dir)] or None
     if val is not None:
         _check_validation(seg, val)
@@ -231,6 +237,13 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
         log.info("epochs auto: %d epochs of %d-px crops (the pixels of %d epochs of %d-px crops)", opts.epochs, crop,
                  DEFAULT_EPOCHS, DEFAULT_CROP)
     return TrainingData(datasets, images, masks, maps, instances, unknown, val, dataset_hash, size, crop), opts
+
+
+def _at_read_scale(masks: list[np.ndarray], read_scales: list[float]) -> list[np.ndarray]:
+    """The masks at their folders' read scales (nearest label): what the working resolution is planned on."""
+    return [mask if scale == 1 else cv2.resize(mask, scaled_size(*mask.shape[:2], scale)[::-1],
+                                               interpolation=cv2.INTER_NEAREST)
+            for mask, scale in zip(masks, read_scales, strict=True)]
 
 
 def _folder_of_each_image(datasets: list[Dataset]) -> list[int]:
@@ -268,18 +281,21 @@ def class_object_sizes(labels: tuple[str, ...], by_folder: dict[int, dict[str, f
 
 
 def folder_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[ChannelMap], folders: list[int],
-                        resolution: float = 1.0) -> dict[int, dict[str, float]]:
+                        resolution: float = 1.0,
+                        read_scales: Sequence[float] | None = None) -> dict[int, dict[str, float]]:
     """{training folder index (`folders`: each mask's): {class it annotates: typical object size}}:
     the equivalent diameter of the object holding the median foreground pixel (`planning.object_size`),
-    in pixels of the images (`masks` are at `resolution` times theirs), the pixels polygons and
-    scores count."""
+    in pixels of the images (`masks` are at `resolution` times theirs, times their folder's
+    `read_scales`), the pixels polygons and scores count."""
     of_folder: dict[int, dict[str, list[np.ndarray]]] = {}
     for mask, m, folder in zip(masks, maps, folders, strict=True):
         targets = m.targets(mask)
         found = of_folder.setdefault(folder, {})
         for c in np.flatnonzero(m.known):
             found.setdefault(seg.labels[c], []).append(targets[:, :, c] > 0)
-    return {folder: {label: round(object_size(found) / resolution, 1) for label, found in classes.items()}
+    scales = read_scales or [1.0] * (max(folders, default=0) + 1)
+    return {folder: {label: round(object_size(found) / (resolution * scales[folder]), 1)
+                     for label, found in classes.items()}
             for folder, classes in of_folder.items()}
 
 
@@ -378,7 +394,8 @@ def _paths(datasets: list[Dataset] | None) -> str | list[str] | None:
 def _object_sizes(seg: Segmenter, data: TrainingData, resolution: float) -> dict[str, Any]:
     """The model file's record of its objects' typical sizes: per class (the speck rule's) and per
     training folder."""
-    by_folder = folder_object_sizes(seg, data.masks, data.maps, _folder_of_each_image(data.datasets), resolution)
+    by_folder = folder_object_sizes(seg, data.masks, data.maps, _folder_of_each_image(data.datasets), resolution,
+                                    [d.read_scale for d in data.datasets])
     return {"object_size_px_by_class": class_object_sizes(seg.labels, by_folder),
             "object_size_px_by_folder": {str(data.datasets[i].root.resolve()): sizes
                                          for i, sizes in sorted(by_folder.items())}}

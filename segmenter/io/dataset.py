@@ -34,6 +34,7 @@ from segmenter.io.instances import instance_paths
 FORMAT = "cyseg-dataset/1"
 UNKNOWN_FOLDER = "unknown"
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+MAX_READ_SCALE = 4.0
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Dataset:
     items: list[Item]
     manifest: dict[str, Any]
     classes: tuple[str, ...] = ()
+    read_scale: float = 1.0  # the network reads these images at this fraction of their size (`declared_read_scale`)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -107,6 +109,18 @@ def declared_classes(manifest: dict[str, Any], root: Path) -> tuple[str, ...]:
     return check_names(manifest["classes"], f'{root / "dataset.json"} "classes"')
 
 
+def declared_read_scale(manifest: dict[str, Any], root: Path) -> float:
+    """The manifest's "read_scale" (1 when absent): the fraction of their size at which the network reads
+    the folder's images, on top of the model's working resolution, for crops up-sampled or scanned at a
+    higher magnification than the model's other data (0.5: read at half size). Masks, scores and polygons
+    stay at the images' size."""
+    value = manifest.get("read_scale", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_READ_SCALE:
+        raise DatasetError(f'{root / "dataset.json"} "read_scale" is {value!r}; give a number in (0, '
+                           f'{MAX_READ_SCALE:g}] (0.5: the network reads the images at half their size)')
+    return float(value)
+
+
 def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset:
     """List and pair the images and masks of a dataset folder; fail on anything unpaired."""
     root = Path(root)
@@ -141,12 +155,13 @@ def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset
         masks = _index(masks_dir, MASK_SUFFIXES)
     manifest = read_manifest(root)
     classes = declared_classes(manifest, root)
+    read_scale = declared_read_scale(manifest, root)
     entries = manifest.get("items", {})
     labelled = instance_paths(root, list(images), manifest, classes)
     unknown = _unknown_paths(root, images)
     items = [Item(stem, path, masks.get(stem), dict(entries.get(stem, {})), classes, labelled[stem],
                   unknown.get(stem)) for stem, path in images.items()]
-    return Dataset(root, items, manifest, classes)
+    return Dataset(root, items, manifest, classes, read_scale)
 
 
 def _unknown_paths(root: Path, images: dict[str, Path]) -> dict[str, Path]:
