@@ -14,7 +14,8 @@ Sources and their splits (bench/instances.py's, fixed and seeded, so the figures
 GlaS is left out: a gland is neither a cell nor a nucleus, so it would blur what `cell` means.
 
 Each candidate recipe (`CANDIDATES`, on top of `BASE`: stain/colour jitter and scale augmentation
-for every one) is trained once (seed 0) on all training folders at once with `--val` on every
+for every one; `READ_SCALES`: a source whose folders declare a dataset.json read_scale, in training,
+validation and test alike) is trained once (seed 0) on all training folders at once with `--val` on every
 validation folder; both run side by side, one CPU thread each, in the CPU's native precision
 (bfloat16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere). Training is then a pure function of its
 seed, so the rebuild is bit-identical on CPUs of the same instruction set (the convolution kernels'
@@ -80,8 +81,12 @@ BASE = ["--instances", "--classes", "cell,nucleus", "--resolution", "1", "--colo
 # one recipe at two lengths, as each source gets only a fifth of the crops a model of its own would: nuclei,
 # the weaker class on every source, at twice the loss share, and each class's contours (touching nuclei are
 # what it merges on H&E from other organs, and contour cores separated wbc's lobed nuclei, bench/instances.py)
-CANDIDATES = {"120-epochs-nucleus-x2-contours": ["--epochs", "120", "--class-weights", "1,2", "--contours"],
-              "240-epochs-nucleus-x2-contours": ["--epochs", "240", "--class-weights", "1,2", "--contours"]}
+CANDIDATES = {"240-epochs-nucleus-x2-contours": ["--epochs", "240", "--class-weights", "1,2", "--contours"],
+              "240-epochs-nucleus-x2-contours-urothelial-half": ["--epochs", "240", "--class-weights", "1,2",
+                                                                 "--contours"]}
+# what a candidate's dataset folders declare in dataset.json beside their stain: the urothelial crops are
+# up-sampled (nuclei about 125 px across, several times a 20-40x scan's), so one candidate reads them at half size
+READ_SCALES: dict[str, dict[str, float]] = {"240-epochs-nucleus-x2-contours-urothelial-half": {"urothelial": 0.5}}
 SEED = 0
 THREADS = 1  # per candidate; the candidates run side by side
 RESULTS = ROOT / "bench" / "results" / "default_model.json"
@@ -108,9 +113,15 @@ def declare(folder: Path, **fields: Any) -> Path:
     return folder
 
 
-def source_parts(work: Path) -> dict[str, Parts]:
-    """source -> its folders under `work` (bench/instances.py's splits), each declaring its stain;
-    the miccai15 training tiles in one folder per magnification, each declaring its µm/px."""
+def candidate_parts(data: Path) -> dict[str, dict[str, Parts]]:
+    """candidate -> source -> its folders under `data`/<candidate> (`source_parts` with its `READ_SCALES`)."""
+    return {label: source_parts(data / label, READ_SCALES.get(label, {})) for label in CANDIDATES}
+
+
+def source_parts(work: Path, read_scales: dict[str, float] | None = None) -> dict[str, Parts]:
+    """source -> its folders under `work` (bench/instances.py's splits), each declaring its stain and,
+    where `read_scales` gives one, its read scale; the miccai15 training tiles in one folder per
+    magnification, each declaring its µm/px."""
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} is missing; the shipped model is built from ../shared/data (see its README)")
     parts = {}
@@ -120,6 +131,9 @@ def source_parts(work: Path) -> dict[str, Parts]:
         fit = ([declare(split.fit, stain=stain, name=f"{NAMES[source]}, training part")] if source != "miccai15"
                else miccai_by_magnification(split, work))
         parts[source] = Parts(fit, declare(split.val, stain=stain), declare(split.test, stain=stain), split.stems)
+        if source in (read_scales or {}):
+            for folder in (*fit, split.val, split.test):
+                declare(folder, read_scale=read_scales[source])
     return parts
 
 
@@ -152,7 +166,7 @@ def shipped_record() -> dict[str, Any]:
 def recorded_parts(record: dict[str, Any], work: Path) -> dict[str, Parts]:
     """Every source's folders under `work` (emptied first), once their test images are checked to be the
     ones `record` scored."""
-    parts = source_parts(fresh_dir(work) / "data")
+    parts = source_parts(fresh_dir(work) / "data", READ_SCALES.get(record["chosen"], {}))
     for source, p in parts.items():
         if p.stems["test"] != record["split"][source]["test_stems"]:
             sys.exit(f"the {source} test split differs from the recorded one")
@@ -251,7 +265,7 @@ def rebuild(work: Path) -> None:
               "are not expected to be identical", file=sys.stderr, flush=True)
     clock = RunClock()
     work = fresh_dir(work)
-    entry = train_candidate(chosen, work, source_parts(work / "data"), [])
+    entry = train_candidate(chosen, work, source_parts(work / "data", READ_SCALES.get(chosen, {})), [])
     model = work / f"{chosen}.pt"
     shipped = weights_digest(SHIPPED["default"])
     result = {
@@ -282,12 +296,13 @@ def train_candidate(label: str, work: Path, parts: dict[str, Parts], extra: list
     interrupted run's training kept or continued); score its validation images."""
     options = [*BASE, *CANDIDATES[label], *extra]
     model = work / f"{label}.pt"
-    name = NAME.format(args=shlex.join(options))
+    name = NAME.format(args=shlex.join(options) + "".join(f"; {source} crops read at {scale:g}x their size"
+                                                         for source, scale in READ_SCALES.get(label, {}).items()))
     run = resumable_train([f for p in parts.values() for f in p.fit], model, SEED, options, resume=resume,
                           val=[p.val for p in parts.values()], name=name, threads=THREADS)
     val = score(model, parts, "val", work)
-    entry = {"train_args": shlex.join(options), **run, "best_epoch": best_epoch(model), "val": val,
-             "val_merit": merit(val)}
+    entry = {"train_args": shlex.join(options), "read_scales": READ_SCALES.get(label, {}), **run,
+             "best_epoch": best_epoch(model), "val": val, "val_merit": merit(val)}
     print(f"{label:10s} validation merit {entry['val_merit']:.4f}, {run['train_cpu_s'] / 60:.1f} CPU-min", flush=True)
     return entry
 
@@ -347,17 +362,19 @@ def main() -> None:
     clock = RunClock()
     work = args.work
     if args.resume:
-        interrupted, parts = interrupted_run(work), resumed_data(source_parts, work, "the shipped model's sources")
+        interrupted = interrupted_run(work)
+        parts = resumed_data(candidate_parts, work, "the shipped model's candidates")
     else:
         mark_started(fresh_dir(work), clock)
-        parts = source_parts(work / "data")
+        parts = candidate_parts(work / "data")
     extra = shlex.split(args.train_options)
     with ThreadPoolExecutor(len(CANDIDATES)) as pool:
-        futures = {label: pool.submit(train_candidate, label, work, parts, extra, args.resume) for label in CANDIDATES}
+        futures = {label: pool.submit(train_candidate, label, work, parts[label], extra, args.resume)
+                   for label in CANDIDATES}
         candidates = {label: future.result() for label, future in futures.items()}
     chosen = max(candidates, key=lambda label: candidates[label]["val_merit"])
     model = work / f"{chosen}.pt"
-    test = score(model, parts, "test", work)
+    test = score(model, parts[chosen], "test", work)
     report(test)
     result = {
         "benchmark": "default_model",
@@ -372,7 +389,7 @@ def main() -> None:
                        "in this run" if args.resume else ""),
         "seed": SEED, "threads": THREADS,
         "split": {s: {k: len(v) for k, v in p.stems.items()} | {"test_stems": p.stems["test"]}
-                  for s, p in parts.items()},
+                  for s, p in parts[chosen].items()},
         "candidates": candidates, "chosen": chosen, "test": test,
         "model_bytes": model.stat().st_size, "installed": args.install,
     }

@@ -228,8 +228,14 @@ def candidate_row(label: str, entry: Results, chosen: str) -> list[str]:
     """One candidate recipe of the shipped model's validation."""
     val = "; ".join(f"{source} {name} {s['dice']:.3f}/{s['object_f1']:.3f}"
                     for source, classes in entry["val"].items() for name, s in classes.items())
-    return [f"`{label}`" + (" (chosen)" if label == chosen else ""), args_cell(entry["train_args"], "defaults"),
+    return [f"`{label}`" + (" (chosen)" if label == chosen else ""),
+            args_cell(entry["train_args"], "defaults") + read_scales_words(entry),
             str(entry["best_epoch"]), val, f"{entry['val_merit']:.3f}", minutes(entry["train_cpu_s"])]
+
+
+def read_scales_words(entry: Results) -> str:
+    """'; urothelial read at 0.5x' for the sources a candidate's folders declare a read scale for, else ''."""
+    return "".join(f"; {source} read at {scale:g}x" for source, scale in entry.get("read_scales", {}).items())
 
 
 def final_scores_rows(source: str, classes: Results, split: Results) -> list[list[str]]:
@@ -996,7 +1002,8 @@ def shipped_model_block(data: Results | None) -> Lines:
     per_class = {name: ", ".join(f"{source} {classes[name]['dice']:.3f}" for source, classes in data["test"].items()
                                  if name in classes) for name in ("nucleus", "cell")}
     which = "The shipped model" if data["installed"] else "The last model of `bench/default_model.py` (not installed)"
-    return [f"{which} was trained with `cyseg train {chosen['train_args']}` on {sources} images, the recipe chosen "
+    return [f"{which} was trained with `cyseg train {chosen['train_args']}` on {sources} images"
+            f"{read_scales_words(chosen)}, the recipe chosen "
             "on validation images; on test images used for nothing else its Dice is, for nuclei, "
             f"{per_class['nucleus']}; for whole cells, {per_class['cell']} "
             "([details](docs/benchmarks.md#the-shipped-model))."]

@@ -170,3 +170,20 @@ def test_a_resumed_candidate_continues_its_training_under_its_name_and_says_so(t
     with pytest.raises(SystemExit, match="holds no interrupted run of this benchmark"):
         dm.main()
     assert len(calls) == 1
+
+
+def test_each_candidate_reads_its_sources_at_the_scales_it_declares(shared_data, tmp_path):
+    """Every candidate gets the same split in a folder of its own; the one with read scales declares them
+    in each of that source's folders (training, validation and test), and only there."""
+    import bench.default_model as dm
+    from segmenter.io.dataset import open_dataset
+
+    parts = dm.candidate_parts(tmp_path)
+    assert set(parts) == set(dm.CANDIDATES)
+    [(label, scales)] = dm.READ_SCALES.items()
+    for candidate, by_source in parts.items():
+        for source, p in by_source.items():
+            assert p.stems == parts[label][source].stems
+            expected = scales.get(source, 1.0) if candidate == label else 1.0
+            assert {open_dataset(f).read_scale for f in (*p.fit, p.val, p.test)} == {expected}
+    assert scales == {"urothelial": 0.5}
