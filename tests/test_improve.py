@@ -373,7 +373,7 @@ def test_validation_counts_objects_the_rule_would_add_as_unknown(tmp_path):
     write_grey(tmp_path / "val" / "masks" / "a.png", gt * 255)
 
     class Found:  # stands in for a model that predicts `found` with probability 0.9
-        def predict(self, image):
+        def predict(self, image, read_scale=1.0):
             return torch.from_numpy(np.where(found > 0, 0.9, 0.05).astype(np.float32))[None]
 
         def masks_from_probabilities(self, probs):
