@@ -23,7 +23,9 @@ summary gives per strategy and round the mean ± std test IoU over seeds, whethe
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON. The data sets
 of an earlier results file measured with the same settings stay in it beside this run's, each with
-its own run record.
+its own run record. `--resume` continues a run interrupted in the same --work folder (a session's end):
+finished trainings are kept, the others continue from their checkpoints, every suggestion and score runs
+again, and each data set's `resumed` names the trainings taken over.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
                            [--epochs 15] [--steps-per-epoch 20] [--views 4] [--jobs 1] [--work DIR]
@@ -31,8 +33,8 @@ its own run record.
     python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
 
 Data: glas = GlaS official train (pool, 85 images) / test (80); wbc = wbc/dataset1, a seeded 60
-images held out for test, the other 240 the pool. Every run starts from an empty work folder and
-writes its results file whole.
+images held out for test, the other 240 the pool. Every run but a `--resume` starts from an empty work
+folder; each writes its results file whole.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -56,9 +59,11 @@ from bench.common import (  # noqa: E402
     RunClock,
     apply_quick,
     cli_evaluate,
-    cli_train,
     fresh_dir,
+    interrupted_run,
     link_dataset,
+    mark_started,
+    resumable_train,
     stems_of,
     write_results,
 )
@@ -83,8 +88,9 @@ def pools(dataset: str) -> tuple[Path, list[str], Path, list[str]]:
 
 
 def pool_folder(out: Path, source: Path, pool: list[str], labelled: list[str]) -> Path:
-    """The annotator's folder: every pool image, masks only for the labelled ones (so `cyseg suggest`
-    leaves them out)."""
+    """The annotator's folder (written anew): every pool image, masks only for the labelled ones (so
+    `cyseg suggest` leaves them out)."""
+    shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir()
     for stem in pool:
@@ -102,12 +108,21 @@ def suggested(model: Path, pool: Path, count: int, views: int, weight: float, ou
         return [Path(row["source"]).stem for row in csv.DictReader(handle)]
 
 
-def train_and_score(data: Path, test: Path, work: Path, seed: int, options: list[str]) -> dict[str, Any]:
-    """A fresh model on `data` (the round budget), scored on the test images."""
+def train_and_score(data: Path, test: Path, work: Path, seed: int, options: list[str],
+                    resume: bool = False) -> dict[str, Any]:
+    """A fresh model on `data` (the round budget; with `resume`, an interrupted run's kept or
+    continued), scored on the test images."""
     model = work / "model.pt"
-    cpu, _ = cli_train(data, model, seed, options)
+    run = resumable_train(data, model, seed, options, resume=resume)
     summary = cli_evaluate(model, test, work / "eval", ["--no-sweep"])
-    return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"], "train_cpu_s": cpu}
+    return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"],
+            "train_cpu_s": run["train_cpu_s"], **({"resumed": run["resumed"]} if "resumed" in run else {})}
+
+
+def relinked(out: Path, source: Path, stems: list[str]) -> Path:
+    """`link_dataset` into `out` emptied first, so a resumed run's folders hold exactly `stems`."""
+    shutil.rmtree(out, ignore_errors=True)
+    return link_dataset(out, source, stems)
 
 
 def strategies(weights: list[float]) -> dict[str, float | None]:
@@ -130,13 +145,16 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     if args.holdout:
         pool, test_stems = holdout(pool, args.holdout)
         test_source = source
-    test = link_dataset(work / "test", test_source, test_stems)
+    test = relinked(work / "test", test_source, test_stems)
     options = train_options(args)
     n_start, n_step = max(1, round(args.start * len(pool))), max(1, round(args.step * len(pool)))
     start = sorted(random.Random(seed).sample(pool, n_start))
-    full = train_and_score(link_dataset(work / "full" / "data", source, pool), test, work / "full", seed, options)
+    full = train_and_score(relinked(work / "full" / "data", source, pool), test, work / "full", seed, options,
+                           args.resume)
     out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
-    first = train_and_score(link_dataset(work / "round1" / "data", source, start), test, work / "round1", seed, options)
+    first = train_and_score(relinked(work / "round1" / "data", source, start), test, work / "round1", seed, options,
+                            args.resume)
+    resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
     for strategy, weight in strategies(args.weights).items():
         labelled, rounds, previous = list(start), [], None
         for r in range(1, args.rounds + 1):
@@ -149,14 +167,18 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
                     labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weight,
                                           here / "suggested")
-            scored = first if r == 1 else train_and_score(link_dataset(here / "data", source, labelled), test, here,
-                                                          seed, options)
+            scored = first if r == 1 else train_and_score(relinked(here / "data", source, labelled), test, here,
+                                                          seed, options, args.resume)
+            if r > 1 and "resumed" in scored:
+                resumed[f"{strategy}/round{r}"] = scored["resumed"]
             previous = scored["model"]
             rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
                            "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
             print(f"{dataset} seed {seed} {strategy:8s} round {r}: {len(labelled)}/{len(pool)} labelled, "
                   f"test IoU {scored['iou']:.4f}", flush=True)
         out[strategy] = rounds
+    if resumed:
+        out["resumed"] = resumed
     return out
 
 
@@ -236,6 +258,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="[default: bench/results/active.json; --quick: active_quick.json in --work]")
     parser.add_argument("--quick", action="store_true", help="tiny budget, one seed, two rounds: a smoke run")
+    parser.add_argument("--resume", action="store_true", help="continue a run interrupted in --work (the same "
+                        "options): its finished trainings are kept, the others continue from their checkpoints, "
+                        "every suggestion and score runs again; the results record what was taken over")
     args = parser.parse_args()
     if args.quick:
         apply_quick(args, QUICK, sys.argv[1:])
@@ -269,8 +294,12 @@ def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     clock = RunClock()
-    work = fresh_dir(args.work)
-    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out")} | {"target": TARGET}
+    work = args.work
+    if args.resume:
+        interrupted = interrupted_run(work)
+    else:
+        mark_started(fresh_dir(work), clock)
+    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "resume")} | {"target": TARGET}
     results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": settings,
                                "datasets": earlier_datasets(args.out, settings)}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -279,8 +308,12 @@ def main() -> None:
             runs = [pool.submit(one_seed, dataset, seed, args, work / dataset / f"seed{seed}")
                     for seed in range(args.seeds)]
             per_seed = [run.result() for run in runs]
+        taken = {f"seed{s}/{name}": record for s, run in enumerate(per_seed) for name, record in
+                 run.pop("resumed", {}).items()}
         summary = summarise(per_seed, list(strategies(args.weights)))
         results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary, "run": d_clock.record()}
+        if args.resume:
+            results["datasets"][dataset]["resumed"] = {"interrupted_run": interrupted, "trainings": taken}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
               + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in strategies(args.weights))
               + f"; best suggest strategy: {summary['best_suggest']}", flush=True)

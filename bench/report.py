@@ -215,6 +215,11 @@ def generalisation_section(data: Results | None) -> Lines:
             *accuracy_lines(data, [d for d in GENERALISATION if d in data])]
 
 
+#: what a resumed run ran again, in the words of `resumed_line`
+RERAN_INSTANCES = ("Every evaluation, the choice and the test ran in the resumed run; its training column counts the "
+                   "resumed run's CPU only.")
+RERAN_ACTIVE = "Every suggestion and score ran in the resumed run."
+
 # ---------------------------------------------------------------------------- default_model.json
 def default_model_results(data: Results | None) -> Results | None:
     """default_model.json when it holds a run of the current protocol (cells and nuclei, a recipe
@@ -615,21 +620,20 @@ def recipe_choice_lines(data: Results) -> Lines:
     return lines
 
 
-def resumed_lines(data: Results) -> Lines:
+def resumed_lines(data: Results, reran: str = RERAN_INSTANCES) -> Lines:
     """Per data set whose run continued an interrupted one (`--resume`), what it took over."""
     return [line for dataset, entry in data.items() if entry.get("resumed")
-            for line in resumed_line(f"The {dataset} run", entry["resumed"])]
+            for line in resumed_line(f"The {dataset} run", entry["resumed"], reran)]
 
 
-def resumed_line(run: str, resumed: Results) -> Lines:
-    """`run` continued an interrupted run (`--resume`): the interrupted run's code and start, and each
-    training it kept or continued, with the epochs and wall time that ran before."""
+def resumed_line(run: str, resumed: Results, reran: str = RERAN_INSTANCES) -> Lines:
+    """`run` continued an interrupted run (`--resume`): the interrupted run's code and start, each
+    training it kept or continued, with the epochs and wall time that ran before, and what ran again."""
     before = resumed["interrupted_run"]
     took = "; ".join(f"`{name}` {'kept' if t['kept'] else 'continued'} ({t['epochs']} epochs, "
                      f"{minutes(t['wall_s'])} wall before)" for name, t in resumed["trainings"].items())
     return [f"{run} continued (`--resume`) a run interrupted at `{before['code']['commit'][:7]}` "
-            f"(started {before['started']}, {before['cpu']['model']}): {took or 'no training'}. Every evaluation, the "
-            "choice and the test ran in the resumed run; its training column counts the resumed run's CPU only.", ""]
+            f"(started {before['started']}, {before['cpu']['model']}): {took or 'no training'}. {reran}", ""]
 
 
 def refit_command(data: Results) -> str:
@@ -915,7 +919,8 @@ def active_section(data: Results | None) -> Lines:
             "`bench/results/active.png`).", "",
             *table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
                    (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
-            *(active_outcome(d, v["summary"]) for d, v in datasets.items()), ""]
+            *(active_outcome(d, v["summary"]) for d, v in datasets.items()), "",
+            *resumed_lines(datasets, RERAN_ACTIVE)]
 
 
 def active_validation_section(data: Results | None) -> Lines:

@@ -70,3 +70,33 @@ def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
     assert earlier_datasets(path, settings | {"epochs": 2}) == {}
     assert earlier_datasets(path, settings | {"weights": [0.0]}) == {}
     assert earlier_datasets(tmp_path / "missing.json", settings) == {}
+
+
+def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_path, monkeypatch, ihc_dataset):
+    """A seed run again with --resume in its work folder keeps every finished model (no training CPU),
+    suggests and scores again from them, gets the same curves, and names the trainings it kept; the
+    annotator's and training folders are written anew."""
+    import os
+    import sys
+    from argparse import Namespace
+    from pathlib import Path
+
+    import bench.active as active
+    from bench.common import stems_of
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the real cyseg
+    monkeypatch.setattr(active, "train_options", lambda args: ["--n", "4", "--depth", "3", "--epochs", "1",
+                                                                "--steps-per-epoch", "2", "--batch", "2", "--crop",
+                                                                "64", "--workers", "0"])
+    monkeypatch.setattr(active, "pools", lambda dataset: (ihc_dataset.train, stems_of(ihc_dataset.train),
+                                                          ihc_dataset.val, stems_of(ihc_dataset.val)))
+    args = Namespace(holdout=0.0, start=0.34, step=0.34, rounds=2, epochs=1, steps_per_epoch=2, batch=2, crop=64,
+                     views=2, weights=[1.0], resume=False)
+    first = active.one_seed("tiny", 0, args, tmp_path)
+    assert "resumed" not in first
+    (tmp_path / "random" / "round2" / "data" / "images" / "stale.png").write_bytes(b"")
+    again = active.one_seed("tiny", 0, Namespace(**{**vars(args), "resume": True}), tmp_path)
+    assert set(again.pop("resumed")) == {"full", "round1", "random/round2", "suggest/round2"}
+    assert again == {**first, "full": {**first["full"], "train_cpu_s": 0.0},
+                     **{s: [{**r, "train_cpu_s": 0.0} for r in first[s]] for s in ("random", "suggest")}}
+    assert not (tmp_path / "random" / "round2" / "data" / "images" / "stale.png").exists()

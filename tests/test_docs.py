@@ -167,6 +167,9 @@ def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
                      "2026-12-06T11:45:35+00:00, AMD EPYC): `old` kept (120 epochs, 35 min wall before); `new` "
                      "continued (12 epochs, 10 min wall before). Every evaluation, the choice and the test ran in the "
                      "resumed run; its training column counts the resumed run's CPU only.", ""]
+    active = report.resumed_lines({"wbc": {"resumed": resumed}}, report.RERAN_ACTIVE)
+    assert active[0].startswith("The wbc run continued") and active[0].endswith(
+        "10 min wall before). Every suggestion and score ran in the resumed run.")
 
 
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
