@@ -40,7 +40,9 @@ def card_lines(card: dict[str, Any]) -> list[str]:
         lines += [f"modality    {'/'.join(scope['modality']) or 'unknown'}",
                   "resolution  " + (f"{mpp[0]:g}–{mpp[1]:g} µm/px" if mpp else "not declared by its datasets"),
                   f"stains      {', '.join(scope['stains']) or 'not declared by its datasets'}",
-                  "data        " + ", ".join(f"{d['name']} ({d['images']} images)" for d in scope["data"])]
+                  "data        " + ", ".join(f"{d['name']} ({d['images']} images"
+                                             + (f", read at {d['read_scale']:g}x" if "read_scale" in d else "") + ")"
+                                             for d in scope["data"])]
     training = card["training"]
     val_iou = training.get("best_val_iou")
     lines += ["thresholds  " + ", ".join(f"{name} {t:g}" for name, t in card["thresholds"].items()),

@@ -35,7 +35,8 @@ def image_modality(image: np.ndarray) -> str:
 def training_scope(datasets: Sequence[Dataset], labels: Sequence[str]) -> dict[str, Any]:
     """The scope a model file records: its classes, the modality measured on its training images,
     the resolution range (µm/px) and stains its datasets declare in dataset.json (`mpp`, `stain`),
-    and the images it saw per dataset (named by its dataset.json `name`, else its folders)."""
+    and the images it saw per dataset (named by its dataset.json `name`, else its folders; with the
+    read scale it declared, when not 1)."""
     modalities, mpps, stains, data = set(), [], set(), []
     for dataset in datasets:
         manifest = dataset.manifest
@@ -45,7 +46,8 @@ def training_scope(datasets: Sequence[Dataset], labels: Sequence[str]) -> dict[s
             mpps.append(float(manifest["mpp"]))
         if isinstance(manifest.get("stain"), str):
             stains.add(manifest["stain"])
-        data.append({"name": _dataset_name(manifest, Path(dataset.root)), "images": len(dataset.items)})
+        data.append({"name": _dataset_name(manifest, Path(dataset.root)), "images": len(dataset.items),
+                     **({"read_scale": dataset.read_scale} if dataset.read_scale != 1 else {})})
     return {"classes": list(labels), "modality": sorted(modalities),
             "mpp_range": [min(mpps), max(mpps)] if mpps else None, "stains": sorted(stains), "data": data}
 

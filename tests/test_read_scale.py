@@ -105,6 +105,10 @@ def test_training_reads_each_folder_at_its_read_scale(tmp_path, ihc_dataset):
     assert info["declared"]["options"]["resolution"] == 1
     sizes = {name: list(next(iter(i["object_size_px_by_folder"].values())).values()) for name, i in info.items()}
     assert sizes["declared"] == sizes["halved"] and sizes["declared"][0] > 20
+    assert [d.get("read_scale") for d in info["declared"]["scope"]["data"]] == [0.5]
+    assert "read_scale" not in info["halved"]["scope"]["data"][0]
+    result = invoke(["info", tmp_path / "declared.pt"])
+    assert result.exit_code == 0 and " images, read at 0.5x)" in result.stdout
 
 
 def test_suggest_scores_a_folders_crops_at_its_read_scale(tmp_path, tiny_model, ihc_dataset):
