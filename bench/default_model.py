@@ -78,9 +78,10 @@ NAMES = {"miccai15": "MICCAI 2015 H&E nuclei", "wbc": "Zheng 2018 blood smears (
 MICCAI_MPP = {"20x": 0.5, "40x": 0.25}  # nominal µm/px of TCGA scans at these magnifications
 # crops from every training folder equally often (the miccai15 tiles make up two folders of five)
 BASE = ["--instances", "--classes", "cell,nucleus", "--resolution", "1", "--colour", "--zoom", "0.4", "--balance"]
-# one recipe at two lengths, as each source gets only a fifth of the crops a model of its own would: nuclei,
-# the weaker class on every source, at twice the loss share, and each class's contours (touching nuclei are
-# what it merges on H&E from other organs, and contour cores separated wbc's lobed nuclei, bench/instances.py)
+# one recipe, long (240 epochs beat 120 in the last build), as each source gets only a fifth of the crops a model
+# of its own would: nuclei, the weaker class on every source, at twice the loss share, and each class's contours
+# (touching nuclei are what it merges on H&E from other organs, and contour cores separated wbc's lobed nuclei,
+# bench/instances.py); its two candidates differ only in how the urothelial crops are read (`READ_SCALES`)
 CANDIDATES = {"240-epochs-nucleus-x2-contours": ["--epochs", "240", "--class-weights", "1,2", "--contours"],
               "240-epochs-nucleus-x2-contours-urothelial-half": ["--epochs", "240", "--class-weights", "1,2",
                                                                  "--contours"]}
