@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from segmenter.augment import method_augmenter
 from segmenter.errors import CysegError
-from segmenter.io.dataset import DatasetWriter, open_dataset, read_pair, read_unknown
+from segmenter.io.dataset import DatasetWriter, image_declarations, open_dataset, read_pair, read_unknown
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def augment_dataset(src: str | os.PathLike, steps: int, seed: int = 0, colour: b
     log.info("augmenting %d items of %s, %d copies each (seed %d, colour %s)", len(dataset), src, steps, seed,
              "on" if colour else "off")
     with DatasetWriter(out, source=dataset.manifest.get("source") or {}, parent=str(src.resolve()),
-                       iteration=dataset.manifest.get("iteration"), extra={"augmentation": info},
+                       iteration=dataset.manifest.get("iteration"),
+                       extra={**image_declarations(dataset.manifest), "augmentation": info},
                        classes=dataset.classes) as writer:
         for item in tqdm(dataset.items, desc="augment", unit="item",
                          disable=None if progress is None else not progress):

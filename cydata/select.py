@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from segmenter.classes import ChannelMap, channel_map
 from segmenter.errors import CysegError
-from segmenter.io.dataset import Dataset, DatasetWriter, check_dataset, open_dataset, read_pair
+from segmenter.io.dataset import Dataset, DatasetWriter, check_dataset, image_declarations, open_dataset, read_pair
 from segmenter.io.digest import file_digest
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ def _write_selection(out: Path, src: Path, dataset: Dataset, rows: list[dict[str
     """The kept items as a new dataset recording the rule and each item's score, with scores.csv of all rows."""
     by_stem = {item.stem: item for item in dataset.items}
     with DatasetWriter(out, source=dataset.manifest.get("source"), parent=str(src.resolve()),
-                       extra={"selection": rule}, classes=dataset.classes) as writer:
+                       extra={**image_declarations(dataset.manifest), "selection": rule},
+                       classes=dataset.classes) as writer:
         for row in rows:
             if row["selected"]:
                 writer.copy(by_stem[row["stem"]], meta={"completeness": row["score"]})

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from segmenter.errors import CysegError, DatasetError
-from segmenter.io.dataset import Dataset, DatasetWriter, Item, open_dataset
+from segmenter.io.dataset import Dataset, DatasetWriter, Item, image_declarations, open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def _fill(src: Path, dataset: Dataset, sides: tuple[tuple[str, Path, list[Item]]
     writers = []
     try:
         for side, out, _ in sides:
+            declared = image_declarations(dataset.manifest)
             writers.append(DatasetWriter(out, source=source, parent=str(src.resolve()), iteration=iteration,
-                                         extra={"split": {"side": side, **split}}, classes=dataset.classes))
+                                         extra={**declared, "split": {"side": side, **split}}, classes=dataset.classes))
         with tqdm(total=len(dataset.items), desc="split", unit="item",
                   disable=None if progress is None else not progress) as bar:
             for writer, (_, _, side_items) in zip(writers, sides, strict=True):

@@ -85,6 +85,7 @@ from segmenter.io.dataset import (
     DatasetWriter,
     Item,
     check_dataset,
+    image_declarations,
     manifest_hash,
     open_dataset,
     read_mask,
@@ -466,8 +467,7 @@ def _iterate(k: int, data: Path, out: Path, dataset: Dataset, truth: dict[str, n
         extra={"original": str(data.resolve()), "model": str(model_path.resolve()),
                "postprocess": chain_description(seg, opts), "threshold": opts.threshold,
                "rule": RULES[opts.mode], "growth": {**dataclasses.asdict(opts.rule), "expert_median_area_px": area},
-               "only_kind": list(opts.only_kind) or None,
-               **({"read_scale": dataset.read_scale} if dataset.read_scale != 1 else {})})
+               "only_kind": list(opts.only_kind) or None, **image_declarations(dataset.manifest)})
     with writer:
         (writer.tmp / "added").mkdir()
         stats, level = _grow_labels(k, seg, writer, dataset, truth, previous, set(selected), opts, area)

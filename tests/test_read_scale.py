@@ -130,9 +130,27 @@ def test_suggest_scores_a_folders_crops_at_its_read_scale(tmp_path, tiny_model, 
     assert len(scores["declared"]) == 2 and scores["declared"] == scores["small"] != scores["plain"]
 
 
-def test_improve_reads_at_the_read_scale_and_keeps_it_in_every_version(tmp_path, ihc_dataset):
-    half = with_read_scale(ihc_dataset.train, tmp_path / "half", 0.5)
-    result = invoke(["-q", "improve", half, "--out", tmp_path / "idi", *TINY, "--iterations", "1"])
+def test_folders_derived_from_a_dataset_keep_what_it_declares_about_its_images(tmp_path, tiny_model, ihc_dataset):
+    """cydata split, augment and select, and cyseg improve's versions, keep the stain, µm/px and read scale
+    of the folder they come from (they describe the same images)."""
+    from click.testing import CliRunner
+
+    from cydata.cli import cli as cydata
+
+    declared = {"stain": "DAB + haematoxylin", "mpp": 0.5, "read_scale": 0.5}
+    source = with_read_scale(ihc_dataset.train, tmp_path / "ds", 0.5)
+    manifest = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**manifest, **declared}))
+    for args in (["split", source, "--train", "0.5"], ["augment", source, "--steps", "1"],
+                 ["select", source, "--model", tiny_model, "--min-completeness", "0", "--out", tmp_path / "sel",
+                  "--device", "cpu"]):
+        result = CliRunner().invoke(cydata, ["-q", *map(str, args)])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    result = invoke(["-q", "improve", source, "--out", tmp_path / "idi", *TINY, "--iterations", "1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    versions = sorted(p for p in (tmp_path / "idi").iterdir() if (p / "dataset.json").is_file())
-    assert versions and all(open_dataset(v).read_scale == 0.5 for v in versions)
+    derived = [tmp_path / "ds_train", tmp_path / "ds_test", tmp_path / "ds_aug", tmp_path / "sel",
+               *(p for p in (tmp_path / "idi").iterdir() if (p / "dataset.json").is_file())]
+    assert len(derived) >= 5
+    for folder in derived:
+        manifest = json.loads((folder / "dataset.json").read_text())
+        assert {key: manifest.get(key) for key in declared} == declared, folder

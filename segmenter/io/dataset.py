@@ -35,6 +35,8 @@ FORMAT = "cyseg-dataset/1"
 UNKNOWN_FOLDER = "unknown"
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 MAX_READ_SCALE = 4.0
+#: the dataset.json fields that describe a folder's images, which a folder derived from it keeps
+IMAGE_DECLARATIONS = ("stain", "mpp", "read_scale")
 
 
 @dataclass
@@ -119,6 +121,11 @@ def declared_read_scale(manifest: dict[str, Any], root: Path) -> float:
         raise DatasetError(f'{root / "dataset.json"} "read_scale" is {value!r}; give a number in (0, '
                            f'{MAX_READ_SCALE:g}] (0.5: the network reads the images at half their size)')
     return float(value)
+
+
+def image_declarations(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest declares about its images (`IMAGE_DECLARATIONS`): for a derived folder to keep."""
+    return {key: manifest[key] for key in IMAGE_DECLARATIONS if key in manifest}
 
 
 def open_dataset(root: str | os.PathLike, require_masks: bool = True) -> Dataset:
