@@ -78,7 +78,9 @@ def test_evaluate_and_segment_read_a_folder_at_its_read_scale(tmp_path, tiny_mod
     half = with_read_scale(ihc_dataset.val, tmp_path / "half", 0.5)
     halved = at_resolution(tiny_model, tmp_path / "halved.pt", 0.5)
     declared = summary(tiny_model, half, tmp_path / "eval_declared")
-    assert declared["dice_mean"] == summary(halved, ihc_dataset.val, tmp_path / "eval_halved")["dice_mean"]
+    assert declared["read_scale"] == 0.5
+    halved_summary = summary(halved, ihc_dataset.val, tmp_path / "eval_halved")
+    assert declared["dice_mean"] == halved_summary["dice_mean"] and "read_scale" not in halved_summary
     assert declared["dice_mean"] != summary(tiny_model, ihc_dataset.val, tmp_path / "eval_plain")["dice_mean"]
     for model, data, out in ((tiny_model, half, "seg_declared"), (halved, ihc_dataset.val, "seg_halved")):
         result = invoke(["-q", "segment", model, data, "--out", tmp_path / out])
