@@ -15,7 +15,7 @@ from segmenter.base import Segmenter
 from segmenter.evaluation import SWEEP, at_thresholds, chosen_thresholds, evaluate_dataset, summarise
 from segmenter.instances import ERROR_KINDS, summarise_instances
 from segmenter.io.atomic import atomic_dir
-from segmenter.io.dataset import declared_read_scale, read_manifest
+from segmenter.io.dataset import folder_read_scale
 from segmenter.io.images import write_png
 from segmenter.overlays import comparison_panel
 
@@ -78,7 +78,7 @@ def run_evaluate(seg: Segmenter, data: Path, out: Path, threshold: float | None,
                          "instances": summarise_instances([r for r in chosen_rows if r.get("class") == name])}
                   for name in chosen if any(r.get("class") == name for r in summary)}
         training = {k: seg.training_info.get(k) for k in ("dataset", "best_epoch", "best_val_iou")}
-        read_scale = declared_read_scale(read_manifest(data), data)
+        read_scale = folder_read_scale(data)
         dataset = {"dataset": str(data), **({"read_scale": read_scale} if read_scale != 1 else {})}
         if seg.classes:
             report = {"model_thresholds": {name: chosen[name] for name in scores}, **dataset,

@@ -28,7 +28,7 @@ from segmenter.classes import COLOURS
 from segmenter.errors import CysegError
 from segmenter.instances import instance_labels
 from segmenter.io.atomic import atomic_dir
-from segmenter.io.dataset import declared_read_scale, read_manifest
+from segmenter.io.dataset import folder_read_scale
 from segmenter.io.images import IMAGE_SUFFIXES, read_image, write_png
 from segmenter.overlays import GREEN, overlay, overlay_objects
 from segmenter.pipeline import BackgroundWriter, read_ahead
@@ -74,12 +74,6 @@ def list_images(source: Path) -> list[Path]:
                              "rename or remove one")
         seen[path.stem] = path
     return files
-
-
-def folder_read_scale(source: Path) -> float:
-    """The read scale a dataset folder's dataset.json declares (`declared_read_scale`); 1 for an image
-    file or a plain folder of images."""
-    return declared_read_scale(read_manifest(source), source) if (source / "dataset.json").is_file() else 1.0
 
 
 def run_segment_crops(seg: Segmenter, model_path: Path, source: Path, out: Path, threshold: float | None,

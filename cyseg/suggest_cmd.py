@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cyseg.segment_cmd import check_crop_sample, folder_read_scale, is_slide, list_images
+from cyseg.segment_cmd import check_crop_sample, is_slide, list_images
 from cyseg.slide_cmd import check_slide, resolution
 from segmenter.base import Segmenter
 from segmenter.classes import channel_map
 from segmenter.errors import CysegError
 from segmenter.io.atomic import atomic_path
-from segmenter.io.dataset import declared_classes, read_manifest
+from segmenter.io.dataset import declared_classes, folder_read_scale, read_manifest
 from segmenter.io.digest import file_digest
 from segmenter.io.images import read_image
 from segmenter.resolution import resample_image
@@ -217,7 +217,7 @@ def run_suggest_local(seg: Segmenter, source: Path, out: Path, opts: SuggestOpti
                              "annotated ones")
         folder = source.parent if source.is_file() else source
         candidates, done = crop_candidates(seg, source, opts)
-        scale = folder_read_scale(source) if source.is_dir() else 1.0
+        scale = folder_read_scale(source)
 
         def pixels(c: Candidate) -> np.ndarray:
             return resample_image(read_image(_image_path(folder, c.source)), scale)

@@ -123,6 +123,12 @@ def declared_read_scale(manifest: dict[str, Any], root: Path) -> float:
     return float(value)
 
 
+def folder_read_scale(root: str | os.PathLike) -> float:
+    """The read scale a dataset folder's dataset.json declares (`declared_read_scale`); 1 for an image
+    file or a folder without a dataset.json."""
+    return declared_read_scale(read_manifest(root), Path(root))
+
+
 def image_declarations(manifest: dict[str, Any]) -> dict[str, Any]:
     """What a manifest declares about its images (`IMAGE_DECLARATIONS`): for a derived folder to keep."""
     return {key: manifest[key] for key in IMAGE_DECLARATIONS if key in manifest}
