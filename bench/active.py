@@ -42,7 +42,6 @@ import argparse
 import csv
 import json
 import random
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -90,8 +89,7 @@ def pools(dataset: str) -> tuple[Path, list[str], Path, list[str]]:
 def pool_folder(out: Path, source: Path, pool: list[str], labelled: list[str]) -> Path:
     """The annotator's folder (written anew): every pool image, masks only for the labelled ones (so
     `cyseg suggest` leaves them out)."""
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "images").mkdir(parents=True)
+    (fresh_dir(out) / "images").mkdir()
     (out / "masks").mkdir()
     for stem in pool:
         (out / "images" / f"{stem}.png").symlink_to((source / "images" / f"{stem}.png").resolve())
@@ -108,21 +106,16 @@ def suggested(model: Path, pool: Path, count: int, views: int, weight: float, ou
         return [Path(row["source"]).stem for row in csv.DictReader(handle)]
 
 
-def train_and_score(data: Path, test: Path, work: Path, seed: int, options: list[str],
+def train_and_score(source: Path, stems: list[str], test: Path, work: Path, seed: int, options: list[str],
                     resume: bool = False) -> dict[str, Any]:
-    """A fresh model on `data` (the round budget; with `resume`, an interrupted run's kept or
-    continued), scored on the test images."""
+    """A fresh model on `stems` of `source`, linked anew into `work`/data (the round budget; with `resume`,
+    an interrupted run's model kept or continued), scored on the test images."""
     model = work / "model.pt"
-    run = resumable_train(data, model, seed, options, resume=resume)
+    run = resumable_train(link_dataset(fresh_dir(work / "data"), source, stems), model, seed, options, resume=resume)
     summary = cli_evaluate(model, test, work / "eval", ["--no-sweep"])
     return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "train_cpu_s": run["train_cpu_s"], **({"resumed": run["resumed"]} if "resumed" in run else {})}
 
-
-def relinked(out: Path, source: Path, stems: list[str]) -> Path:
-    """`link_dataset` into `out` emptied first, so a resumed run's folders hold exactly `stems`."""
-    shutil.rmtree(out, ignore_errors=True)
-    return link_dataset(out, source, stems)
 
 
 def strategies(weights: list[float]) -> dict[str, float | None]:
@@ -145,15 +138,13 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     if args.holdout:
         pool, test_stems = holdout(pool, args.holdout)
         test_source = source
-    test = relinked(work / "test", test_source, test_stems)
+    test = link_dataset(fresh_dir(work / "test"), test_source, test_stems)
     options = train_options(args)
     n_start, n_step = max(1, round(args.start * len(pool))), max(1, round(args.step * len(pool)))
     start = sorted(random.Random(seed).sample(pool, n_start))
-    full = train_and_score(relinked(work / "full" / "data", source, pool), test, work / "full", seed, options,
-                           args.resume)
+    full = train_and_score(source, pool, test, work / "full", seed, options, args.resume)
     out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
-    first = train_and_score(relinked(work / "round1" / "data", source, start), test, work / "round1", seed, options,
-                            args.resume)
+    first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
     for strategy, weight in strategies(args.weights).items():
         labelled, rounds, previous = list(start), [], None
@@ -167,8 +158,7 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
                     labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weight,
                                           here / "suggested")
-            scored = first if r == 1 else train_and_score(relinked(here / "data", source, labelled), test, here,
-                                                          seed, options, args.resume)
+            scored = first if r == 1 else train_and_score(source, labelled, test, here, seed, options, args.resume)
             if r > 1 and "resumed" in scored:
                 resumed[f"{strategy}/round{r}"] = scored["resumed"]
             previous = scored["model"]
