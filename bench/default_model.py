@@ -165,9 +165,9 @@ def shipped_record() -> dict[str, Any]:
 
 
 def recorded_parts(record: dict[str, Any], work: Path) -> dict[str, Parts]:
-    """Every source's folders under `work` (emptied first), once their test images are checked to be the
-    ones `record` scored."""
-    parts = source_parts(fresh_dir(work) / "data", READ_SCALES.get(record["chosen"], {}))
+    """Every source's folders under `work` (emptied first), at the read scales the chosen recipe declared, once
+    their test images are checked to be the ones `record` scored."""
+    parts = source_parts(fresh_dir(work) / "data", record["candidates"][record["chosen"]].get("read_scales", {}))
     for source, p in parts.items():
         if p.stems["test"] != record["split"][source]["test_stems"]:
             sys.exit(f"the {source} test split differs from the recorded one")

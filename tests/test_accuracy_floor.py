@@ -55,11 +55,10 @@ def recorded_test(record: dict) -> dict:
 
 @pytest.mark.parametrize("source", ["miccai15", "wbc", "urothelial", "isbi2014"])
 def test_shipped_model_keeps_its_test_scores(shared_data, recorded, source, tmp_path):
-    from bench.default_model import source_parts
+    from bench.default_model import recorded_parts
     from bench.instances import class_scores
 
-    part = source_parts(tmp_path / "data")[source]
-    assert part.stems["test"] == recorded["split"][source]["test_stems"]
+    part = recorded_parts(recorded, tmp_path / "work")[source]
     result = invoke(["-q", "evaluate", "default", part.test, "--out", tmp_path / "eval", "--no-sweep",
                      "--device", "cpu", "--no-amp"])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -78,7 +77,7 @@ def test_shipped_model_drops_few_annotated_objects_as_specks(shared_data, record
     from all sources pooled dropped 66 % of the ISBI 2014 nuclei and 46 % of the MICCAI ones."""
     import numpy as np
 
-    from bench.default_model import source_parts
+    from bench.default_model import recorded_parts
     from segmenter.classes import channel_map
     from segmenter.instances import truth_instances
     from segmenter.io.dataset import open_dataset, read_pair
@@ -86,7 +85,7 @@ def test_shipped_model_drops_few_annotated_objects_as_specks(shared_data, record
 
     seg = load_segmenter(SHIPPED["default"], device="cpu")
     least = seg.auto_min_areas()
-    dataset = open_dataset(source_parts(tmp_path / "data")[source].test)
+    dataset = open_dataset(recorded_parts(recorded, tmp_path / "work")[source].test)
     channels = channel_map(dataset.classes, seg.classes, dataset.root)
     areas: dict[str, list[int]] = {}
     for item in dataset.items:
