@@ -30,7 +30,25 @@ def test_recipe_splits_each_source_three_ways(shared_data, tmp_path):
     assert source_parts(tmp_path / "b")["wbc"].stems == parts["wbc"].stems  # the same split every time
 
 
+def test_recorded_parts_declare_the_chosen_recipes_read_scales(shared_data, tmp_path):
+    """The shipped model is scored again (float32 rescore, accuracy floors) on folders read as its
+    recipe read them: a recipe that halved the urothelial crops gets halved test crops."""
+    from bench.default_model import recorded_parts
+
+    record = json.loads((REPO / "bench" / "results" / "default_model.json").read_text())
+
+    def read_scales(chosen: dict) -> dict[str, float | None]:
+        parts = recorded_parts({**record, "chosen": "x", "candidates": {"x": chosen}}, tmp_path)
+        return {s: json.loads((p.test / "dataset.json").read_text()).get("read_scale") for s, p in parts.items()}
+
+    assert read_scales({"read_scales": {"urothelial": 0.5}}) == {"miccai15": None, "wbc": None, "urothelial": 0.5,
+                                                                 "isbi2014": None}
+    assert set(read_scales({}).values()) == {None}  # a record from before read scales
+
+
 def test_shipped_model_records_its_recipe_and_scope():
+    from bench.default_model import NAMES
+
     training = torch.load(SHIPPED["default"], map_location="cpu", weights_only=True)["training"]
     record = json.loads((REPO / "bench" / "results" / "default_model.json").read_text())
     chosen = record["candidates"][record["chosen"]]
@@ -43,6 +61,8 @@ def test_shipped_model_records_its_recipe_and_scope():
     assert scope["classes"] == ["cell", "nucleus"] and scope["modality"] == ["brightfield"]
     assert scope["mpp_range"] == [0.25, 0.5] and "H&E" in scope["stains"]
     assert sum(d["images"] for d in scope["data"]) == sum(p["fit"] for p in record["split"].values())
+    assert {d["name"]: d["read_scale"] for d in scope["data"] if "read_scale" in d} == {
+        f"{NAMES[source]}, training part": scale for source, scale in chosen.get("read_scales", {}).items()}
     assert SHIPPED["default"].stat().st_size == record["model_bytes"] < 10 * 1024 * 1024
 
 
