@@ -258,7 +258,8 @@ def rebuild(work: Path) -> None:
     record = shipped_record()
     chosen = record["chosen"]
     recorded = record["candidates"][chosen]["train_args"]
-    if chosen not in CANDIDATES or shlex.join([*BASE, *CANDIDATES[chosen]]) != recorded:
+    if (chosen not in CANDIDATES or shlex.join([*BASE, *CANDIDATES[chosen]]) != recorded
+            or READ_SCALES.get(chosen, {}) != record["candidates"][chosen].get("read_scales", {})):
         sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
     built_on, here = record["run"].get("cpu"), cpu_record()
     if built_on != here:

@@ -133,6 +133,11 @@ def test_rebuild_refuses_a_recipe_changed_since_the_record(tmp_path, monkeypatch
     results.write_text(json.dumps(record | {"model_bytes": 5, "candidates": {"recipe": {"train_args": "--epochs 1"}}}))
     with pytest.raises(SystemExit, match="the recipe 'recipe' changed since"):
         dm.rebuild(work)
+    monkeypatch.setitem(dm.CANDIDATES, "recipe", ["--epochs", "1"])
+    same_options = {"train_args": dm.shlex.join([*dm.BASE, "--epochs", "1"]), "read_scales": {"urothelial": 0.5}}
+    results.write_text(json.dumps(record | {"model_bytes": 5, "candidates": {"recipe": same_options}}))
+    with pytest.raises(SystemExit, match="the recipe 'recipe' changed since"):  # read at other scales now
+        dm.rebuild(work)
     results.write_text(json.dumps(record | {"model_bytes": 6}))
     with pytest.raises(SystemExit, match="does not describe"):
         dm.rebuild(work)
