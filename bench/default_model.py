@@ -164,10 +164,15 @@ def shipped_record() -> dict[str, Any]:
     return record
 
 
+def recorded_read_scales(record: dict[str, Any]) -> dict[str, float]:
+    """The read scales the recorded run's chosen recipe declared (none in records from before them)."""
+    return record["candidates"][record["chosen"]].get("read_scales", {})
+
+
 def recorded_parts(record: dict[str, Any], work: Path) -> dict[str, Parts]:
     """Every source's folders under `work` (emptied first), at the read scales the chosen recipe declared, once
     their test images are checked to be the ones `record` scored."""
-    parts = source_parts(fresh_dir(work) / "data", record["candidates"][record["chosen"]].get("read_scales", {}))
+    parts = source_parts(fresh_dir(work) / "data", recorded_read_scales(record))
     for source, p in parts.items():
         if p.stems["test"] != record["split"][source]["test_stems"]:
             sys.exit(f"the {source} test split differs from the recorded one")
@@ -259,7 +264,7 @@ def rebuild(work: Path) -> None:
     chosen = record["chosen"]
     recorded = record["candidates"][chosen]["train_args"]
     if (chosen not in CANDIDATES or shlex.join([*BASE, *CANDIDATES[chosen]]) != recorded
-            or READ_SCALES.get(chosen, {}) != record["candidates"][chosen].get("read_scales", {})):
+            or READ_SCALES.get(chosen, {}) != recorded_read_scales(record)):
         sys.exit(f"the recipe {chosen!r} changed since {RESULTS} was recorded: rerun bench/default_model.py --install")
     built_on, here = record["run"].get("cpu"), cpu_record()
     if built_on != here:
