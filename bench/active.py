@@ -117,7 +117,6 @@ def train_and_score(source: Path, stems: list[str], test: Path, work: Path, seed
             "train_cpu_s": run["train_cpu_s"], **({"resumed": run["resumed"]} if "resumed" in run else {})}
 
 
-
 def strategies(weights: list[float]) -> dict[str, float | None]:
     """Each strategy's `cyseg suggest --uncertainty-weight` (None: random): `suggest` for one weight,
     `suggest_w<weight>` for each of several."""
