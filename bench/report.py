@@ -68,10 +68,15 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+def thread_count(threads: int) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{threads} thread{'s' * (threads != 1)}"
+
+
 def machine(threads: int | None, device: str = "cpu") -> str:
     """The machine a result was measured on, as its JSON records it."""
     where = "the CPU, no GPU" if device == "cpu" else device
-    return f"{where}, {threads} thread{'s' * (threads != 1)}" if threads else where
+    return f"{where}, {thread_count(threads)}" if threads else where
 
 
 def kernel_name(run: Results) -> str | None:
@@ -113,7 +118,7 @@ def run_machine(data: Results) -> str:
     found = entries_by(data, lambda run: run.get("cpu_threads"))
     if len(found) < 2:
         return machine(next(iter(found)))
-    return machine(None) + ", " + "; ".join(f"{threads} thread{'s' * (threads != 1)}: {', '.join(names)}"
+    return machine(None) + ", " + "; ".join(f"{thread_count(threads)}: {', '.join(names)}"
                                            for threads, names in found.items())
 
 
@@ -284,6 +289,15 @@ def recalibration_lines(data: Results) -> Lines:
             f"this model's; before it: {compact_scores(before['test'])}.", ""]
 
 
+def threads_of(data: Results) -> str:
+    """How many CPU threads the shipped model's trainings and its scoring used (each training runs in a
+    process of its own, with the record's `threads`)."""
+    trained, scored = data.get("threads"), data["run"].get("cpu_threads")
+    if trained is None or trained == scored:
+        return f"{thread_count(scored)} throughout" if scored else "threads not recorded"
+    return f"each training on {thread_count(trained)}, the scoring on {thread_count(scored)}"
+
+
 def default_model_section(data: Results | None) -> Lines:
     """default_model.json: the shipped model's recipe chosen on validation images, scored on test images."""
     data = default_model_results(data)
@@ -292,7 +306,7 @@ def default_model_section(data: Results | None) -> Lines:
     chosen = data["chosen"]
     return ["## The shipped model", "",
             f"`bench/default_model.py` builds the shipped model (`cyseg/models/default.pt`) from ../shared/data with "
-            f"the real `cyseg train`: {data['protocol']}. Measured on {machine(data['run'].get('cpu_threads'))}. "
+            f"the real `cyseg train`: {data['protocol']}. Measured on {machine(None)}, {threads_of(data)}. "
             f"{'This run was installed as the shipped model. ' if data['installed'] else ''}"
             "Reproduce with `python bench/default_model.py` (`--install` ships the result). "
             "Source: `bench/results/default_model.json`.", "",
