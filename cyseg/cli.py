@@ -195,6 +195,12 @@ def cli(verbose: bool, quiet: bool) -> None:
                    "(U-Net's weight map, Ronneberger et al. 2015: W exp(-(d1+d2)^2 / 2 sigma^2), d1, d2 the distances "
                    "to the two nearest objects, sigma 5 px at the working resolution), so the narrow gaps that keep "
                    "touching objects apart are learnt. 0: unweighted, as in the method.")
+@click.option("--distance-cap", type=float, default=0.0, show_default=True, metavar="PX",
+              help="With --instances: the distance target (1 at an object's centre, 0 at its edge) saturates at "
+                   "this many pixels from the edge, at the working resolution: an object wider than the network sees "
+                   "(a large gland, a cell group) is then one plateau, not a centre the network cannot locate and "
+                   "splits it around. A quarter of the receptive field (50 px at depth 5) fits. 0: off, every object "
+                   "is scaled to its own centre.")
 @click.option("--resolution", default="auto", show_default=True,
               callback=_auto_or(float, _working_resolution), metavar="R|auto",
               help="Resolution the network works at, as a fraction of the images' (0.5: images are halved for "

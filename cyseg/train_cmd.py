@@ -14,7 +14,7 @@ from segmenter.classes import FOREGROUND, check_names, listed, model_classes
 from segmenter.errors import CysegError
 from segmenter.history import history_paths
 from segmenter.io.dataset import open_dataset
-from segmenter.training import check_gap_weight
+from segmenter.training import check_distance_cap, check_gap_weight
 from transforms.chain import default_chain
 from unet import UNetSegmenter, load_segmenter
 
@@ -98,6 +98,7 @@ def run_train(data: list[Path], out: Path, val: list[Path], *, n: int, depth: in
     names = training_classes(parse_classes(classes), data)
     separated = instance_classes(names, data) if instances else []
     check_gap_weight(options.get("gap_weight", 0.0), separated)
+    check_distance_cap(options.get("distance_cap", 0.0), separated)
     if contours and not separated:
         raise CysegError("--contours needs --instances (with masks_instance/ in the DIRs): the contours are those of "
                          "the instance labels; add --instances or drop --contours")

@@ -62,7 +62,7 @@ def write_checkpoint(path: Path, seg: Segmenter, state: LoopState, options: dict
 #: Options that shape the rest of the run (the learning-rate schedule, the crops, the augmentation):
 #: a resumed run keeps them unless told otherwise, or it is no longer the run that was interrupted.
 RUN_OPTIONS = ("epochs", "steps_per_epoch", "batch", "crop", "lr", "min_lr_ratio", "colour", "translate", "zoom",
-               "elastic", "gap_weight", "amp")
+               "elastic", "gap_weight", "distance_cap", "amp")
 
 
 def read_checkpoint(path: Path | None, options: dict[str, Any], dataset: str, new_options: bool = False,

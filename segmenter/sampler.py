@@ -61,7 +61,8 @@ class CropSampler(torch.utils.data.Dataset):
                  maps: Sequence[ChannelMap] | None = None,
                  instances: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                  groups: Sequence[int] | None = None, unknown: Sequence[np.ndarray | None] | None = None,
-                 elastic: bool = False, gap: float = 0.0, gap_channels: Sequence[int] = (), contours: bool = False):
+                 elastic: bool = False, gap: float = 0.0, gap_channels: Sequence[int] = (), contours: bool = False,
+                 distance_cap: float = 0.0):
         self.images, self.masks, self.crop, self.length, self.seed = images, masks, crop, length, seed
         self.unknown = list(unknown) if unknown is not None and any(u is not None for u in unknown) else None
         self.zoom = zoom
@@ -72,6 +73,7 @@ class CropSampler(torch.utils.data.Dataset):
         self.aug = method_augmenter(colour=colour, translate=translate, elastic=elastic)
         self.gap, self.gap_channels = (gap, list(gap_channels)) if self.instances is not None else (0.0, [])
         self.contours = contours and self.instances is not None
+        self.distance_cap = distance_cap
 
     def __len__(self) -> int:
         return self.length
@@ -109,7 +111,8 @@ class CropSampler(torch.utils.data.Dataset):
             labelled = torch.from_numpy(mask[:, :, -1] == 0)
             mask = mask[:, :, :-1] if self.instances is not None else mask[:, :, 0]
         if self.instances is not None:
-            target, known = self._with_instance_targets(mask, channels, self.instances[k][1], self.contours)
+            target, known = self._with_instance_targets(mask, channels, self.instances[k][1], self.contours,
+                                                        self.distance_cap)
         else:
             target, known = torch.from_numpy(channels.targets(mask)).permute(2, 0, 1), torch.from_numpy(channels.known)
         if labelled is not None:
@@ -143,13 +146,15 @@ class CropSampler(torch.utils.data.Dataset):
 
     @staticmethod
     def _with_instance_targets(stacked: np.ndarray, channels: ChannelMap, known: np.ndarray,
-                               contours: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class targets, then distance targets, then with `contours` contour targets (C + K [+ K],
-        crop, crop), known (C + K [+ K],)) of an augmented crop of the mask stacked with its instance labels."""
+                               contours: bool = False, distance_cap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class targets, then distance targets (saturating at `distance_cap` px when above 0), then with
+        `contours` contour targets (C + K [+ K], crop, crop), known (C + K [+ K],)) of an augmented crop of the
+        mask stacked with its instance labels."""
         stacked = stacked.reshape(*stacked.shape[:2], -1)
         classes = channels.targets(stacked[:, :, 0])
         layers = [stacked[:, :, 1 + i] for i in range(stacked.shape[2] - 1)]
-        maps = [distance_target(layer) for layer in layers] + [contour_target(layer) for layer in layers] * contours
+        maps = [distance_target(layer, distance_cap) for layer in layers]
+        maps += [contour_target(layer) for layer in layers] * contours
         target = np.concatenate([classes, np.stack(maps, axis=2)], axis=2)
         known = np.concatenate([channels.known, known, known[:known.size * contours]])
         return (torch.from_numpy(np.ascontiguousarray(target)).permute(2, 0, 1),

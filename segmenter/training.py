@@ -90,6 +90,7 @@ class TrainOptions:
     zoom: float = 0.0  # 0: no scale augmentation (the method); Z: crops magnified by 1/(1+Z)..(1+Z)
     elastic: bool = False  # smooth random warps of the crops on top of the method's augmentation
     gap_weight: float = 0.0  # w0 of the gaps between touching objects in the class loss (0: unweighted)
+    distance_cap: float = 0.0  # px at which the distance targets saturate (0: each object's own centre is 1)
     balance: bool = False  # crops drawn from every training folder equally often, not by image area
     resolution: float | None = None  # None: planned from the annotated objects' size
     calibrate_threshold: bool = False
@@ -152,7 +153,7 @@ def train(seg: Segmenter, train_dir: Folders, val_dir: Folders | None, opts: Tra
                           opts.colour, opts.translate, opts.zoom, data.maps, data.instances,
                           _folder_of_each_image(data.datasets) if opts.balance else None, data.unknown,
                           elastic=opts.elastic, gap=opts.gap_weight, gap_channels=_gap_channels(seg, opts),
-                          contours=seg.contours)
+                          contours=seg.contours, distance_cap=_distance_cap(seg, opts))
     loader = DataLoader(sampler, batch_size=opts.batch, shuffle=False, num_workers=opts.workers,
                         drop_last=False, persistent_workers=False, pin_memory=seg.device.type == "cuda")
     state = _loop_state(seg, opts)
@@ -185,6 +186,22 @@ def check_gap_weight(gap_weight: float, instance_classes: Sequence[str]) -> None
     if gap_weight > 0 and not instance_classes:
         raise CysegError(f"--gap-weight {gap_weight:g} weighs the gaps between touching objects, which only instance "
                          "labels show; add --instances (with masks_instance/ in the DIRs) or drop it")
+
+
+def check_distance_cap(distance_cap: float, instance_classes: Sequence[str]) -> None:
+    """Refuse a negative distance cap, or one for a model without instances (it learns no distance)."""
+    if distance_cap < 0:
+        raise CysegError(f"--distance-cap {distance_cap:g} must be >= 0 (px; 0: off); e.g. a quarter of the network's "
+                         "receptive field")
+    if distance_cap > 0 and not instance_classes:
+        raise CysegError(f"--distance-cap {distance_cap:g} caps the distance targets that only --instances learns; add "
+                         "--instances (with masks_instance/ in the DIRs) or drop it")
+
+
+def _distance_cap(seg: Segmenter, opts: TrainOptions) -> float:
+    """The distance targets' cap (px at the working resolution; 0: off), checked."""
+    check_distance_cap(opts.distance_cap, seg.instance_classes)
+    return opts.distance_cap
 
 
 def _gap_channels(seg: Segmenter, opts: TrainOptions) -> list[int]:

@@ -73,10 +73,13 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-def distance_target(labels: np.ndarray) -> np.ndarray:
+def distance_target(labels: np.ndarray, cap: float = 0.0) -> np.ndarray:
     """Instance labels (H, W) -> float32 (H, W): each pixel's distance to the nearest pixel outside
     its instance, divided by the largest such distance in its instance (1 at its centre, small at
-    its edge, 0 on the background)."""
+    its edge, 0 on the background). With a `cap` (px) above 0 it is divided by the smaller of that
+    largest distance and the cap, and saturates at 1: an object wider than the network sees gets one
+    plateau it can recognise locally, instead of a centre it cannot locate (objects within the cap
+    are unchanged)."""
     labels = np.asarray(labels)
     inside = labels > 0
     if not inside.any():
@@ -86,7 +89,9 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
     ids = distinct(labels[inside])
     peak = np.zeros(int(ids.max()) + 1, np.float32)
     peak[ids] = ndimage.maximum(distance, labels, ids)
-    return np.where(inside, distance / np.maximum(peak[labels], 1e-6), 0).astype(np.float32)
+    if cap > 0:
+        peak = np.minimum(peak, cap)
+    return np.where(inside, np.minimum(distance / np.maximum(peak[labels], 1e-6), 1), 0).astype(np.float32)
 
 
 def contour_target(labels: np.ndarray) -> np.ndarray:
