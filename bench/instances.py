@@ -295,8 +295,9 @@ def choose_recipe(candidates: dict[str, dict[str, Any]]) -> tuple[str, dict[str,
 def refit(split: Split, work: Path, train_args: list[str], validated: Path,
           resume: bool = False) -> tuple[Path, dict[str, Any]]:
     """Train the chosen recipe once more on the fit and validation images together (its epochs, the last
-    one kept), with the thresholds, separation and least areas the validated model chose (`--settings-from`)."""
-    model = work / "refit.pt"
+    one kept), with the thresholds, separation and least areas the validated model chose (`--settings-from`).
+    The refit is named after the recipe (`<label>-refit.pt`): a resumed run keeps only the chosen recipe's."""
+    model = work / f"{validated.stem}-refit.pt"
     run = resumable_train([split.fit, split.val], model, 0, [*train_args, "--settings-from", str(validated)],
                           resume=resume)
     return model, {"train_args": [*train_args, "--settings-from", validated.name], "images": "fit + val",

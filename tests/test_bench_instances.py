@@ -88,3 +88,19 @@ def test_a_resume_takes_the_interrupted_runs_split_only_when_this_code_draws_the
     with pytest.raises(SystemExit, match=f"^{tmp_path / 'data'} does not hold the split this code draws for tiny: "
                                          "run it without --resume$"):
         instances.resumed_split("tiny", tmp_path)
+
+
+def test_the_refit_is_named_after_its_recipe_so_a_resume_keeps_only_the_chosen_ones(tmp_path, monkeypatch):
+    import bench.instances as instances
+    from bench.instances import Split, refit
+
+    trained = []
+    monkeypatch.setattr(instances, "resumable_train", lambda data, model, seed, options, resume: (
+        trained.append((model, options, resume)) or {"train_cpu_s": 1.0, "train_wall_s": 1.0}))
+    monkeypatch.setattr(instances, "best_epoch", lambda model: 7)
+    split = Split(tmp_path / "fit", tmp_path / "val", tmp_path / "test", {})
+    for label in ("120-epochs", "120-epochs-cap50"):
+        model, record = refit(split, tmp_path, ["--epochs", "120"], tmp_path / f"{label}.pt", resume=True)
+        assert model == tmp_path / f"{label}-refit.pt" and record["validated_best_epoch"] == 7
+    assert [m.name for m, _, _ in trained] == ["120-epochs-refit.pt", "120-epochs-cap50-refit.pt"]
+    assert trained[1][1][-2:] == ["--settings-from", str(tmp_path / "120-epochs-cap50.pt")] and trained[1][2]
