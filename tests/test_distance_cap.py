@@ -1,13 +1,11 @@
 """The distance targets' cap (`cyseg train --distance-cap`): objects wider than the cap get one plateau
-of 1 in their interior, objects within it keep their own centre; the crops carry it; the CLI records it
-and refuses what cannot apply."""
+of 1 in their interior, objects within it keep their own centre; the crops carry it. The CLI's record
+and refusals: test_gap_weight.py."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, invoke
-from test_instances import write_discs
 
 from segmenter.sampler import CropSampler
 from transforms.instances import distance_target, markers
@@ -67,25 +65,3 @@ def test_the_crops_carry_the_capped_distance_and_the_cap_changes_no_draw():
         assert torch.equal(x, x_c) and torch.equal(target[0], target_c[0])
         inside = target[0] > 0.5
         assert (target_c[1][inside] >= target[1][inside]).all() and (target_c[1] == 1).sum() > (target[1] == 1).sum()
-
-
-def test_train_with_a_distance_cap_learns_and_records_it(tmp_path):
-    data = write_discs(tmp_path / "discs", 3, 0)
-    out = tmp_path / "capped.pt"
-    result = invoke(["-q", "train", data, "--instances", "--distance-cap", "8", "--out", out, *TINY])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    content = torch.load(out, map_location="cpu", weights_only=True)
-    assert content["training"]["options"]["distance_cap"] == 8.0
-
-
-@pytest.mark.parametrize(("options", "message"), [
-    (["--distance-cap", "50"], "--distance-cap 50 caps the distance targets that only --instances learns; add "
-                               "--instances"),
-    (["--instances", "--distance-cap", "-1"], "--distance-cap -1 must be >= 0 (px; 0: off)"),
-])
-def test_a_distance_cap_without_instances_or_negative_is_one_line(tmp_path, options, message):
-    data = write_discs(tmp_path / "discs", 2, 0)
-    result = invoke(["train", data, "--out", tmp_path / "m.pt", *TINY, *options])
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()

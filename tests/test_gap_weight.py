@@ -1,5 +1,6 @@
 """The gaps between touching objects weighed in the class loss (`cyseg train --gap-weight`, U-Net's
-weight map): the map's math, its place in the training crops and the loss, and the CLI's refusals."""
+weight map): the map's math, its place in the training crops and the loss; and the CLI of the options
+that only instance training takes (`--gap-weight`, `--distance-cap`): recorded, or refused in one line."""
 from __future__ import annotations
 
 import math
@@ -78,21 +79,26 @@ def test_unit_weights_leave_the_loss_as_it_was_and_weighted_gaps_raise_it():
     assert seg.loss(logits, target, known, weight).item() > seg.loss(logits, target, known).item()
 
 
-def test_train_with_gap_weight_learns_and_records_it(tmp_path):
+@pytest.mark.parametrize(("option", "value", "key"), [("--gap-weight", "10", "gap_weight"),
+                                                   ("--distance-cap", "8", "distance_cap")])
+def test_train_with_an_instance_option_learns_and_records_it(tmp_path, option, value, key):
     data = write_discs(tmp_path / "discs", 3, 0)
-    out = tmp_path / "gap.pt"
-    result = invoke(["-q", "train", data, "--instances", "--gap-weight", "10", "--out", out, *TINY])
+    out = tmp_path / "m.pt"
+    result = invoke(["-q", "train", data, "--instances", option, value, "--out", out, *TINY])
     assert result.exit_code == 0, result.output + repr(result.exception)
     content = torch.load(out, map_location="cpu", weights_only=True)
-    assert content["training"]["options"]["gap_weight"] == 10.0
+    assert content["training"]["options"][key] == float(value)
 
 
 @pytest.mark.parametrize(("options", "message"), [
     (["--gap-weight", "10"], "--gap-weight 10 weighs the gaps between touching objects, which only instance labels "
                              "show; add --instances"),
     (["--instances", "--gap-weight", "-1"], "--gap-weight -1 must be in [0, 100]; e.g. 10"),
+    (["--distance-cap", "50"], "--distance-cap 50 caps the distance targets that only --instances learns; add "
+                               "--instances"),
+    (["--instances", "--distance-cap", "-1"], "--distance-cap -1 must be >= 0 (px; 0: off)"),
 ])
-def test_a_gap_weight_without_instances_or_out_of_range_is_one_line(tmp_path, options, message):
+def test_an_instance_option_without_instances_or_out_of_range_is_one_line(tmp_path, options, message):
     data = write_discs(tmp_path / "discs", 2, 0)
     result = invoke(["train", data, "--out", tmp_path / "m.pt", *TINY, *options])
     assert result.exit_code == 2, result.output
