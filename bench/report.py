@@ -646,8 +646,9 @@ def resumed_line(run: str, resumed: Results, reran: str = RERAN_INSTANCES) -> Li
     before = resumed["interrupted_run"]
     took = "; ".join(f"`{name}` {'kept' if t['kept'] else 'continued'} ({t['epochs']} epochs, "
                      f"{minutes(t['wall_s'])} wall before)" for name, t in resumed["trainings"].items())
+    noted = f" Noted by hand in the record: {before['noted_by_hand']}." if before.get("noted_by_hand") else ""
     return [f"{run} continued (`--resume`) a run interrupted at `{before['code']['commit'][:7]}` "
-            f"(started {before['started']}, {before['cpu']['model']}): {took or 'no training'}. {reran}", ""]
+            f"(started {before['started']}, {before['cpu']['model']}): {took or 'no training'}. {reran}{noted}", ""]
 
 
 def refit_command(data: Results) -> str:

@@ -170,6 +170,9 @@ def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
     active = report.resumed_lines({"wbc": {"resumed": resumed}}, report.RERAN_ACTIVE)
     assert active[0].startswith("The wbc run continued") and active[0].endswith(
         "10 min wall before). Every suggestion and score ran in the resumed run.")
+    resumed["interrupted_run"]["noted_by_hand"] = "its refit was made by a later resumed run"
+    (line, _) = report.resumed_lines({"a": {"resumed": resumed}})
+    assert line.endswith("CPU only. Noted by hand in the record: its refit was made by a later resumed run.")
 
 
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
