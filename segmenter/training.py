@@ -190,7 +190,7 @@ def check_gap_weight(gap_weight: float, instance_classes: Sequence[str]) -> None
 
 def check_distance_cap(distance_cap: float, instance_classes: Sequence[str]) -> None:
     """Refuse a negative distance cap, or one for a model without instances (it learns no distance)."""
-    if distance_cap < 0:
+    if not distance_cap >= 0:  # NaN too
         raise CysegError(f"--distance-cap {distance_cap:g} must be >= 0 (px; 0: off); e.g. a quarter of the network's "
                          "receptive field")
     if distance_cap > 0 and not instance_classes:

@@ -97,6 +97,7 @@ def test_train_with_an_instance_option_learns_and_records_it(tmp_path, option, v
     (["--distance-cap", "50"], "--distance-cap 50 caps the distance targets that only --instances learns; add "
                                "--instances"),
     (["--instances", "--distance-cap", "-1"], "--distance-cap -1 must be >= 0 (px; 0: off)"),
+    (["--instances", "--distance-cap", "nan"], "--distance-cap nan must be >= 0 (px; 0: off)"),
 ])
 def test_an_instance_option_without_instances_or_out_of_range_is_one_line(tmp_path, options, message):
     data = write_discs(tmp_path / "discs", 2, 0)
