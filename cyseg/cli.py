@@ -281,6 +281,38 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
     click.echo(str(out))
 
 
+@cli.command("calibrate")
+@click.argument("model")
+@click.argument("data", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Model file to write (.pt): MODEL's weights with the settings chosen on DIR.")
+@click.option("--tta", is_flag=True,
+              help="Choose the settings on predictions with test-time augmentation (the mean over the 8 "
+                   "rotations/reflections, 8x the compute), for a model you will run with --tta: its smoother "
+                   "probabilities want other thresholds and separation than the plain ones.")
+@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
+              help="Images larger than this run tile by tile.")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+              help="Minimum overlap between tiles (blended).")
+@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+def calibrate_command(model: str, data: tuple[Path, ...], out: Path, tta: bool, tile: int, overlap: int, batch: int,
+                      amp: bool, device: str) -> None:
+    """Choose MODEL's thresholds (best mean IoU of the sweep 0.1..0.9) and, for a model with instances, its
+    separation and least object areas (best object F1, then PQ) on the annotated dataset folders DIR...,
+    as 'cyseg train --val' does after training, without training: for a model run with --tta, or on
+    images of your own lab. Give validation images, never the ones you will report scores on."""
+    from cyseg.calibrate_cmd import run_calibrate, summary_lines
+
+    seg = _load(model, device)
+    seg.inference.update(tile=tile, overlap=overlap, batch=batch, amp=amp)
+    record = run_calibrate(seg, data, out, tta)
+    for line in summary_lines(seg, record):
+        click.echo(line)
+    click.echo(str(out))
+
+
 @cli.command("segment")
 @click.argument("model")
 @click.argument("sources", metavar="INPUT...", nargs=-1, type=click.Path(path_type=Path))

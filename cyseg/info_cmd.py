@@ -20,7 +20,7 @@ def model_card(seg: Segmenter, path: Path) -> dict[str, Any]:
             "classes": list(seg.labels), "instances": [label_of[c] for c in seg.instance_classes],
             "thresholds": dict(seg.thresholds) if seg.classes else {seg.labels[0]: seg.threshold},
             "separation": {label_of[c]: dict(v) for c, v in seg.separation.items()}, "min_area": seg.min_areas(None),
-            "scope": model_scope(seg),
+            "settings_chosen_on": (info.get("threshold") or {}).get("chosen_on"), "scope": model_scope(seg),
             "training": {k: info.get(k) for k in ("n_images", "dataset", "best_epoch", "best_val_iou", "finished")}}
 
 
@@ -50,6 +50,8 @@ def card_lines(card: dict[str, Any]) -> list[str]:
                 for c, p in card["separation"].items()),
               "min area    " + ", ".join(f"{name} {area:g} px²" for name, area in card["min_area"].items())
               + " (smaller objects are dropped as specks)",
+              "settings    " + (f"chosen on the {card['settings_chosen_on']}" if card["settings_chosen_on"]
+                                  else "where they were chosen is not recorded"),
               f"network     {card['architecture'].get('arch')} depth {card['architecture'].get('depth')}, "
               f"n {card['architecture'].get('n')}, at {card['working_resolution']:g}x the images' resolution",
               f"training    {training.get('n_images')} images, best epoch {training.get('best_epoch')}, validation "

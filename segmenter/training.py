@@ -39,7 +39,6 @@ from segmenter.history import write_history
 from segmenter.instances import calibrate_separation, load_instances
 from segmenter.io.dataset import (
     Dataset,
-    check_dataset,
     manifest_hash,
     open_dataset,
     read_pair,
@@ -53,6 +52,7 @@ from segmenter.planning import (
     plan_resolution,
 )
 from segmenter.precision import autocast, precision_name
+from segmenter.recalibrate import check_choice_datasets
 from segmenter.resolution import check_resolution, resample_pair, scaled_size
 from segmenter.sampler import CropSampler, channel_stats
 from segmenter.scope import training_scope
@@ -246,7 +246,8 @@ def _prepare(seg: Segmenter, train_dir: Folders, val_dir: Folders | None,
                      dataset.read_scale)
     val = [open_dataset(folder) for folder in _folders(val_dir)] or None
     if val is not None:
-        _check_validation(seg, val)
+        check_choice_datasets(seg, val, "--val dataset",
+                              "add one that declares it, or drop --val (thresholds are then chosen on training images)")
     dataset_hash = _datasets_hash(datasets)
     crop = _plan_crop(masks, seg.multiple, opts.crop)
     if opts.epochs is None:
@@ -314,18 +315,6 @@ def folder_object_sizes(seg: Segmenter, masks: list[np.ndarray], maps: list[Chan
     return {folder: {label: round(object_size(found) / (resolution * scales[folder]), 1)
                      for label, found in classes.items()}
             for folder, classes in of_folder.items()}
-
-
-def _check_validation(seg: Segmenter, val: list[Dataset]) -> None:
-    """Every validation dataset is readable and shares a class with the model, and every class of
-    the model is annotated by one of them (its epochs and threshold are chosen there)."""
-    for dataset in val:
-        channel_map(dataset.classes, seg.classes, dataset.root)
-        check_dataset(dataset)
-    missing = [c for c in seg.classes if not any(c in dataset.classes for dataset in val)]
-    if missing:
-        raise CysegError(f"no --val dataset annotates {missing[0]}; add one that declares it, or drop --val "
-                         "(thresholds are then chosen on training images)")
 
 
 def _datasets_hash(datasets: list[Dataset]) -> str:

@@ -302,6 +302,13 @@ def test_classes_that_do_not_fit_the_datasets_are_refused(data, tmp_path):
         assert not out.exists()
 
 
+def test_calibrating_a_class_no_folder_annotates_is_refused(model, data, tmp_path):
+    out = tmp_path / "m.pt"
+    result = invoke(["-q", "calibrate", model, data["nuclei"], "--out", out, "--device", "cpu"])
+    one_line_error(result, "no folder given annotates cell", "add one that declares it")
+    assert not out.exists()
+
+
 def test_a_model_and_a_dataset_without_a_class_in_common_are_refused(model, tiny_model, data, ihc_dataset, tmp_path):
     result = invoke(["-q", "evaluate", model, ihc_dataset.val, "--out", tmp_path / "r", "--device", "cpu"])
     one_line_error(result, str(ihc_dataset.val), "declares no classes", "predicts cell, nucleus")

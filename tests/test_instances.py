@@ -341,6 +341,59 @@ def test_settings_from_a_model_of_other_classes_or_beside_a_threshold_is_one_lin
         assert not out.exists()
 
 
+def test_calibrate_chooses_the_settings_anew_and_keeps_the_weights_and_the_source(instance_model, disc_sets,
+                                                                                  tmp_path):
+    before = instance_model.read_bytes()
+    out = tmp_path / "tta.pt"
+    result = invoke(["calibrate", instance_model, disc_sets["val"], "--tta", "--out", out])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.stdout.startswith("settings chosen on 2 validation images") and "threshold   cell: " in result.stdout
+    assert instance_model.read_bytes() == before
+    new, old = (torch.load(m, map_location="cpu", weights_only=True) for m in (out, instance_model))
+    assert all(torch.equal(new["state_dict"][k], old["state_dict"][k]) for k in old["state_dict"])
+    where = f"validation images ({disc_sets['val']}), with test-time augmentation"
+    record = new["training"]["recalibrated"]
+    assert record["tta"] is True and record["chosen_on"] == where and record["n_images"] == 2
+    assert record["replaced"]["separation"] == old["separation"] and record["replaced"]["min_area"] == old["min_area"]
+    assert new["training"]["threshold"]["chosen_on"] == where == new["training"]["separation"]["chosen_on"]
+    assert new["training"]["best_epoch"] == old["training"]["best_epoch"]
+    assert f"settings    chosen on the {where}" in invoke(["info", out]).stdout
+    refit = tmp_path / "refit.pt"
+    assert invoke(["-q", "train", disc_sets["train"], "--instances", "--out", refit, *TINY,
+                   "--settings-from", out]).exit_code == 0
+    assert torch.load(refit, weights_only=True)["training"]["threshold"]["chosen_on"] == f"{where} of {out}"
+
+
+def test_recalibration_predicts_in_the_view_asked_and_leaves_the_models_own(instance_model, disc_sets):
+    from segmenter.recalibrate import recalibrate
+
+    seg = load_segmenter(instance_model, device="cpu")
+    views, predict = [], seg.predict
+
+    def spy(image, **kwargs):
+        views.append(seg.inference["tta"] if kwargs.get("tta") is None else kwargs["tta"])
+        return predict(image, **kwargs)
+
+    seg.predict = spy
+    for tta in (True, False):
+        views.clear()
+        record = recalibrate(seg, [open_dataset(disc_sets["val"])], tta)
+        assert views == [tta] * 2 and record["tta"] is tta and seg.inference["tta"] is False
+
+
+def test_calibrate_on_a_missing_or_foreign_folder_is_one_line_and_writes_nothing(instance_model, disc_sets,
+                                                                                tmp_path):
+    named = write_discs(tmp_path / "named", 2, 2, manifest={"classes": ["nucleus"]})
+    out = tmp_path / "out.pt"
+    cases = {tmp_path / "nowhere": f"dataset folder {tmp_path / 'nowhere'} does not exist",
+             named: f"{named} declares classes nucleus but the model predicts one unnamed foreground"}
+    for folder, message in cases.items():
+        result = invoke(["calibrate", instance_model, folder, "--out", out])
+        assert result.exit_code == 2, result.output
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not out.exists() and not list(tmp_path.glob("*.pt*"))
+
+
 def test_object_sizes_are_recorded_in_image_pixels_whatever_the_working_resolution(disc_sets, tmp_path):
     sizes = {}
     for resolution in ("1", "0.5"):
