@@ -82,6 +82,13 @@ def cli_evaluate(model: Path, data: Path, report: Path, extra: Sequence[str] = (
     return json.loads((report / "summary.json").read_text())
 
 
+def cli_calibrate(model: Path, data: Path, out: Path, extra: Sequence[str] = ()) -> Path:
+    """`model`'s settings chosen anew on a dataset folder with the real `cyseg calibrate`, written to `out`."""
+    subprocess.run(["cyseg", "-q", "calibrate", str(model), str(data), "--out", str(out), *extra], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
 def write_results(path: Path, result: dict[str, Any]) -> None:
     """Write a benchmark's JSON atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)

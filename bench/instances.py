@@ -9,7 +9,8 @@ data set has none) and seed (0..N-1), side by side at one thread each when there
 fit part with `--val` on the validation part: the validation images choose the epoch, each class's
 threshold and the separation's parameters (object F1, then PQ; seed 0's are kept) and the recipe
 (the mean of pixel Dice and object F1, averaged over the seeds, each recipe with test-time
-augmentation where that raises its merit, as it will meet the test images; the incumbent, listed
+augmentation where that raises its merit, as it will meet the test images, its thresholds and
+separation then chosen anew on the validation images predicted with it, `cyseg calibrate --tta`; the incumbent, listed
 first, stays unless a challenger leads it by more than LEAD_IN_SE paired standard errors image by image).
 With `--refit`, the chosen recipe is then trained once more on the fit and validation images together,
 taking the thresholds, separation and least object areas validation chose (`cyseg train
@@ -66,6 +67,7 @@ from bench.common import (  # noqa: E402
     SHARED_DATA,
     RunClock,
     best_epoch,
+    cli_calibrate,
     cli_evaluate,
     fresh_dir,
     interrupted_run,
@@ -232,14 +234,19 @@ def trained(split: Split, work: Path, label: str, options: list[str], threads: i
             seed: int, resume: bool = False) -> dict[str, Any]:
     """Train one recipe with one seed on the fit images (validation picks epoch, thresholds, separation;
     with `resume`, an interrupted run's training kept or continued); score the validation images without
-    and with test-time augmentation (`--tta`: the mean over the 8 rotations and reflections). Seed 0's
-    model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
+    and with test-time augmentation (`--tta`: the mean over the 8 rotations and reflections), each with
+    settings chosen on them as they are predicted in that view: with TTA, `cyseg calibrate --tta` chooses
+    them anew into `<name>-tta.pt` (its smoother probabilities want other thresholds and separation).
+    Seed 0's model is `<label>.pt`, the others' `<label>-s<seed>.pt`."""
     name = label if seed == 0 else f"{label}-s{seed}"
     model = work / f"{name}.pt"
     run = resumable_train(split.fit, model, seed, ["--instances", *options], resume=resume, val=split.val,
                           threads=threads)
-    for view, folder, extra in (("", f"val-{name}", []), ("_tta", f"val-tta-{name}", ["--tta"])):
-        val = class_scores(cli_evaluate(model, split.val, work / folder, ["--no-sweep", *extra]))
+    with_tta = cli_calibrate(model, split.val, work / f"{name}-tta.pt", ["--tta"])
+    run["tta_settings"] = _settings(with_tta)
+    for view, scored, folder, extra in (("", model, f"val-{name}", []),
+                                        ("_tta", with_tta, f"val-tta-{name}", ["--tta"])):
+        val = class_scores(cli_evaluate(scored, split.val, work / folder, ["--no-sweep", *extra]))
         run |= {f"val{view}": val, f"val_merit{view}": merit(val),
                 f"val_merit_per_image{view}": image_merits(work / folder / "per_image.csv")}
     return run
@@ -256,7 +263,8 @@ def candidate(options: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
     merits = [run[f"val_merit_per_image{view}"] for run in runs]
     entry = {"train_args": ["--instances", *options], "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
              "train_wall_s": max(r["train_wall_s"] for r in runs), "tta": tta, "val": runs[0]["val"],
-             "val_tta": runs[0]["val_tta"], "val_merit": float(np.mean([r[f"val_merit{view}"] for r in runs])),
+             "val_tta": runs[0]["val_tta"], "tta_settings": runs[0]["tta_settings"],
+             "val_merit": float(np.mean([r[f"val_merit{view}"] for r in runs])),
              "val_merit_per_image": {image: float(np.mean([m[image] for m in merits])) for image in merits[0]}}
     if len(runs) > 1:
         entry["val_merit_per_seed"] = [r[f"val_merit{view}"] for r in runs]
@@ -342,8 +350,8 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
         runs = {label: [futures[label, seed].result() for seed in range(seeds)] for label in recipes}
     candidates = {label: candidate(recipes[label], runs[label]) for label in recipes}
     chosen, choice = choose_recipe(candidates)
-    model = work / f"{chosen}.pt"
     tta = candidates[chosen]["tta"]
+    model = work / f"{chosen}{'-tta' * tta}.pt"
     refitted = refit(split, work, candidates[chosen]["train_args"], model, resume) if with_refit else None
     final = refitted[0] if refitted else model
     test = class_scores(cli_evaluate(final, split.test, work / "test", ["--no-sweep", *["--tta"] * tta]))
@@ -354,7 +362,9 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
     entry: dict[str, Any] = {
         "protocol": f"`cyseg train --instances` runs (seeds 0..{seeds - 1}) per recipe on the fit images; recipe "
                     "(validation merit: mean of Dice and object F1, averaged over the seeds, each recipe with "
-                    "test-time augmentation where that raises its merit, as it would meet the test images; the "
+                    "test-time augmentation where that raises its merit, as it would meet the test images, its "
+                    "thresholds and separation then chosen on the validation images predicted with it (`cyseg "
+                    "calibrate --tta`); the "
                     f"incumbent, listed first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired "
                     "standard errors), seed 0's epoch, thresholds and separation parameters chosen on the "
                     "validation images; "
@@ -387,9 +397,15 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
 
 def _separation(model: Path) -> dict[str, Any]:
     """The watershed parameters the validation images chose, as stored in the model file."""
+    return _settings(model)["separation"]
+
+
+def _settings(model: Path) -> dict[str, Any]:
+    """The thresholds, separation and least object areas stored in a model file."""
+    from segmenter.recalibrate import settings_of
     from unet import load_segmenter
 
-    return load_segmenter(model, device="cpu").separation
+    return settings_of(load_segmenter(model, device="cpu"))
 
 
 def main() -> None:

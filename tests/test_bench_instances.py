@@ -38,13 +38,14 @@ def test_an_images_merit_is_the_mean_over_its_classes(tmp_path):
 def test_a_recipe_of_several_seeds_is_chosen_on_each_images_merit_averaged_over_them():
     runs = [{"train_cpu_s": 10.0, "train_wall_s": 5.0, "val": {"seed": 0}, "val_merit": 0.8,
              "val_merit_per_image": {"a": 0.7, "b": 0.9}, "val_tta": {"seed": 0, "tta": True},
-             "val_merit_tta": 0.7, "val_merit_per_image_tta": {"a": 0.6, "b": 0.8}},
+             "tta_settings": {"seed": 0}, "val_merit_tta": 0.7, "val_merit_per_image_tta": {"a": 0.6, "b": 0.8}},
             {"train_cpu_s": 12.0, "train_wall_s": 6.0, "val": {"seed": 1}, "val_merit": 0.9,
              "val_merit_per_image": {"a": 0.9, "b": 0.9}, "val_tta": {"seed": 1, "tta": True},
-             "val_merit_tta": 0.9, "val_merit_per_image_tta": {"a": 0.9, "b": 0.9}}]
+             "tta_settings": {"seed": 1}, "val_merit_tta": 0.9, "val_merit_per_image_tta": {"a": 0.9, "b": 0.9}}]
     entry = candidate(["--epochs", "3"], runs)
     assert entry["train_args"] == ["--instances", "--epochs", "3"] and entry["val"] == {"seed": 0}
     assert entry["tta"] is False and entry["val_tta"] == {"seed": 0, "tta": True}
+    assert entry["tta_settings"] == {"seed": 0}
     assert entry["val_merit"] == pytest.approx(0.85) and entry["val_merit_per_seed"] == [0.8, 0.9]
     assert entry["val_merit_per_image"] == pytest.approx({"a": 0.8, "b": 0.9})
     assert entry["train_cpu_s"] == 22.0 and entry["train_wall_s"] == 6.0
@@ -55,7 +56,7 @@ def test_a_recipe_is_weighed_with_test_time_augmentation_when_that_raises_its_me
     """TTA that helps one seed and hurts the other more is not used; where it helps on average, the
     recipe's merits (overall, per seed, per image) are those with TTA, as it would meet the test images."""
     def run(plain: dict[str, float], tta: dict[str, float]) -> dict:
-        return {"train_cpu_s": 1.0, "train_wall_s": 1.0, "val": {}, "val_tta": {},
+        return {"train_cpu_s": 1.0, "train_wall_s": 1.0, "val": {}, "val_tta": {}, "tta_settings": {},
                 "val_merit": sum(plain.values()) / len(plain), "val_merit_per_image": plain,
                 "val_merit_tta": sum(tta.values()) / len(tta), "val_merit_per_image_tta": tta}
     mixed = candidate([], [run({"a": 0.8, "b": 0.8}, {"a": 0.9, "b": 0.9}),
