@@ -28,12 +28,16 @@ AMP_HELP = ("Run the network in the device's native reduced precision: float16 o
             "AVX512-BF16 or AMX (about 2x faster), float32 elsewhere. --no-amp: float32 everywhere.")
 
 
-def _load(model: str, device: str):
+def _load(model: str, device: str, tta: bool | None = None):
+    """The model MODEL names; with `tta` (how it will predict), a note when its settings were chosen otherwise."""
     from cyseg.models import resolve_model
+    from segmenter.recalibrate import note_settings_view
     from unet import load_segmenter
 
     seg = load_segmenter(resolve_model(model), device=device)
     freeze_loaded_objects()
+    if tta is not None:
+        note_settings_view(seg, tta)
     return seg
 
 
@@ -272,7 +276,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
     """Score MODEL on the annotated dataset folder DIR: per-image IoU and Dice, mean and std."""
     from cyseg.evaluate_cmd import run_evaluate, summary_lines
 
-    seg = _load(model, device)
+    seg = _load(model, device, tta)
     seg.inference.update(tile=tile, overlap=overlap, batch=batch, tta=tta, amp=amp)
     out = out or Path(f"eval-{data.resolve().name}")
     report = run_evaluate(seg, data, out, threshold, sweep, overlays, progress=_progress())
@@ -422,7 +426,7 @@ def segment_command(model: str, sources: tuple[Path, ...], out: Path | None, thr
     slides = [p for p in sources if is_slide(p, as_slide or window is not None)]
     if slides and len(slides) != len(sources):
         raise CysegError("mix of crop and slide inputs; segment folders of crops and slides in separate calls")
-    seg = _load(model, device)
+    seg = _load(model, device, tta)
     if slides:
         from cyseg.slide_cmd import run_segment_slides
 
@@ -453,7 +457,7 @@ def _segment_cytomine(model: str, sources: tuple[Path, ...], out: Path | None, w
         raise CysegError("give either INPUT files or --cytomine-image ID, not both")
     if terms and not upload:
         raise CysegError("--term applies to uploaded annotations; add --upload")
-    seg = _load(model, device)
+    seg = _load(model, device, opts["tta"])
     summary, results = run_segment_cytomine(seg, resolve_model(model), image, out, window, opts, mpp, magnification,
                                             workers, scheduler, device, cache, mask_out, upload, terms, config,
                                             insecure, timeout, upload_batch, progress=_progress(), api=api,

@@ -4,6 +4,7 @@ without test-time augmentation, whose smoother probabilities want other settings
 used with TTA or on images from another lab."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from segmenter.errors import CysegError
 from segmenter.evaluation import calibrate_threshold
 from segmenter.instances import calibrate_separation
 from segmenter.io.dataset import Dataset, check_dataset
+
+log = logging.getLogger(__name__)
 
 
 def check_choice_datasets(seg: Segmenter, datasets: Sequence[Dataset], named: str, fix: str) -> None:
@@ -57,3 +60,18 @@ def recalibrate(seg: Segmenter, datasets: Sequence[Dataset], tta: bool) -> dict[
     record = {"chosen_on": where, "tta": tta, "n_images": sum(len(d) for d in datasets), "replaced": before}
     seg.training_info["recalibrated"] = record
     return record
+
+
+def chosen_with_tta(seg: Segmenter) -> bool:
+    """Whether the model's settings were chosen on predictions with test-time augmentation."""
+    return bool((seg.training_info.get("recalibrated") or {}).get("tta"))
+
+
+def note_settings_view(seg: Segmenter, tta: bool) -> None:
+    """Say when the model runs with or without test-time augmentation other than its settings were chosen
+    for: the thresholds and separation fit the probabilities they were chosen on."""
+    if tta and not chosen_with_tta(seg):
+        log.info("the model's thresholds and separation were chosen without --tta; 'cyseg calibrate MODEL VALDIR "
+                 "--tta --out M.pt' chooses them for it")
+    elif chosen_with_tta(seg) and not tta:
+        log.info("the model's thresholds and separation were chosen with test-time augmentation; add --tta")

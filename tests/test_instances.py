@@ -364,6 +364,20 @@ def test_calibrate_chooses_the_settings_anew_and_keeps_the_weights_and_the_sourc
     assert torch.load(refit, weights_only=True)["training"]["threshold"]["chosen_on"] == f"{where} of {out}"
 
 
+def test_a_model_run_in_another_view_than_its_settings_were_chosen_in_says_so(instance_model, disc_sets, tmp_path,
+                                                                              caplog):
+    tuned = tmp_path / "tta.pt"
+    assert invoke(["-q", "calibrate", instance_model, disc_sets["val"], "--tta", "--out", tuned]).exit_code == 0
+    cases = {(instance_model, "--tta"): "chosen without --tta; 'cyseg calibrate MODEL VALDIR --tta",
+             (tuned,): "chosen with test-time augmentation; add --tta", (instance_model,): None, (tuned, "--tta"): None}
+    for (model, *options), message in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="segmenter.recalibrate"):
+            result = invoke(["evaluate", model, disc_sets["val"], "--out", tmp_path / "r", "--no-sweep", *options])
+        assert result.exit_code == 0
+        assert message in caplog.text if message else "were chosen" not in caplog.text, caplog.text
+
+
 def test_recalibration_predicts_in_the_view_asked_and_leaves_the_models_own(instance_model, disc_sets):
     from segmenter.recalibrate import recalibrate
 
