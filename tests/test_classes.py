@@ -302,6 +302,16 @@ def test_classes_that_do_not_fit_the_datasets_are_refused(data, tmp_path):
         assert not out.exists()
 
 
+def test_calibrate_chooses_each_classs_threshold_on_the_folders_that_annotate_it(model, data, tmp_path):
+    out = tmp_path / "tuned.pt"
+    result = invoke(["-q", "calibrate", model, data["nuclei"], data["val"], "--out", out, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "threshold   cell: " in result.stdout and "threshold   nucleus: " in result.stdout
+    training = torch.load(out, weights_only=True)["training"]
+    assert set(training["threshold"]["thresholds"]) == {"cell", "nucleus"}
+    assert training["recalibrated"]["n_images"] == 9 and training["recalibrated"]["tta"] is False
+
+
 def test_calibrating_a_class_no_folder_annotates_is_refused(model, data, tmp_path):
     out = tmp_path / "m.pt"
     result = invoke(["-q", "calibrate", model, data["nuclei"], "--out", out, "--device", "cpu"])
