@@ -634,6 +634,14 @@ def recipe_choice_lines(data: Results) -> Lines:
     return lines
 
 
+def uncalibrated_tta_lines(data: Results) -> Lines:
+    """The data sets whose TTA view was scored with the settings chosen without TTA (runs before `cyseg calibrate`)."""
+    older = [dataset for dataset, entry in data.items() if "tta" in entry and entry.get("tta") is not None
+             and not all("tta_settings" in c for c in entry.get("candidates", {}).values())]
+    return [f"Measured before `cyseg calibrate`: {', '.join(older)} scored the TTA view with the thresholds and "
+            "separation chosen without TTA.", ""] if older else []
+
+
 def resumed_lines(data: Results, reran: str = RERAN_INSTANCES) -> Lines:
     """Per data set whose run continued an interrupted one (`--resume`), what it took over."""
     return [line for dataset, entry in data.items() if entry.get("resumed")
@@ -671,7 +679,9 @@ def instances_section(data: Results | None) -> Lines:
              "errors, image by image), the epoch, each class's threshold, the separation's parameters (markers: "
              "the distance's peaks, or the contour cores of models trained with `--contours`; growth), the least "
              "object area and, where the recipe column says "
-             "so, whether test-time augmentation (`--tta`) is used; where it says \"refit\", the chosen recipe "
+             "so, whether test-time augmentation (`--tta`) is used (its view scored with thresholds and separation "
+             "chosen again on the validation images predicted with it, `cyseg calibrate --tta`); where it says "
+             "\"refit\", the chosen recipe "
              "was then trained once more on the fit and validation images together, with the settings validation "
              "chose (`cyseg train --settings-from`), and only that model met the test images; the test images are "
              "scored once by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
@@ -683,7 +693,7 @@ def instances_section(data: Results | None) -> Lines:
              "Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
                      "object Hausdorff", "training"], instance_rows(data)), ""]
-    lines += recipe_choice_lines(data) + resumed_lines(data)
+    lines += recipe_choice_lines(data) + resumed_lines(data) + uncalibrated_tta_lines(data)
     if "glas" in data:
         lines += ["GlaS test (80 images: test A and B together), against the published figures weighted as our "
                   "images mix them; F1 as the challenge counts it (a prediction covering more than half of its "

@@ -155,6 +155,18 @@ def test_the_recipe_choice_line_says_kept_for_the_incumbent_and_chosen_for_a_cha
     assert "`old` 0.8800 (incumbent); `new` 0.8900 with TTA, lead +0.0140" in lines[4]
 
 
+def test_a_run_that_scored_its_tta_view_without_calibrating_it_is_named():
+    """Entries with a TTA view whose candidates record no TTA-chosen settings predate `cyseg calibrate`;
+    entries without a TTA view, or with its settings, are not named."""
+    data = {"old": {"tta": False, "candidates": {"a": {}}},
+            "new": {"tta": True, "candidates": {"a": {"tta_settings": {}}}},
+            "plain": {"tta": None, "candidates": {"a": {}}}}
+    assert report.uncalibrated_tta_lines(data) == [
+        "Measured before `cyseg calibrate`: old scored the TTA view with the thresholds and separation chosen without "
+        "TTA.", ""]
+    assert report.uncalibrated_tta_lines({"new": data["new"]}) == []
+
+
 def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
     """A run that continued an interrupted one says from which code, and which trainings it kept or
     continued, with what ran before; a run that did not resume says nothing."""
