@@ -251,6 +251,21 @@ def train_command(ctx: click.Context, data: tuple[Path, ...], out: Path, val: tu
     click.echo(str(out))
 
 
+def _prediction_options(command):
+    """The tiling, precision and device options of the commands that predict annotated crops."""
+    options = [click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
+                            help="Images larger than this run tile by tile."),
+               click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+                            help="Minimum overlap between tiles (blended)."),
+               click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True,
+                            help="Tiles per forward pass."),
+               click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP),
+               click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("evaluate")
 @click.argument("model")
 @click.argument("data", metavar="DIR", type=click.Path(path_type=Path))
@@ -263,14 +278,8 @@ def train_command(ctx: click.Context, data: tuple[Path, ...], out: Path, val: tu
 @click.option("--overlays", is_flag=True,
               help="Write one figure per crop: crop | crop+truth | crop+prediction | truth | errors "
                    "(false positives red, false negatives blue).")
-@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
-              help="Images larger than this run tile by tile.")
-@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
-              help="Minimum overlap between tiles (blended).")
-@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
 @click.option("--tta", is_flag=True, help=TTA_HELP)
-@click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_prediction_options
 def evaluate_command(model: str, data: Path, out: Path | None, threshold: float | None, sweep: bool,
                      overlays: bool, tile: int, overlap: int, batch: int, tta: bool, amp: bool, device: str) -> None:
     """Score MODEL on the annotated dataset folder DIR: per-image IoU and Dice, mean and std."""
@@ -294,13 +303,7 @@ def evaluate_command(model: str, data: Path, out: Path | None, threshold: float 
               help="Choose the settings on predictions with test-time augmentation (the mean over the 8 "
                    "rotations/reflections, 8x the compute), for a model you will run with --tta: its smoother "
                    "probabilities want other thresholds and separation than the plain ones.")
-@click.option("--tile", type=int, default=DEFAULT_TILE, show_default=True,
-              help="Images larger than this run tile by tile.")
-@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
-              help="Minimum overlap between tiles (blended).")
-@click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Tiles per forward pass.")
-@click.option("--amp/--no-amp", default=True, show_default=True, help=AMP_HELP)
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_prediction_options
 def calibrate_command(model: str, data: tuple[Path, ...], out: Path, tta: bool, tile: int, overlap: int, batch: int,
                       amp: bool, device: str) -> None:
     """Choose MODEL's thresholds (best mean IoU of the sweep 0.1..0.9) and, for a model with instances, its
