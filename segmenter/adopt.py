@@ -7,6 +7,7 @@ from typing import Any
 
 from segmenter.base import Segmenter
 from segmenter.errors import CysegError
+from segmenter.recalibrate import chosen_with_tta
 
 
 def _described(classes: list[str], separated: list[str], contours: bool) -> str:
@@ -38,4 +39,4 @@ def adopt_settings(seg: Segmenter, reference: Segmenter, source: str) -> dict[st
     chosen_on = (reference.training_info.get("threshold") or {}).get("chosen_on", "unknown images")
     threshold = {"thresholds": dict(seg.thresholds)} if seg.classes else {"threshold": seg.threshold}
     return {"from": source, "chosen_on": f"{chosen_on} of {source}", **threshold, "separation": seg.separation,
-            "min_area": seg.min_area}
+            "min_area": seg.min_area, "tta": chosen_with_tta(reference)}

@@ -63,8 +63,10 @@ def recalibrate(seg: Segmenter, datasets: Sequence[Dataset], tta: bool) -> dict[
 
 
 def chosen_with_tta(seg: Segmenter) -> bool:
-    """Whether the model's settings were chosen on predictions with test-time augmentation."""
-    return bool((seg.training_info.get("recalibrated") or {}).get("tta"))
+    """Whether the model's settings were chosen on predictions with test-time augmentation, by `recalibrate`
+    or by the model it adopted them from (`cyseg train --settings-from`)."""
+    info = seg.training_info
+    return any(bool((info.get(key) or {}).get("tta")) for key in ("recalibrated", "settings_from"))
 
 
 def note_settings_view(seg: Segmenter, tta: bool) -> None:

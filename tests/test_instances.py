@@ -19,6 +19,7 @@ from segmenter.cells import cell_features
 from segmenter.errors import DatasetError, ModelFileError
 from segmenter.instances import MIN_WIDTHS, balanced_score, candidate_areas, instance_labels
 from segmenter.io.dataset import open_dataset
+from segmenter.recalibrate import chosen_with_tta
 from transforms.instances import (
     Separation,
     assign_nuclei,
@@ -362,6 +363,7 @@ def test_calibrate_chooses_the_settings_anew_and_keeps_the_weights_and_the_sourc
     assert invoke(["-q", "train", disc_sets["train"], "--instances", "--out", refit, *TINY,
                    "--settings-from", out]).exit_code == 0
     assert torch.load(refit, weights_only=True)["training"]["threshold"]["chosen_on"] == f"{where} of {out}"
+    assert chosen_with_tta(load_segmenter(refit)) and not chosen_with_tta(load_segmenter(instance_model))
 
 
 def test_a_model_run_in_another_view_than_its_settings_were_chosen_in_says_so(instance_model, disc_sets, tmp_path,
