@@ -627,6 +627,10 @@ def recipe_choice_lines(data: Results) -> Lines:
                           f"({lead['images']} images)" for label, lead in choice["leads"].items())
         seeds = len(next(iter(entry["candidates"].values())).get("val_merit_per_seed", [0]))
         averaged = f", each averaged over {seeds} seeds" if seeds > 1 else ""
+        if not choice["leads"]:
+            lines += [f"Validation merit on {dataset}{averaged.replace(', each', ',')}: `{choice['incumbent']}` "
+                      f"{merits[choice['incumbent']]}, the only recipe listed.", ""]
+            continue
         lines += [f"Recipe choice on {dataset} (validation merit{averaged}; lead over the incumbent ± its paired "
                   f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]} (incumbent); {leads}. "
                   f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; "

@@ -153,6 +153,10 @@ def test_the_recipe_choice_line_says_kept_for_the_incumbent_and_chosen_for_a_cha
     assert "`new` 0.8900, lead +0.0140 ± 0.0060 (17 images)" in lines[0] and lines[0].endswith("; chosen: `new`.")
     assert lines[2].endswith("; kept: `old`.")
     assert "`old` 0.8800 (incumbent); `new` 0.8900 with TTA, lead +0.0140" in lines[4]
+    alone = {"chosen": "old", "candidates": {"old": {"val_merit": 0.88, "val_merit_per_seed": [0.87, 0.89]}},
+             "choice": {"incumbent": "old", "lead_in_se": 2.0, "leads": {}}}
+    assert report.recipe_choice_lines({"d": alone}) == [
+        "Validation merit on d, averaged over 2 seeds: `old` 0.8800, the only recipe listed.", ""]
 
 
 def test_a_run_that_scored_its_tta_view_without_calibrating_it_is_named():
