@@ -691,8 +691,8 @@ def instances_section(data: Results | None) -> Lines:
              "scored once by `cyseg evaluate`; training counts the CPU of every recipe tried. Object F1 counts a "
              "match at IoU > 0.5 (stricter than GlaS's own 50 %-overlap rule); data sets without instance masks "
              "(wbc, urothelial, miccai15) take the masks' connected regions as objects. "
-             f"Measured on {run_machine(data)}{run_kernels(data)}, "
-             f"{minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
+             f"Measured on {run_machine(data)}{run_kernels(data)} (a data set's several trainings side by side, "
+             f"one thread each), {minutes(sum(r['cpu_s'] for r in runs))} of CPU in all. "
              f"Reproduce with `python bench/instances.py`{refit_command(data)}. "
              "Source: `bench/results/instances.json`.", "",
              *table(["data", "class", "fit / val / test", "recipe", "Dice", "object F1", "AJI", "PQ", "object Dice",
