@@ -623,16 +623,17 @@ def recipe_choice_lines(data: Results) -> Lines:
             continue
         merits = {label: f"{c['val_merit']:.4f}{' with TTA' * bool(c.get('tta'))}"
                   for label, c in entry["candidates"].items()}
+        seeds = len(next(iter(entry["candidates"].values())).get("val_merit_per_seed", [0]))
+        over_seeds = f"averaged over {seeds} seeds" if seeds > 1 else ""
+        incumbent = f"`{choice['incumbent']}` {merits[choice['incumbent']]}"
+        if not choice["leads"]:
+            lines += [f"Validation merit on {dataset}{', ' * bool(over_seeds)}{over_seeds}: {incumbent}, the only "
+                      "recipe listed.", ""]
+            continue
         leads = "; ".join(f"`{label}` {merits[label]}, lead {lead['lead']:+.4f} ± {lead['se']:.4f} "
                           f"({lead['images']} images)" for label, lead in choice["leads"].items())
-        seeds = len(next(iter(entry["candidates"].values())).get("val_merit_per_seed", [0]))
-        averaged = f", each averaged over {seeds} seeds" if seeds > 1 else ""
-        if not choice["leads"]:
-            lines += [f"Validation merit on {dataset}{averaged.replace(', each', ',')}: `{choice['incumbent']}` "
-                      f"{merits[choice['incumbent']]}, the only recipe listed.", ""]
-            continue
-        lines += [f"Recipe choice on {dataset} (validation merit{averaged}; lead over the incumbent ± its paired "
-                  f"standard error): `{choice['incumbent']}` {merits[choice['incumbent']]} (incumbent); {leads}. "
+        lines += [f"Recipe choice on {dataset} (validation merit{', each ' * bool(over_seeds)}{over_seeds}; lead over "
+                  f"the incumbent ± its paired standard error): {incumbent} (incumbent); {leads}. "
                   f"A challenger needs a lead above {choice['lead_in_se']:g} standard errors; "
                   f"{'kept' if entry['chosen'] == choice['incumbent'] else 'chosen'}: `{entry['chosen']}`.", ""]
     return lines
@@ -640,7 +641,7 @@ def recipe_choice_lines(data: Results) -> Lines:
 
 def uncalibrated_tta_lines(data: Results) -> Lines:
     """The data sets whose TTA view was scored with the settings chosen without TTA (runs before `cyseg calibrate`)."""
-    older = [dataset for dataset, entry in data.items() if "tta" in entry and entry.get("tta") is not None
+    older = [dataset for dataset, entry in data.items() if entry.get("tta") is not None
              and not all("tta_settings" in c for c in entry.get("candidates", {}).values())]
     return [f"Measured before `cyseg calibrate`: {', '.join(older)} scored the TTA view with the thresholds and "
             "separation chosen without TTA.", ""] if older else []

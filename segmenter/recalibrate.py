@@ -72,8 +72,9 @@ def chosen_with_tta(seg: Segmenter) -> bool:
 def note_settings_view(seg: Segmenter, tta: bool) -> None:
     """Say when the model runs with or without test-time augmentation other than its settings were chosen
     for: the thresholds and separation fit the probabilities they were chosen on."""
-    if tta and not chosen_with_tta(seg):
+    chosen = chosen_with_tta(seg)
+    if tta and not chosen:
         log.info("the model's thresholds and separation were chosen without --tta; 'cyseg calibrate MODEL VALDIR "
                  "--tta --out M.pt' chooses them for it")
-    elif chosen_with_tta(seg) and not tta:
+    elif chosen and not tta:
         log.info("the model's thresholds and separation were chosen with test-time augmentation; add --tta")
