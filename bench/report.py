@@ -957,14 +957,19 @@ def active_validation_section(data: Results | None) -> Lines:
     """active_validation.json: the suggest settings compared on validation images held out of the pool."""
     if data is None or data.get("quick"):
         return []
-    settings, datasets = data["settings"], data["datasets"]
-    lines = ["### Choosing how much uncertainty weighs", "",
-             f"The same simulation with {pct(settings['holdout'])} of each pool held out (seeded) and scored instead "
-             f"of the test images, {settings['seeds']} seeds, {settings['rounds']} rounds, one suggest strategy per "
-             "`cyseg suggest --uncertainty-weight` (0: coverage of the pool alone; 1: coverage of its uncertainty); "
-             "the weight with the best mean validation IoU over the rounds after the first is the default. "
-             f"Measured on {machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation.json`.",
-             ""]
+    settings = data["settings"]
+    return ["### Choosing how much uncertainty weighs", "",
+            f"The same simulation with {pct(settings['holdout'])} of each pool held out (seeded) and scored instead "
+            f"of the test images, {settings['seeds']} seeds, {settings['rounds']} rounds, one suggest strategy per "
+            "`cyseg suggest --uncertainty-weight` (0: coverage of the pool alone; 1: coverage of its uncertainty); "
+            "the weight with the best mean validation IoU over the rounds after the first is the default. "
+            f"Measured on {machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation.json`.",
+            "", *validation_tables(data["datasets"])]
+
+
+def validation_tables(datasets: Results) -> Lines:
+    """Per data set of a held-out run, each strategy's validation IoU per round and the best suggest weight."""
+    lines: Lines = []
     for name, v in datasets.items():
         summary = v["summary"]
         names = strategy_names(summary)
@@ -977,6 +982,65 @@ def active_validation_section(data: Results | None) -> Lines:
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"), ""]
     return lines
+
+
+def active_validation_budget_section(data: Results | None) -> Lines:
+    """active_validation_budget.json: the uncertainty weights compared on held-out pool images at the larger
+    budget, as active_validation.json compares them at the base budget."""
+    if data is None or data.get("quick"):
+        return []
+    settings = data["settings"]
+    return ["#### The uncertainty weight at that budget, on validation", "",
+            f"The held-out comparison above at {settings['epochs']} epochs per round: {pct(settings['holdout'])} of "
+            f"the pool held out, {settings['seeds']} seeds, {settings['rounds']} rounds. Measured on "
+            f"{machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation_budget.json`.", "",
+            *validation_tables(data["datasets"])]
+
+
+def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:
+    """active_budget.json: the simulation again with a larger training budget per round, beside what the
+    budget of active.json (`base`) let the full-data model reach."""
+    if data is None or data.get("quick"):
+        return []
+    settings, datasets = data["settings"], data["datasets"]
+    base = base if base is not None else load("active.json")
+    command = (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --epochs "
+               f"{settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']} "
+               "--out bench/results/active_budget.json")
+    return ["### A larger training budget per round", "",
+            f"The same simulation with {settings['epochs']} epochs of {settings['steps_per_epoch']} steps per round"
+            f"{budget_ratio_words(settings, base)}, {settings['seeds']} seeds: whether the strategies part "
+            "once the labels, more than the training steps, limit the model. Measured on "
+            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with `{command}`. Source: "
+            "`bench/results/active_budget.json` (curves: `bench/results/active_budget.png`).", "",
+            *base_budget_lines(datasets, base),
+            *table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
+                   (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
+            *(active_outcome(d, v["summary"]) for d, v in datasets.items()), "",
+            *resumed_lines(datasets, RERAN_ACTIVE)]
+
+
+def budget_ratio_words(settings: Results, base: Results | None) -> str:
+    """' (N× the budget above)' when the base run's budget is known, else ''."""
+    if base is None or base.get("quick"):
+        return ""
+    ratio = (settings["epochs"] * settings["steps_per_epoch"]) / (base["settings"]["epochs"]
+                                                                   * base["settings"]["steps_per_epoch"])
+    return f" ({ratio:g}× the budget above)"
+
+
+def base_budget_lines(datasets: Results, base: Results | None) -> Lines:
+    """Per data set of both runs, what the base budget's full-data model and last random round scored."""
+    if base is None or base.get("quick"):
+        return []
+    lines = []
+    for name in datasets:
+        if name in base["datasets"]:
+            summary = base["datasets"][name]["summary"]
+            last = summary["random"]["curve"][-1]
+            lines.append(f"- {name}, budget above: full-data IoU {summary['full_iou_mean']:.3f}; random labelling "
+                         f"of {pct(last['fraction'])} of the pool {last['iou_mean']:.3f}.")
+    return [*lines, ""] if lines else []
 
 
 def active_results(data: Results | None) -> list[list[str]]:
@@ -1010,6 +1074,8 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("idi_unsure.json", idi_unsure_section),
     ("active.json", active_section),
     ("active_validation.json", active_validation_section),
+    ("active_budget.json", active_budget_section),
+    ("active_validation_budget.json", active_validation_budget_section),
 ]
 
 

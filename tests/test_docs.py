@@ -204,6 +204,33 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
     assert report.active_validation_section(None) == []
+    data["settings"] |= {"epochs": 36}
+    budget = "\n".join(report.active_validation_budget_section(data))
+    assert "at 36 epochs per round: 20 % of the pool held out, 1 seeds, 3 rounds" in budget
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in budget
+
+
+def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
+    """The larger-budget section states its budget against the base run's, what the base budget's
+    full-data model and last random round scored, and each round of its own run."""
+    from bench.active import summarise
+
+    def run(epochs: int, curves: dict[str, list[float]], full: float) -> dict:
+        per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
+                                                      for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
+        return {"settings": {"datasets": "glas", "seeds": 3, "epochs": epochs, "steps_per_epoch": 20, "crop": 128,
+                             "jobs": 3}, "run": {"cpu_threads": 1},
+                "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
+
+    base = run(12, {"random": [0.6, 0.7, 0.73], "suggest": [0.6, 0.69, 0.72]}, 0.72)
+    data = run(36, {"random": [0.6, 0.70, 0.74], "suggest": [0.6, 0.75, 0.78]}, 0.79)
+    text = "\n".join(report.active_budget_section(data, base))
+    assert "36 epochs of 20 steps per round (3× the budget above), 3 seeds" in text
+    assert "- glas, budget above: full-data IoU 0.720; random labelling of 30 % of the pool 0.730." in text
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.750 ± 0.000 |" in text
+    assert "98 % of it reached with random never, suggest 30 % of the pool labelled" in text
+    assert "--epochs 36 --crop 128 --jobs 3 --out bench/results/active_budget.json" in text
+    assert report.active_budget_section(None) == []
 
 
 def test_machine_line_names_the_thread_count_of_each_run():
