@@ -128,25 +128,24 @@ def source_parts(work: Path, read_scales: dict[str, float] | None = None) -> dic
     parts = {}
     for source in SOURCES:
         split = SPLITS[source](work / source)
+        scale = {"read_scale": read_scales[source]} if source in (read_scales or {}) else {}
         stain = STAINS[source]
-        fit = ([declare(split.fit, stain=stain, name=f"{NAMES[source]}, training part")] if source != "miccai15"
-               else miccai_by_magnification(split, work))
-        parts[source] = Parts(fit, declare(split.val, stain=stain), declare(split.test, stain=stain), split.stems)
-        if source in (read_scales or {}):
-            for folder in (*fit, split.val, split.test):
-                declare(folder, read_scale=read_scales[source])
+        fit = ([declare(split.fit, stain=stain, name=f"{NAMES[source]}, training part", **scale)]
+               if source != "miccai15" else miccai_by_magnification(split, work, scale))
+        parts[source] = Parts(fit, declare(split.val, stain=stain, **scale), declare(split.test, stain=stain, **scale),
+                              split.stems)
     return parts
 
 
-def miccai_by_magnification(split: Any, work: Path) -> list[Path]:
+def miccai_by_magnification(split: Any, work: Path, scale: dict[str, float]) -> list[Path]:
     """The miccai15 training tiles in one folder per magnification (in place of the split's one),
-    each declaring its nominal µm/px."""
+    each declaring its nominal µm/px (and `scale`, a read scale, when given)."""
     shutil.rmtree(split.fit)
     miccai = Source(SHARED_DATA / "miccai15", "masks", ["nucleus"], {})
     stems = {"20x": [s for s in split.stems["fit"] if s not in MICCAI_40X],
              "40x": [s for s in split.stems["fit"] if s in MICCAI_40X]}
     return [declare(write_dataset(work / "miccai15" / f"fit_{m}", miccai, stems[m]), stain=STAINS["miccai15"],
-                    mpp=MICCAI_MPP[m], name=f"{NAMES['miccai15']}, {m} training tiles") for m in stems]
+                    mpp=MICCAI_MPP[m], name=f"{NAMES['miccai15']}, {m} training tiles", **scale) for m in stems]
 
 
 def score(model: Path, parts: dict[str, Parts], part: str, work: Path,
