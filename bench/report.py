@@ -947,7 +947,13 @@ def active_section(data: Results | None) -> Lines:
             "at random or by `cyseg suggest` with the previous round's model. Measured on "
             f"{machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active.json` (curves: "
             "`bench/results/active.png`).", "",
-            *table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
+            *active_curve_lines(datasets)]
+
+
+def active_curve_lines(datasets: Results) -> Lines:
+    """Per data set and round, random's and suggest's test IoU; where each reached the target; what a resumed
+    run took over."""
+    return [*table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
                    (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
             *(active_outcome(d, v["summary"]) for d, v in datasets.items()), "",
             *resumed_lines(datasets, RERAN_ACTIVE)]
@@ -955,22 +961,31 @@ def active_section(data: Results | None) -> Lines:
 
 def active_validation_section(data: Results | None) -> Lines:
     """active_validation.json: the suggest settings compared on validation images held out of the pool."""
+    return held_out_lines(data, "### Choosing how much uncertainty weighs", "active_validation.json", lambda settings: (
+        f"The same simulation with {pct(settings['holdout'])} of each pool held out (seeded) and scored instead of "
+        f"the test images, {settings['seeds']} seeds, {settings['rounds']} rounds, one suggest strategy per "
+        "`cyseg suggest --uncertainty-weight` (0: coverage of the pool alone; 1: coverage of its uncertainty); the "
+        "weight with the best mean validation IoU over the rounds after the first is the default."))
+
+
+def active_validation_budget_section(data: Results | None) -> Lines:
+    """active_validation_budget.json: the uncertainty weights compared on held-out pool images at the larger
+    budget, as active_validation.json compares them at the base budget."""
+    return held_out_lines(data, "#### The uncertainty weight at that budget, on validation",
+                          "active_validation_budget.json", lambda settings: (
+                              f"The held-out comparison above at {settings['epochs']} epochs per round: "
+                              f"{pct(settings['holdout'])} of the pool held out, {settings['seeds']} seeds, "
+                              f"{settings['rounds']} rounds."))
+
+
+def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str]) -> Lines:
+    """A held-out run's section (none for an absent or quick one): `heading`, `intro` of its settings, where it
+    was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
     if data is None or data.get("quick"):
         return []
-    settings = data["settings"]
-    return ["### Choosing how much uncertainty weighs", "",
-            f"The same simulation with {pct(settings['holdout'])} of each pool held out (seeded) and scored instead "
-            f"of the test images, {settings['seeds']} seeds, {settings['rounds']} rounds, one suggest strategy per "
-            "`cyseg suggest --uncertainty-weight` (0: coverage of the pool alone; 1: coverage of its uncertainty); "
-            "the weight with the best mean validation IoU over the rounds after the first is the default. "
-            f"Measured on {machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation.json`.",
-            "", *validation_tables(data["datasets"])]
-
-
-def validation_tables(datasets: Results) -> Lines:
-    """Per data set of a held-out run, each strategy's validation IoU per round and the best suggest weight."""
-    lines: Lines = []
-    for name, v in datasets.items():
+    lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}. "
+             f"Source: `bench/results/{source}`.", ""]
+    for name, v in data["datasets"].items():
         summary = v["summary"]
         names = strategy_names(summary)
         rounds = zip(*(summary[k]["curve"] for k in names), strict=True)
@@ -982,19 +997,6 @@ def validation_tables(datasets: Results) -> Lines:
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"), ""]
     return lines
-
-
-def active_validation_budget_section(data: Results | None) -> Lines:
-    """active_validation_budget.json: the uncertainty weights compared on held-out pool images at the larger
-    budget, as active_validation.json compares them at the base budget."""
-    if data is None or data.get("quick"):
-        return []
-    settings = data["settings"]
-    return ["#### The uncertainty weight at that budget, on validation", "",
-            f"The held-out comparison above at {settings['epochs']} epochs per round: {pct(settings['holdout'])} of "
-            f"the pool held out, {settings['seeds']} seeds, {settings['rounds']} rounds. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active_validation_budget.json`.", "",
-            *validation_tables(data["datasets"])]
 
 
 def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:
@@ -1014,10 +1016,7 @@ def active_budget_section(data: Results | None, base: Results | None = None) -> 
             f"{machine(data['run'].get('cpu_threads'))}. Reproduce with `{command}`. Source: "
             "`bench/results/active_budget.json` (curves: `bench/results/active_budget.png`).", "",
             *base_budget_lines(datasets, base),
-            *table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
-                   (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
-            *(active_outcome(d, v["summary"]) for d, v in datasets.items()), "",
-            *resumed_lines(datasets, RERAN_ACTIVE)]
+            *active_curve_lines(datasets)]
 
 
 def budget_ratio_words(settings: Results, base: Results | None) -> str:
