@@ -334,7 +334,7 @@ def report(test: dict[str, dict[str, Any]]) -> None:
                   f"AJI {s['aji']:.4f}  PQ {s['pq']:.4f}", flush=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "default_model")
     parser.add_argument("--install", action="store_true", help="copy the chosen model over cyseg/models/default.pt")
@@ -352,19 +352,23 @@ def main() -> None:
                         "everything else runs again; the results record what was taken over and from which code")
     parser.add_argument("--rebuild", action="store_true", help="train the shipped model's recorded recipe once more "
                         "and compare its weights with the shipped ones (bench/results/default_model_rebuild.json)")
-    args = parser.parse_args()
-    if args.rebuild:
-        rebuild(args.work)
-        return
-    if args.recalibrate:
-        recalibrate(args.work)
-        return
-    if args.install_recorded:
-        install_recorded(args.work)
-        return
-    if args.rescore_float32:
-        rescore_float32(args.work)
-        return
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    modes = {"rebuild": rebuild, "recalibrate": recalibrate, "install_recorded": install_recorded,
+             "rescore_float32": rescore_float32}
+    mode = next((run for flag, run in modes.items() if getattr(args, flag)), None)
+    if mode is not None:
+        mode(args.work)
+    else:
+        build(args)
+
+
+def build(args: argparse.Namespace) -> None:
+    """Train every candidate recipe, choose one on the validation images, score it once on the test images,
+    record the run (and install the model with --install)."""
     clock = RunClock()
     work = args.work
     if args.resume:

@@ -328,6 +328,25 @@ def resumed_record(interrupted: dict[str, Any], runs: dict[str, list[dict[str, A
     return {"interrupted_run": interrupted, "trainings": trainings}
 
 
+def protocol(seeds: int, refitted: bool, resumed: bool) -> str:
+    """The entry's protocol, in words: how the recipe and settings were chosen, what was scored."""
+    return (f"`cyseg train --instances` runs (seeds 0..{seeds - 1}) per recipe on the fit images; recipe "
+            "(validation merit: mean of Dice and object F1, averaged over the seeds, each recipe with "
+            "test-time augmentation where that raises its merit, as it would meet the test images, its "
+            "thresholds and separation then chosen on the validation images predicted with it (`cyseg "
+            "calibrate --tta`); the "
+            f"incumbent, listed first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired "
+            "standard errors), seed 0's epoch, thresholds and separation parameters chosen on the "
+            "validation images; "
+            + ("the chosen recipe then retrained on the fit and validation images together with those "
+               "settings (`--settings-from`), and only that model scored; " if refitted else "")
+            + "test images scored once"
+            + ("; resumed (`--resume`) from an interrupted run of this benchmark: the trainings `resumed` "
+               "lists were kept or continued from their checkpoints (their `train_cpu_s` and "
+               "`train_wall_s` count this run's part), every evaluation, the choice and the test ran "
+               "in this run" if resumed else ""))
+
+
 def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bool = False,
               seeds: int = 1, resume: bool = False) -> dict[str, Any]:
     """Split, train each recipe with instances (validation-chosen settings) with `seeds` seeds, keep
@@ -360,21 +379,7 @@ def benchmark(dataset: str, work: Path, train_options: list[str], with_refit: bo
               f"AJI {scores['aji']:.4f}  PQ {scores['pq']:.4f}  (recipe {chosen}{', TTA' * tta})", flush=True)
     refit_cpu = refitted[1]["train_cpu_s"] if refitted else 0.0
     entry: dict[str, Any] = {
-        "protocol": f"`cyseg train --instances` runs (seeds 0..{seeds - 1}) per recipe on the fit images; recipe "
-                    "(validation merit: mean of Dice and object F1, averaged over the seeds, each recipe with "
-                    "test-time augmentation where that raises its merit, as it would meet the test images, its "
-                    "thresholds and separation then chosen on the validation images predicted with it (`cyseg "
-                    "calibrate --tta`); the "
-                    f"incumbent, listed first, kept unless a challenger leads it by more than {LEAD_IN_SE:g} paired "
-                    "standard errors), seed 0's epoch, thresholds and separation parameters chosen on the "
-                    "validation images; "
-                    + ("the chosen recipe then retrained on the fit and validation images together with those "
-                       "settings (`--settings-from`), and only that model scored; " if refitted else "")
-                    + "test images scored once"
-                    + ("; resumed (`--resume`) from an interrupted run of this benchmark: the trainings `resumed` "
-                       "lists were kept or continued from their checkpoints (their `train_cpu_s` and "
-                       "`train_wall_s` count this run's part), every evaluation, the choice and the test ran "
-                       "in this run" if resume else ""),
+        "protocol": protocol(seeds, refitted is not None, resume),
         "split": {**{part: len(stems) for part, stems in split.stems.items()}, "val_stems": split.stems["val"]},
         "candidates": candidates, "chosen": chosen, "choice": choice, "train_args": candidates[chosen]["train_args"],
         "separation": _separation(model), "val": candidates[chosen]["val"], "tta": tta,
