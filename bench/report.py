@@ -945,9 +945,18 @@ def active_section(data: Results | None) -> Lines:
             f"the same budget ({settings['epochs']} epochs of {settings['steps_per_epoch']} steps); round 1 labels "
             f"{pct(settings['start'])} of the pool at random, each later round {pct(settings['step'])} more, chosen "
             "at random or by `cyseg suggest` with the previous round's model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}. Source: `bench/results/active.json` (curves: "
-            "`bench/results/active.png`).", "",
+            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with `{active_command(settings, 'active.json')}`. "
+            "Source: `bench/results/active.json` (curves: `bench/results/active.png`).", "",
             *active_curve_lines(datasets)]
+
+
+def active_command(settings: Results, source: str) -> str:
+    """The bench/active.py command line that reproduces a run with `settings` into bench/results/`source`."""
+    held_out = (f" --holdout {settings['holdout']:g} --weights {','.join(f'{w:g}' for w in settings['weights'])}"
+                if settings.get("holdout") else "")
+    return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
+            f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"
+            f"{held_out} --out bench/results/{source}")
 
 
 def active_curve_lines(datasets: Results) -> Lines:
@@ -984,7 +993,7 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
     if data is None or data.get("quick"):
         return []
     lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}. "
-             f"Source: `bench/results/{source}`.", ""]
+             f"Reproduce with `{active_command(data['settings'], source)}`. Source: `bench/results/{source}`.", ""]
     for name, v in data["datasets"].items():
         summary = v["summary"]
         names = strategy_names(summary)
@@ -1006,15 +1015,13 @@ def active_budget_section(data: Results | None, base: Results | None = None) -> 
         return []
     settings, datasets = data["settings"], data["datasets"]
     base = base if base is not None else load("active.json")
-    command = (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --epochs "
-               f"{settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']} "
-               "--out bench/results/active_budget.json")
     return ["### A larger training budget per round", "",
             f"The same simulation with {settings['epochs']} epochs of {settings['steps_per_epoch']} steps per round"
             f"{budget_ratio_words(settings, base)}, {settings['seeds']} seeds: whether the strategies part "
             "once the labels, more than the training steps, limit the model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with `{command}`. Source: "
-            "`bench/results/active_budget.json` (curves: `bench/results/active_budget.png`).", "",
+            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with "
+            f"`{active_command(settings, 'active_budget.json')}`. Source: `bench/results/active_budget.json` (curves: "
+            "`bench/results/active_budget.png`).", "",
             *base_budget_lines(datasets, base),
             *active_curve_lines(datasets)]
 

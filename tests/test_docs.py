@@ -198,11 +198,13 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     curves = {"random": [0.5, 0.70, 0.71], "suggest_w0": [0.5, 0.72, 0.73], "suggest_w1": [0.5, 0.69, 0.74]}
     per_seed = [{"full": {"iou": 0.75}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
                                                   for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
-    data = {"settings": {"holdout": 0.2, "seeds": 1, "rounds": 3}, "run": {"cpu_threads": 1},
+    data = {"settings": {"datasets": "glas", "holdout": 0.2, "weights": [0.0, 1.0], "seeds": 1, "rounds": 3,
+                         "epochs": 12, "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
             "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
     text = "\n".join(report.active_validation_section(data))
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
+    assert "--jobs 3 --holdout 0.2 --weights 0,1 --out bench/results/active_validation.json" in text
     assert report.active_validation_section(None) == []
     data["settings"] |= {"epochs": 36}
     budget = "\n".join(report.active_validation_budget_section(data))
@@ -218,8 +220,8 @@ def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     def run(epochs: int, curves: dict[str, list[float]], full: float) -> dict:
         per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
                                                       for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
-        return {"settings": {"datasets": "glas", "seeds": 3, "epochs": epochs, "steps_per_epoch": 20, "crop": 128,
-                             "jobs": 3}, "run": {"cpu_threads": 1},
+        return {"settings": {"datasets": "glas", "seeds": 3, "rounds": 3, "epochs": epochs, "steps_per_epoch": 20,
+                             "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
                 "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
 
     base = run(12, {"random": [0.6, 0.7, 0.73], "suggest": [0.6, 0.69, 0.72]}, 0.72)
@@ -229,7 +231,8 @@ def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     assert "- glas, budget above: full-data IoU 0.720; random labelling of 30 % of the pool 0.730." in text
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.750 ± 0.000 |" in text
     assert "98 % of it reached with random never, suggest 30 % of the pool labelled" in text
-    assert "--epochs 36 --crop 128 --jobs 3 --out bench/results/active_budget.json" in text
+    assert ("`python bench/active.py --datasets glas --seeds 3 --rounds 3 --epochs 36 --crop 128 --jobs 3 --out "
+            "bench/results/active_budget.json`") in text
     assert report.active_budget_section(None) == []
 
 
