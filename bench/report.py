@@ -927,12 +927,12 @@ def active_outcome(dataset: str, summary: Results) -> str:
     """Where each strategy reached 98 % of the full-data IoU, and whether suggest led every round."""
     def reached(strategy: str) -> str:
         fraction = summary[strategy]["fraction_reaching_target"]
-        return f"{strategy} {pct(fraction) if fraction is not None else 'never'}"
+        return (f"{strategy} reached it with {pct(fraction)} of the pool labelled" if fraction is not None
+                else f"{strategy} did not by the last round")
 
     lead = "yes" if summary["suggest_beats_random_every_round"] else "no"
-    return (f"- {dataset}: full-data IoU {summary['full_iou_mean']:.3f}; 98 % of it reached with "
-            f"{reached('random')}, {reached('suggest')} of the pool labelled; suggest above random at every "
-            f"round: {lead}")
+    return (f"- {dataset}: full-data IoU {summary['full_iou_mean']:.3f}; 98 % of it: {reached('random')}, "
+            f"{reached('suggest')}; suggest above random at every round: {lead}")
 
 
 def active_section(data: Results | None) -> Lines:

@@ -230,7 +230,7 @@ def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     assert "36 epochs of 20 steps per round (3× the budget above), 3 seeds" in text
     assert "- glas, budget above: full-data IoU 0.720; random labelling of 30 % of the pool 0.730." in text
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.750 ± 0.000 |" in text
-    assert "98 % of it reached with random never, suggest 30 % of the pool labelled" in text
+    assert "98 % of it: random did not by the last round, suggest reached it with 30 % of the pool labelled;" in text
     assert ("`python bench/active.py --datasets glas --seeds 3 --rounds 3 --epochs 36 --crop 128 --jobs 3 --out "
             "bench/results/active_budget.json`") in text
     assert report.active_budget_section(None) == []
