@@ -41,6 +41,11 @@ def strategy_names(summary: Results) -> list[str]:
     return [k for k in summary if isinstance(summary[k], dict) and "curve" in summary[k]]
 
 
+def measured(data: Results | None) -> Results | None:
+    """A results file's contents unless absent or a `--quick` smoke run (whose figures are no result)."""
+    return None if data is None or data.get("quick") else data
+
+
 def load(name: str) -> Results | None:
     """A results file of bench/results, or None when that benchmark has not been run."""
     path = RESULTS / name
@@ -937,7 +942,7 @@ def active_outcome(dataset: str, summary: Results) -> str:
 
 def active_section(data: Results | None) -> Lines:
     """active.json: labelling what `cyseg suggest` picks vs labelling at random, round by round."""
-    if data is None or data.get("quick"):
+    if measured(data) is None:
         return not_run("Active learning", "python bench/active.py")
     settings, datasets = data["settings"], data["datasets"]
     return ["## Active learning", "",
@@ -990,7 +995,7 @@ def active_validation_budget_section(data: Results | None) -> Lines:
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str]) -> Lines:
     """A held-out run's section (none for an absent or quick one): `heading`, `intro` of its settings, where it
     was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
-    if data is None or data.get("quick"):
+    if measured(data) is None:
         return []
     lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}. "
              f"Reproduce with `{active_command(data['settings'], source)}`. Source: `bench/results/{source}`.", ""]
@@ -1011,10 +1016,10 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
 def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:
     """active_budget.json: the simulation again with a larger training budget per round, beside what the
     budget of active.json (`base`) let the full-data model reach."""
-    if data is None or data.get("quick"):
+    if measured(data) is None:
         return []
     settings, datasets = data["settings"], data["datasets"]
-    base = base if base is not None else load("active.json")
+    base = measured(base if base is not None else load("active.json"))
     return ["### A larger training budget per round", "",
             f"The same simulation with {settings['epochs']} epochs of {settings['steps_per_epoch']} steps per round"
             f"{budget_ratio_words(settings, base)}, {settings['seeds']} seeds: whether the strategies part "
@@ -1027,8 +1032,8 @@ def active_budget_section(data: Results | None, base: Results | None = None) -> 
 
 
 def budget_ratio_words(settings: Results, base: Results | None) -> str:
-    """' (N× the budget above)' when the base run's budget is known, else ''."""
-    if base is None or base.get("quick"):
+    """' (N× the budget above)' when the base run is known (and measured), else ''."""
+    if base is None:
         return ""
     ratio = (settings["epochs"] * settings["steps_per_epoch"]) / (base["settings"]["epochs"]
                                                                    * base["settings"]["steps_per_epoch"])
@@ -1037,7 +1042,7 @@ def budget_ratio_words(settings: Results, base: Results | None) -> str:
 
 def base_budget_lines(datasets: Results, base: Results | None) -> Lines:
     """Per data set of both runs, what the base budget's full-data model and last random round scored."""
-    if base is None or base.get("quick"):
+    if base is None:
         return []
     lines = []
     for name in datasets:
@@ -1052,7 +1057,7 @@ def base_budget_lines(datasets: Results, base: Results | None) -> Lines:
 def active_results(data: Results | None) -> list[list[str]]:
     """README results row: per data set, the labelled share at which each strategy reaches the run's
     target share of the full-data IoU, and whether suggest led random at every round."""
-    if data is None or data.get("quick"):
+    if measured(data) is None:
         return []
     parts = []
     for name, v in data["datasets"].items():

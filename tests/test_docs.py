@@ -191,16 +191,22 @@ def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
     assert line.endswith("CPU only. Noted by hand in the record: its refit was made by a later resumed run.")
 
 
-def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
-    """The validation comparison names every strategy per round and the weight it chose."""
+def one_seed_summary(curves: dict[str, list[float]], full: float) -> dict:
+    """bench/active.py's summary of one seed whose strategies scored `curves` (IoU per round, 10 % more of
+    the pool labelled each) and whose full-data model scored `full`."""
     from bench.active import summarise
 
-    curves = {"random": [0.5, 0.70, 0.71], "suggest_w0": [0.5, 0.72, 0.73], "suggest_w1": [0.5, 0.69, 0.74]}
-    per_seed = [{"full": {"iou": 0.75}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
+    per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
                                                   for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
+    return summarise(per_seed, list(curves))
+
+
+def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
+    """The validation comparison names every strategy per round and the weight it chose."""
+    curves = {"random": [0.5, 0.70, 0.71], "suggest_w0": [0.5, 0.72, 0.73], "suggest_w1": [0.5, 0.69, 0.74]}
     data = {"settings": {"datasets": "glas", "holdout": 0.2, "weights": [0.0, 1.0], "seeds": 1, "rounds": 3,
                          "epochs": 12, "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
-            "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
+            "datasets": {"glas": {"summary": one_seed_summary(curves, 0.75)}}}
     text = "\n".join(report.active_validation_section(data))
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
@@ -215,14 +221,10 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
 def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     """The larger-budget section states its budget against the base run's, what the base budget's
     full-data model and last random round scored, and each round of its own run."""
-    from bench.active import summarise
-
     def run(epochs: int, curves: dict[str, list[float]], full: float) -> dict:
-        per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
-                                                      for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
         return {"settings": {"datasets": "glas", "seeds": 3, "rounds": 3, "epochs": epochs, "steps_per_epoch": 20,
                              "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
-                "datasets": {"glas": {"summary": summarise(per_seed, list(curves))}}}
+                "datasets": {"glas": {"summary": one_seed_summary(curves, full)}}}
 
     base = run(12, {"random": [0.6, 0.7, 0.73], "suggest": [0.6, 0.69, 0.72]}, 0.72)
     data = run(36, {"random": [0.6, 0.70, 0.74], "suggest": [0.6, 0.75, 0.78]}, 0.79)
