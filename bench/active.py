@@ -196,7 +196,21 @@ def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any
     for name in suggests:
         pairs = list(zip(out[name]["curve"], out["random"]["curve"], strict=True))[1:]
         out[f"{name}_beats_random_every_round"] = all(s["iou_mean"] > r["iou_mean"] for s, r in pairs)
+        out[f"{name}_minus_random"] = paired_differences(per_seed, name)
     out["best_suggest"] = max(suggests, key=lambda n: out[n]["mean_iou_after_round_1"])
+    return out
+
+
+def paired_differences(per_seed: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Per round, strategy `name`'s test IoU minus random's in the same seed (same round-1 labels, same
+    training seed): the mean over the seeds, its standard error (None with one seed) and how many seeds
+    `name` led in; whether a lead or a lag is more than the seeds' noise."""
+    out = []
+    for i, first in enumerate(per_seed[0][name]):
+        gaps = np.array([s[name][i]["iou"] - s["random"][i]["iou"] for s in per_seed], np.float64)
+        se = float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
+        out.append({"round": first["round"], "mean": float(gaps.mean()), "se": se,
+                    "seeds_ahead": int((gaps > 0).sum()), "seeds": len(gaps)})
     return out
 
 

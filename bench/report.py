@@ -921,11 +921,24 @@ def idi_lines(data: Results, title: str | None, source: str) -> Lines:
 
 # ---------------------------------------------------------------------------- docs/benchmarks.md
 # ---------------------------------------------------------------------------- active.json
-def active_rows(dataset: str, summary: Results) -> list[list[str]]:
-    """One row per round: the labelled fraction and each strategy's test IoU (mean ± std over seeds)."""
-    pairs = zip(summary["random"]["curve"], summary["suggest"]["curve"], strict=True)
+def active_rows(dataset: str, entry: Results) -> list[list[str]]:
+    """One row per round: the labelled fraction, each strategy's test IoU (mean ± std over seeds) and
+    suggest's lead over random seed by seed (mean ± standard error, seeds ahead)."""
+    from bench.active import paired_differences
+
+    summary = entry["summary"]
+    rounds = zip(summary["random"]["curve"], summary["suggest"]["curve"],
+                 paired_differences(entry["per_seed"], "suggest"), strict=True)
     return [[dataset, str(r["round"]), pct(r["fraction"]), pm(r["iou_mean"], r["iou_std"]),
-             pm(s["iou_mean"], s["iou_std"])] for r, s in pairs]
+             pm(s["iou_mean"], s["iou_std"]), paired_words(gap)] for r, s, gap in rounds]
+
+
+def paired_words(gap: Results) -> str:
+    """'+0.012 ± 0.004 (3 of 3 seeds ahead)'; 'same model' where every seed scored the same (round 1)."""
+    if gap["mean"] == 0 and gap["seeds_ahead"] == 0 and not gap["se"]:
+        return "same model"
+    spread = f" ± {gap['se']:.3f}" if gap["se"] is not None else ""
+    return f"{gap['mean']:+.3f}{spread} ({gap['seeds_ahead']} of {gap['seeds']} seeds ahead)"
 
 
 def active_outcome(dataset: str, summary: Results) -> str:
@@ -967,8 +980,9 @@ def active_command(settings: Results, source: str) -> str:
 def active_curve_lines(datasets: Results) -> Lines:
     """Per data set and round, random's and suggest's test IoU; where each reached the target; what a resumed
     run took over."""
-    return [*table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU"],
-                   (row for d, v in datasets.items() for row in active_rows(d, v["summary"]))), "",
+    return [*table(["data set", "round", "labelled", "random: test IoU", "suggest: test IoU",
+                    "suggest − random, paired by seed (± s.e.)"],
+                   (row for d, v in datasets.items() for row in active_rows(d, v))), "",
             *(active_outcome(d, v["summary"]) for d, v in datasets.items()), "",
             *resumed_lines(datasets, RERAN_ACTIVE)]
 

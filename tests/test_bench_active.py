@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.active import holdout, pool_folder, strategies, summarise
+from bench.active import holdout, paired_differences, pool_folder, strategies, summarise
 
 
 def seed(full: float, random: list[float], suggest: list[float]) -> dict:
@@ -100,3 +100,15 @@ def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_pa
     assert again == {**first, "full": {**first["full"], "train_cpu_s": 0.0},
                      **{s: [{**r, "train_cpu_s": 0.0} for r in first[s]] for s in ("random", "suggest")}}
     assert not (tmp_path / "random" / "round2" / "data" / "images" / "stale.png").exists()
+
+
+def test_paired_differences_compare_each_seed_with_its_own_random_run():
+    """suggest − random per round within each seed: the mean, its standard error and the seeds ahead, so
+    that a lag in one seed is not hidden by the other seeds' spread of absolute IoU."""
+    per_seed = [seed(0.8, [0.50, 0.60, 0.70], [0.50, 0.62, 0.69]), seed(0.8, [0.40, 0.70, 0.72], [0.40, 0.74, 0.71])]
+    first, second, third = paired_differences(per_seed, "suggest")
+    assert first == {"round": 1, "mean": 0.0, "se": 0.0, "seeds_ahead": 0, "seeds": 2}
+    assert second["mean"] == pytest.approx(0.03) and second["se"] == pytest.approx(0.01)
+    assert second["seeds_ahead"] == 2 and third["seeds_ahead"] == 0 and third["mean"] == pytest.approx(-0.01)
+    assert paired_differences(per_seed[:1], "suggest")[1]["se"] is None
+    assert summarise(per_seed, ["random", "suggest"])["suggest_minus_random"][1] == second

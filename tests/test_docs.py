@@ -191,14 +191,15 @@ def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
     assert line.endswith("CPU only. Noted by hand in the record: its refit was made by a later resumed run.")
 
 
-def one_seed_summary(curves: dict[str, list[float]], full: float) -> dict:
-    """bench/active.py's summary of one seed whose strategies scored `curves` (IoU per round, 10 % more of
-    the pool labelled each) and whose full-data model scored `full`."""
+def one_seed_entry(curves: dict[str, list[float]], full: float) -> dict:
+    """bench/active.py's record of a data set run with one seed whose strategies scored `curves` (IoU per
+    round, 10 % more of the pool labelled each) and whose full-data model scored `full`: its per-seed
+    rounds and their summary."""
     from bench.active import summarise
 
     per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
                                                   for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
-    return summarise(per_seed, list(curves))
+    return {"per_seed": per_seed, "summary": summarise(per_seed, list(curves))}
 
 
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
@@ -206,7 +207,7 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     curves = {"random": [0.5, 0.70, 0.71], "suggest_w0": [0.5, 0.72, 0.73], "suggest_w1": [0.5, 0.69, 0.74]}
     data = {"settings": {"datasets": "glas", "holdout": 0.2, "weights": [0.0, 1.0], "seeds": 1, "rounds": 3,
                          "epochs": 12, "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
-            "datasets": {"glas": {"summary": one_seed_summary(curves, 0.75)}}}
+            "datasets": {"glas": one_seed_entry(curves, 0.75)}}
     text = "\n".join(report.active_validation_section(data))
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
@@ -224,14 +225,15 @@ def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     def run(epochs: int, curves: dict[str, list[float]], full: float) -> dict:
         return {"settings": {"datasets": "glas", "seeds": 3, "rounds": 3, "epochs": epochs, "steps_per_epoch": 20,
                              "crop": 128, "jobs": 3}, "run": {"cpu_threads": 1},
-                "datasets": {"glas": {"summary": one_seed_summary(curves, full)}}}
+                "datasets": {"glas": one_seed_entry(curves, full)}}
 
     base = run(12, {"random": [0.6, 0.7, 0.73], "suggest": [0.6, 0.69, 0.72]}, 0.72)
     data = run(36, {"random": [0.6, 0.70, 0.74], "suggest": [0.6, 0.75, 0.78]}, 0.79)
     text = "\n".join(report.active_budget_section(data, base))
     assert "36 epochs of 20 steps per round (3× the budget above), 3 seeds" in text
     assert "- glas, budget above: full-data IoU 0.720; random labelling of 30 % of the pool 0.730." in text
-    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.750 ± 0.000 |" in text
+    assert "| glas | 1 | 10 % | 0.600 ± 0.000 | 0.600 ± 0.000 | same model |" in text
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.750 ± 0.000 | +0.050 (1 of 1 seeds ahead) |" in text
     assert "98 % of it: random did not by the last round, suggest reached it with 30 % of the pool labelled;" in text
     assert ("`python bench/active.py --datasets glas --seeds 3 --rounds 3 --epochs 36 --crop 128 --jobs 3 --out "
             "bench/results/active_budget.json`") in text
