@@ -90,13 +90,14 @@ def output_paths(out: Path) -> tuple[Path, Path]:
 def crop_candidates(seg: Segmenter, source: Path, opts: SuggestOptions) -> tuple[list[Candidate], list[Candidate]]:
     """The images of a folder not annotated yet (in a dataset folder: those without a mask) and those
     annotated already (a seeded sample of `opts.limit` of them), each a candidate box over the whole
-    image; a CysegError when the dataset's classes do not match the model's."""
+    image; a CysegError when the classes its masks or dataset.json declare do not match the model's
+    (a folder of images alone, nothing annotated yet, declares none and is not checked)."""
     files = list_images(source)
     masks = source / "masks"
-    if (source / "images").is_dir():
+    annotated = {p.stem for p in masks.iterdir() if p.is_file()} if masks.is_dir() else set()
+    if (source / "images").is_dir() and (annotated or (source / "dataset.json").is_file()):
         manifest = read_manifest(source)
         channel_map(declared_classes(manifest, source), seg.classes, source)
-    annotated = {p.stem for p in masks.iterdir() if p.is_file()} if masks.is_dir() else set()
     todo = [p for p in files if p.stem not in annotated]
     if not todo:
         raise CysegError(f"every image of {source} has a mask already: nothing left to suggest; give a folder "

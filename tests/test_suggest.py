@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import invoke, write_rgb
 from shapely.geometry import box, shape
 
 from segmenter.errors import CysegError
@@ -142,6 +142,17 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
                      tmp_path / "c", *FAST])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c.geojson").read_text())["properties"]["uncertainty_weight"] == 0
+
+
+def test_a_folder_of_images_not_annotated_yet_needs_no_dataset_json(ihc_image, tmp_path):
+    """A new user's first pool: images/ and nothing else, ranked by the shipped cell + nucleus model; the
+    class check applies only to what a folder annotates or declares."""
+    (tmp_path / "pool" / "images").mkdir(parents=True)
+    for i, (y, x) in enumerate([(0, 0), (0, 256), (256, 0)]):
+        write_rgb(tmp_path / "pool" / "images" / f"crop{i}.png", ihc_image[y:y + 128, x:x + 128])
+    result = invoke(["-q", "suggest", "default", tmp_path / "pool", "--count", "2", "--out", tmp_path / "s", *FAST])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert len(rows(tmp_path / "s.csv")) == 2
 
 
 def test_annotated_images_described_are_a_seeded_sample_of_max_candidates(tiny_model, pool):
