@@ -1023,8 +1023,17 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
                   f"- {name}: best {summary['best_suggest']} (mean after round 1: "
                   + ", ".join(f"{k} {summary[k]['mean_iou_after_round_1']:.3f}" for k in names) + "); above random "
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
-                                                 for k in names if k != "random"), ""]
+                                                 for k in names if k != "random"),
+                  *paired_lines(v["per_seed"], [k for k in names if k != "random"]), ""]
     return lines
+
+
+def paired_lines(per_seed: list[Results], names: list[str]) -> Lines:
+    """Per suggest strategy, its lead over random seed by seed in each round after the first."""
+    from bench.active import paired_differences
+
+    return [f"- {k} − random, paired by seed: " + "; ".join(
+        f"round {gap['round']} {paired_words(gap)}" for gap in paired_differences(per_seed, k)[1:]) for k in names]
 
 
 def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:

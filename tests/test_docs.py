@@ -211,6 +211,8 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     text = "\n".join(report.active_validation_section(data))
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
     assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
+    assert ("- suggest_w1 − random, paired by seed: round 2 -0.010 (0 of 1 seeds ahead); round 3 +0.030 (1 of 1 "
+            "seeds ahead)") in text
     assert "--jobs 3 --holdout 0.2 --weights 0,1 --out bench/results/active_validation.json" in text
     assert report.active_validation_section(None) == []
     data["settings"] |= {"epochs": 36}
