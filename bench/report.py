@@ -1077,16 +1077,23 @@ def base_budget_lines(datasets: Results, base: Results | None) -> Lines:
     return [*lines, ""] if lines else []
 
 
-def active_results(data: Results | None) -> list[list[str]]:
+def active_results(data: Results | None, budget: Results | None = None) -> list[list[str]]:
     """README results row: per data set, the labelled share at which each strategy reaches the run's
-    target share of the full-data IoU, and whether suggest led random at every round."""
+    target share of the full-data IoU, and whether suggest led random at every round; from the
+    larger-budget run (`budget`) for the data sets it measured, where labels rather than training
+    steps limit the model."""
     if measured(data) is None:
         return []
+    budget = measured(budget)
     parts = []
-    for name, v in data["datasets"].items():
-        reached = {k: v["summary"][k]["fraction_reaching_target"] for k in ("suggest", "random")}
-        lead = "yes" if v["summary"]["suggest_beats_random_every_round"] else "no"
-        parts.append(f"{name}: " + ", ".join(f"{k} {'never' if f is None else pct(f)}" for k, f in reached.items())
+    for name in data["datasets"]:
+        run = budget if budget is not None and name in budget["datasets"] else data
+        summary, settings = run["datasets"][name]["summary"], run["settings"]
+        last = pct(summary["random"]["curve"][-1]["fraction"])
+        reached = {k: summary[k]["fraction_reaching_target"] for k in ("suggest", "random")}
+        lead = "yes" if summary["suggest_beats_random_every_round"] else "no"
+        parts.append(f"{name} ({settings['epochs']} epochs per round, {settings['seeds']} seeds): "
+                     + ", ".join(f"{k} {f'not by {last}' if f is None else pct(f)}" for k, f in reached.items())
                      + f" (suggest above random at every round: {lead})")
     return [["active learning", f"labels needed for {pct(data['settings']['target'])} of the full-data IoU",
              "; ".join(parts)]]
@@ -1213,7 +1220,7 @@ def results_block(results: dict[str, Results | None]) -> Lines:
     rows = [*accuracy_results(results["accuracy.json"]), *glas_results(results["instances.json"]),
             *throughput_results(results["throughput_cpu.json"]),
             *wsi_results(results["wsi_cpu.json"]), *idi_results(results["idi.json"]),
-            *active_results(results["active.json"])]
+            *active_results(results["active.json"], results["active_budget.json"])]
     return table(["benchmark", "setting", "result"], rows)
 
 
@@ -1228,7 +1235,7 @@ def replace_block(text: str, name: str, body: Lines) -> str:
 def readme_text(current: str) -> str:
     """README.md with its generated blocks rewritten."""
     results = {name: load(name) for name in ("accuracy.json", "instances.json", "throughput_cpu.json", "wsi_cpu.json",
-                                             "idi.json", "active.json")}
+                                             "idi.json", "active.json", "active_budget.json")}
     text = replace_block(current, "shipped-model", shipped_model_block(load("default_model.json")))
     return replace_block(text, "results", results_block(results))
 

@@ -325,3 +325,22 @@ def test_a_recovered_share_of_a_loss_within_noise_is_marked():
     half = {"recovery": {"idi": 1.21}, "incomplete": {"iou": small_loss}}
     row = report.idi_results({"datasets": {"miccai15": {"full": {"iou": full}, "p": {"p0.5": half}}}})
     assert row[0][2] == "recovers miccai15 121 % of a loss within the seeds' noise"
+
+
+def test_the_readme_row_takes_each_data_set_from_the_larger_budget_run_that_measured_it():
+    """Where the base budget limits the full-data model, its 'reached' figure says little; the row uses the
+    larger-budget run for the data sets that run measured, and says which budget each figure comes from."""
+    def run(epochs: int, seeds: int, datasets: dict[str, dict]) -> dict:
+        return {"settings": {"epochs": epochs, "seeds": seeds, "target": 0.98}, "run": {},
+                "datasets": {name: one_seed_entry(curves, full) for name, (curves, full) in datasets.items()}}
+
+    base = run(12, 6, {"glas": ({"random": [0.6, 0.7, 0.73], "suggest": [0.6, 0.69, 0.72]}, 0.72),
+                       "wbc": ({"random": [0.9, 0.92, 0.95], "suggest": [0.9, 0.95, 0.96]}, 0.95)})
+    budget = run(36, 3, {"glas": ({"random": [0.6, 0.70, 0.74], "suggest": [0.6, 0.75, 0.78]}, 0.79)})
+    (row,) = report.active_results(base, budget)
+    assert row[2] == ("glas (36 epochs per round, 3 seeds): suggest 30 %, random not by 30 % (suggest above random "
+                      "at every round: yes); wbc (12 epochs per round, 6 seeds): suggest 20 %, random 30 % (suggest "
+                      "above random at every round: yes)")
+    only_base = report.active_results(base)[0][2]
+    assert only_base.startswith("glas (12 epochs per round, 6 seeds): suggest 30 %, random 30 %")
+    assert report.active_results(None, budget) == []
