@@ -18,7 +18,9 @@ after every round.
 
 Each model is scored with `cyseg evaluate` on the test images (IoU at the model's threshold), or with
 `--holdout F` on a seeded fraction F of the pool held out from it (validation images carved from the
-training images: where the suggest settings are chosen, `bench/results/active_validation.json`). The
+training images: where the suggest settings are chosen, `bench/results/active_validation.json`); with
+`--holdout-by appearance` the held-out images are, per seed, those that look most like a seeded pool image,
+a new patient's look that the pool lacks, as the test images' may be (`active_validation_appearance.json`). The
 summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON. The data sets
@@ -131,11 +133,35 @@ def holdout(pool: list[str], fraction: float) -> tuple[list[str], list[str]]:
     return [s for s in pool if s not in held], held
 
 
+def appearance_holdout(source: Path, pool: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(pool, held-out) with the `fraction` of the pool that looks most like one pool image held out (its
+    nearest neighbours in Lab colour mean and spread, standardised): a stand-in for a new patient's slide, whose
+    stain and look the pool lacks, where a random held-out set shares patients with the pool (GlaS's images come
+    from 16 patients). Seed s centres on the first image of a seeded order held out by none of seeds 0..s-1, so
+    the seeds hold out different looks."""
+    from segmenter.io.images import read_image
+    from segmenter.suggest import description
+
+    looks = np.stack([description(read_image(source / "images" / f"{stem}.png"), []) for stem in pool])
+    spread = looks.std(axis=0)
+    looks = (looks - looks.mean(axis=0)) / np.where(spread > 0, spread, 1)
+    order = random.Random(12345).sample(range(len(pool)), len(pool))
+    taken: set[int] = set()
+    for _ in range(seed % len(pool) + 1):
+        centre = next((i for i in order if i not in taken), order[0])
+        nearest = np.argsort(np.linalg.norm(looks - looks[centre], axis=1), kind="stable")
+        held = {int(i) for i in nearest[:max(1, round(fraction * len(pool)))]}
+        taken |= held
+        taken = taken if len(taken) < len(pool) else set()
+    return [s for i, s in enumerate(pool) if i not in held], sorted(pool[i] for i in held)
+
+
 def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every strategy's rounds and the full-data reference for one seed."""
     source, pool, test_source, test_stems = pools(dataset)
     if args.holdout:
-        pool, test_stems = holdout(pool, args.holdout)
+        pool, test_stems = (appearance_holdout(source, pool, args.holdout, seed) if args.holdout_by == "appearance"
+                            else holdout(pool, args.holdout))
         test_source = source
     test = link_dataset(fresh_dir(work / "test"), test_source, test_stems)
     options = train_options(args)
@@ -143,6 +169,8 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     start = sorted(random.Random(seed).sample(pool, n_start))
     full = train_and_score(source, pool, test, work / "full", seed, options, args.resume)
     out: dict[str, Any] = {"full": {"iou": full["iou"], "dice": full["dice"], "train_cpu_s": full["train_cpu_s"]}}
+    if args.holdout:
+        out["held_out"] = test_stems
     first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
     for strategy, weight in strategies(args.weights).items():
@@ -255,6 +283,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--holdout", type=float, default=0.0,
                         help="score every round on this seeded fraction of the pool, held out, instead of the test "
                              "images (choosing the suggest settings without the test images)")
+    parser.add_argument("--holdout-by", choices=("random", "appearance"), default="random",
+                        help="which images --holdout holds out: a seeded random sample (the same for every seed), or "
+                             "per seed the images that look most like a seeded one (Lab colour), a new patient's look "
+                             "the pool lacks")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
@@ -271,7 +303,8 @@ def parse_args() -> argparse.Namespace:
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
     args.weights = [float(w) for w in str(args.weights).split(",") if w.strip()]
     if args.out is None:
-        name = "active_validation.json" if args.holdout else "active.json"
+        name = ("active.json" if not args.holdout else "active_validation.json" if args.holdout_by == "random"
+                else "active_validation_appearance.json")
         args.out = args.work / "active_quick.json" if args.quick else ROOT / "bench" / "results" / name
     return args
 
@@ -279,7 +312,8 @@ def parse_args() -> argparse.Namespace:
 #: the settings two runs must share for their data sets to sit in one results file (with their defaults
 #: for files written before the setting existed)
 COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
-              "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0}
+              "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0,
+              "holdout_by": "random"}
 
 
 def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

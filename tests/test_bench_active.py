@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.active import holdout, paired_differences, pool_folder, strategies, summarise
+from bench.active import appearance_holdout, holdout, paired_differences, pool_folder, strategies, summarise
 
 
 def seed(full: float, random: list[float], suggest: list[float]) -> dict:
@@ -58,17 +58,40 @@ def test_the_holdout_is_seeded_and_never_in_the_pool():
     assert holdout(pool, 0.2) == (kept, held)
 
 
+def test_the_appearance_holdout_holds_out_one_look_per_seed_and_another_look_next(tmp_path):
+    import cv2
+    import numpy as np
+
+    (tmp_path / "images").mkdir()
+    looks = {"red": (200, 40, 40), "blue": (40, 40, 200), "grey": (128, 128, 128)}
+    pool = []
+    for look, rgb in looks.items():
+        for i in range(4):
+            image = np.full((16, 16, 3), rgb, np.uint8) + np.uint8(i)
+            cv2.imwrite(str(tmp_path / "images" / f"{look}{i}.png"), image[:, :, ::-1])
+            pool.append(f"{look}{i}")
+    held = []
+    for seed in range(3):
+        kept, out = appearance_holdout(tmp_path, pool, 1 / 3, seed)
+        assert len(out) == 4 and sorted(kept + out) == sorted(pool)
+        assert len({stem[:-1] for stem in out}) == 1  # one look, whole
+        held.append(out[0][:-1])
+        assert appearance_holdout(tmp_path, pool, 1 / 3, seed) == (kept, out)
+    assert sorted(held) == sorted(looks)  # each seed another look
+
+
 def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
     from bench.active import COMPARABLE, earlier_datasets
 
-    settings = dict.fromkeys(COMPARABLE, 1) | {"weights": [1.0], "holdout": 0.0, "jobs": 2}
-    old_settings = {k: v for k, v in settings.items() if k not in ("weights", "holdout", "jobs")}
+    settings = dict.fromkeys(COMPARABLE, 1) | {"weights": [1.0], "holdout": 0.0, "holdout_by": "random", "jobs": 2}
+    old_settings = {k: v for k, v in settings.items() if k not in ("weights", "holdout", "holdout_by", "jobs")}
     path = tmp_path / "active.json"
     path.write_text(json.dumps({"quick": False, "settings": old_settings, "run": {"code": "a"},
                                 "datasets": {"glas": {"summary": {}}}}))
     assert earlier_datasets(path, settings) == {"glas": {"summary": {}, "run": {"code": "a"}}}
     assert earlier_datasets(path, settings | {"epochs": 2}) == {}
     assert earlier_datasets(path, settings | {"weights": [0.0]}) == {}
+    assert earlier_datasets(path, settings | {"holdout_by": "appearance"}) == {}
     assert earlier_datasets(tmp_path / "missing.json", settings) == {}
 
 
