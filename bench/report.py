@@ -970,7 +970,8 @@ def active_section(data: Results | None) -> Lines:
 
 def active_command(settings: Results, source: str) -> str:
     """The bench/active.py command line that reproduces a run with `settings` into bench/results/`source`."""
-    held_out = (f" --holdout {settings['holdout']:g} --weights {','.join(f'{w:g}' for w in settings['weights'])}"
+    by = f" --holdout-by {settings['holdout_by']}" if settings.get("holdout_by", "random") != "random" else ""
+    held_out = (f" --holdout {settings['holdout']:g}{by} --weights {','.join(f'{w:g}' for w in settings['weights'])}"
                 if settings.get("holdout") else "")
     return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
             f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"
@@ -1004,6 +1005,19 @@ def active_validation_budget_section(data: Results | None) -> Lines:
                               f"The held-out comparison above at {settings['epochs']} epochs per round: "
                               f"{pct(settings['holdout'])} of the pool held out, {settings['seeds']} seeds, "
                               f"{settings['rounds']} rounds."))
+
+
+def active_validation_appearance_section(data: Results | None) -> Lines:
+    """active_validation_appearance.json: the uncertainty weights compared on held-out pool images of one look
+    per seed, a stand-in for a new patient's images, where a random held-out set shares patients with the pool."""
+    return held_out_lines(data, "#### The uncertainty weight on a look the pool lacks",
+                          "active_validation_appearance.json", lambda settings: (
+                              f"The held-out comparison above at {settings['epochs']} epochs per round, with the "
+                              f"held-out {pct(settings['holdout'])} chosen by look instead of at random: per seed "
+                              "the pool images most like one pool image in Lab colour (mean and spread), another "
+                              "look per seed, so that the model meets a stain and look it was not given, as it may "
+                              "on the test images (a random held-out set shares GlaS's 16 patients with the pool); "
+                              f"{settings['seeds']} seeds, {settings['rounds']} rounds."))
 
 
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str]) -> Lines:
@@ -1117,6 +1131,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_validation.json", active_validation_section),
     ("active_budget.json", active_budget_section),
     ("active_validation_budget.json", active_validation_budget_section),
+    ("active_validation_appearance.json", active_validation_appearance_section),
 ]
 
 

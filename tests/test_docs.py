@@ -219,6 +219,13 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     budget = "\n".join(report.active_validation_budget_section(data))
     assert "at 36 epochs per round: 20 % of the pool held out, 1 seeds, 3 rounds" in budget
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in budget
+    assert "--holdout-by" not in budget
+    data["settings"] |= {"holdout_by": "appearance"}
+    look = "\n".join(report.active_validation_appearance_section(data))
+    assert "held-out 20 % chosen by look instead of at random" in look and "1 seeds, 3 rounds" in look
+    assert ("--holdout 0.2 --holdout-by appearance --weights 0,1 --out bench/results/active_validation_appearance.json"
+            in look)
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in look
 
 
 def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
