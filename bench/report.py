@@ -963,7 +963,8 @@ def active_section(data: Results | None) -> Lines:
             f"the same budget ({settings['epochs']} epochs of {settings['steps_per_epoch']} steps); round 1 labels "
             f"{pct(settings['start'])} of the pool at random, each later round {pct(settings['step'])} more, chosen "
             "at random or by `cyseg suggest` with the previous round's model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with `{active_command(settings, 'active.json')}`. "
+            f"{machine(data['run'].get('cpu_threads'))}{kernels(data['run'])}. "
+            f"Reproduce with `{active_command(settings, 'active.json')}`. "
             "Source: `bench/results/active.json` (curves: `bench/results/active.png`).", "",
             *active_curve_lines(datasets)]
 
@@ -1025,7 +1026,8 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
     was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
     if measured(data) is None:
         return []
-    lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}. "
+    lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}"
+             f"{kernels(data['run'])}. "
              f"Reproduce with `{active_command(data['settings'], source)}`. Source: `bench/results/{source}`.", ""]
     for name, v in data["datasets"].items():
         summary = v["summary"]
@@ -1039,7 +1041,7 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"),
                   *paired_lines(v["per_seed"], [k for k in names if k != "random"]), ""]
-    return lines
+    return [*lines, *resumed_lines(data["datasets"], RERAN_ACTIVE)]
 
 
 def paired_lines(per_seed: list[Results], names: list[str]) -> Lines:
@@ -1061,7 +1063,7 @@ def active_budget_section(data: Results | None, base: Results | None = None) -> 
             f"The same simulation with {settings['epochs']} epochs of {settings['steps_per_epoch']} steps per round"
             f"{budget_ratio_words(settings, base)}, {settings['seeds']} seeds: whether the strategies part "
             "once the labels, more than the training steps, limit the model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}. Reproduce with "
+            f"{machine(data['run'].get('cpu_threads'))}{kernels(data['run'])}. Reproduce with "
             f"`{active_command(settings, 'active_budget.json')}`. Source: `bench/results/active_budget.json` (curves: "
             "`bench/results/active_budget.png`).", "",
             *base_budget_lines(datasets, base),
