@@ -151,10 +151,14 @@ def run_record(code: dict[str, Any], cpu_s: float, wall_s: float) -> dict[str, A
 
 
 def cpu_record() -> dict[str, str | None]:
-    """This machine's CPU as results record it: its model and the instruction set torch's kernels use."""
+    """This machine's CPU as results record it: its model, the instruction set torch's kernels use and the
+    precision cyseg computes in there by default (`--amp`: bfloat16 where native, else float32)."""
     import torch
 
-    return {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability()}
+    from segmenter.precision import precision_name
+
+    return {"model": _cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(),
+            "precision": precision_name(torch.device("cpu"))}
 
 
 def best_epoch(model: Path) -> int:

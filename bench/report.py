@@ -93,7 +93,7 @@ def kernel_name(run: Results) -> str | None:
     if not cpu.get("kernels"):
         return None
     model = " ".join((cpu.get("model") or "").replace("(R)", "").split()[:2])
-    return f"{cpu['kernels']} kernels{', ' + model if model else ''}"
+    return ", ".join([f"{cpu['kernels']} kernels", *filter(None, [model, cpu.get("precision")])])
 
 
 def kernels(run: Results) -> str:

@@ -86,6 +86,17 @@ def test_a_resume_needs_the_note_of_the_run_it_continues(tmp_path):
     common.mark_started(tmp_path, clock)
     noted = common.interrupted_run(tmp_path)
     assert noted["code"] == {"commit": "abc", "dirty_sha256": None} and noted["started"] and "kernels" in noted["cpu"]
+    assert noted["cpu"]["precision"] in ("bfloat16", "float32")
+
+
+def test_the_kernels_name_the_cpu_and_the_precision_where_recorded():
+    from bench import report
+
+    cpu = {"model": "AMD EPYC 9R14", "kernels": "AVX2"}
+    assert report.kernel_name({"cpu": cpu}) == "AVX2 kernels, AMD EPYC"
+    assert report.kernel_name({"cpu": cpu | {"precision": "float32"}}) == "AVX2 kernels, AMD EPYC, float32"
+    assert report.kernel_name({"cpu": {"kernels": "AVX512", "precision": "bfloat16"}}) == "AVX512 kernels, bfloat16"
+    assert report.kernel_name({}) is None
 
 
 def test_a_resume_takes_an_interrupted_runs_data_only_when_its_files_and_declarations_match(tmp_path):
