@@ -5,26 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from active_records import seed_record
 
 from bench.active import appearance_holdout, holdout, paired_differences, pool_folder, strategies, summarise
 
 
-def seed(full: float, random: list[float], suggest: list[float]) -> dict:
-    def rounds(ious: list[float]) -> list[dict]:
-        return [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou} for r, iou in enumerate(ious)]
-
-    return {"full": {"iou": full}, "random": rounds(random), "suggest": rounds(suggest)}
-
-
 def test_summary_finds_where_each_strategy_reaches_the_target():
-    per_seed = [seed(0.80, [0.50, 0.70, 0.79], [0.50, 0.795, 0.80]), seed(0.82, [0.52, 0.72, 0.81], [0.52, 0.80, 0.81])]
+    per_seed = [seed_record(0.80, random=[0.50, 0.70, 0.79], suggest=[0.50, 0.795, 0.80]),
+                seed_record(0.82, random=[0.52, 0.72, 0.81], suggest=[0.52, 0.80, 0.81])]
     summary = summarise(per_seed, ["random", "suggest"])
     assert summary["full_iou_mean"] == pytest.approx(0.81) and summary["target_iou"] == pytest.approx(0.7938)
     assert summary["suggest"]["fraction_reaching_target"] == pytest.approx(0.2)  # mean 0.7975 >= 0.7938
     assert summary["random"]["fraction_reaching_target"] == pytest.approx(0.3)
     assert summary["suggest"]["curve"][1]["iou_mean"] == pytest.approx(0.7975)
     assert summary["suggest_beats_random_every_round"]
-    worse = [seed(0.8, [0.5, 0.7, 0.79], [0.5, 0.69, 0.8])]
+    worse = [seed_record(0.8, random=[0.5, 0.7, 0.79], suggest=[0.5, 0.69, 0.8])]
     assert not summarise(worse, ["random", "suggest"])["suggest_beats_random_every_round"]
     assert summarise(worse, ["random", "suggest"])["random"]["fraction_reaching_target"] == pytest.approx(0.3)
 
@@ -128,7 +123,8 @@ def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_pa
 def test_paired_differences_compare_each_seed_with_its_own_random_run():
     """suggest − random per round within each seed: the mean, its standard error and the seeds ahead, so
     that a lag in one seed is not hidden by the other seeds' spread of absolute IoU."""
-    per_seed = [seed(0.8, [0.50, 0.60, 0.70], [0.50, 0.62, 0.69]), seed(0.8, [0.40, 0.70, 0.72], [0.40, 0.74, 0.71])]
+    per_seed = [seed_record(0.8, random=[0.50, 0.60, 0.70], suggest=[0.50, 0.62, 0.69]),
+                seed_record(0.8, random=[0.40, 0.70, 0.72], suggest=[0.40, 0.74, 0.71])]
     first, second, third = paired_differences(per_seed, "suggest")
     assert first == {"round": 1, "mean": 0.0, "se": 0.0, "seeds_ahead": 0, "seeds": 2}
     assert second["mean"] == pytest.approx(0.03) and second["se"] == pytest.approx(0.01)

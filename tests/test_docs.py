@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from active_records import one_seed_entry
 
 from bench import report
 
@@ -189,17 +190,6 @@ def test_a_resumed_run_names_the_interrupted_run_and_what_it_took_over():
     resumed["interrupted_run"]["noted_by_hand"] = "its refit was made by a later resumed run"
     (line, _) = report.resumed_lines({"a": {"resumed": resumed}})
     assert line.endswith("CPU only. Noted by hand in the record: its refit was made by a later resumed run.")
-
-
-def one_seed_entry(curves: dict[str, list[float]], full: float) -> dict:
-    """bench/active.py's record of a data set run with one seed whose strategies scored `curves` (IoU per
-    round, 10 % more of the pool labelled each) and whose full-data model scored `full`: its per-seed
-    rounds and their summary."""
-    from bench.active import summarise
-
-    per_seed = [{"full": {"iou": full}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
-                                                  for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
-    return {"per_seed": per_seed, "summary": summarise(per_seed, list(curves))}
 
 
 def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
