@@ -1021,6 +1021,48 @@ def active_validation_appearance_section(data: Results | None) -> Lines:
                               f"{settings['seeds']} seeds, {settings['rounds']} rounds."))
 
 
+def active_float32_section(data: Results | None, budget: Results | None = None) -> Lines:
+    """active_budget_float32.json: the larger-budget simulation on the test images again in float32, beside the
+    same seeds of active_budget.json (`budget`): whether suggest's place against random holds across precisions."""
+    if measured(data) is None:
+        return []
+    settings = data["settings"]
+    budget = measured(budget if budget is not None else load("active_budget.json"))
+    return ["#### The larger budget again, in another precision", "",
+            f"The test-image simulation of `active_budget.json` again with the same settings, {settings['seeds']} of "
+            f"its seeds and {settings['rounds']} rounds, on {machine(data['run'].get('cpu_threads'))}"
+            f"{kernels(data['run'])}: each seed starts from the same labelled images and training seed, and only the "
+            "arithmetic differs, so the models and therefore suggest's picks differ. Reproduce with "
+            f"`{active_command(settings, 'active_budget_float32.json')}`. Source: "
+            "`bench/results/active_budget_float32.json`.", "",
+            *active_curve_lines(data["datasets"]), *precision_seed_lines(data, budget)]
+
+
+def precision_seed_lines(data: Results, budget: Results | None) -> Lines:
+    """Per data set and seed in both runs, each round's suggest − random in the larger-budget record and in `data`."""
+    if budget is None:
+        return []
+    names = {"budget": kernel_name(budget["run"]) or "its machine", "here": kernel_name(data["run"]) or "this run"}
+    lines = []
+    for name, entry in data["datasets"].items():
+        if name not in budget["datasets"]:
+            continue
+        rows = (seed_gap_row(name, i, budget["datasets"][name]["per_seed"][i], s)
+                for i, s in enumerate(entry["per_seed"]) if i < len(budget["datasets"][name]["per_seed"]))
+        lines += [*table(["data set", "seed", "round", f"random: {names['budget']}", f"random: {names['here']}",
+                          f"suggest − random: {names['budget']}", f"suggest − random: {names['here']}"],
+                         (row for seed_rows in rows for row in seed_rows)), ""]
+    return lines
+
+
+def seed_gap_row(dataset: str, seed: int, before: Results, now: Results) -> list[list[str]]:
+    """One seed's rows after round 1: random's test IoU and suggest's lead over it in both runs."""
+    return [[dataset, str(seed), str(b["round"]), f"{b['iou']:.3f}", f"{n['iou']:.3f}",
+             f"{bs['iou'] - b['iou']:+.3f}", f"{ns['iou'] - n['iou']:+.3f}"]
+            for b, n, bs, ns in zip(before["random"][1:], now["random"][1:], before["suggest"][1:], now["suggest"][1:],
+                                    strict=False)]
+
+
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str]) -> Lines:
     """A held-out run's section (none for an absent or quick one): `heading`, `intro` of its settings, where it
     was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
@@ -1134,6 +1176,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_budget.json", active_budget_section),
     ("active_validation_budget.json", active_validation_budget_section),
     ("active_validation_appearance.json", active_validation_appearance_section),
+    ("active_budget_float32.json", active_float32_section),
 ]
 
 

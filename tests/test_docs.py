@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from active_records import one_seed_entry
+from active_records import one_seed_entry, seed_record
 
 from bench import report
 
@@ -341,3 +341,29 @@ def test_the_readme_row_takes_each_data_set_from_the_larger_budget_run_that_meas
     only_base = report.active_results(base)[0][2]
     assert only_base.startswith("glas (12 epochs per round, 6 seeds): suggest 30 %, random 30 %")
     assert report.active_results(None, budget) == []
+
+
+def test_the_float32_rerun_sets_each_seeds_lead_beside_the_larger_budget_records():
+    """The rerun in another precision tables its curve and, seed by seed, suggest's lead in both records."""
+    def record(per_seed: list[dict], kernels: str, precision: str | None) -> dict:
+        settings = {"datasets": "glas", "seeds": len(per_seed), "rounds": len(per_seed[0]["random"]), "epochs": 36,
+                    "crop": 128, "jobs": 3, "steps_per_epoch": 20, "start": 0.1, "step": 0.1}
+        from bench.active import summarise
+
+        cpu = {"model": "AMD EPYC", "kernels": kernels, **({"precision": precision} if precision else {})}
+        return {"settings": settings, "run": {"cpu_threads": 1, "cpu": cpu},
+                "datasets": {"glas": {"per_seed": per_seed, "summary": summarise(per_seed, ["random", "suggest"])}}}
+
+    budget = record([seed_record(0.8, random=[0.6, 0.74, 0.75], suggest=[0.6, 0.70, 0.76]),
+                     seed_record(0.8, random=[0.5, 0.75, 0.76], suggest=[0.5, 0.72, 0.77])], "AVX512", None)
+    rerun = record([seed_record(0.8, random=[0.62, 0.70], suggest=[0.62, 0.76])], "AVX2", "float32")
+    text = "\n".join(report.active_float32_section(rerun, budget))
+    assert "on the CPU, no GPU, 1 thread (AVX2 kernels, AMD EPYC, float32)" in text
+    assert "--seeds 1 --rounds 2 --epochs 36 --crop 128 --jobs 3 --out bench/results/active_budget_float32.json" in text
+    assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.760 ± 0.000 | +0.060 (1 of 1 seeds ahead) |" in text
+    assert ("| data set | seed | round | random: AVX512 kernels, AMD EPYC | random: AVX2 kernels, AMD EPYC, "
+            "float32 | suggest − random: AVX512 kernels, AMD EPYC | suggest − random: AVX2 kernels, AMD EPYC, "
+            "float32 |") in text
+    assert "| glas | 0 | 2 | 0.740 | 0.700 | -0.040 | +0.060 |" in text
+    assert "| glas | 1 | 2 |" not in text
+    assert report.active_float32_section(None, budget) == []
