@@ -1051,8 +1051,20 @@ def precision_seed_lines(data: Results, budget: Results | None) -> Lines:
                 for i, s in enumerate(entry["per_seed"]) if i < len(budget["datasets"][name]["per_seed"]))
         lines += [*table(["data set", "seed", "round", f"random: {names['budget']}", f"random: {names['here']}",
                           f"suggest − random: {names['budget']}", f"suggest − random: {names['here']}"],
-                         (row for seed_rows in rows for row in seed_rows)), ""]
+                         (row for seed_rows in rows for row in seed_rows)), "",
+                  *precision_gap_lines(name, entry["per_seed"], budget["datasets"][name]["per_seed"]), ""]
     return lines
+
+
+def precision_gap_lines(dataset: str, here: list[Results], budget: list[Results]) -> Lines:
+    """Per round after the first, suggest's paired lead over random in this run and over all seeds of the
+    larger-budget record."""
+    from bench.active import paired_differences
+
+    return [f"- {dataset}, round {now['round']}: suggest − random {paired_words(now)} here, {paired_words(before)} "
+            "in `active_budget.json`."
+            for now, before in zip(paired_differences(here, "suggest")[1:], paired_differences(budget, "suggest")[1:],
+                                   strict=False)]
 
 
 def seed_gap_row(dataset: str, seed: int, before: Results, now: Results) -> list[list[str]]:

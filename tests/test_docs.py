@@ -366,4 +366,6 @@ def test_the_float32_rerun_sets_each_seeds_lead_beside_the_larger_budget_records
             "float32 |") in text
     assert "| glas | 0 | 2 | 0.740 | 0.700 | -0.040 | +0.060 |" in text
     assert "| glas | 1 | 2 |" not in text
+    assert ("- glas, round 2: suggest − random +0.060 (1 of 1 seeds ahead) here, -0.035 ± 0.005 (0 of 2 seeds ahead) "
+            "in `active_budget.json`.") in text
     assert report.active_float32_section(None, budget) == []
