@@ -102,6 +102,11 @@ def kernels(run: Results) -> str:
     return f" ({name})" if name else ""
 
 
+def measured_on(run: Results) -> str:
+    """The CPU machine a run record names: its threads and, where recorded, its kernels and precision."""
+    return f"{machine(run.get('cpu_threads'))}{kernels(run)}"
+
+
 def entries_by(data: Results, key: Callable[[Results], Any]) -> dict[Any, list[str]]:
     """The entries' names grouped by `key` of their run record, in the entries' order."""
     found: dict[Any, list[str]] = {}
@@ -288,7 +293,7 @@ def recalibration_lines(data: Results) -> Lines:
     chosen = "; ".join(f"{c}: {described(p)}, objects from {again['min_area'][c]:g} px²"
                        for c, p in again["separation"].items())
     return [f"Its separation was then chosen again (`python bench/default_model.py --recalibrate`, commit "
-            f"{run['code']['commit'][:7]}, on {machine(run.get('cpu_threads'))}{kernels(run)}): "
+            f"{run['code']['commit'][:7]}, on {measured_on(run)}): "
             f"{again['protocol']}. Chosen: {chosen}. Validation merit {built:.4f} → "
             f"{again['val_merit']:.4f} (Dice / object F1: {compact_scores(again['val'])}). The test table below is "
             f"this model's; before it: {compact_scores(before['test'])}.", ""]
@@ -963,7 +968,7 @@ def active_section(data: Results | None) -> Lines:
             f"the same budget ({settings['epochs']} epochs of {settings['steps_per_epoch']} steps); round 1 labels "
             f"{pct(settings['start'])} of the pool at random, each later round {pct(settings['step'])} more, chosen "
             "at random or by `cyseg suggest` with the previous round's model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}{kernels(data['run'])}. "
+            f"{measured_on(data['run'])}. "
             f"Reproduce with `{active_command(settings, 'active.json')}`. "
             "Source: `bench/results/active.json` (curves: `bench/results/active.png`).", "",
             *active_curve_lines(datasets)]
@@ -1030,9 +1035,9 @@ def active_float32_section(data: Results | None, budget: Results | None = None) 
     budget = measured(budget if budget is not None else load("active_budget.json"))
     return ["#### The larger budget again, in another precision", "",
             f"The test-image simulation of `active_budget.json` again with the same settings, {settings['seeds']} of "
-            f"its seeds and {settings['rounds']} rounds, on {machine(data['run'].get('cpu_threads'))}"
-            f"{kernels(data['run'])}: each seed starts from the same labelled images and training seed, and only the "
-            "arithmetic differs, so the models and therefore suggest's picks differ. Reproduce with "
+            f"its seeds and {settings['rounds']} rounds, on {measured_on(data['run'])}: each seed starts "
+            "from the same labelled images and training seed, and only the arithmetic differs, so the models and "
+            "therefore suggest's picks differ. Reproduce with "
             f"`{active_command(settings, 'active_budget_float32.json')}`. Source: "
             "`bench/results/active_budget_float32.json`.", "",
             *active_curve_lines(data["datasets"]), *precision_seed_lines(data, budget)]
@@ -1047,12 +1052,12 @@ def precision_seed_lines(data: Results, budget: Results | None) -> Lines:
     for name, entry in data["datasets"].items():
         if name not in budget["datasets"]:
             continue
-        rows = (seed_gap_row(name, i, budget["datasets"][name]["per_seed"][i], s)
-                for i, s in enumerate(entry["per_seed"]) if i < len(budget["datasets"][name]["per_seed"]))
+        before = budget["datasets"][name]["per_seed"]
+        rows = (row for seed, pair in enumerate(zip(before, entry["per_seed"], strict=False))
+                for row in seed_gap_row(name, seed, *pair))
         lines += [*table(["data set", "seed", "round", f"random: {names['budget']}", f"random: {names['here']}",
-                          f"suggest − random: {names['budget']}", f"suggest − random: {names['here']}"],
-                         (row for seed_rows in rows for row in seed_rows)), "",
-                  *precision_gap_lines(name, entry["per_seed"], budget["datasets"][name]["per_seed"]), ""]
+                          f"suggest − random: {names['budget']}", f"suggest − random: {names['here']}"], rows), "",
+                  *precision_gap_lines(name, entry["per_seed"], before), ""]
     return lines
 
 
@@ -1080,8 +1085,7 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
     was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
     if measured(data) is None:
         return []
-    lines = [heading, "", f"{intro(data['settings'])} Measured on {machine(data['run'].get('cpu_threads'))}"
-             f"{kernels(data['run'])}. "
+    lines = [heading, "", f"{intro(data['settings'])} Measured on {measured_on(data['run'])}. "
              f"Reproduce with `{active_command(data['settings'], source)}`. Source: `bench/results/{source}`.", ""]
     for name, v in data["datasets"].items():
         summary = v["summary"]
@@ -1117,7 +1121,7 @@ def active_budget_section(data: Results | None, base: Results | None = None) -> 
             f"The same simulation with {settings['epochs']} epochs of {settings['steps_per_epoch']} steps per round"
             f"{budget_ratio_words(settings, base)}, {settings['seeds']} seeds: whether the strategies part "
             "once the labels, more than the training steps, limit the model. Measured on "
-            f"{machine(data['run'].get('cpu_threads'))}{kernels(data['run'])}. Reproduce with "
+            f"{measured_on(data['run'])}. Reproduce with "
             f"`{active_command(settings, 'active_budget.json')}`. Source: `bench/results/active_budget.json` (curves: "
             "`bench/results/active_budget.png`).", "",
             *base_budget_lines(datasets, base),

@@ -9,10 +9,14 @@ def seed_record(full: float, **curves: list[float]) -> dict:
                                             for r, iou in enumerate(ious)] for name, ious in curves.items()}}
 
 
-def one_seed_entry(curves: dict[str, list[float]], full: float) -> dict:
-    """A data set's record from one seed whose strategies scored `curves` and whose full-data model scored
-    `full`: its per-seed rounds and their summary."""
+def dataset_entry(per_seed: list[dict]) -> dict:
+    """A data set's record from its seeds' records: the per-seed rounds and their summary over every strategy."""
     from bench.active import summarise
 
-    per_seed = [seed_record(full, **curves)]
-    return {"per_seed": per_seed, "summary": summarise(per_seed, list(curves))}
+    return {"per_seed": per_seed, "summary": summarise(per_seed, [k for k in per_seed[0] if k != "full"])}
+
+
+def one_seed_entry(curves: dict[str, list[float]], full: float) -> dict:
+    """A data set's record from one seed whose strategies scored `curves` and whose full-data model scored
+    `full`."""
+    return dataset_entry([seed_record(full, **curves)])

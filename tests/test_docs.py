@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from active_records import one_seed_entry, seed_record
+from active_records import dataset_entry, one_seed_entry, seed_record
 
 from bench import report
 
@@ -348,11 +348,9 @@ def test_the_float32_rerun_sets_each_seeds_lead_beside_the_larger_budget_records
     def record(per_seed: list[dict], kernels: str, precision: str | None) -> dict:
         settings = {"datasets": "glas", "seeds": len(per_seed), "rounds": len(per_seed[0]["random"]), "epochs": 36,
                     "crop": 128, "jobs": 3, "steps_per_epoch": 20, "start": 0.1, "step": 0.1}
-        from bench.active import summarise
-
         cpu = {"model": "AMD EPYC", "kernels": kernels, **({"precision": precision} if precision else {})}
         return {"settings": settings, "run": {"cpu_threads": 1, "cpu": cpu},
-                "datasets": {"glas": {"per_seed": per_seed, "summary": summarise(per_seed, ["random", "suggest"])}}}
+                "datasets": {"glas": dataset_entry(per_seed)}}
 
     budget = record([seed_record(0.8, random=[0.6, 0.74, 0.75], suggest=[0.6, 0.70, 0.76]),
                      seed_record(0.8, random=[0.5, 0.75, 0.76], suggest=[0.5, 0.72, 0.77])], "AVX512", None)
