@@ -20,7 +20,9 @@ Each model is scored with `cyseg evaluate` on the test images (IoU at the model'
 `--holdout F` on a seeded fraction F of the pool held out from it (validation images carved from the
 training images: where the suggest settings are chosen, `bench/results/active_validation.json`); with
 `--holdout-by appearance` the held-out images are, per seed, those that look most like a seeded pool image,
-a new patient's look that the pool lacks, as the test images' may be (`active_validation_appearance.json`). The
+a new patient's look that the pool lacks, as the test images' may be (`active_validation_appearance.json`).
+`--score-unlabelled` also scores every round's models on the pool images that no strategy has labelled by
+then: validation images from the training images that each round's models all meet unseen. The
 summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON. The data sets
@@ -30,7 +32,8 @@ finished trainings are kept, the others continue from their checkpoints, every s
 again, and each data set's `resumed` names the trainings taken over.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
-                           [--epochs 15] [--steps-per-epoch 20] [--views 4] [--jobs 1] [--work DIR]
+                           [--epochs 15] [--steps-per-epoch 20] [--views 4] [--score-unlabelled]
+                           [--jobs 1] [--work DIR]
                            [--out JSON]
     python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
 
@@ -173,8 +176,10 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
         out["held_out"] = test_stems
     first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
+    labelled_at: dict[str, list[list[str]]] = {}
     for strategy, weight in strategies(args.weights).items():
         labelled, rounds, previous = list(start), [], None
+        labelled_at[strategy] = []
         for r in range(1, args.rounds + 1):
             here = work / strategy / f"round{r}"
             if r > 1:
@@ -189,14 +194,34 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
             if r > 1 and "resumed" in scored:
                 resumed[f"{strategy}/round{r}"] = scored["resumed"]
             previous = scored["model"]
+            labelled_at[strategy].append(list(labelled))
             rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
                            "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
             print(f"{dataset} seed {seed} {strategy:8s} round {r}: {len(labelled)}/{len(pool)} labelled, "
                   f"test IoU {scored['iou']:.4f}", flush=True)
         out[strategy] = rounds
+    if args.score_unlabelled:
+        score_unlabelled(source, pool, labelled_at, out, work / "unlabelled")
     if resumed:
         out["resumed"] = resumed
     return out
+
+
+def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[list[str]]], out: dict[str, Any],
+                     work: Path) -> None:
+    """Each strategy's models of the rounds after the first scored again on the pool images that no strategy
+    has labelled by that round (`unlabelled_iou`, `unlabelled_images` in `out`'s round entries): validation
+    images carved from the training images that none of the models compared has seen."""
+    for r in range(1, len(next(iter(labelled_at.values())))):
+        seen = {stem for labelled in labelled_at.values() for stem in labelled[r]}
+        rest = [stem for stem in pool if stem not in seen]
+        if not rest:
+            continue
+        data = link_dataset(fresh_dir(work / f"round{r + 1}" / "data"), source, rest)
+        for strategy in labelled_at:
+            model = work.parent / strategy / f"round{r + 1}" / "model.pt"
+            summary = cli_evaluate(model, data, work / f"round{r + 1}" / strategy, ["--no-sweep"])
+            out[strategy][r] |= {"unlabelled_iou": summary["iou_mean"], "unlabelled_images": len(rest)}
 
 
 def train_options(args: argparse.Namespace) -> list[str]:
@@ -225,17 +250,21 @@ def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any
         pairs = list(zip(out[name]["curve"], out["random"]["curve"], strict=True))[1:]
         out[f"{name}_beats_random_every_round"] = all(s["iou_mean"] > r["iou_mean"] for s, r in pairs)
         out[f"{name}_minus_random"] = paired_differences(per_seed, name)
+        if any("unlabelled_iou" in r for r in per_seed[0][name]):
+            out[f"{name}_minus_random_unlabelled"] = paired_differences(per_seed, name, "unlabelled_iou")
     out["best_suggest"] = max(suggests, key=lambda n: out[n]["mean_iou_after_round_1"])
     return out
 
 
-def paired_differences(per_seed: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    """Per round, strategy `name`'s test IoU minus random's in the same seed (same round-1 labels, same
-    training seed): the mean over the seeds, its standard error (None with one seed) and how many seeds
-    `name` led in; whether a lead or a lag is more than the seeds' noise."""
+def paired_differences(per_seed: list[dict[str, Any]], name: str, key: str = "iou") -> list[dict[str, Any]]:
+    """Per round, strategy `name`'s test IoU (or another score, `key`; rounds without it left out) minus random's
+    in the same seed (same round-1 labels, same training seed): the mean over the seeds, its standard error
+    (None with one seed) and how many seeds `name` led in; whether a lead or a lag is more than the seeds' noise."""
     out = []
     for i, first in enumerate(per_seed[0][name]):
-        gaps = np.array([s[name][i]["iou"] - s["random"][i]["iou"] for s in per_seed], np.float64)
+        if key not in first:
+            continue
+        gaps = np.array([s[name][i][key] - s["random"][i][key] for s in per_seed], np.float64)
         se = float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
         out.append({"round": first["round"], "mean": float(gaps.mean()), "se": se,
                     "seeds_ahead": int((gaps > 0).sum()), "seeds": len(gaps)})
@@ -287,6 +316,9 @@ def parse_args() -> argparse.Namespace:
                         help="which images --holdout holds out: a seeded random sample (the same for every seed), or "
                              "per seed the images that look most like a seeded one (Lab colour), a new patient's look "
                              "the pool lacks")
+    parser.add_argument("--score-unlabelled", action="store_true",
+                        help="also score each round's models on the pool images no strategy has labelled by then "
+                             "(validation images carved from the training images, unseen by every model compared)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
@@ -313,7 +345,7 @@ def parse_args() -> argparse.Namespace:
 #: for files written before the setting existed)
 COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
               "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0,
-              "holdout_by": "random"}
+              "holdout_by": "random", "score_unlabelled": False}
 
 
 def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -90,34 +90,70 @@ def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
     assert earlier_datasets(tmp_path / "missing.json", settings) == {}
 
 
-def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_path, monkeypatch, ihc_dataset):
-    """A seed run again with --resume in its work folder keeps every finished model (no training CPU),
-    suggests and scores again from them, gets the same curves, and names the trainings it kept; the
-    annotator's and training folders are written anew."""
+@pytest.fixture
+def tiny_active(monkeypatch, ihc_dataset):
+    """bench/active.py with a tiny training budget, on the six IHC training crops as the pool and the two
+    validation crops as the test images; the real cyseg on the PATH."""
     import os
     import sys
-    from argparse import Namespace
     from pathlib import Path
 
     import bench.active as active
     from bench.common import stems_of
 
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # the real cyseg
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(active, "train_options", lambda args: ["--n", "4", "--depth", "3", "--epochs", "1",
                                                                 "--steps-per-epoch", "2", "--batch", "2", "--crop",
                                                                 "64", "--workers", "0"])
     monkeypatch.setattr(active, "pools", lambda dataset: (ihc_dataset.train, stems_of(ihc_dataset.train),
                                                           ihc_dataset.val, stems_of(ihc_dataset.val)))
-    args = Namespace(holdout=0.0, start=0.34, step=0.34, rounds=2, epochs=1, steps_per_epoch=2, batch=2, crop=64,
-                     views=2, weights=[1.0], resume=False)
-    first = active.one_seed("tiny", 0, args, tmp_path)
+    return active
+
+
+def tiny_args(**changes):
+    """bench/active.py's options for `tiny_active`: two rounds, one suggest strategy."""
+    from argparse import Namespace
+
+    return Namespace(**{"holdout": 0.0, "start": 0.34, "step": 0.34, "rounds": 2, "epochs": 1, "steps_per_epoch": 2,
+                        "batch": 2, "crop": 64, "views": 2, "weights": [1.0], "resume": False,
+                        "score_unlabelled": False, **changes})
+
+
+def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_path, tiny_active):
+    """A seed run again with --resume in its work folder keeps every finished model (no training CPU),
+    suggests and scores again from them, gets the same curves, and names the trainings it kept; the
+    annotator's and training folders are written anew."""
+    first = tiny_active.one_seed("tiny", 0, tiny_args(), tmp_path)
     assert "resumed" not in first
     (tmp_path / "random" / "round2" / "data" / "images" / "stale.png").write_bytes(b"")
-    again = active.one_seed("tiny", 0, Namespace(**{**vars(args), "resume": True}), tmp_path)
+    again = tiny_active.one_seed("tiny", 0, tiny_args(resume=True), tmp_path)
     assert set(again.pop("resumed")) == {"full", "round1", "random/round2", "suggest/round2"}
     assert again == {**first, "full": {**first["full"], "train_cpu_s": 0.0},
                      **{s: [{**r, "train_cpu_s": 0.0} for r in first[s]] for s in ("random", "suggest")}}
     assert not (tmp_path / "random" / "round2" / "data" / "images" / "stale.png").exists()
+
+
+def test_unlabelled_scores_meet_every_strategys_model_on_the_pool_images_none_labelled(tmp_path, tiny_active,
+                                                                                       ihc_dataset):
+    """--score-unlabelled scores each round's models again on the pool images that neither random nor suggest
+    labelled by that round (the same images for both), and the summary pairs them by seed like the test IoU."""
+    import csv
+
+    from bench.common import stems_of
+
+    out = tiny_active.one_seed("tiny", 0, tiny_args(start=0.17, step=0.17, score_unlabelled=True), tmp_path)
+    seen = {stem for s in ("random", "suggest") for stem in stems_of(tmp_path / s / "round2" / "data")}
+    rest = [stem for stem in stems_of(ihc_dataset.train) if stem not in seen]
+    assert len(rest) >= 3
+    for strategy in ("random", "suggest"):
+        assert "unlabelled_iou" not in out[strategy][0]
+        assert out[strategy][1]["unlabelled_images"] == len(rest)
+        assert 0 <= out[strategy][1]["unlabelled_iou"] <= 1
+        with open(tmp_path / "unlabelled" / "round2" / strategy / "per_image.csv", newline="") as handle:
+            assert sorted(row["image"] for row in csv.DictReader(handle)) == rest
+    gap = summarise([out], ["random", "suggest"])["suggest_minus_random_unlabelled"]
+    assert [g["round"] for g in gap] == [2]
+    assert gap[0]["mean"] == pytest.approx(out["suggest"][1]["unlabelled_iou"] - out["random"][1]["unlabelled_iou"])
 
 
 def test_paired_differences_compare_each_seed_with_its_own_random_run():
