@@ -977,11 +977,13 @@ def active_section(data: Results | None) -> Lines:
 def active_command(settings: Results, source: str) -> str:
     """The bench/active.py command line that reproduces a run with `settings` into bench/results/`source`."""
     by = f" --holdout-by {settings['holdout_by']}" if settings.get("holdout_by", "random") != "random" else ""
-    held_out = (f" --holdout {settings['holdout']:g}{by} --weights {','.join(f'{w:g}' for w in settings['weights'])}"
-                if settings.get("holdout") else "")
+    held_out = f" --holdout {settings['holdout']:g}{by}" if settings.get("holdout") else ""
+    weights = (f" --weights {','.join(f'{w:g}' for w in settings['weights'])}"
+               if settings.get("holdout") or settings.get("weights", [1.0]) != [1.0] else "")
+    unlabelled = " --score-unlabelled" if settings.get("score_unlabelled") else ""
     return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
             f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"
-            f"{held_out} --out bench/results/{source}")
+            f"{held_out}{weights}{unlabelled} --out bench/results/{source}")
 
 
 def active_curve_lines(datasets: Results) -> Lines:
@@ -1080,9 +1082,24 @@ def seed_gap_row(dataset: str, seed: int, before: Results, now: Results) -> list
                                     strict=False)]
 
 
-def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str]) -> Lines:
-    """A held-out run's section (none for an absent or quick one): `heading`, `intro` of its settings, where it
-    was measured, and per data set each strategy's validation IoU per round and the best suggest weight."""
+def active_unlabelled_section(data: Results | None) -> Lines:
+    """active_unlabelled.json: the uncertainty weights judged on the pool images that no strategy had labelled,
+    beside their test IoU."""
+    return held_out_lines(data, "#### The uncertainty weight judged on the pool images no strategy labelled",
+                          "active_unlabelled.json", lambda settings: (
+                              "The test-image simulation of `active_budget_float32.json` (its trainings kept) with "
+                              "weight 0 (coverage alone) beside weight 1 and `--score-unlabelled`: every round's "
+                              "models also scored on the pool images that no strategy had labelled by then, "
+                              "validation images from the training images that all of a round's models meet unseen; "
+                              f"{settings['seeds']} seeds, {settings['rounds']} rounds. The weight is judged on "
+                              "those; the test IoU stands beside them, not chosen on."), scored="test IoU")
+
+
+def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str],
+                   scored: str = "validation IoU") -> Lines:
+    """A run's section comparing suggest weights (none for an absent or quick one): `heading`, `intro` of its
+    settings, where it was measured, and per data set each strategy's IoU (`scored`: on held-out or test images)
+    per round, the best suggest weight and each one's paired lead over random."""
     if measured(data) is None:
         return []
     lines = [heading, "", f"{intro(data['settings'])} Measured on {measured_on(data['run'])}. "
@@ -1091,14 +1108,15 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
         summary = v["summary"]
         names = strategy_names(summary)
         rounds = zip(*(summary[k]["curve"] for k in names), strict=True)
-        lines += [*table(["data set", "round", "labelled", *(f"{k}: validation IoU" for k in names)],
+        lines += [*table(["data set", "round", "labelled", *(f"{k}: {scored}" for k in names)],
                          ([name, str(r[0]["round"]), pct(r[0]["fraction"]),
                            *(pm(c["iou_mean"], c["iou_std"]) for c in r)] for r in rounds)), "",
-                  f"- {name}: best {summary['best_suggest']} (mean after round 1: "
+                  f"- {name}: best by {scored} {summary['best_suggest']} (mean after round 1: "
                   + ", ".join(f"{k} {summary[k]['mean_iou_after_round_1']:.3f}" for k in names) + "); above random "
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"),
-                  *paired_lines(v["per_seed"], [k for k in names if k != "random"]), ""]
+                  *paired_lines(v["per_seed"], [k for k in names if k != "random"]),
+                  *unlabelled_lines(v["per_seed"], [k for k in names if k != "random"]), ""]
     return [*lines, *resumed_lines(data["datasets"], RERAN_ACTIVE)]
 
 
@@ -1108,6 +1126,17 @@ def paired_lines(per_seed: list[Results], names: list[str]) -> Lines:
 
     return [f"- {k} − random, paired by seed: " + "; ".join(
         f"round {gap['round']} {paired_words(gap)}" for gap in paired_differences(per_seed, k)[1:]) for k in names]
+
+
+def unlabelled_lines(per_seed: list[Results], names: list[str]) -> Lines:
+    """Per suggest strategy scored with `--score-unlabelled`, its lead over random seed by seed on the pool
+    images that no strategy had labelled by each round (how many, in the first seed)."""
+    from bench.active import paired_differences
+
+    return [f"- {k} − random on the pool images no strategy had labelled, paired by seed: " + "; ".join(
+        f"round {gap['round']} ({per_seed[0][k][gap['round'] - 1]['unlabelled_images']} images) {paired_words(gap)}"
+        for gap in paired_differences(per_seed, k, "unlabelled_iou")) for k in names
+        if any("unlabelled_iou" in r for r in per_seed[0][k])]
 
 
 def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:
@@ -1193,6 +1222,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_validation_budget.json", active_validation_budget_section),
     ("active_validation_appearance.json", active_validation_appearance_section),
     ("active_budget_float32.json", active_float32_section),
+    ("active_unlabelled.json", active_unlabelled_section),
 ]
 
 

@@ -200,7 +200,7 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
             "datasets": {"glas": one_seed_entry(curves, 0.75)}}
     text = "\n".join(report.active_validation_section(data))
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in text
-    assert "best suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
+    assert "best by validation IoU suggest_w0" in text and "suggest_w0 yes, suggest_w1 no" in text
     assert ("- suggest_w1 − random, paired by seed: round 2 -0.010 (0 of 1 seeds ahead); round 3 +0.030 (1 of 1 "
             "seeds ahead)") in text
     assert "--jobs 3 --holdout 0.2 --weights 0,1 --out bench/results/active_validation.json" in text
@@ -367,3 +367,31 @@ def test_the_float32_rerun_sets_each_seeds_lead_beside_the_larger_budget_records
     assert ("- glas, round 2: suggest − random +0.060 (1 of 1 seeds ahead) here, -0.035 ± 0.005 (0 of 2 seeds ahead) "
             "in `active_budget.json`.") in text
     assert report.active_float32_section(None, budget) == []
+
+
+def test_the_unlabelled_pool_scores_stand_beside_the_test_iou_of_each_weight():
+    """A run with --score-unlabelled tables each weight's test IoU, says so in its header, and pairs each weight
+    with random on the pool images no strategy had labelled, naming how many; its command reproduces it."""
+    def seed(full: float, curves: dict[str, list[float]], unlabelled: dict[str, float]) -> dict:
+        record = seed_record(full, **curves)
+        for name, iou in unlabelled.items():
+            record[name][1] |= {"unlabelled_iou": iou, "unlabelled_images": 61}
+        return record
+
+    per_seed = [seed(0.8, {"random": [0.6, 0.74], "suggest_w0": [0.6, 0.75], "suggest_w1": [0.6, 0.70]},
+                     {"random": 0.80, "suggest_w0": 0.81, "suggest_w1": 0.76}),
+                seed(0.8, {"random": [0.5, 0.75], "suggest_w0": [0.5, 0.73], "suggest_w1": [0.5, 0.72]},
+                     {"random": 0.78, "suggest_w0": 0.80, "suggest_w1": 0.74})]
+    settings = {"datasets": "glas", "seeds": 2, "rounds": 2, "epochs": 36, "crop": 128, "jobs": 3,
+                "steps_per_epoch": 20, "start": 0.1, "step": 0.1, "weights": [0.0, 1.0], "score_unlabelled": True}
+    data = {"settings": settings, "run": {"cpu_threads": 1, "cpu": {"model": "AMD EPYC", "kernels": "AVX2"}},
+            "datasets": {"glas": dataset_entry(per_seed)}}
+    text = "\n".join(report.active_unlabelled_section(data))
+    assert "| data set | round | labelled | random: test IoU | suggest_w0: test IoU | suggest_w1: test IoU |" in text
+    assert ("--seeds 2 --rounds 2 --epochs 36 --crop 128 --jobs 3 --weights 0,1 --score-unlabelled "
+            "--out bench/results/active_unlabelled.json") in text
+    assert ("- suggest_w0 − random on the pool images no strategy had labelled, paired by seed: round 2 (61 images) "
+            "+0.015 ± 0.005 (2 of 2 seeds ahead)") in text
+    assert ("- suggest_w1 − random on the pool images no strategy had labelled, paired by seed: round 2 (61 images) "
+            "-0.040 ± 0.000 (0 of 2 seeds ahead)") in text
+    assert report.active_unlabelled_section(None) == []
