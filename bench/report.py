@@ -1095,6 +1095,18 @@ def active_unlabelled_section(data: Results | None) -> Lines:
                               "those; the test IoU stands beside them, not chosen on."), scored="test IoU")
 
 
+def active_unlabelled_wbc_section(data: Results | None) -> Lines:
+    """active_unlabelled_wbc.json: the unlabelled pool images set beside the test images on wbc, where suggest
+    led random on the test images in active.json: whether the two agree there too."""
+    return held_out_lines(data, "#### The same check on wbc, where suggest led on the test images",
+                          "active_unlabelled_wbc.json", lambda settings: (
+                              "The simulation of `active.json` on wbc again at its budget "
+                              f"({settings['epochs']} epochs per round), {settings['seeds']} seeds, "
+                              f"{settings['rounds']} rounds, with `--score-unlabelled`: whether the pool images no "
+                              "strategy had labelled agree with the test images on wbc too, where suggest led random "
+                              "in `active.json`."), scored="test IoU")
+
+
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str],
                    scored: str = "validation IoU") -> Lines:
     """A run's section comparing suggest weights (none for an absent or quick one): `heading`, `intro` of its
@@ -1223,6 +1235,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_validation_appearance.json", active_validation_appearance_section),
     ("active_budget_float32.json", active_float32_section),
     ("active_unlabelled.json", active_unlabelled_section),
+    ("active_unlabelled_wbc.json", active_unlabelled_wbc_section),
 ]
 
 

@@ -395,3 +395,19 @@ def test_the_unlabelled_pool_scores_stand_beside_the_test_iou_of_each_weight():
     assert ("- suggest_w1 − random on the pool images no strategy had labelled, paired by seed: round 2 (61 images) "
             "-0.040 ± 0.000 (0 of 2 seeds ahead)") in text
     assert report.active_unlabelled_section(None) == []
+
+
+def test_the_wbc_check_of_the_unlabelled_pool_images_names_its_own_source():
+    """The wbc run with --score-unlabelled has its own section, reproduced into its own file."""
+    per_seed = [seed_record(0.9, random=[0.90, 0.92], suggest=[0.90, 0.94])]
+    per_seed[0]["random"][1] |= {"unlabelled_iou": 0.91, "unlabelled_images": 190}
+    per_seed[0]["suggest"][1] |= {"unlabelled_iou": 0.93, "unlabelled_images": 190}
+    settings = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 12, "crop": 128, "jobs": 3,
+                "steps_per_epoch": 20, "start": 0.1, "step": 0.1, "weights": [1.0], "score_unlabelled": True}
+    data = {"settings": settings, "run": {"cpu_threads": 1, "cpu": {"model": "AMD EPYC", "kernels": "AVX2"}},
+            "datasets": {"wbc": dataset_entry(per_seed)}}
+    text = "\n".join(report.active_unlabelled_wbc_section(data))
+    assert "--jobs 3 --score-unlabelled --out bench/results/active_unlabelled_wbc.json" in text
+    assert "| wbc | 2 | 20 % | 0.920 ± 0.000 | 0.940 ± 0.000 |" in text
+    assert ("- suggest − random on the pool images no strategy had labelled, paired by seed: round 2 (190 images) "
+            "+0.020 (1 of 1 seeds ahead)") in text
