@@ -1090,7 +1090,8 @@ def active_unlabelled_section(data: Results | None) -> Lines:
                               "The test-image simulation of `active_budget_float32.json` (its trainings kept) with "
                               "weight 0 (coverage alone) beside weight 1 and `--score-unlabelled`: every round's "
                               "models also scored on the pool images that no strategy had labelled by then, "
-                              "validation images from the training images that all of a round's models meet unseen; "
+                              "validation images from the training images that all of a round's models meet unseen "
+                              "(leaning towards the pool's typical images, since no strategy picked them); "
                               f"{settings['seeds']} seeds, {settings['rounds']} rounds. The weight is judged on "
                               "those; the test IoU stands beside them, not chosen on."), scored="test IoU")
 
