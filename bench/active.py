@@ -257,12 +257,12 @@ def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any
 
 
 def paired_differences(per_seed: list[dict[str, Any]], name: str, key: str = "iou") -> list[dict[str, Any]]:
-    """Per round, strategy `name`'s test IoU (or another score, `key`; rounds without it left out) minus random's
-    in the same seed (same round-1 labels, same training seed): the mean over the seeds, its standard error
+    """Per round, strategy `name`'s test IoU (or another score, `key`; rounds some seed lacks it in left out) minus
+    random's in the same seed (same round-1 labels, same training seed): the mean over the seeds, its standard error
     (None with one seed) and how many seeds `name` led in; whether a lead or a lag is more than the seeds' noise."""
     out = []
     for i, first in enumerate(per_seed[0][name]):
-        if key not in first:
+        if any(key not in s[name][i] for s in per_seed):
             continue
         gaps = np.array([s[name][i][key] - s["random"][i][key] for s in per_seed], np.float64)
         se = float(gaps.std(ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None

@@ -166,4 +166,7 @@ def test_paired_differences_compare_each_seed_with_its_own_random_run():
     assert second["mean"] == pytest.approx(0.03) and second["se"] == pytest.approx(0.01)
     assert second["seeds_ahead"] == 2 and third["seeds_ahead"] == 0 and third["mean"] == pytest.approx(-0.01)
     assert paired_differences(per_seed[:1], "suggest")[1]["se"] is None
+    per_seed[1]["random"][2] |= {"unlabelled_iou": 0.8}
+    per_seed[1]["suggest"][2] |= {"unlabelled_iou": 0.9}
+    assert paired_differences(per_seed, "suggest", "unlabelled_iou") == []
     assert summarise(per_seed, ["random", "suggest"])["suggest_minus_random"][1] == second
