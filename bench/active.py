@@ -176,7 +176,7 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
         out["held_out"] = test_stems
     first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
-    labelled_at: dict[str, list[list[str]]] = {}
+    labelled_at: dict[str, list[tuple[list[str], Path]]] = {}
     for strategy, weight in strategies(args.weights).items():
         labelled, rounds, previous = list(start), [], None
         labelled_at[strategy] = []
@@ -194,7 +194,7 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
             if r > 1 and "resumed" in scored:
                 resumed[f"{strategy}/round{r}"] = scored["resumed"]
             previous = scored["model"]
-            labelled_at[strategy].append(list(labelled))
+            labelled_at[strategy].append((list(labelled), previous))
             rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
                            "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
             print(f"{dataset} seed {seed} {strategy:8s} round {r}: {len(labelled)}/{len(pool)} labelled, "
@@ -207,20 +207,20 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     return out
 
 
-def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[list[str]]], out: dict[str, Any],
-                     work: Path) -> None:
-    """Each strategy's models of the rounds after the first scored again on the pool images that no strategy
-    has labelled by that round (`unlabelled_iou`, `unlabelled_images` in `out`'s round entries): validation
-    images carved from the training images that none of the models compared has seen."""
+def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[tuple[list[str], Path]]],
+                     out: dict[str, Any], work: Path) -> None:
+    """Each strategy's models of the rounds after the first (`labelled_at`: per strategy and round, the labelled
+    stems and the model trained on them) scored again on the pool images that no strategy has labelled by that
+    round (`unlabelled_iou`, `unlabelled_images` in `out`'s round entries): validation images carved from the
+    training images that none of the models compared has seen."""
     for r in range(1, len(next(iter(labelled_at.values())))):
-        seen = {stem for labelled in labelled_at.values() for stem in labelled[r]}
+        seen = {stem for rounds in labelled_at.values() for stem in rounds[r][0]}
         rest = [stem for stem in pool if stem not in seen]
         if not rest:
             continue
         data = link_dataset(fresh_dir(work / f"round{r + 1}" / "data"), source, rest)
-        for strategy in labelled_at:
-            model = work.parent / strategy / f"round{r + 1}" / "model.pt"
-            summary = cli_evaluate(model, data, work / f"round{r + 1}" / strategy, ["--no-sweep"])
+        for strategy, rounds in labelled_at.items():
+            summary = cli_evaluate(rounds[r][1], data, work / f"round{r + 1}" / strategy, ["--no-sweep"])
             out[strategy][r] |= {"unlabelled_iou": summary["iou_mean"], "unlabelled_images": len(rest)}
 
 

@@ -979,7 +979,7 @@ def active_command(settings: Results, source: str) -> str:
     by = f" --holdout-by {settings['holdout_by']}" if settings.get("holdout_by", "random") != "random" else ""
     held_out = f" --holdout {settings['holdout']:g}{by}" if settings.get("holdout") else ""
     weights = (f" --weights {','.join(f'{w:g}' for w in settings['weights'])}"
-               if settings.get("holdout") or settings.get("weights", [1.0]) != [1.0] else "")
+               if settings.get("weights", [1.0]) != [1.0] else "")
     unlabelled = " --score-unlabelled" if settings.get("score_unlabelled") else ""
     return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
             f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"
@@ -1129,7 +1129,7 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"),
                   *paired_lines(v["per_seed"], [k for k in names if k != "random"]),
-                  *unlabelled_lines(v["per_seed"], [k for k in names if k != "random"]), ""]
+                  *unlabelled_lines(v["per_seed"], summary, [k for k in names if k != "random"]), ""]
     return [*lines, *resumed_lines(data["datasets"], RERAN_ACTIVE)]
 
 
@@ -1141,15 +1141,13 @@ def paired_lines(per_seed: list[Results], names: list[str]) -> Lines:
         f"round {gap['round']} {paired_words(gap)}" for gap in paired_differences(per_seed, k)[1:]) for k in names]
 
 
-def unlabelled_lines(per_seed: list[Results], names: list[str]) -> Lines:
+def unlabelled_lines(per_seed: list[Results], summary: Results, names: list[str]) -> Lines:
     """Per suggest strategy scored with `--score-unlabelled`, its lead over random seed by seed on the pool
-    images that no strategy had labelled by each round (how many, in the first seed)."""
-    from bench.active import paired_differences
-
+    images that no strategy had labelled by each round (from the summary; how many images, in the first seed)."""
     return [f"- {k} − random on the pool images no strategy had labelled, paired by seed: " + "; ".join(
         f"round {gap['round']} ({per_seed[0][k][gap['round'] - 1]['unlabelled_images']} images) {paired_words(gap)}"
-        for gap in paired_differences(per_seed, k, "unlabelled_iou")) for k in names
-        if any("unlabelled_iou" in r for r in per_seed[0][k])]
+        for gap in summary[f"{k}_minus_random_unlabelled"]) for k in names
+        if f"{k}_minus_random_unlabelled" in summary]
 
 
 def active_budget_section(data: Results | None, base: Results | None = None) -> Lines:

@@ -9,6 +9,14 @@ def seed_record(full: float, **curves: list[float]) -> dict:
                                             for r, iou in enumerate(ious)] for name, ious in curves.items()}}
 
 
+def with_unlabelled(record: dict, scores: dict[str, float], images: int, index: int = 1) -> dict:
+    """`record` (one seed's) with each strategy's IoU on `images` pool images no strategy had labelled, as
+    `--score-unlabelled` adds them, in its round entry `index` (round 2 by default)."""
+    for name, iou in scores.items():
+        record[name][index] |= {"unlabelled_iou": iou, "unlabelled_images": images}
+    return record
+
+
 def dataset_entry(per_seed: list[dict]) -> dict:
     """A data set's record from its seeds' records: the per-seed rounds and their summary over every strategy."""
     from bench.active import summarise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from active_records import seed_record
+from active_records import seed_record, with_unlabelled
 
 from bench.active import appearance_holdout, holdout, paired_differences, pool_folder, strategies, summarise
 
@@ -166,7 +166,6 @@ def test_paired_differences_compare_each_seed_with_its_own_random_run():
     assert second["mean"] == pytest.approx(0.03) and second["se"] == pytest.approx(0.01)
     assert second["seeds_ahead"] == 2 and third["seeds_ahead"] == 0 and third["mean"] == pytest.approx(-0.01)
     assert paired_differences(per_seed[:1], "suggest")[1]["se"] is None
-    per_seed[1]["random"][2] |= {"unlabelled_iou": 0.8}
-    per_seed[1]["suggest"][2] |= {"unlabelled_iou": 0.9}
+    with_unlabelled(per_seed[1], {"random": 0.8, "suggest": 0.9}, 5, index=2)
     assert paired_differences(per_seed, "suggest", "unlabelled_iou") == []
     assert summarise(per_seed, ["random", "suggest"])["suggest_minus_random"][1] == second

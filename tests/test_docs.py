@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from active_records import dataset_entry, one_seed_entry, seed_record
+from active_records import dataset_entry, one_seed_entry, seed_record, with_unlabelled
 
 from bench import report
 
@@ -372,16 +372,10 @@ def test_the_float32_rerun_sets_each_seeds_lead_beside_the_larger_budget_records
 def test_the_unlabelled_pool_scores_stand_beside_the_test_iou_of_each_weight():
     """A run with --score-unlabelled tables each weight's test IoU, says so in its header, and pairs each weight
     with random on the pool images no strategy had labelled, naming how many; its command reproduces it."""
-    def seed(full: float, curves: dict[str, list[float]], unlabelled: dict[str, float]) -> dict:
-        record = seed_record(full, **curves)
-        for name, iou in unlabelled.items():
-            record[name][1] |= {"unlabelled_iou": iou, "unlabelled_images": 61}
-        return record
-
-    per_seed = [seed(0.8, {"random": [0.6, 0.74], "suggest_w0": [0.6, 0.75], "suggest_w1": [0.6, 0.70]},
-                     {"random": 0.80, "suggest_w0": 0.81, "suggest_w1": 0.76}),
-                seed(0.8, {"random": [0.5, 0.75], "suggest_w0": [0.5, 0.73], "suggest_w1": [0.5, 0.72]},
-                     {"random": 0.78, "suggest_w0": 0.80, "suggest_w1": 0.74})]
+    per_seed = [with_unlabelled(seed_record(0.8, random=[0.6, 0.74], suggest_w0=[0.6, 0.75], suggest_w1=[0.6, 0.70]),
+                                {"random": 0.80, "suggest_w0": 0.81, "suggest_w1": 0.76}, 61),
+                with_unlabelled(seed_record(0.8, random=[0.5, 0.75], suggest_w0=[0.5, 0.73], suggest_w1=[0.5, 0.72]),
+                                {"random": 0.78, "suggest_w0": 0.80, "suggest_w1": 0.74}, 61)]
     settings = {"datasets": "glas", "seeds": 2, "rounds": 2, "epochs": 36, "crop": 128, "jobs": 3,
                 "steps_per_epoch": 20, "start": 0.1, "step": 0.1, "weights": [0.0, 1.0], "score_unlabelled": True}
     data = {"settings": settings, "run": {"cpu_threads": 1, "cpu": {"model": "AMD EPYC", "kernels": "AVX2"}},
@@ -399,9 +393,8 @@ def test_the_unlabelled_pool_scores_stand_beside_the_test_iou_of_each_weight():
 
 def test_the_wbc_check_of_the_unlabelled_pool_images_names_its_own_source():
     """The wbc run with --score-unlabelled has its own section, reproduced into its own file."""
-    per_seed = [seed_record(0.9, random=[0.90, 0.92], suggest=[0.90, 0.94])]
-    per_seed[0]["random"][1] |= {"unlabelled_iou": 0.91, "unlabelled_images": 190}
-    per_seed[0]["suggest"][1] |= {"unlabelled_iou": 0.93, "unlabelled_images": 190}
+    per_seed = [with_unlabelled(seed_record(0.9, random=[0.90, 0.92], suggest=[0.90, 0.94]),
+                                {"random": 0.91, "suggest": 0.93}, 190)]
     settings = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 12, "crop": 128, "jobs": 3,
                 "steps_per_epoch": 20, "start": 0.1, "step": 0.1, "weights": [1.0], "score_unlabelled": True}
     data = {"settings": settings, "run": {"cpu_threads": 1, "cpu": {"model": "AMD EPYC", "kernels": "AVX2"}},
