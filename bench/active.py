@@ -103,10 +103,11 @@ def pool_folder(out: Path, source: Path, pool: list[str], labelled: list[str]) -
     return out
 
 
-def suggested(model: Path, pool: Path, count: int, views: int, weight: float, out: Path) -> list[str]:
-    """The stems `cyseg suggest` picks from the pool folder."""
+def suggested(model: Path, pool: Path, count: int, views: int, weights: tuple[float, float], out: Path) -> list[str]:
+    """The stems `cyseg suggest` picks from the pool folder with `weights` (its uncertainty and density weights)."""
     subprocess.run(["cyseg", "-q", "suggest", str(model), str(pool), "--count", str(count), "--views", str(views),
-                    "--uncertainty-weight", f"{weight:g}", "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+                    "--uncertainty-weight", f"{weights[0]:g}", "--density-weight", f"{weights[1]:g}", "--out",
+                    str(out)], check=True, stdout=subprocess.DEVNULL)
     with open(out.with_suffix(".csv"), newline="") as handle:
         return [Path(row["source"]).stem for row in csv.DictReader(handle)]
 
@@ -122,11 +123,14 @@ def train_and_score(source: Path, stems: list[str], test: Path, work: Path, seed
             "train_cpu_s": run["train_cpu_s"], **({"resumed": run["resumed"]} if "resumed" in run else {})}
 
 
-def strategies(weights: list[float]) -> dict[str, float | None]:
-    """Each strategy's `cyseg suggest --uncertainty-weight` (None: random): `suggest` for one weight,
-    `suggest_w<weight>` for each of several."""
-    named = {"suggest": weights[0]} if len(weights) == 1 else {f"suggest_w{w:g}": w for w in weights}
-    return {"random": None, **named}
+def strategies(weights: list[float], density_weights: list[float] | None = None
+               ) -> dict[str, tuple[float, float] | None]:
+    """Each strategy's `cyseg suggest --uncertainty-weight` and `--density-weight` (None: random): `suggest` for
+    one pair, `suggest_w<weight>` (`_d<density weight>` unless 0) for each of several."""
+    pairs = list(zip(weights, density_weights or [0.0] * len(weights), strict=True))
+    if len(pairs) == 1:
+        return {"random": None, "suggest": pairs[0]}
+    return {"random": None, **{f"suggest_w{w:g}" + (f"_d{d:g}" if d else ""): (w, d) for w, d in pairs}}
 
 
 def holdout(pool: list[str], fraction: float) -> tuple[list[str], list[str]]:
@@ -177,18 +181,18 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
     labelled_at: dict[str, list[tuple[list[str], Path]]] = {}
-    for strategy, weight in strategies(args.weights).items():
+    for strategy, weights in strategies(args.weights, args.density_weights).items():
         labelled, rounds, previous = list(start), [], None
         labelled_at[strategy] = []
         for r in range(1, args.rounds + 1):
             here = work / strategy / f"round{r}"
             if r > 1:
                 rest = [s for s in pool if s not in labelled]
-                if weight is None:
+                if weights is None:
                     labelled += sorted(random.Random(seed * 1000 + r).sample(rest, min(n_step, len(rest))))
                 else:
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
-                    labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weight,
+                    labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weights,
                                           here / "suggested")
             scored = first if r == 1 else train_and_score(source, labelled, test, here, seed, options, args.resume)
             if r > 1 and "resumed" in scored:
@@ -308,7 +312,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--views", type=int, default=4, help="`cyseg suggest --views`")
     parser.add_argument("--weights", default="1",
-                        help="`cyseg suggest --uncertainty-weight` of each suggest strategy (comma-separated)")
+                        help="`cyseg suggest --uncertainty-weight` of each suggest strategy (comma-separated), each "
+                             "W or W:D with D its `--density-weight` (default 0)")
     parser.add_argument("--holdout", type=float, default=0.0,
                         help="score every round on this seeded fraction of the pool, held out, instead of the test "
                              "images (choosing the suggest settings without the test images)")
@@ -333,7 +338,7 @@ def parse_args() -> argparse.Namespace:
         apply_quick(args, QUICK, sys.argv[1:])
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
-    args.weights = [float(w) for w in str(args.weights).split(",") if w.strip()]
+    args.weights, args.density_weights = weight_pairs(str(args.weights))
     if args.out is None:
         name = ("active.json" if not args.holdout else "active_validation.json" if args.holdout_by == "random"
                 else "active_validation_appearance.json")
@@ -341,11 +346,23 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def weight_pairs(text: str) -> tuple[list[float], list[float]]:
+    """The uncertainty and density weights of `--weights` entries W or W:D (D 0 when not given)."""
+    try:
+        pairs = [[float(x) for x in entry.split(":")] for entry in text.split(",") if entry.strip()]
+        if not pairs or any(len(pair) > 2 for pair in pairs):
+            raise ValueError("one or two numbers per entry")
+    except ValueError as error:
+        raise SystemExit(f"--weights {text}: give entries W or W:D, comma-separated ({error})") from None
+    return [pair[0] for pair in pairs], [pair[1] if len(pair) == 2 else 0.0 for pair in pairs]
+
+
 #: the settings two runs must share for their data sets to sit in one results file (with their defaults
 #: for files written before the setting existed)
 COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
               "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0,
-              "holdout_by": "random", "score_unlabelled": False}
+              "holdout_by": "random", "score_unlabelled": False,
+              "density_weights": None}
 
 
 def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -354,7 +371,7 @@ def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier.get("quick") or any(earlier["settings"].get(k, default) != settings[k]
+    if earlier.get("quick") or any(earlier["settings"].get(k, default) != settings.get(k, default)
                                    for k, default in COMPARABLE.items()):
         return {}
     return {name: {**entry, "run": entry.get("run", earlier["run"])} for name, entry in earlier["datasets"].items()}
@@ -368,7 +385,8 @@ def main() -> None:
         interrupted = interrupted_run(work)
     else:
         mark_started(fresh_dir(work), clock)
-    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "resume")} | {"target": TARGET}
+    unset = ("work", "out", "resume", *(() if any(args.density_weights) else ("density_weights",)))
+    settings = {k: v for k, v in vars(args).items() if k not in unset} | {"target": TARGET}
     results: dict[str, Any] = {"benchmark": "active", "quick": args.quick, "settings": settings,
                                "datasets": earlier_datasets(args.out, settings)}
     for dataset in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -379,12 +397,13 @@ def main() -> None:
             per_seed = [run.result() for run in runs]
         taken = {f"seed{s}/{name}": record for s, run in enumerate(per_seed) for name, record in
                  run.pop("resumed", {}).items()}
-        summary = summarise(per_seed, list(strategies(args.weights)))
+        names = list(strategies(args.weights, args.density_weights))
+        summary = summarise(per_seed, names)
         results["datasets"][dataset] = {"per_seed": per_seed, "summary": summary, "run": d_clock.record()}
         if args.resume:
             results["datasets"][dataset]["resumed"] = {"interrupted_run": interrupted, "trainings": taken}
         print(f"{dataset}: full-data IoU {summary['full_iou_mean']:.4f}; 98 % reached at "
-              + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in strategies(args.weights))
+              + ", ".join(f"{s} {summary[s]['fraction_reaching_target']}" for s in names)
               + f"; best suggest strategy: {summary['best_suggest']}", flush=True)
     results["run"] = clock.record()
     write_results(args.out, results)

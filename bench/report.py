@@ -978,8 +978,10 @@ def active_command(settings: Results, source: str) -> str:
     """The bench/active.py command line that reproduces a run with `settings` into bench/results/`source`."""
     by = f" --holdout-by {settings['holdout_by']}" if settings.get("holdout_by", "random") != "random" else ""
     held_out = f" --holdout {settings['holdout']:g}{by}" if settings.get("holdout") else ""
-    weights = (f" --weights {','.join(f'{w:g}' for w in settings['weights'])}"
-               if settings.get("weights", [1.0]) != [1.0] else "")
+    densities = settings.get("density_weights") or [0.0] * len(settings.get("weights", [1.0]))
+    weights = (" --weights " + ",".join(f"{w:g}" + (f":{d:g}" if d else "") for w, d in
+                                        zip(settings["weights"], densities, strict=True))
+               if settings.get("weights", [1.0]) != [1.0] or any(densities) else "")
     unlabelled = " --score-unlabelled" if settings.get("score_unlabelled") else ""
     return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
             f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"

@@ -743,6 +743,10 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
               help="How much uncertainty steers the choice: each candidate counts, in the coverage the picks "
                    "maximise, as its uncertainty to this power (0: every candidate alike, the picks most typical of "
                    "the pool and unlike each other and the annotated images; 1: the pool's uncertainty covered).")
+@click.option("--density-weight", type=float, default=0.0, show_default=True,
+              help="How much typicality steers the choice: each candidate also counts as its mean likeness to every "
+                   "image to this power (0: however typical; higher: the pool's crowded regions before its sparse "
+                   "fringe).")
 @click.option("--annotated", type=click.Path(path_type=Path), default=None,
               help="Local slides: GeoJSON of the regions annotated already; tiles touching them are not suggested. "
                    "[default: none; in a dataset folder the images with a mask are the annotated ones]")
@@ -764,10 +768,10 @@ def improve_command(data: Path, out: Path, start: str | None, val: Path | None, 
               help="Cytomine: the ROI term of uploaded suggestions. [default: none; required with --upload]")
 @_cytomine_client_options
 def suggest_command(model: str, source: Path | None, count: int, out: Path, size: int, limit: int, views: int,
-                    measure: str, uncertainty_weight: float, annotated: Path | None, seed: int, mpp: float | None,
-                    magnification: float | None, allow_mismatch: bool, device: str, cytomine_image: int | None,
-                    upload: bool, term: int | None, cytomine_config: Path | None, insecure: bool,
-                    cytomine_timeout: float, upload_batch: int, cytomine_api: str) -> None:
+                    measure: str, uncertainty_weight: float, density_weight: float, annotated: Path | None, seed: int,
+                    mpp: float | None, magnification: float | None, allow_mismatch: bool, device: str,
+                    cytomine_image: int | None, upload: bool, term: int | None, cytomine_config: Path | None,
+                    insecure: bool, cytomine_timeout: float, upload_batch: int, cytomine_api: str) -> None:
     """Suggest what to annotate next: the COUNT images of INPUT (a folder; in a dataset folder those
     without a mask) or tissue tiles of a slide (INPUT, or --cytomine-image ID) that together resemble
     most of the others not yet annotated, each counted by the model's uncertainty there (typical of
@@ -776,7 +780,7 @@ def suggest_command(model: str, source: Path | None, count: int, out: Path, size
     from cyseg.suggest_cmd import SuggestOptions, run_suggest_cytomine, run_suggest_local
 
     opts = SuggestOptions(count, size, limit, views, measure, seed, mpp, magnification, allow_mismatch,
-                          uncertainty_weight).check()
+                          uncertainty_weight, density_weight).check()
     if cytomine_image is not None:
         if source is not None:
             raise CysegError("give either INPUT or --cytomine-image ID, not both")

@@ -33,6 +33,7 @@ from segmenter.suggest import (
     Candidate,
     Suggestion,
     check_count,
+    check_density_weight,
     check_uncertainty_weight,
     score_all,
     select,
@@ -63,6 +64,7 @@ class SuggestOptions:
     magnification: float | None = None
     allow_mismatch: bool = False
     uncertainty_weight: float = 1.0
+    density_weight: float = 0.0
 
     def check(self) -> SuggestOptions:
         """Itself, or a CysegError naming the option out of range (before any work)."""
@@ -73,6 +75,7 @@ class SuggestOptions:
         if self.measure not in MEASURES:
             raise CysegError(f"--measure {self.measure!r} is not known; use one of {', '.join(MEASURES)}")
         check_uncertainty_weight(self.uncertainty_weight)
+        check_density_weight(self.density_weight)
         if self.size < 16 or self.limit < 1:
             raise CysegError(f"--size {self.size} must be at least 16 pixels and --max-candidates {self.limit} "
                              "at least 1")
@@ -167,7 +170,8 @@ def suggest(seg: Segmenter, candidates: list[Candidate], pixels: Callable[[Candi
                     disable=not progress)
 
     scored = score_all([*candidates, *annotated], pixels, seg, opts.views, opts.measure, bar)
-    return select(scored[:len(candidates)], opts.count, scored[len(candidates):], opts.uncertainty_weight)
+    return select(scored[:len(candidates)], opts.count, scored[len(candidates):], opts.uncertainty_weight,
+                  opts.density_weight)
 
 
 def suggestions_geojson(suggestions: list[Suggestion], extra: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +238,8 @@ def _image_path(folder: Path, name: str) -> Path:
 
 def _settings(opts: SuggestOptions) -> dict[str, Any]:
     return {"measure": opts.measure, "views": opts.views, "count": opts.count, "size": opts.size,
-            "uncertainty_weight": opts.uncertainty_weight, "coordinates": "level-0 pixels, top-left origin"}
+            "uncertainty_weight": opts.uncertainty_weight, "density_weight": opts.density_weight,
+            "coordinates": "level-0 pixels, top-left origin"}
 
 
 def run_suggest_cytomine(seg: Segmenter, model_path: Path, image_id: int, out: Path, opts: SuggestOptions, upload: bool,

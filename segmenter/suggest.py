@@ -10,7 +10,9 @@ compares what the model's encoder sees (its deepest feature map, averaged over t
 symmetries, so it does not depend on where things lie) and the image's colour statistics.
 Uncertainty alone favours the pool's oddest images, which teach the model little about the rest;
 coverage keeps the K suggestions typical of the pool, unlike each other and unlike what the
-experts have already drawn."""
+experts have already drawn. A density weight also counts each candidate by its typicality (its mean likeness
+to every image, annotated or not), so that the picks favour the pool's crowded regions over its sparse fringe,
+as typicality-based picks do for low budgets (TypiClust)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 MEASURES = ("tta", "entropy")
 MAX_VIEWS = 8
 MAX_UNCERTAINTY_WEIGHT = 4.0
+MAX_DENSITY_WEIGHT = 4.0
 
 
 @dataclass
@@ -146,21 +149,29 @@ def check_uncertainty_weight(weight: float) -> None:
                          "pool alone, 1 its uncertainty")
 
 
+def check_density_weight(weight: float) -> None:
+    """A CysegError unless 0 <= `weight` <= MAX_DENSITY_WEIGHT."""
+    if not 0 <= weight <= MAX_DENSITY_WEIGHT:
+        raise CysegError(f"--density-weight {weight} is outside [0, {MAX_DENSITY_WEIGHT:g}]; 0 counts every "
+                         "candidate alike however typical, higher favours the pool's crowded regions")
+
+
 def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Candidate] = (),
-           uncertainty_weight: float = 1.0) -> list[Suggestion]:
+           uncertainty_weight: float = 1.0, density_weight: float = 0.0) -> list[Suggestion]:
     """`count` suggestions, greedily the candidate that adds most to the coverage of the pool: the
-    sum over candidates of their weight (uncertainty to the power `uncertainty_weight`: 0 counts every
-    candidate alike) times their likeness to the nearest pick or `annotated` image (likeness
-    exp(-d²/2s²) of the standardised descriptions' distance d, s the median distance between them,
-    so that every pool has a scale of its own)."""
+    sum over candidates of their weight (uncertainty to the power `uncertainty_weight`, times typicality
+    to the power `density_weight`; 0 and 0 count every candidate alike) times their likeness to the
+    nearest pick or `annotated` image (likeness exp(-d²/2s²) of the standardised descriptions' distance d,
+    s the median distance between them, so that every pool has a scale of its own)."""
     check_count(count, len(candidates))
     check_uncertainty_weight(uncertainty_weight)
+    check_density_weight(density_weight)
     distances = _distances([*candidates, *annotated])
     n = len(candidates)
     scale = np.median(distances[np.triu_indices(len(distances), 1)]) if len(distances) > 1 else 1.0
     like = np.exp(-0.5 * (distances / (scale if scale > 0 else 1.0)) ** 2)
-    weight = np.array([c.uncertainty for c in candidates], np.float64) ** uncertainty_weight
-    weight = weight / weight.mean() if weight.mean() > 0 else np.ones(n)
+    weight = _weights(np.array([c.uncertainty for c in candidates], np.float64), like[:n].mean(axis=1),
+                      uncertainty_weight, density_weight)
     covered = like[:n, n:].max(axis=1, initial=0.0)
     nearest = distances[:n, n:].min(axis=1, initial=np.inf)
     free = np.ones(n, bool)
@@ -175,6 +186,14 @@ def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Cand
         covered = np.maximum(covered, like[j, :n])
         nearest = np.minimum(nearest, distances[j, :n])
     return chosen
+
+
+def _weights(uncertainties: np.ndarray, typicality: np.ndarray, uncertainty_weight: float,
+             density_weight: float) -> np.ndarray:
+    """Each candidate's weight in the coverage, uncertainty**uncertainty_weight * typicality**density_weight,
+    scaled to mean 1 (all 1 when every weight is 0)."""
+    weight = uncertainties ** uncertainty_weight * (typicality / typicality.mean()) ** density_weight
+    return weight / weight.mean() if weight.mean() > 0 else np.ones(len(weight))
 
 
 def _distances(items: Sequence[Candidate]) -> np.ndarray:

@@ -36,8 +36,10 @@ def test_the_annotators_folder_holds_every_image_and_only_the_labelled_masks(tmp
 
 
 def test_several_weights_are_strategies_of_their_own_and_the_best_is_named():
-    assert strategies([1.0]) == {"random": None, "suggest": 1.0}
-    assert strategies([0.0, 1.0]) == {"random": None, "suggest_w0": 0.0, "suggest_w1": 1.0}
+    assert strategies([1.0]) == {"random": None, "suggest": (1.0, 0.0)}
+    assert strategies([0.0, 1.0]) == {"random": None, "suggest_w0": (0.0, 0.0), "suggest_w1": (1.0, 0.0)}
+    assert strategies([1.0, 1.0], [0.0, 2.0]) == {"random": None, "suggest_w1": (1.0, 0.0),
+                                                  "suggest_w1_d2": (1.0, 2.0)}
     curves = {"random": [0.5, 0.7, 0.72], "suggest_w0": [0.5, 0.71, 0.73], "suggest_w1": [0.5, 0.74, 0.71]}
     per_seed = [{"full": {"iou": 0.8}, **{name: [{"round": r + 1, "fraction": 0.1 * (r + 1), "iou": iou}
                                                  for r, iou in enumerate(ious)] for name, ious in curves.items()}}]
@@ -75,6 +77,16 @@ def test_the_appearance_holdout_holds_out_one_look_per_seed_and_another_look_nex
     assert sorted(held) == sorted(looks)  # each seed another look
 
 
+def test_weights_are_uncertainty_weights_each_with_a_density_weight_after_a_colon():
+    from bench.active import weight_pairs
+
+    assert weight_pairs("0,1,1:2") == ([0.0, 1.0, 1.0], [0.0, 0.0, 2.0])
+    assert weight_pairs("1") == ([1.0], [0.0])
+    for bad in ("1:2:3", "a", ","):
+        with pytest.raises(SystemExit, match=f"--weights {bad}: give entries W or W:D"):
+            weight_pairs(bad)
+
+
 def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
     from bench.active import COMPARABLE, earlier_datasets
 
@@ -87,6 +99,7 @@ def test_data_sets_of_an_earlier_run_with_the_same_settings_are_kept(tmp_path):
     assert earlier_datasets(path, settings | {"epochs": 2}) == {}
     assert earlier_datasets(path, settings | {"weights": [0.0]}) == {}
     assert earlier_datasets(path, settings | {"holdout_by": "appearance"}) == {}
+    assert earlier_datasets(path, settings | {"density_weights": [1.0]}) == {}
     assert earlier_datasets(tmp_path / "missing.json", settings) == {}
 
 
@@ -115,8 +128,8 @@ def tiny_args(**changes):
     from argparse import Namespace
 
     return Namespace(**{"holdout": 0.0, "start": 0.34, "step": 0.34, "rounds": 2, "epochs": 1, "steps_per_epoch": 2,
-                        "batch": 2, "crop": 64, "views": 2, "weights": [1.0], "resume": False,
-                        "score_unlabelled": False, **changes})
+                        "batch": 2, "crop": 64, "views": 2, "weights": [1.0], "density_weights": [0.0],
+                        "resume": False, "score_unlabelled": False, **changes})
 
 
 def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_path, tiny_active):

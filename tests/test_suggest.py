@@ -73,6 +73,22 @@ def test_selection_prefers_the_typical_to_the_odd_among_the_uncertain():
     assert [s.candidate.source for s in select(pool, 2)] == ["typical", "odd"]
 
 
+def test_the_density_weight_puts_the_crowded_region_before_an_uncertain_fringe():
+    """Two uncertain look-alikes far from a crowd of calmer images: by uncertainty they come first; a density
+    weight counts the crowd by how typical its images are, first at 1, for both picks at the largest weight."""
+    crowd = [candidate(f"crowd{i}", 0.2, [i * 0.1, 0]) for i in range(6)]
+    pool = [*crowd, candidate("odd", 1.0, [4, 4]), candidate("odd-twin", 1.0, [4.1, 4])]
+
+    def picks(density: float) -> list[str]:
+        return [s.candidate.source for s in select(pool, 2, uncertainty_weight=1.0, density_weight=density)]
+
+    assert picks(0)[0].startswith("odd") and picks(0)[1].startswith("crowd")
+    assert picks(1)[0].startswith("crowd") and picks(1)[1].startswith("odd")
+    assert all(name.startswith("crowd") for name in picks(4))
+    with pytest.raises(CysegError, match="--density-weight 5 is outside"):
+        select(pool, 1, density_weight=5)
+
+
 def test_annotated_images_cover_their_look_alikes():
     """The most uncertain candidate would come first, but an annotated image looks just like it: the
     pick goes where nothing annotated covers the pool, and its distance is to the annotated image."""
@@ -138,10 +154,11 @@ def test_suggests_only_images_without_a_mask(tiny_model, pool, tmp_path):
                      tmp_path / "e", *FAST])
     assert result.exit_code == 0, result.output
     assert sorted(r["source"] for r in rows(tmp_path / "e.csv")) == [f"new{i}.png" for i in range(4)]
-    result = invoke(["-q", "suggest", tiny_model, pool, "--count", "2", "--uncertainty-weight", "0", "--out",
-                     tmp_path / "c", *FAST])
+    result = invoke(["-q", "suggest", tiny_model, pool, "--count", "2", "--uncertainty-weight", "0",
+                     "--density-weight", "2", "--out", tmp_path / "c", *FAST])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "c.geojson").read_text())["properties"]["uncertainty_weight"] == 0
+    settings = json.loads((tmp_path / "c.geojson").read_text())["properties"]
+    assert settings["uncertainty_weight"] == 0 and settings["density_weight"] == 2
 
 
 def test_a_folder_of_images_not_annotated_yet_needs_no_dataset_json(ihc_image, tmp_path):
@@ -179,6 +196,8 @@ def test_bad_folders_are_one_line_and_write_nothing(tiny_model, pool, ihc_datase
                            "--views", "9"]), "--views 9 must be between 2 and 8")
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST,
                            "--uncertainty-weight", "-1"]), "--uncertainty-weight -1.0 is outside [0, 4]")
+    one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST,
+                           "--density-weight", "5"]), "--density-weight 5.0 is outside [0, 4]")
     (pool / "dataset.json").write_text(json.dumps({"classes": ["nucleus"]}))
     one_line_error(invoke(["-q", "suggest", tiny_model, pool, "--count", "1", "--out", out, *FAST]),
                    "declares classes", "one unnamed foreground")
