@@ -1110,6 +1110,21 @@ def active_unlabelled_wbc_section(data: Results | None) -> Lines:
                               "in `active.json`."), scored="test IoU")
 
 
+def active_density_section(data: Results | None) -> Lines:
+    """active_density.json: the density weight (typicality) beside the default, judged on the pool images that no
+    strategy had labelled, beside their test IoU."""
+    return held_out_lines(data, "#### A density weight judged on the pool images no strategy labelled",
+                          "active_density.json", lambda settings: (
+                              "The same simulation (its random, round-1 and weight-1 trainings kept) with a strategy "
+                              "that also counts each candidate by its typicality, its mean likeness to every image, "
+                              "to the power of the density weight (`--weights W:D`, `cyseg suggest "
+                              "--density-weight D`): picks in the pool's crowded regions before its sparse fringe, "
+                              "the regions the test images visit most if they are like the pool; "
+                              f"{settings['seeds']} seeds, {settings['rounds']} rounds, judged on the pool images no "
+                              "strategy had labelled; the test IoU stands beside them, not chosen on."),
+                          scored="test IoU")
+
+
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str],
                    scored: str = "validation IoU") -> Lines:
     """A run's section comparing suggest weights (none for an absent or quick one): `heading`, `intro` of its
@@ -1237,6 +1252,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_budget_float32.json", active_float32_section),
     ("active_unlabelled.json", active_unlabelled_section),
     ("active_unlabelled_wbc.json", active_unlabelled_wbc_section),
+    ("active_density.json", active_density_section),
 ]
 
 

@@ -218,6 +218,17 @@ def test_the_choice_of_the_uncertainty_weight_is_tabled_from_validation():
     assert "| glas | 2 | 20 % | 0.700 ± 0.000 | 0.720 ± 0.000 | 0.690 ± 0.000 |" in look
 
 
+def test_the_reproduce_command_names_each_density_weight():
+    """A strategy with a density weight is reproduced by its W:D entry; one without keeps its plain weight."""
+    settings = {"datasets": "glas", "seeds": 3, "rounds": 2, "epochs": 36, "crop": 128, "jobs": 3,
+                "weights": [1.0, 1.0], "density_weights": [0.0, 4.0], "score_unlabelled": True}
+    assert "--weights 1,1:4 --score-unlabelled --out bench/results/d.json" in report.active_command(settings, "d.json")
+    single = settings | {"weights": [1.0], "density_weights": [2.0]}
+    assert "--weights 1:2 " in report.active_command(single, "d.json")
+    plain = {k: v for k, v in settings.items() if k != "density_weights"} | {"weights": [1.0]}
+    assert "--weights" not in report.active_command(plain, "d.json")
+
+
 def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     """The larger-budget section states its budget against the base run's, what the base budget's
     full-data model and last random round scored, and each round of its own run."""
