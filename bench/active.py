@@ -8,10 +8,11 @@ after every round.
             (one model, the same for every strategy);
   round r   `--step` more of the pool is labelled, chosen either
               random   at random (seeded by s and r), or
-              suggest  by `cyseg suggest --uncertainty-weight W` with round r-1's model on the pool
-                       (labelled images have a mask: left out of the candidates, as an annotator's
-                       folder would be, and covering their look-alikes); one strategy per `--weights`
-                       value (`suggest_w<W>` when there are several),
+              suggest  by `cyseg suggest --uncertainty-weight W --density-weight D` with round r-1's
+                       model on the pool (labelled images have a mask: left out of the candidates, as an
+                       annotator's folder would be, and covering their look-alikes); one strategy per
+                       `--weights` entry W or W:D (`suggest_w<W>`, `suggest_w<W>_d<D>` when there are
+                       several),
             and a fresh model is trained on all labelled images with the same budget as every
             other round (same epochs, steps, batch and crop: only the labels differ);
   full      one model trained on the whole pool with that budget: the reference.
@@ -33,8 +34,7 @@ again, and each data set's `resumed` names the trainings taken over.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
                            [--epochs 15] [--steps-per-epoch 20] [--views 4] [--score-unlabelled]
-                           [--jobs 1] [--work DIR]
-                           [--out JSON]
+                           [--weights W[:D],...] [--jobs 1] [--work DIR] [--out JSON]
     python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
 
 Data: glas = GlaS official train (pool, 85 images) / test (80); wbc = wbc/dataset1, a seeded 60
@@ -361,8 +361,7 @@ def weight_pairs(text: str) -> tuple[list[float], list[float]]:
 #: for files written before the setting existed)
 COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
               "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0,
-              "holdout_by": "random", "score_unlabelled": False,
-              "density_weights": None}
+              "holdout_by": "random", "score_unlabelled": False, "density_weights": None}
 
 
 def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
