@@ -1090,7 +1090,8 @@ def active_unlabelled_section(data: Results | None) -> Lines:
     return held_out_lines(data, "#### The uncertainty weight judged on the pool images no strategy labelled",
                           "active_unlabelled.json", lambda settings: (
                               "The test-image simulation of `active_budget_float32.json` (its trainings kept) with "
-                              "weight 0 (coverage alone) beside weight 1 and `--score-unlabelled`: every round's "
+                              "weight 0 (coverage alone) and weight 4 (uncertainty first) beside weight 1 and "
+                              "`--score-unlabelled`: every round's "
                               "models also scored on the pool images that no strategy had labelled by then, "
                               "validation images from the training images that all of a round's models meet unseen "
                               "(leaning towards the pool's typical images, since no strategy picked them); "
