@@ -33,8 +33,7 @@ from segmenter.suggest import (
     Candidate,
     Suggestion,
     check_count,
-    check_density_weight,
-    check_uncertainty_weight,
+    check_weights,
     score_all,
     select,
 )
@@ -74,8 +73,7 @@ class SuggestOptions:
             raise CysegError(f"--views {self.views} must be between 2 and {MAX_VIEWS} (symmetries of the square)")
         if self.measure not in MEASURES:
             raise CysegError(f"--measure {self.measure!r} is not known; use one of {', '.join(MEASURES)}")
-        check_uncertainty_weight(self.uncertainty_weight)
-        check_density_weight(self.density_weight)
+        check_weights(self.uncertainty_weight, self.density_weight)
         if self.size < 16 or self.limit < 1:
             raise CysegError(f"--size {self.size} must be at least 16 pixels and --max-candidates {self.limit} "
                              "at least 1")

@@ -142,18 +142,15 @@ def check_count(count: int, candidates: int) -> None:
                          "lower --count (or give more images / a smaller --size)")
 
 
-def check_uncertainty_weight(weight: float) -> None:
-    """A CysegError unless 0 <= `weight` <= MAX_UNCERTAINTY_WEIGHT."""
-    if not 0 <= weight <= MAX_UNCERTAINTY_WEIGHT:
-        raise CysegError(f"--uncertainty-weight {weight} is outside [0, {MAX_UNCERTAINTY_WEIGHT:g}]; 0 covers the "
-                         "pool alone, 1 its uncertainty")
-
-
-def check_density_weight(weight: float) -> None:
-    """A CysegError unless 0 <= `weight` <= MAX_DENSITY_WEIGHT."""
-    if not 0 <= weight <= MAX_DENSITY_WEIGHT:
-        raise CysegError(f"--density-weight {weight} is outside [0, {MAX_DENSITY_WEIGHT:g}]; 0 counts every "
-                         "candidate alike however typical, higher favours the pool's crowded regions")
+def check_weights(uncertainty_weight: float, density_weight: float) -> None:
+    """A CysegError naming the first of the two weights outside [0, its maximum], with what its ends mean."""
+    for option, weight, maximum, meaning in (
+            ("--uncertainty-weight", uncertainty_weight, MAX_UNCERTAINTY_WEIGHT,
+             "0 covers the pool alone, 1 its uncertainty"),
+            ("--density-weight", density_weight, MAX_DENSITY_WEIGHT,
+             "0 counts every candidate alike however typical, higher favours the pool's crowded regions")):
+        if not 0 <= weight <= maximum:
+            raise CysegError(f"{option} {weight} is outside [0, {maximum:g}]; {meaning}")
 
 
 def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Candidate] = (),
@@ -164,8 +161,7 @@ def select(candidates: Sequence[Candidate], count: int, annotated: Sequence[Cand
     nearest pick or `annotated` image (likeness exp(-d²/2s²) of the standardised descriptions' distance d,
     s the median distance between them, so that every pool has a scale of its own)."""
     check_count(count, len(candidates))
-    check_uncertainty_weight(uncertainty_weight)
-    check_density_weight(density_weight)
+    check_weights(uncertainty_weight, density_weight)
     distances = _distances([*candidates, *annotated])
     n = len(candidates)
     scale = np.median(distances[np.triu_indices(len(distances), 1)]) if len(distances) > 1 else 1.0
