@@ -23,7 +23,10 @@ training images: where the suggest settings are chosen, `bench/results/active_va
 `--holdout-by appearance` the held-out images are, per seed, those that look most like a seeded pool image,
 a new patient's look that the pool lacks, as the test images' may be (`active_validation_appearance.json`).
 `--score-unlabelled` also scores every round's models on the pool images that no strategy has labelled by
-then: validation images from the training images that each round's models all meet unseen. The
+then: validation images from the training images that each round's models all meet unseen. With
+`--replicates N` every strategy's labelled set of a round after the first is trained N times, replicate k
+with training seed s + 100k (the same k in every strategy, so the pairs stay paired), and the round's scores
+are their means: what the choice of images does, apart from one training's luck. The
 summary gives per strategy and round the mean ± std test IoU over seeds, whether suggest beats
 random at every round on the mean, and the labelled fraction at which each strategy first reaches
 98 % of the full-data IoU (mean over seeds). A PNG of the curves goes beside the JSON. The data sets
@@ -34,7 +37,7 @@ again, and each data set's `resumed` names the trainings taken over.
 
     python bench/active.py [--datasets glas,wbc] [--seeds 3] [--start 0.1] [--step 0.1] [--rounds 5]
                            [--epochs 15] [--steps-per-epoch 20] [--views 4] [--score-unlabelled]
-                           [--weights W[:D],...] [--jobs 1] [--work DIR] [--out JSON]
+                           [--weights W[:D],...] [--replicates 1] [--jobs 1] [--work DIR] [--out JSON]
     python bench/active.py --quick          # the whole pipeline on a tiny budget (not a result)
 
 Data: glas = GlaS official train (pool, 85 images) / test (80); wbc = wbc/dataset1, a seeded 60
@@ -74,6 +77,7 @@ from bench.common import (  # noqa: E402
 from bench.report import strategy_names  # noqa: E402
 
 TARGET = 0.98  # fraction of the full-data IoU a strategy must reach
+REPLICATE_SEED_STEP = 100  # replicate k of a round trains with the seed's training seed + this x k
 QUICK = {"datasets": "wbc", "seeds": 1, "rounds": 2, "epochs": 1, "steps_per_epoch": 2, "batch": 2, "crop": 96,
          "views": 2, "start": 0.05, "step": 0.05}
 
@@ -121,6 +125,24 @@ def train_and_score(source: Path, stems: list[str], test: Path, work: Path, seed
     summary = cli_evaluate(model, test, work / "eval", ["--no-sweep"])
     return {"model": model, "iou": summary["iou_mean"], "dice": summary["dice_mean"],
             "train_cpu_s": run["train_cpu_s"], **({"resumed": run["resumed"]} if "resumed" in run else {})}
+
+
+def train_replicates(source: Path, stems: list[str], test: Path, work: Path, seed: int, options: list[str],
+                     replicates: int, resume: bool = False) -> dict[str, Any]:
+    """`train_and_score` `replicates` times on the same labelled `stems`: replicate 0 in `work`, replicate k in
+    `work`/replicate<k> with training seed `seed` + REPLICATE_SEED_STEP x k. IoU and Dice are the replicates'
+    means (each one's IoU in `iou_replicates` when several), `models` their model files (the first suggests the
+    next round), `resumed` the taken-over trainings by replicate folder ("" for the first)."""
+    runs = [train_and_score(source, stems, test, work / f"replicate{k}" if k else work,
+                            seed + REPLICATE_SEED_STEP * k, options, resume) for k in range(replicates)]
+    out: dict[str, Any] = {"model": runs[0]["model"], "models": [run["model"] for run in runs],
+                           "iou": float(np.mean([run["iou"] for run in runs])),
+                           "dice": float(np.mean([run["dice"] for run in runs])),
+                           "train_cpu_s": sum(run["train_cpu_s"] for run in runs)}
+    if replicates > 1:
+        out["iou_replicates"] = [run["iou"] for run in runs]
+    resumed = {f"/replicate{k}" if k else "": run["resumed"] for k, run in enumerate(runs) if "resumed" in run}
+    return out | ({"resumed": resumed} if resumed else {})
 
 
 def strategies(weights: list[float], density_weights: list[float] | None = None
@@ -180,7 +202,7 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
         out["held_out"] = test_stems
     first = train_and_score(source, start, test, work / "round1", seed, options, args.resume)
     resumed = {name: run["resumed"] for name, run in (("full", full), ("round1", first)) if "resumed" in run}
-    labelled_at: dict[str, list[tuple[list[str], Path]]] = {}
+    labelled_at: dict[str, list[tuple[list[str], list[Path]]]] = {}
     for strategy, weights in strategies(args.weights, args.density_weights).items():
         labelled, rounds, previous = list(start), [], None
         labelled_at[strategy] = []
@@ -194,13 +216,15 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
                     pool_dir = pool_folder(here / "pool", source, pool, labelled)
                     labelled += suggested(previous, pool_dir, min(n_step, len(rest)), args.views, weights,
                                           here / "suggested")
-            scored = first if r == 1 else train_and_score(source, labelled, test, here, seed, options, args.resume)
-            if r > 1 and "resumed" in scored:
-                resumed[f"{strategy}/round{r}"] = scored["resumed"]
+            scored = first if r == 1 else train_replicates(source, labelled, test, here, seed, options,
+                                                           args.replicates, args.resume)
+            if r > 1:
+                resumed |= {f"{strategy}/round{r}{k}": v for k, v in scored.get("resumed", {}).items()}
             previous = scored["model"]
-            labelled_at[strategy].append((list(labelled), previous))
+            labelled_at[strategy].append((list(labelled), scored.get("models", [previous])))
             rounds.append({"round": r, "labelled": len(labelled), "fraction": len(labelled) / len(pool),
-                           "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"]})
+                           "iou": scored["iou"], "dice": scored["dice"], "train_cpu_s": scored["train_cpu_s"],
+                           **({"iou_replicates": scored["iou_replicates"]} if "iou_replicates" in scored else {})})
             print(f"{dataset} seed {seed} {strategy:8s} round {r}: {len(labelled)}/{len(pool)} labelled, "
                   f"test IoU {scored['iou']:.4f}", flush=True)
         out[strategy] = rounds
@@ -211,12 +235,13 @@ def one_seed(dataset: str, seed: int, args: argparse.Namespace, work: Path) -> d
     return out
 
 
-def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[tuple[list[str], Path]]],
+def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[tuple[list[str], list[Path]]]],
                      out: dict[str, Any], work: Path) -> None:
     """Each strategy's models of the rounds after the first (`labelled_at`: per strategy and round, the labelled
-    stems and the model trained on them) scored again on the pool images that no strategy has labelled by that
-    round (`unlabelled_iou`, `unlabelled_images` in `out`'s round entries): validation images carved from the
-    training images that none of the models compared has seen."""
+    stems and the models trained on them, one per replicate) scored again on the pool images that no strategy has
+    labelled by that round (`unlabelled_iou`, the replicates' mean, each one's in `unlabelled_iou_replicates` when
+    several; `unlabelled_images` in `out`'s round entries): validation images carved from the training images that
+    none of the models compared has seen."""
     for r in range(1, len(next(iter(labelled_at.values())))):
         seen = {stem for rounds in labelled_at.values() for stem in rounds[r][0]}
         rest = [stem for stem in pool if stem not in seen]
@@ -224,8 +249,11 @@ def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[
             continue
         data = link_dataset(fresh_dir(work / f"round{r + 1}" / "data"), source, rest)
         for strategy, rounds in labelled_at.items():
-            summary = cli_evaluate(rounds[r][1], data, work / f"round{r + 1}" / strategy, ["--no-sweep"])
-            out[strategy][r] |= {"unlabelled_iou": summary["iou_mean"], "unlabelled_images": len(rest)}
+            here = work / f"round{r + 1}" / strategy
+            ious = [cli_evaluate(model, data, here / f"replicate{k}" if k else here, ["--no-sweep"])["iou_mean"]
+                    for k, model in enumerate(rounds[r][1])]
+            out[strategy][r] |= {"unlabelled_iou": float(np.mean(ious)), "unlabelled_images": len(rest),
+                                 **({"unlabelled_iou_replicates": ious} if len(ious) > 1 else {})}
 
 
 def train_options(args: argparse.Namespace) -> list[str]:
@@ -324,6 +352,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--score-unlabelled", action="store_true",
                         help="also score each round's models on the pool images no strategy has labelled by then "
                              "(validation images carved from the training images, unseen by every model compared)")
+    parser.add_argument("--replicates", type=int, default=1,
+                        help="trainings per strategy and round after the first, on the same labelled images, "
+                             "replicate k with training seed + 100k; a round's scores are their means")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
@@ -339,6 +370,8 @@ def parse_args() -> argparse.Namespace:
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
     args.weights, args.density_weights = weight_pairs(str(args.weights))
+    if args.replicates < 1:
+        raise SystemExit(f"--replicates {args.replicates} must be at least 1 (one training per labelled set)")
     if args.out is None:
         name = ("active.json" if not args.holdout else "active_validation.json" if args.holdout_by == "random"
                 else "active_validation_appearance.json")
@@ -361,7 +394,7 @@ def weight_pairs(text: str) -> tuple[list[float], list[float]]:
 #: for files written before the setting existed)
 COMPARABLE = {"seeds": None, "start": None, "step": None, "rounds": None, "epochs": None, "steps_per_epoch": None,
               "batch": None, "crop": None, "views": None, "target": None, "weights": [1.0], "holdout": 0.0,
-              "holdout_by": "random", "score_unlabelled": False, "density_weights": None}
+              "holdout_by": "random", "score_unlabelled": False, "density_weights": None, "replicates": 1}
 
 
 def earlier_datasets(path: Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -983,9 +983,10 @@ def active_command(settings: Results, source: str) -> str:
                                         zip(settings["weights"], densities, strict=True))
                if settings.get("weights", [1.0]) != [1.0] or any(densities) else "")
     unlabelled = " --score-unlabelled" if settings.get("score_unlabelled") else ""
+    replicates = f" --replicates {settings['replicates']}" if settings.get("replicates", 1) > 1 else ""
     return (f"python bench/active.py --datasets {settings['datasets']} --seeds {settings['seeds']} --rounds "
             f"{settings['rounds']} --epochs {settings['epochs']} --crop {settings['crop']} --jobs {settings['jobs']}"
-            f"{held_out}{weights}{unlabelled} --out bench/results/{source}")
+            f"{held_out}{weights}{unlabelled}{replicates} --out bench/results/{source}")
 
 
 def active_curve_lines(datasets: Results) -> Lines:
@@ -1126,6 +1127,40 @@ def active_density_section(data: Results | None) -> Lines:
                           scored="test IoU")
 
 
+def active_replicates_section(data: Results | None) -> Lines:
+    """active_replicates.json: random and the default suggest with two trainings per labelled set, so that the
+    paired gap measures the choice of images apart from one training's luck."""
+    lines = held_out_lines(data, "#### Two trainings per labelled set: the choice apart from the training's luck",
+                           "active_replicates.json", lambda settings: (
+                               "The same simulation (its random, round-1 and weight-1 trainings kept) with every "
+                               f"labelled set of the rounds after the first trained {settings['replicates']} times, "
+                               "replicate k with training seed s + 100k in both strategies; each round's IoU is the "
+                               f"replicates' mean; {settings['seeds']} seeds, {settings['rounds']} rounds, beside "
+                               "the pool images no strategy had labelled."), scored="test IoU")
+    return [*lines, *(line for name, v in data["datasets"].items() for line in replicate_lines(name, v)),
+            ""] if lines else []
+
+
+def replicate_lines(dataset: str, entry: Results) -> Lines:
+    """How far two trainings of the same labelled images part (mean |difference| over seeds, per strategy and
+    round), and the paired gap that the first training alone would have shown."""
+    from bench.active import paired_differences
+
+    per_seed = entry["per_seed"]
+    names = strategy_names(entry["summary"])
+    def parting(k: str, i: int) -> float:
+        return sum(max(s[k][i]["iou_replicates"]) - min(s[k][i]["iou_replicates"]) for s in per_seed) / len(per_seed)
+
+    spread = "; ".join(f"{k} round {r['round']} {parting(k, i):.3f}"
+                       for k in names for i, r in enumerate(per_seed[0][k]) if "iou_replicates" in r)
+    first = [{k: [{**r, "iou": r.get("iou_replicates", [r["iou"]])[0]} for r in s[k]] for k in names}
+             for s in per_seed]
+    return [f"- {dataset}: two trainings of the same labelled images part by (test IoU, mean over seeds) {spread}",
+            *(f"- {dataset}: {k} − random with the first training alone: " + "; ".join(
+                f"round {gap['round']} {paired_words(gap)}" for gap in paired_differences(first, k)[1:])
+              for k in names if k != "random")]
+
+
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str],
                    scored: str = "validation IoU") -> Lines:
     """A run's section comparing suggest weights (none for an absent or quick one): `heading`, `intro` of its
@@ -1254,6 +1289,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_unlabelled.json", active_unlabelled_section),
     ("active_unlabelled_wbc.json", active_unlabelled_wbc_section),
     ("active_density.json", active_density_section),
+    ("active_replicates.json", active_replicates_section),
 ]
 
 

@@ -129,7 +129,7 @@ def tiny_args(**changes):
 
     return Namespace(**{"holdout": 0.0, "start": 0.34, "step": 0.34, "rounds": 2, "epochs": 1, "steps_per_epoch": 2,
                         "batch": 2, "crop": 64, "views": 2, "weights": [1.0], "density_weights": [0.0],
-                        "resume": False, "score_unlabelled": False, **changes})
+                        "resume": False, "score_unlabelled": False, "replicates": 1, **changes})
 
 
 def test_a_resumed_seed_keeps_its_finished_trainings_and_scores_as_before(tmp_path, tiny_active):
@@ -167,6 +167,34 @@ def test_unlabelled_scores_meet_every_strategys_model_on_the_pool_images_none_la
     gap = summarise([out], ["random", "suggest"])["suggest_minus_random_unlabelled"]
     assert [g["round"] for g in gap] == [2]
     assert gap[0]["mean"] == pytest.approx(out["suggest"][1]["unlabelled_iou"] - out["random"][1]["unlabelled_iou"])
+
+
+def test_replicates_train_each_labelled_set_again_with_their_own_seed_and_score_the_mean(tmp_path, tiny_active):
+    """--replicates 2: every round after the first trains the same labelled images twice, the second with training
+    seed + 100 in replicate1/ (both strategies alike, so the pairs stay paired); the round's test and unlabelled IoU
+    are the two models' means, each one's kept beside; round 1 and the suggestions come from the first model."""
+    from bench.common import stems_of
+
+    out = tiny_active.one_seed("tiny", 0, tiny_args(start=0.17, step=0.17, score_unlabelled=True, replicates=2),
+                               tmp_path)
+    for strategy in ("random", "suggest"):
+        here = tmp_path / strategy / "round2"
+        assert stems_of(here / "replicate1" / "data") == stems_of(here / "data")
+        assert [_training_seed(d / "model.pt") for d in (here, here / "replicate1")] == [0, 100]
+        second = out[strategy][1]
+        assert "iou_replicates" not in out[strategy][0]
+        assert len(second["iou_replicates"]) == 2
+        assert second["iou"] == pytest.approx(sum(second["iou_replicates"]) / 2)
+        assert second["unlabelled_iou"] == pytest.approx(sum(second["unlabelled_iou_replicates"]) / 2)
+        assert (tmp_path / "unlabelled" / "round2" / strategy / "replicate1" / "per_image.csv").is_file()
+    assert not (tmp_path / "round1" / "replicate1").exists()
+
+
+def _training_seed(model):
+    """The training seed a model file records."""
+    from unet import load_segmenter
+
+    return load_segmenter(model).training_info["options"]["seed"]
 
 
 def test_paired_differences_compare_each_seed_with_its_own_random_run():

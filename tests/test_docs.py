@@ -229,6 +229,17 @@ def test_the_reproduce_command_names_each_density_weight():
     assert "--weights" not in report.active_command(plain, "d.json")
 
 
+def test_the_reproduce_command_names_the_replicates_only_when_several():
+    """A run with several trainings per labelled set is reproduced with --replicates; one without (or an older
+    record without the setting) is not."""
+    settings = {"datasets": "glas", "seeds": 3, "rounds": 3, "epochs": 36, "crop": 128, "jobs": 2, "weights": [1.0],
+                "score_unlabelled": True, "replicates": 2}
+    assert "--score-unlabelled --replicates 2 --out" in report.active_command(settings, "r.json")
+    assert "--replicates" not in report.active_command(settings | {"replicates": 1}, "r.json")
+    assert "--replicates" not in report.active_command({k: v for k, v in settings.items() if k != "replicates"},
+                                                       "r.json")
+
+
 def test_the_larger_budget_run_is_tabled_beside_what_the_base_budget_reached():
     """The larger-budget section states its budget against the base run's, what the base budget's
     full-data model and last random round scored, and each round of its own run."""
@@ -415,3 +426,27 @@ def test_the_wbc_check_of_the_unlabelled_pool_images_names_its_own_source():
     assert "| wbc | 2 | 20 % | 0.920 ± 0.000 | 0.940 ± 0.000 |" in text
     assert ("- suggest − random on the pool images no strategy had labelled, paired by seed: round 2 (190 images) "
             "+0.020 (1 of 1 seeds ahead)") in text
+
+
+def test_two_trainings_per_labelled_set_show_how_far_they_part_and_the_first_ones_gap():
+    """A run with --replicates 2 tables the replicates' mean, says how far the two trainings of one labelled set
+    part, and what the paired gap would have been with the first training alone; its command reproduces it."""
+    def seed(random: list[float], suggest: list[float]) -> dict:
+        record = seed_record(0.8, random=[0.6, sum(random) / 2], suggest=[0.6, sum(suggest) / 2])
+        record["random"][1]["iou_replicates"], record["suggest"][1]["iou_replicates"] = random, suggest
+        return record
+
+    per_seed = [seed([0.76, 0.70], [0.72, 0.73]), seed([0.74, 0.72], [0.71, 0.74])]
+    settings = {"datasets": "glas", "seeds": 2, "rounds": 2, "epochs": 36, "crop": 128, "jobs": 2,
+                "steps_per_epoch": 20, "start": 0.1, "step": 0.1, "weights": [1.0], "replicates": 2}
+    data = {"settings": settings, "run": {"cpu_threads": 1, "cpu": {"model": "AMD EPYC", "kernels": "AVX2"}},
+            "datasets": {"glas": dataset_entry(per_seed)}}
+    text = "\n".join(report.active_replicates_section(data))
+    assert "trained 2 times, replicate k with training seed s + 100k" in text
+    assert "--jobs 2 --replicates 2 --out bench/results/active_replicates.json" in text
+    assert "| glas | 2 | 20 % | 0.730 ± 0.000 | 0.725 ± 0.000 |" in text
+    assert "- glas: two trainings of the same labelled images part by (test IoU, mean over seeds) " \
+           "random round 2 0.040; suggest round 2 0.020" in text
+    assert "- glas: suggest − random with the first training alone: round 2 -0.035 ± 0.005 (0 of 2 seeds ahead)" in text
+    assert "- suggest − random, paired by seed: round 2 -0.005 ± 0.000 (0 of 2 seeds ahead)" in text
+    assert report.active_replicates_section(None) == []
