@@ -1130,15 +1130,14 @@ def active_density_section(data: Results | None) -> Lines:
 def active_replicates_section(data: Results | None) -> Lines:
     """active_replicates.json: random and the default suggest with two trainings per labelled set, so that the
     paired gap measures the choice of images apart from one training's luck."""
-    lines = held_out_lines(data, "#### Two trainings per labelled set: the choice apart from the training's luck",
+    return held_out_lines(data, "#### Two trainings per labelled set: the choice apart from the training's luck",
                            "active_replicates.json", lambda settings: (
                                "The same simulation (its random, round-1 and weight-1 trainings kept) with every "
                                f"labelled set of the rounds after the first trained {settings['replicates']} times, "
                                "replicate k with training seed s + 100k in both strategies; each round's IoU is the "
                                f"replicates' mean; {settings['seeds']} seeds, {settings['rounds']} rounds, beside "
-                               "the pool images no strategy had labelled."), scored="test IoU")
-    return [*lines, *(line for name, v in data["datasets"].items() for line in replicate_lines(name, v)),
-            ""] if lines else []
+                               "the pool images no strategy had labelled."), scored="test IoU",
+                          extra=replicate_lines)
 
 
 def replicate_lines(dataset: str, entry: Results) -> Lines:
@@ -1162,10 +1161,10 @@ def replicate_lines(dataset: str, entry: Results) -> Lines:
 
 
 def held_out_lines(data: Results | None, heading: str, source: str, intro: Callable[[Results], str],
-                   scored: str = "validation IoU") -> Lines:
+                   scored: str = "validation IoU", extra: Callable[[str, Results], Lines] | None = None) -> Lines:
     """A run's section comparing suggest weights (none for an absent or quick one): `heading`, `intro` of its
     settings, where it was measured, and per data set each strategy's IoU (`scored`: on held-out or test images)
-    per round, the best suggest weight and each one's paired lead over random."""
+    per round, the best suggest weight, each one's paired lead over random and `extra`'s lines of the data set."""
     if measured(data) is None:
         return []
     lines = [heading, "", f"{intro(data['settings'])} Measured on {measured_on(data['run'])}. "
@@ -1182,7 +1181,8 @@ def held_out_lines(data: Results | None, heading: str, source: str, intro: Calla
                   "at every round: " + ", ".join(f"{k} {'yes' if summary[f'{k}_beats_random_every_round'] else 'no'}"
                                                  for k in names if k != "random"),
                   *paired_lines(v["per_seed"], [k for k in names if k != "random"]),
-                  *unlabelled_lines(v["per_seed"], summary, [k for k in names if k != "random"]), ""]
+                  *unlabelled_lines(v["per_seed"], summary, [k for k in names if k != "random"]),
+                  *(extra(name, v) if extra else []), ""]
     return [*lines, *resumed_lines(data["datasets"], RERAN_ACTIVE)]
 
 
