@@ -367,11 +367,11 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         apply_quick(args, QUICK, sys.argv[1:])
+    if args.replicates < 1:
+        raise SystemExit(f"--replicates {args.replicates} must be at least 1 (one training per labelled set)")
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"{SHARED_DATA} not found: the active-learning benchmark needs the real data sets")
     args.weights, args.density_weights = weight_pairs(str(args.weights))
-    if args.replicates < 1:
-        raise SystemExit(f"--replicates {args.replicates} must be at least 1 (one training per labelled set)")
     if args.out is None:
         name = ("active.json" if not args.holdout else "active_validation.json" if args.holdout_by == "random"
                 else "active_validation_appearance.json")

@@ -190,6 +190,17 @@ def test_replicates_train_each_labelled_set_again_with_their_own_seed_and_score_
     assert not (tmp_path / "round1" / "replicate1").exists()
 
 
+def test_fewer_than_one_replicate_is_refused_before_anything_runs(monkeypatch):
+    """--replicates 0 is a one-line error naming the option and its least value."""
+    import sys
+
+    import bench.active as active
+
+    monkeypatch.setattr(sys, "argv", ["active.py", "--replicates", "0"])
+    with pytest.raises(SystemExit, match=r"--replicates 0 must be at least 1 \(one training per labelled set\)"):
+        active.parse_args()
+
+
 def _training_seed(model):
     """The training seed a model file records."""
     from unet import load_segmenter
