@@ -1141,20 +1141,23 @@ def active_replicates_section(data: Results | None) -> Lines:
 
 
 def replicate_lines(dataset: str, entry: Results) -> Lines:
-    """How far two trainings of the same labelled images part (mean |difference| over seeds, per strategy and
-    round), and the paired gap that the first training alone would have shown."""
+    """How far the trainings of the same labelled images part (the range of their test IoU, mean over seeds, per
+    strategy and round), and the paired gap that the first training alone would have shown."""
     from bench.active import paired_differences
 
     per_seed = entry["per_seed"]
     names = strategy_names(entry["summary"])
+
     def parting(k: str, i: int) -> float:
         return sum(max(s[k][i]["iou_replicates"]) - min(s[k][i]["iou_replicates"]) for s in per_seed) / len(per_seed)
 
-    spread = "; ".join(f"{k} round {r['round']} {parting(k, i):.3f}"
-                       for k in names for i, r in enumerate(per_seed[0][k]) if "iou_replicates" in r)
+    replicated = [(k, i, r) for k in names for i, r in enumerate(per_seed[0][k]) if "iou_replicates" in r]
+    spread = "; ".join(f"{k} round {r['round']} {parting(k, i):.3f}" for k, i, r in replicated)
+    count = len(replicated[0][2]["iou_replicates"]) if replicated else 1
     first = [{k: [{**r, "iou": r.get("iou_replicates", [r["iou"]])[0]} for r in s[k]] for k in names}
              for s in per_seed]
-    return [f"- {dataset}: two trainings of the same labelled images part by (test IoU, mean over seeds) {spread}",
+    return [f"- {dataset}: {count} trainings of the same labelled images part by (test IoU, largest − smallest, mean "
+            f"over seeds) {spread}",
             *(f"- {dataset}: {k} − random with the first training alone: " + "; ".join(
                 f"round {gap['round']} {paired_words(gap)}" for gap in paired_differences(first, k)[1:])
               for k in names if k != "random")]

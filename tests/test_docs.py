@@ -445,8 +445,8 @@ def test_two_trainings_per_labelled_set_show_how_far_they_part_and_the_first_one
     assert "trained 2 times, replicate k with training seed s + 100k" in text
     assert "--jobs 2 --replicates 2 --out bench/results/active_replicates.json" in text
     assert "| glas | 2 | 20 % | 0.730 ± 0.000 | 0.725 ± 0.000 |" in text
-    assert "- glas: two trainings of the same labelled images part by (test IoU, mean over seeds) " \
-           "random round 2 0.040; suggest round 2 0.020" in text
+    assert "- glas: 2 trainings of the same labelled images part by (test IoU, largest − smallest, mean over " \
+           "seeds) random round 2 0.040; suggest round 2 0.020" in text
     assert "- glas: suggest − random with the first training alone: round 2 -0.035 ± 0.005 (0 of 2 seeds ahead)" in text
     assert "- suggest − random, paired by seed: round 2 -0.005 ± 0.000 (0 of 2 seeds ahead)" in text
     assert report.active_replicates_section(None) == []
