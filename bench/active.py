@@ -133,16 +133,24 @@ def train_replicates(source: Path, stems: list[str], test: Path, work: Path, see
     `work`/replicate<k> with training seed `seed` + REPLICATE_SEED_STEP x k. IoU and Dice are the replicates'
     means (each one's IoU in `iou_replicates` when several), `models` their model files (the first suggests the
     next round), `resumed` the taken-over trainings by replicate folder ("" for the first)."""
-    runs = [train_and_score(source, stems, test, work / f"replicate{k}" if k else work,
-                            seed + REPLICATE_SEED_STEP * k, options, resume) for k in range(replicates)]
+    runs = [train_and_score(source, stems, test, replicate_dir(work, k), seed + REPLICATE_SEED_STEP * k, options,
+                            resume) for k in range(replicates)]
     out: dict[str, Any] = {"model": runs[0]["model"], "models": [run["model"] for run in runs],
-                           "iou": float(np.mean([run["iou"] for run in runs])),
+                           **replicated("iou", [run["iou"] for run in runs]),
                            "dice": float(np.mean([run["dice"] for run in runs])),
                            "train_cpu_s": sum(run["train_cpu_s"] for run in runs)}
-    if replicates > 1:
-        out["iou_replicates"] = [run["iou"] for run in runs]
     resumed = {f"/replicate{k}" if k else "": run["resumed"] for k, run in enumerate(runs) if "resumed" in run}
     return out | ({"resumed": resumed} if resumed else {})
+
+
+def replicate_dir(work: Path, k: int) -> Path:
+    """Where replicate k of a round's training, or of its scoring, goes: `work` itself for the first."""
+    return work / f"replicate{k}" if k else work
+
+
+def replicated(key: str, scores: list[float]) -> dict[str, Any]:
+    """`key`: the replicates' mean score, and `key`_replicates: each one's, when there are several."""
+    return {key: float(np.mean(scores)), **({f"{key}_replicates": scores} if len(scores) > 1 else {})}
 
 
 def strategies(weights: list[float], density_weights: list[float] | None = None
@@ -250,10 +258,9 @@ def score_unlabelled(source: Path, pool: list[str], labelled_at: dict[str, list[
         data = link_dataset(fresh_dir(work / f"round{r + 1}" / "data"), source, rest)
         for strategy, rounds in labelled_at.items():
             here = work / f"round{r + 1}" / strategy
-            ious = [cli_evaluate(model, data, here / f"replicate{k}" if k else here, ["--no-sweep"])["iou_mean"]
+            ious = [cli_evaluate(model, data, replicate_dir(here, k), ["--no-sweep"])["iou_mean"]
                     for k, model in enumerate(rounds[r][1])]
-            out[strategy][r] |= {"unlabelled_iou": float(np.mean(ious)), "unlabelled_images": len(rest),
-                                 **({"unlabelled_iou_replicates": ious} if len(ious) > 1 else {})}
+            out[strategy][r] |= {**replicated("unlabelled_iou", ious), "unlabelled_images": len(rest)}
 
 
 def train_options(args: argparse.Namespace) -> list[str]:
@@ -354,7 +361,8 @@ def parse_args() -> argparse.Namespace:
                              "(validation images carved from the training images, unseen by every model compared)")
     parser.add_argument("--replicates", type=int, default=1,
                         help="trainings per strategy and round after the first, on the same labelled images, "
-                             "replicate k with training seed + 100k; a round's scores are their means")
+                             f"replicate k with training seed + {REPLICATE_SEED_STEP}k; a round's scores are their "
+                             "means")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at a time; give each its threads with OMP_NUM_THREADS")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "active")
