@@ -1127,6 +1127,21 @@ def active_density_section(data: Results | None) -> Lines:
                           scored="test IoU")
 
 
+def active_typical_section(data: Results | None) -> Lines:
+    """active_typical.json: typicality alone (no uncertainty) beside the default and the density weight, judged on
+    the pool images that no strategy had labelled, beside their test IoU."""
+    return held_out_lines(data, "#### Typicality without uncertainty, judged on the pool images no strategy labelled",
+                          "active_typical.json", lambda settings: (
+                              "The same simulation (its random, round-1, weight-1 and density-4 trainings kept) with "
+                              "a strategy that weighs each candidate by its typicality alone (`--weights 0:4`: "
+                              "uncertainty weight 0, density weight 4), the rule low-budget active learning favours "
+                              "(typical images first, uncertain ones once many are labelled: Hacohen et al., ICML "
+                              "2022), since the images a small model is unsure of are the ones unlike what it was "
+                              f"given; {settings['seeds']} seeds, {settings['rounds']} rounds, judged on the pool "
+                              "images no strategy had labelled; the test IoU stands beside them, not chosen on."),
+                          scored="test IoU")
+
+
 def active_replicates_section(data: Results | None) -> Lines:
     """active_replicates.json: random and the default suggest with two trainings per labelled set, so that the
     paired gap measures the choice of images apart from one training's luck."""
@@ -1293,6 +1308,7 @@ SECTIONS: list[tuple[str, Callable[[Results | None], Lines]]] = [
     ("active_unlabelled_wbc.json", active_unlabelled_wbc_section),
     ("active_density.json", active_density_section),
     ("active_replicates.json", active_replicates_section),
+    ("active_typical.json", active_typical_section),
 ]
 
 
